@@ -1,0 +1,5 @@
+import sys
+
+from asymcl.cli import main
+
+sys.exit(main())
