@@ -1,0 +1,312 @@
+"""Encoders that map an image batch (B, C, H, W) to features (B, feature_dim).
+
+Four families:
+
+* ``small_cnn``: three 3x3 conv blocks; for 8x8 to 32x32 grey images, fast on a CPU.
+* ``cifar_resnet18``: ResNet-18 with a 3x3 stride-1 stem and no max-pool, the usual layout for
+  28x28/32x32 inputs (a 7x7/2 stem plus max-pool would shrink 28x28 to 7x7 before the first block).
+* ``resnet18`` / ``resnet50``: the ImageNet layout. Parameter and buffer names are those of
+  torchvision's ``resnet18``/``resnet50`` (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
+  ``layer1.0.downsample.0``, ..., ``fc``), so a torchvision checkpoint file loads strictly without
+  torchvision installed.
+* ``timm:<name>``: any timm model (timm is optional; it is imported only here).
+
+Every encoder has ``feature_dim`` and its ``forward`` returns pooled, un-normalised features.
+``in_channels=1`` works everywhere; a pretrained RGB first convolution is folded to one channel by
+summing its weights over the input channels (grey x seen as RGB (x, x, x) gives the same response).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from asymcl.errors import CheckpointError, ConfigError
+
+BACKBONES = ("small_cnn", "cifar_resnet18", "resnet18", "resnet50", "timm:<name>")
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (conv3x3-BN-ReLU, max-pool after the first two), global average pool.
+
+    Input (B, C, H, W) with H, W >= 4; output (B, widths[-1]).
+    """
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 128)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for block, width in enumerate(widths):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if block < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; names as in torchvision."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (stride here, as torchvision's "ResNet v1.5"), 1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
+    )
+
+
+class ResNet(nn.Module):
+    """ResNet with torchvision's module names.
+
+    ``stem="imagenet"``: conv1 7x7/2 + max-pool 3x3/2 (224x224 -> 56x56 before layer1).
+    ``stem="cifar"``: conv1 3x3/1 and no max-pool (28x28 stays 28x28 before layer1).
+    ``num_classes=None`` leaves out ``fc`` (the encoder use); an int adds ``fc`` so that a full
+    torchvision classifier state dict (``fc.weight`` (num_classes, feature_dim)) loads strictly.
+    ``forward`` returns the pooled features (B, feature_dim); ``fc`` is never applied.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        in_channels: int = 3,
+        stem: str = "imagenet",
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        elif stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = 64
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+            stride = 1 if index == 1 else 2
+            stage = []
+            for block_index in range(blocks):
+                stage.append(block(in_planes, planes, stride if block_index == 0 else 1))
+                in_planes = planes * block.expansion
+            setattr(self, f"layer{index}", nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = in_planes
+        if num_classes is not None:
+            self.fc = nn.Linear(in_planes, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+
+def resnet18(in_channels: int = 3, num_classes: int | None = None) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "imagenet", num_classes)
+
+
+def resnet50(in_channels: int = 3, num_classes: int | None = None) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, "imagenet", num_classes)
+
+
+def cifar_resnet18(in_channels: int = 3) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "cifar", None)
+
+
+class TimmEncoder(nn.Module):
+    """A timm model without its classifier (``num_classes=0`` makes timm return pooled features)."""
+
+    def __init__(self, name: str, in_channels: int):
+        super().__init__()
+        try:
+            import timm
+        except Exception as exc:  # ImportError, or a CUDA-build timm/torchvision that fails to load
+            raise ConfigError(
+                f"model.backbone 'timm:{name}' needs the timm package, which cannot be imported "
+                f"here ({type(exc).__name__}: {exc}); install it (pip install timm) or use one of "
+                "small_cnn, cifar_resnet18, resnet18, resnet50"
+            ) from exc
+        try:
+            self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+        except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
+            raise ConfigError(f"model.backbone: timm has no model {name!r} ({exc})") from exc
+        self.feature_dim = int(self.model.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def build_backbone(name: str, in_channels: int = 3, pretrained: str | Path | None = None) -> nn.Module:
+    """Build the encoder called ``name`` (see :data:`BACKBONES`), optionally loading a local file.
+
+    ``pretrained``: a .pth/.pt/.bin (``torch.load(weights_only=True)``) or .safetensors file with
+    the encoder's state dict (torchvision's for resnet18/50; a ``fc.*`` head in the file is checked
+    for shape and then dropped).
+    """
+    if in_channels < 1:
+        raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
+    if name == "small_cnn":
+        model: nn.Module = SmallCNN(in_channels)
+    elif name == "cifar_resnet18":
+        model = cifar_resnet18(in_channels)
+    elif name in ("resnet18", "resnet50"):
+        factory = resnet18 if name == "resnet18" else resnet50
+        if pretrained is not None:
+            state = _fold_input_channels(load_state_dict_file(pretrained), factory(in_channels).state_dict())
+            num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
+            model = factory(in_channels, num_classes)
+            load_weights_strict(model, state, source=str(pretrained))
+            if num_classes is not None:
+                del model.fc  # the ImageNet classifier is not part of the encoder
+            return model
+        model = factory(in_channels)
+    elif name.startswith("timm:") and len(name) > 5:
+        model = TimmEncoder(name[5:], in_channels)
+        if pretrained is not None:
+            state = load_state_dict_file(pretrained)
+            inner = model.model
+            classifier = getattr(inner, "default_cfg", {}).get("classifier", "fc") or "fc"
+            state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
+            load_weights_strict(inner, _fold_input_channels(state, inner.state_dict()), str(pretrained))
+        return model
+    else:
+        raise ConfigError(
+            f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}"
+        )
+    if pretrained is not None:
+        state = _fold_input_channels(load_state_dict_file(pretrained), model.state_dict())
+        load_weights_strict(model, state, source=str(pretrained))
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from .safetensors or a torch file (weights only; no code is unpickled).
+
+    Accepts a bare state dict or one nested under ``state_dict``/``model``; strips a ``module.``
+    prefix (a DistributedDataParallel save).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any parse failure of a user file is a user error
+        raise CheckpointError(
+            f"cannot read weights from {path}: {type(exc).__name__}: {exc} (is it a state dict saved "
+            "with torch.save or safetensors, and complete?)"
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _fold_input_channels(state: dict[str, Tensor], reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Sum RGB first-conv weights (O, 3, k, k) into (O, 1, k, k) where the model is grey."""
+    folded = dict(state)
+    for key, value in state.items():
+        target = reference.get(key)
+        if (
+            target is not None
+            and value.ndim == 4
+            and target.ndim == 4
+            and target.shape[1] == 1
+            and value.shape[1] != 1
+            and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]
+        ):
+            folded[key] = value.sum(dim=1, keepdim=True)
+    return folded
+
+
+def load_weights_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a :class:`CheckpointError` that names what differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                shown = ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+                parts.append(f"{len(items)} {label} ({shown})")
+        raise CheckpointError(
+            f"weights in {source} do not fit this model ({type(model).__name__}): " + "; ".join(parts)
+            + ". Was it saved from another backbone, class count or number of input channels?"
+        )
+    model.load_state_dict(state, strict=True)
