@@ -1,0 +1,343 @@
+"""The dataset objects every source produces: images as uint8 arrays or as lazily decoded files.
+
+Both kinds are :class:`ImageDataset`: a ``torch.utils.data.Dataset`` of ``(image, label)`` with
+``image`` a float32 tensor of shape (C, H, W) in [0, 1] and ``label`` an int in
+``range(len(classes))``. They hold only numpy arrays and strings, so they pickle cheaply into
+DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from asymcl.errors import DataError
+
+# How many unreadable files an error message names before it only counts the rest.
+_FIRST_FEW = 5
+
+
+def _name_first_few(items: Sequence[str]) -> str:
+    shown = ", ".join(str(item) for item in items[:_FIRST_FEW])
+    more = len(items) - _FIRST_FEW
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def normalize_image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``None`` (native size), an int (square) or ``(height, width)`` -> ``(height, width)``."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        size = (int(image_size), int(image_size))
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise DataError(
+            f"image_size={image_size!r} is not valid: give an int (square) or (height, width)"
+        )
+    if min(size) < 1:
+        raise DataError(f"image_size={image_size!r} must be positive")
+    return size
+
+
+class ImageDataset(Dataset):
+    """Base class: labelled images with ``targets``, ``classes``, ``num_channels``, ``image_shape``.
+
+    Subclasses implement :meth:`__getitem__`, :meth:`load_all` and :meth:`_take`.
+    """
+
+    targets: np.ndarray  # (N,) int64, values in range(len(classes))
+    classes: list[str]
+    num_channels: int  # 1 (grey) or 3 (RGB): the native channel count of the source
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image this dataset returns."""
+        raise NotImplementedError
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as a uint8 tensor (N, C, H, W) and the labels as an int64 tensor (N,)."""
+        raise NotImplementedError
+
+    def _take(self, indices: np.ndarray) -> "ImageDataset":
+        raise NotImplementedError
+
+    def class_counts(self) -> np.ndarray:
+        """(K,) int64: how many images of each class."""
+        return np.bincount(self.targets, minlength=len(self.classes)).astype(np.int64)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageDataset":
+        """A new dataset of the images at ``indices`` (in that order), same classes."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = self._take(indices)
+        out.targets = self.targets[indices].copy()
+        out.classes = list(self.classes)
+        return out
+
+    def select_classes(self, class_ids: Sequence[int]) -> "ImageDataset":
+        """Keep only ``class_ids`` and relabel them ``0..K-1`` in the given order."""
+        class_ids = [int(c) for c in class_ids]
+        keep = np.flatnonzero(np.isin(self.targets, class_ids))
+        out = self.subset(keep)
+        relabel = np.full(len(self.classes), -1, dtype=np.int64)
+        relabel[class_ids] = np.arange(len(class_ids))
+        out.targets = relabel[out.targets]
+        out.classes = [self.classes[c] for c in class_ids]
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, "
+            f"image_shape={self.image_shape})"
+        )
+
+
+class ArrayImageDataset(ImageDataset):
+    """Images held in memory as a uint8 array (N, H, W, C)."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str]):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.classes = list(classes)
+        self.num_channels = int(images.shape[3])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        _, height, width, channels = self.images.shape
+        return (int(channels), int(height), int(width))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        return image.permute(2, 0, 1).float().div_(255.0), int(self.targets[index])
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(np.ascontiguousarray(self.images.transpose(0, 3, 1, 2)))
+        return images, torch.from_numpy(self.targets.copy())
+
+    def _take(self, indices: np.ndarray) -> "ArrayImageDataset":
+        return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes)
+
+
+def resize_array(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize uint8 (N, H, W, C) images to ``size`` (antialiased bilinear), or return them as is."""
+    if size is None or tuple(images.shape[1:3]) == tuple(size):
+        return images
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    out = torch.nn.functional.interpolate(
+        tensor, size=size, mode="bilinear", align_corners=False, antialias=True
+    )
+    out = out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return np.ascontiguousarray(out.numpy())
+
+
+def decode_image(path: str, num_channels: int, size_hw: tuple[int, int]) -> np.ndarray:
+    """Decode one image file to uint8 (H, W, C) with ``num_channels`` channels at ``size_hw``.
+
+    JPEGs that are much larger than ``size_hw`` are decoded at a reduced DCT scale first (PIL's
+    draft mode), which makes e.g. 224 -> 28 several times faster; then an antialiased resize.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "L" if num_channels == 1 else "RGB"
+    height, width = size_hw
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft(mode, (width, height))
+            image = image.convert(mode)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DataError(f"image file {path} is missing") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(f"image file {path} cannot be decoded ({exc}); replace or remove it") from exc
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("ASYMCL_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asymcl"
+
+
+class FileImageDataset(ImageDataset):
+    """Images as files decoded on access (JPEG decoding is slow: only what is asked is decoded).
+
+    ``load_all`` decodes every file once (in a thread pool: PIL releases the GIL while decoding)
+    and, with ``cache=True``, keeps the decoded uint8 array under ``~/.cache/asymcl/decoded``
+    (or ``$ASYMCL_CACHE_DIR``), keyed by the file list (paths, sizes, modification times), the
+    image size and the channel count, so a changed file is never served stale. The dataset root
+    is never written to.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str] | np.ndarray,
+        targets: np.ndarray,
+        classes: Sequence[str],
+        num_channels: int,
+        size_hw: tuple[int, int],
+        cache: bool = True,
+    ):
+        self.paths = np.asarray([str(p) for p in paths], dtype=str)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.classes = list(classes)
+        self.num_channels = int(num_channels)
+        self.size_hw = (int(size_hw[0]), int(size_hw[1]))
+        self.cache = bool(cache)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.num_channels, *self.size_hw)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        array = decode_image(str(self.paths[index]), self.num_channels, self.size_hw)
+        image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        return image, int(self.targets[index])
+
+    def _take(self, indices: np.ndarray) -> "FileImageDataset":
+        return FileImageDataset(
+            self.paths[indices],
+            self.targets[indices],
+            self.classes,
+            self.num_channels,
+            self.size_hw,
+            self.cache,
+        )
+
+    def _cache_path(self) -> Path:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([1, self.num_channels, list(self.size_hw)]).encode())
+        for path in self.paths:
+            stat = os.stat(path)
+            digest.update(f"\n{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        return _default_cache_dir() / "decoded" / f"{digest.hexdigest()[:32]}.npy"
+
+    def _decode_all(self) -> np.ndarray:
+        out = np.empty((len(self), *self.size_hw, self.num_channels), dtype=np.uint8)
+        failures: list[str] = []
+
+        def work(i: int) -> None:
+            try:
+                out[i] = decode_image(str(self.paths[i]), self.num_channels, self.size_hw)
+            except DataError:
+                failures.append(str(self.paths[i]))
+
+        workers = max(1, min(8, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(len(self))))
+        if failures:
+            failures.sort()
+            raise DataError(
+                f"{len(failures)} of {len(self)} images are missing or cannot be decoded: "
+                f"{_name_first_few(failures)}"
+            )
+        return out
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images = None
+        cache_path = None
+        if self.cache and len(self):
+            try:
+                cache_path = self._cache_path()
+            except OSError:
+                cache_path = None  # a file vanished: _decode_all names it
+        if cache_path is not None and cache_path.is_file():
+            try:
+                cached = np.load(cache_path, allow_pickle=False)
+                if cached.shape == (len(self), *self.size_hw, self.num_channels):
+                    images = cached
+            except (OSError, ValueError):
+                images = None  # a damaged cache entry is rebuilt below
+        if images is None:
+            images = self._decode_all()
+            if cache_path is not None:
+                _save_npy_atomic(cache_path, images)
+        tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        return tensor, torch.from_numpy(self.targets.copy())
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Best effort: a cache that cannot be written only costs a re-decode next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+def check_files_exist(paths: Sequence[str], what: str) -> None:
+    """DataError naming how many of ``paths`` are missing and the first few of them."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(paths)} images listed in {what} are missing: "
+            f"{_name_first_few(missing)}"
+        )
+
+
+def probe_images(paths: Sequence[str], what: str) -> tuple[int, tuple[int, int]]:
+    """Read every header once: (channel count, (H, W) of the first image).
+
+    Catches files that are not images at all before any training starts (the pixels are only
+    decoded later). The channel count is 1 when every image is grey, else 3.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    bad: list[str] = []
+    grey = True
+    first_size: tuple[int, int] | None = None
+
+    def header(path: str):
+        try:
+            with Image.open(path) as image:
+                return image.mode, image.size
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            return None
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(header, paths))
+    for path, result in zip(paths, results):
+        if result is None:
+            bad.append(str(path))
+            continue
+        mode, (width, height) = result
+        if first_size is None:
+            first_size = (height, width)
+        if mode not in ("L", "1", "I", "I;16", "F", "LA", "La"):
+            grey = False
+    if bad:
+        raise DataError(
+            f"{len(bad)} of {len(paths)} images listed in {what} are not readable images: "
+            f"{_name_first_few(bad)}"
+        )
+    if first_size is None:
+        raise DataError(f"{what} lists no images")
+    return (1 if grey else 3), first_size

@@ -1,0 +1,100 @@
+"""Fashion-MNIST from its official IDX files (gzipped or not).
+
+IDX layout (big-endian): two zero bytes, a type code (0x08 = unsigned byte), the number of
+dimensions d, then d uint32 sizes, then the data. Every file is checked against that layout, so a
+truncated download or a wrong file is an error naming the file rather than garbage images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from asymcl.errors import DataError
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
+    """Read an unsigned-byte IDX file (``.gz`` or raw) with ``expected_ndim`` dimensions."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"IDX file {path} is missing") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise DataError(f"IDX file {path} is not a readable gzip file ({exc}); download it again") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(
+            f"IDX file {path} has a wrong magic number (first bytes {data[:4].hex() or 'none'}): "
+            "not an IDX file"
+        )
+    type_code, ndim = data[2], data[3]
+    if type_code != 0x08:
+        raise DataError(f"IDX file {path} holds type 0x{type_code:02x}; only unsigned bytes (0x08) are supported")
+    if ndim != expected_ndim:
+        raise DataError(f"IDX file {path} has {ndim} dimensions, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"IDX file {path} is truncated inside its header ({len(data)} bytes)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataError(
+            f"IDX file {path} is {state}: {len(data)} bytes, dimensions {dims} need {expected}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def find_idx_file(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(
+        f"Fashion-MNIST file {stem}.gz (or {stem}) is missing in {root}; "
+        f"get the four files with: asymcl data download fashion-mnist --root {root}"
+    )
+
+
+def load_fashion_mnist_arrays(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of the ``train`` or ``test`` split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Fashion-MNIST folder {root} does not exist")
+    image_stem, label_stem = FASHION_MNIST_FILES[split]
+    image_path, label_path = find_idx_file(root, image_stem), find_idx_file(root, label_stem)
+    images = read_idx(image_path, 3)
+    labels = read_idx(label_path, 1).astype(np.int64)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels"
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(
+            f"{label_path} holds label {labels.max()}; Fashion-MNIST labels are 0..9"
+        )
+    return images, labels

@@ -1,0 +1,143 @@
+"""ISIC 2018 Task 3 (HAM10000) in its official layout.
+
+    ROOT/ISIC2018_Task3_Training_Input/<image>.jpg
+    ROOT/ISIC2018_Task3_Training_GroundTruth.csv      (or inside ..._GroundTruth/ as in the zips)
+    ROOT/ISIC2018_Task3_Validation_Input/ + ..._Validation_GroundTruth.csv   (optional)
+    ROOT/ISIC2018_Task3_Test_Input/ + ..._Test_GroundTruth.csv               (optional)
+    ROOT/HAM10000_metadata.csv                                               (optional)
+
+Ground-truth CSVs: an ``image`` column and one column per class, one-hot. Columns are read by
+their header names (files in the wild reorder them); cells may be ``0``/``1`` or ``0.0``/``1.0``.
+The classes are always in the official order MEL, NV, BCC, AKIEC, BKL, DF, VASC.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from asymcl.errors import DataError
+
+ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+_PARTS = {"train": "Training", "val": "Validation", "test": "Test"}
+
+
+def read_ground_truth(path: Path) -> tuple[list[str], np.ndarray]:
+    """(image ids, labels int64 in ISIC_CLASSES order) from an official ground-truth CSV."""
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"cannot read ground-truth file {path}: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"ground-truth file {path} is empty")
+        header = [h.strip() for h in header]
+        if "image" not in header:
+            raise DataError(f"ground-truth file {path} has no 'image' column (header: {','.join(header)})")
+        missing = [c for c in ISIC_CLASSES if c not in header]
+        if missing:
+            raise DataError(
+                f"ground-truth file {path} lacks the label column(s) {', '.join(missing)}; "
+                f"expected image,{','.join(ISIC_CLASSES)} in any order"
+            )
+        unknown = [h for h in header if h not in ISIC_CLASSES and h != "image"]
+        if unknown:
+            raise DataError(
+                f"ground-truth file {path} has unknown column(s) {', '.join(unknown)}; "
+                f"expected image,{','.join(ISIC_CLASSES)} in any order"
+            )
+        if len(set(header)) != len(header):
+            raise DataError(f"ground-truth file {path} repeats a column name: {','.join(header)}")
+        image_col = header.index("image")
+        label_cols = [header.index(c) for c in ISIC_CLASSES]
+        images: list[str] = []
+        labels: list[int] = []
+        seen: set[str] = set()
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+            image = row[image_col].strip()
+            values = []
+            for col in label_cols:
+                cell = row[col].strip()
+                try:
+                    value = float(cell)
+                except ValueError:
+                    raise DataError(
+                        f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
+                    ) from None
+                if value not in (0.0, 1.0):
+                    raise DataError(
+                        f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
+                    )
+                values.append(value)
+            if sum(values) != 1.0:
+                raise DataError(
+                    f"{path} line {line} ({image}): the label columns are not one-hot "
+                    f"({sum(values):g} ones); each row needs exactly one 1"
+                )
+            if image in seen:
+                raise DataError(f"{path} line {line}: image {image} is listed twice")
+            seen.add(image)
+            images.append(image)
+            labels.append(values.index(1.0))
+    if not images:
+        raise DataError(f"ground-truth file {path} lists no images")
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def _ground_truth_path(root: Path, part: str) -> Path | None:
+    name = f"ISIC2018_Task3_{part}_GroundTruth"
+    for candidate in (root / f"{name}.csv", root / name / f"{name}.csv"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_lesion_ids(path: Path) -> dict[str, str]:
+    """image_id -> lesion_id from HAM10000_metadata.csv."""
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"cannot read metadata file {path}: {exc.strerror}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if "image_id" not in fields or "lesion_id" not in fields:
+            raise DataError(
+                f"metadata file {path} needs columns image_id and lesion_id (has {','.join(fields)})"
+            )
+        reader.fieldnames = fields
+        return {row["image_id"].strip(): row["lesion_id"].strip() for row in reader}
+
+
+def find_isic_parts(root: Path) -> dict[str, tuple[Path, Path]]:
+    """split -> (image folder, ground-truth CSV) for each part present; training is required."""
+    if not root.is_dir():
+        raise DataError(f"ISIC 2018 folder {root} does not exist")
+    parts: dict[str, tuple[Path, Path]] = {}
+    for split, part in _PARTS.items():
+        folder = root / f"ISIC2018_Task3_{part}_Input"
+        truth = _ground_truth_path(root, part)
+        if folder.is_dir() and truth is None:
+            raise DataError(
+                f"{folder} exists but its ground truth ISIC2018_Task3_{part}_GroundTruth.csv is "
+                f"missing in {root}"
+            )
+        if truth is not None and not folder.is_dir():
+            raise DataError(f"{truth} exists but the image folder {folder} is missing")
+        if truth is not None:
+            parts[split] = (folder, truth)
+    if "train" not in parts:
+        raise DataError(
+            f"{root} is not an ISIC 2018 Task 3 folder: ISIC2018_Task3_Training_Input/ and "
+            "ISIC2018_Task3_Training_GroundTruth.csv are missing"
+        )
+    return parts

@@ -1,0 +1,297 @@
+"""What to load (:class:`DataSpec`) and how it becomes train / val / test (:func:`build_splits`).
+
+The protocol (method.md section 5), in order:
+
+1. The source gives a training pool and, where it has them, an official validation and test set.
+2. ``classes`` keeps the chosen classes and relabels them 0..K-1 in the given order.
+3. A source without an official test set (digits; an npz, folder or CSV without split
+   information) gets a seeded, stratified test set carved out of the pool (``test_fraction``,
+   25 % by default; grouped by lesion when group ids are known).
+4. The imbalance profile is applied to the training pool (a seeded subset with exact counts).
+5. Without an official validation set, a seeded stratified validation split
+   (``val_fraction``, 10 % by default) is carved from the imbalanced pool, grouped by lesion
+   where the source knows lesion ids, so validation has the same class proportions as training.
+   So ``train`` + ``val`` together have exactly the profile's counts.
+6. ``test_imbalanced``: the test set cut to the same profile's proportions (n_max chosen as large
+   as the test set allows; NMAX, if given, applies to the training pool only).
+
+Every random choice draws from its own stream derived from ``seed``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from asymcl.data.datasets import ImageDataset
+from asymcl.data.imbalance import ImbalanceProfile, imbalanced_indices, parse_imbalance
+from asymcl.errors import DataError
+
+DATASETS = ("digits", "fashion-mnist", "isic2018", "npz", "folder", "csv")
+
+# Independent random streams, one per decision, so that e.g. changing the imbalance does not
+# change which images form the test set.
+_STREAM_TEST = 1
+_STREAM_IMBALANCE = 2
+_STREAM_VAL = 3
+_STREAM_TEST_IMBALANCE = 4
+
+
+@dataclass
+class DataSpec:
+    """What to load. Every field has a default; ``DataSpec()`` is the offline digits set.
+
+    dataset: one of ``digits|fashion-mnist|isic2018|npz|folder|csv``.
+    root: the folder (fashion-mnist, isic2018, folder), the file (npz, csv); unused for digits.
+    imbalance: ``None`` or a profile ``exp:RHO``, ``step:RHO``, ``binary:RHO`` (``:NMAX`` optional;
+        see :mod:`asymcl.data.imbalance`).
+    classes: class ids (ints, or class names) to keep, in the order that defines the profile: the
+        first is the majority. ``None`` keeps all in the source's order.
+    val_fraction: share of the (imbalanced) training pool carved out for validation when the
+        source has no official validation set.
+    test_fraction: share of the pool carved out for testing when the source has no test set.
+    seed: fixes every split and subset.
+    image_size: ``None`` (native size) or an int / ``(height, width)`` to resize to.
+    cache: keep decoded JPEGs under ``~/.cache/asymcl`` (``$ASYMCL_CACHE_DIR``) for ``load_all``.
+    csv_path_column, csv_label_column: column names of a CSV source (found by name otherwise).
+    """
+
+    dataset: str = "digits"
+    root: str | Path | None = None
+    imbalance: str | None = None
+    classes: Sequence[int | str] | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.25
+    seed: int = 0
+    image_size: int | tuple[int, int] | None = None
+    cache: bool = True
+    csv_path_column: str | None = None
+    csv_label_column: str | None = None
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise DataError(f"dataset {self.dataset!r} is not known; choose one of {', '.join(DATASETS)}")
+        if self.dataset != "digits" and self.root in (None, ""):
+            raise DataError(f"dataset {self.dataset} needs a root (the folder or file to read)")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+                raise DataError(f"{name}={value!r} must be a number in [0, 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise DataError(f"seed={self.seed!r} must be a non-negative integer")
+
+
+@dataclass
+class Splits:
+    """``classes``: the class names, label k is ``classes[k]``; ``splits``: name -> dataset."""
+
+    classes: list[str]
+    splits: dict[str, ImageDataset]
+    spec: DataSpec | None = None
+    profile: ImbalanceProfile | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> ImageDataset:
+        return self.splits[name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class name: count}} for every split."""
+        return {
+            name: {c: int(n) for c, n in zip(self.classes, ds.class_counts())}
+            for name, ds in self.splits.items()
+        }
+
+
+@dataclass
+class SourceData:
+    """What a source loader returns, before classes, imbalance and carving are applied.
+
+    pools: ``train`` always; ``val`` and ``test`` where the source has official ones.
+    groups: per-pool group ids (e.g. lesion ids) aligned with the pool, where known.
+    """
+
+    classes: list[str]
+    pools: dict[str, ImageDataset]
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_classes(requested: Sequence[int | str] | str | None, names: Sequence[str]) -> list[int]:
+    """Class ids (or names, or ``"0,6"``) -> list of ids into ``names``; errors name the value."""
+    if requested is None:
+        return list(range(len(names)))
+    if isinstance(requested, str):
+        requested = [part.strip() for part in requested.split(",") if part.strip()]
+    ids: list[int] = []
+    for item in requested:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            class_id = int(item)
+        elif isinstance(item, str) and item.strip().lstrip("-").isdigit() and item.strip() not in names:
+            class_id = int(item.strip())
+        elif isinstance(item, str) and item in names:
+            class_id = list(names).index(item)
+        else:
+            raise DataError(
+                f"class {item!r} is not known; give ids 0..{len(names) - 1} or names from "
+                f"{', '.join(names)}"
+            )
+        if not 0 <= class_id < len(names):
+            raise DataError(
+                f"class id {class_id} is out of range: this dataset has {len(names)} classes "
+                f"(ids 0..{len(names) - 1}: {', '.join(names)})"
+            )
+        if class_id in ids:
+            raise DataError(f"class {item!r} is given twice in classes")
+        ids.append(class_id)
+    if not ids:
+        raise DataError("classes is empty; give at least one class id")
+    return ids
+
+
+def _unique_groups(groups: np.ndarray) -> np.ndarray:
+    """Rows without a group id ("") become a group of their own."""
+    groups = np.asarray(groups).astype(str)
+    empty = groups == ""
+    if empty.any():
+        groups = groups.astype(object)
+        groups[empty] = [f"\x00row{i}" for i in np.flatnonzero(empty)]
+        groups = groups.astype(str)
+    return groups
+
+
+def stratified_holdout(
+    targets: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (keep, holdout) with ``fraction`` of each class held out, seeded.
+
+    Without groups: per class, round(fraction * n_c) images are held out, at least one when the
+    class has two or more and ``fraction > 0``, never all of them (sklearn's
+    StratifiedShuffleSplit refuses classes of one image, which strong imbalance produces, so the
+    per-class allocation is done here). With groups: the first fold of sklearn's
+    StratifiedGroupKFold with round(1/fraction) folds, so no group is on both sides and the class
+    proportions are kept as well as the groups allow.
+    """
+    n = targets.shape[0]
+    if fraction <= 0 or n == 0:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    if groups is not None:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        groups = _unique_groups(groups)
+        n_groups = np.unique(groups).size
+        n_splits = min(max(2, int(round(1.0 / fraction))), n_groups)
+        if n_splits >= 2:
+            splitter = StratifiedGroupKFold(
+                n_splits=n_splits, shuffle=True, random_state=int(rng.integers(2**31 - 1))
+            )
+            with warnings.catch_warnings():
+                # "The least populated class has only k members": expected for minority classes.
+                warnings.simplefilter("ignore", UserWarning)
+                keep, holdout = next(splitter.split(np.zeros(n), targets, groups))
+            return np.sort(keep), np.sort(holdout)
+    holdout = []
+    for c in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == c))
+        if members.size < 2:
+            continue
+        n_hold = min(max(int(round(fraction * members.size)), 1), members.size - 1)
+        holdout.append(members[:n_hold])
+    holdout = np.sort(np.concatenate(holdout)) if holdout else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(n), holdout)
+    return keep, holdout
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), stream])
+
+
+def build_splits(spec: DataSpec | None = None) -> Splits:
+    """Load ``spec.dataset`` and return train / val / test (and test_imbalanced) as datasets."""
+    from asymcl.data.sources import load_source
+
+    spec = spec or DataSpec()
+    spec.validate()
+    profile = parse_imbalance(spec.imbalance)
+    source = load_source(spec)
+    notes = list(source.notes)
+
+    class_ids = resolve_classes(spec.classes, source.classes)
+    pools: dict[str, ImageDataset] = {}
+    groups: dict[str, np.ndarray] = {}
+    for name, pool in source.pools.items():
+        if spec.classes is not None:
+            keep = np.flatnonzero(np.isin(pool.targets, class_ids))
+            pool = pool.select_classes(class_ids)
+            if name in source.groups:
+                groups[name] = np.asarray(source.groups[name])[keep]
+        elif name in source.groups:
+            groups[name] = np.asarray(source.groups[name])
+        pools[name] = pool
+    classes = [source.classes[c] for c in class_ids]
+
+    train = pools["train"]
+    empty = [classes[k] for k, n in enumerate(train.class_counts()) if n == 0]
+    if empty:
+        raise DataError(
+            f"class(es) {', '.join(empty)} have no training images in {spec.root or spec.dataset}; "
+            "add images or leave them out with classes"
+        )
+
+    if "test" not in pools:
+        keep, held = stratified_holdout(
+            train.targets, spec.test_fraction, _rng(spec.seed, _STREAM_TEST), groups.get("train")
+        )
+        if held.size == 0:
+            raise DataError(
+                f"{spec.dataset} has no test split and test_fraction={spec.test_fraction} carves none"
+            )
+        pools["test"] = train.subset(held)
+        train = train.subset(keep)
+        if "train" in groups:
+            groups["train"] = groups["train"][keep]
+        notes.append(
+            f"test: {spec.test_fraction:g} of the pool, stratified"
+            + (", grouped" if "train" in groups else "")
+            + f", seed {spec.seed}"
+        )
+
+    if profile is not None:
+        counts = profile.counts(train.class_counts())
+        chosen = imbalanced_indices(train.targets, counts, _rng(spec.seed, _STREAM_IMBALANCE))
+        train = train.subset(chosen)
+        if "train" in groups:
+            groups["train"] = groups["train"][chosen]
+        notes.append(f"imbalance {profile} on the training pool: {', '.join(map(str, counts))}")
+
+    if "val" not in pools:
+        keep, held = stratified_holdout(
+            train.targets, spec.val_fraction, _rng(spec.seed, _STREAM_VAL), groups.get("train")
+        )
+        pools["val"] = train.subset(held)
+        train = train.subset(keep)
+        notes.append(
+            f"val: {spec.val_fraction:g} of the training pool, stratified"
+            + (", grouped by lesion" if "train" in groups else "")
+            + f", seed {spec.seed}"
+        )
+    pools["train"] = train
+
+    out = {"train": pools["train"], "val": pools["val"], "test": pools["test"]}
+    if profile is not None:
+        test_profile = ImbalanceProfile(profile.kind, profile.ratio, None)
+        test = pools["test"]
+        available = test.class_counts()
+        if np.any(available < 1):
+            missing = [classes[k] for k in np.flatnonzero(available < 1)]
+            raise DataError(f"the test set has no images of {', '.join(missing)}")
+        counts = test_profile.counts(available)
+        chosen = imbalanced_indices(test.targets, counts, _rng(spec.seed, _STREAM_TEST_IMBALANCE))
+        out["test_imbalanced"] = test.subset(chosen)
+    return Splits(classes=classes, splits=out, spec=spec, profile=profile, notes=notes)
