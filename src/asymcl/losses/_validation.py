@@ -1,0 +1,135 @@
+"""Argument checks for the loss layer.
+
+Every public entry point (the functional form, the modules, the distributed form) funnels its
+arguments through these helpers so that a user error is reported once, in one wording, naming the
+argument and what is allowed, before any tensor arithmetic can turn it into a NaN or an opaque
+traceback from inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+NORMALIZATIONS = ("batch", "pairs")
+IMPLS = ("auto", "reference", "blockwise")
+
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_hyperparameters(
+    *, gamma: object, eta: object, temperature: object, normalization: object
+) -> tuple[float, float, float, str]:
+    """Validate the scalar hyperparameters; return them as (gamma, eta, temperature, normalization)."""
+    gamma_f = _finite_real("gamma", gamma, allowed="a finite number >= 0 (0 disables the focal weight)")
+    if gamma_f < 0:
+        raise ValueError(f"gamma must be >= 0 (0 disables the focal weight), got {gamma_f!r}")
+    eta_f = _finite_real("eta", eta, allowed="a finite number >= 0 (0 disables the negative term)")
+    if eta_f < 0:
+        raise ValueError(f"eta must be >= 0 (0 disables the negative term), got {eta_f!r}")
+    temperature_f = _finite_real("temperature", temperature, allowed="a finite number > 0, e.g. 0.07")
+    if temperature_f <= 0:
+        raise ValueError(f"temperature must be > 0 (e.g. 0.07), got {temperature_f!r}")
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalization must be one of {', '.join(repr(n) for n in NORMALIZATIONS)}, "
+            f"got {normalization!r}"
+        )
+    return gamma_f, eta_f, temperature_f, normalization
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_impl(impl: object) -> str:
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(repr(i) for i in IMPLS)}, got {impl!r}")
+    return impl
+
+
+def check_features(features: object) -> tuple[torch.Tensor, int, int]:
+    """Validate ``features`` ((N, D) or (N, V, D), floating, finite).
+
+    Returns the rows flattened image-major to (N * V, D) (row ``n * V + v`` is view ``v`` of
+    image ``n``), the number of images N and the number of views V (1 for 2-D input).
+    """
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(
+            f"features must be a torch.Tensor of shape (N, D) or (N, V, D), "
+            f"got {type(features).__name__}"
+        )
+    if not features.is_floating_point():
+        raise TypeError(
+            f"features must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {features.dtype}"
+        )
+    if features.dim() == 2:
+        n_images, n_views = features.shape[0], 1
+    elif features.dim() == 3:
+        n_images, n_views = features.shape[0], features.shape[1]
+    else:
+        raise ValueError(
+            f"features must have shape (N, D) or (N, V, D) (V augmented views per image), "
+            f"got shape {tuple(features.shape)}"
+        )
+    if features.shape[-1] < 1 or n_views < 1:
+        raise ValueError(f"features must have at least one view and one dimension, got shape {tuple(features.shape)}")
+    if not bool(torch.isfinite(features).all()):
+        n_bad = int((~torch.isfinite(features)).sum())
+        raise ValueError(
+            f"features contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
+            f"(check the encoder's outputs, the learning rate or mixed-precision overflow)"
+        )
+    rows = features.reshape(n_images * n_views, features.shape[-1])
+    return rows, n_images, n_views
+
+
+def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torch.Tensor:
+    """Validate integer class ids of shape (n_images,); return them as int64."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of integer class ids with shape ({n_images},), "
+            f"got {type(labels).__name__} (convert with torch.as_tensor(..., dtype=torch.long))"
+        )
+    if labels.dtype not in _INTEGER_DTYPES:
+        raise TypeError(
+            f"{name} must be integer class ids (int8/16/32/64 or uint8), got dtype {labels.dtype}"
+        )
+    if labels.dim() != 1 or labels.shape[0] != n_images:
+        raise ValueError(
+            f"{name} must have shape ({n_images},) to match features (one label per image), "
+            f"got shape {tuple(labels.shape)}"
+        )
+    return labels.long()
+
+
+def check_mask(mask: object, n_rows: int, n_cols: int, *, distributed: bool = False) -> torch.Tensor:
+    """Validate a bool positive mask of shape (n_rows, n_cols) over images."""
+    expected = f"({n_rows}, {n_cols})"
+    where = (
+        " (local images x images of the global batch, ranks in order)" if distributed else " (N x N over images)"
+    )
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a bool torch.Tensor of shape {expected}{where}, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must have dtype torch.bool (True where column j is a positive of row i), "
+            f"got dtype {mask.dtype}; use mask.bool() if it holds 0/1"
+        )
+    if tuple(mask.shape) != (n_rows, n_cols):
+        raise ValueError(f"mask must have shape {expected}{where} to match features, got shape {tuple(mask.shape)}")
+    return mask
+
+
+def _finite_real(name: str, value: object, *, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    as_float = float(value)
+    if not math.isfinite(as_float):
+        raise ValueError(f"{name} must be {allowed}, got {as_float!r}")
+    return as_float
