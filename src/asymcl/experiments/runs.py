@@ -1,0 +1,167 @@
+"""Reading finished run directories (the layout of docs/architecture.md, "Layer 3").
+
+Everything the sweep and the report know about a run comes from its files: ``config.yaml`` (the
+resolved config), ``metrics.json`` (status, final metrics per split, history, best epoch),
+``versions.json``, ``predictions.csv`` and ``embeddings.npz``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+from asymcl.errors import DataError
+
+#: Methods in the order tables list them: baselines first, the proposed loss last.
+METHODS = ("ce", "supcon", "cl", "fcl", "acl", "afcl")
+
+#: Loss hyperparameters each method actually uses. A grid value for a key that a method does not
+#: use is not swept for that method (CE and SupCon are not repeated per gamma/eta).
+METHOD_PARAMS: dict[str, frozenset[str]] = {
+    "ce": frozenset(),
+    "supcon": frozenset({"loss.temperature"}),
+    "cl": frozenset({"loss.temperature"}),
+    "fcl": frozenset({"loss.gamma", "loss.temperature"}),
+    "acl": frozenset({"loss.eta", "loss.temperature"}),
+    "afcl": frozenset({"loss.gamma", "loss.eta", "loss.temperature"}),
+}
+
+#: The loss hyperparameters the rule above is about (others, e.g. loss.normalization, pass through).
+LOSS_PARAMS = frozenset({"loss.gamma", "loss.eta", "loss.temperature"})
+
+#: The value a contrastive method's unused gamma/eta has by definition (FCL is eta = 0, ACL gamma = 0).
+DEFINITIONAL_ZERO = ("loss.gamma", "loss.eta")
+
+METHOD_KEY = "method"
+TEST_SPLITS = ("test", "test_imbalanced")
+COMPLETE = "complete"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> one level of dotted keys (``{"loss": {"eta": 1}}`` -> ``{"loss.eta": 1}``).
+
+    Already-dotted keys pass through, so a config written either way reads the same.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def run_status(run_dir: Path) -> str | None:
+    """``metrics.json``'s status (``"complete"``/``"running"``), or None when there is none (yet)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(run_dir: Path) -> bool:
+    return run_status(run_dir) == COMPLETE
+
+
+@dataclass
+class Run:
+    """One finished run, loaded from its directory."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get(METHOD_KEY) or self.config.get("loss.name"))
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    def split_metric(self, split: str, metric: str) -> float | None:
+        """``final[split][metric]`` or None when the run has no such split."""
+        value = self.metrics.get("final", {}).get(split, {}).get(metric)
+        return None if value is None else value
+
+    @property
+    def val_ua(self) -> float | None:
+        """Validation UA of the selected (best) model: ``final.val.ua``, else ``best.<last stage>.val_ua``."""
+        value = self.split_metric("val", "ua")
+        if value is not None:
+            return float(value)
+        best = self.metrics.get("best") or {}
+        for stage in reversed(list(best)):
+            if best[stage].get("val_ua") is not None:
+                return float(best[stage]["val_ua"])
+        return None
+
+    def test_splits(self) -> list[str]:
+        final = self.metrics.get("final", {})
+        return [split for split in TEST_SPLITS if split in final]
+
+    def class_names(self) -> list[str] | None:
+        """Class names: from metrics.json (``classes``), else predictions.csv's ``prob_<class>`` columns."""
+        names = self.metrics.get("classes")
+        if names:
+            return [str(name) for name in names]
+        predictions = self.path / "predictions.csv"
+        if predictions.is_file():
+            with predictions.open(newline="") as handle:
+                header = next(csv.reader(handle), [])
+            names = [column[len("prob_"):] for column in header if column.startswith("prob_")]
+            if names:
+                return names
+        return None
+
+
+def load_run(run_dir: Path) -> Run:
+    """Load a run directory; raises DataError naming the file that is missing or unreadable."""
+    run_dir = Path(run_dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{run_dir / 'metrics.json'}: cannot read the run's metrics ({exc})") from exc
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{run_dir / 'config.yaml'}: cannot read the run's config ({exc})") from exc
+    versions: dict[str, Any] = {}
+    versions_path = run_dir / "versions.json"
+    if versions_path.is_file():
+        try:
+            versions = json.loads(versions_path.read_text())
+        except json.JSONDecodeError:
+            versions = {}
+    return Run(run_dir, flatten(config), metrics, versions)
+
+
+def iter_run_dirs(root: Path) -> Iterator[Path]:
+    """Every directory under ``root`` (itself included) that holds a metrics.json and a config.yaml."""
+    root = Path(root)
+    for metrics in sorted(root.rglob("metrics.json")):
+        if (metrics.parent / "config.yaml").is_file():
+            yield metrics.parent
+
+
+def load_runs(root: Path, *, complete_only: bool = True) -> list[Run]:
+    runs = []
+    for run_dir in iter_run_dirs(root):
+        if complete_only and not is_complete(run_dir):
+            continue
+        runs.append(load_run(run_dir))
+    return runs

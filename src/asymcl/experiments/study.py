@@ -1,0 +1,188 @@
+"""Optuna (TPE) search over the loss hyperparameters, shareable between machines.
+
+One study per *group*: a combination of the grid's values other than the searched keys and the
+seed (so: per method and dataset/imbalance). A trial proposes gamma/eta(/temperature), runs every
+seed of the group as ordinary run directories (named exactly like grid points, so a study and a
+grid sweep in the same directory reuse each other's finished runs), and its objective is the mean
+validation UA over those seeds. The test splits are never looked at.
+
+Several machines: give them all the same ``--storage`` URL (any database URL Optuna accepts, e.g.
+``postgresql://...`` or a SQLite file on a shared disk) and a different ``--sampler-seed``; the
+trial budget ``n_trials`` is the total per study across all machines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from asymcl.errors import ConfigError
+from asymcl.experiments.runs import METHOD_KEY, METHOD_PARAMS, load_run
+from asymcl.experiments.sweep import (
+    Resolver,
+    Runner,
+    SweepSpec,
+    _default_resolver,
+    _default_runner,
+    make_point,
+    point_name,
+    record_command,
+    resolve_points,
+    run_points,
+)
+
+SEARCHABLE = ("loss.gamma", "loss.eta", "loss.temperature")
+
+
+def search_space(spec: SweepSpec) -> dict[str, dict[str, Any]]:
+    """``search:`` if given, else [min, max] of each searchable grid list with two or more values.
+
+    Derived ranges use a log scale when the grid's smallest value is > 0 and it spans >= 10x
+    (eta's useful range is 1..300); otherwise linear.
+    """
+    space = dict(spec.search)
+    for key in SEARCHABLE:
+        values = spec.grid.get(key)
+        if key in space or not values or len(values) < 2:
+            continue
+        numbers = [float(v) for v in values]
+        low, high = min(numbers), max(numbers)
+        space[key] = {"low": low, "high": high, "log": low > 0 and high / low >= 10}
+    if not space:
+        raise ConfigError(
+            "optuna: nothing to search; give 'search:' ranges or at least two values of "
+            "loss.gamma, loss.eta or loss.temperature in the grid"
+        )
+    return space
+
+
+def _round(value: float) -> float:
+    """Three significant digits: run names stay readable and near-identical proposals share runs."""
+    if value == 0:
+        return 0.0
+    digits = 2 - int(math.floor(math.log10(abs(value))))
+    return float(round(value, digits))
+
+
+@dataclass
+class StudyGroup:
+    label: str                       # e.g. "fashion-mnist_binary10__afcl"
+    values: dict[str, Any]           # grid values fixed in this group (method, data.*, ...)
+    seeds: list[Any]
+    searched: list[str]              # the keys of the space this method uses
+
+
+def study_groups(spec: SweepSpec, space: Mapping[str, Any]) -> list[StudyGroup]:
+    """Groups of the grid that have at least one searched key their method uses."""
+    fixed_keys = [k for k in spec.grid if k not in SEARCHABLE and k != "seed"]
+    seeds = spec.grid.get("seed", [spec.base.get("seed", 0)])
+    groups = []
+    for combination in itertools.product(*(spec.grid[k] for k in fixed_keys)):
+        values = dict(zip(fixed_keys, combination))
+        method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
+        used = [k for k in space if method in METHOD_PARAMS and k in METHOD_PARAMS[method]]
+        if not used:
+            continue
+        groups.append(StudyGroup(point_name(values, list(spec.grid)), values, list(seeds), used))
+    if not groups:
+        raise ConfigError(
+            "optuna: no method in the sweep uses the searched keys "
+            f"({', '.join(space)}); FCL/ACL/AFCL use gamma/eta"
+        )
+    return groups
+
+
+@dataclass
+class StudyResult:
+    storage: str
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict)  # study name -> best params/value
+
+
+def run_study(
+    spec: SweepSpec,
+    out_dir: str | Path,
+    n_trials: int,
+    *,
+    storage: str | None = None,
+    sampler_seed: int | None = 0,
+    runner: Runner | None = None,
+    resolver: Resolver | None = None,
+    progress: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> StudyResult:
+    """Run ``n_trials`` TPE trials (in total, across machines) for every group of the sweep."""
+    import optuna
+
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"--optuna: the number of trials must be a positive integer, got {n_trials!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
+    runner = runner or _default_runner()
+    resolver = resolver or _default_resolver()
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    space = search_space(spec)
+    groups = study_groups(spec, space)
+    grid_keys = list(spec.grid) + [k for k in space if k not in spec.grid]
+    # A bad base/grid value must stop the study before the first trial: resolve one point per group.
+    probe = []
+    for group in groups:
+        values = {**group.values, **{k: space[k]["low"] for k in group.searched}, "seed": group.seeds[0]}
+        method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
+        probe.append(make_point(values, method, grid_keys))
+    resolve_points(spec, probe, resolver)
+    record_command(out_dir, spec, [], command, kind=f"optuna x{n_trials} ({storage})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    result = StudyResult(storage)
+    for group in groups:
+        study_name = f"{spec.name}:{group.label}"
+        try:
+            study = optuna.create_study(
+                study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+            )
+        except Exception as exc:  # optuna raises several kinds for a bad URL; all are user errors
+            raise ConfigError(f"--storage {storage!r}: cannot open the Optuna storage ({exc})") from exc
+
+        def objective(trial: "optuna.Trial", group: StudyGroup = group) -> float:
+            proposal = {}
+            for key in group.searched:
+                bounds = space[key]
+                proposal[key] = _round(trial.suggest_float(key, bounds["low"], bounds["high"], log=bounds["log"]))
+            method = group.values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
+            points = []
+            for seed in group.seeds:
+                points.append(make_point({**group.values, **proposal, "seed": seed}, method, grid_keys))
+            configs = resolve_points(spec, points, resolver)
+            outcome = run_points(spec, points, out_dir, runner=runner, configs=configs,
+                                 progress=progress, label=f"trial {trial.number} {group.label}")
+            if outcome.failed:
+                raise RuntimeError(f"runs failed: {', '.join(outcome.failed)}")
+            scores = [load_run(out_dir / p.name).val_ua for p in points]
+            if any(score is None for score in scores):
+                raise RuntimeError("a finished run has no validation UA in metrics.json")
+            trial.set_user_attr("runs", [p.name for p in points])
+            return float(sum(scores) / len(scores))
+
+        finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        remaining = n_trials - finished
+        progress(f"[optuna] study {study_name}: {finished}/{n_trials} trials finished")
+        if remaining > 0:
+            study.optimize(
+                objective, n_trials=remaining, catch=(RuntimeError,),
+                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))],
+            )
+        try:
+            best = study.best_trial
+            result.studies[study_name] = {"params": best.params, "val_ua": best.value,
+                                          "runs": best.user_attrs.get("runs", [])}
+            progress(f"[optuna] {study_name}: best val UA {best.value:.4f} at "
+                     + ", ".join(f"{k}={_round(v):g}" for k, v in best.params.items()))
+        except ValueError:
+            result.studies[study_name] = {"params": None, "val_ua": None, "runs": []}
+    return result
