@@ -67,6 +67,9 @@ _GPU_BLOCK_BUDGET_BYTES = 512 * 2**20
 # error x^3 / 4 < 3e-10 is far below float32 resolution and below gradcheck tolerances in float64.
 _SERIES_BELOW = 1e-3
 
+# Largest logit whose exp is safely finite (with room for the factors it is multiplied by).
+_EXP_SAFE = {torch.float32: 80.0, torch.float64: 700.0}
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -263,6 +266,63 @@ def _weights(normalization: str, n_positive: Tensor, n_negative: Tensor, n_total
     return w_pos, w_neg
 
 
+def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
+                    lse_without_max: Tensor, pos_scale: Tensor, neg_scale: Tensor) -> Tensor:
+    """d loss / d s for one block, (B, M), already scaled by w(i) * upstream grad / tau.
+
+    Away from the argmax column m the closed form of the module docstring is evaluated directly.
+    At m it cancels badly when p_im -> 1 (r_im = p/(1-p) is huge while the gradient is O(1)), so
+    the terms are regrouped there: with U' = U - u_im and R' = R - r_im,
+
+        d pos / d s_im = p_im U' - (1 - p_im) u_im [m in P]
+        d neg / d s_im = p_im [m in Q] - p_im R'
+
+    and, for k != m, p_ik r_im = exp(log p_ik + logit_im) is bounded by p_im, evaluated in log
+    space where r_im itself would overflow.
+    """
+    s = _similarities(state, block)
+    log_p, log_q = _log_probabilities(s, lse, argmax, lse_without_max)
+    p = torch.exp(log_p)
+    am = argmax[:, None]
+    p_m = p.gather(1, am)
+    log_q_m = (lse_without_max - lse)[:, None]
+    q_m = torch.exp(log_q_m)
+
+    if state.gamma == 0.0:
+        u = block.positive.to(p.dtype)
+    else:
+        u = torch.where(block.positive, _focal_gradient_weight(log_p, log_q, state.gamma), 0.0)
+    u_total = u.sum(dim=1, keepdim=True)
+    u_m = u.gather(1, am)
+    grad_m = pos_scale * (p_m * (u_total - u_m) - q_m * u_m)
+    row_coef = pos_scale * u_total
+    grad_s = u.mul_(pos_scale).neg_()  # -w_pos u [P]
+    del u
+
+    if state.eta != 0.0:
+        r = torch.where(block.negative, torch.exp(log_p - log_q), 0.0)
+        r.scatter_(1, am, 0.0)
+        r_rest = r.sum(dim=1, keepdim=True)
+        m_negative = block.negative.gather(1, am)
+        logit_m = log_p.gather(1, am) - log_q_m
+        overflow = m_negative & (logit_m > _EXP_SAFE[p.dtype]) & torch.isfinite(log_q_m)
+        r_m = torch.where(m_negative & ~overflow,
+                          torch.exp(logit_m.clamp(max=_EXP_SAFE[p.dtype])), 0.0)
+        row_coef = row_coef - neg_scale * (r_rest + r_m)
+        grad_s.add_(r.mul_(neg_scale))
+        del r
+        grad_m = grad_m + neg_scale * p_m * (m_negative.to(p.dtype) - r_rest)
+        rows = overflow.squeeze(1).nonzero().squeeze(1)
+        if rows.numel():
+            grad_s[rows] -= neg_scale[rows] * torch.exp(log_p[rows] + logit_m[rows])
+
+    grad_s.addcmul_(p, row_coef)
+    grad_s.scatter_(1, am, grad_m)
+    # One column in A(i) (M = 2): p = 1 identically, the row's loss is a constant.
+    grad_s.masked_fill_(~torch.isfinite(log_q_m), 0.0)
+    return grad_s
+
+
 class _BlockwiseAFCL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
@@ -326,27 +386,10 @@ class _BlockwiseAFCL(torch.autograd.Function):
             for start in range(0, n_anchors, block_size):
                 stop = min(start + block_size, n_anchors)
                 block = _Block(state, start, stop)
-                s = _similarities(state, block)
-                log_p, log_q = _log_probabilities(
-                    s, lse[start:stop], argmax[start:stop], lse_without_max[start:stop])
-                p = torch.exp(log_p)
-                b_pos = pos_scale[start:stop, None]
-                b_neg = neg_scale[start:stop, None]
-                # grad = p * (w_pos U - eta w_neg R) - w_pos u [P] + eta w_neg r [Q]
-                if state.gamma == 0.0:
-                    u_term = block.positive.to(p.dtype).mul_(b_pos)
-                else:
-                    u = _focal_gradient_weight(log_p, log_q, state.gamma)
-                    u_term = torch.where(block.positive, u, 0.0).mul_(b_pos)
-                row_coef = u_term.sum(dim=1, keepdim=True)
-                grad_s = torch.mul(p, row_coef).sub_(u_term)
-                del u_term
-                if state.eta != 0.0:
-                    r = torch.exp(log_p.sub_(log_q))  # p / (1 - p); log_p no longer needed
-                    r_term = torch.where(block.negative, r, 0.0).mul_(b_neg)
-                    del r
-                    grad_s.sub_(p.mul_(r_term.sum(dim=1, keepdim=True))).add_(r_term)
-                    del r_term
+                grad_s = _block_gradient(
+                    state, block, lse[start:stop], argmax[start:stop],
+                    lse_without_max[start:stop], pos_scale[start:stop, None],
+                    neg_scale[start:stop, None])
                 if need_anchors:
                     torch.mm(grad_s, contrast, out=grad_anchors[block.rows])
                 if need_contrast:
