@@ -419,3 +419,25 @@ def test_importing_losses_needs_only_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("duplicates", ["near-duplicate negatives", "near-duplicate positives"])
+def test_gradient_at_near_duplicates_matches_exact_finite_difference(impl, duplicates):
+    # tau = 0.01 and p within ~1e-30 of 1: the gradient of -log(1 - p) must come out of
+    # log-space (a p / (1 - p) ratio overflows and cancels). Reference for the directional
+    # derivative: a central difference of the 60-digit naive loss.
+    features = _near_duplicates(torch.float64, seed=17).requires_grad_(True)
+    labels = NEAR_DUPLICATE_LABELS if duplicates == "near-duplicate negatives" else torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    settings = dict(gamma=0.5, eta=5.0, temperature=0.01)
+    value = afcl_loss(features, labels, impl=impl, **settings)
+    (grad,) = torch.autograd.grad(value, features)
+    assert torch.isfinite(grad).all()
+
+    direction = torch.randn(features.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    step = 1e-7
+    plus = naive_afcl_from_batch(features.detach() + step * direction, labels, exact=True, **settings)
+    minus = naive_afcl_from_batch(features.detach() - step * direction, labels, exact=True, **settings)
+    numeric = (plus - minus) / (2 * step)
+    assert abs(numeric) > 1e-3
+    assert (grad * direction).sum().item() == pytest.approx(numeric, rel=1e-5)
