@@ -1,0 +1,109 @@
+"""``asymcl sweep``, ``asymcl report`` and ``asymcl reproduce``: experiments over many runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from asymcl.experiments.sweep import expand, load_spec, run_sweep
+
+    spec = load_spec(args.config)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    if args.dry_run:
+        points = expand(spec)
+        for point in points:
+            print(point.name)
+        print(f"{len(points)} runs into {out}")
+        return 0
+    if args.optuna is not None:
+        from asymcl.experiments.study import run_study
+
+        result = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed)
+        print(f"optuna storage: {result.storage}")
+        for name, best in result.studies.items():
+            if best["params"] is None:
+                print(f"{name}: no finished trial")
+            else:
+                params = ", ".join(f"{k}={v:g}" for k, v in best["params"].items())
+                print(f"{name}: best validation UA {best['val_ua']:.4f} at {params}")
+        print(f"runs in {out}; next: asymcl report {out} --out {out / 'report'}")
+        return 0
+    result = run_sweep(spec, out)
+    print(f"{len(result.skipped) + len(result.ran)}/{result.total} runs complete in {out}")
+    if result.failed:
+        print(f"{len(result.failed)} failed (see {out / 'failures.log'}):")
+        for name, message in result.failed.items():
+            print(f"  {name}: {message}")
+        return 1
+    print(f"next: asymcl report {out} --out {out / 'report'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from asymcl.experiments.report import build_report
+
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "report"
+    result = build_report(args.runs_dir, out, tsne_points=args.tsne_points)
+    print(f"wrote {result.markdown}, {result.html} and {len(result.figures)} figures")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from asymcl.experiments.reproduce import reproduce
+
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}-{args.profile}"
+    result = reproduce(args.preset, args.data, out, profile=args.profile, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    if result.report is not None:
+        print(f"report: {result.report.markdown}")
+    return 1 if result.sweep.failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sweep = subparsers.add_parser(
+        "sweep", help="run a grid of runs (or an Optuna study) from a sweep YAML file",
+        description="Run every point of a sweep file's grid as a normal run directory. Run the same "
+                    "command again to continue an interrupted sweep: finished runs are skipped.",
+    )
+    sweep.add_argument("--config", required=True, metavar="SWEEP.yaml",
+                       help="sweep file: base (a run config) and grid (dotted key -> list of values)")
+    sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/<sweep name>)")
+    sweep.add_argument("--optuna", type=int, metavar="N_TRIALS",
+                       help="instead of the grid, run N_TRIALS TPE trials per method/setting over gamma/eta "
+                            "(the total across machines sharing --storage)")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="Optuna storage URL (default: sqlite:///DIR/optuna.db); share it between machines")
+    sweep.add_argument("--sampler-seed", type=int, default=0, metavar="SEED",
+                       help="TPE sampler seed (give each machine of a shared study a different one)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the run names and stop")
+    sweep.set_defaults(func=_sweep)
+
+    report = subparsers.add_parser(
+        "report", help="tables, paired comparisons and figures from finished runs",
+        description="Write report.md, report.html, report.json and PNG figures for every finished "
+                    "run under RUNS_DIR. Hyperparameters are chosen per method on validation UA.",
+    )
+    report.add_argument("runs_dir", metavar="RUNS_DIR", help="directory holding run directories (searched recursively)")
+    report.add_argument("--out", metavar="DIR", help="report directory (default: RUNS_DIR/report)")
+    report.add_argument("--tsne-points", type=int, default=1000, metavar="N",
+                        help="test points per t-SNE panel (subsampled; default 1000)")
+    report.set_defaults(func=_report)
+
+    reproduce = subparsers.add_parser(
+        "reproduce", help="run a benchmark protocol (sweep + report) on real data",
+        description="Run the protocol of the benchmark (docs/usage-experiments.md lists the grids), "
+                    "then the report. Re-run the same command to continue after an interruption.",
+    )
+    reproduce.add_argument("preset", choices=PRESETS)
+    reproduce.add_argument("--data", required=True, metavar="PATH",
+                           help="Fashion-MNIST IDX folder; for isic2018 the official folder or a .npz")
+    reproduce.add_argument("--profile", choices=("quick", "full"), default="quick",
+                           help="quick: a small grid on CPU (< 45 min on 2 cores); full: the whole grid, for a GPU")
+    reproduce.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce-PRESET-PROFILE)")
+    reproduce.add_argument("--dry-run", action="store_true", help="print the sweep file and stop")
+    reproduce.set_defaults(func=_reproduce)
