@@ -161,7 +161,7 @@ def decode_image(path: str, num_channels: int, size_hw: tuple[int, int]) -> np.n
             image = image.convert(mode)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            array = np.array(image, dtype=np.uint8)  # a writable copy
     except FileNotFoundError as exc:
         raise DataError(f"image file {path} is missing") from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:

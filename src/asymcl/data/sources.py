@@ -95,6 +95,8 @@ def load_npz(spec: DataSpec) -> SourceData:
     path = Path(spec.root)
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"npz file {path} cannot be read: it is not an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

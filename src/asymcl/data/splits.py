@@ -186,7 +186,9 @@ def stratified_holdout(
 
         groups = _unique_groups(groups)
         n_groups = np.unique(groups).size
-        n_splits = min(max(2, int(round(1.0 / fraction))), n_groups)
+        # sklearn needs n_splits <= the number of groups and <= the largest class's size.
+        largest_class = int(np.bincount(targets).max())
+        n_splits = min(max(2, int(round(1.0 / fraction))), n_groups, largest_class)
         if n_splits >= 2:
             splitter = StratifiedGroupKFold(
                 n_splits=n_splits, shuffle=True, random_state=int(rng.integers(2**31 - 1))

@@ -1,0 +1,231 @@
+"""Imbalance profiles (exact counts), class selection, seeded determinism, the balanced sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asymcl.data import ClassBalancedSampler, DataSpec, ImbalanceProfile, build_splits, parse_imbalance
+from asymcl.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYMCL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def balanced_npz(tmp_path):
+    """10 classes, 100 training and 30 test images each; each image's pixels hold its row id."""
+    rng = np.random.default_rng(0)
+    train_y = rng.permutation(np.repeat(np.arange(10), 100))
+    test_y = rng.permutation(np.repeat(np.arange(10), 30))
+    y = np.concatenate([train_y, test_y])
+    n = y.size
+    x = np.zeros((n, 4, 4), dtype=np.uint8)
+    x[:, 0, 0] = np.arange(n) % 256
+    x[:, 0, 1] = np.arange(n) // 256
+    split = np.array(["train"] * train_y.size + ["test"] * test_y.size)
+    path = tmp_path / "balanced.npz"
+    np.savez(path, x=x, y=y, split=split, classes=np.array([f"c{k}" for k in range(10)]))
+    return path
+
+
+def _row_ids(dataset):
+    images, _ = dataset.load_all()
+    return (images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()).numpy()
+
+
+def _train_plus_val(splits):
+    return splits.splits["train"].class_counts() + splits.splits["val"].class_counts()
+
+
+def test_exp_profile_exact_counts(balanced_npz):
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10", seed=0))
+    # n_c = floor(100 * 10 ** (-c / 9)), worked out by hand
+    assert list(_train_plus_val(splits)) == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    # the test set cut to the same profile with n_max = 30
+    assert list(splits.splits["test_imbalanced"].class_counts()) == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]
+    assert list(splits.splits["test"].class_counts()) == [30] * 10
+    # validation keeps the training proportions (10 %, at least one per class)
+    assert list(splits.splits["val"].class_counts()) == [10, 8, 6, 5, 4, 3, 2, 2, 1, 1]
+
+
+def test_exp_profile_with_nmax_and_too_large_nmax(balanced_npz):
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10:50"))
+    assert list(_train_plus_val(splits)) == [50, 38, 29, 23, 17, 13, 10, 8, 6, 5]
+    with pytest.raises(DataError, match="asks for 101 images of class position 0 but the pool has only 100"):
+        build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10:101"))
+
+
+def test_step_profile(balanced_npz):
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="step:10"))
+    assert list(_train_plus_val(splits)) == [100] * 5 + [10] * 5
+    odd = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="step:4", classes=[4, 2, 9, 0, 1]))
+    # the first ceil(5/2) = 3 classes are the majority
+    assert list(_train_plus_val(odd)) == [100, 100, 100, 25, 25]
+
+
+def test_binary_profile_class_order_and_names(balanced_npz):
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="binary:50", classes=[6, 0]))
+    assert splits.classes == ["c6", "c0"]
+    assert list(_train_plus_val(splits)) == [100, 2]
+    assert list(splits.splits["test_imbalanced"].class_counts()) == [30, 1]  # floor(30/50) -> at least 1
+    # labels are remapped to 0..K-1 in the given order: every label-0 image came from class 6
+    original_y = np.load(balanced_npz)["y"]
+    rows = _row_ids(splits.splits["train"])
+    assert np.all(original_y[rows] == np.array([6, 0])[splits.splits["train"].targets])
+    with pytest.raises(DataError, match="needs exactly two classes"):
+        build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="binary:50"))
+
+
+def test_class_names_accepted(balanced_npz):
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, classes=["c3", "c1"]))
+    assert splits.classes == ["c3", "c1"]
+    assert "test_imbalanced" not in splits.splits
+
+
+def test_largest_feasible_nmax_on_an_imbalanced_pool():
+    profile = parse_imbalance("exp:4")
+    assert list(profile.counts([10, 50, 50])) == [10, 5, 2]
+    assert list(profile.counts([50, 10, 50])) == [20, 10, 5]
+    assert list(parse_imbalance("step:3").counts([7, 7, 1, 5])) == [3, 3, 1, 1]
+    # exact floors where floating point would lose one: 6000 * 100 ** -1 = 60
+    assert list(parse_imbalance("binary:100").counts([6000, 6000])) == [6000, 60]
+    assert list(parse_imbalance("exp:100").counts([6000] * 10))[-1] == 60
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("exp:0.5", "ratio 0.5 .* must be a finite number >= 1"),
+        ("exp:-3", "ratio -3"),
+        ("exp:abc", "ratio 'abc' .* is not a number"),
+        ("zipf:10", "KIND one of exp, step, binary"),
+        ("exp", "KIND:RHO"),
+        ("exp:10:0", "NMAX 0"),
+        ("exp:inf", "finite"),
+    ],
+)
+def test_bad_profiles(text, message):
+    with pytest.raises(DataError, match=message):
+        parse_imbalance(text)
+
+
+@pytest.mark.parametrize(
+    "classes,message",
+    [
+        ([0, 10], "class id 10 is out of range: this dataset has 10 classes"),
+        ([-1, 2], "class id -1 is out of range"),
+        ([1, 1], "given twice"),
+        (["nope"], "class 'nope' is not known"),
+    ],
+)
+def test_bad_classes(balanced_npz, classes, message):
+    with pytest.raises(DataError, match=message):
+        build_splits(DataSpec(dataset="npz", root=balanced_npz, classes=classes))
+
+
+def test_bad_spec_values():
+    with pytest.raises(DataError, match="val_fraction=1.5"):
+        build_splits(DataSpec(val_fraction=1.5))
+    with pytest.raises(DataError, match="dataset 'mnist' is not known"):
+        build_splits(DataSpec(dataset="mnist"))
+    with pytest.raises(DataError, match="needs a root"):
+        build_splits(DataSpec(dataset="npz"))
+
+
+def test_seed_fixes_every_split(balanced_npz):
+    def ids(seed, imbalance="exp:10"):
+        splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance=imbalance, seed=seed))
+        return {name: tuple(_row_ids(ds)) for name, ds in splits.splits.items()}
+
+    first, again, other = ids(0), ids(0), ids(1)
+    assert first == again
+    assert first["train"] != other["train"] and first["test_imbalanced"] != other["test_imbalanced"]
+    assert first["test"] == other["test"]  # the official test set does not depend on the seed
+    # no image in two splits
+    assert not set(first["train"]) & set(first["val"])
+    # digits: the carved test split depends on the seed only, not on the imbalance
+    digits = lambda imb: _row_ids_digits(build_splits(DataSpec(imbalance=imb, seed=3)))  # noqa: E731
+    assert digits(None) == digits("exp:10")
+
+
+def _row_ids_digits(splits):
+    images, labels = splits.splits["test"].load_all()
+    return (images.flatten(1).numpy().tobytes(), labels.numpy().tobytes())
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def test_sampler_balanced_in_expectation():
+    targets = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    sampler = ClassBalancedSampler(targets, num_samples=30_000, seed=0)
+    drawn = targets[np.fromiter(iter(sampler), dtype=np.int64)]
+    counts = np.bincount(drawn, minlength=3)
+    # binomial(30000, 1/3): std ~ 82; 5 std either side
+    assert np.all(np.abs(counts - 10_000) < 410), counts
+    assert len(sampler) == 30_000
+
+
+def test_sampler_epochs_and_seeds():
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    sampler = ClassBalancedSampler(targets, seed=5)
+    epoch0 = list(sampler)
+    assert epoch0 == list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    assert list(ClassBalancedSampler(targets, seed=6)) != epoch0
+
+
+@pytest.mark.parametrize("num_replicas", [2, 3])
+def test_sampler_ranks_take_disjoint_shares_of_one_draw(num_replicas):
+    targets = np.array([0] * 50 + [1] * 7 + [2] * 3)
+    single = ClassBalancedSampler(targets, num_samples=60, seed=2, num_replicas=1, rank=0)
+    ranks = [ClassBalancedSampler(targets, num_samples=60, seed=2, num_replicas=num_replicas, rank=r) for r in range(num_replicas)]
+    for s in ranks + [single]:
+        s.set_epoch(4)
+    shares = [list(s) for s in ranks]
+    assert len({len(share) for share in shares}) == 1 and len(shares[0]) == len(ranks[0])
+    total = ranks[0].total_size
+    global_draw = ranks[0].global_draw()
+    # rank r holds positions r, r + R, ...: interleaving the shares gives back the global draw
+    interleaved = np.empty(total, dtype=np.int64)
+    for r, share in enumerate(shares):
+        interleaved[r::num_replicas] = share
+    assert np.array_equal(interleaved, global_draw)
+    # and it is the same draw a single process makes: the ranks together sample like one process
+    assert np.array_equal(global_draw, single.global_draw())
+    assert sorted(np.concatenate(shares).tolist()) == sorted(list(single))
+
+
+def test_sampler_reads_torch_distributed(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        sampler = ClassBalancedSampler(np.array([0, 1, 1, 1]), seed=0)
+        assert (sampler.num_replicas, sampler.rank) == (1, 0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sampler_with_dataloader_and_bad_input():
+    splits = build_splits(DataSpec(imbalance="exp:10", seed=0))
+    train = splits.splits["train"]
+    sampler = ClassBalancedSampler(train, seed=0)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, sampler=sampler)
+    images, labels = next(iter(loader))
+    assert images.shape == (64, 1, 8, 8)
+    with pytest.raises(DataError, match="rank 2 is not in range"):
+        ClassBalancedSampler([0, 1], num_replicas=2, rank=2)
+    with pytest.raises(DataError, match="at least one sample"):
+        ClassBalancedSampler([])
+
+
+def test_profile_str_roundtrip():
+    assert str(parse_imbalance("EXP:100")) == "exp:100"
+    assert parse_imbalance("binary:2.5:40") == ImbalanceProfile("binary", 2.5, 40)
+    assert parse_imbalance(None) is None
