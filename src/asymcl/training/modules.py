@@ -1,0 +1,322 @@
+"""Lightning modules: stage 1 (contrastive), stage 2 (linear classifier on a frozen encoder) and
+the end-to-end cross-entropy baseline.
+
+All three share the validation metrics (torchmetrics, on the validation split every epoch):
+``val/wa`` (accuracy over samples), ``val/ua`` (mean per-class recall, the balanced accuracy, by
+which the best checkpoint is chosen), ``val/macro_f1``, plus per-class recall and the confusion
+matrix kept in ``last_val_metrics`` for the run's history.
+
+Stage 1 has no classifier; its validation UA is that of a nearest-class-mean classifier on the
+L2-normalised encoder features (class means from the un-augmented training split), a cheap
+parameter-free probe of how separable the classes are, so the best stage-1 encoder is chosen by
+the same criterion as everything else.
+
+Randomness: at the start of every training epoch torch's global generator is re-seeded from
+(seed, stage, epoch). Augmentation draws from it, so an epoch that is re-run after a resume draws
+exactly the same augmentations as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
+
+from asymcl.data.augment import build_augmentation
+from asymcl.models import LinearClassifier, ProjectionHead, build_backbone
+from asymcl.training.data_module import to_float_images
+
+STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def epoch_seed(seed: int, stage: str, epoch: int) -> int:
+    return (seed * 1_000_003 + STAGE_OFFSETS[stage] * 10_007 + epoch) % (2**63 - 1)
+
+
+class Encoder(nn.Module):
+    """Input standardisation + backbone: (B, C, H, W) in [0, 1] -> (B, feature_dim).
+
+    A pretrained ImageNet backbone gets ImageNet's mean/std (averaged for grey input); otherwise
+    (x - 0.5) / 0.25. The constants are derived from the config, not stored in checkpoints.
+    """
+
+    def __init__(self, backbone: str, in_channels: int, pretrained: str | None = None,
+                 load_pretrained: bool = True):
+        super().__init__()
+        # load_pretrained=False: same layout and input statistics, weights to come from a checkpoint
+        self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None)
+        self.feature_dim = int(self.backbone.feature_dim)
+        if pretrained is not None:
+            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+            if in_channels != 3:
+                mean, std = mean.mean().repeat(in_channels), std.mean().repeat(in_channels)
+        else:
+            mean, std = torch.full((in_channels,), 0.5), torch.full((in_channels,), 0.25)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone((images - self.mean) / self.std)
+
+
+def build_encoder(config: dict, in_channels: int, load_pretrained: bool = True) -> Encoder:
+    model = config["model"]
+    return Encoder(model["backbone"], in_channels, model["pretrained"], load_pretrained)
+
+
+def augmentation_preset(config: dict, dataset_name: str, channels: int) -> str:
+    preset = config["data"]["augment"]
+    if preset != "auto":
+        return preset
+    return "dermoscopy" if dataset_name == "isic2018" or channels == 3 else "grey28"
+
+
+class ClassificationLoss(nn.Module):
+    """Cross-entropy, softmax focal loss, or logit-adjusted cross-entropy (training only).
+
+    * ``ce``: -log p_y.
+    * ``focal``: -(1 - p_y)^gamma log p_y (Lin et al. 2017, softmax form).
+    * ``logit_adjusted``: cross-entropy on logits + tau * log(prior) (Menon et al. 2021), with
+      the prior = training class frequencies; predictions use the plain logits.
+    """
+
+    def __init__(self, name: str, class_counts: Tensor, focal_gamma: float = 2.0, tau: float = 1.0):
+        super().__init__()
+        self.name = name
+        self.focal_gamma = focal_gamma
+        prior = class_counts.double().clamp_min(1) / class_counts.double().clamp_min(1).sum()
+        self.register_buffer("log_prior_shift", (tau * prior.log()).float(), persistent=False)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = logits.float()
+        if self.name == "logit_adjusted":
+            return F.cross_entropy(logits + self.log_prior_shift, labels)
+        if self.name == "focal":
+            log_p = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+            return (-(1 - log_p.exp()).pow(self.focal_gamma) * log_p).mean()
+        return F.cross_entropy(logits, labels)
+
+
+def metric_collection(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "wa": MulticlassAccuracy(num_classes, average="micro"),
+            "ua": MulticlassRecall(num_classes, average="macro"),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+            "per_class_recall": MulticlassRecall(num_classes, average=None),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+def metrics_to_python(values: dict[str, Tensor]) -> dict[str, Any]:
+    """torchmetrics results -> JSON-ready floats and lists."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        value = value.detach().cpu()
+        out[key] = value.item() if value.ndim == 0 else value.tolist()
+    return out
+
+
+class _Base(pl.LightningModule):
+    stage = "base"
+
+    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+                 augment_preset: str):
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.seed = int(config["seed"])
+        self.augment = build_augmentation(augment_preset, image_hw, in_channels)
+        self.val_metrics = metric_collection(num_classes)
+        self.last_val_metrics: dict[str, Any] = {}
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self.last_train_loss: float | None = None
+
+    # -- randomness and the epoch's mean loss ---------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(epoch_seed(self.seed, self.stage, self.current_epoch))
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def _record_loss(self, loss: Tensor, batch_size: int) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self._loss_sum += float(loss.detach()) * batch_size
+        self._loss_count += batch_size
+        self.last_train_loss = self._loss_sum / self._loss_count
+
+    # -- validation -----------------------------------------------------------------------------
+    def predict_logits(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        self.val_metrics.update(self.predict_logits(images), labels)
+
+    def on_validation_epoch_end(self) -> None:
+        values = metrics_to_python(self.val_metrics.compute())
+        self.val_metrics.reset()
+        for key in ("wa", "ua", "macro_f1"):
+            self.log(f"val/{key}", values[key], prog_bar=key == "ua", sync_dist=False)
+        self.last_val_metrics = values
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def _optimizer(self, params, section: dict):
+        if section["optimizer"] == "sgd":
+            optimizer = torch.optim.SGD(params, lr=section["lr"], momentum=0.9,
+                                        weight_decay=section["weight_decay"])
+        else:
+            optimizer = torch.optim.AdamW(params, lr=section["lr"], weight_decay=section["weight_decay"])
+        if section["scheduler"] == "none":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=section["epochs"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class ContrastiveModule(_Base):
+    """Stage 1: encoder -> projection head -> contrastive loss on two augmented views.
+
+    Batch (B images) -> views (2B, C, H, W) -> z (B, 2, proj_dim), L2-normalised -> loss.
+    """
+
+    stage = "stage1"
+
+    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+                 augment_preset: str, gather_distributed: bool = False, load_pretrained: bool = True):
+        super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
+        from asymcl.losses import AsymmetricFocalContrastiveLoss, SupConLoss
+
+        self.encoder = build_encoder(config, in_channels, load_pretrained)
+        self.head = ProjectionHead(self.encoder.feature_dim, config["model"]["proj_hidden_dim"],
+                                   config["model"]["proj_dim"])
+        loss = config["loss"]
+        if config["method"] == "supcon":
+            self.criterion = SupConLoss(temperature=loss["temperature"], gather_distributed=gather_distributed)
+        else:  # cl/fcl/acl/afcl: the config already fixed gamma/eta for the special cases
+            self.criterion = AsymmetricFocalContrastiveLoss(
+                gamma=loss["gamma"], eta=loss["eta"], temperature=loss["temperature"],
+                normalization=loss["normalization"], gather_distributed=gather_distributed,
+            )
+        self.class_means: Tensor | None = None
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, labels = batch
+        with torch.no_grad():
+            views = torch.cat([self.augment(images), self.augment(images)])
+        z = self.head(self.encoder(views))
+        z = torch.stack(z.split(len(images)), dim=1)  # (B, 2, D): the two views of image b
+        loss = self.criterion(z, labels)
+        self._record_loss(loss, len(images))
+        return loss
+
+    # Nearest-class-mean probe for validation.
+    def on_validation_epoch_start(self) -> None:
+        loader = self.trainer.datamodule.probe_dataloader()
+        sums = torch.zeros(self.num_classes, self.encoder.feature_dim, device=self.device)
+        counts = torch.zeros(self.num_classes, device=self.device)
+        with torch.no_grad():
+            for images, labels in loader:
+                images = to_float_images(images.to(self.device))
+                labels = labels.to(self.device)
+                features = F.normalize(self.encoder(images).float(), dim=1)
+                sums.index_add_(0, labels, features)
+                counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self.class_means = F.normalize(sums / counts.clamp_min(1)[:, None], dim=1)
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        features = F.normalize(self.encoder(images).float(), dim=1)
+        return features @ self.class_means.T
+
+    def configure_optimizers(self):
+        return self._optimizer(self.parameters(), self.config["stage1"])
+
+
+class LinearProbeModule(_Base):
+    """Stage 2: frozen encoder (eval mode, batch norm included) -> linear classifier."""
+
+    stage = "stage2"
+
+    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+                 augment_preset: str, class_counts: Tensor):
+        super().__init__(config, num_classes, in_channels,
+                         image_hw, augment_preset if config["stage2"]["augment"] else "none")
+        self.encoder = build_encoder(config, in_channels, load_pretrained=False)
+        self.encoder.requires_grad_(False)
+        self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
+        s2 = config["stage2"]
+        self.criterion = ClassificationLoss(s2["loss"], class_counts, s2["focal_gamma"], s2["logit_tau"])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: batch-norm statistics must not move
+        return self
+
+    def features(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.encoder(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(self.features(images))
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, labels = batch
+        with torch.no_grad():
+            features = self.encoder(self.augment(images))
+        loss = self.criterion(self.classifier(features.float()), labels)
+        self._record_loss(loss, len(images))
+        return loss
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        return self(images)
+
+    def configure_optimizers(self):
+        return self._optimizer(self.classifier.parameters(), self.config["stage2"])
+
+
+class EndToEndModule(_Base):
+    """The baseline: encoder + linear classifier trained together with ``stage2.loss`` on one
+    augmented view per image, with the optimisation settings of ``stage1``."""
+
+    stage = "baseline"
+
+    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+                 augment_preset: str, class_counts: Tensor, load_pretrained: bool = True):
+        super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
+        self.encoder = build_encoder(config, in_channels, load_pretrained)
+        self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
+        s2 = config["stage2"]
+        self.criterion = ClassificationLoss(s2["loss"], class_counts, s2["focal_gamma"], s2["logit_tau"])
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.encoder(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(self.encoder(images))
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, labels = batch
+        with torch.no_grad():
+            images = self.augment(images)
+        loss = self.criterion(self(images), labels)
+        self._record_loss(loss, len(images))
+        return loss
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        return self(images)
+
+    def configure_optimizers(self):
+        return self._optimizer(self.parameters(), self.config["stage1"])
