@@ -42,12 +42,14 @@ def _projection() -> torch.nn.Linear:
 CASES = {
     "labels-batch": dict(positives="labels", normalization="batch"),
     "labels-pairs": dict(positives="labels", normalization="pairs"),
+    "labels-pairs-reference": dict(positives="labels", normalization="pairs", impl="reference"),
+    "mask-batch-reference": dict(positives="mask", normalization="batch", impl="reference"),
     "mask-pairs": dict(positives="mask", normalization="pairs"),
     "views-only-batch": dict(positives="views", normalization="batch"),
 }
 
 
-def _loss_inputs(case, inputs_rows, labels, image_mask, rows):
+def _loss_inputs(case, labels, image_mask, rows):
     positives = CASES[case]["positives"]
     if positives == "labels":
         return dict(labels=labels[rows])
@@ -70,7 +72,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         for case, spec in CASES.items():
             model.zero_grad()
             embeddings = model(inputs[rows])
-            extra = _loss_inputs(case, inputs, labels, image_mask, rows)
+            extra = _loss_inputs(case, labels, image_mask, rows)
             if case == "labels-batch":  # the module form
                 criterion = AsymmetricFocalContrastiveLoss(
                     SETTINGS["gamma"], SETTINGS["eta"], temperature=SETTINGS["temperature"],
@@ -78,7 +80,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 )
                 loss = criterion(embeddings, extra.get("labels"))
             else:
-                loss = afcl_loss(embeddings, **extra, **SETTINGS, normalization=spec["normalization"], gather_distributed=True)
+                loss = afcl_loss(embeddings, **extra, **SETTINGS, normalization=spec["normalization"],
+                                 impl=spec.get("impl", "auto"), gather_distributed=True)
             loss.backward()
             results[case] = dict(
                 value=loss.detach().clone(),
@@ -99,6 +102,13 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             results["views-mismatch"] = "no error"
         except ValueError as error:
             results["views-mismatch"] = str(error)
+        # A mask of local x local images (the single-process shape) instead of local x global.
+        local_square = image_mask[rows][:, rows] if rank == 0 else image_mask[rows]
+        try:
+            afcl_loss(model(inputs[rows]), mask=local_square, **SETTINGS, gather_distributed=True)
+            results["mask-width"] = "no error"
+        except ValueError as error:
+            results["mask-width"] = str(error)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
     except Exception:  # surface the worker's traceback in the parent's assertion message
@@ -135,8 +145,8 @@ def _single_process(case):
     model = _projection()
     spec = CASES[case]
     everything = slice(0, sum(IMAGES_PER_RANK))
-    loss = afcl_loss(model(inputs), **_loss_inputs(case, inputs, labels, image_mask, everything), **SETTINGS,
-                     normalization=spec["normalization"])
+    loss = afcl_loss(model(inputs), **_loss_inputs(case, labels, image_mask, everything), **SETTINGS,
+                     normalization=spec["normalization"], impl="reference")
     loss.backward()
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
@@ -161,3 +171,9 @@ def test_bad_input_on_one_rank_raises_on_every_rank(rank_results):
 def test_view_count_mismatch_is_refused_on_every_rank(rank_results):
     for results in rank_results:
         assert "same views V on every rank" in results["views-mismatch"]
+
+
+def test_mask_must_span_the_global_batch(rank_results):
+    for results in rank_results:
+        assert "mask must have shape (local images, global images)" in results["mask-width"]
+        assert "rank(s) [0] passed [5] columns" in results["mask-width"]

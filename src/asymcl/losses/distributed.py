@@ -103,16 +103,15 @@ def exchange_metadata(
             f"gather_distributed=True, got {[_MODE_NAMES[m] for m in modes]} (by rank)"
         )
     counts = tuple(row[1] for row in table)
-    if mode == MODE_MASK and mask_cols != sum(counts):
-        raise ValueError(
-            f"with gather_distributed=True, mask must have shape (local images, global images) = "
-            f"({n_images}, {sum(counts)}) (columns: the images of rank 0, then rank 1, ...), "
-            f"got {mask_cols} columns on rank {rank}"
-        )
-    mask_widths = [row[5] for row in table]
-    if mode == MODE_MASK and any(w != sum(counts) for w in mask_widths):
-        bad = [r for r, w in enumerate(mask_widths) if w != sum(counts)]
-        raise ValueError(f"rank(s) {bad} passed a mask whose width is not the global image count {sum(counts)}")
+    if mode == MODE_MASK:
+        widths = [row[5] for row in table]
+        bad = [r for r, width in enumerate(widths) if width != sum(counts)]
+        if bad:
+            raise ValueError(
+                f"with gather_distributed=True, mask must have shape (local images, global images), "
+                f"its columns the images of rank 0, then rank 1, ...; the global batch has {sum(counts)} "
+                f"images but rank(s) {bad} passed {[widths[r] for r in bad]} columns"
+            )
     return GlobalLayout(image_counts=counts, rank=rank)
 
 
