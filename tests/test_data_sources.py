@@ -20,7 +20,6 @@ from data_fixtures import (
     make_class_folder,
     make_fashion_mnist,
     make_isic,
-    write_ground_truth,
     write_idx,
     write_image,
 )
@@ -378,3 +377,13 @@ def test_digits_default_needs_nothing():
     pool = np.bincount(load_digits().target)
     assert np.array_equal(splits.splits["test"].class_counts(), np.rint(0.25 * pool).astype(int))
     _check_item(train)
+
+
+def test_file_dataset_in_dataloader_workers(tmp_path):
+    make_isic(tmp_path / "isic", metadata=False)
+    splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", image_size=6))
+    test = splits.splits["test"]
+    loader = torch.utils.data.DataLoader(test, batch_size=5, num_workers=2)
+    images = torch.cat([batch for batch, _ in loader])
+    expected, _ = test.load_all()
+    assert torch.equal((images * 255).round().to(torch.uint8), expected)
