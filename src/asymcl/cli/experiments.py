@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
+
+
+def _command(*parts: object, **options: object) -> str:
+    """The canonical command line of this invocation (what the report prints to repeat it)."""
+    words = ["asymcl", *map(str, parts)]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        words.append("--" + name.replace("_", "-"))
+        if value is not True:
+            words.append(str(value))
+    return shlex.join(words)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -22,7 +35,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.optuna is not None:
         from asymcl.experiments.study import run_study
 
-        result = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed)
+        command = _command("sweep", config=args.config, out=out, optuna=args.optuna, storage=args.storage,
+                           sampler_seed=args.sampler_seed)
+        result = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed,
+                           command=command)
         print(f"optuna storage: {result.storage}")
         for name, best in result.studies.items():
             if best["params"] is None:
@@ -32,7 +48,7 @@ def _sweep(args: argparse.Namespace) -> int:
                 print(f"{name}: best validation UA {best['val_ua']:.4f} at {params}")
         print(f"runs in {out}; next: asymcl report {out} --out {out / 'report'}")
         return 0
-    result = run_sweep(spec, out)
+    result = run_sweep(spec, out, command=_command("sweep", config=args.config, out=out))
     print(f"{len(result.skipped) + len(result.ran)}/{result.total} runs complete in {out}")
     if result.failed:
         print(f"{len(result.failed)} failed (see {out / 'failures.log'}):")
@@ -47,7 +63,8 @@ def _report(args: argparse.Namespace) -> int:
     from asymcl.experiments.report import build_report
 
     out = Path(args.out) if args.out else Path(args.runs_dir) / "report"
-    result = build_report(args.runs_dir, out, tsne_points=args.tsne_points)
+    command = _command("report", args.runs_dir, out=out, tsne_points=args.tsne_points)
+    result = build_report(args.runs_dir, out, tsne_points=args.tsne_points, command=command)
     print(f"wrote {result.markdown}, {result.html} and {len(result.figures)} figures")
     return 0
 
@@ -56,7 +73,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from asymcl.experiments.reproduce import reproduce
 
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}-{args.profile}"
-    result = reproduce(args.preset, args.data, out, profile=args.profile, dry_run=args.dry_run)
+    command = _command("reproduce", args.preset, data=args.data, profile=args.profile, out=out)
+    result = reproduce(args.preset, args.data, out, profile=args.profile, dry_run=args.dry_run, command=command)
     if args.dry_run:
         return 0
     if result.report is not None:

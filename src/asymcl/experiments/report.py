@@ -374,9 +374,9 @@ def figure_tsne(setting: Setting, path: Path, max_points: int = 1000, seed: int 
         ax.set_xticks([])
         ax.set_yticks([])
     handles, labels_ = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels_, loc="lower center", ncol=min(len(labels_), 5), markerscale=3, frameon=False)
+    fig.legend(handles, labels_, loc="lower center", ncol=min(len(labels_), 10), markerscale=3, frameon=False)
     fig.suptitle(f"t-SNE of the encoder's features on the test set\n{setting.label}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * (math.ceil(len(labels_) / 5) - 1), 1, 0.95))
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (math.ceil(len(labels_) / 10) - 1), 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -444,6 +444,8 @@ def _history_series(run: Run, stage: str, key: str) -> dict[int, float]:
 def figure_curves(setting: Setting, path: Path) -> bool:
     """Per stage: the training loss and the validation UA per epoch, mean over seeds, per method."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     stages: dict[str, list[str]] = {}
     for method in setting.methods:
         for run in setting.chosen[method].runs:
@@ -464,7 +466,8 @@ def figure_curves(setting: Setting, path: Path) -> bool:
         return False
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.8, rows * 3.1), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.8, rows * 3.1 + 0.4), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     cmap = plt.get_cmap("tab10")
@@ -478,18 +481,24 @@ def figure_curves(setting: Setting, path: Path) -> bool:
             if not epochs:
                 continue
             mean = [np.mean([s[e] for s in series]) for e in epochs]
-            ax.plot(epochs, mean, marker="o", markersize=3, label=display(method), color=cmap(METHODS.index(method) % 10 if method in METHODS else index))
+            # Lightning counts epochs from 0; people count from 1.
+            ax.plot([e + 1 for e in epochs], mean, marker="o", markersize=3, label=display(method), color=cmap(METHODS.index(method) % 10 if method in METHODS else index))
         ax.set_title(f"{stage}: {key.replace('_', ' ')}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation UA" if key == "val_ua" else key.replace("_", " "))
         if key.endswith("ua"):
             ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        last_epoch = max((int(round(x)) for line in ax.get_lines() for x in line.get_xdata()), default=1)
+        if last_epoch <= 12:
+            ax.set_xticks(range(1, last_epoch + 1))
+            ax.set_xlim(0.5, last_epoch + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"Training curves (mean over seeds, chosen hyperparameters)\n{setting.label}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

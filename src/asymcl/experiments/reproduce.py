@@ -1,0 +1,172 @@
+"""``asymcl reproduce``: the benchmark protocol of method.md section 5 as ready-made sweeps.
+
+Each preset is a sweep file (base config + grid, see :mod:`asymcl.experiments.sweep`) followed by the
+report. ``quick`` is sized for 2 CPU cores (a small CNN, few epochs, a subset of the grid, still 3
+seeds); ``full`` is the whole grid for a GPU. The grids are listed in docs/usage-experiments.md
+and printed by ``asymcl reproduce PRESET --data PATH --dry-run``.
+
+Protocol (method.md section 5): the official training set is the pool for training and a stratified,
+seeded validation split (grouped by lesion for ISIC); the official test set is the test set
+(for an imbalance profile also cut to the training profile: ``test_imbalanced``); gamma/eta are
+chosen on validation UA; every number is over >= 3 seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asymcl.errors import ConfigError
+from asymcl.experiments.report import ReportResult, build_report
+from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
+
+PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
+PROFILES = ("quick", "full")
+
+# Shared by every preset/profile: the three seeds (>= 3 per method.md) and quiet progress bars,
+# since the sweep prints its own progress line.
+_SEEDS_QUICK = [0, 1, 2]
+_SEEDS_FULL = [0, 1, 2, 3, 4]
+
+_QUICK_TRAINING = {
+    "model.backbone": "small_cnn",
+    "stage1.epochs": 3,
+    "stage1.batch_size": 256,
+    "stage2.epochs": 3,
+    "stage2.batch_size": 256,
+    "trainer.progress_bar": False,
+}
+_FULL_TRAINING = {
+    "model.backbone": "cifar_resnet18",
+    "stage1.epochs": 100,
+    "stage1.batch_size": 256,
+    "stage2.epochs": 30,
+    "stage2.batch_size": 256,
+    "trainer.accelerator": "auto",
+    "trainer.precision": "bf16-mixed",
+    "trainer.progress_bar": False,
+}
+
+GRIDS: dict[str, dict[str, dict[str, Any]]] = {
+    "fmnist-binary": {
+        "quick": {
+            "data.imbalance": ["binary:10", "binary:100"],
+            "method": ["ce", "supcon", "fcl", "acl", "afcl"],
+            "loss.gamma": [1.0, 4.0],
+            "loss.eta": [30.0, 150.0],
+            "seed": _SEEDS_QUICK,
+        },
+        "full": {
+            "data.imbalance": ["binary:10", "binary:50", "binary:100"],
+            "method": ["ce", "supcon", "cl", "fcl", "acl", "afcl"],
+            "loss.gamma": [0.5, 1.0, 2.0, 4.0, 8.0],
+            "loss.eta": [10.0, 30.0, 100.0, 300.0],
+            "seed": _SEEDS_FULL,
+        },
+    },
+    "fmnist-lt": {
+        "quick": {
+            "data.imbalance": ["exp:10", "exp:100"],
+            "method": ["ce", "supcon", "afcl"],
+            "loss.gamma": [1.0, 4.0],
+            "loss.eta": [30.0],
+            "seed": _SEEDS_QUICK,
+        },
+        "full": {
+            "data.imbalance": ["exp:10", "exp:100"],
+            "method": ["ce", "supcon", "cl", "fcl", "acl", "afcl"],
+            "loss.gamma": [0.5, 1.0, 2.0, 4.0, 8.0],
+            "loss.eta": [10.0, 30.0, 100.0, 300.0],
+            "seed": _SEEDS_FULL,
+        },
+    },
+    "isic2018": {
+        "quick": {
+            "method": ["ce", "supcon", "afcl"],
+            "loss.gamma": [1.0, 4.0],
+            "loss.eta": [30.0],
+            "seed": _SEEDS_QUICK,
+        },
+        "full": {
+            "method": ["ce", "supcon", "cl", "fcl", "acl", "afcl"],
+            "loss.gamma": [0.5, 1.0, 2.0, 4.0, 8.0],
+            "loss.eta": [10.0, 30.0, 100.0, 300.0],
+            "seed": _SEEDS_FULL,
+        },
+    },
+}
+
+
+def _data_base(preset: str, data: Path, profile: str) -> dict[str, Any]:
+    if preset in ("fmnist-binary", "fmnist-lt"):
+        if not data.is_dir():
+            raise ConfigError(
+                f"--data {data}: expected the Fashion-MNIST folder with the four official IDX files "
+                "(train-images-idx3-ubyte.gz, ...)"
+            )
+        base = {"data.dataset": "fashion-mnist", "data.root": str(data)}
+        if preset == "fmnist-binary":
+            base["data.classes"] = [0, 6]  # T-shirt/top (majority) vs Shirt: the hard pair
+        return base
+    # isic2018: the official folder layout, or an .npz such as isic2018_28px.npz
+    if data.is_file() and data.suffix == ".npz":
+        return {"data.dataset": "npz", "data.root": str(data)}
+    if data.is_dir():
+        return {"data.dataset": "isic2018", "data.root": str(data),
+                "data.image_size": 28 if profile == "quick" else 224}
+    raise ConfigError(f"--data {data}: expected the ISIC 2018 folder (official layout) or an .npz file")
+
+
+def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[str, Any]:
+    """The sweep file (as a mapping) that ``reproduce PRESET --profile PROFILE`` runs."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESETS)})")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r} (allowed: {', '.join(PROFILES)})")
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise ConfigError(f"--data {data} does not exist")
+    base = {**(_QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
+    if preset == "isic2018" and profile == "full":
+        base["model.backbone"] = "resnet18"
+    return {
+        "name": f"{preset}-{profile}",
+        "description": f"asymcl reproduce {preset} --profile {profile}",
+        "base": base,
+        "grid": copy.deepcopy(GRIDS[preset][profile]),
+    }
+
+
+@dataclass
+class ReproduceResult:
+    spec_path: Path
+    sweep: SweepResult
+    report: ReportResult | None
+
+
+def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = "quick",
+              dry_run: bool = False, runner=None, progress=None, command: str | None = None,
+              tsne_points: int = 1000) -> ReproduceResult | None:
+    """Run (or continue) the preset's sweep into ``out`` and write the report to ``out/report``."""
+    raw = preset_spec(preset, data, profile)
+    spec = parse_spec(raw)
+    out = Path(out)
+    if dry_run:
+        from asymcl.experiments.sweep import expand
+
+        print(yaml.safe_dump(raw, sort_keys=False).rstrip())
+        print(f"# {len(expand(spec))} runs into {out}")
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "sweep.yaml"
+    spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    command = command or current_command()
+    sweep = run_sweep(spec, out, runner=runner, progress=progress, command=command)
+    report = None
+    if sweep.ran or sweep.skipped:
+        report = build_report(out, out / "report", command=command, progress=progress, tsne_points=tsne_points)
+    return ReproduceResult(spec_path, sweep, report)
