@@ -139,9 +139,16 @@ def make_loader(
                                     drop_last=train, rank=rank, world_size=world_size)
     if in_memory:
         images, labels = cached if cached is not None else dataset.load_all()
-        return DataLoader(InMemoryBatches(images, labels), sampler=batches, batch_size=None, num_workers=0)
+        return DataLoader(InMemoryBatches(images, labels), sampler=batches, batch_size=None,
+                          num_workers=0, generator=_own_generator(seed))
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=_own_generator(seed))
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """Making a DataLoader iterator draws a base seed; from its own generator it leaves torch's
+    global one (which drives augmentation) untouched."""
+    return torch.Generator().manual_seed(seed)
 
 
 def to_float_images(images: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ L2-normalised encoder features (class means from the un-augmented training split
 parameter-free probe of how separable the classes are, so the best stage-1 encoder is chosen by
 the same criterion as everything else.
 
-Randomness: at the start of every training epoch torch's global generator is re-seeded from
+Randomness: at the first batch of every training epoch torch's global generator is re-seeded from
 (seed, stage, epoch). Augmentation draws from it, so an epoch that is re-run after a resume draws
 exactly the same augmentations as in an uninterrupted run.
 """
@@ -148,8 +148,13 @@ class _Base(pl.LightningModule):
 
     # -- randomness and the epoch's mean loss ---------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        torch.manual_seed(epoch_seed(self.seed, self.stage, self.current_epoch))
         self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Re-seed at the first batch, after Lightning has made the epoch's data iterator: where
+        # that happens relative to on_train_epoch_start differs between a fresh and a resumed fit.
+        if batch_idx == 0:
+            torch.manual_seed(epoch_seed(self.seed, self.stage, self.current_epoch))
 
     def _record_loss(self, loss: Tensor, batch_size: int) -> None:
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

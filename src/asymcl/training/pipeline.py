@@ -28,6 +28,7 @@ import platform
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -310,6 +311,7 @@ def _train_stage(stage: str, config: dict, data: _RunData, run_dir: Path,
     if verbose:
         what = f"resuming from {resume}" if resume else f"{epochs} epoch(s)"
         print(f"[asymcl] {stage}: {what}", file=sys.stderr)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     try:
         trainer.fit(module, datamodule=_make_datamodule(data, config, stage),
                     ckpt_path=str(resume) if resume else None)
@@ -407,6 +409,7 @@ def run(config: dict | None, out_dir: str | Path, *, callbacks: Sequence = (),
     metrics = read_metrics(run_dir) or _empty_metrics(config)
     metrics["classes"] = data.classes
     metrics["counts"] = data.splits.counts()
+    metrics["input"] = {"channels": data.channels, "height": data.image_hw[0], "width": data.image_hw[1]}
 
     def save_metrics() -> None:
         if _is_main_process():

@@ -1,0 +1,108 @@
+"""Class probabilities for new images from a finished run.
+
+Images are read with Pillow, converted to the run's channels (``L`` or ``RGB``) and resized to its
+input size, and passed through the run's best final model (stage 2, or the ce baseline).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from asymcl.errors import CheckpointError, DataError
+from asymcl.training.checkpoints import atomic_write_bytes, load_module_weights
+from asymcl.training.config import resolve_config
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def find_images(path: str | Path) -> list[Path]:
+    """One image file, or every image file in a folder and its sub-folders (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"--images {path} is neither an image file nor a folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+    return files
+
+
+def load_image(path: Path, channels: int, size_hw: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) uint8 array of one image file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (size_hw[1], size_hw[0]):
+                image = image.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+class RunModel:
+    """The best final model of a run directory, ready for inference."""
+
+    def __init__(self, run_dir: str | Path):
+        from asymcl.training.pipeline import _build_module, stages_for
+
+        self.run_dir = Path(run_dir)
+        config_path, metrics_path = self.run_dir / "config.yaml", self.run_dir / "metrics.json"
+        if not config_path.is_file() or not metrics_path.is_file():
+            raise CheckpointError(f"{self.run_dir} is not a run directory (config.yaml and metrics.json expected)")
+        self.config = resolve_config(yaml.safe_load(config_path.read_text()) or {})
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("status") != "complete":
+            raise CheckpointError(f"the run in {self.run_dir} has not finished; run `asymcl train` on it again first")
+        self.classes = list(metrics["classes"])
+        shape = metrics["input"]
+        self.channels, self.size_hw = int(shape["channels"]), (int(shape["height"]), int(shape["width"]))
+
+        class _Shape:  # what _build_module reads from the run's data
+            num_classes = len(self.classes)
+            channels = self.channels
+            image_hw = self.size_hw
+            dataset_name = self.config["data"]["dataset"]
+            class_counts = torch.ones(len(self.classes))
+
+        stage = stages_for(self.config)[-1]
+        self.module = _build_module(stage, self.config, _Shape, load_pretrained=False)
+        load_module_weights(self.module, self.run_dir / "checkpoints" / stage / "best.ckpt")
+        self.module.eval()
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) uint8 -> (N, num_classes) class probabilities."""
+        batch = torch.as_tensor(images).float().div_(255.0)
+        logits = self.module.classifier(self.module.encoder(batch))
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+
+def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = None,
+            batch_size: int = 256) -> str:
+    """Predict every image; returns the CSV text (``path,pred,pred_class,prob_<class>...``) and
+    writes it atomically to ``out`` when given."""
+    model = RunModel(run_dir)
+    files = find_images(images)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "pred", "pred_class", *(f"prob_{c}" for c in model.classes)])
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        arrays = np.stack([load_image(p, model.channels, model.size_hw) for p in chunk])
+        for path, probs in zip(chunk, model.probabilities(arrays)):
+            pred = int(probs.argmax())
+            writer.writerow([str(path), pred, model.classes[pred], *(f"{p:.6g}" for p in probs)])
+    if out is not None:
+        atomic_write_bytes(out, text.getvalue().encode())
+    return text.getvalue()
