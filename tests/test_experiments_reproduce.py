@@ -1,0 +1,76 @@
+"""Protocol presets: valid configs for every preset/profile, clear errors, and the sweep -> report wiring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from asymcl.cli import main
+from asymcl.errors import ConfigError
+from asymcl.experiments.reproduce import GRIDS, PRESETS, preset_spec, reproduce
+from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
+
+
+@pytest.fixture()
+def data_paths(tmp_path):
+    fmnist = tmp_path / "fashion-mnist"
+    fmnist.mkdir()
+    npz = tmp_path / "isic.npz"
+    np.savez(npz, x=np.zeros((4, 28, 28, 3), np.uint8), y=np.arange(4) % 2)
+    return {"fmnist-binary": fmnist, "fmnist-lt": fmnist, "isic2018": npz}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_every_preset_resolves_to_valid_run_configs(preset, profile, data_paths):
+    spec = parse_spec(preset_spec(preset, data_paths[preset], profile))
+    points = expand(spec)
+    configs = resolve_points(spec, points, _default_resolver())
+    methods = {c["method"] for c in configs.values()}
+    assert {"ce", "supcon", "afcl"} <= methods
+    seeds = {c["seed"] for c in configs.values()}
+    assert len(seeds) >= 3
+    assert all(c["data"]["root"] == str(data_paths[preset]) for c in configs.values())
+    if preset == "fmnist-binary":
+        assert all(c["data"]["classes"] == [0, 6] for c in configs.values())
+        assert {c["data"]["imbalance"] for c in configs.values()} >= {"binary:10", "binary:100"}
+    if profile == "quick":
+        assert len(points) <= 24  # the CPU budget: see docs/usage-experiments.md
+
+
+def test_preset_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        preset_spec("fmnist-lt", tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="IDX"):
+        preset_spec("fmnist-binary", tmp_path / "file.txt")
+    with pytest.raises(ConfigError, match=r"official layout\) or an .npz"):
+        preset_spec("isic2018", tmp_path / "file.txt")
+    with pytest.raises(ConfigError, match="unknown profile"):
+        preset_spec("isic2018", tmp_path, "medium")
+
+
+def test_reproduce_runs_the_sweep_then_writes_the_report(tmp_path, data_paths):
+    from test_experiments_sweep import RecordingRunner
+
+    runner = RecordingRunner()
+    result = reproduce("isic2018", data_paths["isic2018"], tmp_path / "out", runner=runner,
+                       progress=lambda _: None, command="asymcl reproduce isic2018 --data x")
+    assert len(runner.calls) == len(expand(parse_spec(preset_spec("isic2018", data_paths["isic2018"]))))
+    assert yaml.safe_load(result.spec_path.read_text())["grid"] == GRIDS["isic2018"]["quick"]
+    text = result.report.markdown.read_text()
+    assert "asymcl reproduce isic2018 --data x" in text and "| AFCL |" in text
+    assert json.loads(result.report.json.read_text())["settings"][0]["table"]["afcl"]["params"]["loss.eta"] == 150.0
+    # again: nothing is re-run
+    again = RecordingRunner()
+    reproduce("isic2018", data_paths["isic2018"], tmp_path / "out", runner=again, progress=lambda _: None)
+    assert again.calls == []
+
+
+def test_cli_dry_run_prints_the_sweep(data_paths, capsys):
+    assert main(["reproduce", "fmnist-binary", "--data", str(data_paths["fmnist-binary"]), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "binary:100" in out and "runs into" in out
