@@ -174,3 +174,16 @@ def test_stats_helpers():
     assert single.n == 1 and np.isnan(single.low)
     with pytest.raises(ValueError):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_cli_report(report, tmp_path, capsys):
+    from asymcl.cli import main
+
+    root, _ = report
+    assert main(["report", str(root), "--out", str(tmp_path / "r"), "--tsne-points", "30"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert f"asymcl report {root} --out {tmp_path / 'r'} --tsne-points 30" in text
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err

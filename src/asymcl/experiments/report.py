@@ -47,7 +47,15 @@ DISPLAY = {"ce": "CE", "supcon": "SupCon", "cl": "CL", "fcl": "FCL", "acl": "ACL
 def display(method: str) -> str:
     return DISPLAY.get(method, method)
 _SYMBOLS = {"loss.gamma": "γ", "loss.eta": "η", "loss.temperature": "τ"}
-_SPLIT_TITLES = {"val": "validation", "test": "test (balanced)", "test_imbalanced": "test (imbalanced)"}
+_SPLIT_TITLES = {"val": "validation", "test": "test", "test_imbalanced": "test (imbalanced)"}
+
+
+def split_title(split: str, has_imbalanced_test: bool = False) -> str:
+    """With an imbalance profile, ``test`` is the full (balanced) official test set; without one
+    (e.g. ISIC) it is the official test set as it is."""
+    if split == "test" and has_imbalanced_test:
+        return "test (balanced)"
+    return _SPLIT_TITLES.get(split, split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +278,8 @@ def figure_recall(setting: Setting, split: str, path: Path) -> bool:
     ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 6 else 0, ha="right" if max(len(n) for n in names) > 6 else "center")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall (mean ± std over seeds)")
-    ax.set_title(f"Per-class recall, {_SPLIT_TITLES.get(split, split)}\n{setting.label}", fontsize=10)
+    ax.set_title(f"Per-class recall, {split_title(split, 'test_imbalanced' in setting.test_splits)}\n"
+                 f"{setting.label}", fontsize=10)
     ax.legend(fontsize=8, ncol=min(len(methods), 6), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -309,7 +318,8 @@ def figure_confusion(setting: Setting, split: str, path: Path) -> bool:
             ax.set_ylabel("true class")
         ax.set_title(f"{display(method)} ({len(setting.chosen[method].runs)} seeds summed)", fontsize=10)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="fraction of the true class")
-    fig.suptitle(f"Confusion matrices (row-normalised), {_SPLIT_TITLES.get(split, split)}\n{setting.label}",
+    fig.suptitle(f"Confusion matrices (row-normalised), "
+                 f"{split_title(split, 'test_imbalanced' in setting.test_splits)}\n{setting.label}",
                  fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -576,13 +586,13 @@ def _fmt_pct(mean: float, std: float, n: int) -> str:
     return f"{mean * 100:.1f} ± {std * 100:.1f}"
 
 
-def _column_title(column: str) -> str:
+def _column_title(column: str, columns: Sequence[str]) -> str:
     split, metric = column.split(".")
-    return f"{_SPLIT_TITLES.get(split, split)} {metric.upper()}"
+    return f"{split_title(split, any(c.startswith('test_imbalanced.') for c in columns))} {metric.upper()}"
 
 
 def _results_table(numbers: dict[str, Any]) -> Table:
-    header = ["method", "chosen hyperparameters", "seeds"] + [_column_title(c) for c in numbers["columns"]]
+    header = ["method", "chosen hyperparameters", "seeds"] + [_column_title(c, numbers["columns"]) for c in numbers["columns"]]
     table = Table(header, [])
     methods = list(numbers["table"])
     for method in methods:
@@ -624,7 +634,8 @@ def _comparison_table(numbers: dict[str, Any]) -> Table | None:
                 verdict = "AFCL worse"
             else:
                 verdict = "no clear difference"
-            table.rows.append([display(method), _SPLIT_TITLES.get(split, split), str(ua["n"]), fmt(ua), fmt(wa), verdict])
+            title = split_title(split, any(c.startswith("test_imbalanced.") for c in numbers["columns"]))
+            table.rows.append([display(method), title, str(ua["n"]), fmt(ua), fmt(wa), verdict])
     return table
 
 
