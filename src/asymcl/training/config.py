@@ -38,7 +38,7 @@ _FIXED_LOSS = {
     "afcl": {},
 }
 _DEFAULT_GAMMA = 1.0
-_DEFAULT_ETA = 30.0
+_DEFAULT_ETA = 5.0
 
 
 def _choice(*allowed: str) -> Callable[[Any], Any]:

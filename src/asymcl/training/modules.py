@@ -279,6 +279,8 @@ class LinearProbeModule(_Base):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, labels = batch
+        # Again here: Lightning restores sub-module modes itself around validation, bypassing train().
+        self.encoder.eval()
         with torch.no_grad():
             features = self.encoder(self.augment(images))
         loss = self.criterion(self.classifier(features.float()), labels)

@@ -1,0 +1,200 @@
+"""End-to-end runs of the pipeline on tiny digits subsets (a few optimisation steps each)."""
+
+import csv
+import json
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from asymcl.errors import CheckpointError, ConfigError, DataError
+from asymcl.training.checkpoints import load_checkpoint, load_module_weights
+from asymcl.training.pipeline import run
+
+torch.set_num_threads(1)
+
+
+def tiny(method="afcl", **overrides):
+    config = {
+        "method": method,
+        "seed": 0,
+        "data.classes": [0, 1, 2],
+        "data.imbalance": "exp:4",
+        "stage1.epochs": 1,
+        "stage1.batch_size": 32,
+        "stage2.epochs": 1,
+        "stage2.batch_size": 32,
+        "model.proj_hidden_dim": 32,
+        "model.proj_dim": 16,
+        "trainer.progress_bar": False,
+    }
+    config.update(overrides)
+    return config
+
+
+class Crash(pl.Callback):
+    """Raise ``error`` at the start of batch ``batch`` of epoch ``epoch`` of ``stage``."""
+
+    def __init__(self, stage, epoch, batch, error=None):
+        self.stage, self.epoch, self.batch = stage, epoch, batch
+        self.error = error or RuntimeError("simulated crash")
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if (module.stage, trainer.current_epoch, batch_idx) == (self.stage, self.epoch, self.batch):
+            raise self.error
+
+
+def test_two_stage_run_writes_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    metrics = run(tiny("afcl", **{"stage1.epochs": 2}), out)
+    for name in ("config.yaml", "versions.json", "metrics.json", "predictions.csv", "embeddings.npz"):
+        assert (out / name).is_file(), name
+    for stage in ("stage1", "stage2"):
+        assert (out / "checkpoints" / stage / "last.ckpt").is_file()
+        assert (out / "checkpoints" / stage / "best.ckpt").is_file()
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert on_disk["status"] == "complete" and on_disk["classes"] == ["0", "1", "2"]
+    assert [e["epoch"] for e in on_disk["history"]["stage1"]] == [0, 1]
+    assert on_disk["best"]["stage1"]["val_ua"] == max(e["val_ua"] for e in on_disk["history"]["stage1"])
+    for split in ("val", "test", "test_imbalanced"):
+        final = on_disk["final"][split]
+        assert set(final) == {"wa", "ua", "macro_f1", "per_class_recall", "confusion_matrix"}
+        cm = np.asarray(final["confusion_matrix"])
+        assert cm.shape == (3, 3)
+        assert final["wa"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
+        recalls = np.diag(cm) / cm.sum(axis=1)
+        assert final["per_class_recall"] == pytest.approx(recalls.tolist(), abs=1e-6)
+        assert final["ua"] == pytest.approx(recalls.mean(), abs=1e-6)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    counts = on_disk["counts"]
+    assert len(rows) == sum(counts["test"].values()) + sum(counts["test_imbalanced"].values())
+    assert list(rows[0]) == ["split", "index", "label", "pred", "prob_0", "prob_1", "prob_2"]
+    assert sum(float(rows[0][f"prob_{c}"]) for c in "012") == pytest.approx(1.0, abs=1e-4)
+    test_rows = [r for r in rows if r["split"] == "test"]
+    wa = np.mean([r["label"] == r["pred"] for r in test_rows])
+    assert wa == pytest.approx(on_disk["final"]["test"]["wa"], abs=1e-6)
+    embeddings = np.load(out / "embeddings.npz")
+    assert embeddings["test_features"].shape == (len(test_rows), 128)  # small_cnn features
+    assert embeddings["test_labels"].tolist() == [int(r["label"]) for r in test_rows]
+
+
+@pytest.mark.parametrize("method", ["supcon", "cl", "fcl", "acl"])
+def test_each_contrastive_loss_trains(tmp_path, method):
+    metrics = run(tiny(method), tmp_path / method)
+    assert metrics["status"] == "complete"
+    loss = metrics["history"]["stage1"][0]["train_loss"]
+    assert np.isfinite(loss) and loss > 0
+    assert 0 <= metrics["final"]["test"]["ua"] <= 1
+
+
+def test_stage2_freezes_the_encoder_and_its_batch_norm(tmp_path):
+    out = tmp_path / "run"
+    run(tiny("afcl", **{"stage2.epochs": 2, "stage2.loss": "logit_adjusted", "stage2.augment": True}), out)
+    stage1 = load_checkpoint(out / "checkpoints/stage1/best.ckpt")["state_dict"]
+    stage2 = load_checkpoint(out / "checkpoints/stage2/last.ckpt")["state_dict"]
+    encoder_keys = [k for k in stage1 if k.startswith("encoder.")]
+    assert any("running_mean" in k for k in encoder_keys)
+    for key in encoder_keys:
+        assert torch.equal(stage1[key], stage2[key]), key
+    assert "classifier.fc.weight" in stage2 and "head.net.0.weight" not in stage2
+
+
+def test_ce_baseline_with_focal_loss_and_class_balanced_sampler(tmp_path):
+    out = tmp_path / "ce"
+    metrics = run(tiny("ce", **{"stage2.loss": "focal", "stage2.sampler": "class_balanced"}), out)
+    assert (out / "checkpoints/baseline/best.ckpt").is_file()
+    assert not (out / "checkpoints/stage1").exists()
+    assert list(metrics["history"]) == ["baseline"]
+    assert metrics["status"] == "complete"
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run_and_is_deterministic(tmp_path):
+    config = tiny("afcl", **{"stage1.epochs": 3, "stage2.epochs": 2, "stage1.batch_size": 16})
+    reference = run(config, tmp_path / "a")
+    assert run(config, tmp_path / "c") == reference  # same seed, same machine: identical
+
+    out = tmp_path / "b"
+    with pytest.raises(RuntimeError, match="simulated crash"):  # inside stage 1's second epoch
+        run(config, out, callbacks=[Crash("stage1", epoch=1, batch=2)])
+    assert (out / "checkpoints/stage1/last.ckpt").is_file()
+    assert json.loads((out / "metrics.json").read_text())["status"] == "running"
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C inside stage 2
+        run(config, out, callbacks=[Crash("stage2", epoch=1, batch=0, error=KeyboardInterrupt())])
+    resumed = run(config, out)
+    assert resumed["final"] == reference["final"]
+    assert resumed["history"] == reference["history"]
+    assert resumed["best"] == reference["best"]
+
+
+def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    first = run(tiny("cl"), out)
+    best = out / "checkpoints/stage2/best.ckpt"
+    stamp = best.stat().st_mtime_ns
+    assert run(tiny("cl"), out) == first
+    assert best.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="different config.*loss.temperature"):
+        run(tiny("cl", **{"loss.temperature": 0.5}), out)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        run(tiny("cl"), tmp_path / "junk")
+
+
+def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path):
+    out = tmp_path / "run"
+    config = tiny("afcl", **{"stage1.epochs": 2})
+    with pytest.raises(RuntimeError):
+        run(config, out, callbacks=[Crash("stage1", epoch=1, batch=1)])
+    last = out / "checkpoints/stage1/last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="last.ckpt cannot be read"):
+        run(config, out)
+
+    other = tmp_path / "other"
+    run(tiny("ce", **{"data.classes": [0, 1, 2, 3], "data.imbalance": None}), other)
+    from asymcl.training.predict import RunModel
+
+    done = tmp_path / "done"
+    run(tiny("ce"), done)
+    model = RunModel(done)
+    with pytest.raises(CheckpointError, match="do not fit this model.*classifier.fc.weight"):
+        load_module_weights(model.module, other / "checkpoints/baseline/best.ckpt")
+
+
+def test_predict_matches_the_runs_own_test_predictions(tmp_path):
+    from PIL import Image
+
+    from asymcl.data import DataSpec, build_splits
+    from asymcl.training.predict import predict
+
+    out = tmp_path / "run"
+    config = tiny("ce")
+    run(config, out)
+    test = build_splits(DataSpec(classes=[0, 1, 2], imbalance="exp:4", val_fraction=0.2, seed=0))["test"]
+    images, labels = test.load_all()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(images[i, 0].numpy()).save(folder / f"img{i}.png")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "rgb_other_size.jpg")
+    text = predict(out, folder, tmp_path / "pred.csv")
+    rows = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    assert text == (tmp_path / "pred.csv").read_text()
+    assert len(rows) == 7
+    expected = {int(r["index"]): r for r in csv.DictReader((out / "predictions.csv").open()) if r["split"] == "test"}
+    for row in rows:
+        assert sum(float(row[f"prob_{c}"]) for c in "012") == pytest.approx(1.0, abs=1e-4)
+        if row["path"].endswith(".png"):
+            index = int(row["path"].rsplit("img", 1)[1][:-4])
+            assert row["pred"] == expected[index]["pred"]
+            assert float(row["prob_0"]) == pytest.approx(float(expected[index]["prob_0"]), abs=1e-4)
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match="broken.png"):
+        predict(out, folder)
+    with pytest.raises(DataError, match="neither an image file nor a folder"):
+        predict(out, tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        predict(tmp_path, folder)
