@@ -1,0 +1,76 @@
+import pytest
+
+from asymcl.errors import ConfigError
+from asymcl.training.config import SCHEMA, default_config, flatten, load_config_file, resolve_config
+
+
+def test_defaults_cover_every_key_and_resolve():
+    config = resolve_config(None, None)
+    assert set(flatten(default_config())) == set(SCHEMA) == set(flatten(config))
+    assert config["method"] == "afcl" and config["data"]["dataset"] == "digits"
+    assert config["loss"]["gamma"] is not None and config["loss"]["normalization"] == "batch"
+    assert resolve_config(config) == config  # idempotent: a run's config.yaml resolves to itself
+    assert resolve_config(default_config(), ["method=ce"])["method"] == "ce"
+
+
+@pytest.mark.parametrize("method,fixed", [("supcon", {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}),
+                                          ("cl", {"gamma": 0.0, "eta": 0.0}), ("fcl", {"eta": 0.0}),
+                                          ("acl", {"gamma": 0.0})])
+def test_methods_fix_their_loss_parameters(method, fixed):
+    loss = resolve_config(None, [f"method={method}"])["loss"]
+    for key, value in fixed.items():
+        assert loss[key] == value
+
+
+def test_overrides_parse_as_yaml_and_nested_files(tmp_path):
+    config = resolve_config(None, ["loss.gamma=2", "data.classes=0,6", "data.imbalance=binary:50",
+                                   "trainer.devices=[0, 1]", "stage2.augment=true"])
+    assert config["loss"]["gamma"] == 2.0 and config["data"]["classes"] == [0, 6]
+    assert config["trainer"]["devices"] == [0, 1] and config["stage2"]["augment"] is True
+    path = tmp_path / "c.yaml"
+    path.write_text("method: fcl\nloss:\n  gamma: 3\nstage1.epochs: 4\n")
+    config = resolve_config(load_config_file(path), {"seed": 7})
+    assert (config["method"], config["loss"]["gamma"], config["stage1"]["epochs"], config["seed"]) == ("fcl", 3.0, 4, 7)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["loss.gama=2"], r"unknown config key 'loss.gama'.*did you mean loss.gamma"),
+        (["trainer.foo=1"], r"allowed keys in trainer: trainer.accelerator"),
+        (["colour=1"], r"allowed top-level keys"),
+        (["loss.gamma=-1"], r"loss.gamma must be >= 0"),
+        (["loss.eta=lots"], r"loss.eta must be a number"),
+        (["loss.temperature=0"], r"loss.temperature must be > 0"),
+        (["method=focal"], r"method must be one of ce, supcon, cl, fcl, acl, afcl"),
+        (["stage1.epochs=2.5"], r"stage1.epochs must be an integer"),
+        (["data.val_fraction=1.5"], r"data.val_fraction must be < 1"),
+        (["data.imbalance=exp:0.5"], r"ratio must be >= 1"),
+        (["data.imbalance=lots"], r"exp:RATIO"),
+        (["trainer.precision=8"], r"trainer.precision must be one of 32-true"),
+        (["data.dataset=npz"], r"data.root is required"),
+        (["data.dataset=fashion-mnist", "data.root=/no/such/folder"], r"data.root /no/such/folder does not exist"),
+        (["model.pretrained=/no/weights.pth"], r"model.pretrained /no/weights.pth is not a file"),
+        (["model.backbone=vgg16"], r"model.backbone must be one of small_cnn"),
+        (["method=fcl", "loss.eta=3"], r"contradicts method fcl"),
+        (["method=ce", "loss.gamma=2"], r"no effect with method ce"),
+        (["data.imbalance=binary:10", "data.classes=0,1,2"], r"exactly two data.classes"),
+        (["loss.gamma"], r"--set expects key=value"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_allowed_values(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(None, overrides)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [afcl\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config_file(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config_file(listy)
