@@ -187,3 +187,16 @@ def test_cli_report(report, tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_scattered_optuna_proposals_get_a_scatter_instead_of_a_sparse_heatmap(tmp_path):
+    from asymcl.experiments.report import Setting, figure_heatmap, group_settings, select
+    from asymcl.experiments.runs import load_runs
+
+    for i, (gamma, eta) in enumerate([(0.7, 3.1), (1.9, 12.0), (3.3, 48.0), (5.2, 150.0), (7.7, 290.0)]):
+        write_run(tmp_path / "runs", f"afcl_{i}", method="afcl", seed=0, gamma=gamma, eta=eta, val_bonus=0.02 * i)
+    (setting,) = group_settings(load_runs(tmp_path / "runs"))
+    select(setting)
+    assert setting.chosen["afcl"].params["loss.gamma"] == 7.7  # the highest validation UA
+    assert figure_heatmap(setting, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 5000

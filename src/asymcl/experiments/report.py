@@ -418,6 +418,21 @@ def figure_heatmap(setting: Setting, path: Path) -> bool:
     if vmax - vmin < 1e-4:
         vmin, vmax = vmin - 1, vmax + 1
     for ax, (method, chosen, cands, gammas, etas) in zip(axes.flat, panels):
+        if len(cands) < 0.5 * len(gammas) * len(etas):
+            # Scattered proposals (an Optuna study) fill too few cells of a grid: plot the points.
+            points = [(float(c.params.get("loss.gamma", 0) or 0), float(c.params.get("loss.eta", 0) or 0),
+                       c.val_ua * 100) for c in cands if not math.isnan(c.val_ua)]
+            xs, ys, zs = zip(*points)
+            image = ax.scatter(xs, ys, c=zs, cmap="viridis", vmin=vmin, vmax=vmax, s=40, edgecolors="k")
+            ax.scatter([float(chosen.params.get("loss.gamma", 0) or 0)], [float(chosen.params.get("loss.eta", 0) or 0)],
+                       marker="*", s=250, facecolors="none", edgecolors="red", label="chosen")
+            if min(ys) > 0 and max(ys) / min(ys) >= 10:
+                ax.set_yscale("log")
+            ax.set_xlabel("γ (focusing)")
+            ax.set_ylabel("η (negative weight)")
+            ax.set_title(display(method), fontsize=10)
+            ax.legend(fontsize=7)
+            continue
         grid = np.full((len(etas), len(gammas)), np.nan)
         for c in cands:
             grid[etas.index(float(c.params.get("loss.eta", 0) or 0)),

@@ -409,6 +409,17 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _estimate(left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], durations: list[float]) -> float:
+    """Seconds still needed: each run left costs the mean duration of this invocation's runs of
+    the same method (CE is much cheaper than a two-stage run), else the mean of all runs so far."""
+    overall = sum(durations) / len(durations)
+    total = 0.0
+    for point in left:
+        same = by_method.get(point.overrides.get(METHOD_KEY))
+        total += sum(same) / len(same) if same else overall
+    return total
+
+
 @dataclass
 class SweepResult:
     out_dir: Path
@@ -457,10 +468,11 @@ def run_points(
     if result.skipped:
         progress(f"[{label}] {len(result.skipped)}/{len(points)} runs already finished; skipping them")
     durations: list[float] = []
+    by_method: dict[Any, list[float]] = {}
     for index, point in enumerate(pending):
         done = len(result.skipped) + index
         left = len(points) - done
-        eta = (f"ETA {_format_duration(sum(durations) / len(durations) * left)}" if durations
+        eta = (f"ETA {_format_duration(_estimate(pending[index:], by_method, durations))}" if durations
                else "ETA after the first run")
         progress(f"[{label}] {done}/{len(points)} done, {left} left, {eta}; running {point.name}")
         started = time.monotonic()
@@ -478,6 +490,7 @@ def run_points(
             progress(f"[{label}] run {point.name} failed: {message} (details in {out_dir / 'failures.log'})")
             continue
         durations.append(time.monotonic() - started)
+        by_method.setdefault(point.overrides.get(METHOD_KEY), []).append(durations[-1])
         result.ran.append(point.name)
     progress(
         f"[{label}] finished: {len(result.skipped) + len(result.ran)}/{len(points)} runs complete"
