@@ -60,7 +60,7 @@ _NORMALIZATIONS = ("batch", "pairs")
 # On a GPU a larger block amortises kernel launches; 512 MiB is untested here (no GPU in the
 # session that wrote this) but small next to any training GPU's memory.
 _LIVE_BUFFERS = 8
-_CPU_BLOCK_BUDGET_BYTES = 16 * 2**20
+_CPU_BLOCK_BUDGET_BYTES = 64 * 2**20
 _GPU_BLOCK_BUDGET_BYTES = 512 * 2**20
 
 # Below this x = (1 - p) / p the series log1p(x) / x = 1 - x/2 + x^2/3 - ... is used; the truncation
@@ -179,24 +179,6 @@ def _check_inputs(
         raise ValueError(f"block_size must be a positive int or None (automatic), got {block_size!r}")
 
 
-class _Block:
-    """Masks and row statistics of one block of anchor rows [start, stop)."""
-
-    def __init__(self, ctx_like, start: int, stop: int) -> None:
-        self.rows = slice(start, stop)
-        self_cols = ctx_like.anchor_index[start:stop, None]
-        self.self_cols = self_cols
-        if ctx_like.mask is not None:
-            positive = ctx_like.mask[start:stop].clone()
-        else:
-            positive = ctx_like.anchor_labels[start:stop, None] == ctx_like.contrast_labels[None, :]
-        positive.scatter_(1, self_cols, False)
-        negative = ~positive
-        negative.scatter_(1, self_cols, False)
-        self.positive = positive
-        self.negative = negative
-
-
 class _State:
     """Inputs shared by forward and backward (plain attributes, no autograd)."""
 
@@ -211,40 +193,42 @@ class _State:
         self.gamma = float(gamma)
         self.eta = float(eta)
         self.inv_temperature = 1.0 / float(temperature)
+        # 1/tau folded into the (A, D) anchors once instead of into every (B, M) block.
+        self.scaled_anchors = anchors * self.inv_temperature
+        self.contrast_t = contrast.t()
 
 
-def _similarities(state: _State, block: _Block) -> Tensor:
-    """s = a c^T / tau for the block, with the anchor's own column at -inf (out of A(i))."""
-    s = torch.mm(state.anchors[block.rows], state.contrast.t())
-    s.mul_(state.inv_temperature)
-    s.scatter_(1, block.self_cols, -math.inf)
-    return s
+class _Block:
+    """One block of anchor rows [start, stop): its similarities and masks."""
 
+    def __init__(self, state: _State, start: int, stop: int) -> None:
+        self.rows = slice(start, stop)
+        self.self_cols = state.anchor_index[start:stop, None]
+        if state.mask is not None:
+            positive = state.mask[start:stop].clone()
+        else:
+            positive = state.anchor_labels[start:stop, None] == state.contrast_labels[None, :]
+        positive.scatter_(1, self.self_cols, False)
+        self.positive = positive
+        self._state = state
 
-def _row_statistics(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(LSE over the row, argmax, LSE over the row without the argmax); s is restored on return."""
-    row_max, argmax = s.max(dim=1)
-    argmax_col = argmax[:, None]
-    s.scatter_(1, argmax_col, -math.inf)
-    second_max = s.max(dim=1).values
-    # A row with a single column in A(i) has nothing left once the argmax is out: LSE = -inf there.
-    shift = torch.where(torch.isfinite(second_max), second_max, torch.zeros_like(second_max))
-    lse_without_max = torch.exp(s - shift[:, None]).sum(dim=1).log_().add_(shift)
-    s.scatter_(1, argmax_col, row_max[:, None])
-    lse = torch.logaddexp(row_max, lse_without_max)
-    return lse, argmax, lse_without_max
+    def negative(self) -> Tensor:
+        negative = ~self.positive
+        negative.scatter_(1, self.self_cols, False)
+        return negative
 
-
-def _log_probabilities(s: Tensor, lse: Tensor, argmax: Tensor, lse_without_max: Tensor):
-    """(log p, log(1 - p)) of the block, overwriting s with log p."""
-    log_p = s.sub_(lse[:, None])
-    log_q = torch.exp(log_p).neg_().log1p_()
-    log_q.scatter_(1, argmax[:, None], (lse_without_max - lse)[:, None])
-    return log_p, log_q
+    def similarities(self) -> Tensor:
+        """s = a c^T / tau, (B, M), with the anchor's own column at -inf (out of A(i))."""
+        s = torch.mm(self._state.scaled_anchors[self.rows], self._state.contrast_t)
+        s.scatter_(1, self.self_cols, -math.inf)
+        return s
 
 
 def _focal_gradient_weight(log_p: Tensor, log_q: Tensor, gamma: float) -> Tensor:
-    """u = (1 - p)^gamma * (1 + gamma * h), h = -(p / (1 - p)) log p, finite as p -> 1."""
+    """u = (1 - p)^gamma * (1 + gamma * h), h = -(p / (1 - p)) log p, finite as p -> 1.
+
+    Used on the argmax column only (one entry per row), where p may be close to 1.
+    """
     logit = log_p - log_q
     low = logit <= 0
     # p <= 1/2: h = -log p * p / (1 - p); exp(logit) <= 1, no overflow.
@@ -266,11 +250,57 @@ def _weights(normalization: str, n_positive: Tensor, n_negative: Tensor, n_total
     return w_pos, w_neg
 
 
+def _block_forward(state: _State, block: _Block):
+    """Per-row (pos, neg, LSE, argmax, LSE without the argmax) of one block.
+
+    Every (B, M) step below is one pass over the block, most of them in place: the block's cost is
+    dominated by these passes, not by the matrix product.
+    """
+    s = block.similarities()
+    row_max, argmax = s.max(dim=1)
+    am = argmax[:, None]
+    s.sub_(row_max[:, None])  # s - max <= 0, 0 at the argmax
+    e = torch.exp(s)
+    e.scatter_(1, am, 0.0)
+    rest = e.sum(dim=1)  # sum_{j != argmax} exp(s_ij - max): no 1 + tiny - 1 cancellation
+    log_rest = torch.log(rest)
+    # Where every other entry is far below the maximum (tau = 0.01, a near-duplicate), `rest`
+    # underflows or loses precision in the subnormal range: recompute those few rows around their
+    # own second maximum.
+    tiny = torch.finfo(s.dtype).tiny * 2**24
+    underflow = (rest < tiny).nonzero().squeeze(1)
+    if underflow.numel():
+        others = s[underflow].scatter_(1, am[underflow], -math.inf)
+        log_rest[underflow] = torch.logsumexp(others, dim=1)
+    log_total = torch.log1p(rest)  # log sum_j exp(s_ij - max), the argmax contributing 1
+    lse = row_max + log_total
+    lse_without_max = row_max + log_rest
+    log_p = s.sub_(log_total[:, None])
+    # log(1 - p) = log1p(-p): accurate off the argmax, where p <= 1/2.
+    log_q = e.mul_((-1.0 / torch.exp(log_total))[:, None]).log1p_()
+    log_q.scatter_(1, am, (log_rest - log_total)[:, None])
+
+    positive = block.positive
+    if state.gamma == 0.0:
+        pos_terms = log_p
+    else:
+        pos_terms = torch.mul(log_q, state.gamma).exp_().mul_(log_p)
+    pos = torch.where(positive, pos_terms, 0.0).sum(dim=1).neg_()
+    del pos_terms
+    if state.eta != 0.0:
+        neg = torch.where(block.negative(), log_q, 0.0).sum(dim=1).neg_()
+    else:
+        neg = None
+    return pos, neg, lse, argmax, lse_without_max, positive.sum(dim=1)
+
+
 def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
                     lse_without_max: Tensor, pos_scale: Tensor, neg_scale: Tensor) -> Tensor:
     """d loss / d s for one block, (B, M), already scaled by w(i) * upstream grad / tau.
 
-    Away from the argmax column m the closed form of the module docstring is evaluated directly.
+    Off the argmax column m (where p <= 1/2, so 1 - p and p / (1 - p) are accurate) the closed
+    form of the module docstring is evaluated as W + p * coef with
+    W_ik = -w_pos u_ik [k in P] + eta w_neg r_ik [k in Q] and coef = w_pos U - eta w_neg R.
     At m it cancels badly when p_im -> 1 (r_im = p/(1-p) is huge while the gradient is O(1)), so
     the terms are regrouped there: with U' = U - u_im and R' = R - r_im,
 
@@ -280,43 +310,55 @@ def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
     and, for k != m, p_ik r_im = exp(log p_ik + logit_im) is bounded by p_im, evaluated in log
     space where r_im itself would overflow.
     """
-    s = _similarities(state, block)
-    log_p, log_q = _log_probabilities(s, lse, argmax, lse_without_max)
-    p = torch.exp(log_p)
+    gamma, eta = state.gamma, state.eta
+    s = block.similarities()
     am = argmax[:, None]
-    p_m = p.gather(1, am)
-    log_q_m = (lse_without_max - lse)[:, None]
-    q_m = torch.exp(log_q_m)
-
-    if state.gamma == 0.0:
-        u = block.positive.to(p.dtype)
+    log_p = s.sub_(lse[:, None])
+    p = torch.exp(log_p)
+    q = torch.sub(1.0, p)  # wrong at the argmax column only, which is replaced below
+    r = torch.div(p, q)  # p / (1 - p); 0 on the self column
+    positive = block.positive
+    if gamma == 0.0:
+        w_pos_part = -pos_scale
     else:
-        u = torch.where(block.positive, _focal_gradient_weight(log_p, log_q, state.gamma), 0.0)
-    u_total = u.sum(dim=1, keepdim=True)
-    u_m = u.gather(1, am)
-    grad_m = pos_scale * (p_m * (u_total - u_m) - q_m * u_m)
-    row_coef = pos_scale * u_total
-    grad_s = u.mul_(pos_scale).neg_()  # -w_pos u [P]
-    del u
+        # -w_pos u = w_pos (1 - p)^gamma (gamma r log p - 1)
+        w_pos_part = torch.addcmul(torch.ones((), dtype=p.dtype, device=p.device).neg_(),
+                                   r, log_p, value=gamma)
+        w_pos_part.mul_(q.pow_(gamma)).mul_(pos_scale)
+    del q
+    if eta != 0.0:
+        weights = torch.where(positive, w_pos_part, r.mul_(neg_scale))
+    else:
+        weights = torch.where(positive, w_pos_part, 0.0)
+    del w_pos_part, r
+    weights.scatter_(1, am, 0.0)
+    weights.scatter_(1, block.self_cols, 0.0)  # NaN-free there: -inf * 0 never reaches the sum
+    row_coef = weights.sum(dim=1, keepdim=True).neg_()  # w_pos U' - eta w_neg R'
 
-    if state.eta != 0.0:
-        r = torch.where(block.negative, torch.exp(log_p - log_q), 0.0)
-        r.scatter_(1, am, 0.0)
-        r_rest = r.sum(dim=1, keepdim=True)
-        m_negative = block.negative.gather(1, am)
-        logit_m = log_p.gather(1, am) - log_q_m
-        overflow = m_negative & (logit_m > _EXP_SAFE[p.dtype]) & torch.isfinite(log_q_m)
-        r_m = torch.where(m_negative & ~overflow,
-                          torch.exp(logit_m.clamp(max=_EXP_SAFE[p.dtype])), 0.0)
-        row_coef = row_coef - neg_scale * (r_rest + r_m)
-        grad_s.add_(r.mul_(neg_scale))
-        del r
-        grad_m = grad_m + neg_scale * p_m * (m_negative.to(p.dtype) - r_rest)
+    # The argmax column, one entry per row.
+    log_p_m = log_p.gather(1, am)
+    log_q_m = (lse_without_max - lse)[:, None]
+    p_m, q_m = torch.exp(log_p_m), torch.exp(log_q_m)
+    m_positive = positive.gather(1, am)
+    if gamma == 0.0:
+        u_m = m_positive.to(p.dtype)
+    else:
+        u_m = torch.where(m_positive, _focal_gradient_weight(log_p_m, log_q_m, gamma), 0.0)
+    # Row coefficient off the argmax column: w_pos U - eta w_neg R, U and R including m.
+    full_coef = row_coef + pos_scale * u_m
+    grad_m = p_m * row_coef - pos_scale * q_m * u_m
+    if eta != 0.0:
+        m_negative = ~m_positive  # the argmax is never the anchor's own column
+        logit_m = log_p_m - log_q_m
+        safe = _EXP_SAFE[p.dtype]
+        overflow = m_negative & (logit_m > safe) & torch.isfinite(log_q_m)
+        r_m = torch.where(m_negative & ~overflow, torch.exp(logit_m.clamp(max=safe)), 0.0)
+        full_coef = full_coef - neg_scale * r_m
+        grad_m = grad_m + neg_scale * p_m * m_negative.to(p.dtype)
         rows = overflow.squeeze(1).nonzero().squeeze(1)
         if rows.numel():
-            grad_s[rows] -= neg_scale[rows] * torch.exp(log_p[rows] + logit_m[rows])
-
-    grad_s.addcmul_(p, row_coef)
+            weights[rows] -= neg_scale[rows] * torch.exp(log_p[rows] + logit_m[rows])
+    grad_s = weights.addcmul_(p, full_coef)
     grad_s.scatter_(1, am, grad_m)
     # One column in A(i) (M = 2): p = 1 identically, the row's loss is a constant.
     grad_s.masked_fill_(~torch.isfinite(log_q_m), 0.0)
@@ -341,20 +383,12 @@ class _BlockwiseAFCL(torch.autograd.Function):
             n_positive = torch.empty(n_anchors, dtype=torch.int64, device=anchors.device)
             for start in range(0, n_anchors, block_size):
                 stop = min(start + block_size, n_anchors)
-                block = _Block(state, start, stop)
-                s = _similarities(state, block)
-                b_lse, b_argmax, b_lse_wo = _row_statistics(s)
-                lse[start:stop], argmax[start:stop], lse_without_max[start:stop] = (
-                    b_lse, b_argmax, b_lse_wo)
-                log_p, log_q = _log_probabilities(s, b_lse, b_argmax, b_lse_wo)
-                n_positive[start:stop] = block.positive.sum(dim=1)
-                if state.gamma == 0.0:
-                    pos_term = log_p
-                else:
-                    pos_term = torch.exp(log_q * state.gamma).mul_(log_p)
-                pos[start:stop] = torch.where(block.positive, pos_term, 0.0).sum(dim=1).neg_()
-                if state.eta != 0.0:
-                    neg[start:stop] = torch.where(block.negative, log_q, 0.0).sum(dim=1).neg_()
+                b_pos, b_neg, b_lse, b_argmax, b_lse_wo, b_n_pos = _block_forward(
+                    state, _Block(state, start, stop))
+                pos[start:stop], lse[start:stop], argmax[start:stop] = b_pos, b_lse, b_argmax
+                lse_without_max[start:stop], n_positive[start:stop] = b_lse_wo, b_n_pos
+                if b_neg is not None:
+                    neg[start:stop] = b_neg
             n_negative = (contrast.shape[0] - 1) - n_positive
             w_pos, w_neg = _weights(normalization, n_positive, n_negative, n_total, dtype)
             out = w_pos * pos
