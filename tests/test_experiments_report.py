@@ -200,3 +200,19 @@ def test_scattered_optuna_proposals_get_a_scatter_instead_of_a_sparse_heatmap(tm
     assert setting.chosen["afcl"].params["loss.gamma"] == 7.7  # the highest validation UA
     assert figure_heatmap(setting, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 5000
+
+
+def test_summary_table_over_several_settings(tmp_path):
+    for imbalance in ("binary:10", "binary:100"):
+        for seed in range(2):
+            write_run(tmp_path / "runs", f"{imbalance[-3:]}_ce_{seed}", method="ce", seed=seed, imbalance=imbalance)
+            write_run(tmp_path / "runs", f"{imbalance[-3:]}_afcl_{seed}", method="afcl", seed=seed, gamma=1.0,
+                      eta=30.0, imbalance=imbalance, test_bonus=0.1)
+    result = build_report(tmp_path / "runs", tmp_path / "rep", tsne_points=30, progress=lambda _: None)
+    text = result.markdown.read_text()
+    assert "## Summary: test UA per setting" in text
+    assert [n["label"] for n in result.numbers] == ["fashion-mnist, binary:10, classes [0, 6]",
+                                                    "fashion-mnist, binary:100, classes [0, 6]"]
+    row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist, binary:100"))
+    afcl = result.numbers[1]["table"]["afcl"]["test.ua"]["mean"] * 100
+    assert row.endswith(f"**{afcl:.1f} ± {result.numbers[1]['table']['afcl']['test.ua']['std'] * 100:.1f}** |")

@@ -627,6 +627,33 @@ def _results_table(numbers: dict[str, Any]) -> Table:
     return table
 
 
+def _summary_table(all_numbers: Sequence[dict[str, Any]]) -> Table | None:
+    """One row per setting: each method's UA on the main test split (the first present)."""
+    methods = sorted({m for numbers in all_numbers for m in numbers["table"]}, key=_method_order)
+    if not methods:
+        return None
+    table = Table(["setting", "test split"] + [display(m) for m in methods], [])
+    for numbers in all_numbers:
+        tests = [c for c in numbers["columns"] if c.endswith(".ua") and not c.startswith("val.")]
+        if not tests:
+            continue
+        column = tests[0]
+        cells = [numbers["label"], _column_title(column, numbers["columns"]).rsplit(" ", 1)[0]]
+        means = []
+        for method in methods:
+            cell = numbers["table"].get(method, {}).get(column)
+            means.append(float("nan") if cell is None else cell["mean"])
+            cells.append("–" if cell is None else _fmt_pct(cell["mean"], cell["std"], cell["n"]))
+        table.rows.append(cells)
+        finite = [m for m in means if not math.isnan(m)]
+        if finite:
+            best = round(max(finite) * 100, 1)
+            for j, mean in enumerate(means):
+                if not math.isnan(mean) and round(mean * 100, 1) == best:
+                    table.bold.add((len(table.rows) - 1, j + 2))
+    return table if table.rows else None
+
+
 def _comparison_table(numbers: dict[str, Any]) -> Table | None:
     if not numbers["comparisons"]:
         return None
@@ -724,8 +751,12 @@ def build_report(
     all_numbers = []
     for setting in settings:
         select(setting)
-        if not setting.chosen:
-            continue
+    settings = [setting for setting in settings if setting.chosen]
+    summary = _summary_table([setting_numbers(setting) for setting in settings])
+    if summary is not None and len(settings) > 1:
+        blocks.append(("h2", "Summary: test UA per setting (chosen hyperparameters)"))
+        blocks.append(("table", summary))
+    for setting in settings:
         numbers = setting_numbers(setting)
         all_numbers.append(numbers)
         blocks.append(("h2", setting.label))
