@@ -126,7 +126,8 @@ def test_a_failing_run_is_recorded_and_the_rest_still_run(tmp_path):
         ({"grid": {"loss.gamma": 2.0}}, "'loss.gamma': expected a list"),
         ({"grid": {"seed": []}}, "'seed': the list is empty"),
         ({"grid": {"loss.eta": ["high"]}}, "loss.eta"),
-        ({"grid": {"seed": [0.5]}}, "'seed': expected int"),
+        ({"grid": {"seed": [0.5]}}, "seed must be an integer"),
+        ({"grid": {"trainer.devices": ["auto", {"a": 1}]}}, "expected a number, string, boolean or list"),
         ({"grid": {"seed": [0]}, "bsae": {}}, "unknown top-level key 'bsae'; did you mean 'base'"),
         ({"grid": {"seed": [0]}, "base": {"stage1.epochs": "two"}}, "stage1.epochs"),
         ({"grid": {"seed": [0, 0]}}, "repeated values"),
@@ -191,3 +192,13 @@ def test_optuna_study_maximises_validation_ua_and_resumes(tmp_path):
     assert again.calls == []
     with pytest.raises(ConfigError, match="--storage"):
         run_study(spec, tmp_path, 1, storage="nosuchdb://x", runner=again, progress=lambda _: None)
+
+
+def test_values_of_any_type_the_config_accepts_pass(tmp_path):
+    # trainer.devices takes "auto" or a count; data.classes a list: the sweep must not second-guess.
+    spec = parse_spec({"base": {"trainer.devices": "auto", "data.classes": [0, 6]},
+                       "grid": {"trainer.devices": ["auto", 1], "seed": [0]}})
+    from asymcl.experiments.sweep import _default_resolver, resolve_points
+
+    configs = resolve_points(spec, expand(spec), _default_resolver())
+    assert sorted(str(c["trainer"]["devices"]) for c in configs.values()) == ["1", "auto"]
