@@ -370,3 +370,35 @@ def test_bad_arguments_name_themselves(override, message):
 def test_float_labels_are_a_type_error():
     with pytest.raises(TypeError, match="integer"):
         _call(anchor_labels=torch.zeros(6), contrast_labels=torch.zeros(6))
+
+
+@pytest.mark.parametrize(("gamma", "eta", "normalization"),
+                         [(0.0, 0.0, "batch"), (0.5, 50.0, "pairs"), (2.0, 1.0, "batch")])
+def test_uniform_upstream_gradient_takes_the_forward_computed_gradients(gamma, eta, normalization):
+    # loss = per_anchor.sum() * c: the backward only scales the gradients the forward computed.
+    contrast = unit_rows(12, 5, seed=15)
+    labels = torch.tensor([0, 1, 0, 2, 1, 3, 0, 2, 1, 0, 2, 1])
+    anchor_index = torch.tensor([1, 5, 6, 0, 11, 3, 8])
+    anchors = contrast[anchor_index]
+    kw = dict(gamma=gamma, eta=eta, temperature=0.3, normalization=normalization, n_total=12)
+    uniform = torch.full((7,), -0.7, dtype=torch.float64)
+
+    got = both_grads(lambda a, c: per_anchor_loss(
+        a, c, anchor_index, anchor_labels=labels[anchor_index], contrast_labels=labels,
+        mask=None, block_size=3, **kw), anchors, contrast, uniform)
+    want = both_grads(lambda a, c: loop_per_anchor_loss(
+        a, c, anchor_index, label_positive(labels[anchor_index], labels), **kw),
+        anchors, contrast, uniform)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_forward_without_grad_needs_no_backward_state():
+    z = unit_rows(30, 4, seed=16)
+    labels = torch.arange(30) % 3
+    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=1.0, eta=1.0,
+              temperature=0.2, normalization="batch", n_total=30)
+    with torch.no_grad():
+        out = per_anchor_loss(z.clone().requires_grad_(), z, torch.arange(30), **kw)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, per_anchor_loss(z, z, torch.arange(30), **kw))

@@ -291,11 +291,12 @@ def _block_forward(state: _State, block: _Block):
         neg = torch.where(block.negative(), log_q, 0.0).sum(dim=1).neg_()
     else:
         neg = None
-    return pos, neg, lse, argmax, lse_without_max, positive.sum(dim=1)
+    return pos, neg, lse, argmax, lse_without_max, positive.sum(dim=1), log_p
 
 
 def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
-                    lse_without_max: Tensor, pos_scale: Tensor, neg_scale: Tensor) -> Tensor:
+                    lse_without_max: Tensor, pos_scale: Tensor, neg_scale: Tensor,
+                    log_p: Tensor | None = None) -> Tensor:
     """d loss / d s for one block, (B, M), already scaled by w(i) * upstream grad / tau.
 
     Off the argmax column m (where p <= 1/2, so 1 - p and p / (1 - p) are accurate) the closed
@@ -309,11 +310,14 @@ def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
 
     and, for k != m, p_ik r_im = exp(log p_ik + logit_im) is bounded by p_im, evaluated in log
     space where r_im itself would overflow.
+
+    ``log_p`` (B, M), when the caller still has it (the forward pass), saves recomputing the
+    block's similarities; it is only read.
     """
     gamma, eta = state.gamma, state.eta
-    s = block.similarities()
     am = argmax[:, None]
-    log_p = s.sub_(lse[:, None])
+    if log_p is None:
+        log_p = block.similarities().sub_(lse[:, None])
     p = torch.exp(log_p)
     q = torch.sub(1.0, p)  # wrong at the argmax column only, which is replaced below
     r = torch.div(p, q)  # p / (1 - p); 0 on the self column
@@ -361,35 +365,62 @@ def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
     grad_s = weights.addcmul_(p, full_coef)
     grad_s.scatter_(1, am, grad_m)
     # One column in A(i) (M = 2): p = 1 identically, the row's loss is a constant.
-    grad_s.masked_fill_(~torch.isfinite(log_q_m), 0.0)
+    single_column = ~torch.isfinite(log_q_m)
+    if bool(single_column.any()):
+        grad_s.masked_fill_(single_column, 0.0)
     return grad_s
 
 
 class _BlockwiseAFCL(torch.autograd.Function):
+    """forward(anchors, contrast, ...) -> (A,) per-anchor loss; analytic, row-blocked backward.
+
+    With ``grads_in_forward`` the forward also computes the gradient for an upstream gradient of
+    ones, while each block's log-probabilities are at hand: (A + M) x D numbers, the size of the
+    inputs. The backward then only scales them when the upstream gradient is the same for every
+    anchor (``loss = per_anchor.sum() / n_total``, ``.mean()``, the distributed form), which saves
+    the recomputation of every block (one of the four N x N x D products and the exp passes). Any
+    other upstream gradient takes the general path: recompute each block from the saved
+    row statistics.
+    """
+
     @staticmethod
     def forward(ctx, anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
-                gamma, eta, temperature, normalization, n_total, block_size):
-        device_type = anchors.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+                gamma, eta, temperature, normalization, n_total, block_size, grads_in_forward):
+        with torch.autocast(device_type=anchors.device.type, enabled=False):
             state = _State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
                            gamma, eta, temperature)
-            n_anchors = anchors.shape[0]
-            dtype = anchors.dtype
+            n_anchors, n_contrast = anchors.shape[0], contrast.shape[0]
+            dtype, device = anchors.dtype, anchors.device
             lse = anchors.new_empty(n_anchors)
             lse_without_max = anchors.new_empty(n_anchors)
-            argmax = torch.empty(n_anchors, dtype=torch.int64, device=anchors.device)
+            argmax = torch.empty(n_anchors, dtype=torch.int64, device=device)
             pos = anchors.new_zeros(n_anchors)
             neg = anchors.new_zeros(n_anchors)
-            n_positive = torch.empty(n_anchors, dtype=torch.int64, device=anchors.device)
+            n_positive = torch.empty(n_anchors, dtype=torch.int64, device=device)
+            unit_grad_anchors = unit_grad_contrast = None
+            if grads_in_forward:
+                unit_grad_anchors = torch.empty_like(anchors)
+                unit_grad_contrast = torch.zeros_like(contrast)
             for start in range(0, n_anchors, block_size):
                 stop = min(start + block_size, n_anchors)
-                b_pos, b_neg, b_lse, b_argmax, b_lse_wo, b_n_pos = _block_forward(
-                    state, _Block(state, start, stop))
+                block = _Block(state, start, stop)
+                b_pos, b_neg, b_lse, b_argmax, b_lse_wo, b_n_pos, b_log_p = _block_forward(
+                    state, block)
                 pos[start:stop], lse[start:stop], argmax[start:stop] = b_pos, b_lse, b_argmax
                 lse_without_max[start:stop], n_positive[start:stop] = b_lse_wo, b_n_pos
                 if b_neg is not None:
                     neg[start:stop] = b_neg
-            n_negative = (contrast.shape[0] - 1) - n_positive
+                if grads_in_forward:
+                    b_w_pos, b_w_neg = _weights(normalization, b_n_pos,
+                                                (n_contrast - 1) - b_n_pos, n_total, dtype)
+                    grad_s = _block_gradient(
+                        state, block, b_lse, b_argmax, b_lse_wo,
+                        (b_w_pos * state.inv_temperature)[:, None],
+                        (b_w_neg * (state.inv_temperature * state.eta))[:, None], log_p=b_log_p)
+                    _accumulate_input_grads(grad_s, state, block, unit_grad_anchors,
+                                            unit_grad_contrast)
+                del b_log_p
+            n_negative = (n_contrast - 1) - n_positive
             w_pos, w_neg = _weights(normalization, n_positive, n_negative, n_total, dtype)
             out = w_pos * pos
             if state.eta != 0.0:
@@ -397,38 +428,52 @@ class _BlockwiseAFCL(torch.autograd.Function):
         ctx.save_for_backward(anchors, contrast, anchor_index, anchor_labels, contrast_labels,
                               mask, lse, argmax, lse_without_max, w_pos, w_neg)
         ctx.settings = (gamma, eta, temperature, block_size)
+        ctx.unit_grads = (unit_grad_anchors, unit_grad_contrast)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
+        ctx.unit_grads = (None, None)
+        need_anchors, need_contrast = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if unit_grad_anchors is not None and bool((grad_out == grad_out[0]).all()):
+            g = grad_out[0].to(unit_grad_anchors.dtype)
+            grad_anchors = unit_grad_anchors.mul_(g) if need_anchors else None
+            grad_contrast = unit_grad_contrast.mul_(g) if need_contrast else None
+            return (grad_anchors, grad_contrast) + (None,) * 11
+        del unit_grad_anchors, unit_grad_contrast
+
         (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, lse, argmax,
          lse_without_max, w_pos, w_neg) = ctx.saved_tensors
         gamma, eta, temperature, block_size = ctx.settings
-        need_anchors, need_contrast = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(device_type=anchors.device.type, enabled=False):
             state = _State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
                            gamma, eta, temperature)
-            grad_out = grad_out.to(anchors.dtype)
             # Fold the upstream gradient and 1/tau into the per-row weights.
-            scale = grad_out * state.inv_temperature
+            scale = grad_out.to(anchors.dtype) * state.inv_temperature
             pos_scale = w_pos * scale
             neg_scale = w_neg * scale * state.eta
             grad_anchors = torch.empty_like(anchors) if need_anchors else None
             grad_contrast = torch.zeros_like(contrast) if need_contrast else None
-            n_anchors = anchors.shape[0]
-            for start in range(0, n_anchors, block_size):
-                stop = min(start + block_size, n_anchors)
+            for start in range(0, anchors.shape[0], block_size):
+                stop = min(start + block_size, anchors.shape[0])
                 block = _Block(state, start, stop)
                 grad_s = _block_gradient(
                     state, block, lse[start:stop], argmax[start:stop],
                     lse_without_max[start:stop], pos_scale[start:stop, None],
                     neg_scale[start:stop, None])
-                if need_anchors:
-                    torch.mm(grad_s, contrast, out=grad_anchors[block.rows])
-                if need_contrast:
-                    grad_contrast.addmm_(grad_s.t(), anchors[block.rows])
-        return (grad_anchors, grad_contrast) + (None,) * 10
+                _accumulate_input_grads(grad_s, state, block, grad_anchors, grad_contrast)
+        return (grad_anchors, grad_contrast) + (None,) * 11
+
+
+def _accumulate_input_grads(grad_s: Tensor, state: _State, block: _Block,
+                            grad_anchors: Tensor | None, grad_contrast: Tensor | None) -> None:
+    """d/d a_i = sum_k G_ik c_k and d/d c_k += sum_i G_ik a_i (1/tau is already in G)."""
+    if grad_anchors is not None:
+        torch.mm(grad_s, state.contrast, out=grad_anchors[block.rows])
+    if grad_contrast is not None:
+        grad_contrast.addmm_(grad_s.t(), state.anchors[block.rows])
 
 
 def per_anchor_loss(
@@ -468,6 +513,8 @@ def per_anchor_loss(
         block_size = auto_block_size(anchors.shape[0], contrast.shape[0], anchors.device, dtype)
     if anchors.shape[0] == 0:
         return anchors_c.new_zeros(0) + 0.0 * anchors_c.sum()
+    grads_in_forward = torch.is_grad_enabled() and (anchors_c.requires_grad or contrast_c.requires_grad)
     return _BlockwiseAFCL.apply(
         anchors_c, contrast_c, anchor_index, anchor_labels, contrast_labels, mask,
-        float(gamma), float(eta), float(temperature), normalization, n_total, int(block_size))
+        float(gamma), float(eta), float(temperature), normalization, n_total, int(block_size),
+        grads_in_forward)
