@@ -331,6 +331,7 @@ def test_prefer_blockwise_answers_a_bool():
         assert isinstance(prefer_blockwise(n, torch.device("cpu")), bool)
         assert isinstance(prefer_blockwise(n, torch.device("cuda")), bool)
     assert prefer_blockwise(4096, torch.device("cpu"))
+    assert not prefer_blockwise(16, torch.device("cpu"))
 
 
 def _call(**overrides):

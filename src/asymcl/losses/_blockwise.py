@@ -54,9 +54,10 @@ _NORMALIZATIONS = ("batch", "pairs")
 
 # Memory for one block's temporaries. The backward holds about _LIVE_BUFFERS float (B, M) buffers at
 # once (similarities/log p, p, log q, focal weight u, ratio r, the gradient block, masks).
-# On CPU a block that stays within the last-level cache matters more than matrix-product efficiency;
-# 16 MiB was the fastest budget at N = 4096 in benchmarks/bench_losses.py (--block-sweep): smaller
-# blocks lose matmul efficiency, larger ones spill the elementwise passes to DRAM.
+# On CPU each (B, M) buffer of a 64 MiB budget is 8 MiB, within the last-level cache of the machine
+# this was tuned on, and B = 512 rows at N = 4096. At N = 4096 (benchmarks/bench_losses.py
+# --block-sizes) blocks of 128 to 1024 rows ran alike on a quiet core; on oversubscribed cores many
+# small blocks (many short parallel regions) were up to several times slower, so not smaller.
 # On a GPU a larger block amortises kernel launches; 512 MiB is untested here (no GPU in the
 # session that wrote this) but small next to any training GPU's memory.
 _LIVE_BUFFERS = 8
@@ -84,15 +85,20 @@ def auto_block_size(n_anchors: int, n_contrast: int, device: torch.device, dtype
 
 
 def prefer_blockwise(n_rows: int, device: torch.device) -> bool:
-    """Whether the blockwise path is the faster one for a batch of ``n_rows`` contrast rows.
+    """Whether the blockwise path is faster than the plain autograd reference for ``n_rows``.
 
-    From benchmarks/bench_losses.py (CPU, 2 threads, D = 128, forward + backward, medians), the
-    blockwise path against the plain autograd reference (asymcl.losses._reference):
-    N = 256: see benchmarks/README.md; the crossover on CPU is below 256 rows, so CPU always prefers
-    blockwise above _CPU_MIN_ROWS. On CUDA the crossover is not measured (no GPU here); plain
-    autograd is a handful of large fused-by-cuBLAS kernels and is fast at small N, while its memory
-    grows as N^2, so blockwise is preferred from _CUDA_MIN_ROWS rows on, where the reference's
-    (N, N) temporaries start to cost more than a few hundred MiB.
+    CPU (benchmarks/bench_losses.py, D = 128, AFCL gamma = 2, eta = 50, forward + backward,
+    medians of 15 interleaved runs, 1 thread; 2 threads gave the same order):
+
+        N          16     64     128    256    512    4096
+        reference  0.45   0.58   0.93   3.0    12.0   ~1300 ms
+        blockwise  0.61   0.70   0.95   2.0    6.8    ~320 ms
+
+    so the crossover is at about 128 rows (per-block Python overhead against N^2 temporaries).
+    CUDA: not measured (no GPU where this was written). The reference is a dozen large kernels
+    there and its N x N temporaries only start to matter (hundreds of MiB) from a few thousand
+    rows; the blockwise path is chosen from _CUDA_MIN_ROWS on. Measure with
+    ``python benchmarks/bench_losses.py --device cuda`` and adjust.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -100,8 +106,8 @@ def prefer_blockwise(n_rows: int, device: torch.device) -> bool:
     return n_rows >= _CPU_MIN_ROWS
 
 
-_CPU_MIN_ROWS = 0
-_CUDA_MIN_ROWS = 4096
+_CPU_MIN_ROWS = 192
+_CUDA_MIN_ROWS = 2048
 
 
 def _check_inputs(
