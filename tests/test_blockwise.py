@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from naive_afcl import naive_afcl
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from asymcl.losses import _blockwise, _reference
@@ -311,8 +312,14 @@ def test_no_tensor_of_the_whole_batch_is_ever_built():
     labels = torch.arange(n) % 9
     kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=2.0, eta=5.0,
               temperature=0.1, normalization="pairs", n_total=n)
-    with _LargestTensor() as probe:
-        per_anchor_loss(z, z, torch.arange(n), block_size=block, **kw).sum().backward()
+    # One thread: a dispatch mode sees the ops of its own thread only.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _LargestTensor() as probe:
+            per_anchor_loss(z, z, torch.arange(n), block_size=block, **kw).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
     assert probe.largest == block * n  # one block of similarities, nothing of size n * n
     with _LargestTensor() as probe_reference:
         _reference.per_anchor_loss(z, z, torch.arange(n), **kw).sum().backward()
@@ -324,6 +331,27 @@ def test_automatic_block_size_fits_the_budget():
     assert 1 <= rows < 32768
     assert rows * 32768 * 4 * _blockwise._LIVE_BUFFERS <= _blockwise._CPU_BLOCK_BUDGET_BYTES
     assert _blockwise.auto_block_size(10, 10, torch.device("cpu"), torch.float32) == 10
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_on_parallel_threads_give_the_same_result(threads):
+    z = unit_rows(50, 6, seed=18, dtype=torch.float32)
+    labels = torch.arange(50) % 4
+    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=0.5, eta=3.0,
+              temperature=0.1, normalization="pairs", n_total=50)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for weights in (torch.full((50,), 0.02), torch.linspace(0.0, 1.0, 50)):
+            got = both_grads(lambda a, c: per_anchor_loss(a, c, torch.arange(50), block_size=7, **kw),
+                             z, z, weights)
+            want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, torch.arange(50), **kw),
+                              z, z, weights)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+        assert torch.get_num_threads() == threads  # the caller's setting survives the worker pool
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_prefer_blockwise_answers_a_bool():
@@ -403,3 +431,19 @@ def test_forward_without_grad_needs_no_backward_state():
         out = per_anchor_loss(z.clone().requires_grad_(), z, torch.arange(30), **kw)
     assert out.grad_fn is None
     torch.testing.assert_close(out, per_anchor_loss(z, z, torch.arange(30), **kw))
+
+
+@pytest.mark.parametrize(("gamma", "eta", "normalization"),
+                         [(0.5, 50.0, "batch"), (2.0, 1.0, "pairs"), (0.0, 0.0, "pairs")])
+def test_total_equals_the_shared_naive_oracle_in_exact_arithmetic(gamma, eta, normalization):
+    # tests/naive_afcl.py (the loss layer's oracle) in 60-digit decimals: exact even where the
+    # partner view has p within 1e-20 of 1 (tau = 0.01, duplicates and near-duplicates).
+    noise = torch.tensor([0.0, 1e-4, 1e-3, 1e-2, 0.03, 0.1], dtype=torch.float64)
+    z, labels = near_duplicate_views(6, 8, seed=17, noise=noise)
+    n = z.shape[0]
+    positive = label_positive(labels, labels)
+    want = naive_afcl(z, positive, gamma, eta, 0.01, normalization, exact=True)
+    got = per_anchor_loss(z, z, torch.arange(n), anchor_labels=labels, contrast_labels=labels,
+                          mask=None, gamma=gamma, eta=eta, temperature=0.01,
+                          normalization=normalization, n_total=n).sum() / n
+    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-300)
