@@ -117,6 +117,7 @@ _CUDA_MIN_ROWS = 2048
 # OpenMP team size only (checked: the calling thread keeps its count).
 _PER_THREAD_NUM_THREADS = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 _NUM_THREADS_LOCK = threading.Lock()
+_THREAD_BLOCKS_FROM = 2**20  # anchor x contrast pairs
 
 
 def _block_workers(n_anchors: int, block_size: int, device: torch.device) -> int:
@@ -482,8 +483,9 @@ class _BlockwiseAFCL(torch.autograd.Function):
                                             contrast_grads[worker])
 
             _for_each_block(n_anchors, block_size, n_workers, forward_block)
-            for extra in contrast_grads[1:]:
-                unit_grad_contrast.add_(extra)
+            if grads_in_forward:
+                for extra in contrast_grads[1:]:
+                    unit_grad_contrast.add_(extra)
             n_negative = (n_contrast - 1) - n_positive
             w_pos, w_neg = _weights(normalization, n_positive, n_negative, n_total, dtype)
             out = w_pos * pos
@@ -585,6 +587,12 @@ def per_anchor_loss(
     contrast_c = anchors_c if contrast is anchors else contrast.to(dtype)
     if block_size is None:
         block_size = auto_block_size(anchors.shape[0], contrast.shape[0], anchors.device, dtype)
+        if (anchors.device.type == "cpu" and _PER_THREAD_NUM_THREADS
+                and anchors.shape[0] * contrast.shape[0] >= _THREAD_BLOCKS_FROM):
+            # At least one block per thread, so that every thread gets whole blocks (see
+            # _block_workers) even when the batch fits one block. Not for small batches, where
+            # starting the worker threads (~1 ms) costs more than the whole loss.
+            block_size = max(1, min(block_size, -(-anchors.shape[0] // torch.get_num_threads())))
     if anchors.shape[0] == 0:
         return anchors_c.new_zeros(0) + 0.0 * anchors_c.sum()
     grads_in_forward = torch.is_grad_enabled() and (anchors_c.requires_grad or contrast_c.requires_grad)
