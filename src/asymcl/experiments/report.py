@@ -266,7 +266,8 @@ def figure_recall(setting: Setting, split: str, path: Path) -> bool:
     if not methods:
         return False
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) * max(1, len(methods) / 3) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) * max(1, len(methods) / 3) + 2), 4.6),
+                           layout="constrained")
     x = np.arange(len(names))
     cmap = plt.get_cmap("tab10")
     for index, method in enumerate(methods):
@@ -280,9 +281,8 @@ def figure_recall(setting: Setting, split: str, path: Path) -> bool:
     ax.set_ylabel("recall (mean ± std over seeds)")
     ax.set_title(f"Per-class recall, {split_title(split, 'test_imbalanced' in setting.test_splits)}\n"
                  f"{setting.label}", fontsize=10)
-    ax.legend(fontsize=8, ncol=min(len(methods), 6), loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    fig.legend(fontsize=8, ncol=min(len(methods), 6), loc="outside lower center", frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
