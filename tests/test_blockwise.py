@@ -447,3 +447,14 @@ def test_total_equals_the_shared_naive_oracle_in_exact_arithmetic(gamma, eta, no
                           mask=None, gamma=gamma, eta=eta, temperature=0.01,
                           normalization=normalization, n_total=n).sum() / n
     assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-300)
+
+
+def test_backward_through_a_retained_graph_is_repeatable():
+    z = unit_rows(9, 3, seed=19).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2])
+    out = per_anchor_loss(z, z, torch.arange(9), anchor_labels=labels, contrast_labels=labels,
+                          mask=None, gamma=1.0, eta=2.0, temperature=0.3, normalization="batch",
+                          n_total=9).sum()
+    (first,) = torch.autograd.grad(out, z, retain_graph=True)
+    (second,) = torch.autograd.grad(out, z)
+    assert torch.equal(first, second)

@@ -501,12 +501,12 @@ class _BlockwiseAFCL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
-        ctx.unit_grads = (None, None)
         need_anchors, need_contrast = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if unit_grad_anchors is not None and bool((grad_out == grad_out[0]).all()):
+            # Out of place: a second backward through a retained graph gets the very same result.
             g = grad_out[0].to(unit_grad_anchors.dtype)
-            grad_anchors = unit_grad_anchors.mul_(g) if need_anchors else None
-            grad_contrast = unit_grad_contrast.mul_(g) if need_contrast else None
+            grad_anchors = unit_grad_anchors * g if need_anchors else None
+            grad_contrast = unit_grad_contrast * g if need_contrast else None
             return (grad_anchors, grad_contrast) + (None,) * 11
         del unit_grad_anchors, unit_grad_contrast
 
