@@ -134,8 +134,11 @@ class Setting:
 
 
 def _setting_label(run: Run) -> str:
-    dataset = run.config.get("data.dataset", "?")
-    imbalance = run.config.get("data.imbalance") or "balanced"
+    dataset = str(run.config.get("data.dataset", "?"))
+    if dataset in ("npz", "folder", "csv") and run.config.get("data.root"):
+        dataset += f" {Path(str(run.config['data.root'])).name}"
+    # Without a profile the training set keeps the source's own class distribution.
+    imbalance = run.config.get("data.imbalance") or "natural distribution"
     label = f"{dataset}, {imbalance}"
     classes = run.config.get("data.classes")
     if classes:
