@@ -312,6 +312,9 @@ def _train_stage(stage: str, config: dict, data: _RunData, run_dir: Path,
         what = f"resuming from {resume}" if resume else f"{epochs} epoch(s)"
         print(f"[asymcl] {stage}: {what}", file=sys.stderr)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning 2.6 on torch >= 2.10 warns about its own use of a torch API once per dataloader;
+    # nothing a user can act on, and it floods sweep logs.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         trainer.fit(module, datamodule=_make_datamodule(data, config, stage),
                     ckpt_path=str(resume) if resume else None)
