@@ -208,7 +208,7 @@ def test_isic_corrupt_image_named(tmp_path):
         build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic"))
 
 
-def test_isic_truncated_jpeg_found_when_decoding(tmp_path):
+def test_isic_truncated_jpeg_found_up_front_and_when_decoding(tmp_path):
     written = make_isic(tmp_path / "isic", metadata=False)
     bad = written["Test"][1][0]
     path = tmp_path / "isic" / "ISIC2018_Task3_Test_Input" / f"{bad}.jpg"
@@ -217,8 +217,15 @@ def test_isic_truncated_jpeg_found_when_decoding(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(path, quality=95)
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 2 // 3])  # header intact, pixels cut off
+    cut = data[: len(data) * 2 // 3]  # header intact, pixels cut off
+    path.write_bytes(cut)
+    # Found when the splits are built, before any training starts ...
+    with pytest.raises(DataError, match=rf"1 of \d+ images .*not readable images: .*{bad}.jpg.*truncated"):
+        build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", cache=False))
+    # ... and, for a file damaged after that, when it is decoded for training.
+    path.write_bytes(data)
     splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", cache=False))
+    path.write_bytes(cut)
     with pytest.raises(DataError, match=rf"images are missing or cannot be decoded: .*{bad}.jpg"):
         splits.splits["test"].load_all()
     with pytest.raises(DataError, match=rf"{bad}.jpg cannot be decoded"):
