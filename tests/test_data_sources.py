@@ -188,6 +188,10 @@ def test_isic_missing_and_unknown_columns(tmp_path):
     path.write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC,SCC\nISIC_1,0,1,0,0,0,0,0,0\n")
     with pytest.raises(DataError, match="unknown column.*SCC"):
         read_ground_truth(path)
+    # A renamed column is reported as both: the missing name and the unknown one.
+    path.write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,Vascular\nISIC_1,0,1,0,0,0,0,0\n")
+    with pytest.raises(DataError, match="lacks the label column.*VASC and has unknown column.*Vascular"):
+        read_ground_truth(path)
 
 
 def test_isic_missing_images_counted_and_named(tmp_path):

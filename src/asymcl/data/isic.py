@@ -38,17 +38,19 @@ def read_ground_truth(path: Path) -> tuple[list[str], np.ndarray]:
         header = [h.strip() for h in header]
         if "image" not in header:
             raise DataError(f"ground-truth file {path} has no 'image' column (header: {','.join(header)})")
+        # Both lists in one message: a renamed column (VASC -> Vascular) is one missing and one
+        # unknown name, and seeing both is what tells the user which column to rename.
         missing = [c for c in ISIC_CLASSES if c not in header]
-        if missing:
-            raise DataError(
-                f"ground-truth file {path} lacks the label column(s) {', '.join(missing)}; "
-                f"expected image,{','.join(ISIC_CLASSES)} in any order"
-            )
         unknown = [h for h in header if h not in ISIC_CLASSES and h != "image"]
-        if unknown:
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append(f"lacks the label column(s) {', '.join(missing)}")
+            if unknown:
+                problems.append(f"has unknown column(s) {', '.join(unknown)}")
             raise DataError(
-                f"ground-truth file {path} has unknown column(s) {', '.join(unknown)}; "
-                f"expected image,{','.join(ISIC_CLASSES)} in any order"
+                f"ground-truth file {path} {' and '.join(problems)}; "
+                f"expected the header image,{','.join(ISIC_CLASSES)} in any order"
             )
         if len(set(header)) != len(header):
             raise DataError(f"ground-truth file {path} repeats a column name: {','.join(header)}")
