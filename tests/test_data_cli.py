@@ -207,3 +207,21 @@ def test_real_datasets_match_the_readme(capsys):
         assert code == 0
         assert {c: splits["train"][c] + splits["val"][c] for c in expected_train} == expected_train
         assert splits["test"] == expected_test
+
+
+def test_summary_csv_column_names_from_the_command_line(tmp_path, capsys):
+    from data_fixtures import write_image
+
+    for i in range(8):
+        write_image(tmp_path / f"{i}.png", i)
+    rows = [f"{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(8)]
+    (tmp_path / "list.csv").write_text("picture,kind\n" + "\n".join(rows) + "\n")
+    base = ["data", "summary", "--dataset", "csv", "--root", str(tmp_path / "list.csv"), "--json"]
+    code, out, err = _run(capsys, *base)
+    assert code == 2 and out == ""
+    assert "no image path column" in err and "--csv-path-column" in err and "picture,kind" in err
+    code, out, err = _run(capsys, *base, "--csv-path-column", "picture", "--csv-label-column", "kind")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["classes"] == ["cat", "dog"]
+    assert sum(sum(split.values()) for split in payload["splits"].values()) == 8

@@ -49,6 +49,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="share carved out as test when the source has no test split",
     )
     summary.add_argument("--image-size", type=int, default=None, help="resize to this square size")
+    summary.add_argument(
+        "--csv-path-column",
+        default=None,
+        metavar="NAME",
+        help="csv: the image path column (default: the first of path, image, file, filename, ...)",
+    )
+    summary.add_argument(
+        "--csv-label-column",
+        default=None,
+        metavar="NAME",
+        help="csv: the label column (default: the first of label, class, target, y, category)",
+    )
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=run_summary)
 
@@ -75,6 +87,8 @@ def run_summary(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         image_size=args.image_size,
+        csv_path_column=args.csv_path_column,
+        csv_label_column=args.csv_label_column,
     )
     splits = build_splits(spec)
     counts = splits.counts()

@@ -261,7 +261,9 @@ _PATH_COLUMNS = ("path", "image", "file", "filename", "image_path", "filepath")
 _LABEL_COLUMNS = ("label", "class", "target", "y", "category")
 
 
-def _pick_column(header: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path) -> int:
+def _pick_column(
+    header: list[str], given: str | None, candidates: tuple[str, ...], what: str, option: str, path: Path
+) -> int:
     lowered = [h.strip().lower() for h in header]
     if given is not None:
         if given not in header:
@@ -272,7 +274,8 @@ def _pick_column(header: list[str], given: str | None, candidates: tuple[str, ..
             return lowered.index(name)
     raise DataError(
         f"CSV file {path} has no {what} column: name it one of {', '.join(candidates)} "
-        f"or pass its name (header: {','.join(header)})"
+        f"or pass its name with --{option.replace('_', '-')} (DataSpec.{option}; "
+        f"header: {','.join(header)})"
     )
 
 
@@ -295,8 +298,12 @@ def load_csv(spec: DataSpec) -> SourceData:
         header = [h.strip() for h in (next(reader, None) or [])]
         if not header:
             raise DataError(f"CSV file {path} is empty")
-        path_col = _pick_column(header, spec.csv_path_column, _PATH_COLUMNS, "image path", path)
-        label_col = _pick_column(header, spec.csv_label_column, _LABEL_COLUMNS, "label", path)
+        path_col = _pick_column(
+            header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path
+        )
+        label_col = _pick_column(
+            header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path
+        )
         lowered = [h.lower() for h in header]
         split_col = lowered.index("split") if "split" in lowered else None
         records: list[tuple[str, str, str]] = []
