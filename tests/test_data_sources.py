@@ -61,7 +61,7 @@ def test_fashion_mnist_reads_gz_and_raw(tmp_path, gz):
 
 def test_idx_wrong_magic(tmp_path):
     path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((2, 3, 3)), gz=False, magic=b"\x12\x34\x08\x03")
-    with pytest.raises(DataError, match=r"x-idx3-ubyte.*wrong magic"):
+    with pytest.raises(DataError, match=r"x-idx3-ubyte.*wrong magic.*asymcl data download fashion-mnist"):
         read_idx(path, 3)
 
 
@@ -69,12 +69,12 @@ def test_idx_truncated(tmp_path):
     data = idx_bytes(np.zeros((5, 4, 4)))
     raw = tmp_path / "short-idx3-ubyte"
     raw.write_bytes(data[:-7])
-    with pytest.raises(DataError, match=r"short-idx3-ubyte is truncated"):
+    with pytest.raises(DataError, match=r"short-idx3-ubyte is truncated.*asymcl data download fashion-mnist"):
         read_idx(raw, 3)
     # a gzip stream cut short is also named
     gz = tmp_path / "short-idx3-ubyte.gz"
     gz.write_bytes(gzip.compress(data)[:-10])
-    with pytest.raises(DataError, match=r"short-idx3-ubyte.gz"):
+    with pytest.raises(DataError, match=r"short-idx3-ubyte.gz.*asymcl data download"):
         read_idx(gz, 3)
 
 
@@ -87,7 +87,7 @@ def test_idx_wrong_dimensions(tmp_path):
 def test_fashion_mnist_count_mismatch(tmp_path):
     root = make_fashion_mnist(tmp_path / "fm", train_per_class=3, test_per_class=2)
     write_idx(root / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz has 20 images but .*t10k-labels.* has 7 labels"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz has 20 images but .*t10k-labels.* has 7 labels.*asymcl data download fashion-mnist --root"):
         build_splits(DataSpec(dataset="fashion-mnist", root=root))
 
 

@@ -33,6 +33,8 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
+_REFETCH = "get the official files again with: asymcl data download fashion-mnist --root {root}"
+
 
 def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
     """Read an unsigned-byte IDX file (``.gz`` or raw) with ``expected_ndim`` dimensions."""
@@ -46,11 +48,13 @@ def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"IDX file {path} is missing") from None
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise DataError(f"IDX file {path} is not a readable gzip file ({exc}); download it again") from None
+        raise DataError(
+            f"IDX file {path} is not a readable gzip file ({exc}); {_REFETCH.format(root=path.parent)}"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataError(
             f"IDX file {path} has a wrong magic number (first bytes {data[:4].hex() or 'none'}): "
-            "not an IDX file"
+            f"not an IDX file; {_REFETCH.format(root=path.parent)}"
         )
     type_code, ndim = data[2], data[3]
     if type_code != 0x08:
@@ -65,7 +69,8 @@ def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise DataError(
-            f"IDX file {path} is {state}: {len(data)} bytes, dimensions {dims} need {expected}"
+            f"IDX file {path} is {state}: {len(data)} bytes, dimensions {dims} need {expected}; "
+            + _REFETCH.format(root=path.parent)
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -91,7 +96,8 @@ def load_fashion_mnist_arrays(root: str | Path, split: str) -> tuple[np.ndarray,
     labels = read_idx(label_path, 1).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
         raise DataError(
-            f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels"
+            f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} "
+            f"labels: they are not a matching pair; {_REFETCH.format(root=root)}"
         )
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
         raise DataError(
