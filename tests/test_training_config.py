@@ -45,8 +45,9 @@ def test_overrides_parse_as_yaml_and_nested_files(tmp_path):
         (["method=focal"], r"method must be one of ce, supcon, cl, fcl, acl, afcl"),
         (["stage1.epochs=2.5"], r"stage1.epochs must be an integer"),
         (["data.val_fraction=1.5"], r"data.val_fraction must be < 1"),
-        (["data.imbalance=exp:0.5"], r"ratio must be >= 1"),
-        (["data.imbalance=lots"], r"exp:RATIO"),
+        (["data.imbalance=exp:0.5"], r"data.imbalance.*ratio 0.5 .* must be a finite number >= 1"),
+        (["data.imbalance=lots"], r"data.imbalance.*KIND:RHO\[:NMAX\] with KIND one of exp, step, binary"),
+        (["data.imbalance=exp:10:many"], r"data.imbalance.*NMAX 'many'"),
         (["trainer.precision=8"], r"trainer.precision must be one of 32-true"),
         (["data.dataset=npz"], r"data.root is required"),
         (["data.dataset=fashion-mnist", "data.root=/no/such/folder"], r"data.root /no/such/folder does not exist"),
@@ -74,3 +75,8 @@ def test_bad_config_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config_file(listy)
+
+
+def test_imbalance_accepts_a_majority_cap():
+    config = resolve_config(None, ["data.imbalance=exp:100:1000"])
+    assert config["data"]["imbalance"] == "exp:100:1000"

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import yaml
 
-from asymcl.errors import ConfigError
+from asymcl.errors import ConfigError, DataError
 
 METHODS = ("ce", "supcon", "cl", "fcl", "acl", "afcl")
 DATASETS = ("digits", "fashion-mnist", "isic2018", "npz", "folder", "csv")
@@ -102,12 +102,17 @@ def _optional_str(value: Any) -> str | None:
 
 
 def _imbalance(value: Any) -> str | None:
+    """KIND:RHO or KIND:RHO:NMAX, checked by the data layer's own parser (one grammar, one place)."""
+    from asymcl.data.imbalance import parse_imbalance
+
     if value is None:
         return None
-    if not isinstance(value, str) or not re.fullmatch(r"(exp|step|binary):\d+(\.\d+)?", value):
-        raise ValueError("must be null or exp:RATIO, step:RATIO or binary:RATIO (e.g. exp:100)")
-    if float(value.split(":")[1]) < 1:
-        raise ValueError("the ratio must be >= 1")
+    if not isinstance(value, str):
+        raise ValueError("must be null or exp:RATIO, step:RATIO or binary:RATIO, optionally :NMAX (e.g. exp:100)")
+    try:
+        parse_imbalance(value)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
