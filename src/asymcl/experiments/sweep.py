@@ -249,6 +249,9 @@ def _format_value(value: Any) -> str:
         text = "-".join(_format_value(item) for item in value)
     elif value is None:
         text = "none"
+    elif isinstance(value, str) and re.fullmatch(r"[a-z]+:[0-9.]+:[0-9]+", value):
+        kind, ratio, n_max = value.split(":")  # an imbalance with a majority cap: binary10n2000
+        text = f"{kind}{ratio}n{n_max}"
     else:
         text = str(value)
     return re.sub(r"[^A-Za-z0-9.+=-]", "", text.replace("/", "-"))
