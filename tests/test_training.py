@@ -198,3 +198,28 @@ def test_predict_matches_the_runs_own_test_predictions(tmp_path):
         predict(out, tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="not a run directory"):
         predict(tmp_path, folder)
+
+
+@pytest.mark.parametrize("overrides,error", [
+    ({"data.classes": [0, 99]}, DataError),  # a data error
+    ({"trainer.accelerator": "mps"}, ConfigError),  # a device Lightning cannot find (never on Linux)
+])
+def test_user_errors_before_training_leave_no_run_directory(tmp_path, overrides, error):
+    # Otherwise the half-made directory would refuse the corrected command as "another config".
+    out = tmp_path / "run"
+    with pytest.raises(error):
+        run(tiny(**overrides), out)
+    assert not out.exists()
+    metrics = run(tiny(), out)
+    assert metrics["status"] == "complete"
+
+
+def test_final_metrics_do_not_sync_across_processes():
+    # Under DDP only rank 0 evaluates at the end; a metric that syncs on compute would wait forever
+    # for the other ranks.
+    from asymcl.training.modules import metric_collection
+
+    for metric in metric_collection(3, sync_on_compute=False).values():
+        assert metric.sync_on_compute is False
+    for metric in metric_collection(3).values():
+        assert metric.sync_on_compute is True

@@ -109,14 +109,16 @@ class ClassificationLoss(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
-def metric_collection(num_classes: int) -> MetricCollection:
+def metric_collection(num_classes: int, sync_on_compute: bool = True) -> MetricCollection:
+    """``sync_on_compute=False`` for metrics computed on one process only (the final evaluation)."""
+    kw = {"sync_on_compute": sync_on_compute}
     return MetricCollection(
         {
-            "wa": MulticlassAccuracy(num_classes, average="micro"),
-            "ua": MulticlassRecall(num_classes, average="macro"),
-            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-            "per_class_recall": MulticlassRecall(num_classes, average=None),
-            "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+            "wa": MulticlassAccuracy(num_classes, average="micro", **kw),
+            "ua": MulticlassRecall(num_classes, average="macro", **kw),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro", **kw),
+            "per_class_recall": MulticlassRecall(num_classes, average=None, **kw),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes, **kw),
         }
     )
 

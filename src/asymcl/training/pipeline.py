@@ -97,8 +97,9 @@ def _empty_metrics(config: dict, classes: list[str] | None = None) -> dict:
             "history": {}, "best": {}, "stages_complete": []}
 
 
-def _prepare_run_dir(config: dict, run_dir: Path) -> dict | None:
-    """Check/initialise the run directory. Returns the finished metrics if there is nothing to do."""
+def _check_run_dir(config: dict, run_dir: Path) -> dict | None:
+    """Check the run directory without writing to it. Returns the finished metrics if there is
+    nothing to do; raises :class:`ConfigError` if it holds another config or something else."""
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         try:
@@ -117,14 +118,48 @@ def _prepare_run_dir(config: dict, run_dir: Path) -> dict | None:
         if metrics and metrics.get("status") == "complete":
             return metrics
         return None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output directory {run_dir} is a file; choose a new or empty directory")
     if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
         raise ConfigError(f"{run_dir} is not empty and holds no run (no config.yaml); "
                           "choose a new or empty output directory")
-    if _is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_yaml(config_path, config)
-        atomic_write_json(run_dir / "versions.json", versions_info())
     return None
+
+
+def _init_run_dir(config: dict, run_dir: Path) -> None:
+    """Write config.yaml and versions.json into a new run directory (main process only)."""
+    if _is_main_process() and not (run_dir / "config.yaml").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "versions.json", versions_info())
+        atomic_write_yaml(run_dir / "config.yaml", config)
+
+
+def _trainer_kwargs(config: dict) -> dict[str, Any]:
+    trainer_cfg = config["trainer"]
+    deterministic: bool | str = trainer_cfg["deterministic"]
+    if deterministic and trainer_cfg["accelerator"] != "cpu":
+        deterministic = "warn"  # some CUDA kernels (e.g. in augmentation) have no deterministic form
+    return {"accelerator": trainer_cfg["accelerator"], "devices": trainer_cfg["devices"],
+            "strategy": trainer_cfg["strategy"], "precision": trainer_cfg["precision"],
+            "deterministic": deterministic}
+
+
+def _check_trainer_options(config: dict) -> None:
+    """Let Lightning judge the device options now (e.g. accelerator gpu on a machine without one),
+    so that they fail as a config error before anything is written or trained."""
+    import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        pl.Trainer(**_trainer_kwargs(config), logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        trainer_cfg = config["trainer"]
+        raise ConfigError(
+            f"trainer options accelerator={trainer_cfg['accelerator']!r}, devices={trainer_cfg['devices']!r}, "
+            f"strategy={trainer_cfg['strategy']!r}, precision={trainer_cfg['precision']!r} cannot be "
+            f"used here: {str(exc).splitlines()[0]} (trainer.accelerator cpu works everywhere)"
+        ) from None
 
 
 def data_spec(config: dict):
@@ -275,19 +310,12 @@ def _train_stage(stage: str, config: dict, data: _RunData, run_dir: Path,
     epochs = (config["stage2"] if stage == "stage2" else config["stage1"])["epochs"]
     ckpt_dir = run_dir / "checkpoints" / stage
     last = ckpt_dir / "last.ckpt"
-    deterministic: bool | str = trainer_cfg["deterministic"]
-    if deterministic and trainer_cfg["accelerator"] != "cpu":
-        deterministic = "warn"  # some CUDA kernels (e.g. in augmentation) have no deterministic form
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/ua", mode="max",
                                  save_top_k=1, save_last=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accelerator=trainer_cfg["accelerator"],
-        devices=trainer_cfg["devices"],
-        strategy=trainer_cfg["strategy"],
-        precision=trainer_cfg["precision"],
-        deterministic=deterministic,
+        **_trainer_kwargs(config),
         enable_progress_bar=trainer_cfg["progress_bar"],
         enable_model_summary=False,
         logger=False,
@@ -355,7 +383,8 @@ def evaluate(module, data: _RunData, split: str, batch_size: int = 512) -> dict[
 def split_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
     from asymcl.training.modules import metric_collection, metrics_to_python
 
-    metrics = metric_collection(num_classes)
+    # Local only: under DDP this runs on rank 0 alone, and a syncing metric would wait for the others.
+    metrics = metric_collection(num_classes, sync_on_compute=False)
     metrics.update(torch.as_tensor(logits), torch.as_tensor(labels))
     return metrics_to_python(metrics.compute())
 
@@ -399,7 +428,7 @@ def run(config: dict | None, out_dir: str | Path, *, callbacks: Sequence = (),
     """
     config = resolve_config(config or {})
     run_dir = Path(out_dir)
-    finished = _prepare_run_dir(config, run_dir)
+    finished = _check_run_dir(config, run_dir)
     if finished is not None:
         return finished
     trainer_cfg = config["trainer"]
@@ -408,7 +437,14 @@ def run(config: dict | None, out_dir: str | Path, *, callbacks: Sequence = (),
     if trainer_cfg["num_threads"]:
         torch.set_num_threads(trainer_cfg["num_threads"])
 
+    # Everything that can fail on the user's input (data files, classes, device options, backbone,
+    # pretrained weights) fails here, before the run directory is written: a failed first attempt
+    # must not leave a directory that then refuses the corrected config.
     data = _RunData(config)
+    if not (run_dir / "config.yaml").is_file():
+        _check_trainer_options(config)
+        _build_module(stages_for(config)[0], config, data)
+        _init_run_dir(config, run_dir)
     metrics = read_metrics(run_dir) or _empty_metrics(config)
     metrics["classes"] = data.classes
     metrics["counts"] = data.splits.counts()
