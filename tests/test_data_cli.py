@@ -112,6 +112,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.path.endswith("/broken/") or "/error/" in self.path:
             self.send_error(500, "server exploded")
             return
+        if "/short/" in self.path or "/stall/" in self.path:
+            # Promise 100 kB, send 5 kB; then drop the connection, or hang like a dead network.
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"\x1f\x8b" + b"x" * 5000)
+            self.wfile.flush()
+            if "/stall/" in self.path:
+                self.server.release.wait(30)
+            self.close_connection = True
+            return
         super().do_GET()
 
 
@@ -121,11 +132,13 @@ def file_server(tmp_path):
     served.mkdir()
     handler = functools.partial(_Handler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.release = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield served, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
 
@@ -174,6 +187,51 @@ def test_download_server_errors(tmp_path, capsys, served_fashion_mnist):
     code, _, err = _run(capsys, "data", "download", "fashion-mnist", "--root", str(tmp_path / "d"), "--base-url", url + "/missing")
     assert code == 2 and "HTTP 404" in err and "/missing/t10k-images-idx3-ubyte.gz" in err
     assert not [p for p in (tmp_path / "d").iterdir()]
+
+
+def test_download_dropped_connection_named(tmp_path, served_fashion_mnist):
+    _, url, _ = served_fashion_mnist
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=r"ended after 5002 of 100000 bytes .*run the command again"):
+        download_module.download_fashion_mnist(dest, base_url=url + "/short")
+    assert not list(dest.iterdir())
+
+
+def test_download_killed_midway_never_looks_complete(tmp_path, served_fashion_mnist):
+    import os
+    import signal
+    import time
+
+    _, url, table = served_fashion_mnist
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    name = "train-labels-idx1-ubyte.gz"
+    script = (
+        "import sys; from pathlib import Path; from asymcl.data.download import download_file; "
+        "download_file(sys.argv[1], Path(sys.argv[2]), sys.argv[3])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, f"{url}/stall/{name}", str(dest / name), table[name]]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(dest.glob(".*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it receive the first 5 kB; the server then hangs
+        assert proc.poll() is None, "the download should still be waiting for the rest"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # no clean-up code runs
+        proc.wait()
+    parts = list(dest.iterdir())
+    assert len(parts) == 1 and parts[0].name.startswith(f".{name}.") and parts[0].name.endswith(".part")
+    # The next run fetches the file and removes a part file that no live download can own.
+    old = time.time() - 3600
+    os.utime(parts[0], (old, old))
+    download_module.download_fashion_mnist(dest, base_url=url + "/fm")
+    assert sorted(p.name for p in dest.iterdir()) == sorted(table)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (dest / name).stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_download_table_matches_shared_readme():

@@ -8,8 +8,10 @@ verified. A file already present with the right md5 is not downloaded again.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,30 +40,65 @@ def file_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _remove_stale_parts(destination: Path, older_than_s: float) -> None:
+    """Delete temp files of earlier runs that were killed (SIGKILL skips their clean-up).
+
+    A live download writes at least once per network timeout, so a part file untouched for
+    longer than ``older_than_s`` belongs to a dead process; newer ones may be a concurrent run.
+    """
+    now = time.time()
+    for part in destination.parent.glob(f".{destination.name}.*.part"):
+        try:
+            if now - part.stat().st_mtime > older_than_s:
+                part.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete: harmless
+
+
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (mkstemp makes 0600, too strict for a dataset)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def download_file(url: str, destination: Path, md5: str, timeout: float = 60.0) -> None:
     """Fetch ``url`` to ``destination`` atomically, checking ``md5``; DataError on any failure."""
+    _remove_stale_parts(destination, older_than_s=max(600.0, 2 * timeout))
     fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
     try:
         digest = hashlib.md5()
+        received, expected_size = 0, None
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
+                    length = response.headers.get("Content-Length")
+                    expected_size = int(length) if length and length.isdigit() else None
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         digest.update(chunk)
                         out.write(chunk)
+                        received += len(chunk)
             except urllib.error.HTTPError as exc:
                 raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise DataError(f"download of {url} failed: {reason}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                reason = getattr(exc, "reason", None) or repr(exc)
+                raise DataError(
+                    f"download of {url} failed: {reason}; nothing was written, run the command again"
+                ) from None
             out.flush()
             os.fsync(out.fileno())
+        if expected_size is not None and received != expected_size:
+            raise DataError(
+                f"download of {url} ended after {received} of {expected_size} bytes (the connection "
+                "dropped); nothing was written, run the command again"
+            )
         got = digest.hexdigest()
         if got != md5:
             raise DataError(
                 f"download of {url} is corrupt: md5 {got}, expected {md5}; nothing was written, "
                 "run the command again (or use another --base-url)"
             )
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, destination)
     finally:
         if os.path.exists(tmp):
