@@ -180,11 +180,11 @@ def test_sampler_epochs_and_seeds():
     assert list(ClassBalancedSampler(targets, seed=6)) != epoch0
 
 
-@pytest.mark.parametrize("num_replicas", [2, 3])
-def test_sampler_ranks_take_disjoint_shares_of_one_draw(num_replicas):
+@pytest.mark.parametrize("num_replicas,num_samples", [(2, 60), (3, 60), (2, 61), (3, 61)])
+def test_sampler_ranks_take_disjoint_shares_of_one_draw(num_replicas, num_samples):
     targets = np.array([0] * 50 + [1] * 7 + [2] * 3)
-    single = ClassBalancedSampler(targets, num_samples=60, seed=2, num_replicas=1, rank=0)
-    ranks = [ClassBalancedSampler(targets, num_samples=60, seed=2, num_replicas=num_replicas, rank=r) for r in range(num_replicas)]
+    single = ClassBalancedSampler(targets, num_samples=num_samples, seed=2, num_replicas=1, rank=0)
+    ranks = [ClassBalancedSampler(targets, num_samples=num_samples, seed=2, num_replicas=num_replicas, rank=r) for r in range(num_replicas)]
     for s in ranks + [single]:
         s.set_epoch(4)
     shares = [list(s) for s in ranks]
@@ -197,8 +197,12 @@ def test_sampler_ranks_take_disjoint_shares_of_one_draw(num_replicas):
         interleaved[r::num_replicas] = share
     assert np.array_equal(interleaved, global_draw)
     # and it is the same draw a single process makes: the ranks together sample like one process
-    assert np.array_equal(global_draw, single.global_draw())
-    assert sorted(np.concatenate(shares).tolist()) == sorted(list(single))
+    # (when the ranks cannot split num_samples evenly, the draw goes on for the < R extra
+    # padding positions that keep every rank's share the same length)
+    assert total - num_samples < num_replicas
+    assert np.array_equal(global_draw[:num_samples], single.global_draw())
+    if total == num_samples:
+        assert sorted(np.concatenate(shares).tolist()) == sorted(list(single))
 
 
 def test_sampler_reads_torch_distributed(tmp_path):

@@ -19,7 +19,10 @@ class ClassBalancedSampler(Sampler[int]):
     classes with at least one sample. Each epoch makes one global draw of
     ``num_replicas * ceil(num_samples / num_replicas)`` indices from a generator seeded with
     ``(seed, epoch)``; rank r takes positions r, r + R, r + 2R, ... of it, so the ranks' shares are
-    disjoint parts of the same draw and together are exactly the single-process draw.
+    disjoint parts of the same draw. Its first ``num_samples`` positions are exactly the
+    single-process draw (numpy draws the positions in order); when R does not divide
+    ``num_samples`` the draw runs on for fewer than R extra positions, so that every rank gets the
+    same number of indices (as torch's DistributedSampler pads).
 
     targets: (N,) class labels, or a dataset with ``.targets``.
     num_samples: indices per epoch over all ranks (default N).
