@@ -233,3 +233,21 @@ def test_profile_str_roundtrip():
     assert str(parse_imbalance("EXP:100")) == "exp:100"
     assert parse_imbalance("binary:2.5:40") == ImbalanceProfile("binary", 2.5, 40)
     assert parse_imbalance(None) is None
+
+
+def test_grouped_holdout_keeps_every_class_on_both_sides():
+    from asymcl.data.splits import stratified_holdout
+
+    # A long tail of lesions: class 2 has two single-image lesions, class 3 one lesion of two
+    # images; StratifiedGroupKFold alone often leaves such classes out of one side.
+    targets = np.array([0] * 60 + [1] * 12 + [2] * 2 + [3] * 2)
+    groups = np.array([f"a{i // 2}" for i in range(60)] + [f"b{i // 3}" for i in range(12)] + ["c0", "c1", "d0", "d0"])
+    for seed in range(20):
+        keep, held = stratified_holdout(targets, 0.1, np.random.default_rng(seed), groups)
+        assert sorted(np.concatenate([keep, held]).tolist()) == list(range(targets.size))
+        assert not set(groups[keep]) & set(groups[held])  # no lesion on both sides
+        assert set(targets[keep]) == {0, 1, 2, 3}  # training never loses a class
+        assert {0, 1, 2} <= set(targets[held])  # every class with two or more lesions is validated
+        assert 3 not in set(targets[held])  # a single lesion stays in training
+    again = stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)
+    assert all(np.array_equal(a, b) for a, b in zip(again, stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)))

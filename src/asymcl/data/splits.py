@@ -197,7 +197,7 @@ def stratified_holdout(
                 # "The least populated class has only k members": expected for minority classes.
                 warnings.simplefilter("ignore", UserWarning)
                 keep, holdout = next(splitter.split(np.zeros(n), targets, groups))
-            return np.sort(keep), np.sort(holdout)
+            return _every_class_on_both_sides(targets, groups, keep, holdout, rng)
     holdout = []
     for c in np.unique(targets):
         members = rng.permutation(np.flatnonzero(targets == c))
@@ -208,6 +208,36 @@ def stratified_holdout(
     holdout = np.sort(np.concatenate(holdout)) if holdout else np.zeros(0, dtype=np.int64)
     keep = np.setdiff1d(np.arange(n), holdout)
     return keep, holdout
+
+
+def _every_class_on_both_sides(
+    targets: np.ndarray, groups: np.ndarray, keep: np.ndarray, holdout: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move whole groups so that every class keeps training images and, where it has two or
+    more groups, also appears in the holdout.
+
+    StratifiedGroupKFold balances proportions only on average: with strong imbalance a class of
+    a few lesions can land entirely in the holdout fold (no training image at all) or not at all
+    (a validation set without that class, so its recall is undefined there). The ungrouped
+    branch guarantees both by construction; this repairs the grouped one, moving the smallest
+    qualifying group (seeded choice among ties) so that no group is ever split.
+    """
+    in_holdout = np.zeros(targets.shape[0], dtype=bool)
+    in_holdout[holdout] = True
+    for c in np.unique(targets):
+        for to_holdout in (False, True):  # first make sure training has it, then the holdout
+            members = targets == c
+            source = members & (in_holdout != to_holdout)
+            if (members & (in_holdout == to_holdout)).any():
+                continue
+            candidates = np.unique(groups[source])
+            if to_holdout and candidates.size < 2:
+                continue  # one group: it stays in training
+            sizes = np.array([np.count_nonzero(groups == g) for g in candidates])
+            smallest = candidates[sizes == sizes.min()]
+            moved = smallest[int(rng.integers(smallest.size))]
+            in_holdout[groups == moved] = to_holdout
+    return np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
