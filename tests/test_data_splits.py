@@ -55,8 +55,11 @@ def test_exp_profile_exact_counts(balanced_npz):
 def test_exp_profile_with_nmax_and_too_large_nmax(balanced_npz):
     splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10:50"))
     assert list(_train_plus_val(splits)) == [50, 38, 29, 23, 17, 13, 10, 8, 6, 5]
-    with pytest.raises(DataError, match="asks for 101 images of class position 0 but the pool has only 100"):
+    with pytest.raises(DataError, match="asks for 101 images of class 'c0' \\(position 0\\) but the pool has only 100"):
         build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10:101"))
+    # the class is named in the user's order, not the source's
+    with pytest.raises(DataError, match="asks for 101 images of class 'c6' \\(position 0\\)"):
+        build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="binary:10:101", classes=[6, 0]))
 
 
 def test_step_profile(balanced_npz):

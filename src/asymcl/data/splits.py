@@ -295,7 +295,7 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
         )
 
     if profile is not None:
-        counts = profile.counts(train.class_counts())
+        counts = profile.counts(train.class_counts(), classes)
         chosen = imbalanced_indices(train.targets, counts, _rng(spec.seed, _STREAM_IMBALANCE))
         train = train.subset(chosen)
         if "train" in groups:
@@ -323,7 +323,7 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
         if np.any(available < 1):
             missing = [classes[k] for k in np.flatnonzero(available < 1)]
             raise DataError(f"the test set has no images of {', '.join(missing)}")
-        counts = test_profile.counts(available)
+        counts = test_profile.counts(available, classes)
         chosen = imbalanced_indices(test.targets, counts, _rng(spec.seed, _STREAM_TEST_IMBALANCE))
         out["test_imbalanced"] = test.subset(chosen)
     return Splits(classes=classes, splits=out, spec=spec, profile=profile, notes=notes)
