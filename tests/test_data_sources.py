@@ -398,3 +398,23 @@ def test_file_dataset_in_dataloader_workers(tmp_path):
     images = torch.cat([batch for batch, _ in loader])
     expected, _ = test.load_all()
     assert torch.equal((images * 255).round().to(torch.uint8), expected)
+
+
+def test_unreadable_csv_files_are_one_clear_error(tmp_path):
+    """Non-UTF-8 bytes, CSV syntax errors and short metadata rows name the file and line."""
+    from asymcl.data.isic import read_lesion_ids
+
+    latin = tmp_path / "gt.csv"
+    latin.write_bytes(b"image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_\xe9,1,0,0,0,0,0,0\n")
+    with pytest.raises(DataError, match=r"gt.csv line 2 is not UTF-8 text.*save it as UTF-8"):
+        read_ground_truth(latin)
+    huge = tmp_path / "huge.csv"
+    huge.write_text("path,label\n" + "a" * 200_000 + ",x\n")
+    with pytest.raises(DataError, match=r"huge.csv line \d+: not valid CSV \(field larger"):
+        build_splits(DataSpec(dataset="csv", root=huge))
+    metadata = tmp_path / "HAM10000_metadata.csv"
+    metadata.write_text("lesion_id,image_id,dx\nHAM_1,ISIC_1,nv\nHAM_2\n")
+    with pytest.raises(DataError, match=r"HAM10000_metadata.csv line 3: 1 fields, the header has 3"):
+        read_lesion_ids(metadata)
+    metadata.write_text("image_id,lesion_id\nISIC_1,HAM_1\n")
+    assert read_lesion_ids(metadata) == {"ISIC_1": "HAM_1"}

@@ -14,7 +14,9 @@ The classes are always in the official order MEL, NV, BCC, AKIEC, BKL, DF, VASC.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -24,72 +26,95 @@ ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 _PARTS = {"train": "Training", "val": "Validation", "test": "Test"}
 
 
+def read_csv_rows(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row of a UTF-8 CSV; DataError names the file and line.
+
+    The whole file is decoded first so that a file in another encoding (or not text at all)
+    is one clear error instead of a UnicodeDecodeError from inside the csv module.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{what} {path} line {line} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "save it as UTF-8 CSV"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{what} {path} line {reader.line_num}: not valid CSV ({exc})") from None
+        yield reader.line_num, row
+
+
 def read_ground_truth(path: Path) -> tuple[list[str], np.ndarray]:
     """(image ids, labels int64 in ISIC_CLASSES order) from an official ground-truth CSV."""
-    try:
-        handle = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"cannot read ground-truth file {path}: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"ground-truth file {path} is empty")
-        header = [h.strip() for h in header]
-        if "image" not in header:
-            raise DataError(f"ground-truth file {path} has no 'image' column (header: {','.join(header)})")
-        # Both lists in one message: a renamed column (VASC -> Vascular) is one missing and one
-        # unknown name, and seeing both is what tells the user which column to rename.
-        missing = [c for c in ISIC_CLASSES if c not in header]
-        unknown = [h for h in header if h not in ISIC_CLASSES and h != "image"]
-        if missing or unknown:
-            problems = []
-            if missing:
-                problems.append(f"lacks the label column(s) {', '.join(missing)}")
-            if unknown:
-                problems.append(f"has unknown column(s) {', '.join(unknown)}")
-            raise DataError(
-                f"ground-truth file {path} {' and '.join(problems)}; "
-                f"expected the header image,{','.join(ISIC_CLASSES)} in any order"
-            )
-        if len(set(header)) != len(header):
-            raise DataError(f"ground-truth file {path} repeats a column name: {','.join(header)}")
-        image_col = header.index("image")
-        label_cols = [header.index(c) for c in ISIC_CLASSES]
-        images: list[str] = []
-        labels: list[int] = []
-        seen: set[str] = set()
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
-            image = row[image_col].strip()
-            values = []
-            for col in label_cols:
-                cell = row[col].strip()
-                try:
-                    value = float(cell)
-                except ValueError:
-                    raise DataError(
-                        f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
-                    ) from None
-                if value not in (0.0, 1.0):
-                    raise DataError(
-                        f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
-                    )
-                values.append(value)
-            if sum(values) != 1.0:
+    rows = read_csv_rows(path, "ground-truth file")
+    header = next(rows, (0, None))[1]
+    if not header:
+        raise DataError(f"ground-truth file {path} is empty")
+    header = [h.strip() for h in header]
+    if "image" not in header:
+        raise DataError(f"ground-truth file {path} has no 'image' column (header: {','.join(header)})")
+    # Both lists in one message: a renamed column (VASC -> Vascular) is one missing and one
+    # unknown name, and seeing both is what tells the user which column to rename.
+    missing = [c for c in ISIC_CLASSES if c not in header]
+    unknown = [h for h in header if h not in ISIC_CLASSES and h != "image"]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"lacks the label column(s) {', '.join(missing)}")
+        if unknown:
+            problems.append(f"has unknown column(s) {', '.join(unknown)}")
+        raise DataError(
+            f"ground-truth file {path} {' and '.join(problems)}; "
+            f"expected the header image,{','.join(ISIC_CLASSES)} in any order"
+        )
+    if len(set(header)) != len(header):
+        raise DataError(f"ground-truth file {path} repeats a column name: {','.join(header)}")
+    image_col = header.index("image")
+    label_cols = [header.index(c) for c in ISIC_CLASSES]
+    images: list[str] = []
+    labels: list[int] = []
+    seen: set[str] = set()
+    for line, row in rows:
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+        image = row[image_col].strip()
+        values = []
+        for col in label_cols:
+            cell = row[col].strip()
+            try:
+                value = float(cell)
+            except ValueError:
                 raise DataError(
-                    f"{path} line {line} ({image}): the label columns are not one-hot "
-                    f"({sum(values):g} ones); each row needs exactly one 1"
+                    f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
+                ) from None
+            if value not in (0.0, 1.0):
+                raise DataError(
+                    f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
                 )
-            if image in seen:
-                raise DataError(f"{path} line {line}: image {image} is listed twice")
-            seen.add(image)
-            images.append(image)
-            labels.append(values.index(1.0))
+            values.append(value)
+        if sum(values) != 1.0:
+            raise DataError(
+                f"{path} line {line} ({image}): the label columns are not one-hot "
+                f"({sum(values):g} ones); each row needs exactly one 1"
+            )
+        if image in seen:
+            raise DataError(f"{path} line {line}: image {image} is listed twice")
+        seen.add(image)
+        images.append(image)
+        labels.append(values.index(1.0))
     if not images:
         raise DataError(f"ground-truth file {path} lists no images")
     return images, np.asarray(labels, dtype=np.int64)
@@ -105,19 +130,21 @@ def _ground_truth_path(root: Path, part: str) -> Path | None:
 
 def read_lesion_ids(path: Path) -> dict[str, str]:
     """image_id -> lesion_id from HAM10000_metadata.csv."""
-    try:
-        handle = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"cannot read metadata file {path}: {exc.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        if "image_id" not in fields or "lesion_id" not in fields:
-            raise DataError(
-                f"metadata file {path} needs columns image_id and lesion_id (has {','.join(fields)})"
-            )
-        reader.fieldnames = fields
-        return {row["image_id"].strip(): row["lesion_id"].strip() for row in reader}
+    rows = read_csv_rows(path, "metadata file")
+    fields = [f.strip() for f in next(rows, (0, []))[1]]
+    if "image_id" not in fields or "lesion_id" not in fields:
+        raise DataError(
+            f"metadata file {path} needs columns image_id and lesion_id (has {','.join(fields) or 'none'})"
+        )
+    image_col, lesion_col = fields.index("image_id"), fields.index("lesion_id")
+    lesions: dict[str, str] = {}
+    for line, row in rows:
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) <= max(image_col, lesion_col):
+            raise DataError(f"{path} line {line}: {len(row)} fields, the header has {len(fields)}")
+        lesions[row[image_col].strip()] = row[lesion_col].strip()
+    return lesions
 
 
 def find_isic_parts(root: Path) -> dict[str, tuple[Path, Path]]:

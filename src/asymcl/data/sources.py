@@ -7,7 +7,6 @@ decoded lazily, see :class:`~asymcl.data.datasets.FileImageDataset`.
 
 from __future__ import annotations
 
-import csv
 import os
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from asymcl.data.datasets import (
     probe_images,
     resize_array,
 )
+from asymcl.data.isic import read_csv_rows
 from asymcl.data.splits import DataSpec, SourceData
 from asymcl.errors import DataError
 
@@ -289,40 +289,34 @@ def load_csv(spec: DataSpec) -> SourceData:
     path = Path(spec.root)
     if not path.is_file():
         raise DataError(f"CSV file {path} does not exist")
-    try:
-        handle = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"cannot read CSV file {path}: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in (next(reader, None) or [])]
-        if not header:
-            raise DataError(f"CSV file {path} is empty")
-        path_col = _pick_column(
-            header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path
-        )
-        label_col = _pick_column(
-            header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path
-        )
-        lowered = [h.lower() for h in header]
-        split_col = lowered.index("split") if "split" in lowered else None
-        records: list[tuple[str, str, str]] = []
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            line = reader.line_num
-            if len(row) != len(header):
-                raise DataError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
-            image, label = row[path_col].strip(), row[label_col].strip()
-            if not image or not label:
-                raise DataError(f"{path} line {line}: the image path or the label is empty")
-            split = "train"
-            if split_col is not None:
-                raw = row[split_col].strip().lower()
-                if raw not in _SPLIT_NAMES:
-                    raise DataError(f"{path} line {line}: split {row[split_col]!r} is not train, val or test")
-                split = _SPLIT_NAMES[raw]
-            records.append((image, label, split))
+    rows_in = read_csv_rows(path, "CSV file")
+    header = [h.strip() for h in next(rows_in, (0, []))[1]]
+    if not header:
+        raise DataError(f"CSV file {path} is empty")
+    path_col = _pick_column(
+        header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path
+    )
+    label_col = _pick_column(
+        header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path
+    )
+    lowered = [h.lower() for h in header]
+    split_col = lowered.index("split") if "split" in lowered else None
+    records: list[tuple[str, str, str]] = []
+    for line, row in rows_in:
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+        image, label = row[path_col].strip(), row[label_col].strip()
+        if not image or not label:
+            raise DataError(f"{path} line {line}: the image path or the label is empty")
+        split = "train"
+        if split_col is not None:
+            raw = row[split_col].strip().lower()
+            if raw not in _SPLIT_NAMES:
+                raise DataError(f"{path} line {line}: split {row[split_col]!r} is not train, val or test")
+            split = _SPLIT_NAMES[raw]
+        records.append((image, label, split))
     if not records:
         raise DataError(f"CSV file {path} lists no images")
     labels_text = [r[1] for r in records]
