@@ -283,3 +283,21 @@ def test_summary_csv_column_names_from_the_command_line(tmp_path, capsys):
     payload = json.loads(out)
     assert payload["classes"] == ["cat", "dog"]
     assert sum(sum(split.values()) for split in payload["splits"].values()) == 8
+
+
+@pytest.mark.parametrize("dataset,kind", [("fashion-mnist", "file"), ("isic2018", "file"), ("folder", "file"), ("npz", "dir"), ("csv", "dir")])
+def test_summary_root_of_the_wrong_kind(tmp_path, capsys, dataset, kind):
+    root = tmp_path / "root"
+    root.mkdir() if kind == "dir" else root.write_text("x")
+    code, out, err = _run(capsys, "data", "summary", "--dataset", dataset, "--root", str(root))
+    expected = "is a folder, not a file" if kind == "dir" else "is a file, not a folder"
+    assert code == 2 and out == "" and expected in err and str(root) in err
+
+
+def test_summary_image_size_too_large_for_memory(capsys, monkeypatch):
+    import asymcl.data.datasets as datasets_module
+
+    # a fixed 8 GiB machine, so the test never tries a real 42 GiB allocation on a big one
+    monkeypatch.setattr(datasets_module, "_physical_memory_bytes", lambda: 8 * 2**30)
+    code, out, err = _run(capsys, "data", "summary", "--dataset", "digits", "--image-size", "5000")
+    assert code == 2 and out == "" and "image_size 5000x5000 for 1797 images" in err and "smaller image_size" in err

@@ -132,16 +132,41 @@ class ArrayImageDataset(ImageDataset):
         return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes)
 
 
+def _physical_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# Images resized per call to interpolate: bounds the float32 intermediates (a few hundred MB at
+# 224 x 224 RGB) instead of converting the whole array at once.
+_RESIZE_CHUNK = 1024
+
+
 def resize_array(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Resize uint8 (N, H, W, C) images to ``size`` (antialiased bilinear), or return them as is."""
     if size is None or tuple(images.shape[1:3]) == tuple(size):
         return images
-    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    out = torch.nn.functional.interpolate(
-        tensor, size=size, mode="bilinear", align_corners=False, antialias=True
-    )
-    out = out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return np.ascontiguousarray(out.numpy())
+    n, _, _, channels = images.shape
+    need = n * size[0] * size[1] * channels  # bytes of the uint8 result
+    memory = _physical_memory_bytes()
+    if memory is not None and need > memory // 2:
+        raise DataError(
+            f"image_size {size[0]}x{size[1]} for {n} images held in memory needs "
+            f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; "
+            "choose a smaller image_size"
+        )
+    out = np.empty((n, size[0], size[1], channels), dtype=np.uint8)
+    for start in range(0, n, _RESIZE_CHUNK):
+        chunk = torch.from_numpy(images[start : start + _RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
+        resized = torch.nn.functional.interpolate(
+            chunk, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+        out[start : start + _RESIZE_CHUNK] = (
+            resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )
+    return out
 
 
 def decode_image(path: str, num_channels: int, size_hw: tuple[int, int]) -> np.ndarray:

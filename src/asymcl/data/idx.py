@@ -89,7 +89,8 @@ def load_fashion_mnist_arrays(root: str | Path, split: str) -> tuple[np.ndarray,
     """(images uint8 (N, 28, 28), labels int64 (N,)) of the ``train`` or ``test`` split."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Fashion-MNIST folder {root} does not exist")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"Fashion-MNIST folder {root} {state}; --root takes the folder of the four IDX files")
     image_stem, label_stem = FASHION_MNIST_FILES[split]
     image_path, label_path = find_idx_file(root, image_stem), find_idx_file(root, label_stem)
     images = read_idx(image_path, 3)

@@ -150,7 +150,8 @@ def read_lesion_ids(path: Path) -> dict[str, str]:
 def find_isic_parts(root: Path) -> dict[str, tuple[Path, Path]]:
     """split -> (image folder, ground-truth CSV) for each part present; training is required."""
     if not root.is_dir():
-        raise DataError(f"ISIC 2018 folder {root} does not exist")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"ISIC 2018 folder {root} {state}; --root takes the folder that holds ISIC2018_Task3_*")
     parts: dict[str, tuple[Path, Path]] = {}
     for split, part in _PARTS.items():
         folder = root / f"ISIC2018_Task3_{part}_Input"

@@ -94,7 +94,8 @@ def load_npz(spec: DataSpec) -> SourceData:
     """
     path = Path(spec.root)
     if not path.is_file():
-        raise DataError(f"npz file {path} does not exist")
+        state = "is a folder, not a file" if path.exists() else "does not exist"
+        raise DataError(f"npz file {path} {state}; --root takes the .npz file itself")
     if not zipfile.is_zipfile(path):
         raise DataError(f"npz file {path} cannot be read: it is not an .npz (zip) archive")
     try:
@@ -223,7 +224,8 @@ def load_folder(spec: DataSpec) -> SourceData:
     """
     root = Path(spec.root)
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {root} {state}; --root takes a folder with one sub-folder per class")
     subdirs = _class_folders(root)
     split_dirs = {_SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_NAMES}
     if split_dirs and len(split_dirs) == len(subdirs):
@@ -288,7 +290,8 @@ def load_csv(spec: DataSpec) -> SourceData:
     """
     path = Path(spec.root)
     if not path.is_file():
-        raise DataError(f"CSV file {path} does not exist")
+        state = "is a folder, not a file" if path.exists() else "does not exist"
+        raise DataError(f"CSV file {path} {state}; --root takes the CSV file itself")
     rows_in = read_csv_rows(path, "CSV file")
     header = [h.strip() for h in next(rows_in, (0, []))[1]]
     if not header:
