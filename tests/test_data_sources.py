@@ -418,3 +418,13 @@ def test_unreadable_csv_files_are_one_clear_error(tmp_path):
         read_lesion_ids(metadata)
     metadata.write_text("image_id,lesion_id\nISIC_1,HAM_1\n")
     assert read_lesion_ids(metadata) == {"ISIC_1": "HAM_1"}
+
+
+def test_file_dataset_refuses_to_decode_more_than_fits_in_memory(tmp_path, monkeypatch):
+    import asymcl.data.datasets as datasets_module
+
+    make_isic(tmp_path / "isic", metadata=False)
+    splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", image_size=20000, cache=False))
+    monkeypatch.setattr(datasets_module, "_physical_memory_bytes", lambda: 8 * 2**30)
+    with pytest.raises(DataError, match=r"image_size 20000x20000 for \d+ images .* GiB.*in_memory false"):
+        splits.splits["train"].load_all()

@@ -139,6 +139,18 @@ def _physical_memory_bytes() -> int | None:
         return None
 
 
+def check_fits_in_memory(n: int, size_hw: tuple[int, int], channels: int, hint: str = "") -> None:
+    """DataError when n uint8 images of ``size_hw`` would take more than half the machine's RAM."""
+    need = n * size_hw[0] * size_hw[1] * channels
+    memory = _physical_memory_bytes()
+    if memory is not None and need > memory // 2:
+        raise DataError(
+            f"image_size {size_hw[0]}x{size_hw[1]} for {n} images held in memory needs "
+            f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; "
+            f"choose a smaller image_size{hint}"
+        )
+
+
 # Images resized per call to interpolate: bounds the float32 intermediates (a few hundred MB at
 # 224 x 224 RGB) instead of converting the whole array at once.
 _RESIZE_CHUNK = 1024
@@ -149,14 +161,7 @@ def resize_array(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray
     if size is None or tuple(images.shape[1:3]) == tuple(size):
         return images
     n, _, _, channels = images.shape
-    need = n * size[0] * size[1] * channels  # bytes of the uint8 result
-    memory = _physical_memory_bytes()
-    if memory is not None and need > memory // 2:
-        raise DataError(
-            f"image_size {size[0]}x{size[1]} for {n} images held in memory needs "
-            f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; "
-            "choose a smaller image_size"
-        )
+    check_fits_in_memory(n, size, channels)
     out = np.empty((n, size[0], size[1], channels), dtype=np.uint8)
     for start in range(0, n, _RESIZE_CHUNK):
         chunk = torch.from_numpy(images[start : start + _RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
@@ -257,6 +262,9 @@ class FileImageDataset(ImageDataset):
         return _default_cache_dir() / "decoded" / f"{digest.hexdigest()[:32]}.npy"
 
     def _decode_all(self) -> np.ndarray:
+        check_fits_in_memory(
+            len(self), self.size_hw, self.num_channels, " (or decode per batch: data.in_memory false)"
+        )
         out = np.empty((len(self), *self.size_hw, self.num_channels), dtype=np.uint8)
         failures: list[str] = []
 
