@@ -223,3 +223,14 @@ def test_final_metrics_do_not_sync_across_processes():
         assert metric.sync_on_compute is False
     for metric in metric_collection(3).values():
         assert metric.sync_on_compute is True
+
+
+def test_last_checkpoint_is_the_latest_epoch_not_the_best(tmp_path):
+    # Lightning's save_last=True rewrites last.ckpt only when the best improves; a resume must
+    # start from the latest epoch, not redo every epoch since the best one.
+    out = tmp_path / "run"
+    metrics = run(tiny("ce", **{"stage1.epochs": 4}), out)
+    last = load_checkpoint(out / "checkpoints" / "baseline" / "last.ckpt")
+    best = load_checkpoint(out / "checkpoints" / "baseline" / "best.ckpt")
+    assert last["epoch"] == 3 and best["epoch"] < 3  # the case Lightning got wrong
+    assert best["epoch"] == metrics["best"]["baseline"]["epoch"]

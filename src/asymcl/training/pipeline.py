@@ -310,9 +310,16 @@ def _train_stage(stage: str, config: dict, data: _RunData, run_dir: Path,
     epochs = (config["stage2"] if stage == "stage2" else config["stage1"])["epochs"]
     ckpt_dir = run_dir / "checkpoints" / stage
     last = ckpt_dir / "last.ckpt"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/ua", mode="max",
-                                 save_top_k=1, save_last=True, enable_version_counter=False,
-                                 auto_insert_metric_name=False)
+    best_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/ua", mode="max",
+                                      save_top_k=1, save_last=False, enable_version_counter=False,
+                                      auto_insert_metric_name=False)
+    # Not save_last=True: Lightning 2.6 then writes last.ckpt only in epochs that improve the best,
+    # so a resume went back to the best epoch and redid every epoch since. A second, unmonitored
+    # callback rewrites last.ckpt after every epoch. It comes after the best one, so the state it
+    # saves already holds this epoch's best score.
+    last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                      every_n_epochs=1, enable_version_counter=False,
+                                      auto_insert_metric_name=False)
     trainer = pl.Trainer(
         max_epochs=epochs,
         **_trainer_kwargs(config),
@@ -324,7 +331,7 @@ def _train_stage(stage: str, config: dict, data: _RunData, run_dir: Path,
         log_every_n_steps=1,
         default_root_dir=str(run_dir),
         plugins=[SafeCheckpointIO()],
-        callbacks=[_history_callback(stage, on_record), checkpoint, *callbacks],
+        callbacks=[_history_callback(stage, on_record), best_checkpoint, last_checkpoint, *callbacks],
     )
     # The same initial weights on every attempt of this stage, whatever ran before it.
     pl.seed_everything(config["seed"] * 100 + STAGE_OFFSETS[stage], workers=True, verbose=False)
