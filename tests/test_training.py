@@ -234,3 +234,17 @@ def test_last_checkpoint_is_the_latest_epoch_not_the_best(tmp_path):
     best = load_checkpoint(out / "checkpoints" / "baseline" / "best.ckpt")
     assert last["epoch"] == 3 and best["epoch"] < 3  # the case Lightning got wrong
     assert best["epoch"] == metrics["best"]["baseline"]["epoch"]
+
+
+def test_resume_may_change_display_options_only(tmp_path):
+    from asymcl.cli.train import default_run_dir
+    from asymcl.training.config import resolve_config
+
+    out = tmp_path / "run"
+    first = run(tiny("ce"), out)
+    again = run(tiny("ce", **{"trainer.progress_bar": True, "trainer.num_threads": 1}), out)
+    assert again == first  # finished: returned, not redone nor refused
+    assert (default_run_dir(resolve_config(tiny("ce")))
+            == default_run_dir(resolve_config(tiny("ce", **{"trainer.progress_bar": True}))))
+    with pytest.raises(ConfigError, match="different config"):
+        run(tiny("ce", **{"stage2.lr": 0.5}), out)

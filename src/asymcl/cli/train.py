@@ -37,7 +37,9 @@ def register(subparsers) -> None:
 
 def default_run_dir(config: dict) -> str:
     """Same config -> same directory (so re-running the command resumes); another -> another."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    from asymcl.training.config import result_config
+
+    digest = hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"runs/{config['method']}-{config['data']['dataset']}-{digest}"
 
 

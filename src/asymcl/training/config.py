@@ -344,9 +344,20 @@ def resolve_config(base: dict | None = None, overrides: list[str] | dict | None 
     return _nest(flat)
 
 
+# How a run is displayed or scheduled, not what it computes: a run may be resumed with other values
+# (e.g. `asymcl demo --quiet` after `asymcl demo`), and they do not change its default directory.
+NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers")
+
+
+def result_config(config: dict) -> dict:
+    """The resolved config without :data:`NON_RESULT_KEYS` (flat, dotted keys)."""
+    return {k: v for k, v in flatten(config).items() if k not in NON_RESULT_KEYS}
+
+
 def config_differences(a: dict, b: dict) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, as 'key: a != b'."""
-    flat_a, flat_b = flatten(a), flatten(b)
+    """Dotted keys whose values differ between two resolved configs, as 'key: a != b'
+    (keys in :data:`NON_RESULT_KEYS` are ignored)."""
+    flat_a, flat_b = result_config(a), result_config(b)
     return [
         f"{key}: {flat_a.get(key)!r} != {flat_b.get(key)!r}"
         for key in sorted(set(flat_a) | set(flat_b))
