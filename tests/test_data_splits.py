@@ -42,7 +42,8 @@ def _train_plus_val(splits):
 
 
 def test_exp_profile_exact_counts(balanced_npz):
-    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10", seed=0))
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10", seed=0,
+                                   val_fraction=0.1))
     # n_c = floor(100 * 10 ** (-c / 9)), worked out by hand
     assert list(_train_plus_val(splits)) == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
     # the test set cut to the same profile with n_max = 30

@@ -80,3 +80,16 @@ def test_bad_config_files(tmp_path):
 def test_imbalance_accepts_a_majority_cap():
     config = resolve_config(None, ["data.imbalance=exp:100:1000"])
     assert config["data"]["imbalance"] == "exp:100:1000"
+
+
+def test_data_defaults_agree_with_the_data_layer():
+    """`asymcl data summary` and `asymcl train` must show the same splits for the same data."""
+    from asymcl.data import DataSpec
+    from asymcl.training.pipeline import data_spec
+
+    spec = data_spec(resolve_config(None, []))
+    assert spec.val_fraction == DataSpec().val_fraction
+    assert spec.test_fraction == DataSpec().test_fraction
+    custom = data_spec(resolve_config(None, ["data.csv_path_column=file", "data.csv_label_column=dx",
+                                             "data.test_fraction=0.3"]))
+    assert (custom.csv_path_column, custom.csv_label_column, custom.test_fraction) == ("file", "dx", 0.3)

@@ -41,11 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated class ids or names to keep, in profile order (e.g. 0,6)",
     )
     summary.add_argument("--seed", type=int, default=0)
-    summary.add_argument("--val-fraction", type=float, default=0.1)
+    summary.add_argument("--val-fraction", type=float, default=None,
+                         help="validation share of the training pool (default: 0.2)")
     summary.add_argument(
         "--test-fraction",
         type=float,
-        default=0.25,
+        default=None,
         help="share carved out as test when the source has no test split",
     )
     summary.add_argument("--image-size", type=int, default=None, help="resize to this square size")
@@ -84,8 +85,9 @@ def run_summary(args: argparse.Namespace) -> int:
         imbalance=args.imbalance,
         classes=args.classes,
         seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
+        # None: the data layer's own defaults, so that summary and training show the same splits.
+        **{name: getattr(args, name) for name in ("val_fraction", "test_fraction")
+           if getattr(args, name) is not None},
         image_size=args.image_size,
         csv_path_column=args.csv_path_column,
         csv_label_column=args.csv_label_column,

@@ -9,7 +9,7 @@ The protocol (method.md section 5), in order:
    25 % by default; grouped by lesion when group ids are known).
 4. The imbalance profile is applied to the training pool (a seeded subset with exact counts).
 5. Without an official validation set, a seeded stratified validation split
-   (``val_fraction``, 10 % by default) is carved from the imbalanced pool, grouped by lesion
+   (``val_fraction``, 20 % by default) is carved from the imbalanced pool, grouped by lesion
    where the source knows lesion ids, so validation has the same class proportions as training.
    So ``train`` + ``val`` together have exactly the profile's counts.
 6. ``test_imbalanced``: the test set cut to the same profile's proportions (n_max chosen as large
@@ -64,7 +64,7 @@ class DataSpec:
     root: str | Path | None = None
     imbalance: str | None = None
     classes: Sequence[int | str] | None = None
-    val_fraction: float = 0.1
+    val_fraction: float = 0.2
     test_fraction: float = 0.25
     seed: int = 0
     image_size: int | tuple[int, int] | None = None
