@@ -22,3 +22,20 @@ class DataError(AsymclError):
 
 class CheckpointError(AsymclError):
     """A checkpoint that is missing, corrupt, or belongs to another model."""
+
+
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def user_message(exc: AsymclError) -> str:
+    """The one-line message of a user error, also when it crossed a DataLoader worker.
+
+    PyTorch re-raises an exception from a worker process as the same type with the worker's whole
+    traceback folded into the message; the user needs only the original message, its last line.
+    """
+    text = str(exc)
+    if _WORKER_TRACEBACK not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from asymcl import __version__
-from asymcl.errors import AsymclError
+from asymcl.errors import AsymclError, user_message
 
 # Modules that each register one or more sub-commands; a module that is missing is skipped so that
 # the layers can be developed (and installed) independently.
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except AsymclError as exc:
         if args.debug:
             raise
-        print(f"asymcl: error: {exc}", file=sys.stderr)
+        print(f"asymcl: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asymcl: interrupted; run the same command again to resume", file=sys.stderr)
