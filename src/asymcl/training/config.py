@@ -281,7 +281,12 @@ def load_config_file(path: str | Path) -> dict:
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        # PyYAML's message spans several lines (with a caret drawing); one line with the position.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}; fix the file "
+                          "(keys as `section: {key: value}` or dotted `section.key: value`)") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -275,11 +275,19 @@ def _history_callback(stage: str, on_record: Callable[[str, list, dict], None]):
     return HistoryCallback()
 
 
+def _drop_advertising(record: logging.LogRecord) -> bool:
+    """Lightning 2.6 logs a "Tip" to install its cloud products on every Trainer: noise in our output."""
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
 def _quiet_lightning(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(level)
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if _drop_advertising not in logger.filters:
+            logger.addFilter(_drop_advertising)
 
 
 def _build_module(stage: str, config: dict, data: _RunData, *, gather: bool = False,
