@@ -31,3 +31,8 @@ def test_cli_prints_one_line_for_user_errors(capsys):
     assert main(["data", "summary", "--dataset", "fashion-mnist", "--root", "/nonexistent/fm"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("asymcl: error: ") and "Traceback" not in err
+
+
+def test_digits_with_a_root_is_refused(capsys):
+    assert main(["data", "summary", "--dataset", "digits", "--root", "/some/folder"]) == 2
+    assert "digits is bundled with scikit-learn and reads no root" in capsys.readouterr().err

@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"asymcl: error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and the like: the reader left; not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("asymcl: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

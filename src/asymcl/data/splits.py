@@ -77,6 +77,12 @@ class DataSpec:
             raise DataError(f"dataset {self.dataset!r} is not known; choose one of {', '.join(DATASETS)}")
         if self.dataset != "digits" and self.root in (None, ""):
             raise DataError(f"dataset {self.dataset} needs a root (the folder or file to read)")
+        if self.dataset == "digits" and self.root not in (None, ""):
+            # A root given with digits is almost surely a forgotten --dataset: say so, do not ignore it.
+            raise DataError(
+                f"dataset digits is bundled with scikit-learn and reads no root (got {self.root}); "
+                "drop the root, or name the dataset it holds (fashion-mnist, isic2018, npz, folder, csv)"
+            )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
