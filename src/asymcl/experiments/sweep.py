@@ -214,13 +214,10 @@ def parse_spec(raw: Any, *, name: str = "sweep", known: Mapping[str, Any] | None
 
 
 def load_spec(path: str | os.PathLike, *, known: Mapping[str, Any] | None = None) -> SweepSpec:
+    from asymcl.training.config import read_yaml_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file {str(path)!r} is not valid YAML: {exc}") from exc
+    raw = read_yaml_file(path, what="sweep file")
     return parse_spec(raw, name=re.sub(r"[^A-Za-z0-9._-]", "-", path.stem), known=known)
 
 

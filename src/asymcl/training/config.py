@@ -273,20 +273,25 @@ def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
     return flat
 
 
-def load_config_file(path: str | Path) -> dict:
-    """Read a YAML config file (nested sections and/or dotted keys)."""
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         # PyYAML's message spans several lines (with a caret drawing); one line with the position.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}; fix the file "
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}; fix the file "
                           "(keys as `section: {key: value}` or dotted `section.key: value`)") from exc
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML config file (nested sections and/or dotted keys)."""
+    loaded = read_yaml_file(path)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
