@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
 
 from asymcl.errors import AsymclError, ConfigError
 from asymcl.experiments.runs import (
