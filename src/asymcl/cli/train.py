@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 
 
@@ -51,6 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     config = resolve_config(base, args.overrides)
     out = args.out or default_run_dir(config)
     metrics = run(config, out)
+    # Under DDP Lightning re-launches this command once per extra process (RANK/LOCAL_RANK set);
+    # only the first process reports.
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+        return 0
     print(f"run directory: {out}")
     for split, values in metrics["final"].items():
         print(f"  {split:<16} WA {values['wa'] * 100:6.2f}%   UA {values['ua'] * 100:6.2f}%   "
