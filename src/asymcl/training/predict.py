@@ -36,18 +36,11 @@ def find_images(path: str | Path) -> list[Path]:
 
 
 def load_image(path: Path, channels: int, size_hw: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) uint8 array of one image file."""
-    from PIL import Image, UnidentifiedImageError
+    """(C, H, W) uint8 array of one image file, decoded exactly as the training data was (the data
+    layer's decoder: same JPEG draft scale, same resize), so that predictions match the run's own."""
+    from asymcl.data.datasets import decode_image
 
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size_hw[1], size_hw[0]):
-                image = image.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return decode_image(str(path), channels, size_hw).transpose(2, 0, 1)
 
 
 class RunModel:
