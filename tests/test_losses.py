@@ -447,3 +447,37 @@ def test_gradient_at_near_duplicates_matches_exact_finite_difference(impl, dupli
     numeric = (plus - minus) / (2 * step)
     assert abs(numeric) > 1e-3
     assert (grad * direction).sum().item() == pytest.approx(numeric, rel=1e-5)
+
+
+def test_block_size_is_a_public_choice_that_does_not_change_the_loss():
+    torch.manual_seed(3)
+    features = torch.randn(37, 2, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (37,))
+    reference = afcl_loss(features, labels, gamma=1.5, eta=20.0, impl="reference")
+    (grad_reference,) = torch.autograd.grad(reference, features)
+    for block_size in (1, 5, 16, 1000):
+        for impl in ("auto", "blockwise"):
+            loss = afcl_loss(features, labels, gamma=1.5, eta=20.0, impl=impl, block_size=block_size)
+            (grad,) = torch.autograd.grad(loss, features)
+            assert torch.allclose(loss, reference, rtol=1e-10)
+            assert torch.allclose(grad, grad_reference, rtol=1e-8, atol=1e-12)
+    module = AsymmetricFocalContrastiveLoss(1.5, 20.0, block_size=8)
+    assert "block_size=8" in repr(module)
+    assert torch.allclose(module(features, labels), afcl_loss(features, labels, gamma=1.5, eta=20.0), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"block_size": 0}, r"block_size must be a positive int"),
+        ({"block_size": 2.5}, r"block_size must be a positive int"),
+        ({"block_size": True}, r"block_size must be a positive int"),
+        ({"block_size": 8, "impl": "reference"}, r"block_size applies to the row-blocked implementation"),
+    ],
+)
+def test_bad_block_size_is_refused(kwargs, message):
+    features, labels = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match=message):
+        afcl_loss(features, labels, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        AsymmetricFocalContrastiveLoss(1.0, 1.0, **kwargs)

@@ -52,6 +52,18 @@ def check_impl(impl: object) -> str:
     return impl
 
 
+def check_block_size(block_size: object, impl: str) -> int | None:
+    """``block_size``: None (automatic) or a positive int; it only means something for blockwise."""
+    if block_size is None:
+        return None
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int (anchor rows per block) or None (automatic), got {block_size!r}")
+    if impl == "reference":
+        raise ValueError("block_size applies to the row-blocked implementation; use impl='blockwise' or "
+                         "impl='auto' with it, or drop block_size for impl='reference'")
+    return block_size
+
+
 def check_features(features: object) -> tuple[torch.Tensor, int, int]:
     """Validate ``features`` ((N, D) or (N, V, D), floating, finite).
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from asymcl.losses import _reference, distributed
 from asymcl.losses._validation import (
+    check_block_size,
     check_features,
     check_flag,
     check_hyperparameters,
@@ -35,6 +36,7 @@ def afcl_loss(
     normalize: bool = True,
     impl: str = "auto",
     gather_distributed: bool = False,
+    block_size: int | None = None,
 ) -> Tensor:
     r"""Asymmetric focal contrastive loss (AFCL) of a batch of embeddings; a scalar tensor.
 
@@ -78,6 +80,9 @@ def afcl_loss(
             gradient. A ``mask`` then has shape (local images, global images), its columns the
             images of rank 0, then rank 1, ... Without an initialised group (or with W = 1) this
             switch does nothing.
+        block_size: anchor rows per block of the blockwise implementation (peak extra memory is
+            about 4 x block_size x N x 4 bytes); None chooses it from a memory budget. Giving it
+            selects the blockwise implementation under impl="auto".
 
     Returns:
         A 0-dim tensor in float32 (float64 for float64 features).
@@ -93,6 +98,7 @@ def afcl_loss(
     normalize = check_flag("normalize", normalize)
     gather_distributed = check_flag("gather_distributed", gather_distributed)
     impl = check_impl(impl)
+    block_size = check_block_size(block_size, impl)
     world_size = distributed.active_world_size() if gather_distributed else 1
 
     if world_size == 1:
@@ -156,7 +162,8 @@ def afcl_loss(
         if n_total == 2 and eta != 0:
             _refuse_infinite_negative_term(anchor_index, anchor_labels, contrast_labels, row_mask)
 
-        per_anchor_loss = _select_impl(impl, n_total, rows.device)
+        per_anchor_loss = _select_impl("blockwise" if block_size is not None else impl, n_total, rows.device)
+        extra = {"block_size": block_size} if block_size is not None else {}
         per_anchor = per_anchor_loss(
             rows,
             contrast,
@@ -169,6 +176,7 @@ def afcl_loss(
             temperature=temperature,
             normalization=normalization,
             n_total=n_total,
+            **extra,
         )
         loss = per_anchor.sum() / n_total
         if layout is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from asymcl.losses._validation import check_flag, check_hyperparameters, check_impl
+from asymcl.losses._validation import check_block_size, check_flag, check_hyperparameters, check_impl
 from asymcl.losses.functional import afcl_loss
 
 
@@ -29,6 +29,7 @@ class AsymmetricFocalContrastiveLoss(nn.Module):
         normalize: bool = True,
         impl: str = "auto",
         gather_distributed: bool = False,
+        block_size: int | None = None,
     ) -> None:
         super().__init__()
         self.gamma, self.eta, self.temperature, self.normalization = check_hyperparameters(
@@ -37,6 +38,7 @@ class AsymmetricFocalContrastiveLoss(nn.Module):
         self.normalize = check_flag("normalize", normalize)
         self.impl = check_impl(impl)
         self.gather_distributed = check_flag("gather_distributed", gather_distributed)
+        self.block_size = check_block_size(block_size, self.impl)
 
     def forward(self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> Tensor:
         return afcl_loss(
@@ -50,13 +52,14 @@ class AsymmetricFocalContrastiveLoss(nn.Module):
             normalize=self.normalize,
             impl=self.impl,
             gather_distributed=self.gather_distributed,
+            block_size=self.block_size,
         )
 
     def extra_repr(self) -> str:
         return (
             f"gamma={self.gamma}, eta={self.eta}, temperature={self.temperature}, "
             f"normalization={self.normalization!r}, normalize={self.normalize}, impl={self.impl!r}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"gather_distributed={self.gather_distributed}, block_size={self.block_size}"
         )
 
 
@@ -72,6 +75,7 @@ class AsymmetricContrastiveLoss(AsymmetricFocalContrastiveLoss):
         normalize: bool = True,
         impl: str = "auto",
         gather_distributed: bool = False,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             0.0,
@@ -81,6 +85,7 @@ class AsymmetricContrastiveLoss(AsymmetricFocalContrastiveLoss):
             normalize=normalize,
             impl=impl,
             gather_distributed=gather_distributed,
+            block_size=block_size,
         )
 
 
@@ -96,6 +101,7 @@ class FocalContrastiveLoss(AsymmetricFocalContrastiveLoss):
         normalize: bool = True,
         impl: str = "auto",
         gather_distributed: bool = False,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             gamma,
@@ -105,6 +111,7 @@ class FocalContrastiveLoss(AsymmetricFocalContrastiveLoss):
             normalize=normalize,
             impl=impl,
             gather_distributed=gather_distributed,
+            block_size=block_size,
         )
 
 
@@ -123,6 +130,7 @@ class SupConLoss(AsymmetricFocalContrastiveLoss):
         normalize: bool = True,
         impl: str = "auto",
         gather_distributed: bool = False,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             0.0,
@@ -132,4 +140,5 @@ class SupConLoss(AsymmetricFocalContrastiveLoss):
             normalize=normalize,
             impl=impl,
             gather_distributed=gather_distributed,
+            block_size=block_size,
         )
