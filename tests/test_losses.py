@@ -7,7 +7,6 @@ is importable (an explicit skip with its reason otherwise).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -24,14 +23,7 @@ from naive_afcl import naive_afcl, naive_afcl_from_batch, row_positive_mask
 
 torch.set_num_threads(1)
 
-BLOCKWISE_AVAILABLE = importlib.util.find_spec("asymcl.losses._blockwise") is not None
-IMPLS = [
-    "reference",
-    pytest.param(
-        "blockwise",
-        marks=pytest.mark.skipif(not BLOCKWISE_AVAILABLE, reason="asymcl.losses._blockwise is not in this checkout yet"),
-    ),
-]
+IMPLS = ["reference", "blockwise"]
 
 
 def _batch(n_images: int, n_views: int, dim: int, *, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -310,12 +302,8 @@ def test_impl_dispatch():
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
     reference = afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="reference")
     assert afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="auto").item() == pytest.approx(reference.item(), rel=1e-9)
-    if BLOCKWISE_AVAILABLE:
-        blockwise = afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="blockwise")
-        assert blockwise.item() == pytest.approx(reference.item(), rel=1e-9)
-    else:
-        with pytest.raises(ValueError, match="impl='blockwise' is not available"):
-            afcl_loss(features, labels, impl="blockwise")
+    blockwise = afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="blockwise")
+    assert blockwise.item() == pytest.approx(reference.item(), rel=1e-9)
 
 
 def test_gather_distributed_without_process_group_is_single_process():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asymcl.losses import _reference, distributed
+from asymcl.losses import _blockwise, _reference, distributed
 from asymcl.losses._validation import (
     check_block_size,
     check_features,
@@ -20,8 +19,6 @@ from asymcl.losses._validation import (
     check_labels,
     check_mask,
 )
-
-_BLOCKWISE_MODULE = "asymcl.losses._blockwise"
 
 
 def afcl_loss(
@@ -229,21 +226,8 @@ def _refuse_infinite_negative_term(
 
 
 def _select_impl(impl: str, n_rows: int, device: torch.device) -> Callable[..., Tensor]:
-    if impl == "reference":
-        return _reference.per_anchor_loss
-    try:
-        blockwise = importlib.import_module(_BLOCKWISE_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name != _BLOCKWISE_MODULE:
-            raise  # a dependency of _blockwise is missing: that is a bug to surface, not to hide
-        if impl == "blockwise":
-            raise ValueError(
-                "impl='blockwise' is not available in this installation of asymcl; "
-                "use impl='reference' or impl='auto'"
-            ) from error
-        return _reference.per_anchor_loss
-    if impl == "blockwise" or blockwise.prefer_blockwise(n_rows, device):
-        return blockwise.per_anchor_loss
+    if impl == "blockwise" or (impl == "auto" and _blockwise.prefer_blockwise(n_rows, device)):
+        return _blockwise.per_anchor_loss
     return _reference.per_anchor_loss
 
 
