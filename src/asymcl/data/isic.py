@@ -97,13 +97,9 @@ def read_ground_truth(path: Path) -> tuple[list[str], np.ndarray]:
             try:
                 value = float(cell)
             except ValueError:
-                raise DataError(
-                    f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
-                ) from None
+                value = None  # not a number: the same error as any other value but 0 or 1
             if value not in (0.0, 1.0):
-                raise DataError(
-                    f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1"
-                )
+                raise DataError(f"{path} line {line} ({image}): {header[col]}={cell!r} is not 0 or 1")
             values.append(value)
         if sum(values) != 1.0:
             raise DataError(
