@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "asymcl.cli.data",
     "asymcl.cli.train",
     "asymcl.cli.experiments",
+    "asymcl.cli.export",
 )
 
 

@@ -69,8 +69,12 @@ class RunModel:
             class_counts = torch.ones(len(self.classes))
 
         stage = stages_for(self.config)[-1]
+        checkpoint = self.run_dir / "checkpoints" / stage / "best.ckpt"
+        if not checkpoint.is_file():
+            raise CheckpointError(f"the run in {self.run_dir} has no trained {stage} model ({checkpoint} "
+                                  "is missing); run `asymcl train` with the run's config.yaml again to train it")
         self.module = _build_module(stage, self.config, _Shape, load_pretrained=False)
-        load_module_weights(self.module, self.run_dir / "checkpoints" / stage / "best.ckpt")
+        load_module_weights(self.module, checkpoint)
         self.module.eval()
 
     @torch.no_grad()
