@@ -18,5 +18,8 @@ def test_readme_python_examples_run():
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "python -m pytest" in README.read_text()
-    assert "\npython -m pytest\n" in ci
+    makefile = (README.parent / "Makefile").read_text()
+    readme = README.read_text()
+    assert "```bash\nmake test\n```" in readme
+    assert "\nmake test\n" in ci and "\nmake demo\n" in ci
+    assert "\ntest: $(STAMP)\n\t$(BIN)/python -m pytest\n" in makefile
