@@ -51,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+from asymcl.losses import _reference
+
 __all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]
 
 _NORMALIZATIONS = ("batch", "pairs")
@@ -493,15 +495,20 @@ class _BlockwiseAFCL(torch.autograd.Function):
                 out = out + state.eta * w_neg * neg
         ctx.save_for_backward(anchors, contrast, anchor_index, anchor_labels, contrast_labels,
                               mask, lse, argmax, lse_without_max, w_pos, w_neg)
-        ctx.settings = (gamma, eta, temperature, block_size)
+        ctx.settings = (gamma, eta, temperature, block_size, normalization, n_total)
         ctx.unit_grads = (unit_grad_anchors, unit_grad_contrast)
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
         need_anchors, need_contrast = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():
+            # create_graph=True (autograd runs a backward in grad mode exactly then): the analytic
+            # gradient below is a constant to autograd, so a second derivative through it would be
+            # silently wrong. Differentiate the plain autograd loss instead (N x N memory, only for
+            # higher-order calls).
+            return _differentiable_backward(ctx, grad_out, need_anchors, need_contrast)
+        unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
         if unit_grad_anchors is not None and bool((grad_out == grad_out[0]).all()):
             # Out of place: a second backward through a retained graph gets the very same result.
             g = grad_out[0].to(unit_grad_anchors.dtype)
@@ -512,7 +519,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
 
         (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, lse, argmax,
          lse_without_max, w_pos, w_neg) = ctx.saved_tensors
-        gamma, eta, temperature, block_size = ctx.settings
+        gamma, eta, temperature, block_size, _, _ = ctx.settings
         with torch.autocast(device_type=anchors.device.type, enabled=False):
             state = _State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
                            gamma, eta, temperature)
@@ -541,6 +548,18 @@ class _BlockwiseAFCL(torch.autograd.Function):
                 if extra is not None:
                     grad_contrast.add_(extra)
         return (grad_anchors, grad_contrast) + (None,) * 11
+
+
+def _differentiable_backward(ctx, grad_out: Tensor, need_anchors: bool, need_contrast: bool):
+    (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, *_) = ctx.saved_tensors
+    gamma, eta, temperature, _, normalization, n_total = ctx.settings
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        grad_anchors, grad_contrast = _reference.differentiable_vjp(
+            anchors, contrast, grad_out.to(anchors.dtype), need_anchors, need_contrast,
+            anchor_index=anchor_index, anchor_labels=anchor_labels, contrast_labels=contrast_labels,
+            mask=mask, gamma=gamma, eta=eta, temperature=temperature, normalization=normalization,
+            n_total=n_total)
+    return (grad_anchors, grad_contrast) + (None,) * 11
 
 
 def _accumulate_input_grads(grad_s: Tensor, state: _State, block: _Block,

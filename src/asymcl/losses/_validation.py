@@ -64,20 +64,23 @@ def check_block_size(block_size: object, impl: str) -> int | None:
     return block_size
 
 
-def check_features(features: object) -> tuple[torch.Tensor, int, int]:
+def check_features(
+    features: object, *, name: str = "features", data_checks: bool = True
+) -> tuple[torch.Tensor, int, int]:
     """Validate ``features`` ((N, D) or (N, V, D), floating, finite).
 
     Returns the rows flattened image-major to (N * V, D) (row ``n * V + v`` is view ``v`` of
     image ``n``), the number of images N and the number of views V (1 for 2-D input).
+    ``data_checks=False`` (under torch.vmap, which cannot branch on values) skips the NaN/inf check.
     """
     if not isinstance(features, torch.Tensor):
         raise TypeError(
-            f"features must be a torch.Tensor of shape (N, D) or (N, V, D), "
+            f"{name} must be a torch.Tensor of shape (N, D) or (N, V, D), "
             f"got {type(features).__name__}"
         )
     if not features.is_floating_point():
         raise TypeError(
-            f"features must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
             f"got dtype {features.dtype}"
         )
     if features.dim() == 2:
@@ -86,19 +89,53 @@ def check_features(features: object) -> tuple[torch.Tensor, int, int]:
         n_images, n_views = features.shape[0], features.shape[1]
     else:
         raise ValueError(
-            f"features must have shape (N, D) or (N, V, D) (V augmented views per image), "
+            f"{name} must have shape (N, D) or (N, V, D) (V augmented views per image), "
             f"got shape {tuple(features.shape)}"
         )
     if features.shape[-1] < 1 or n_views < 1:
-        raise ValueError(f"features must have at least one view and one dimension, got shape {tuple(features.shape)}")
-    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name} must have at least one view and one dimension, got shape {tuple(features.shape)}")
+    if data_checks and not bool(torch.isfinite(features).all()):
         n_bad = int((~torch.isfinite(features)).sum())
         raise ValueError(
-            f"features contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
+            f"{name} contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
             f"(check the encoder's outputs, the learning rate or mixed-precision overflow)"
         )
     rows = features.reshape(n_images * n_views, features.shape[-1])
     return rows, n_images, n_views
+
+
+def check_references(
+    ref_features: object, ref_labels: object, rows: torch.Tensor, *, has_labels: bool, data_checks: bool = True
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Validate reference rows against the batch ``rows`` (N * V, D).
+
+    Returns (reference rows (K * V', D), their labels repeated over the views (K * V',) int64), or
+    None when neither is given.
+    """
+    if ref_features is None and ref_labels is None:
+        return None
+    if ref_features is None or ref_labels is None:
+        raise ValueError(
+            "give ref_features and ref_labels together (reference rows (K, D) and their class ids (K,)), or neither"
+        )
+    if not has_labels:
+        raise ValueError(
+            "reference rows are positives or negatives by class: pass labels=... with ref_features "
+            "(a mask or views-only positives cannot say which references are positives)"
+        )
+    ref_rows, n_refs, n_views = check_features(ref_features, name="ref_features", data_checks=data_checks)
+    if ref_rows.shape[1] != rows.shape[1]:
+        raise ValueError(
+            f"ref_features must have the feature dimension of features, D = {rows.shape[1]}, "
+            f"got shape {tuple(ref_features.shape)}"
+        )
+    if ref_rows.device != rows.device:
+        raise ValueError(
+            f"ref_features must be on the device of features ({rows.device}), got {ref_rows.device}; "
+            f"move it with .to(features.device)"
+        )
+    ref_labels = check_labels(ref_labels, n_refs, name="ref_labels")
+    return ref_rows, ref_labels.to(rows.device).repeat_interleave(n_views)
 
 
 def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torch.Tensor:
@@ -113,8 +150,9 @@ def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torc
             f"{name} must be integer class ids (int8/16/32/64 or uint8), got dtype {labels.dtype}"
         )
     if labels.dim() != 1 or labels.shape[0] != n_images:
+        what = "ref_features" if name == "ref_labels" else "features"
         raise ValueError(
-            f"{name} must have shape ({n_images},) to match features (one label per image), "
+            f"{name} must have shape ({n_images},) to match {what} (one label per image), "
             f"got shape {tuple(labels.shape)}"
         )
     return labels.long()
