@@ -123,16 +123,16 @@ def check_references(
             "reference rows are positives or negatives by class: pass labels=... with ref_features "
             "(a mask or views-only positives cannot say which references are positives)"
         )
+    if isinstance(ref_features, torch.Tensor) and ref_features.device != rows.device:
+        raise ValueError(
+            f"ref_features must be on the device of features ({rows.device}), got {ref_features.device}; "
+            f"move it with .to(features.device)"
+        )
     ref_rows, n_refs, n_views = check_features(ref_features, name="ref_features", data_checks=data_checks)
     if ref_rows.shape[1] != rows.shape[1]:
         raise ValueError(
             f"ref_features must have the feature dimension of features, D = {rows.shape[1]}, "
             f"got shape {tuple(ref_features.shape)}"
-        )
-    if ref_rows.device != rows.device:
-        raise ValueError(
-            f"ref_features must be on the device of features ({rows.device}), got {ref_rows.device}; "
-            f"move it with .to(features.device)"
         )
     ref_labels = check_labels(ref_labels, n_refs, name="ref_labels")
     return ref_rows, ref_labels.to(rows.device).repeat_interleave(n_views)
