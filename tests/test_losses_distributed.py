@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from asymcl.losses import AsymmetricFocalContrastiveLoss, afcl_loss
+from asymcl.losses import AsymmetricFocalContrastiveLoss, ContrastiveMemory, afcl_loss
 
 IMAGES_PER_RANK = (5, 3)
 N_VIEWS, D_IN, D_OUT = 2, 6, 4
@@ -46,11 +46,36 @@ CASES = {
     "mask-batch-reference": dict(positives="mask", normalization="batch", impl="reference"),
     "mask-pairs": dict(positives="mask", normalization="pairs"),
     "views-only-batch": dict(positives="views", normalization="batch"),
+    # Reference rows, the same on every rank (rank-local, not gathered): N stays the global batch.
+    "labels-batch-refs": dict(positives="labels", normalization="batch", refs=True),
+    "labels-pairs-refs-reference": dict(positives="labels", normalization="pairs", impl="reference", refs=True),
 }
+MEMORY_SIZE, MEMORY_STEPS = 20, 3  # 16 global rows per step: the queue wraps on the third step
+
+
+def _references():
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(7, D_OUT, generator=generator, dtype=torch.float64), torch.tensor([3, 3, 0, 1, 4, 2, 4])
+
+
+def _memory_steps():
+    """Per step: the global inputs (sum IMAGES_PER_RANK, V, D_IN) and labels."""
+    generator = torch.Generator().manual_seed(3)
+    n_images = sum(IMAGES_PER_RANK)
+    return [(torch.randn(n_images, N_VIEWS, D_IN, generator=generator, dtype=torch.float64),
+             torch.randint(0, 3, (n_images,), generator=generator)) for _ in range(MEMORY_STEPS)]
+
+
+def _memory_module():
+    return ContrastiveMemory(AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"],
+                             temperature=SETTINGS["temperature"], gather_distributed=True), MEMORY_SIZE)
 
 
 def _loss_inputs(case, labels, image_mask, rows):
     positives = CASES[case]["positives"]
+    if positives == "labels" and CASES[case].get("refs"):
+        ref_features, ref_labels = _references()
+        return dict(labels=labels[rows], ref_features=ref_features, ref_labels=ref_labels)
     if positives == "labels":
         return dict(labels=labels[rows])
     if positives == "mask":
@@ -87,6 +112,18 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 value=loss.detach().clone(),
                 grads={name: p.grad.detach().clone() for name, p in model.module.named_parameters()},
             )
+
+        # The memory: every rank enqueues the gathered global batch, so the queues agree.
+        memory = _memory_module()
+        results["memory"] = []
+        for step_inputs, step_labels in _memory_steps():
+            model.zero_grad()
+            loss = memory(model(step_inputs[rows]), step_labels[rows])
+            loss.backward()
+            results["memory"].append(dict(
+                value=loss.detach().clone(), queue=memory.queue_features.clone(),
+                queue_labels=memory.queue_labels.clone(),
+                grads={name: p.grad.detach().clone() for name, p in model.module.named_parameters()}))
 
         # A bad input on one rank makes every rank raise, instead of leaving the other waiting.
         bad_labels = labels[rows].float() if rank == 1 else labels[rows]
@@ -149,6 +186,24 @@ def _single_process(case):
                      normalization=spec["normalization"], impl="reference")
     loss.backward()
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_memory_under_ddp_equals_one_process_on_the_concatenated_batches(rank_results):
+    model = _projection()
+    memory = ContrastiveMemory(AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"],
+                               temperature=SETTINGS["temperature"]), MEMORY_SIZE)
+    for step, (inputs, labels) in enumerate(_memory_steps()):
+        model.zero_grad()
+        loss = memory(model(inputs), labels)
+        loss.backward()
+        for rank, results in enumerate(rank_results):
+            got = results["memory"][step]
+            assert got["value"].item() == pytest.approx(loss.item(), rel=1e-10), f"rank {rank}, step {step}"
+            torch.testing.assert_close(got["queue"], memory.queue_features, rtol=1e-12, atol=1e-14)
+            assert torch.equal(got["queue_labels"], memory.queue_labels)
+            for name, p in model.named_parameters():
+                torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-9, atol=1e-12, msg=f"rank {rank}, {name}")
+    assert memory.filled == MEMORY_SIZE
 
 
 @pytest.mark.parametrize("case", list(CASES))
