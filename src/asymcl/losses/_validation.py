@@ -12,6 +12,7 @@ import math
 import numbers
 
 import torch
+from torch import Tensor
 
 NORMALIZATIONS = ("batch", "pairs")
 IMPLS = ("auto", "reference", "blockwise")
@@ -183,3 +184,79 @@ def _finite_real(name: str, value: object, *, allowed: str) -> float:
     if not math.isfinite(as_float):
         raise ValueError(f"{name} must be {allowed}, got {as_float!r}")
     return as_float
+
+
+def check_core_arguments(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    anchor_labels: Tensor | None,
+    contrast_labels: Tensor | None,
+    mask: Tensor | None,
+    gamma: float,
+    eta: float,
+    temperature: float,
+    normalization: str,
+    n_total: int,
+    block_size: int | None,
+) -> None:
+    """Arguments of the internal per-anchor core (docs/architecture.md, layer 1), for direct callers."""
+    for name, t in (("anchors", anchors), ("contrast", contrast), ("anchor_index", anchor_index)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if anchors.dim() != 2 or contrast.dim() != 2:
+        raise ValueError(
+            f"anchors and contrast must be 2-D (rows, dim), got shapes {tuple(anchors.shape)} "
+            f"and {tuple(contrast.shape)}"
+        )
+    if not anchors.is_floating_point() or not contrast.is_floating_point():
+        raise TypeError(
+            f"anchors and contrast must be floating point, got {anchors.dtype} and {contrast.dtype}"
+        )
+    n_anchors, dim = anchors.shape
+    n_contrast = contrast.shape[0]
+    if contrast.shape[1] != dim:
+        raise ValueError(
+            f"anchors and contrast must have the same feature dimension, got {dim} and "
+            f"{contrast.shape[1]}"
+        )
+    if n_contrast < 2:
+        raise ValueError(f"contrast needs at least 2 rows (an anchor and another), got {n_contrast}")
+    if anchor_index.shape != (n_anchors,) or anchor_index.dtype != torch.int64:
+        raise ValueError(
+            f"anchor_index must be an int64 tensor of shape ({n_anchors},), got "
+            f"{anchor_index.dtype} {tuple(anchor_index.shape)}"
+        )
+    if n_anchors and (int(anchor_index.min()) < 0 or int(anchor_index.max()) >= n_contrast):
+        raise ValueError(f"anchor_index values must lie in [0, {n_contrast}) (rows of contrast)")
+    if (mask is None) == (anchor_labels is None and contrast_labels is None):
+        raise ValueError("give either anchor_labels and contrast_labels, or mask (exactly one)")
+    if mask is None:
+        if anchor_labels is None or contrast_labels is None:
+            raise ValueError("anchor_labels and contrast_labels must be given together")
+        if anchor_labels.shape != (n_anchors,) or contrast_labels.shape != (n_contrast,):
+            raise ValueError(
+                f"anchor_labels must have shape ({n_anchors},) and contrast_labels ({n_contrast},), "
+                f"got {tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}"
+            )
+        if anchor_labels.is_floating_point() or contrast_labels.is_floating_point():
+            raise TypeError("anchor_labels and contrast_labels must be integer class ids")
+    else:
+        if mask.shape != (n_anchors, n_contrast) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be a bool tensor of shape ({n_anchors}, {n_contrast}), got "
+                f"{mask.dtype} {tuple(mask.shape)}"
+            )
+    for name, value in (("gamma", gamma), ("eta", eta)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
+        raise ValueError(f"n_total must be a positive int, got {n_total!r}")
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive int or None (automatic), got {block_size!r}")
