@@ -146,6 +146,13 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             results["mask-width"] = "no error"
         except ValueError as error:
             results["mask-width"] = str(error)
+        # Second-order gradients through the all-gather are refused on every rank, never wrong.
+        try:
+            loss = afcl_loss(model.module(inputs[rows]), labels[rows], **SETTINGS, gather_distributed=True)
+            torch.autograd.grad(loss, list(model.module.parameters()), create_graph=True)
+            results["create-graph"] = "no error"
+        except RuntimeError as error:
+            results["create-graph"] = str(error)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
     except Exception:  # surface the worker's traceback in the parent's assertion message
@@ -226,6 +233,11 @@ def test_bad_input_on_one_rank_raises_on_every_rank(rank_results):
 def test_view_count_mismatch_is_refused_on_every_rank(rank_results):
     for results in rank_results:
         assert "same views V on every rank" in results["views-mismatch"]
+
+
+def test_second_order_through_the_gather_is_refused(rank_results):
+    for results in rank_results:
+        assert "second-order gradients (create_graph=True) through gather_distributed=True" in results["create-graph"]
 
 
 def test_mask_must_span_the_global_batch(rank_results):
