@@ -23,6 +23,12 @@ torch.cuda.max_memory_allocated minus the allocation before the pass.
 
 An implementation is skipped at sizes where its estimated peak (bytes per N^2 entry, from the
 measured small sizes, times N^2) exceeds --memory-limit-gib; the table says so.
+
+--memory-runs R: memory only, no timing. Every (implementation, N) is measured in R fresh
+processes, the implementations alternating (dense run 1, blockwise run 1, dense run 2, ...) so
+that a change in the machine's state hits both; the table gives the median peak with its range
+and the ratio to blockwise of each pair of runs (median and range). One process's figure can be
+off by tens of MiB (allocator and page-cache state), which a single run cannot show.
 """
 
 from __future__ import annotations
@@ -283,6 +289,34 @@ def run(args):
     return rows
 
 
+def memory_runs(args):
+    """Peak extra memory of each implementation in --memory-runs fresh processes per size."""
+    names = args.memory_impls
+    print(f"device={args.device} threads={args.threads} D={args.dim} gamma={GAMMA} eta={ETA} "
+          f"tau={TEMPERATURE} normalization={NORMALIZATION} torch={torch.__version__} "
+          f"fresh processes per (implementation, N)={args.memory_runs}")
+    print()
+    print("| N | implementation | peak extra memory, median | range | ratio to blockwise, median (range) |")
+    print("|---:|---|---:|---:|---:|")
+    for n in args.sizes:
+        peaks = {name: [] for name in names}
+        for run_index in range(args.memory_runs):
+            for name in names:
+                peak, error = measure_memory_in_subprocess(name, n, args)
+                if error is not None:
+                    raise SystemExit(f"N={n} {name} run {run_index + 1}: {error}")
+                peaks[name].append(peak)
+                print(f"  N={n} {name} run {run_index + 1}: {fmt_bytes(peak)}", file=sys.stderr, flush=True)
+        for name in names:
+            values = peaks[name]
+            ratio = ""
+            if name != "blockwise" and "blockwise" in peaks:
+                paired = [a / b for a, b in zip(values, peaks["blockwise"])]
+                ratio = f"{statistics.median(paired):.1f}x ({min(paired):.1f}x to {max(paired):.1f}x)"
+            print(f"| {n} | {name} | {fmt_bytes(statistics.median(values))} | "
+                  f"{fmt_bytes(min(values))} to {fmt_bytes(max(values))} | {ratio} |", flush=True)
+
+
 def print_table(rows, args):
     print(f"device={args.device} threads={args.threads} D={args.dim} gamma={GAMMA} eta={ETA} "
           f"tau={TEMPERATURE} normalization={NORMALIZATION} torch={torch.__version__}")
@@ -311,6 +345,11 @@ def main(argv=None):
                         help="also time the blockwise core at these fixed block sizes")
     parser.add_argument("--skip", nargs="*", default=[], choices=["dense", "reference", "blockwise", "matmul"],
                         help="implementations to leave out")
+    parser.add_argument("--memory-runs", type=int, default=0,
+                        help="memory only: measure each (implementation, N) in this many fresh processes")
+    parser.add_argument("--memory-impls", nargs="+", default=["dense", "blockwise"],
+                        choices=["dense", "reference", "blockwise", "matmul"],
+                        help="implementations for --memory-runs")
     parser.add_argument("--_memory-of", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -320,6 +359,9 @@ def main(argv=None):
         name, n = args._memory_of[0], int(args._memory_of[1])
         peak = peak_extra_memory(name, n, args.dim, args.device)
         print(json.dumps({"peak_bytes": peak}))
+        return 0
+    if args.memory_runs:
+        memory_runs(args)
         return 0
     rows = run(args)
     print_table(rows, args)

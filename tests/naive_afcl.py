@@ -10,6 +10,10 @@ every implementation compare against it. Speed is irrelevant (use it on batches 
     AFCL = mean_i [ w_pos(i) pos_i + eta w_neg(i) neg_i ]
     "batch": w_pos = w_neg = 1/N;  "pairs": w_pos = 1/|P(i)|, w_neg = 1/|Q(i)| (empty set -> 0)
 
+Reference rows (``n_anchors`` < number of rows): only the first ``n_anchors`` rows are anchors; the
+others are in every anchor's A(i) (hence in P(i) or Q(i)) but are never anchors; N is ``n_anchors``
+(in the mean and in the "batch" weights).
+
 ``naive_afcl`` computes in float64 by default; ``exact=True`` computes in 60-digit decimal
 arithmetic (from the same float64 inputs), which stays exact when p_ij is within 1e-16 of 1
 (tiny temperatures, near-duplicate rows), where float64 ``1 - p`` would round to 0.
@@ -53,25 +57,29 @@ def naive_afcl(
     normalization: str,
     *,
     exact: bool = False,
+    n_anchors: int | None = None,
 ) -> float:
-    """AFCL of N rows z_i (used as given: normalise them first if the loss should).
+    """AFCL of M rows z_i (used as given: normalise them first if the loss should).
 
     Args:
-        features_2d: N rows of D numbers (nested lists, numpy array or torch tensor).
-        pos_mask_2d: N x N booleans, True where j is a positive of i; the diagonal is ignored.
+        features_2d: M rows of D numbers (nested lists, numpy array or torch tensor).
+        pos_mask_2d: M x M booleans, True where j is a positive of i; the diagonal is ignored.
         gamma, eta, temperature, normalization: as in method.md ("batch" or "pairs").
         exact: compute in 60-digit decimal arithmetic instead of float64.
+        n_anchors: the first n_anchors rows are the anchors (default: all M); the rest are
+            reference rows, contrasted with every anchor but never anchors themselves.
     """
     rows = _to_rows(features_2d)
     positive = _to_bool_matrix(pos_mask_2d)
     n = len(rows)
-    assert n >= 2 and len(positive) == n and all(len(r) == n for r in positive)
+    n_anchors = n if n_anchors is None else n_anchors
+    assert n >= 2 and 1 <= n_anchors <= n and len(positive) == n and all(len(r) == n for r in positive)
     assert normalization in ("batch", "pairs")
 
     if exact:
         with decimal.localcontext(decimal.Context(prec=60)):
-            return float(_afcl_loops(rows, positive, gamma, eta, temperature, normalization, _DECIMAL))
-    return _afcl_loops(rows, positive, gamma, eta, temperature, normalization, _FLOAT)
+            return float(_afcl_loops(rows, positive, gamma, eta, temperature, normalization, _DECIMAL, n_anchors))
+    return _afcl_loops(rows, positive, gamma, eta, temperature, normalization, _FLOAT, n_anchors)
 
 
 class _Arithmetic:
@@ -93,12 +101,12 @@ _FLOAT = _Arithmetic(float, math.exp, math.log)
 _DECIMAL = _Arithmetic(decimal.Decimal, lambda x: x.exp(), lambda x: x.ln())
 
 
-def _afcl_loops(rows, positive, gamma, eta, temperature, normalization, arith: _Arithmetic):
+def _afcl_loops(rows, positive, gamma, eta, temperature, normalization, arith: _Arithmetic, n_anchors):
     number, exp, log, power = arith.number, arith.exp, arith.log, arith.power
     n = len(rows)
     zero, one = number(0), number(1)
     total = zero
-    for i in range(n):
+    for i in range(n_anchors):
         others = [a for a in range(n) if a != i]
         # similarity of i with every other row, divided by the temperature
         similarity = {}
@@ -125,8 +133,8 @@ def _afcl_loops(rows, positive, gamma, eta, temperature, normalization, arith: _
             neg_i = neg_i - log(one - p[j])
 
         if normalization == "batch":
-            w_pos = one / number(n)
-            w_neg = one / number(n)
+            w_pos = one / number(n_anchors)
+            w_neg = one / number(n_anchors)
         else:
             w_pos = one / number(len(positives)) if positives else zero
             w_neg = one / number(len(negatives)) if negatives else zero
@@ -135,7 +143,7 @@ def _afcl_loops(rows, positive, gamma, eta, temperature, normalization, arith: _
         if eta != 0:  # eta = 0 removes the term (also where it would be infinite)
             anchor_loss = anchor_loss + number(eta) * w_neg * neg_i
         total = total + anchor_loss
-    return total / number(n)
+    return total / number(n_anchors)
 
 
 def row_positive_mask(
@@ -183,11 +191,25 @@ def naive_afcl_from_batch(
     normalization: str = "batch",
     normalize: bool = True,
     exact: bool = False,
+    ref_features=None,
+    ref_labels=None,
 ) -> float:
-    """The naive loss with the public API's conventions: features (N, D) or (N, V, D) tensor."""
+    """The naive loss with the public API's conventions: features (N, D) or (N, V, D) tensor;
+    optional reference rows ref_features (K, D) or (K, V', D) with ref_labels (K,) (needs labels)."""
     shape = tuple(features.shape)
     n_images, n_views = (shape[0], 1) if len(shape) == 2 else (shape[0], shape[1])
     flat = features.detach().double().reshape(n_images * n_views, shape[-1])
     rows = l2_normalize_rows(flat) if normalize else _to_rows(flat)
     positive = row_positive_mask(n_images, n_views, labels=labels, image_mask=mask)
-    return naive_afcl(rows, positive, gamma, eta, temperature, normalization, exact=exact)
+    if ref_features is None:
+        return naive_afcl(rows, positive, gamma, eta, temperature, normalization, exact=exact)
+    assert labels is not None and mask is None
+    ref_shape = tuple(ref_features.shape)
+    ref_views = 1 if len(ref_shape) == 2 else ref_shape[1]
+    ref_flat = ref_features.detach().double().reshape(-1, ref_shape[-1])
+    rows = rows + (l2_normalize_rows(ref_flat) if normalize else _to_rows(ref_flat))
+    row_labels = [int(labels[r // n_views]) for r in range(n_images * n_views)]
+    row_labels += [int(ref_labels[r // ref_views]) for r in range(ref_shape[0] * ref_views)]
+    everything = [[r != c and row_labels[r] == row_labels[c] for c in range(len(rows))] for r in range(len(rows))]
+    return naive_afcl(rows, everything, gamma, eta, temperature, normalization, exact=exact,
+                      n_anchors=n_images * n_views)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from asymcl.losses import AsymmetricFocalContrastiveLoss, afcl_loss
+from asymcl.losses import AsymmetricFocalContrastiveLoss, ContrastiveMemory, afcl_loss
 
 IMAGES_PER_RANK = (5, 3)
 N_VIEWS, D_IN, D_OUT = 2, 6, 4
@@ -46,11 +46,36 @@ CASES = {
     "mask-batch-reference": dict(positives="mask", normalization="batch", impl="reference"),
     "mask-pairs": dict(positives="mask", normalization="pairs"),
     "views-only-batch": dict(positives="views", normalization="batch"),
+    # Reference rows, the same on every rank (rank-local, not gathered): N stays the global batch.
+    "labels-batch-refs": dict(positives="labels", normalization="batch", refs=True),
+    "labels-pairs-refs-reference": dict(positives="labels", normalization="pairs", impl="reference", refs=True),
 }
+MEMORY_SIZE, MEMORY_STEPS = 20, 3  # 16 global rows per step: the queue wraps on the third step
+
+
+def _references():
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(7, D_OUT, generator=generator, dtype=torch.float64), torch.tensor([3, 3, 0, 1, 4, 2, 4])
+
+
+def _memory_steps():
+    """Per step: the global inputs (sum IMAGES_PER_RANK, V, D_IN) and labels."""
+    generator = torch.Generator().manual_seed(3)
+    n_images = sum(IMAGES_PER_RANK)
+    return [(torch.randn(n_images, N_VIEWS, D_IN, generator=generator, dtype=torch.float64),
+             torch.randint(0, 3, (n_images,), generator=generator)) for _ in range(MEMORY_STEPS)]
+
+
+def _memory_module():
+    return ContrastiveMemory(AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"],
+                             temperature=SETTINGS["temperature"], gather_distributed=True), MEMORY_SIZE)
 
 
 def _loss_inputs(case, labels, image_mask, rows):
     positives = CASES[case]["positives"]
+    if positives == "labels" and CASES[case].get("refs"):
+        ref_features, ref_labels = _references()
+        return dict(labels=labels[rows], ref_features=ref_features, ref_labels=ref_labels)
     if positives == "labels":
         return dict(labels=labels[rows])
     if positives == "mask":
@@ -88,6 +113,18 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 grads={name: p.grad.detach().clone() for name, p in model.module.named_parameters()},
             )
 
+        # The memory: every rank enqueues the gathered global batch, so the queues agree.
+        memory = _memory_module()
+        results["memory"] = []
+        for step_inputs, step_labels in _memory_steps():
+            model.zero_grad()
+            loss = memory(model(step_inputs[rows]), step_labels[rows])
+            loss.backward()
+            results["memory"].append(dict(
+                value=loss.detach().clone(), queue=memory.queue_features.clone(),
+                queue_labels=memory.queue_labels.clone(),
+                grads={name: p.grad.detach().clone() for name, p in model.module.named_parameters()}))
+
         # A bad input on one rank makes every rank raise, instead of leaving the other waiting.
         bad_labels = labels[rows].float() if rank == 1 else labels[rows]
         try:
@@ -109,6 +146,13 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             results["mask-width"] = "no error"
         except ValueError as error:
             results["mask-width"] = str(error)
+        # Second-order gradients through the all-gather are refused on every rank, never wrong.
+        try:
+            loss = afcl_loss(model.module(inputs[rows]), labels[rows], **SETTINGS, gather_distributed=True)
+            torch.autograd.grad(loss, list(model.module.parameters()), create_graph=True)
+            results["create-graph"] = "no error"
+        except RuntimeError as error:
+            results["create-graph"] = str(error)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
     except Exception:  # surface the worker's traceback in the parent's assertion message
@@ -151,6 +195,24 @@ def _single_process(case):
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
+def test_memory_under_ddp_equals_one_process_on_the_concatenated_batches(rank_results):
+    model = _projection()
+    memory = ContrastiveMemory(AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"],
+                               temperature=SETTINGS["temperature"]), MEMORY_SIZE)
+    for step, (inputs, labels) in enumerate(_memory_steps()):
+        model.zero_grad()
+        loss = memory(model(inputs), labels)
+        loss.backward()
+        for rank, results in enumerate(rank_results):
+            got = results["memory"][step]
+            assert got["value"].item() == pytest.approx(loss.item(), rel=1e-10), f"rank {rank}, step {step}"
+            torch.testing.assert_close(got["queue"], memory.queue_features, rtol=1e-12, atol=1e-14)
+            assert torch.equal(got["queue_labels"], memory.queue_labels)
+            for name, p in model.named_parameters():
+                torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-9, atol=1e-12, msg=f"rank {rank}, {name}")
+    assert memory.filled == MEMORY_SIZE
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_value_and_ddp_gradients_equal_single_process(rank_results, case):
     value, grads = _single_process(case)
@@ -171,6 +233,11 @@ def test_bad_input_on_one_rank_raises_on_every_rank(rank_results):
 def test_view_count_mismatch_is_refused_on_every_rank(rank_results):
     for results in rank_results:
         assert "same views V on every rank" in results["views-mismatch"]
+
+
+def test_second_order_through_the_gather_is_refused(rank_results):
+    for results in rank_results:
+        assert "second-order gradients (create_graph=True) through gather_distributed=True" in results["create-graph"]
 
 
 def test_mask_must_span_the_global_batch(rank_results):

@@ -9,6 +9,10 @@ anchor is then contrasted with the global batch, the value equals the single-pro
 concatenated batch and the gradients are right after DDP's averaging (see
 :mod:`asymcl.losses.distributed`).
 
+With small batches and rare classes, :class:`ContrastiveMemory` (``ContrastiveMemory(criterion,
+memory_size=K)``) contrasts each batch also with the last K rows seen (labelled, detached), via the
+loss's reference rows (``ref_features``/``ref_labels``).
+
 Example::
 
     from asymcl.losses import AsymmetricFocalContrastiveLoss
@@ -20,6 +24,7 @@ Example::
 """
 
 from asymcl.losses.functional import afcl_loss
+from asymcl.losses.memory import ContrastiveMemory
 from asymcl.losses.modules import (
     AsymmetricContrastiveLoss,
     AsymmetricFocalContrastiveLoss,
@@ -30,6 +35,7 @@ from asymcl.losses.modules import (
 __all__ = [
     "AsymmetricContrastiveLoss",
     "AsymmetricFocalContrastiveLoss",
+    "ContrastiveMemory",
     "FocalContrastiveLoss",
     "SupConLoss",
     "afcl_loss",

@@ -44,16 +44,15 @@ too.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
-__all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]
+from asymcl.losses import _reference
+from asymcl.losses._block_threads import _PER_THREAD_NUM_THREADS, _THREAD_BLOCKS_FROM, _block_workers, _for_each_block
+from asymcl.losses._validation import check_core_arguments
 
-_NORMALIZATIONS = ("batch", "pairs")
+__all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]
 
 # Memory for one block's temporaries. The backward holds about _LIVE_BUFFERS float (B, M) buffers at
 # once (similarities/log p, p, log q, focal weight u, ratio r, the gradient block, masks).
@@ -111,130 +110,6 @@ def prefer_blockwise(n_rows: int, device: torch.device) -> bool:
 
 _CPU_MIN_ROWS = 192
 _CUDA_MIN_ROWS = 2048
-
-
-# With ATen's OpenMP backend, torch.set_num_threads called in a thread sets that thread's own
-# OpenMP team size only (checked: the calling thread keeps its count).
-_PER_THREAD_NUM_THREADS = "parallel backend: OpenMP" in torch.__config__.parallel_info()
-_NUM_THREADS_LOCK = threading.Lock()
-_THREAD_BLOCKS_FROM = 2**20  # anchor x contrast pairs
-
-
-def _block_workers(n_anchors: int, block_size: int, device: torch.device) -> int:
-    """How many CPU threads take blocks in parallel (1: blocks in turn, intra-op threads).
-
-    A block is ~15 elementwise passes of a few MiB each. Splitting every pass over the intra-op
-    threads costs a fork/join per pass, and on oversubscribed cores (data loader workers, other
-    jobs) every join waits for a descheduled thread: at N = 4096 with 2 threads on 2 busy cores
-    the blockwise loss ran 8x slower than with 1 thread. Giving each thread whole blocks (its ops
-    single-threaded) has no joins inside a block, so it degrades only in proportion to the load.
-    """
-    if device.type != "cpu" or not _PER_THREAD_NUM_THREADS:
-        return 1
-    n_blocks = -(-n_anchors // block_size)
-    return max(1, min(torch.get_num_threads(), n_blocks))
-
-
-def _for_each_block(n_anchors: int, block_size: int, n_workers: int,
-                    work: Callable[[int, int, int], None]) -> None:
-    """work(start, stop, worker) for every block; worker w takes blocks w, w + n_workers, ..."""
-    starts = list(range(0, n_anchors, block_size))
-    if n_workers <= 1:
-        for start in starts:
-            work(start, min(start + block_size, n_anchors), 0)
-        return
-
-    def run(worker: int) -> None:
-        # Grad mode and autocast are thread-local and default to on in a new thread.
-        torch.set_num_threads(1)
-        with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):
-            for start in starts[worker::n_workers]:
-                work(start, min(start + block_size, n_anchors), worker)
-
-    main_threads = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for future in [pool.submit(run, w) for w in range(n_workers)]:
-                future.result()
-    finally:
-        # MKL's thread count is process-wide: give the caller back its setting.
-        with _NUM_THREADS_LOCK:
-            torch.set_num_threads(main_threads)
-
-
-def _check_inputs(
-    anchors: Tensor,
-    contrast: Tensor,
-    anchor_index: Tensor,
-    anchor_labels: Tensor | None,
-    contrast_labels: Tensor | None,
-    mask: Tensor | None,
-    gamma: float,
-    eta: float,
-    temperature: float,
-    normalization: str,
-    n_total: int,
-    block_size: int | None,
-) -> None:
-    for name, t in (("anchors", anchors), ("contrast", contrast), ("anchor_index", anchor_index)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if anchors.dim() != 2 or contrast.dim() != 2:
-        raise ValueError(
-            f"anchors and contrast must be 2-D (rows, dim), got shapes {tuple(anchors.shape)} "
-            f"and {tuple(contrast.shape)}"
-        )
-    if not anchors.is_floating_point() or not contrast.is_floating_point():
-        raise TypeError(
-            f"anchors and contrast must be floating point, got {anchors.dtype} and {contrast.dtype}"
-        )
-    n_anchors, dim = anchors.shape
-    n_contrast = contrast.shape[0]
-    if contrast.shape[1] != dim:
-        raise ValueError(
-            f"anchors and contrast must have the same feature dimension, got {dim} and "
-            f"{contrast.shape[1]}"
-        )
-    if n_contrast < 2:
-        raise ValueError(f"contrast needs at least 2 rows (an anchor and another), got {n_contrast}")
-    if anchor_index.shape != (n_anchors,) or anchor_index.dtype != torch.int64:
-        raise ValueError(
-            f"anchor_index must be an int64 tensor of shape ({n_anchors},), got "
-            f"{anchor_index.dtype} {tuple(anchor_index.shape)}"
-        )
-    if n_anchors and (int(anchor_index.min()) < 0 or int(anchor_index.max()) >= n_contrast):
-        raise ValueError(f"anchor_index values must lie in [0, {n_contrast}) (rows of contrast)")
-    if (mask is None) == (anchor_labels is None and contrast_labels is None):
-        raise ValueError("give either anchor_labels and contrast_labels, or mask (exactly one)")
-    if mask is None:
-        if anchor_labels is None or contrast_labels is None:
-            raise ValueError("anchor_labels and contrast_labels must be given together")
-        if anchor_labels.shape != (n_anchors,) or contrast_labels.shape != (n_contrast,):
-            raise ValueError(
-                f"anchor_labels must have shape ({n_anchors},) and contrast_labels ({n_contrast},), "
-                f"got {tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}"
-            )
-        if anchor_labels.is_floating_point() or contrast_labels.is_floating_point():
-            raise TypeError("anchor_labels and contrast_labels must be integer class ids")
-    else:
-        if mask.shape != (n_anchors, n_contrast) or mask.dtype != torch.bool:
-            raise ValueError(
-                f"mask must be a bool tensor of shape ({n_anchors}, {n_contrast}), got "
-                f"{mask.dtype} {tuple(mask.shape)}"
-            )
-    for name, value in (("gamma", gamma), ("eta", eta)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if normalization not in _NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
-    if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
-        raise ValueError(f"n_total must be a positive int, got {n_total!r}")
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-    ):
-        raise ValueError(f"block_size must be a positive int or None (automatic), got {block_size!r}")
 
 
 class _State:
@@ -493,15 +368,20 @@ class _BlockwiseAFCL(torch.autograd.Function):
                 out = out + state.eta * w_neg * neg
         ctx.save_for_backward(anchors, contrast, anchor_index, anchor_labels, contrast_labels,
                               mask, lse, argmax, lse_without_max, w_pos, w_neg)
-        ctx.settings = (gamma, eta, temperature, block_size)
+        ctx.settings = (gamma, eta, temperature, block_size, normalization, n_total)
         ctx.unit_grads = (unit_grad_anchors, unit_grad_contrast)
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
         need_anchors, need_contrast = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():
+            # create_graph=True (autograd runs a backward in grad mode exactly then): the analytic
+            # gradient below is a constant to autograd, so a second derivative through it would be
+            # silently wrong. Differentiate the plain autograd loss instead (N x N memory, only for
+            # higher-order calls).
+            return _differentiable_backward(ctx, grad_out, need_anchors, need_contrast)
+        unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
         if unit_grad_anchors is not None and bool((grad_out == grad_out[0]).all()):
             # Out of place: a second backward through a retained graph gets the very same result.
             g = grad_out[0].to(unit_grad_anchors.dtype)
@@ -512,7 +392,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
 
         (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, lse, argmax,
          lse_without_max, w_pos, w_neg) = ctx.saved_tensors
-        gamma, eta, temperature, block_size = ctx.settings
+        gamma, eta, temperature, block_size, _, _ = ctx.settings
         with torch.autocast(device_type=anchors.device.type, enabled=False):
             state = _State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
                            gamma, eta, temperature)
@@ -541,6 +421,18 @@ class _BlockwiseAFCL(torch.autograd.Function):
                 if extra is not None:
                     grad_contrast.add_(extra)
         return (grad_anchors, grad_contrast) + (None,) * 11
+
+
+def _differentiable_backward(ctx, grad_out: Tensor, need_anchors: bool, need_contrast: bool):
+    (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, *_) = ctx.saved_tensors
+    gamma, eta, temperature, _, normalization, n_total = ctx.settings
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        grad_anchors, grad_contrast = _reference.differentiable_vjp(
+            anchors, contrast, grad_out.to(anchors.dtype), need_anchors, need_contrast,
+            anchor_index=anchor_index, anchor_labels=anchor_labels, contrast_labels=contrast_labels,
+            mask=mask, gamma=gamma, eta=eta, temperature=temperature, normalization=normalization,
+            n_total=n_total)
+    return (grad_anchors, grad_contrast) + (None,) * 11
 
 
 def _accumulate_input_grads(grad_s: Tensor, state: _State, block: _Block,
@@ -580,7 +472,7 @@ def per_anchor_loss(
     The result is float32 (float64 for float64 inputs); gradients flow to ``anchors`` and
     ``contrast`` (summed by autograd when they are the same tensor) and are cast back to their dtype.
     """
-    _check_inputs(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma,
+    check_core_arguments(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma,
                   eta, temperature, normalization, n_total, block_size)
     dtype = _compute_dtype(anchors.dtype)
     anchors_c = anchors.to(dtype)

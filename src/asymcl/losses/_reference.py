@@ -52,7 +52,8 @@ def per_anchor_loss(
         gamma, eta, temperature: the AFCL hyperparameters (already validated).
         normalization: "batch" (w = 1/n_total) or "pairs" (w_pos = 1/|P(i)|, w_neg = 1/|Q(i)|,
             an empty set contributes 0).
-        n_total: N of method.md, rows of the (global) batch.
+        n_total: N of method.md: the anchor rows of the (global) batch; reference rows (in
+            ``contrast`` but never anchors) do not count.
 
     Returns:
         (A,) tensor; the loss is ``result.sum() / n_total``.
@@ -110,10 +111,9 @@ def _log_one_minus_p(logits: Tensor, log_p: Tensor, log_normaliser: Tensor, self
     a constant, so no NaN can enter the backward through an empty log-sum-exp.
     """
     n_anchors = logits.shape[0]
-    rows = torch.arange(n_anchors, device=logits.device)
     argmax = logits.argmax(dim=1)
-    is_argmax = torch.zeros_like(self_column)
-    is_argmax[rows, argmax] = True
+    # Out of place: under torch.vmap the argmax is batched and cannot be written into a plain mask.
+    is_argmax = torch.zeros_like(logits, dtype=torch.bool).scatter(1, argmax[:, None], True)
 
     # Off the argmax p <= 1/2: log1p(-p) is accurate. The argmax entry is zeroed first, so
     # log1p never sees p = 1 (whose derivative would be infinite even where it is not selected).
@@ -126,3 +126,38 @@ def _log_one_minus_p(logits: Tensor, log_p: Tensor, log_normaliser: Tensor, self
     else:
         at_argmax = torch.full((n_anchors,), float("-inf"), dtype=logits.dtype, device=logits.device)
     return torch.where(is_argmax, at_argmax[:, None], result)
+
+
+def differentiable_vjp(
+    anchors: Tensor,
+    contrast: Tensor,
+    grad_per_anchor: Tensor,
+    need_anchors: bool,
+    need_contrast: bool,
+    **core: object,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``sum_i grad_per_anchor[i] * per_anchor_loss(...)[i]`` with a graph of their own.
+
+    The row-blocked path's analytic backward is first-order only; when a caller asks for
+    ``create_graph=True`` (gradient penalties, MAML-style inner steps, Hessian-vector products) it
+    hands its backward to this function, which rebuilds the loss by plain autograd and returns
+    gradients that are differentiable again (in anchors, contrast and ``grad_per_anchor``).
+    ``core`` holds the keyword arguments of :func:`per_anchor_loss`.
+
+    ``anchors`` and ``contrast`` may be one tensor (a single process without references): each
+    gets its own view so that the anchor-side and the contrast-side parts stay apart, as the
+    autograd Function that calls this expects one gradient per input.
+    """
+    with torch.enable_grad():
+        a = anchors.view_as(anchors)
+        c = contrast.view_as(contrast)
+        out = per_anchor_loss(a, c, **core)
+        wanted = [t for t, need in ((a, need_anchors), (c, need_contrast)) if need]
+        grads = list(torch.autograd.grad(out, wanted, grad_per_anchor, create_graph=True, allow_unused=True))
+    grad_anchors = grads.pop(0) if need_anchors else None
+    grad_contrast = grads.pop(0) if need_contrast else None
+    if need_anchors and grad_anchors is None:
+        grad_anchors = torch.zeros_like(anchors)
+    if need_contrast and grad_contrast is None:
+        grad_contrast = torch.zeros_like(contrast)
+    return grad_anchors, grad_contrast

@@ -12,6 +12,7 @@ import math
 import numbers
 
 import torch
+from torch import Tensor
 
 NORMALIZATIONS = ("batch", "pairs")
 IMPLS = ("auto", "reference", "blockwise")
@@ -64,20 +65,23 @@ def check_block_size(block_size: object, impl: str) -> int | None:
     return block_size
 
 
-def check_features(features: object) -> tuple[torch.Tensor, int, int]:
+def check_features(
+    features: object, *, name: str = "features", data_checks: bool = True
+) -> tuple[torch.Tensor, int, int]:
     """Validate ``features`` ((N, D) or (N, V, D), floating, finite).
 
     Returns the rows flattened image-major to (N * V, D) (row ``n * V + v`` is view ``v`` of
     image ``n``), the number of images N and the number of views V (1 for 2-D input).
+    ``data_checks=False`` (under torch.vmap, which cannot branch on values) skips the NaN/inf check.
     """
     if not isinstance(features, torch.Tensor):
         raise TypeError(
-            f"features must be a torch.Tensor of shape (N, D) or (N, V, D), "
+            f"{name} must be a torch.Tensor of shape (N, D) or (N, V, D), "
             f"got {type(features).__name__}"
         )
     if not features.is_floating_point():
         raise TypeError(
-            f"features must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
             f"got dtype {features.dtype}"
         )
     if features.dim() == 2:
@@ -86,19 +90,53 @@ def check_features(features: object) -> tuple[torch.Tensor, int, int]:
         n_images, n_views = features.shape[0], features.shape[1]
     else:
         raise ValueError(
-            f"features must have shape (N, D) or (N, V, D) (V augmented views per image), "
+            f"{name} must have shape (N, D) or (N, V, D) (V augmented views per image), "
             f"got shape {tuple(features.shape)}"
         )
     if features.shape[-1] < 1 or n_views < 1:
-        raise ValueError(f"features must have at least one view and one dimension, got shape {tuple(features.shape)}")
-    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name} must have at least one view and one dimension, got shape {tuple(features.shape)}")
+    if data_checks and not bool(torch.isfinite(features).all()):
         n_bad = int((~torch.isfinite(features)).sum())
         raise ValueError(
-            f"features contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
+            f"{name} contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
             f"(check the encoder's outputs, the learning rate or mixed-precision overflow)"
         )
     rows = features.reshape(n_images * n_views, features.shape[-1])
     return rows, n_images, n_views
+
+
+def check_references(
+    ref_features: object, ref_labels: object, rows: torch.Tensor, *, has_labels: bool, data_checks: bool = True
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Validate reference rows against the batch ``rows`` (N * V, D).
+
+    Returns (reference rows (K * V', D), their labels repeated over the views (K * V',) int64), or
+    None when neither is given.
+    """
+    if ref_features is None and ref_labels is None:
+        return None
+    if ref_features is None or ref_labels is None:
+        raise ValueError(
+            "give ref_features and ref_labels together (reference rows (K, D) and their class ids (K,)), or neither"
+        )
+    if not has_labels:
+        raise ValueError(
+            "reference rows are positives or negatives by class: pass labels=... with ref_features "
+            "(a mask or views-only positives cannot say which references are positives)"
+        )
+    if isinstance(ref_features, torch.Tensor) and ref_features.device != rows.device:
+        raise ValueError(
+            f"ref_features must be on the device of features ({rows.device}), got {ref_features.device}; "
+            f"move it with .to(features.device)"
+        )
+    ref_rows, n_refs, n_views = check_features(ref_features, name="ref_features", data_checks=data_checks)
+    if ref_rows.shape[1] != rows.shape[1]:
+        raise ValueError(
+            f"ref_features must have the feature dimension of features, D = {rows.shape[1]}, "
+            f"got shape {tuple(ref_features.shape)}"
+        )
+    ref_labels = check_labels(ref_labels, n_refs, name="ref_labels")
+    return ref_rows, ref_labels.to(rows.device).repeat_interleave(n_views)
 
 
 def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torch.Tensor:
@@ -113,8 +151,9 @@ def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torc
             f"{name} must be integer class ids (int8/16/32/64 or uint8), got dtype {labels.dtype}"
         )
     if labels.dim() != 1 or labels.shape[0] != n_images:
+        what = "ref_features" if name == "ref_labels" else "features"
         raise ValueError(
-            f"{name} must have shape ({n_images},) to match features (one label per image), "
+            f"{name} must have shape ({n_images},) to match {what} (one label per image), "
             f"got shape {tuple(labels.shape)}"
         )
     return labels.long()
@@ -145,3 +184,79 @@ def _finite_real(name: str, value: object, *, allowed: str) -> float:
     if not math.isfinite(as_float):
         raise ValueError(f"{name} must be {allowed}, got {as_float!r}")
     return as_float
+
+
+def check_core_arguments(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    anchor_labels: Tensor | None,
+    contrast_labels: Tensor | None,
+    mask: Tensor | None,
+    gamma: float,
+    eta: float,
+    temperature: float,
+    normalization: str,
+    n_total: int,
+    block_size: int | None,
+) -> None:
+    """Arguments of the internal per-anchor core (docs/architecture.md, layer 1), for direct callers."""
+    for name, t in (("anchors", anchors), ("contrast", contrast), ("anchor_index", anchor_index)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if anchors.dim() != 2 or contrast.dim() != 2:
+        raise ValueError(
+            f"anchors and contrast must be 2-D (rows, dim), got shapes {tuple(anchors.shape)} "
+            f"and {tuple(contrast.shape)}"
+        )
+    if not anchors.is_floating_point() or not contrast.is_floating_point():
+        raise TypeError(
+            f"anchors and contrast must be floating point, got {anchors.dtype} and {contrast.dtype}"
+        )
+    n_anchors, dim = anchors.shape
+    n_contrast = contrast.shape[0]
+    if contrast.shape[1] != dim:
+        raise ValueError(
+            f"anchors and contrast must have the same feature dimension, got {dim} and "
+            f"{contrast.shape[1]}"
+        )
+    if n_contrast < 2:
+        raise ValueError(f"contrast needs at least 2 rows (an anchor and another), got {n_contrast}")
+    if anchor_index.shape != (n_anchors,) or anchor_index.dtype != torch.int64:
+        raise ValueError(
+            f"anchor_index must be an int64 tensor of shape ({n_anchors},), got "
+            f"{anchor_index.dtype} {tuple(anchor_index.shape)}"
+        )
+    if n_anchors and (int(anchor_index.min()) < 0 or int(anchor_index.max()) >= n_contrast):
+        raise ValueError(f"anchor_index values must lie in [0, {n_contrast}) (rows of contrast)")
+    if (mask is None) == (anchor_labels is None and contrast_labels is None):
+        raise ValueError("give either anchor_labels and contrast_labels, or mask (exactly one)")
+    if mask is None:
+        if anchor_labels is None or contrast_labels is None:
+            raise ValueError("anchor_labels and contrast_labels must be given together")
+        if anchor_labels.shape != (n_anchors,) or contrast_labels.shape != (n_contrast,):
+            raise ValueError(
+                f"anchor_labels must have shape ({n_anchors},) and contrast_labels ({n_contrast},), "
+                f"got {tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}"
+            )
+        if anchor_labels.is_floating_point() or contrast_labels.is_floating_point():
+            raise TypeError("anchor_labels and contrast_labels must be integer class ids")
+    else:
+        if mask.shape != (n_anchors, n_contrast) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be a bool tensor of shape ({n_anchors}, {n_contrast}), got "
+                f"{mask.dtype} {tuple(mask.shape)}"
+            )
+    for name, value in (("gamma", gamma), ("eta", eta)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
+        raise ValueError(f"n_total must be a positive int, got {n_total!r}")
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive int or None (automatic), got {block_size!r}")

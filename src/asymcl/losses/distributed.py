@@ -136,6 +136,14 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_gathered: Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():
+            # create_graph=True: the all-reduce below is invisible to autograd, so a second
+            # derivative through it would be silently wrong. Refuse instead.
+            raise RuntimeError(
+                "second-order gradients (create_graph=True) through gather_distributed=True are not "
+                "supported: the all-gather's backward is first-order only; compute the gradient "
+                "penalty on the local batch (gather_distributed=False)"
+            )
         summed = grad_gathered.contiguous().clone()
         torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM)
         start = sum(ctx.counts[: ctx.rank])

@@ -18,6 +18,7 @@ from asymcl.losses._validation import (
     check_impl,
     check_labels,
     check_mask,
+    check_references,
 )
 
 
@@ -26,6 +27,8 @@ def afcl_loss(
     labels: Tensor | None = None,
     *,
     mask: Tensor | None = None,
+    ref_features: Tensor | None = None,
+    ref_labels: Tensor | None = None,
     gamma: float = 0.0,
     eta: float = 0.0,
     temperature: float = 0.07,
@@ -52,6 +55,15 @@ def afcl_loss(
     Anchors without a positive keep pos_i = 0 but still get the eta term. The focal weight is not
     detached: gradients flow through it.
 
+    Reference rows (a cross-batch memory, see :class:`asymcl.losses.ContrastiveMemory`): with
+    ``ref_features`` r_1..r_K, every anchor i = 1..N is also contrasted with them: A(i) = the other
+    batch rows and all K reference rows, P(i) and Q(i) split A(i) by label as before, so the
+    references enter every p_ij's denominator and are positives or negatives by ``ref_labels``.
+    They are never anchors and get no gradient (they are detached). N stays the number of anchor
+    rows (the batch), in the mean and in the "batch" weights w = 1/N: with K = 0 the loss is
+    exactly the loss without references, and its scale does not change with K (the sums over P(i)
+    and Q(i) grow with K; "pairs" divides them by |P(i)| and |Q(i)|, which count references).
+
     Args:
         features: (N, D), or (N, V, D) for V augmented views of N images. Views are flattened to
             N * V rows (image-major) and every row carries its image's label; the N of the formulas
@@ -63,6 +75,11 @@ def afcl_loss(
             ignored). With ``gather_distributed`` the shape is (local N, global N), see below.
             Give ``labels`` or ``mask``, not both. With neither, each image's other views are its
             only positives (SimCLR-style), which needs V >= 2.
+        ref_features: (K, D) or (K, V', D) reference rows (K may be 0), on the device of
+            ``features``, any floating dtype (cast to the computation's dtype; L2-normalised when
+            ``normalize`` is). Needs ``labels`` (a mask or views-only positives cannot say which
+            references are positives).
+        ref_labels: (K,) integer class ids of the references (one per reference image).
         gamma: focal exponent >= 0.
         eta: weight of the negative term >= 0.
         temperature: tau > 0.
@@ -70,13 +87,22 @@ def afcl_loss(
         normalize: L2-normalise the rows first (turn off only if they already are).
         impl: "reference" (plain autograd over the full N x N matrix), "blockwise" (the row-blocked
             implementation with an analytic backward) or "auto" (blockwise where it is faster).
+            Under torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD the reference
+            path runs whatever impl says (the blockwise backward is reverse mode only). Backward
+            with ``create_graph=True`` through the blockwise path differentiates the reference
+            loss, so second-order gradients are exact (at the reference path's N x N memory).
         gather_distributed: when torch.distributed is initialised with world size W > 1, contrast
             the local rows with the rows of all ranks (see :mod:`asymcl.losses.distributed`). The
             returned value is the single-process loss on the concatenated batch, ranks in order,
             and the gradients are scaled so that DDP's averaging yields the single-process
             gradient. A ``mask`` then has shape (local images, global images), its columns the
-            images of rank 0, then rank 1, ... Without an initialised group (or with W = 1) this
-            switch does nothing.
+            images of rank 0, then rank 1, ... Reference rows are *not* gathered: each rank
+            contrasts its anchors with its own ``ref_features``. They carry no gradient, so
+            nothing needs to travel, and a memory that every rank fills with the gathered global
+            batch (as :class:`~asymcl.losses.ContrastiveMemory` does) is already the same on every
+            rank: gathering it would count each reference W times. With the same references on
+            every rank the value is the single-process loss on the concatenated batch with those
+            references. Without an initialised group (or with W = 1) this switch does nothing.
         block_size: anchor rows per block of the blockwise implementation (peak extra memory is
             about 4 x block_size x N x 4 bytes); None chooses it from a memory budget. Giving it
             selects the blockwise implementation under impl="auto".
@@ -87,7 +113,38 @@ def afcl_loss(
     Raises:
         TypeError, ValueError: for bad input, naming the argument and what is allowed: fewer than
         2 rows, mismatched shapes, both labels and mask, non-integer labels, a non-bool mask, NaN or
-        inf features, temperature <= 0, gamma or eta < 0, an unknown normalization or impl.
+        inf features or references, references without labels, temperature <= 0, gamma or eta < 0,
+        an unknown normalization or impl.
+    """
+    loss, _ = loss_and_batch(
+        features, labels, mask=mask, ref_features=ref_features, ref_labels=ref_labels, gamma=gamma,
+        eta=eta, temperature=temperature, normalization=normalization, normalize=normalize, impl=impl,
+        gather_distributed=gather_distributed, block_size=block_size,
+    )
+    return loss
+
+
+def loss_and_batch(
+    features: object,
+    labels: object,
+    *,
+    mask: object,
+    ref_features: object,
+    ref_labels: object,
+    gamma: object,
+    eta: object,
+    temperature: object,
+    normalization: object,
+    normalize: object,
+    impl: object,
+    gather_distributed: object,
+    block_size: object,
+) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
+    """:func:`afcl_loss` and the detached rows it contrasted, for a memory to keep.
+
+    Returns ``(loss, (rows, row_labels))``: the (global, under ``gather_distributed``) batch rows as
+    the loss saw them (normalised if ``normalize``), detached, (N * V, D), and their labels (N * V,)
+    (None without labels). Not public: :class:`asymcl.losses.ContrastiveMemory` is its user.
     """
     gamma, eta, temperature, normalization = check_hyperparameters(
         gamma=gamma, eta=eta, temperature=temperature, normalization=normalization
@@ -97,9 +154,14 @@ def afcl_loss(
     impl = check_impl(impl)
     block_size = check_block_size(block_size, impl)
     world_size = distributed.active_world_size() if gather_distributed else 1
+    # Under vmap a check cannot branch on a tensor's values (NaN, inf): such input then gives a
+    # NaN loss instead of an error (still never a silent number).
+    data_checks = not _vmap_active()
 
     if world_size == 1:
-        rows, n_images, n_views, labels, mask = _check_local_inputs(features, labels, mask, n_mask_cols=None)
+        rows, n_images, n_views, labels, mask, refs = _check_local_inputs(
+            features, labels, mask, ref_features, ref_labels, n_mask_cols=None, data_checks=data_checks
+        )
         layout = None
         n_global_images = n_images
         image_offset = 0
@@ -108,7 +170,9 @@ def afcl_loss(
         n_images = n_views = dim = mask_cols = 0
         mode = distributed.MODE_LABELS if labels is not None else distributed.MODE_MASK if mask is not None else distributed.MODE_VIEWS_ONLY
         try:
-            rows, n_images, n_views, labels, mask = _check_local_inputs(features, labels, mask, n_mask_cols=-1)
+            rows, n_images, n_views, labels, mask, refs = _check_local_inputs(
+                features, labels, mask, ref_features, ref_labels, n_mask_cols=-1, data_checks=data_checks
+            )
             dim = rows.shape[1]
             mask_cols = mask.shape[1] if mask is not None else -1
         except (TypeError, ValueError) as error:
@@ -119,10 +183,17 @@ def afcl_loss(
         n_global_images = layout.n_images
         image_offset = layout.image_offset
 
-    n_total = n_global_images * n_views
-    if n_total < 2:
+    n_total = n_global_images * n_views  # anchors: rows of the (global) batch
+    n_refs = 0 if refs is None else refs[0].shape[0]
+    n_contrast = n_total + n_refs
+    if refs is None and n_total < 2:
         raise ValueError(
             f"the batch must have at least 2 rows (N * V, the rows every anchor is contrasted with), got {n_total}"
+        )
+    if refs is not None and (n_total < 1 or n_contrast < 2):
+        raise ValueError(
+            f"the batch must have at least 1 row and, with the reference rows, at least 2 (every anchor "
+            f"needs another row to be contrasted with), got {n_total} batch and {n_refs} reference rows"
         )
     if labels is None and mask is None and n_views < 2:
         raise ValueError(
@@ -145,6 +216,7 @@ def afcl_loss(
         else:
             contrast = distributed.gather_rows(rows, layout, n_views)
             global_labels = distributed.gather_labels(labels, layout) if labels is not None else None
+        batch_rows = contrast.detach()
 
         anchor_labels = contrast_labels = row_mask = None
         if mask is not None:
@@ -155,12 +227,24 @@ def afcl_loss(
                 global_labels = torch.arange(n_global_images, device=rows.device)
             anchor_labels = labels.to(rows.device).repeat_interleave(n_views)
             contrast_labels = global_labels.to(rows.device).repeat_interleave(n_views)
+        batch_row_labels = contrast_labels if mask is None else None
 
-        if n_total == 2 and eta != 0:
+        if n_refs:  # K = 0 leaves the computation exactly as without references
+            ref_rows = refs[0].detach().to(compute_dtype)
+            if normalize:
+                ref_rows = F.normalize(ref_rows, dim=1)
+            contrast = torch.cat([contrast, ref_rows])
+            contrast_labels = torch.cat([contrast_labels, refs[1].to(rows.device)])
+
+        if n_contrast == 2 and eta != 0:
             _refuse_infinite_negative_term(anchor_index, anchor_labels, contrast_labels, row_mask)
 
-        per_anchor_loss = _select_impl("blockwise" if block_size is not None else impl, n_total, rows.device)
-        extra = {"block_size": block_size} if block_size is not None else {}
+        if _functorch_active() or _is_dual(rows):
+            chosen = "reference"
+        else:
+            chosen = "blockwise" if block_size is not None else impl
+        per_anchor_loss = _select_impl(chosen, n_contrast, rows.device)
+        extra = {"block_size": block_size} if block_size is not None and chosen == "blockwise" else {}
         per_anchor = per_anchor_loss(
             rows,
             contrast,
@@ -178,17 +262,27 @@ def afcl_loss(
         loss = per_anchor.sum() / n_total
         if layout is not None:
             loss = distributed.combine_for_ddp(loss, world_size)
-    return loss
+    return loss, (batch_rows, batch_row_labels)
 
 
 def _check_local_inputs(
-    features: object, labels: object, mask: object, *, n_mask_cols: int | None
-) -> tuple[Tensor, int, int, Tensor | None, Tensor | None]:
-    """Validate this process's features/labels/mask; ``n_mask_cols=-1`` accepts any mask width
-    (checked against the global image count after the ranks exchange their sizes)."""
+    features: object,
+    labels: object,
+    mask: object,
+    ref_features: object,
+    ref_labels: object,
+    *,
+    n_mask_cols: int | None,
+    data_checks: bool = True,
+) -> tuple[Tensor, int, int, Tensor | None, Tensor | None, tuple[Tensor, Tensor] | None]:
+    """Validate this process's features/labels/mask/references; ``n_mask_cols=-1`` accepts any mask
+    width (checked against the global image count after the ranks exchange their sizes).
+
+    The references come back as (rows (K * V', D), row labels (K * V',)), or None without them.
+    """
     if labels is not None and mask is not None:
         raise ValueError("give labels or mask, not both (labels: (N,) class ids; mask: (N, N) bool positives)")
-    rows, n_images, n_views = check_features(features)
+    rows, n_images, n_views = check_features(features, data_checks=data_checks)
     if labels is not None:
         labels = check_labels(labels, n_images)
     if mask is not None:
@@ -197,7 +291,8 @@ def _check_local_inputs(
             mask = check_mask(mask, n_images, width, distributed=True)
         else:
             mask = check_mask(mask, n_images, n_images)
-    return rows, n_images, n_views, labels, mask
+    refs = check_references(ref_features, ref_labels, rows, has_labels=labels is not None, data_checks=data_checks)
+    return rows, n_images, n_views, labels, mask, refs
 
 
 def _tile_image_mask(image_mask: Tensor, n_views: int, image_offset: int) -> Tensor:
@@ -223,6 +318,23 @@ def _refuse_infinite_negative_term(
             "with only 2 rows and eta > 0, an anchor whose single other row is a negative has p = 1 and "
             "an infinite negative term -log(1 - p); use a batch of at least 3 rows or eta=0"
         )
+
+
+def _functorch_active() -> bool:
+    # torch.func transforms run an autograd.Function only with setup_context/vmap rules; the
+    # blockwise Function's analytic backward is a reverse-mode, first-order rule, so these calls
+    # take the plain autograd path, which every transform differentiates and batches.
+    return bool(torch._C._are_functorch_transforms_active())
+
+
+def _vmap_active() -> bool:
+    stack = torch._C._functorch.get_interpreter_stack() if _functorch_active() else None
+    return bool(stack) and any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
+
+
+def _is_dual(rows: Tensor) -> bool:
+    """Forward-mode AD (torch.autograd.forward_ad): the blockwise Function has no jvp rule."""
+    return torch.autograd.forward_ad.unpack_dual(rows).tangent is not None
 
 
 def _select_impl(impl: str, n_rows: int, device: torch.device) -> Callable[..., Tensor]:

@@ -14,8 +14,10 @@ class AsymmetricFocalContrastiveLoss(nn.Module):
     See :func:`asymcl.losses.afcl_loss` for the formula, the shapes and every argument. The
     hyperparameters are validated here, at construction, and are plain attributes afterwards.
 
-    ``forward(features, labels=None, *, mask=None)``: features (N, D) or (N, V, D); labels (N,)
-    int; or mask (N, N) bool (with neither, an image's other views are its only positives).
+    ``forward(features, labels=None, *, mask=None, ref_features=None, ref_labels=None)``: features
+    (N, D) or (N, V, D); labels (N,) int; or mask (N, N) bool (with neither, an image's other views
+    are its only positives); optional reference rows (K, D) with labels (K,), contrasted but never
+    anchors (for a queue kept across batches see :class:`asymcl.losses.ContrastiveMemory`).
     Returns a scalar tensor.
     """
 
@@ -40,11 +42,21 @@ class AsymmetricFocalContrastiveLoss(nn.Module):
         self.gather_distributed = check_flag("gather_distributed", gather_distributed)
         self.block_size = check_block_size(block_size, self.impl)
 
-    def forward(self, features: Tensor, labels: Tensor | None = None, *, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        features: Tensor,
+        labels: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        ref_features: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
         return afcl_loss(
             features,
             labels,
             mask=mask,
+            ref_features=ref_features,
+            ref_labels=ref_labels,
             gamma=self.gamma,
             eta=self.eta,
             temperature=self.temperature,
