@@ -22,6 +22,7 @@ can say who has the run. Nothing else reads it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -30,7 +31,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from asymcl.errors import RunLockedError
 
@@ -136,6 +137,18 @@ def holder(run_dir: str | os.PathLike) -> dict | None:
         return None
     finally:
         os.close(fd)  # also drops the shared probe lock, if it was taken
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold a blocking exclusive lock on ``path`` (created if missing) for a short read-modify-write
+    of a file that several workers share (e.g. a sweep's ``sweep.json``), so no update is lost."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def locked_run(when: Callable[[], bool] = lambda: True) -> Callable[[F], F]:
