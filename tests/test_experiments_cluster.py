@@ -72,6 +72,91 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
+# ------------------------------------------------------------------ the pieces, without processes
+
+
+def test_a_point_held_by_another_worker_is_put_aside_then_resumed_or_counted(tmp_path):
+    from asymcl.errors import RunLockedError
+    from asymcl.experiments.sweep import expand, parse_spec, run_points
+
+    spec = parse_spec({"grid": {"method": ["ce"], "seed": [0, 1, 2]}})
+    points = expand(spec)
+    attempts: list[str] = []
+
+    def runner(config, out_dir):
+        # ce_s0 is held by a worker that then dies (free on the 3rd try: resumed here);
+        # ce_s1 is held by a worker that finishes it (complete on the 2nd look: not run here).
+        attempts.append(out_dir.name)
+        if out_dir.name == "ce_s0" and attempts.count("ce_s0") < 3:
+            raise RunLockedError(f"{out_dir} is in use")
+        if out_dir.name == "ce_s1":
+            out_dir.mkdir(parents=True)
+            (out_dir / "metrics.json").write_text('{"status": "complete"}')
+            raise RunLockedError(f"{out_dir} is in use")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text('{"status": "complete"}')
+
+    lines: list[str] = []
+    result = run_points(spec, points, tmp_path, runner=runner, configs={p.name: {} for p in points},
+                        progress=lines.append, poll_seconds=0)
+    assert attempts == ["ce_s0", "ce_s1", "ce_s2", "ce_s0", "ce_s0"]
+    assert result.ran == ["ce_s2", "ce_s0"] and result.others == ["ce_s1"] and result.complete
+    assert any("waiting for 1 run(s) that other workers are training (ce_s0)" in line for line in lines)
+    assert "3/3 runs complete (1 by other workers)" in lines[-1]
+
+
+def test_database_errors_are_retried_with_backoff_then_a_clear_error():
+    import sqlalchemy.exc as sa
+
+    from asymcl.errors import ConfigError
+    from asymcl.experiments.shared_study import DbRetry
+
+    lost = sa.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    calls, sleeps, lines = [], [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise lost
+        return "ok"
+
+    retry = DbRetry("postgresql://u:***@db/x", 600, lines.append, sleep=sleeps.append)
+    assert retry("counting trials", flaky) == "ok"
+    assert sleeps == [1.0, 2.0, 4.0] and len(lines) == 3
+    assert "database unreachable while counting trials (OperationalError" in lines[0]
+    with pytest.raises(ValueError, match="not a connection problem"):  # other errors are not retried
+        retry("x", lambda: (_ for _ in ()).throw(ValueError("not a connection problem")))
+    impatient = DbRetry("postgresql://u:***@db/x", 0, lines.append, sleep=sleeps.append)
+    with pytest.raises(ConfigError, match=r"--storage postgresql://u:\*\*\*@db/x: the database has been unreachable"):
+        impatient("x", lambda: (_ for _ in ()).throw(lost))
+    wrong_password = sa.OperationalError("c", {}, Exception('FATAL: password authentication failed for user "u"'))
+    with pytest.raises(sa.OperationalError):  # a wrong URL is not waited for
+        retry("x", lambda: (_ for _ in ()).throw(wrong_password))
+
+
+def test_duplicate_proposals_defer_to_the_finished_or_lower_numbered_trial():
+    import optuna
+
+    from asymcl.experiments.shared_study import duplicate_of
+    from asymcl.experiments.study import _round
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.1, 10)
+    study.add_trial(optuna.create_trial(params={"g": 2.0004}, distributions={"g": dist}, value=0.5))  # 0
+    study.add_trial(optuna.create_trial(params={"g": 5.0}, distributions={"g": dist},
+                                        state=optuna.trial.TrialState.FAIL))  # 1: e.g. a killed worker's
+    study.enqueue_trial({"g": 3.0})
+    study.enqueue_trial({"g": 3.0})
+    first, second = study.ask(), study.ask()  # 2 and 3 propose the same point at once
+    for trial in (first, second):
+        assert trial.suggest_float("g", 0.1, 10) == 3.0
+    assert duplicate_of(study, second, {"g": 3.0}, _round) == first.number  # the lower number goes on
+    assert duplicate_of(study, first, {"g": 3.0}, _round) is None
+    assert duplicate_of(study, first, {"g": 2.0}, _round) == 0  # a finished trial has the point
+    assert duplicate_of(study, first, {"g": 5.0}, _round) is None  # a failed trial does not count
+
+
 def _start_workers(tmp_path: Path, args: list[str], n: int, hang: str) -> tuple[list[subprocess.Popen], Path]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -232,8 +232,9 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
                 continue
             announced = None
             try:
-                retry("running a trial", lambda: study.optimize(remembering, n_trials=1,
-                                                                  catch=(RuntimeError, DuplicatePoint)))
+                # Not inside retry(): after a lost connection the next step is to store this trial's
+                # result (top of the loop), not to start another trial.
+                study.optimize(remembering, n_trials=1, catch=(RuntimeError, DuplicatePoint))
                 teller.pending = None
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Its heartbeat lapsed (e.g. the database was away) and another worker failed and
@@ -241,6 +242,12 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
                 teller.pending = None
                 progress(f"[optuna] {label}: a trial of this worker was retried by another worker meanwhile; "
                          "the retry uses its runs")
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                progress(f"[optuna] database unreachable while running a trial ({_short(exc)}); "
+                         + ("its result is stored when the database is back" if teller.pending else
+                            "the trial is retried once its heartbeat lapses"))
             if teller.duplicate:
                 duplicates_in_a_row += 1
                 if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
