@@ -127,10 +127,16 @@ def run_points(
         result.ran.append(point.name)
         return True
 
+    def still_held(point: SweepPoint) -> bool:
+        run_dir = out_dir / point.name
+        if not is_complete(run_dir) and runlock.holder(run_dir) is not None:
+            return True  # its worker is alive: look again later, without a line every poll
+        return not attempt(point)
+
     held_elsewhere = [point for point in pending if not attempt(point)]
     announced: list[str] = []
     while held_elsewhere:
-        held_elsewhere = [point for point in held_elsewhere if not attempt(point)]
+        held_elsewhere = [point for point in held_elsewhere if still_held(point)]
         if held_elsewhere:
             names = [point.name for point in held_elsewhere]
             if names != announced:
