@@ -24,6 +24,10 @@ class CheckpointError(AsymclError):
     """A checkpoint that is missing, corrupt, or belongs to another model."""
 
 
+class RunLockedError(AsymclError):
+    """The run directory is being trained into by another process (it holds the run's lock)."""
+
+
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 

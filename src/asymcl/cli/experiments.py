@@ -36,12 +36,13 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"{len(points)} runs into {out}")
         return 0
     if args.optuna is not None:
-        from asymcl.experiments.study import run_study
+        from asymcl.experiments.study import hide_password, run_study
 
-        command = _command("sweep", config=args.config, out=out, optuna=args.optuna, storage=args.storage,
-                           sampler_seed=args.sampler_seed)
+        command = _command("sweep", config=args.config, out=out, optuna=args.optuna,
+                           storage=args.storage and hide_password(args.storage),
+                           sampler_seed=args.sampler_seed, heartbeat=args.heartbeat)
         result = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed,
-                           command=command)
+                           command=command, heartbeat=args.heartbeat, db_wait=args.db_wait)
         print(f"optuna storage: {result.storage}")
         for name, best in result.studies.items():
             if best["params"] is None:
@@ -52,7 +53,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"runs in {out}; next: asymcl report {out} --out {out / 'report'}")
         return 0
     result = run_sweep(spec, out, command=_command("sweep", config=args.config, out=out))
-    print(f"{len(result.skipped) + len(result.ran)}/{result.total} runs complete in {out}")
+    print(f"{result.n_complete}/{result.total} runs complete in {out}")
     if result.failed:
         print(f"{len(result.failed)} failed (see {out / 'failures.log'}):")
         for name, message in result.failed.items():
@@ -101,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="Optuna storage URL (default: sqlite:///DIR/optuna.db); share it between machines")
     sweep.add_argument("--sampler-seed", type=int, default=0, metavar="SEED",
                        help="TPE sampler seed (give each machine of a shared study a different one)")
+    sweep.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                       help="with --optuna: a running trial's heartbeat interval; a trial silent for 4 "
+                            "heartbeats (its worker died) is retried by another worker (default 30)")
+    sweep.add_argument("--db-wait", type=float, default=600.0, metavar="SECONDS",
+                       help="with --optuna: how long to keep retrying an unreachable database before "
+                            "stopping (default 600)")
     sweep.add_argument("--dry-run", action="store_true", help="list the run names and stop")
     sweep.set_defaults(func=_sweep)
 

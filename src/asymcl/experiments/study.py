@@ -8,7 +8,9 @@ validation UA over those seeds. The test splits are never looked at.
 
 Several machines: give them all the same ``--storage`` URL (any database URL Optuna accepts, e.g.
 ``postgresql://...`` or a SQLite file on a shared disk) and a different ``--sampler-seed``; the
-trial budget ``n_trials`` is the total per study across all machines.
+trial budget ``n_trials`` is the total per study across all machines. How workers share a study
+without losing or repeating a trial (heartbeats, retries, duplicates, database outages):
+:mod:`asymcl.experiments.shared_study`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from asymcl.errors import ConfigError
+from asymcl.experiments import shared_study
 from asymcl.experiments.runs import METHOD_KEY, METHOD_PARAMS, load_run
 from asymcl.experiments.sweep import (
     Resolver,
@@ -36,6 +39,16 @@ from asymcl.experiments.sweep import (
 )
 
 SEARCHABLE = ("loss.gamma", "loss.eta", "loss.temperature")
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs, sweep.json and reports."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy can parse: nothing it could hide either
+        return url
 
 
 def search_space(spec: SweepSpec) -> dict[str, dict[str, Any]]:
@@ -113,8 +126,16 @@ def run_study(
     resolver: Resolver | None = None,
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
+    heartbeat: int = 30,
+    db_wait: float = 600.0,
+    poll_seconds: float = 5.0,
 ) -> StudyResult:
-    """Run ``n_trials`` TPE trials (in total, across machines) for every group of the sweep."""
+    """Run ``n_trials`` TPE trials (COMPLETE ones, in total across workers) for every group of the sweep.
+
+    ``heartbeat``: seconds between a running trial's heartbeats; a trial silent for 4 of them is
+    failed and retried by another worker. ``db_wait``: how long database errors are retried before
+    giving up. ``poll_seconds``: how often a worker waiting for other workers' trials looks again.
+    """
     import optuna
 
     if not isinstance(n_trials, int) or n_trials < 1:
@@ -135,25 +156,26 @@ def run_study(
         method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
         probe.append(make_point(values, method, grid_keys))
     resolve_points(spec, probe, resolver)
-    record_command(out_dir, spec, [], command, kind=f"optuna x{n_trials} ({storage})")
+    label = hide_password(storage)
+    record_command(out_dir, spec, [], command, kind=f"optuna x{n_trials} ({label})")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    retry = shared_study.DbRetry(label, db_wait, progress)
+    storage_obj = shared_study.open_storage(storage, heartbeat=heartbeat, retry=retry)
 
-    result = StudyResult(storage)
+    result = StudyResult(label)
     for group in groups:
         study_name = f"{spec.name}:{group.label}"
-        try:
-            study = optuna.create_study(
-                study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-            )
-        except Exception as exc:  # optuna raises several kinds for a bad URL; all are user errors
-            raise ConfigError(f"--storage {storage!r}: cannot open the Optuna storage ({exc})") from exc
+        study = retry("opening the study", lambda: optuna.create_study(
+            study_name=study_name, storage=storage_obj, direction="maximize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+        ))
 
         def objective(trial: "optuna.Trial", group: StudyGroup = group) -> float:
             proposal = {}
             for key in group.searched:
                 bounds = space[key]
                 proposal[key] = _round(trial.suggest_float(key, bounds["low"], bounds["high"], log=bounds["log"]))
+            check_duplicate(trial, proposal, after_training=False)
             method = group.values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
             points = []
             for seed in group.seeds:
@@ -166,19 +188,31 @@ def run_study(
             scores = [load_run(out_dir / p.name).val_ua for p in points]
             if any(score is None for score in scores):
                 raise RuntimeError("a finished run has no validation UA in metrics.json")
-            trial.set_user_attr("runs", [p.name for p in points])
+            # Again after training: two workers that proposed the point at the same moment may both
+            # have got here (the run lock kept them from training it twice); only one trial counts.
+            check_duplicate(trial, proposal, after_training=True)
+            retry("recording the trial's runs", lambda: trial.set_user_attr("runs", [p.name for p in points]))
             return float(sum(scores) / len(scores))
 
-        finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        remaining = n_trials - finished
+        def check_duplicate(trial: "optuna.Trial", proposal: dict, *, after_training: bool,
+                            group: StudyGroup = group, study: "optuna.Study" = study) -> None:
+            other = retry("checking for duplicates",
+                          lambda: shared_study.duplicate_of(study, trial, proposal, _round))
+            if other is not None:
+                retry("marking a duplicate", lambda: trial.set_user_attr(shared_study.DUPLICATE_ATTR, other))
+                progress(f"[optuna] trial {trial.number} {group.label}: "
+                         + ", ".join(f"{k}={v:g}" for k, v in proposal.items())
+                         + f" is trial {other}'s point; not counted"
+                         + ("" if after_training else ", nothing trained"))
+                raise shared_study.DuplicatePoint(other)
+
+        finished = len(retry("counting trials", lambda: study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
         progress(f"[optuna] study {study_name}: {finished}/{n_trials} trials finished")
-        if remaining > 0:
-            study.optimize(
-                objective, n_trials=remaining, catch=(RuntimeError,),
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))],
-            )
+        shared_study.run_trials(study, objective, n_trials, retry=retry, progress=progress,
+                                label=f"study {study_name}", poll_seconds=poll_seconds)
         try:
-            best = study.best_trial
+            best = retry("reading the best trial", lambda: study.best_trial)
             result.studies[study_name] = {"params": best.params, "val_ua": best.value,
                                           "runs": best.user_attrs.get("runs", [])}
             progress(f"[optuna] {study_name}: best val UA {best.value:.4f} at "

@@ -40,8 +40,6 @@ import re
 import shlex
 import sys
 import tempfile
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -55,8 +53,9 @@ from asymcl.experiments.runs import (
     METHOD_PARAMS,
     METHODS,
     flatten,
-    is_complete,
 )
+from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
+from asymcl.training import runlock
 
 SPEC_KEYS = ("name", "description", "base", "grid", "search")
 SEARCH_FIELDS = ("low", "high", "log")
@@ -362,7 +361,13 @@ def current_command() -> str:
 def record_command(out_dir: Path, spec: SweepSpec, points: Sequence[SweepPoint], command: str | None,
                    kind: str = "grid") -> None:
     """Append this invocation to ``OUT/sweep.json`` (commands, the spec, the runs it names)."""
-    manifest_path = out_dir / SWEEP_MANIFEST
+    # Several workers start on one directory: without the lock one's entry could overwrite another's.
+    with runlock.exclusive(out_dir / f".{SWEEP_MANIFEST}.lock"):
+        _record_command(out_dir / SWEEP_MANIFEST, spec, points, command, kind)
+
+
+def _record_command(manifest_path: Path, spec: SweepSpec, points: Sequence[SweepPoint], command: str | None,
+                    kind: str) -> None:
     manifest: dict[str, Any] = {}
     if manifest_path.is_file():
         try:
@@ -383,37 +388,6 @@ def record_command(out_dir: Path, spec: SweepSpec, points: Sequence[SweepPoint],
     write_json_atomic(manifest_path, manifest)
 
 
-def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _estimate(left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], durations: list[float]) -> float:
-    """Seconds still needed: each run left costs the mean duration of this invocation's runs of
-    the same method (CE is much cheaper than a two-stage run), else the mean of all runs so far."""
-    overall = sum(durations) / len(durations)
-    total = 0.0
-    for point in left:
-        same = by_method.get(point.overrides.get(METHOD_KEY))
-        total += sum(same) / len(same) if same else overall
-    return total
-
-
-@dataclass
-class SweepResult:
-    out_dir: Path
-    total: int
-    skipped: list[str] = field(default_factory=list)   # already finished before this call
-    ran: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # name -> one-line error
-
-    @property
-    def complete(self) -> bool:
-        return not self.failed and len(self.skipped) + len(self.ran) == self.total
-
-
 def resolve_points(spec: SweepSpec, points: Sequence[SweepPoint], resolver: Resolver) -> dict[str, dict]:
     """Resolve every point's config before anything runs, so a bad value stops the sweep at once."""
     configs = {}
@@ -427,60 +401,6 @@ def resolve_points(spec: SweepSpec, points: Sequence[SweepPoint], resolver: Reso
             raise ConfigError(f"sweep run {point.name!r}: {exc}") from exc
     return configs
 
-
-def run_points(
-    spec: SweepSpec,
-    points: Sequence[SweepPoint],
-    out_dir: Path,
-    *,
-    runner: Runner,
-    configs: Mapping[str, dict],
-    progress: Callable[[str], None],
-    label: str = "sweep",
-) -> SweepResult:
-    """Run every point not finished yet, printing ``done/left/ETA`` before each run."""
-    result = SweepResult(out_dir, len(points))
-    pending = []
-    for point in points:
-        if is_complete(out_dir / point.name):
-            result.skipped.append(point.name)
-        else:
-            pending.append(point)
-    if result.skipped:
-        progress(f"[{label}] {len(result.skipped)}/{len(points)} runs already finished; skipping them")
-    durations: list[float] = []
-    by_method: dict[Any, list[float]] = {}
-    for index, point in enumerate(pending):
-        done = len(result.skipped) + index
-        left = len(points) - done
-        eta = (f"ETA {_format_duration(_estimate(pending[index:], by_method, durations))}" if durations
-               else "ETA after the first run")
-        progress(f"[{label}] {done}/{len(points)} done, {left} left, {eta}; running {point.name}")
-        started = time.monotonic()
-        run_dir = out_dir / point.name
-        try:
-            runner(configs[point.name], run_dir)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one broken run must not lose the rest of the sweep
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            result.failed[point.name] = message
-            with open(out_dir / "failures.log", "a") as log:
-                log.write(f"=== {point.name} ({_dt.datetime.now().isoformat(timespec='seconds')})\n")
-                log.write(traceback.format_exc())
-            progress(f"[{label}] run {point.name} failed: {message} (details in {out_dir / 'failures.log'})")
-            continue
-        durations.append(time.monotonic() - started)
-        by_method.setdefault(point.overrides.get(METHOD_KEY), []).append(durations[-1])
-        result.ran.append(point.name)
-    progress(
-        f"[{label}] finished: {len(result.skipped) + len(result.ran)}/{len(points)} runs complete"
-        + (f", {len(result.failed)} failed" if result.failed else "")
-        + (f" in {_format_duration(sum(durations))}" if durations else "")
-    )
-    return result
-
-
 def run_sweep(
     spec: SweepSpec,
     out_dir: str | os.PathLike,
@@ -489,8 +409,12 @@ def run_sweep(
     resolver: Resolver | None = None,
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
+    poll_seconds: float = 5.0,
 ) -> SweepResult:
-    """Run (or continue) the grid sweep ``spec`` into ``out_dir``; returns what ran, was skipped or failed."""
+    """Run (or continue) the grid sweep ``spec`` into ``out_dir``; returns what ran, was skipped or failed.
+
+    Any number of workers may run the same sweep into one ``out_dir`` at once (see :func:`run_points`).
+    """
     out_dir = Path(out_dir)
     runner = runner or _default_runner()
     resolver = resolver or _default_resolver()
@@ -500,4 +424,5 @@ def run_sweep(
     configs = resolve_points(spec, points, resolver)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_command(out_dir, spec, points, command)
-    return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress)
+    return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
+                      poll_seconds=poll_seconds)

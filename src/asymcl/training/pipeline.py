@@ -45,6 +45,7 @@ from asymcl.training.checkpoints import (
     load_module_weights,
 )
 from asymcl.training.config import config_differences, resolve_config
+from asymcl.training.runlock import locked_run
 
 TWO_STAGE = ("stage1", "stage2")
 BASELINE = ("baseline",)
@@ -435,6 +436,8 @@ def _final_outputs(config: dict, data: _RunData, run_dir: Path) -> dict[str, Any
     return final
 
 
+# One writer per run directory (training/runlock.py): a second process gets RunLockedError at once.
+@locked_run(when=_is_main_process)
 def run(config: dict | None, out_dir: str | Path, *, callbacks: Sequence = (),
         verbose: bool | None = None) -> dict[str, Any]:
     """Train and evaluate one run into ``out_dir``; returns the metrics dict of metrics.json.

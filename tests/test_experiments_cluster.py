@@ -1,0 +1,366 @@
+"""Several `asymcl sweep` workers on one run folder (and one PostgreSQL study), one killed with
+SIGKILL mid-run: every point is trained exactly once, the killed one is resumed by another worker,
+and the study's trial count agrees with the run folders. Real tiny runs (digits, 1 + 1 epochs).
+
+Each worker is the real CLI (`asymcl.cli.main`) in its own process; the only addition is a
+Lightning callback that appends "pid run stage start|end" to a shared log, which is how the test
+counts trainings, and that makes the victim hang inside a stage until it is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asymcl.experiments.report import build_report
+from asymcl.experiments.runs import is_complete, iter_run_dirs
+
+pytest.importorskip("asymcl.training.pipeline", reason="the training pipeline is not installed")
+
+TINY = {
+    "data.dataset": "digits", "data.imbalance": "exp:5", "stage1.epochs": 1, "stage2.epochs": 1,
+    "stage1.batch_size": 128, "stage2.batch_size": 128, "model.proj_hidden_dim": 32,
+    "model.proj_dim": 16, "trainer.progress_bar": False, "trainer.num_threads": 1,
+}
+
+WORKER = r'''
+import os, sys, time
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+import asymcl.experiments.study as study_module
+import asymcl.experiments.sweep as sweep_module
+from asymcl.cli import main
+from asymcl.training import pipeline
+
+LOG, HANG = os.environ["TRACE_LOG"], os.environ.get("TRACE_HANG")  # HANG: "any" or a stage name
+
+def note(*words):
+    with open(LOG, "a") as log:  # O_APPEND: lines of several processes do not interleave
+        log.write(" ".join(map(str, (os.getpid(), *words))) + "\n")
+
+class Trace(Callback):
+    def __init__(self, run):
+        self.run = run
+    def _stage(self, trainer):
+        return Path(trainer.checkpoint_callback.dirpath).name
+    def on_fit_start(self, trainer, module):
+        note(self.run, self._stage(trainer), "start")
+    def on_train_epoch_start(self, trainer, module):
+        if HANG in ("any", self._stage(trainer)):
+            note(self.run, self._stage(trainer), "hang")
+            time.sleep(600)
+    def on_fit_end(self, trainer, module):
+        note(self.run, self._stage(trainer), "end")
+
+def runner(config, out_dir):
+    return pipeline.run(config, out_dir, callbacks=[Trace(Path(out_dir).name)])
+
+sweep_module._default_runner = study_module._default_runner = lambda: runner
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+# ------------------------------------------------------------------ the pieces, without processes
+
+
+def test_a_point_held_by_another_worker_is_put_aside_then_resumed_or_counted(tmp_path):
+    from asymcl.errors import RunLockedError
+    from asymcl.experiments.sweep import expand, parse_spec, run_points
+
+    spec = parse_spec({"grid": {"method": ["ce"], "seed": [0, 1, 2]}})
+    points = expand(spec)
+    attempts: list[str] = []
+
+    def runner(config, out_dir):
+        # ce_s0 is held by a worker that then dies (free on the 3rd try: resumed here);
+        # ce_s1 is held by a worker that finishes it (complete on the 2nd look: not run here).
+        attempts.append(out_dir.name)
+        if out_dir.name == "ce_s0" and attempts.count("ce_s0") < 3:
+            raise RunLockedError(f"{out_dir} is in use")
+        if out_dir.name == "ce_s1":
+            out_dir.mkdir(parents=True)
+            (out_dir / "metrics.json").write_text('{"status": "complete"}')
+            raise RunLockedError(f"{out_dir} is in use")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text('{"status": "complete"}')
+
+    lines: list[str] = []
+    result = run_points(spec, points, tmp_path, runner=runner, configs={p.name: {} for p in points},
+                        progress=lines.append, poll_seconds=0)
+    assert attempts == ["ce_s0", "ce_s1", "ce_s2", "ce_s0", "ce_s0"]
+    assert result.ran == ["ce_s2", "ce_s0"] and result.others == ["ce_s1"] and result.complete
+    assert any("waiting for 1 run(s) that other workers are training (ce_s0)" in line for line in lines)
+    assert "3/3 runs complete (1 by other workers)" in lines[-1]
+
+
+def test_database_errors_are_retried_with_backoff_then_a_clear_error():
+    import sqlalchemy.exc as sa
+
+    from asymcl.errors import ConfigError
+    from asymcl.experiments.shared_study import DbRetry
+
+    lost = sa.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    calls, sleeps, lines = [], [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise lost
+        return "ok"
+
+    retry = DbRetry("postgresql://u:***@db/x", 600, lines.append, sleep=sleeps.append)
+    assert retry("counting trials", flaky) == "ok"
+    assert sleeps == [1.0, 2.0, 4.0] and len(lines) == 3
+    assert "database unreachable while counting trials (OperationalError" in lines[0]
+    with pytest.raises(ValueError, match="not a connection problem"):  # other errors are not retried
+        retry("x", lambda: (_ for _ in ()).throw(ValueError("not a connection problem")))
+    impatient = DbRetry("postgresql://u:***@db/x", 0, lines.append, sleep=sleeps.append)
+    with pytest.raises(ConfigError, match=r"--storage postgresql://u:\*\*\*@db/x: the database has been unreachable"):
+        impatient("x", lambda: (_ for _ in ()).throw(lost))
+    wrong_password = sa.OperationalError("c", {}, Exception('FATAL: password authentication failed for user "u"'))
+    with pytest.raises(sa.OperationalError):  # a wrong URL is not waited for
+        retry("x", lambda: (_ for _ in ()).throw(wrong_password))
+
+
+def test_duplicate_proposals_defer_to_the_finished_or_lower_numbered_trial():
+    import optuna
+
+    from asymcl.experiments.shared_study import duplicate_of
+    from asymcl.experiments.study import _round
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.1, 10)
+    study.add_trial(optuna.create_trial(params={"g": 2.0004}, distributions={"g": dist}, value=0.5))  # 0
+    study.add_trial(optuna.create_trial(params={"g": 5.0}, distributions={"g": dist},
+                                        state=optuna.trial.TrialState.FAIL))  # 1: e.g. a killed worker's
+    study.enqueue_trial({"g": 3.0})
+    study.enqueue_trial({"g": 3.0})
+    first, second = study.ask(), study.ask()  # 2 and 3 propose the same point at once
+    for trial in (first, second):
+        assert trial.suggest_float("g", 0.1, 10) == 3.0
+    assert duplicate_of(study, second, {"g": 3.0}, _round) == first.number  # the lower number goes on
+    assert duplicate_of(study, first, {"g": 3.0}, _round) is None
+    assert duplicate_of(study, first, {"g": 2.0}, _round) == 0  # a finished trial has the point
+    assert duplicate_of(study, first, {"g": 5.0}, _round) is None  # a failed trial does not count
+
+
+def _start_workers(tmp_path: Path, args: list[str], n: int, hang: str) -> tuple[list[subprocess.Popen], Path]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    log = tmp_path / "trace.log"
+    procs = []
+    for index in range(n):
+        env = {**os.environ, "TRACE_LOG": str(log), "PYTHONPATH": os.pathsep.join(sys.path)}
+        if index == 0:
+            env["TRACE_HANG"] = hang
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return procs, log
+
+
+def _trace(log: Path) -> list[tuple[int, str, str, str]]:
+    if not log.is_file():
+        return []
+    return [(int(p), run, stage, event) for p, run, stage, event in
+            (line.split() for line in log.read_text().splitlines())]
+
+
+def _kill_victim_when_it_hangs(victim: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hung = [run for pid, run, _, event in _trace(log) if pid == victim.pid and event == "hang"]
+        if hung:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            return hung[0]
+        assert victim.poll() is None, victim.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("the victim worker never reached a training stage")
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, out[-4000:]
+        outputs.append(out)
+    return outputs
+
+
+def _assert_each_stage_trained_once(log: Path, victim_pid: int, killed_run: str, out: Path) -> None:
+    """One "end" per (run, stage) of every run folder; the only start without an end is the
+    victim's, and the stage it was killed in was finished by another worker without redoing the
+    stages before it (resumed, not restarted)."""
+    trace = _trace(log)
+    runs = sorted(p.name for p in iter_run_dirs(out))
+    ends = Counter((run, stage) for _, run, stage, event in trace if event == "end")
+    starts = Counter((pid, run, stage) for pid, run, stage, event in trace if event == "start")
+    ended_by = {(pid, run, stage) for pid, run, stage, event in trace if event == "end"}
+    assert set(run for run, _ in ends) == set(runs)
+    assert all(count == 1 for count in ends.values()), ends
+    unfinished = [key for key in starts if key not in ended_by]
+    (killed,) = unfinished
+    assert killed[0] == victim_pid and killed[1] == killed_run
+    assert all(count == 1 for count in starts.values())
+    finishers = [pid for pid, run, stage, event in trace if event == "end" and (run, stage) == killed[1:]]
+    assert finishers and finishers[0] != victim_pid
+
+
+def test_three_grid_workers_on_one_folder_train_each_point_once(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "base": TINY,
+                                    "grid": {"method": ["ce", "afcl"], "loss.eta": [5.0, 30.0], "seed": [0, 1, 2]}}))
+    out = tmp_path / "runs"
+    procs, log = _start_workers(tmp_path, ["sweep", "--config", str(spec), "--out", str(out)], 3, hang="any")
+    killed_run = _kill_victim_when_it_hangs(procs[0], log)
+    outputs = _finish(procs[1:])
+    runs = sorted(p.name for p in iter_run_dirs(out))
+    assert len(runs) == 9 and all(is_complete(out / r) for r in runs)
+    _assert_each_stage_trained_once(log, procs[0].pid, killed_run, out)
+    assert all("9/9 runs complete" in text for text in outputs)
+    assert any("coming back to it later" in text for text in outputs)
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert len(manifest["commands"]) == 3  # no worker's entry lost to another's write
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_bin() -> Path | None:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).resolve().parent)
+    return next((c for c in candidates if (c / "initdb").is_file() and (c / "pg_ctl").is_file()), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Postgres:
+    """A throwaway PostgreSQL server in a temporary directory (not the system service)."""
+
+    def __init__(self, bindir: Path):
+        self.bindir = bindir
+        # Not under pytest's tmp_path: its parents are private to root, and the server must not
+        # run as root, so it runs as the 'postgres' user that Debian's package creates.
+        self.root = Path(tempfile.mkdtemp(prefix="asymcl-pg-"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://asymcl@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "asymcl", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres():
+    bindir = _postgres_bin()
+    reason = None
+    if bindir is None:
+        reason = "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            reason = "psycopg (3) is not installed: pip install 'asymcl[postgres]'"
+    if reason:
+        if os.environ.get("ASYMCL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"ASYMCL_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    server = Postgres(bindir)
+    server.start()
+    yield server
+    server.remove()
+
+
+def _optuna_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "pg", "base": TINY, "grid": {"method": ["afcl"], "seed": [0]},
+        "search": {"loss.gamma": {"low": 0.5, "high": 4.0}, "loss.eta": {"low": 5.0, "high": 100.0, "log": True}},
+    }))
+    return spec
+
+
+def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
+    import optuna
+
+    out = tmp_path / "runs"
+    # The same sampler seed in every worker: their first proposals coincide, so the duplicate rule
+    # is exercised too (a real user should give each worker its own seed).
+    args = ["sweep", "--config", str(_optuna_spec(tmp_path)), "--out", str(out), "--optuna", "4",
+            "--storage", postgres.url, "--heartbeat", "1", "--sampler-seed", "0"]
+    procs, log = _start_workers(tmp_path, args, 3, hang="stage2")
+    killed_run = _kill_victim_when_it_hangs(procs[0], log)
+    _finish(procs[1:])
+
+    study = optuna.load_study(study_name="pg:afcl", storage=postgres.url)
+    by_state = Counter(t.state.name for t in study.trials)
+    assert by_state["COMPLETE"] == 4 and by_state["RUNNING"] == 0 and by_state["WAITING"] == 0, by_state
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    trial_runs = [run for t in complete for run in t.user_attrs["runs"]]
+    folders = sorted(p.name for p in iter_run_dirs(out))
+    assert sorted(trial_runs) == folders and all(is_complete(out / f) for f in folders)  # 1 seed: 1 folder a trial
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    killed = [t for t in failed if "duplicate_of" not in t.user_attrs]
+    assert len(killed) == 1  # the victim's trial; every other FAIL is a duplicate proposal
+    retried = [t for t in complete if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].user_attrs["runs"] == [killed_run]
+    assert all(t.user_attrs["duplicate_of"] != t.number for t in failed if t not in killed)
+    _assert_each_stage_trained_once(log, procs[0].pid, killed_run, out)
+    report = build_report(out, tmp_path / "report", tsne_points=50, progress=lambda _: None)
+    assert "4 finished runs under" in report.markdown.read_text()
+    (setting,) = report.numbers
+    assert len(setting["candidates"]["afcl"]) == 4
+
+
+def test_a_worker_waits_for_an_unreachable_database(tmp_path, postgres):
+    postgres.stop()
+    out = tmp_path / "runs"
+    args = ["sweep", "--config", str(_optuna_spec(tmp_path)), "--out", str(out), "--optuna", "1",
+            "--storage", postgres.url, "--heartbeat", "1", "--db-wait", "120"]
+    (proc,), _ = _start_workers(tmp_path, args, 1, hang="none")
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "database unreachable while opening the storage" in line:
+            break
+    assert seen and "retrying in" in seen[-1], "".join(seen)[-3000:]
+    postgres.start()
+    out_text = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, out_text[-3000:]
+    assert "best validation UA" in out_text and len(list(iter_run_dirs(out))) == 1
