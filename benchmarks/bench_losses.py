@@ -15,11 +15,12 @@ tau = 0.07, "batch" normalisation (the authors' scale):
 
 Time: median of --repeats forward+backward passes after one warm-up, the implementations
 interleaved round-robin inside one process so that load from other processes on a shared machine
-hits them alike (CUDA: cuda events). Peak memory on CPU: each (implementation, N) runs once more in
+hits them alike (CUDA: cuda events around each pass). Peak memory on CPU: each (implementation, N) runs once more in
 a fresh subprocess, which initialises torch and its kernels on a tiny batch, builds the inputs,
 reads its resident set size, runs one forward+backward and reports ru_maxrss minus that baseline:
 the extra memory the pass needed at its peak (tracemalloc cannot see torch's allocations). On CUDA,
-torch.cuda.max_memory_allocated minus the allocation before the pass.
+torch.cuda.max_memory_allocated minus the allocation before the pass, in the same process (the
+allocator's counter is exact; an implementation that runs out of memory is reported, not fatal).
 
 An implementation is skipped at sizes where its estimated peak (bytes per N^2 entry, from the
 measured small sizes, times N^2) exceeds --memory-limit-gib; the table says so.
@@ -213,6 +214,14 @@ def peak_extra_memory(name, n, dim, device):
 
 
 def measure_memory_in_subprocess(name, n, args):
+    if args.device == "cuda":
+        # The caching allocator's own counter is exact and per process: no fresh process needed
+        # (each would spend seconds initialising CUDA).
+        try:
+            return peak_extra_memory(name, n, args.dim, args.device), None
+        except torch.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            return None, f"out of memory: {str(error).splitlines()[0]}"
     cmd = [sys.executable, __file__, "--_memory-of", name, str(n), "--dim", str(args.dim),
            "--device", args.device, "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -350,6 +359,7 @@ def main(argv=None):
     parser.add_argument("--memory-impls", nargs="+", default=["dense", "blockwise"],
                         choices=["dense", "reference", "blockwise", "matmul"],
                         help="implementations for --memory-runs")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--_memory-of", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -365,7 +375,24 @@ def main(argv=None):
         return 0
     rows = run(args)
     print_table(rows, args)
+    if args.json:
+        write_json(args.json, rows, args)
     return 0
+
+
+def write_json(path, rows, args):
+    """The table's figures, machine-readable (seconds and bytes), with the setting they were taken in."""
+    setting = {"device": args.device, "threads": args.threads, "dim": args.dim, "gamma": GAMMA, "eta": ETA,
+               "temperature": TEMPERATURE, "normalization": NORMALIZATION, "torch": torch.__version__,
+               "repeats": args.repeats}
+    if args.device == "cuda":
+        setting["gpu"] = torch.cuda.get_device_name()
+        setting["cuda"] = torch.version.cuda
+        setting["block_budget_bytes"] = _blockwise._GPU_BLOCK_BUDGET_BYTES
+    records = [{"n": n, "implementation": name, "median_s": median, "min_s": fastest, "peak_extra_bytes": peak,
+                "note": note} for n, name, median, fastest, peak, note in rows]
+    with open(path, "w") as f:
+        json.dump({"setting": setting, "rows": records}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ With small batches and rare classes, :class:`ContrastiveMemory` (``ContrastiveMe
 memory_size=K)``) contrasts each batch also with the last K rows seen (labelled, detached), via the
 loss's reference rows (``ref_features``/``ref_labels``).
 
+NaN/inf input is an error. On CUDA the check does not stall the GPU: the call that receives such
+input returns a NaN loss and the error is raised by a later call (normally the next one) or by
+:func:`raise_pending_input_errors`, which waits for every pending check. On CPU it is immediate.
+
 Example::
 
     from asymcl.losses import AsymmetricFocalContrastiveLoss
@@ -23,6 +27,7 @@ Example::
     loss = criterion(z, labels)                                  # labels: (B,) int
 """
 
+from asymcl.losses._deferred import raise_pending_input_errors
 from asymcl.losses.functional import afcl_loss
 from asymcl.losses.memory import ContrastiveMemory
 from asymcl.losses.modules import (
@@ -39,4 +44,5 @@ __all__ = [
     "FocalContrastiveLoss",
     "SupConLoss",
     "afcl_loss",
+    "raise_pending_input_errors",
 ]

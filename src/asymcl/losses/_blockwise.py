@@ -48,23 +48,14 @@ import math
 import torch
 from torch import Tensor
 
-from asymcl.losses import _reference
+from asymcl.losses import _deferred, _reference
 from asymcl.losses._block_threads import _PER_THREAD_NUM_THREADS, _THREAD_BLOCKS_FROM, _block_workers, _for_each_block
+from asymcl.losses._block_policy import (  # noqa: F401 (re-exported: the policy's old home)
+    _CPU_BLOCK_BUDGET_BYTES, _CPU_MIN_ROWS, _CUDA_MIN_ROWS, _GPU_BLOCK_BUDGET_BYTES, _LIVE_BUFFERS,
+    _compute_dtype, auto_block_size, prefer_blockwise)
 from asymcl.losses._validation import check_core_arguments
 
 __all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]
-
-# Memory for one block's temporaries. The backward holds about _LIVE_BUFFERS float (B, M) buffers at
-# once (similarities/log p, p, log q, focal weight u, ratio r, the gradient block, masks).
-# On CPU each (B, M) buffer of a 64 MiB budget is 8 MiB, within the last-level cache of the machine
-# this was tuned on, and B = 512 rows at N = 4096. At N = 4096 (benchmarks/bench_losses.py
-# --block-sizes) blocks of 128 to 1024 rows ran alike on a quiet core; on oversubscribed cores many
-# small blocks (many short parallel regions) were up to several times slower, so not smaller.
-# On a GPU a larger block amortises kernel launches; 512 MiB is untested here (no GPU in the
-# session that wrote this) but small next to any training GPU's memory.
-_LIVE_BUFFERS = 8
-_CPU_BLOCK_BUDGET_BYTES = 64 * 2**20
-_GPU_BLOCK_BUDGET_BYTES = 512 * 2**20
 
 # Below this x = (1 - p) / p the series log1p(x) / x = 1 - x/2 + x^2/3 - ... is used; the truncation
 # error x^3 / 4 < 3e-10 is far below float32 resolution and below gradcheck tolerances in float64.
@@ -72,44 +63,6 @@ _SERIES_BELOW = 1e-3
 
 # Largest logit whose exp is safely finite (with room for the factors it is multiplied by).
 _EXP_SAFE = {torch.float32: 80.0, torch.float64: 700.0}
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def auto_block_size(n_anchors: int, n_contrast: int, device: torch.device, dtype: torch.dtype) -> int:
-    """Anchor rows per block so that one block's temporaries fit the per-device memory budget."""
-    budget = _GPU_BLOCK_BUDGET_BYTES if device.type == "cuda" else _CPU_BLOCK_BUDGET_BYTES
-    itemsize = torch.empty((), dtype=_compute_dtype(dtype)).element_size()
-    rows = budget // (_LIVE_BUFFERS * max(n_contrast, 1) * itemsize)
-    return int(min(max(rows, 1), max(n_anchors, 1)))
-
-
-def prefer_blockwise(n_rows: int, device: torch.device) -> bool:
-    """Whether the blockwise path is faster than the plain autograd reference for ``n_rows``.
-
-    CPU (benchmarks/bench_losses.py, D = 128, AFCL gamma = 2, eta = 50, forward + backward,
-    medians of 15 interleaved runs, 1 thread; 2 threads gave the same order):
-
-        N          16     64     128    256    512    4096
-        reference  0.45   0.58   0.93   3.0    12.0   ~1300 ms
-        blockwise  0.61   0.70   0.95   2.0    6.8    ~320 ms
-
-    so the crossover is at about 128 rows (per-block Python overhead against N^2 temporaries).
-    CUDA: not measured (no GPU where this was written). The reference is a dozen large kernels
-    there and its N x N temporaries only start to matter (hundreds of MiB) from a few thousand
-    rows; the blockwise path is chosen from _CUDA_MIN_ROWS on. Measure with
-    ``python benchmarks/bench_losses.py --device cuda`` and adjust.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return n_rows >= _CUDA_MIN_ROWS
-    return n_rows >= _CPU_MIN_ROWS
-
-
-_CPU_MIN_ROWS = 192
-_CUDA_MIN_ROWS = 2048
 
 
 class _State:
@@ -201,10 +154,15 @@ def _block_forward(state: _State, block: _Block):
     # underflows or loses precision in the subnormal range: recompute those few rows around their
     # own second maximum.
     tiny = torch.finfo(s.dtype).tiny * 2**24
-    underflow = (rest < tiny).nonzero().squeeze(1)
-    if underflow.numel():
-        others = s[underflow].scatter_(1, am[underflow], -math.inf)
-        log_rest[underflow] = torch.logsumexp(others, dim=1)
+    if _deferred.defers(s.device):
+        # No host sync (which rows underflow is a device value): recompute every row, keep the
+        # recomputed value where `rest` underflows. One extra (B, M) log-sum-exp pass.
+        log_rest = torch.where(rest < tiny, torch.logsumexp(s.scatter(1, am, -math.inf), dim=1), log_rest)
+    else:
+        underflow = (rest < tiny).nonzero().squeeze(1)
+        if underflow.numel():
+            others = s[underflow].scatter_(1, am[underflow], -math.inf)
+            log_rest[underflow] = torch.logsumexp(others, dim=1)
     log_total = torch.log1p(rest)  # log sum_j exp(s_ij - max), the argmax contributing 1
     lse = row_max + log_total
     lse_without_max = row_max + log_rest
@@ -292,14 +250,18 @@ def _block_gradient(state: _State, block: _Block, lse: Tensor, argmax: Tensor,
         r_m = torch.where(m_negative & ~overflow, torch.exp(logit_m.clamp(max=safe)), 0.0)
         full_coef = full_coef - neg_scale * r_m
         grad_m = grad_m + neg_scale * p_m * m_negative.to(p.dtype)
-        rows = overflow.squeeze(1).nonzero().squeeze(1)
-        if rows.numel():
-            weights[rows] -= neg_scale[rows] * torch.exp(log_p[rows] + logit_m[rows])
+        if _deferred.defers(p.device):
+            # No host sync: the same update on every row, exp(-inf) = 0 where there is no overflow.
+            weights.sub_(torch.exp(log_p + torch.where(overflow, logit_m, -math.inf)).mul_(neg_scale))
+        else:
+            rows = overflow.squeeze(1).nonzero().squeeze(1)
+            if rows.numel():
+                weights[rows] -= neg_scale[rows] * torch.exp(log_p[rows] + logit_m[rows])
     grad_s = weights.addcmul_(p, full_coef)
     grad_s.scatter_(1, am, grad_m)
     # One column in A(i) (M = 2): p = 1 identically, the row's loss is a constant.
     single_column = ~torch.isfinite(log_q_m)
-    if bool(single_column.any()):
+    if _deferred.defers(p.device) or bool(single_column.any()):
         grad_s.masked_fill_(single_column, 0.0)
     return grad_s
 
@@ -318,7 +280,8 @@ class _BlockwiseAFCL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
-                gamma, eta, temperature, normalization, n_total, block_size, grads_in_forward):
+                gamma, eta, temperature, normalization, n_total, block_size, grads_in_forward,
+                uniform_upstream):
         with torch.autocast(device_type=anchors.device.type, enabled=False):
             state = _State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
                            gamma, eta, temperature)
@@ -370,6 +333,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
                               mask, lse, argmax, lse_without_max, w_pos, w_neg)
         ctx.settings = (gamma, eta, temperature, block_size, normalization, n_total)
         ctx.unit_grads = (unit_grad_anchors, unit_grad_contrast)
+        ctx.uniform_upstream = uniform_upstream
         return out
 
     @staticmethod
@@ -382,12 +346,15 @@ class _BlockwiseAFCL(torch.autograd.Function):
             # higher-order calls).
             return _differentiable_backward(ctx, grad_out, need_anchors, need_contrast)
         unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
-        if unit_grad_anchors is not None and bool((grad_out == grad_out[0]).all()):
+        # The caller's promise that every anchor gets the same upstream gradient spares the
+        # comparison, a host sync on CUDA.
+        if unit_grad_anchors is not None and (
+                ctx.uniform_upstream or bool((grad_out == grad_out[0]).all())):
             # Out of place: a second backward through a retained graph gets the very same result.
             g = grad_out[0].to(unit_grad_anchors.dtype)
             grad_anchors = unit_grad_anchors * g if need_anchors else None
             grad_contrast = unit_grad_contrast * g if need_contrast else None
-            return (grad_anchors, grad_contrast) + (None,) * 11
+            return (grad_anchors, grad_contrast) + (None,) * 12
         del unit_grad_anchors, unit_grad_contrast
 
         (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, lse, argmax,
@@ -420,7 +387,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
             for extra in contrast_grads[1:]:
                 if extra is not None:
                     grad_contrast.add_(extra)
-        return (grad_anchors, grad_contrast) + (None,) * 11
+        return (grad_anchors, grad_contrast) + (None,) * 12
 
 
 def _differentiable_backward(ctx, grad_out: Tensor, need_anchors: bool, need_contrast: bool):
@@ -432,7 +399,7 @@ def _differentiable_backward(ctx, grad_out: Tensor, need_anchors: bool, need_con
             anchor_index=anchor_index, anchor_labels=anchor_labels, contrast_labels=contrast_labels,
             mask=mask, gamma=gamma, eta=eta, temperature=temperature, normalization=normalization,
             n_total=n_total)
-    return (grad_anchors, grad_contrast) + (None,) * 11
+    return (grad_anchors, grad_contrast) + (None,) * 12
 
 
 def _accumulate_input_grads(grad_s: Tensor, state: _State, block: _Block,
@@ -458,6 +425,7 @@ def per_anchor_loss(
     normalization: str,
     n_total: int,
     block_size: int | None = None,
+    uniform_upstream: bool = False,
 ) -> Tensor:
     """Per-anchor AFCL, ``w_pos(i) * pos_i + eta * w_neg(i) * neg_i``, shape (A,).
 
@@ -471,6 +439,9 @@ def per_anchor_loss(
 
     The result is float32 (float64 for float64 inputs); gradients flow to ``anchors`` and
     ``contrast`` (summed by autograd when they are the same tensor) and are cast back to their dtype.
+    ``uniform_upstream=True`` promises that the result is only reduced with the same weight for
+    every anchor (``.sum() / n``, ``.mean()``); the backward then skips checking that (a host sync
+    on CUDA). A wrong promise gives wrong gradients: leave it False unless that holds by construction.
     """
     check_core_arguments(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma,
                   eta, temperature, normalization, n_total, block_size)
@@ -491,4 +462,4 @@ def per_anchor_loss(
     return _BlockwiseAFCL.apply(
         anchors_c, contrast_c, anchor_index, anchor_labels, contrast_labels, mask,
         float(gamma), float(eta), float(temperature), normalization, n_total, int(block_size),
-        grads_in_forward)
+        grads_in_forward, bool(uniform_upstream))

@@ -14,6 +14,8 @@ import numbers
 import torch
 from torch import Tensor
 
+from asymcl.losses import _deferred
+
 NORMALIZATIONS = ("batch", "pairs")
 IMPLS = ("auto", "reference", "blockwise")
 
@@ -73,6 +75,8 @@ def check_features(
     Returns the rows flattened image-major to (N * V, D) (row ``n * V + v`` is view ``v`` of
     image ``n``), the number of images N and the number of views V (1 for 2-D input).
     ``data_checks=False`` (under torch.vmap, which cannot branch on values) skips the NaN/inf check.
+    On CUDA the NaN/inf check is deferred (no host sync): the error comes from a later call or
+    from :func:`asymcl.losses.raise_pending_input_errors`, see ``losses/_deferred.py``.
     """
     if not isinstance(features, torch.Tensor):
         raise TypeError(
@@ -95,14 +99,20 @@ def check_features(
         )
     if features.shape[-1] < 1 or n_views < 1:
         raise ValueError(f"{name} must have at least one view and one dimension, got shape {tuple(features.shape)}")
-    if data_checks and not bool(torch.isfinite(features).all()):
-        n_bad = int((~torch.isfinite(features)).sum())
-        raise ValueError(
-            f"{name} contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
-            f"(check the encoder's outputs, the learning rate or mixed-precision overflow)"
-        )
+    if data_checks and _deferred.defers(features.device):
+        # No host sync per step on an accelerator: raised at a later call (see losses/_deferred.py).
+        _deferred.check_count((~torch.isfinite(features)).sum(), lambda n_bad: _non_finite_message(name, n_bad))
+    elif data_checks and not bool(torch.isfinite(features).all()):
+        raise ValueError(_non_finite_message(name, int((~torch.isfinite(features)).sum())))
     rows = features.reshape(n_images * n_views, features.shape[-1])
     return rows, n_images, n_views
+
+
+def _non_finite_message(name: str, n_bad: int) -> str:
+    return (
+        f"{name} contains {n_bad} NaN or infinite value(s); the loss refuses to hide them "
+        f"(check the encoder's outputs, the learning rate or mixed-precision overflow)"
+    )
 
 
 def check_references(
@@ -227,7 +237,13 @@ def check_core_arguments(
             f"anchor_index must be an int64 tensor of shape ({n_anchors},), got "
             f"{anchor_index.dtype} {tuple(anchor_index.shape)}"
         )
-    if n_anchors and (int(anchor_index.min()) < 0 or int(anchor_index.max()) >= n_contrast):
+    if n_anchors and _deferred.defers(anchor_index.device):
+        # Deferred like the NaN check (an out-of-range index may trip a device-side assert first).
+        _deferred.check_count(
+            ((anchor_index < 0) | (anchor_index >= n_contrast)).sum(),
+            lambda n_bad: f"anchor_index values must lie in [0, {n_contrast}) (rows of contrast); {n_bad} do not",
+        )
+    elif n_anchors and (int(anchor_index.min()) < 0 or int(anchor_index.max()) >= n_contrast):
         raise ValueError(f"anchor_index values must lie in [0, {n_contrast}) (rows of contrast)")
     if (mask is None) == (anchor_labels is None and contrast_labels is None):
         raise ValueError("give either anchor_labels and contrast_labels, or mask (exactly one)")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asymcl.losses import _blockwise, _reference, distributed
+from asymcl.losses import _blockwise, _deferred, _reference, distributed
 from asymcl.losses._validation import (
     check_block_size,
     check_features,
@@ -159,6 +159,7 @@ def loss_and_batch(
     data_checks = not _vmap_active()
 
     if world_size == 1:
+        _deferred.raise_ready()  # an input check of an earlier call, deferred on CUDA
         rows, n_images, n_views, labels, mask, refs = _check_local_inputs(
             features, labels, mask, ref_features, ref_labels, n_mask_cols=None, data_checks=data_checks
         )
@@ -170,6 +171,7 @@ def loss_and_batch(
         n_images = n_views = dim = mask_cols = 0
         mode = distributed.MODE_LABELS if labels is not None else distributed.MODE_MASK if mask is not None else distributed.MODE_VIEWS_ONLY
         try:
+            _deferred.raise_ready()  # through the exchange below, so that no rank is left waiting
             rows, n_images, n_views, labels, mask, refs = _check_local_inputs(
                 features, labels, mask, ref_features, ref_labels, n_mask_cols=-1, data_checks=data_checks
             )
@@ -245,6 +247,8 @@ def loss_and_batch(
             chosen = "blockwise" if block_size is not None else impl
         per_anchor_loss = _select_impl(chosen, n_contrast, rows.device)
         extra = {"block_size": block_size} if block_size is not None and chosen == "blockwise" else {}
+        if per_anchor_loss is _blockwise.per_anchor_loss:
+            extra["uniform_upstream"] = True  # the loss below is per_anchor.sum() / n_total
         per_anchor = per_anchor_loss(
             rows,
             contrast,
