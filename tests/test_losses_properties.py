@@ -82,5 +82,8 @@ def test_invariant_to_renaming_the_classes(impl, batch, offset):
 @given(batch=batches())
 def test_random_batches_match_naive(batch):
     features, labels, hyper, _ = batch
-    expected = naive_afcl_from_batch(features, labels, **hyper)
+    # exact: at tau = 0.05 a near-duplicate negative has p within 1e-7 of 1, where the float64 loop's
+    # log(1 - p) loses digits (or hits log(0)) while the stable reference does not; the decimal
+    # oracle is right there, so the comparison tests the reference and not the oracle's rounding.
+    expected = naive_afcl_from_batch(features, labels, exact=True, **hyper)
     assert afcl_loss(features, labels, impl="reference", **hyper).item() == pytest.approx(expected, rel=1e-6, abs=1e-12)
