@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import yaml
 
+from asymcl.data.spec import IMAGE_SUFFIXES
 from asymcl.errors import CheckpointError, DataError
 from asymcl.training.checkpoints import atomic_write_bytes, load_module_weights
 from asymcl.training.config import resolve_config
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -31,7 +31,7 @@ def find_images(path: str | Path) -> list[Path]:
         raise DataError(f"--images {path} is neither an image file nor a folder")
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return files
 
 
