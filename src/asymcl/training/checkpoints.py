@@ -8,42 +8,14 @@ restriction; :class:`SafeCheckpointIO` makes Lightning use it for resuming too.
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from asymcl.atomic import atomic_write_bytes, atomic_write_json, atomic_write_yaml  # noqa: F401  (re-exported)
 from asymcl.errors import CheckpointError
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``: a reader sees the
-    old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_write_yaml(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, yaml.safe_dump(obj, sort_keys=False).encode())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
