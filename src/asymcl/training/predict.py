@@ -47,7 +47,7 @@ class RunModel:
     """The best final model of a run directory, ready for inference."""
 
     def __init__(self, run_dir: str | Path):
-        from asymcl.training.pipeline import _build_module, stages_for
+        from asymcl.training.pipeline import RunData, build_module, stages_for
 
         self.run_dir = Path(run_dir)
         config_path, metrics_path = self.run_dir / "config.yaml", self.run_dir / "metrics.json"
@@ -61,15 +61,10 @@ class RunModel:
         shape = metrics["input"]
         self.channels, self.size_hw = int(shape["channels"]), (int(shape["height"]), int(shape["width"]))
 
-        class _Shape:  # what _build_module reads from the run's data
-            num_classes = len(self.classes)
-            channels = self.channels
-            image_hw = self.size_hw
-            dataset_name = self.config["data"]["dataset"]
-            class_counts = torch.ones(len(self.classes))
-
         stage = stages_for(self.config)[-1]
-        self.module = _build_module(stage, self.config, _Shape, load_pretrained=False)
+        shape = RunData.shape_only(num_classes=len(self.classes), channels=self.channels,
+                                   image_hw=self.size_hw, dataset_name=self.config.data.dataset)
+        self.module = build_module(stage, self.config, shape, load_pretrained=False)
         load_module_weights(self.module, self.run_dir / "checkpoints" / stage / "best.ckpt")
         self.module.eval()
 
