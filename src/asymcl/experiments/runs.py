@@ -22,7 +22,7 @@ from asymcl.training import methods as _methods
 #: hyperparameters each one uses, both from the method registry: a grid value for a key that a
 #: method does not use is not swept for that method (CE and SupCon are not repeated per gamma/eta).
 METHODS = _methods.METHODS
-METHOD_PARAMS: dict[str, frozenset[str]] = {name: m.tunable_keys for name, m in _methods.REGISTRY.items()}
+METHOD_PARAMS: Mapping[str, frozenset[str]] = _methods.RegistryView(lambda method: method.tunable_keys)
 
 #: The loss hyperparameters the rule above is about (others, e.g. loss.normalization, pass through).
 LOSS_PARAMS = frozenset(f"loss.{name}" for name in _methods.TUNABLE)

@@ -32,7 +32,7 @@ import yaml
 from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
 from asymcl.training import config_checks as check
-from asymcl.training.methods import METHODS, get_method
+from asymcl.training.methods import get_method
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -163,7 +163,7 @@ class TrainerConfig(_Section):
 class RunConfig(_Section):
     """A whole, resolved run config (build it with :func:`resolve_config`)."""
 
-    method: str = option("afcl", check.choice(*METHODS), "ce (end-to-end baseline) or a two-stage contrastive loss")
+    method: str = option("afcl", check.method, "ce (end-to-end baseline) or a two-stage contrastive loss")
     seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -19,6 +19,15 @@ def choice(*allowed: str) -> Callable[[Any], Any]:
     return check
 
 
+def method(value: Any) -> str:
+    """A name in the method registry (read at check time: a new entry needs no change here)."""
+    from asymcl.training.methods import METHODS
+
+    if value not in METHODS:
+        raise ValueError(f"must be one of {', '.join(METHODS)}")
+    return value
+
+
 def integer(minimum: int | None = None, optional: bool = False) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is None and optional:

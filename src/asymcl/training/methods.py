@@ -19,7 +19,8 @@ Loss parameters are the names of the ``loss`` section of the run config (``gamma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 from asymcl.errors import ConfigError
 
@@ -129,7 +130,38 @@ _ALL = (
 
 #: name -> Method, in the order tables list them: baselines first, the proposed loss last.
 REGISTRY: dict[str, Method] = {method.name: method for method in _ALL}
-METHODS: tuple[str, ...] = tuple(REGISTRY)
+
+
+class _Names(Sequence):
+    """The registry's names, read live (so an entry added to :data:`REGISTRY` is known everywhere)."""
+
+    def __getitem__(self, index):
+        return tuple(REGISTRY)[index]
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+    def __repr__(self) -> str:
+        return repr(tuple(REGISTRY))
+
+
+class RegistryView(Mapping):
+    """``{name: attribute(method)}`` over the registry, read live."""
+
+    def __init__(self, attribute: Callable[[Method], Any]):
+        self._attribute = attribute
+
+    def __getitem__(self, name: str) -> Any:
+        return self._attribute(REGISTRY[name])
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+METHODS: Sequence[str] = _Names()
 #: The method whose gain over the others a report tests.
 PROPOSED = "afcl"
 
