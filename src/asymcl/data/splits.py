@@ -29,7 +29,7 @@ import numpy as np
 from asymcl.data.datasets import ImageDataset
 from asymcl.data.imbalance import ImbalanceProfile, imbalanced_indices, parse_imbalance
 from asymcl.data.sources import load_source
-from asymcl.data.spec import DATASETS, DataSpec, SourceData  # noqa: F401  (DATASETS, DataSpec: re-exported)
+from asymcl.data.spec import DataSpec
 from asymcl.errors import DataError
 
 # Independent random streams, one per decision, so that e.g. changing the imbalance does not

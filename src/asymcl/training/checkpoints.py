@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from asymcl.atomic import atomic_write_bytes, atomic_write_json, atomic_write_yaml  # noqa: F401  (re-exported)
+from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import CheckpointError
 
 

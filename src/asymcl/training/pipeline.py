@@ -45,7 +45,6 @@ from asymcl.training.run_dir import (
     init_run_dir,
     is_main_process,
     read_metrics,
-    versions_info,  # noqa: F401  (public here too)
 )
 
 

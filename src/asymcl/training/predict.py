@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import yaml
 
+from asymcl.atomic import atomic_write_bytes
 from asymcl.data.spec import IMAGE_SUFFIXES
 from asymcl.errors import CheckpointError, DataError
-from asymcl.training.checkpoints import atomic_write_bytes, load_module_weights
+from asymcl.training.checkpoints import load_module_weights
 from asymcl.training.config import resolve_config
 
 
