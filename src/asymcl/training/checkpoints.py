@@ -18,18 +18,23 @@ from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import CheckpointError
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint as a dict, or :class:`CheckpointError` saying what is wrong."""
+def _read(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` of a file, or :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, disallowed pickle content, ...
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "it is corrupt, truncated or not a checkpoint. Delete it to restart that stage."
         ) from exc
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict, or :class:`CheckpointError` saying what is wrong."""
+    checkpoint = _read(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not an asymcl/Lightning checkpoint (no state_dict in it)")
     return checkpoint
@@ -55,4 +60,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, buffer.getvalue())
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return load_checkpoint(path)
+        # Not load_checkpoint's state_dict check: under ddp_spawn Lightning also hands the trained
+        # weights back to the main process through this IO as a bare state dict. The run's own
+        # checkpoints are checked with load_checkpoint before Lightning resumes from them.
+        return _read(path)

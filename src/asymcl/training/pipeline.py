@@ -281,6 +281,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         if stage in metrics["stages_complete"]:
             continue
         _train_stage(stage, config, data, run_dir, recorder, callbacks, verbose)
+        recorder.reload_history()
         metrics["stages_complete"].append(stage)
         recorder.save()
     if is_main_process():

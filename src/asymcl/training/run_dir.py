@@ -117,6 +117,13 @@ class MetricsRecorder:
         if is_main_process():
             atomic_write_json(self.run_dir / "metrics.json", self.metrics)
 
+    def reload_history(self) -> None:
+        """Take ``history`` and ``best`` from the file: under ``ddp_spawn`` the stage was trained
+        (and recorded) by spawned processes, whose copy of this object was not this one."""
+        on_disk = read_metrics(self.run_dir) or {}
+        for key in ("history", "best"):
+            self.metrics[key].update(on_disk.get(key, {}))
+
     def __call__(self, stage: str, entries: list, best: dict) -> None:
         self.metrics["history"][stage] = entries
         self.metrics["best"][stage] = best
