@@ -2,17 +2,28 @@
 below layer 1, and imports nothing of asymcl).
 
 A reader sees the old file or the new one, never half of one: the data goes to a temporary file in
-the same folder (same file system), is fsynced, then ``os.replace``\\ d over the target.
+the same folder (same file system), is fsynced, then renamed over the target with ``os.replace``.
+The file gets the mode a plain ``open(path, "w")`` would give it (mkstemp's 0600 would make run
+directories and reports unreadable to the rest of a team).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+
+@functools.lru_cache(maxsize=1)
+def _plain_file_mode() -> int:
+    # Read once: os.umask can only be read by setting it, which is not thread-safe to repeat.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -26,6 +37,7 @@ def atomic_open(path: str | Path, mode: str = "wb", *, suffix: str = ".tmp") -> 
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), _plain_file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
