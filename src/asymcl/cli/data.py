@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-DATASET_CHOICES = ("fashion-mnist", "isic2018", "npz", "folder", "csv", "digits")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="inspect and fetch datasets")
@@ -22,46 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "test_imbalanced is the test set cut to the same profile."
         ),
     )
-    summary.add_argument("--dataset", required=True, choices=DATASET_CHOICES)
-    summary.add_argument(
-        "--root",
-        default=None,
-        help="folder (fashion-mnist, isic2018, folder) or file (npz, csv); not needed for digits",
-    )
-    summary.add_argument(
-        "--imbalance",
-        default=None,
-        metavar="PROFILE",
-        help="exp:RHO, step:RHO or binary:RHO, optionally :NMAX (e.g. exp:100, binary:50)",
-    )
-    summary.add_argument(
-        "--classes",
-        default=None,
-        metavar="IDS",
-        help="comma-separated class ids or names to keep, in profile order (e.g. 0,6)",
-    )
-    summary.add_argument("--seed", type=int, default=0)
-    summary.add_argument("--val-fraction", type=float, default=None,
-                         help="validation share of the training pool (default: 0.2)")
-    summary.add_argument(
-        "--test-fraction",
-        type=float,
-        default=None,
-        help="share carved out as test when the source has no test split",
-    )
-    summary.add_argument("--image-size", type=int, default=None, help="resize to this square size")
-    summary.add_argument(
-        "--csv-path-column",
-        default=None,
-        metavar="NAME",
-        help="csv: the image path column (default: the first of path, image, file, filename, ...)",
-    )
-    summary.add_argument(
-        "--csv-label-column",
-        default=None,
-        metavar="NAME",
-        help="csv: the label column (default: the first of label, class, target, y, category)",
-    )
+    _add_spec_options(summary)
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=run_summary)
 
@@ -76,22 +35,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.set_defaults(func=run_download)
 
 
+def _add_spec_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--<field>`` per :class:`asymcl.data.DataSpec` field that carries CLI metadata.
+
+    Fractions default to None here (not to the DataSpec's values) so that the spec's own defaults
+    apply and `data summary` shows the same splits as training.
+    """
+    from dataclasses import fields
+
+    from asymcl.data.spec import DATASETS, DataSpec
+
+    for spec_field in fields(DataSpec):
+        cli = spec_field.metadata.get("cli")
+        if cli is None:
+            continue
+        kwargs = {"help": cli["help"]}
+        if spec_field.name == "dataset":
+            kwargs["choices"] = list(DATASETS)
+        elif spec_field.name == "seed":
+            kwargs["default"] = spec_field.default
+        for key in ("metavar", "type"):
+            if cli[key] is not None:
+                kwargs[key] = cli[key]
+        if cli["required"]:
+            kwargs["required"] = True
+        parser.add_argument("--" + spec_field.name.replace("_", "-"), **kwargs)
+
+
 def run_summary(args: argparse.Namespace) -> int:
     from asymcl.data import DataSpec, build_splits
 
-    spec = DataSpec(
-        dataset=args.dataset,
-        root=args.root,
-        imbalance=args.imbalance,
-        classes=args.classes,
-        seed=args.seed,
-        # None: the data layer's own defaults, so that summary and training show the same splits.
-        **{name: getattr(args, name) for name in ("val_fraction", "test_fraction")
-           if getattr(args, name) is not None},
-        image_size=args.image_size,
-        csv_path_column=args.csv_path_column,
-        csv_label_column=args.csv_label_column,
-    )
+    from dataclasses import fields
+
+    # None: the data layer's own default, so that summary and training show the same splits.
+    given = {f.name: getattr(args, f.name) for f in fields(DataSpec) if f.metadata.get("cli")}
+    spec = DataSpec(**{name: value for name, value in given.items() if value is not None})
     splits = build_splits(spec)
     counts = splits.counts()
     if args.json:

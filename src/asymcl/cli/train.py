@@ -36,12 +36,12 @@ def register(subparsers) -> None:
     demo.set_defaults(func=_demo)
 
 
-def default_run_dir(config: dict) -> str:
+def default_run_dir(config) -> str:
     """Same config -> same directory (so re-running the command resumes); another -> another."""
     from asymcl.training.config import result_config
 
     digest = hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"runs/{config['method']}-{config['data']['dataset']}-{digest}"
+    return f"runs/{config.method}-{config.data.dataset}-{digest}"
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -9,13 +9,28 @@ See :mod:`asymcl.data.splits` for the protocol (which split is carved from what)
 :mod:`asymcl.data.imbalance` for the profiles.
 """
 
-from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset
-from asymcl.data.imbalance import ImbalanceProfile, parse_imbalance
-from asymcl.data.samplers import ClassBalancedSampler
-from asymcl.data.splits import DATASETS, DataSpec, Splits, build_splits, resolve_classes
+import importlib
+
+# Exported names -> the module defining them, imported on first use (PEP 562): the CLI reads
+# asymcl.data.spec to build its options without importing torch.
+_EXPORTS = {
+    "ArrayImageDataset": "datasets", "FileImageDataset": "datasets", "ImageDataset": "datasets",
+    "ImbalanceProfile": "imbalance", "parse_imbalance": "imbalance",
+    "ClassBalancedSampler": "samplers",
+    "DATASETS": "spec", "IMAGE_SUFFIXES": "spec", "DataSpec": "spec",
+    "Splits": "splits", "build_splits": "splits", "resolve_classes": "splits",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"asymcl.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'asymcl.data' has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",
+    "IMAGE_SUFFIXES",
     "ArrayImageDataset",
     "ClassBalancedSampler",
     "DataSpec",

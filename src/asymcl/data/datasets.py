@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from asymcl.atomic import atomic_open
 from asymcl.errors import DataError
 
 # How many unreadable files an error message names before it only counts the rest.
@@ -311,16 +311,8 @@ class FileImageDataset(ImageDataset):
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """Best effort: a cache that cannot be written only costs a re-decode next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb", suffix=".part") as handle:
+            np.save(handle, array, allow_pickle=False)
     except OSError:
         pass
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from asymcl.atomic import atomic_open
 from asymcl.errors import DataError
 
 # The official location named in the Fashion-MNIST repository (zalandoresearch/fashion-mnist).
@@ -55,38 +54,27 @@ def _remove_stale_parts(destination: Path, older_than_s: float) -> None:
             pass  # gone already, or not ours to delete: harmless
 
 
-def _umask_mode() -> int:
-    """The mode a plainly created file gets (mkstemp makes 0600, too strict for a dataset)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def download_file(url: str, destination: Path, md5: str, timeout: float = 60.0) -> None:
     """Fetch ``url`` to ``destination`` atomically, checking ``md5``; DataError on any failure."""
     _remove_stale_parts(destination, older_than_s=max(600.0, 2 * timeout))
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5()
-        received, expected_size = 0, None
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    expected_size = int(length) if length and length.isdigit() else None
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        received += len(chunk)
-            except urllib.error.HTTPError as exc:
-                raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                reason = getattr(exc, "reason", None) or repr(exc)
-                raise DataError(
-                    f"download of {url} failed: {reason}; nothing was written, run the command again"
-                ) from None
-            out.flush()
-            os.fsync(out.fileno())
+    digest = hashlib.md5()
+    received, expected_size = 0, None
+    with atomic_open(destination, "wb", suffix=".part") as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                expected_size = int(length) if length and length.isdigit() else None
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+        except urllib.error.HTTPError as exc:
+            raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or repr(exc)
+            raise DataError(
+                f"download of {url} failed: {reason}; nothing was written, run the command again"
+            ) from None
         if expected_size is not None and received != expected_size:
             raise DataError(
                 f"download of {url} ended after {received} of {expected_size} bytes (the connection "
@@ -98,11 +86,6 @@ def download_file(url: str, destination: Path, md5: str, timeout: float = 60.0) 
                 f"download of {url} is corrupt: md5 {got}, expected {md5}; nothing was written, "
                 "run the command again (or use another --base-url)"
             )
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def download_fashion_mnist(

@@ -22,10 +22,9 @@ from asymcl.data.datasets import (
     resize_array,
 )
 from asymcl.data.isic import read_csv_rows
-from asymcl.data.splits import DataSpec, SourceData
+from asymcl.data.spec import DATASETS, IMAGE_SUFFIXES, DataSpec, SourceData
 from asymcl.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -38,15 +37,8 @@ _SPLIT_NAMES = {
 
 
 def load_source(spec: DataSpec) -> SourceData:
-    loaders = {
-        "digits": load_digits,
-        "fashion-mnist": load_fashion_mnist,
-        "npz": load_npz,
-        "isic2018": load_isic2018,
-        "folder": load_folder,
-        "csv": load_csv,
-    }
-    return loaders[spec.dataset](spec)
+    """The source's pools, read by the loader its :data:`~asymcl.data.spec.DATASETS` entry names."""
+    return globals()[DATASETS[spec.dataset].loader](spec)
 
 
 def _array_source(
@@ -207,7 +199,7 @@ def load_isic2018(spec: DataSpec) -> SourceData:
 def _list_images(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 
@@ -250,7 +242,7 @@ def load_folder(spec: DataSpec) -> SourceData:
             files = _list_images(folder) if folder.is_dir() else []
             if not files and split == "train":
                 raise DataError(
-                    f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                    f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                 )
             paths.extend(str(p) for p in files)
             labels.extend([label] * len(files))

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from asymcl.data.datasets import ImageDataset
 from asymcl.data.imbalance import ImbalanceProfile, imbalanced_indices, parse_imbalance
+from asymcl.data.sources import load_source
+from asymcl.data.spec import DataSpec
 from asymcl.errors import DataError
-
-DATASETS = ("digits", "fashion-mnist", "isic2018", "npz", "folder", "csv")
 
 # Independent random streams, one per decision, so that e.g. changing the imbalance does not
 # change which images form the test set.
@@ -39,56 +38,6 @@ _STREAM_TEST = 1
 _STREAM_IMBALANCE = 2
 _STREAM_VAL = 3
 _STREAM_TEST_IMBALANCE = 4
-
-
-@dataclass
-class DataSpec:
-    """What to load. Every field has a default; ``DataSpec()`` is the offline digits set.
-
-    dataset: one of ``digits|fashion-mnist|isic2018|npz|folder|csv``.
-    root: the folder (fashion-mnist, isic2018, folder), the file (npz, csv); unused for digits.
-    imbalance: ``None`` or a profile ``exp:RHO``, ``step:RHO``, ``binary:RHO`` (``:NMAX`` optional;
-        see :mod:`asymcl.data.imbalance`).
-    classes: class ids (ints, or class names) to keep, in the order that defines the profile: the
-        first is the majority. ``None`` keeps all in the source's order.
-    val_fraction: share of the (imbalanced) training pool carved out for validation when the
-        source has no official validation set.
-    test_fraction: share of the pool carved out for testing when the source has no test set.
-    seed: fixes every split and subset.
-    image_size: ``None`` (native size) or an int / ``(height, width)`` to resize to.
-    cache: keep decoded JPEGs under ``~/.cache/asymcl`` (``$ASYMCL_CACHE_DIR``) for ``load_all``.
-    csv_path_column, csv_label_column: column names of a CSV source (found by name otherwise).
-    """
-
-    dataset: str = "digits"
-    root: str | Path | None = None
-    imbalance: str | None = None
-    classes: Sequence[int | str] | None = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.25
-    seed: int = 0
-    image_size: int | tuple[int, int] | None = None
-    cache: bool = True
-    csv_path_column: str | None = None
-    csv_label_column: str | None = None
-
-    def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise DataError(f"dataset {self.dataset!r} is not known; choose one of {', '.join(DATASETS)}")
-        if self.dataset != "digits" and self.root in (None, ""):
-            raise DataError(f"dataset {self.dataset} needs a root (the folder or file to read)")
-        if self.dataset == "digits" and self.root not in (None, ""):
-            # A root given with digits is almost surely a forgotten --dataset: say so, do not ignore it.
-            raise DataError(
-                f"dataset digits is bundled with scikit-learn and reads no root (got {self.root}); "
-                "drop the root, or name the dataset it holds (fashion-mnist, isic2018, npz, folder, csv)"
-            )
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-                raise DataError(f"{name}={value!r} must be a number in [0, 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise DataError(f"seed={self.seed!r} must be a non-negative integer")
 
 
 @dataclass
@@ -110,20 +59,6 @@ class Splits:
             name: {c: int(n) for c, n in zip(self.classes, ds.class_counts())}
             for name, ds in self.splits.items()
         }
-
-
-@dataclass
-class SourceData:
-    """What a source loader returns, before classes, imbalance and carving are applied.
-
-    pools: ``train`` always; ``val`` and ``test`` where the source has official ones.
-    groups: per-pool group ids (e.g. lesion ids) aligned with the pool, where known.
-    """
-
-    classes: list[str]
-    pools: dict[str, ImageDataset]
-    groups: dict[str, np.ndarray] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def resolve_classes(requested: Sequence[int | str] | str | None, names: Sequence[str]) -> list[int]:
@@ -252,8 +187,6 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 def build_splits(spec: DataSpec | None = None) -> Splits:
     """Load ``spec.dataset`` and return train / val / test (and test_imbalanced) as datasets."""
-    from asymcl.data.sources import load_source
-
     spec = spec or DataSpec()
     spec.validate()
     profile = parse_imbalance(spec.imbalance)

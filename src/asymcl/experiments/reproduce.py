@@ -22,6 +22,7 @@ import yaml
 
 from asymcl.errors import ConfigError
 from asymcl.experiments.report import ReportResult, build_report
+from asymcl.experiments.runs import METHODS
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
 
 PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
@@ -56,7 +57,7 @@ _FULL_TRAINING = {
     "trainer.progress_bar": False,
 }
 _FULL_LOSS_GRID = {
-    "method": ["ce", "supcon", "cl", "fcl", "acl", "afcl"],
+    "method": list(METHODS),  # every registered method
     "loss.gamma": [1.0, 2.0, 4.0],
     "loss.eta": [10.0, 50.0, 150.0, 300.0],
     "seed": _SEEDS_FULL,

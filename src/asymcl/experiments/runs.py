@@ -16,26 +16,25 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from asymcl.errors import DataError
+from asymcl.training import methods as _methods
 
-#: Methods in the order tables list them: baselines first, the proposed loss last.
-METHODS = ("ce", "supcon", "cl", "fcl", "acl", "afcl")
-
-#: Loss hyperparameters each method actually uses. A grid value for a key that a method does not
-#: use is not swept for that method (CE and SupCon are not repeated per gamma/eta).
-METHOD_PARAMS: dict[str, frozenset[str]] = {
-    "ce": frozenset(),
-    "supcon": frozenset({"loss.temperature"}),
-    "cl": frozenset({"loss.temperature"}),
-    "fcl": frozenset({"loss.gamma", "loss.temperature"}),
-    "acl": frozenset({"loss.eta", "loss.temperature"}),
-    "afcl": frozenset({"loss.gamma", "loss.eta", "loss.temperature"}),
-}
+#: Methods in the order tables list them (baselines first, the proposed loss last) and the loss
+#: hyperparameters each one uses, both from the method registry: a grid value for a key that a
+#: method does not use is not swept for that method (CE and SupCon are not repeated per gamma/eta).
+METHODS = _methods.METHODS
+METHOD_PARAMS: Mapping[str, frozenset[str]] = _methods.RegistryView(lambda method: method.tunable_keys)
 
 #: The loss hyperparameters the rule above is about (others, e.g. loss.normalization, pass through).
-LOSS_PARAMS = frozenset({"loss.gamma", "loss.eta", "loss.temperature"})
+LOSS_PARAMS = frozenset(f"loss.{name}" for name in _methods.TUNABLE)
 
-#: The value a contrastive method's unused gamma/eta has by definition (FCL is eta = 0, ACL gamma = 0).
-DEFINITIONAL_ZERO = ("loss.gamma", "loss.eta")
+
+def fixed_loss_params(method: str | None) -> dict[str, Any]:
+    """``{loss.<name>: value}`` of the hyperparameters ``method`` fixes by definition (FCL: eta = 0)."""
+    spec = _methods.REGISTRY.get(method or "")
+    if spec is None:
+        return {}
+    return {f"loss.{name}": value for name, value in spec.fixed.items() if f"loss.{name}" in LOSS_PARAMS}
+
 
 METHOD_KEY = "method"
 TEST_SPLITS = ("test", "test_imbalanced")

@@ -39,19 +39,19 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 
+from asymcl.atomic import atomic_write_json
 from asymcl.errors import AsymclError, ConfigError
 from asymcl.experiments.runs import (
-    DEFINITIONAL_ZERO,
     LOSS_PARAMS,
     METHOD_KEY,
     METHOD_PARAMS,
     METHODS,
+    fixed_loss_params,
     flatten,
 )
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
@@ -284,10 +284,7 @@ def _apply_method_rule(values: Mapping[str, Any], method: str | None) -> dict[st
         return dict(values)
     used = METHOD_PARAMS[method]
     out = {key: value for key, value in values.items() if key not in LOSS_PARAMS or key in used}
-    if method != "ce":
-        for key in DEFINITIONAL_ZERO:
-            if key not in used:
-                out[key] = 0.0
+    out.update(fixed_loss_params(method))
     return out
 
 
@@ -331,22 +328,13 @@ def _default_runner() -> Runner:
 def _default_resolver() -> Resolver:
     from asymcl.training.config import default_config, resolve_config
 
-    return lambda overrides: resolve_config(default_config(), overrides)
+    # A plain nested dict: what a runner (the pipeline, or a user's own) receives, as before.
+    return lambda overrides: resolve_config(default_config(), overrides).to_dict()
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=False, default=str)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """JSON (values JSON cannot hold written as strings), atomically."""
+    atomic_write_json(path, payload, default=str)
 
 
 def current_command() -> str:

@@ -8,56 +8,33 @@ restriction; :class:`SafeCheckpointIO` makes Lightning use it for resuming too.
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import CheckpointError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``: a reader sees the
-    old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_write_yaml(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, yaml.safe_dump(obj, sort_keys=False).encode())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint as a dict, or :class:`CheckpointError` saying what is wrong."""
+def _read(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` of a file, or :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, disallowed pickle content, ...
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "it is corrupt, truncated or not a checkpoint. Delete it to restart that stage."
         ) from exc
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict, or :class:`CheckpointError` saying what is wrong."""
+    checkpoint = _read(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not an asymcl/Lightning checkpoint (no state_dict in it)")
     return checkpoint
@@ -83,4 +60,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, buffer.getvalue())
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return load_checkpoint(path)
+        # Not load_checkpoint's state_dict check: under ddp_spawn Lightning also hands the trained
+        # weights back to the main process through this IO as a bare state dict. The run's own
+        # checkpoints are checked with load_checkpoint before Lightning resumes from them.
+        return _read(path)

@@ -1,215 +1,38 @@
-"""The run configuration: defaults, parsing of ``--set key=value``, and validation.
+"""The run configuration: typed sections with their defaults, checks and help; ``--set key=value``.
 
-A config is a nested dict with the sections ``data``, ``model``, ``loss``, ``stage1``, ``stage2``,
-``trainer`` and the top-level keys ``method`` and ``seed``. Keys are addressed as dotted names
-(``loss.gamma``); a YAML file may use nested sections, dotted names, or both.
+A config is a :class:`RunConfig`: the top-level fields ``method`` and ``seed`` and the sections
+``data``, ``model``, ``loss``, ``stage1``, ``stage2``, ``trainer`` (dataclasses). Code reads it
+as attributes (``config.loss.gamma``); ``config["loss"]["gamma"]`` also works, for code written
+against the earlier nested-dict form. Keys are addressed as dotted names (``loss.gamma``) on the
+command line and in sweeps; a YAML file may use nested sections, dotted names, or both.
 
-``resolve_config`` fills every default, checks every key, type and value, and fills the method's
-own loss parameters (e.g. ``fcl`` fixes ``loss.eta`` at 0), so that everything a run depends on is
-written in its ``config.yaml``. It raises :class:`ConfigError` before any training starts.
+Every field is declared once, with :func:`option` (default, check, help text): :data:`SCHEMA`,
+the unknown-key suggestions and the one-line errors are derived from the declarations, so adding
+a key is one line. Dataclasses rather than pydantic: no new dependency, and the checks are the
+existing ones, so every error message (key, what is allowed, the value given, the key's help)
+and every accepted spelling (``0,6`` for a list, ``2`` for a float) stay exactly as they were.
 
-Methods: ``ce`` trains the backbone and a linear classifier end to end with the classification loss
-``stage2.loss`` and the optimisation settings ``stage1.*`` (the baseline); ``supcon``, ``cl``,
-``fcl``, ``acl``, ``afcl`` are two-stage: stage 1 trains encoder + projection head with that
-contrastive loss, stage 2 a linear classifier on the frozen encoder.
+``resolve_config`` fills every default, checks every key, type and value, and lets the method
+registry (:mod:`asymcl.training.methods`) fix and fill the method's loss parameters (e.g. ``fcl``
+fixes ``loss.eta`` at 0), so that everything a run depends on is written in its ``config.yaml``.
+It raises :class:`ConfigError` before any training starts.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
-import math
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
-from asymcl.errors import ConfigError, DataError
-
-METHODS = ("ce", "supcon", "cl", "fcl", "acl", "afcl")
-DATASETS = ("digits", "fashion-mnist", "isic2018", "npz", "folder", "csv")
-# Loss parameters each method fixes (None: free, filled with the default when not set).
-_FIXED_LOSS = {
-    "supcon": {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"},
-    "cl": {"gamma": 0.0, "eta": 0.0},
-    "fcl": {"eta": 0.0},
-    "acl": {"gamma": 0.0},
-    "afcl": {},
-}
-_DEFAULT_GAMMA = 1.0
-_DEFAULT_ETA = 5.0
-
-
-def _choice(*allowed: str) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
-        return value
-
-    return check
-
-
-def _integer(minimum: int | None = None, optional: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise ValueError("must be an integer" + (" or null" if optional else ""))
-        if minimum is not None and value < minimum:
-            raise ValueError(f"must be >= {minimum}")
-        return value
-
-    return check
-
-
-def _number(
-    minimum: float | None = None, exclusive: bool = False, maximum: float | None = None,
-    optional: bool = False,
-) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("must be a number" + (" or null" if optional else ""))
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError("must be finite")
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            raise ValueError(f"must be {'>' if exclusive else '>='} {minimum}")
-        if maximum is not None and value >= maximum:
-            raise ValueError(f"must be < {maximum}")
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _optional_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, Path)):
-        raise ValueError("must be a string (a path) or null")
-    return str(value)
-
-
-def _imbalance(value: Any) -> str | None:
-    """KIND:RHO or KIND:RHO:NMAX, checked by the data layer's own parser (one grammar, one place)."""
-    from asymcl.data.imbalance import parse_imbalance
-
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError("must be null or exp:RATIO, step:RATIO or binary:RATIO, optionally :NMAX (e.g. exp:100)")
-    try:
-        parse_imbalance(value)
-    except DataError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-def _classes(value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, str):
-        try:
-            value = [int(part) for part in value.split(",") if part.strip()]
-        except ValueError:
-            raise ValueError("must be a list of class ids such as [0, 6] or 0,6") from None
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    ):
-        raise ValueError("must be a non-empty list of class ids >= 0, e.g. [0, 6]")
-    if len(set(value)) != len(value):
-        raise ValueError("must not repeat a class id")
-    return list(value)
-
-
-def _backbone(value: Any) -> str:
-    from asymcl.models.backbones import BACKBONES
-
-    if not isinstance(value, str) or not (value in BACKBONES or (value.startswith("timm:") and len(value) > 5)):
-        raise ValueError(f"must be one of {', '.join(BACKBONES)}")
-    return value
-
-
-def _devices(value: Any) -> Any:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
-        return value
-    raise ValueError("must be 'auto', a count >= 1, or a list of device indices")
-
-
-# key -> (default, check(value) -> normalised value, help)
-SCHEMA: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
-    "method": ("afcl", _choice(*METHODS), "ce (end-to-end baseline) or a two-stage contrastive loss"),
-    "seed": (0, _integer(0), "fixes splits, sampling, initialisation and augmentation"),
-    "data.dataset": ("digits", _choice(*DATASETS), "data source"),
-    "data.root": (None, _optional_str, "dataset folder or file (not needed for digits)"),
-    "data.imbalance": (None, _imbalance, "training-set imbalance profile, e.g. exp:100"),
-    "data.classes": (None, _classes, "class ids to keep, majority first"),
-    "data.val_fraction": (0.2, _number(0.0, exclusive=True, maximum=1.0), "validation share of training pool"),
-    "data.test_fraction": (0.25, _number(0.0, exclusive=True, maximum=1.0),
-                           "test share carved from the pool when the source has no test split"),
-    "data.csv_path_column": (None, _optional_str, "image-path column of a csv source (null: found by name)"),
-    "data.csv_label_column": (None, _optional_str, "label column of a csv source (null: found by name)"),
-    "data.image_size": (None, _integer(4, optional=True), "resize images to this side (null: native)"),
-    "data.augment": ("auto", _choice("auto", "grey28", "dermoscopy", "none"), "augmentation preset"),
-    "data.in_memory": (True, _boolean, "hold the whole dataset as one tensor and index batches"),
-    "data.num_workers": (0, _integer(0), "DataLoader workers (only when data.in_memory is false)"),
-    "model.backbone": ("small_cnn", _backbone, "encoder"),
-    "model.pretrained": (None, _optional_str, "local .pth/.safetensors weights for the encoder"),
-    "model.proj_hidden_dim": (512, _integer(1), "projection head hidden width"),
-    "model.proj_dim": (128, _integer(1), "projection (embedding) dimension"),
-    "loss.gamma": (None, _number(0.0, optional=True), "focal exponent (null: the method's default)"),
-    "loss.eta": (None, _number(0.0, optional=True), "negative-term weight (null: the method's default)"),
-    "loss.temperature": (0.1, _number(0.0, exclusive=True), "softmax temperature tau"),
-    "loss.normalization": (None, _choice(None, "batch", "pairs"), "batch or pairs (null: method's default)"),
-    "stage1.epochs": (30, _integer(1), "epochs of stage 1 (or of the ce baseline)"),
-    "stage1.batch_size": (128, _integer(2), "images per batch (two views each in stage 1)"),
-    "stage1.optimizer": ("adamw", _choice("adamw", "sgd"), "optimizer"),
-    "stage1.lr": (2e-3, _number(0.0, exclusive=True), "peak learning rate"),
-    "stage1.weight_decay": (1e-4, _number(0.0), "weight decay"),
-    "stage1.scheduler": ("cosine", _choice("cosine", "none"), "learning-rate schedule"),
-    "stage2.epochs": (30, _integer(1), "epochs of the linear classifier"),
-    "stage2.batch_size": (64, _integer(1), "images per batch"),
-    "stage2.optimizer": ("adamw", _choice("adamw", "sgd"), "optimizer"),
-    "stage2.lr": (1e-2, _number(0.0, exclusive=True), "peak learning rate"),
-    "stage2.weight_decay": (0.0, _number(0.0), "weight decay"),
-    "stage2.scheduler": ("cosine", _choice("cosine", "none"), "learning-rate schedule"),
-    "stage2.loss": ("ce", _choice("ce", "focal", "logit_adjusted"), "classification loss (also the baseline's)"),
-    "stage2.focal_gamma": (2.0, _number(0.0), "gamma of the focal classification loss"),
-    "stage2.logit_tau": (1.0, _number(0.0), "tau of logit-adjusted cross-entropy"),
-    "stage2.sampler": ("random", _choice("random", "class_balanced"), "batch sampling (also the baseline's)"),
-    "stage2.augment": (False, _boolean, "augment images while training the classifier"),
-    "trainer.accelerator": ("cpu", _choice("cpu", "gpu", "cuda", "mps", "auto"), "Lightning accelerator"),
-    "trainer.devices": (1, _devices, "Lightning devices"),
-    "trainer.strategy": ("auto", _choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"), "Lightning strategy"),
-    "trainer.precision": ("32-true", _choice("32-true", "bf16-mixed", "16-mixed"), "Lightning precision"),
-    "trainer.deterministic": (True, _boolean, "use deterministic algorithms"),
-    "trainer.progress_bar": (True, _boolean, "show progress bars"),
-    "trainer.num_threads": (None, _integer(1, optional=True), "torch CPU threads (null: torch's default)"),
-}
-
-SECTIONS = ("data", "model", "loss", "stage1", "stage2", "trainer")
-
-
-def default_config() -> dict:
-    """Every key with its default value, as a nested dict (method-dependent loss values unfilled)."""
-    return _nest({key: copy.deepcopy(spec[0]) for key, spec in SCHEMA.items()})
+from asymcl.data.spec import DATASETS
+from asymcl.errors import ConfigError
+from asymcl.training import config_checks as check
+from asymcl.training.methods import get_method
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -223,8 +46,184 @@ def _nest(flat: dict[str, Any]) -> dict:
     return nested
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested (or partly dotted) dict -> {dotted key: value}."""
+def option(default: Any, check: Callable[[Any], Any], help: str) -> Any:
+    """A config field: its default, ``check(value) -> normalised value`` (ValueError: what is
+    allowed), and the help text shown in errors."""
+    return field(default=default, metadata={"check": check, "help": help})
+
+
+def _spec_default(name: str) -> Any:
+    """The data layer's own default, so that `asymcl data summary` and training agree."""
+    from asymcl.data.spec import DataSpec
+
+    return DataSpec.__dataclass_fields__[name].default
+
+
+class _Section:
+    """Attribute access is the API; ``section["key"]`` and ``"key" in section`` read the same values
+    for code written against the nested-dict form of the config."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__dataclass_fields__
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__dataclass_fields__ else default
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (what ``config.yaml`` holds)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DataConfig(_Section):
+    dataset: str = option("digits", check.choice(*DATASETS), "data source")
+    root: str | None = option(None, check.optional_str, "dataset folder or file (not needed for digits)")
+    imbalance: str | None = option(None, check.imbalance, "training-set imbalance profile, e.g. exp:100")
+    classes: list[int] | None = option(None, check.classes, "class ids to keep, majority first")
+    val_fraction: float = option(_spec_default("val_fraction"), check.number(0.0, exclusive=True, maximum=1.0),
+                                 "validation share of training pool")
+    test_fraction: float = option(_spec_default("test_fraction"), check.number(0.0, exclusive=True, maximum=1.0),
+                                  "test share carved from the pool when the source has no test split")
+    csv_path_column: str | None = option(None, check.optional_str, "image-path column of a csv source (null: found by name)")
+    csv_label_column: str | None = option(None, check.optional_str, "label column of a csv source (null: found by name)")
+    image_size: int | None = option(None, check.integer(4, optional=True), "resize images to this side (null: native)")
+    augment: str = option("auto", check.choice("auto", "grey28", "dermoscopy", "none"), "augmentation preset")
+    in_memory: bool = option(True, check.boolean, "hold the whole dataset as one tensor and index batches")
+    num_workers: int = option(0, check.integer(0), "DataLoader workers (only when data.in_memory is false)")
+
+
+@dataclass
+class ModelConfig(_Section):
+    backbone: str = option("small_cnn", check.backbone, "encoder")
+    pretrained: str | None = option(None, check.optional_str, "local .pth/.safetensors weights for the encoder")
+    proj_hidden_dim: int = option(512, check.integer(1), "projection head hidden width")
+    proj_dim: int = option(128, check.integer(1), "projection (embedding) dimension")
+
+
+@dataclass
+class LossConfig(_Section):
+    """Null values are filled by the method (its fixed values, else ``methods.LOSS_DEFAULTS``)."""
+
+    gamma: float | None = option(None, check.number(0.0, optional=True), "focal exponent (null: the method's default)")
+    eta: float | None = option(None, check.number(0.0, optional=True), "negative-term weight (null: the method's default)")
+    temperature: float = option(0.1, check.number(0.0, exclusive=True), "softmax temperature tau")
+    normalization: str | None = option(None, check.choice(None, "batch", "pairs"), "batch or pairs (null: method's default)")
+
+
+@dataclass
+class Stage1Config(_Section):
+    """Contrastive pre-training; also the optimisation of an end-to-end method (``ce``)."""
+
+    epochs: int = option(30, check.integer(1), "epochs of stage 1 (or of the ce baseline)")
+    batch_size: int = option(128, check.integer(2), "images per batch (two views each in stage 1)")
+    optimizer: str = option("adamw", check.choice("adamw", "sgd"), "optimizer")
+    lr: float = option(2e-3, check.number(0.0, exclusive=True), "peak learning rate")
+    weight_decay: float = option(1e-4, check.number(0.0), "weight decay")
+    scheduler: str = option("cosine", check.choice("cosine", "none"), "learning-rate schedule")
+
+
+@dataclass
+class Stage2Config(_Section):
+    """The linear classifier; its loss and sampler are also the end-to-end baseline's."""
+
+    epochs: int = option(30, check.integer(1), "epochs of the linear classifier")
+    batch_size: int = option(64, check.integer(1), "images per batch")
+    optimizer: str = option("adamw", check.choice("adamw", "sgd"), "optimizer")
+    lr: float = option(1e-2, check.number(0.0, exclusive=True), "peak learning rate")
+    weight_decay: float = option(0.0, check.number(0.0), "weight decay")
+    scheduler: str = option("cosine", check.choice("cosine", "none"), "learning-rate schedule")
+    loss: str = option("ce", check.choice("ce", "focal", "logit_adjusted"), "classification loss (also the baseline's)")
+    focal_gamma: float = option(2.0, check.number(0.0), "gamma of the focal classification loss")
+    logit_tau: float = option(1.0, check.number(0.0), "tau of logit-adjusted cross-entropy")
+    sampler: str = option("random", check.choice("random", "class_balanced"), "batch sampling (also the baseline's)")
+    augment: bool = option(False, check.boolean, "augment images while training the classifier")
+
+
+@dataclass
+class TrainerConfig(_Section):
+    accelerator: str = option("cpu", check.choice("cpu", "gpu", "cuda", "mps", "auto"), "Lightning accelerator")
+    devices: Any = option(1, check.devices, "Lightning devices")
+    strategy: str = option("auto", check.choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
+                           "Lightning strategy")
+    precision: str = option("32-true", check.choice("32-true", "bf16-mixed", "16-mixed"), "Lightning precision")
+    deterministic: bool = option(True, check.boolean, "use deterministic algorithms")
+    progress_bar: bool = option(True, check.boolean, "show progress bars")
+    num_threads: int | None = option(None, check.integer(1, optional=True), "torch CPU threads (null: torch's default)")
+
+
+@dataclass
+class RunConfig(_Section):
+    """A whole, resolved run config (build it with :func:`resolve_config`)."""
+
+    method: str = option("afcl", check.method, "ce (end-to-end baseline) or a two-stage contrastive loss")
+    seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @property
+    def method_spec(self):
+        """This run's :class:`asymcl.training.methods.Method`."""
+        return get_method(self.method)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return self.method_spec.stages
+
+    def stage_section(self, stage: str) -> Stage1Config | Stage2Config:
+        """The optimisation settings a stage trains with (stage 2's for ``stage2``, else stage 1's)."""
+        return self.stage2 if stage == "stage2" else self.stage1
+
+    def flat(self) -> dict[str, Any]:
+        """``{dotted key: value}`` for every key."""
+        return flatten(self.to_dict())
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if "check" not in f.metadata)
+_SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if "check" not in f.metadata}
+
+
+def _schema() -> dict[str, tuple[Any, Callable[[Any], Any], str]]:
+    schema = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in SECTIONS:
+            for g in dataclasses.fields(_SECTION_TYPES[f.name]):
+                schema[f"{f.name}.{g.name}"] = (g.default, g.metadata["check"], g.metadata["help"])
+        else:
+            schema[f.name] = (f.default, f.metadata["check"], f.metadata["help"])
+    return schema
+
+
+#: dotted key -> (default, check(value) -> normalised value, help), derived from the dataclasses.
+SCHEMA: dict[str, tuple[Any, Callable[[Any], Any], str]] = _schema()
+
+
+def default_config() -> dict:
+    """Every key with its default value, as a nested dict (method-dependent loss values unfilled)."""
+    return _nest({key: copy.deepcopy(spec[0]) for key, spec in SCHEMA.items()})
+
+
+def _from_flat(flat: dict[str, Any]) -> RunConfig:
+    nested = _nest(flat)
+    sections = {name: _SECTION_TYPES[name](**nested.pop(name)) for name in SECTIONS}
+    return RunConfig(**nested, **sections)
+
+
+def flatten(config: dict | RunConfig, prefix: str = "") -> dict[str, Any]:
+    """Nested (or partly dotted) dict, or a :class:`RunConfig` -> {dotted key: value}."""
+    if isinstance(config, _Section):
+        config = config.to_dict()
     flat: dict[str, Any] = {}
     for key, value in config.items():
         if not isinstance(key, str):
@@ -299,53 +298,34 @@ def load_config_file(path: str | Path) -> dict:
     return loaded
 
 
-def resolve_config(base: dict | None = None, overrides: list[str] | dict | None = None) -> dict:
+def resolve_config(base: dict | RunConfig | None = None,
+                   overrides: list[str] | dict | None = None) -> RunConfig:
     """Defaults <- ``base`` <- ``overrides``; validated and with method-specific values filled in.
 
     Raises :class:`ConfigError` naming the key and what is allowed on an unknown key, a wrong type,
     an impossible value, a loss parameter the method fixes, or a dataset path that does not exist.
     """
     flat = {key: copy.deepcopy(spec[0]) for key, spec in SCHEMA.items()}
-    explicit: set[str] = set()
     for source, values in (("in the config", flatten(base or {})), ("in --set", parse_overrides(overrides))):
         for key, value in values.items():
             if key not in SCHEMA:
                 raise _unknown_key_error(key, source)
             flat[key] = value
-            explicit.add(key)
-    for key, (_, check, help_text) in SCHEMA.items():
+    for key, (_, validate, help_text) in SCHEMA.items():
         try:
-            flat[key] = check(flat[key])
+            flat[key] = validate(flat[key])
         except ValueError as exc:
             raise ConfigError(f"{key} {exc}; got {flat[key]!r} ({help_text})") from None
 
-    method = flat["method"]
-    if method == "ce":
-        for name in ("gamma", "eta"):
-            if flat[f"loss.{name}"] not in (None, 0.0):
-                raise ConfigError(f"loss.{name} has no effect with method ce (no contrastive loss); "
-                                  "choose a method among supcon, cl, fcl, acl, afcl or remove it")
-    else:
-        fixed = _FIXED_LOSS[method]
-        for name, value in fixed.items():
-            given = flat[f"loss.{name}"]
-            if given is not None and given != value:
-                raise ConfigError(
-                    f"loss.{name}={given!r} contradicts method {method}, which fixes it at {value!r}; "
-                    f"use method afcl to set gamma and eta freely"
-                )
-            flat[f"loss.{name}"] = value
-        if flat["loss.gamma"] is None:
-            flat["loss.gamma"] = _DEFAULT_GAMMA
-        if flat["loss.eta"] is None:
-            flat["loss.eta"] = _DEFAULT_ETA
-        if flat["loss.normalization"] is None:
-            flat["loss.normalization"] = "batch"
+    loss = get_method(flat["method"]).resolve_loss(
+        {name.split(".", 1)[1]: value for name, value in flat.items() if name.startswith("loss.")})
+    flat.update({f"loss.{name}": value for name, value in loss.items()})
 
-    if flat["data.dataset"] != "digits":
+    dataset = DATASETS[flat["data.dataset"]]
+    if dataset.needs_root:
         root = flat["data.root"]
         if root is None:
-            raise ConfigError(f"data.root is required for data.dataset={flat['data.dataset']} "
+            raise ConfigError(f"data.root is required for data.dataset={dataset.name} "
                               "(the folder or file holding it)")
         if not Path(root).expanduser().exists():
             raise ConfigError(f"data.root {root} does not exist")
@@ -355,7 +335,7 @@ def resolve_config(base: dict | None = None, overrides: list[str] | dict | None 
         classes = flat["data.classes"]
         if classes is not None and len(classes) != 2:
             raise ConfigError(f"data.imbalance binary:* needs exactly two data.classes, got {classes}")
-    return _nest(flat)
+    return _from_flat(flat)
 
 
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values
@@ -363,12 +343,12 @@ def resolve_config(base: dict | None = None, overrides: list[str] | dict | None 
 NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers")
 
 
-def result_config(config: dict) -> dict:
+def result_config(config: dict | RunConfig) -> dict:
     """The resolved config without :data:`NON_RESULT_KEYS` (flat, dotted keys)."""
     return {k: v for k, v in flatten(config).items() if k not in NON_RESULT_KEYS}
 
 
-def config_differences(a: dict, b: dict) -> list[str]:
+def config_differences(a: dict | RunConfig, b: dict | RunConfig) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, as 'key: a != b'
     (keys in :data:`NON_RESULT_KEYS` are ignored)."""
     flat_a, flat_b = result_config(a), result_config(b)
@@ -377,14 +357,3 @@ def config_differences(a: dict, b: dict) -> list[str]:
         for key in sorted(set(flat_a) | set(flat_b))
         if flat_a.get(key) != flat_b.get(key)
     ]
-
-
-def loss_kwargs(config: dict) -> dict[str, Any]:
-    """The contrastive loss's keyword arguments from a resolved config."""
-    loss = config["loss"]
-    return {
-        "gamma": loss["gamma"],
-        "eta": loss["eta"],
-        "temperature": loss["temperature"],
-        "normalization": loss["normalization"],
-    }

@@ -35,8 +35,8 @@ from torchmetrics.classification import (
 from asymcl.data.augment import build_augmentation
 from asymcl.models import LinearClassifier, ProjectionHead, build_backbone
 from asymcl.training.data_module import to_float_images
+from asymcl.training.methods import STAGE_OFFSETS
 
-STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -72,12 +72,12 @@ class Encoder(nn.Module):
 
 
 def build_encoder(config: dict, in_channels: int, load_pretrained: bool = True) -> Encoder:
-    model = config["model"]
-    return Encoder(model["backbone"], in_channels, model["pretrained"], load_pretrained)
+    model = config.model
+    return Encoder(model.backbone, in_channels, model.pretrained, load_pretrained)
 
 
 def augmentation_preset(config: dict, dataset_name: str, channels: int) -> str:
-    preset = config["data"]["augment"]
+    preset = config.data.augment
     if preset != "auto":
         return preset
     return "dermoscopy" if dataset_name == "isic2018" or channels == 3 else "grey28"
@@ -140,7 +140,7 @@ class _Base(pl.LightningModule):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
-        self.seed = int(config["seed"])
+        self.seed = int(config.seed)
         self.augment = build_augmentation(augment_preset, image_hw, in_channels)
         self.val_metrics = metric_collection(num_classes)
         self.last_val_metrics: dict[str, Any] = {}
@@ -181,14 +181,14 @@ class _Base(pl.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------
     def _optimizer(self, params, section: dict):
-        if section["optimizer"] == "sgd":
-            optimizer = torch.optim.SGD(params, lr=section["lr"], momentum=0.9,
-                                        weight_decay=section["weight_decay"])
+        if section.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9,
+                                        weight_decay=section.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(params, lr=section["lr"], weight_decay=section["weight_decay"])
-        if section["scheduler"] == "none":
+            optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+        if section.scheduler == "none":
             return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=section["epochs"])
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=section.epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
@@ -203,19 +203,10 @@ class ContrastiveModule(_Base):
     def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, gather_distributed: bool = False, load_pretrained: bool = True):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
-        from asymcl.losses import AsymmetricFocalContrastiveLoss, SupConLoss
-
         self.encoder = build_encoder(config, in_channels, load_pretrained)
-        self.head = ProjectionHead(self.encoder.feature_dim, config["model"]["proj_hidden_dim"],
-                                   config["model"]["proj_dim"])
-        loss = config["loss"]
-        if config["method"] == "supcon":
-            self.criterion = SupConLoss(temperature=loss["temperature"], gather_distributed=gather_distributed)
-        else:  # cl/fcl/acl/afcl: the config already fixed gamma/eta for the special cases
-            self.criterion = AsymmetricFocalContrastiveLoss(
-                gamma=loss["gamma"], eta=loss["eta"], temperature=loss["temperature"],
-                normalization=loss["normalization"], gather_distributed=gather_distributed,
-            )
+        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim,
+                                   config.model.proj_dim)
+        self.criterion = config.method_spec.build_loss(config.loss, gather_distributed)
         self.class_means: Tensor | None = None
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -249,7 +240,7 @@ class ContrastiveModule(_Base):
         return features @ self.class_means.T
 
     def configure_optimizers(self):
-        return self._optimizer(self.parameters(), self.config["stage1"])
+        return self._optimizer(self.parameters(), self.config.stage1)
 
 
 class LinearProbeModule(_Base):
@@ -260,12 +251,12 @@ class LinearProbeModule(_Base):
     def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, class_counts: Tensor):
         super().__init__(config, num_classes, in_channels,
-                         image_hw, augment_preset if config["stage2"]["augment"] else "none")
+                         image_hw, augment_preset if config.stage2.augment else "none")
         self.encoder = build_encoder(config, in_channels, load_pretrained=False)
         self.encoder.requires_grad_(False)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
-        s2 = config["stage2"]
-        self.criterion = ClassificationLoss(s2["loss"], class_counts, s2["focal_gamma"], s2["logit_tau"])
+        s2 = config.stage2
+        self.criterion = ClassificationLoss(s2.loss, class_counts, s2.focal_gamma, s2.logit_tau)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -293,7 +284,7 @@ class LinearProbeModule(_Base):
         return self(images)
 
     def configure_optimizers(self):
-        return self._optimizer(self.classifier.parameters(), self.config["stage2"])
+        return self._optimizer(self.classifier.parameters(), self.config.stage2)
 
 
 class EndToEndModule(_Base):
@@ -307,8 +298,8 @@ class EndToEndModule(_Base):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, load_pretrained)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
-        s2 = config["stage2"]
-        self.criterion = ClassificationLoss(s2["loss"], class_counts, s2["focal_gamma"], s2["logit_tau"])
+        s2 = config.stage2
+        self.criterion = ClassificationLoss(s2.loss, class_counts, s2.focal_gamma, s2.logit_tau)
 
     def features(self, images: Tensor) -> Tensor:
         return self.encoder(images)
@@ -328,4 +319,4 @@ class EndToEndModule(_Base):
         return self(images)
 
     def configure_optimizers(self):
-        return self._optimizer(self.parameters(), self.config["stage1"])
+        return self._optimizer(self.parameters(), self.config.stage1)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 import yaml
 
+from asymcl.atomic import atomic_write_bytes
+from asymcl.data.spec import IMAGE_SUFFIXES
 from asymcl.errors import CheckpointError, DataError
-from asymcl.training.checkpoints import atomic_write_bytes, load_module_weights
+from asymcl.training.checkpoints import load_module_weights
 from asymcl.training.config import resolve_config
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -31,7 +32,7 @@ def find_images(path: str | Path) -> list[Path]:
         raise DataError(f"--images {path} is neither an image file nor a folder")
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return files
 
 
@@ -47,7 +48,7 @@ class RunModel:
     """The best final model of a run directory, ready for inference."""
 
     def __init__(self, run_dir: str | Path):
-        from asymcl.training.pipeline import _build_module, stages_for
+        from asymcl.training.pipeline import RunData, build_module, stages_for
 
         self.run_dir = Path(run_dir)
         config_path, metrics_path = self.run_dir / "config.yaml", self.run_dir / "metrics.json"
@@ -61,19 +62,14 @@ class RunModel:
         shape = metrics["input"]
         self.channels, self.size_hw = int(shape["channels"]), (int(shape["height"]), int(shape["width"]))
 
-        class _Shape:  # what _build_module reads from the run's data
-            num_classes = len(self.classes)
-            channels = self.channels
-            image_hw = self.size_hw
-            dataset_name = self.config["data"]["dataset"]
-            class_counts = torch.ones(len(self.classes))
-
         stage = stages_for(self.config)[-1]
         checkpoint = self.run_dir / "checkpoints" / stage / "best.ckpt"
         if not checkpoint.is_file():
             raise CheckpointError(f"the run in {self.run_dir} has no trained {stage} model ({checkpoint} "
                                   "is missing); run `asymcl train` with the run's config.yaml again to train it")
-        self.module = _build_module(stage, self.config, _Shape, load_pretrained=False)
+        shape = RunData.shape_only(num_classes=len(self.classes), channels=self.channels,
+                                   image_hw=self.size_hw, dataset_name=self.config.data.dataset)
+        self.module = build_module(stage, self.config, shape, load_pretrained=False)
         load_module_weights(self.module, checkpoint)
         self.module.eval()
 

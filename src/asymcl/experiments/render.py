@@ -1,0 +1,164 @@
+"""The report document: tables built from the numbers, and blocks rendered to Markdown and HTML.
+
+A document is a list of blocks ``(kind, payload)``: ``("h2", text)``, ``("p", text)``,
+``("table", Table)``, ``("img", (path, alt))``, ``("pre", text)`` and the like.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from asymcl.experiments.selection import method_order, format_params, split_title
+from asymcl.training.methods import display
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+
+
+def _md(blocks: Iterable[tuple]) -> str:
+    out = []
+    for kind, *payload in blocks:
+        if kind.startswith("h"):
+            out.append("#" * int(kind[1]) + " " + payload[0])
+        elif kind == "p":
+            out.append(payload[0])
+        elif kind == "pre":
+            out.append("```\n" + payload[0].rstrip() + "\n```")
+        elif kind == "img":
+            out.append(f"![{payload[1]}]({payload[0]})")
+        elif kind == "table":
+            table: Table = payload[0]
+            lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+            for i, row in enumerate(table.rows):
+                cells = [f"**{c}**" if (i, j) in table.bold else c for j, c in enumerate(row)]
+                lines.append("| " + " | ".join(cells) + " |")
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_html(text: str) -> str:
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _html(blocks: Iterable[tuple], title: str) -> str:
+    out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+           "pre{background:#f4f4f4;padding:.6em;overflow-x:auto}</style></head><body>"]
+    for kind, *payload in blocks:
+        if kind.startswith("h"):
+            out.append(f"<{kind}>{html.escape(payload[0])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_html(payload[0])}</p>")
+        elif kind == "pre":
+            out.append(f"<pre>{html.escape(payload[0])}</pre>")
+        elif kind == "img":
+            out.append(f"<p><img src='{html.escape(payload[0])}' alt='{html.escape(payload[1])}'></p>")
+        elif kind == "table":
+            table = payload[0]
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.header) + "</tr>")
+            for i, row in enumerate(table.rows):
+                cells = "".join(
+                    f"<td><b>{html.escape(c)}</b></td>" if (i, j) in table.bold else f"<td>{html.escape(c)}</td>"
+                    for j, c in enumerate(row))
+                out.append(f"<tr>{cells}</tr>")
+            out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _fmt_pct(mean: float, std: float, n: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return "n/a"
+    return f"{mean * 100:.1f} ± {std * 100:.1f}"
+
+
+def _column_title(column: str, columns: Sequence[str]) -> str:
+    split, metric = column.split(".")
+    return f"{split_title(split, any(c.startswith('test_imbalanced.') for c in columns))} {metric.upper()}"
+
+
+def _results_table(numbers: dict[str, Any]) -> Table:
+    header = ["method", "chosen hyperparameters", "seeds"] + [_column_title(c, numbers["columns"]) for c in numbers["columns"]]
+    table = Table(header, [])
+    methods = list(numbers["table"])
+    for method in methods:
+        row = numbers["table"][method]
+        cells = [display(method), format_params(row["params"]), str(len(row["seeds"]))]
+        cells += [_fmt_pct(row[c]["mean"], row[c]["std"], row[c]["n"]) for c in numbers["columns"]]
+        table.rows.append(cells)
+    for j, column in enumerate(numbers["columns"]):
+        means = [numbers["table"][m][column]["mean"] for m in methods]
+        finite = [v for v in means if not math.isnan(v)]
+        if not finite:
+            continue
+        best = round(max(finite) * 100, 1)
+        for i, value in enumerate(means):
+            if not math.isnan(value) and round(value * 100, 1) == best:
+                table.bold.add((i, j + 3))
+    return table
+
+
+def _summary_table(all_numbers: Sequence[dict[str, Any]]) -> Table | None:
+    """One row per setting: each method's UA on the main test split (the first present)."""
+    methods = sorted({m for numbers in all_numbers for m in numbers["table"]}, key=method_order)
+    if not methods:
+        return None
+    table = Table(["setting", "test split"] + [display(m) for m in methods], [])
+    for numbers in all_numbers:
+        tests = [c for c in numbers["columns"] if c.endswith(".ua") and not c.startswith("val.")]
+        if not tests:
+            continue
+        column = tests[0]
+        cells = [numbers["label"], _column_title(column, numbers["columns"]).rsplit(" ", 1)[0]]
+        means = []
+        for method in methods:
+            cell = numbers["table"].get(method, {}).get(column)
+            means.append(float("nan") if cell is None else cell["mean"])
+            cells.append("–" if cell is None else _fmt_pct(cell["mean"], cell["std"], cell["n"]))
+        table.rows.append(cells)
+        finite = [m for m in means if not math.isnan(m)]
+        if finite:
+            best = round(max(finite) * 100, 1)
+            for j, mean in enumerate(means):
+                if not math.isnan(mean) and round(mean * 100, 1) == best:
+                    table.bold.add((len(table.rows) - 1, j + 2))
+    return table if table.rows else None
+
+
+def _comparison_table(numbers: dict[str, Any]) -> Table | None:
+    if not numbers["comparisons"]:
+        return None
+    table = Table(["AFCL vs", "split", "paired seeds", "Δ UA [95% CI]", "Δ WA [95% CI]", "on UA"], [])
+    for method, entry in numbers["comparisons"].items():
+        for split in [c.split(".")[0] for c in numbers["columns"] if c.endswith(".ua") and not c.startswith("val")]:
+            ua, wa = entry[f"{split}.ua"], entry[f"{split}.wa"]
+
+            def fmt(d: dict) -> str:
+                if d["n"] == 0:
+                    return "n/a"
+                text = f"{d['mean'] * 100:+.1f}"
+                return text + (f" [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]" if d["n"] > 1 else " (no CI)")
+
+            if ua["n"] < 2:
+                verdict = "too few seeds"
+            elif ua["low"] > 0:
+                verdict = "AFCL better"
+            elif ua["high"] < 0:
+                verdict = "AFCL worse"
+            else:
+                verdict = "no clear difference"
+            title = split_title(split, any(c.startswith("test_imbalanced.") for c in numbers["columns"]))
+            table.rows.append([display(method), title, str(ua["n"]), fmt(ua), fmt(wa), verdict])
+    return table

@@ -1,0 +1,222 @@
+"""Report step 1-2: runs grouped into settings, and model selection on validation UA.
+
+Per setting (dataset, imbalance, class subset) and method, runs are grouped by the hyperparameters
+that differ between them (seeds excluded); the group with the highest mean validation UA is chosen.
+The test splits play no part in the choice. :func:`setting_numbers` then gathers the chosen
+groups' numbers (mean ± std over seeds, paired differences against the proposed method).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from asymcl.experiments.runs import METHOD_KEY, METHODS, TEST_SPLITS, Run
+from asymcl.experiments.stats import mean_std, paired_difference
+from asymcl.training.methods import PROPOSED
+
+
+#: Keys that never distinguish hyperparameter settings (seeds are what we average over; paths and
+#: devices do not change the method).
+IGNORED_KEYS = {"seed", "data.seed", METHOD_KEY, "loss.name", "data.root", "data.in_memory", "data.num_workers"}
+IGNORED_SECTIONS = ("trainer.",)
+SETTING_KEYS = ("data.dataset", "data.imbalance", "data.classes")
+_SYMBOLS = {"loss.gamma": "γ", "loss.eta": "η", "loss.temperature": "τ"}
+_SPLIT_TITLES = {"val": "validation", "test": "test", "test_imbalanced": "test (imbalanced)"}
+
+
+def split_title(split: str, has_imbalanced_test: bool = False) -> str:
+    """With an imbalance profile, ``test`` is the full (balanced) official test set; without one
+    (e.g. ISIC) it is the official test set as it is."""
+    if split == "test" and has_imbalanced_test:
+        return "test (balanced)"
+    return _SPLIT_TITLES.get(split, split)
+
+
+# --------------------------------------------------------------------------------------------
+# Grouping and selection
+
+
+def hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+def method_order(method: str) -> tuple:
+    return (METHODS.index(method) if method in METHODS else len(METHODS), method)
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith(IGNORED_SECTIONS)
+
+
+@dataclass
+class Candidate:
+    """All seeds of one method at one hyperparameter setting."""
+
+    method: str
+    params: dict[str, Any]            # the distinguishing keys (loss.* the method uses + varied keys)
+    runs: list[Run]
+
+    @property
+    def val_ua(self) -> float:
+        scores = [run.val_ua for run in self.runs if run.val_ua is not None]
+        return float(np.mean(scores)) if scores else float("nan")
+
+    def label(self) -> str:
+        return format_params(self.params)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    if not params:
+        return "–"
+    parts = []
+    for key, value in params.items():
+        name = _SYMBOLS.get(key, key)
+        parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+    return ", ".join(parts)
+
+
+@dataclass
+class Setting:
+    """One dataset/imbalance/class subset and its runs."""
+
+    label: str
+    slug: str
+    runs: list[Run]
+    candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+    chosen: dict[str, Candidate] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self.chosen, key=method_order)
+
+    @property
+    def test_splits(self) -> list[str]:
+        present = {split for run in self.runs for split in run.test_splits()}
+        return [split for split in TEST_SPLITS if split in present]
+
+    def class_names(self) -> list[str]:
+        for run in self.runs:
+            names = run.class_names()
+            if names:
+                return names
+        n = len(self.runs[0].metrics.get("final", {}).get("test", {}).get("per_class_recall", []))
+        return [str(i) for i in range(n)]
+
+
+def _setting_label(run: Run) -> str:
+    dataset = str(run.config.get("data.dataset", "?"))
+    if dataset in ("npz", "folder", "csv") and run.config.get("data.root"):
+        dataset += f" {Path(str(run.config['data.root'])).name}"
+    # Without a profile the training set keeps the source's own class distribution.
+    imbalance = run.config.get("data.imbalance") or "natural distribution"
+    label = f"{dataset}, {imbalance}"
+    classes = run.config.get("data.classes")
+    if classes:
+        label += f", classes {list(classes)}"
+    return label
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def group_settings(runs: Sequence[Run]) -> list[Setting]:
+    by_setting: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_setting[tuple(hashable(run.config.get(key)) for key in SETTING_KEYS)].append(run)
+    settings = []
+    for key in sorted(by_setting, key=lambda k: [_natural_key(str(v)) for v in k]):
+        members = by_setting[key]
+        label = _setting_label(members[0])
+        settings.append(Setting(label, _slug(label), members))
+    return settings
+
+
+def select(setting: Setting) -> None:
+    """Fill ``setting.candidates`` and ``setting.chosen`` (best mean validation UA per method)."""
+    from asymcl.experiments.runs import METHOD_PARAMS
+
+    by_method: dict[str, list[Run]] = defaultdict(list)
+    for run in setting.runs:
+        by_method[run.method].append(run)
+    for method, runs in by_method.items():
+        keys = sorted({k for run in runs for k in run.config} - {k for k in SETTING_KEYS})
+        varied = [k for k in keys if not _ignored(k)
+                  and len({hashable(run.config.get(k)) for run in runs}) > 1]
+        shown = [k for k in ("loss.gamma", "loss.eta", "loss.temperature")
+                 if k in METHOD_PARAMS.get(method, ()) or k in varied]
+        shown += [k for k in varied if k not in shown]
+        groups: dict[tuple, list[Run]] = defaultdict(list)
+        for run in runs:
+            groups[tuple(hashable(run.config.get(k)) for k in shown)].append(run)
+        candidates = [
+            Candidate(method, {k: members[0].config.get(k) for k in shown},
+                      sorted(members, key=lambda r: _natural_key(str(r.seed))))
+            for _, members in sorted(groups.items(), key=lambda item: [_natural_key(str(v)) for v in item[0]])
+        ]
+        setting.candidates[method] = candidates
+        scored = [c for c in candidates if not math.isnan(c.val_ua)]
+        if not scored:
+            continue
+        # Ties go to the candidate with more seeds, then to the first in the sorted order.
+        setting.chosen[method] = max(scored, key=lambda c: (c.val_ua, len(c.runs)))
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+
+
+def metric_values(candidate: Candidate, split: str, metric: str) -> dict[Any, float]:
+    """seed -> value of ``final[split][metric]`` for the candidate's runs that have it."""
+    out = {}
+    for run in candidate.runs:
+        value = run.split_metric(split, metric) if split != "val" or metric != "ua" else run.val_ua
+        if value is not None:
+            out[run.seed] = float(value)
+    return out
+
+
+def setting_numbers(setting: Setting) -> dict[str, Any]:
+    """The table and the paired comparisons of one setting, unrounded (what report.json holds)."""
+    columns = [("val", "ua")] + [(split, metric) for split in setting.test_splits for metric in ("wa", "ua")]
+    table = {}
+    for method in setting.methods:
+        candidate = setting.chosen[method]
+        row = {"params": candidate.params, "seeds": [run.seed for run in candidate.runs],
+               "n_candidates": len(setting.candidates[method])}
+        for split, metric in columns:
+            stats = mean_std(metric_values(candidate, split, metric).values())
+            row[f"{split}.{metric}"] = {"mean": stats.mean, "std": stats.std, "n": stats.n}
+        table[method] = row
+    comparisons = {}
+    if PROPOSED in setting.chosen:
+        proposed = setting.chosen[PROPOSED]
+        for method in setting.methods:
+            if method == PROPOSED:
+                continue
+            entry = {}
+            for split in setting.test_splits:
+                for metric in ("ua", "wa"):
+                    mine = metric_values(proposed, split, metric)
+                    theirs = metric_values(setting.chosen[method], split, metric)
+                    seeds = [s for s in mine if s in theirs]
+                    diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+                    entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
+                                                  "n": diff.n, "seeds": seeds}
+            comparisons[method] = entry
+    return {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
+            "comparisons": comparisons,
+            "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
+                               for c in cands] for m, cands in setting.candidates.items()}}

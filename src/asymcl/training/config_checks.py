@@ -1,0 +1,131 @@
+"""The value checks of the run config's fields: ``check(value) -> normalised value``, raising
+ValueError with what is allowed (``resolve_config`` adds the key, the value given and the help)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from asymcl.errors import DataError
+
+
+def choice(*allowed: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
+        return value
+
+    return check
+
+
+def method(value: Any) -> str:
+    """A name in the method registry (read at check time: a new entry needs no change here)."""
+    from asymcl.training.methods import METHODS
+
+    if value not in METHODS:
+        raise ValueError(f"must be one of {', '.join(METHODS)}")
+    return value
+
+
+def integer(minimum: int | None = None, optional: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ValueError("must be an integer" + (" or null" if optional else ""))
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return check
+
+
+def number(
+    minimum: float | None = None, exclusive: bool = False, maximum: float | None = None,
+    optional: bool = False,
+) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number" + (" or null" if optional else ""))
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            raise ValueError(f"must be {'>' if exclusive else '>='} {minimum}")
+        if maximum is not None and value >= maximum:
+            raise ValueError(f"must be < {maximum}")
+        return value
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)):
+        raise ValueError("must be a string (a path) or null")
+    return str(value)
+
+
+def imbalance(value: Any) -> str | None:
+    """KIND:RHO or KIND:RHO:NMAX, checked by the data layer's own parser (one grammar, one place)."""
+    from asymcl.data.imbalance import parse_imbalance
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be null or exp:RATIO, step:RATIO or binary:RATIO, optionally :NMAX (e.g. exp:100)")
+    try:
+        parse_imbalance(value)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def classes(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        try:
+            value = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("must be a list of class ids such as [0, 6] or 0,6") from None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        raise ValueError("must be a non-empty list of class ids >= 0, e.g. [0, 6]")
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a class id")
+    return list(value)
+
+
+def backbone(value: Any) -> str:
+    from asymcl.models.backbones import BACKBONES
+
+    if not isinstance(value, str) or not (value in BACKBONES or (value.startswith("timm:") and len(value) > 5)):
+        raise ValueError(f"must be one of {', '.join(BACKBONES)}")
+    return value
+
+
+def devices(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
+        return value
+    raise ValueError("must be 'auto', a count >= 1, or a list of device indices")

@@ -1,0 +1,183 @@
+"""The method registry: one :class:`Method` object per training method, asked by everything else.
+
+Config validation (which loss parameters a method fixes, which defaults it fills), sweeps and
+studies (which hyperparameters vary for it), reports (row order, display name, which method is the
+proposed one) and the pipeline (which stages it trains, which contrastive loss stage 1 uses) all
+read this table, so adding a method is one entry here plus its tests.
+
+Loss parameters are the names of the ``loss`` section of the run config (``gamma``, ``eta``,
+``temperature``, ``normalization``). For a method:
+
+* ``fixed``: parameters the method pins by definition (FCL is eta = 0, ACL gamma = 0, CL both,
+  SupCon is CL with SupCon's "pairs" averaging). Setting another value is a config error.
+* ``free``: the hyperparameters a user tunes for it; only these vary in a sweep or an Optuna
+  study, are shown in report labels, and are chosen on validation.
+* anything else in ``loss`` that the method uses and the user leaves null gets
+  :data:`LOSS_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+from asymcl.errors import ConfigError
+
+#: Stage names of the two schedules in use (run directories, checkpoints, metrics.json keys).
+TWO_STAGE = ("stage1", "stage2")
+BASELINE = ("baseline",)
+#: Each stage's own offset in the seeds of its initial weights, batches and augmentations.
+STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3}
+
+#: Defaults of the loss parameters a method neither fixes nor has a value for. They are the
+#: pipeline's starting point on the bundled data, not the loss layer's neutral defaults (there
+#: ``afcl_loss()`` with no arguments is plain CL at SupCon's tau = 0.07): see the README.
+LOSS_DEFAULTS: Mapping[str, Any] = {"gamma": 1.0, "eta": 5.0, "normalization": "batch"}
+
+#: The loss hyperparameters that sweeps, studies and report labels deal with (``loss.<name>``).
+TUNABLE = ("gamma", "eta", "temperature")
+
+
+def _afcl_factory(loss, gather_distributed: bool):
+    from asymcl.losses import AsymmetricFocalContrastiveLoss
+
+    # cl/fcl/acl are AFCL with gamma and/or eta fixed at 0: the config already filled them in.
+    return AsymmetricFocalContrastiveLoss(
+        gamma=loss.gamma, eta=loss.eta, temperature=loss.temperature,
+        normalization=loss.normalization, gather_distributed=gather_distributed,
+    )
+
+
+def _supcon_factory(loss, gather_distributed: bool):
+    from asymcl.losses import SupConLoss
+
+    return SupConLoss(temperature=loss.temperature, gather_distributed=gather_distributed)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method.
+
+    ``stages``: the stage names it trains, in order (``baseline`` = encoder + classifier end to end
+    on the classification loss; ``stage1`` + ``stage2`` = contrastive pre-training, then a linear
+    classifier on the frozen encoder). ``loss_factory(loss_config, gather_distributed)``: stage 1's
+    contrastive loss module (None for a method without one).
+    """
+
+    name: str
+    display: str
+    stages: tuple[str, ...]
+    help: str
+    loss_factory: Callable[[Any, bool], Any] | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    free: tuple[str, ...] = ()
+
+    @property
+    def contrastive(self) -> bool:
+        return self.loss_factory is not None
+
+    @property
+    def tunable_keys(self) -> frozenset[str]:
+        """``loss.<name>`` of its free hyperparameters (what a sweep varies for it)."""
+        return frozenset(f"loss.{name}" for name in self.free)
+
+    def build_loss(self, loss_config, gather_distributed: bool = False):
+        if self.loss_factory is None:
+            raise ValueError(f"method {self.name} has no contrastive loss")
+        return self.loss_factory(loss_config, gather_distributed)
+
+    def resolve_loss(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check the user's loss parameters against the method and fill the method's values.
+
+        ``params``: ``{name: value or None}`` for every loss parameter. Returns the filled dict;
+        raises :class:`ConfigError` on a value the method contradicts or cannot use.
+        """
+        params = dict(params)
+        if not self.contrastive:
+            for name in ("gamma", "eta"):
+                if params.get(name) not in (None, 0.0):
+                    raise ConfigError(
+                        f"loss.{name} has no effect with method {self.name} (no contrastive loss); "
+                        f"choose a method among {', '.join(contrastive_methods())} or remove it")
+            return params
+        for name, value in self.fixed.items():
+            given = params.get(name)
+            if given is not None and given != value:
+                raise ConfigError(
+                    f"loss.{name}={given!r} contradicts method {self.name}, which fixes it at {value!r}; "
+                    f"use method afcl to set gamma and eta freely")
+            params[name] = value
+        for name, default in LOSS_DEFAULTS.items():
+            if params.get(name) is None:
+                params[name] = default
+        return params
+
+
+_ALL = (
+    Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)"),
+    Method("supcon", "SupCon", TWO_STAGE, "supervised contrastive loss, SupCon's per-anchor averaging",
+           _supcon_factory, {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}, ("temperature",)),
+    Method("cl", "CL", TWO_STAGE, "contrastive loss (AFCL with gamma = eta = 0)",
+           _afcl_factory, {"gamma": 0.0, "eta": 0.0}, ("temperature",)),
+    Method("fcl", "FCL", TWO_STAGE, "focal contrastive loss (AFCL with eta = 0)",
+           _afcl_factory, {"eta": 0.0}, ("gamma", "temperature")),
+    Method("acl", "ACL", TWO_STAGE, "asymmetric contrastive loss (AFCL with gamma = 0)",
+           _afcl_factory, {"gamma": 0.0}, ("eta", "temperature")),
+    Method("afcl", "AFCL", TWO_STAGE, "asymmetric focal contrastive loss (the proposed method)",
+           _afcl_factory, {}, ("gamma", "eta", "temperature")),
+)
+
+#: name -> Method, in the order tables list them: baselines first, the proposed loss last.
+REGISTRY: dict[str, Method] = {method.name: method for method in _ALL}
+
+
+class _Names(Sequence):
+    """The registry's names, read live (so an entry added to :data:`REGISTRY` is known everywhere)."""
+
+    def __getitem__(self, index):
+        return tuple(REGISTRY)[index]
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+    def __repr__(self) -> str:
+        return repr(tuple(REGISTRY))
+
+
+class RegistryView(Mapping):
+    """``{name: attribute(method)}`` over the registry, read live."""
+
+    def __init__(self, attribute: Callable[[Method], Any]):
+        self._attribute = attribute
+
+    def __getitem__(self, name: str) -> Any:
+        return self._attribute(REGISTRY[name])
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+METHODS: Sequence[str] = _Names()
+#: The method whose gain over the others a report tests.
+PROPOSED = "afcl"
+
+
+def get_method(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def contrastive_methods() -> tuple[str, ...]:
+    return tuple(name for name, method in REGISTRY.items() if method.contrastive)
+
+
+def display(name: str) -> str:
+    """The name tables and figures show (``afcl`` -> ``AFCL``); an unknown name as it is."""
+    method = REGISTRY.get(name)
+    return method.display if method else name

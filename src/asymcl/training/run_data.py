@@ -1,0 +1,96 @@
+"""The data of a run (:class:`RunData`) and a stage's Lightning DataModule over it."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from asymcl.training.config import RunConfig
+from asymcl.training.data_module import make_loader, to_float_images
+from asymcl.training.methods import STAGE_OFFSETS
+
+
+def data_spec(config: RunConfig):
+    """The data layer's :class:`~asymcl.data.DataSpec` for this run."""
+    from asymcl.data import DataSpec
+
+    data = config.data
+    return DataSpec(dataset=data.dataset, root=data.root, imbalance=data.imbalance,
+                    classes=data.classes, val_fraction=data.val_fraction,
+                    test_fraction=data.test_fraction, seed=config.seed,
+                    image_size=data.image_size, csv_path_column=data.csv_path_column,
+                    csv_label_column=data.csv_label_column)
+
+
+class RunData:
+    """The splits, loaded once (and held as tensors when ``data.in_memory``).
+
+    What the modules need from the data (``num_classes``, ``channels``, ``image_hw``,
+    ``dataset_name``, ``class_counts``) is plain attributes, so :meth:`shape_only` can stand in for
+    the data where only a model's layout is needed (``asymcl predict``).
+    """
+
+    def __init__(self, config: RunConfig):
+        from asymcl.data import build_splits
+
+        self.splits = build_splits(data_spec(config))
+        self.classes = list(self.splits.classes)
+        self.num_classes = len(self.classes)
+        train = self.splits["train"]
+        self.channels, height, width = train.image_shape
+        self.image_hw = (height, width)
+        self.dataset_name = config.data.dataset
+        self.class_counts = torch.as_tensor(np.bincount(train.targets, minlength=self.num_classes))
+        self.in_memory = config.data.in_memory
+        self.cache = {name: ds.load_all() for name, ds in self.splits.splits.items()} if self.in_memory else {}
+
+    @classmethod
+    def shape_only(cls, *, num_classes: int, channels: int, image_hw: tuple[int, int],
+                   dataset_name: str) -> "RunData":
+        """The attributes a module is built from, without loading any data."""
+        data = cls.__new__(cls)
+        data.splits, data.cache, data.in_memory = None, {}, False
+        data.classes = [str(k) for k in range(num_classes)]
+        data.num_classes, data.channels, data.image_hw = num_classes, channels, tuple(image_hw)
+        data.dataset_name = dataset_name
+        data.class_counts = torch.ones(num_classes, dtype=torch.long)
+        return data
+
+    def loader(self, split: str, batch_size: int, *, train: bool, seed: int, sampler: str = "random",
+               num_workers: int = 0, rank: int = 0, world_size: int = 1):
+        return make_loader(self.splits[split], batch_size, train=train, seed=seed, sampler=sampler,
+                           in_memory=self.in_memory, num_workers=num_workers, rank=rank,
+                           world_size=world_size, cached=self.cache.get(split))
+
+
+class SplitsDataModule(pl.LightningDataModule):
+    """One stage's loaders over a :class:`RunData`. At module level (not inside a function) so that
+    it pickles, as ``trainer.strategy=ddp_spawn`` requires."""
+
+    def __init__(self, data: RunData, config: RunConfig, stage: str):
+        super().__init__()
+        self.data = data
+        self.batch_size = config.stage_section(stage).batch_size
+        self.sampler = "random" if stage == "stage1" else config.stage2.sampler
+        self.seed = config.seed * 100 + STAGE_OFFSETS[stage]
+        self.num_workers = config.data.num_workers
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        images, labels = batch
+        return to_float_images(images), labels
+
+    def _loader(self, split: str, train: bool, sampler: str = "random"):
+        return self.data.loader(split, self.batch_size, train=train, seed=self.seed, sampler=sampler,
+                                num_workers=self.num_workers, rank=self.trainer.global_rank,
+                                world_size=self.trainer.world_size)
+
+    def train_dataloader(self):
+        return self._loader("train", True, self.sampler)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def probe_dataloader(self):
+        """The un-augmented training split, for stage 1's nearest-class-mean probe."""
+        return self._loader("train", False)

@@ -1,0 +1,130 @@
+"""The run directory's bookkeeping files: ``config.yaml``, ``versions.json``, ``metrics.json``.
+
+The layout is in :mod:`asymcl.training.pipeline` (and docs/architecture.md, layer 3). Only the
+main process writes; every write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from asymcl.atomic import atomic_write_json, atomic_write_yaml
+from asymcl.errors import CheckpointError, ConfigError
+from asymcl.training.config import RunConfig, config_differences, resolve_config
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def versions_info() -> dict[str, Any]:
+    import lightning
+
+    import asymcl
+
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "asymcl": asymcl.__version__,
+        "platform": platform.platform(),
+        "git_commit": None,
+    }
+    try:
+        repo = Path(asymcl.__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0:
+            info["git_commit"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:  # only possible if edited by hand: writes are atomic
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); delete it to recompute") from exc
+
+
+def empty_metrics(config: RunConfig, classes: list[str] | None = None) -> dict:
+    return {"status": "running", "method": config.method, "classes": classes, "final": {},
+            "history": {}, "best": {}, "stages_complete": []}
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> dict | None:
+    """Check the run directory without writing to it. Returns the finished metrics if there is
+    nothing to do; raises :class:`ConfigError` if it holds another config or something else."""
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        try:
+            previous = resolve_config(yaml.safe_load(config_path.read_text()) or {})
+        except (ConfigError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{config_path} cannot be read as a run config ({exc}); "
+                              "choose another output directory") from exc
+        differences = config_differences(previous, config)
+        if differences:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config ({'; '.join(differences[:5])}"
+                f"{' ...' if len(differences) > 5 else ''}); use another --out, or delete that "
+                "directory to start over"
+            )
+        metrics = read_metrics(run_dir)
+        if metrics and metrics.get("status") == "complete":
+            return metrics
+        return None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output directory {run_dir} is a file; choose a new or empty directory")
+    if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+        raise ConfigError(f"{run_dir} is not empty and holds no run (no config.yaml); "
+                          "choose a new or empty output directory")
+    return None
+
+
+def init_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Write config.yaml and versions.json into a new run directory (main process only)."""
+    if is_main_process() and not (run_dir / "config.yaml").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "versions.json", versions_info())
+        atomic_write_yaml(run_dir / "config.yaml", config.to_dict())
+
+
+class MetricsRecorder:
+    """Holds a run's metrics dict and rewrites ``metrics.json`` (main process only, atomically).
+
+    Called as ``recorder(stage, entries, best)`` by :class:`~asymcl.training.callbacks.HistoryCallback`
+    after every validation; a plain object rather than a closure, so that it pickles.
+    """
+
+    def __init__(self, run_dir: Path, metrics: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.metrics = metrics
+
+    def save(self) -> None:
+        if is_main_process():
+            atomic_write_json(self.run_dir / "metrics.json", self.metrics)
+
+    def reload_history(self) -> None:
+        """Take ``history`` and ``best`` from the file: under ``ddp_spawn`` the stage was trained
+        (and recorded) by spawned processes, whose copy of this object was not this one."""
+        on_disk = read_metrics(self.run_dir) or {}
+        for key in ("history", "best"):
+            self.metrics[key].update(on_disk.get(key, {}))
+
+    def __call__(self, stage: str, entries: list, best: dict) -> None:
+        self.metrics["history"][stage] = entries
+        self.metrics["best"][stage] = best
+        self.save()
