@@ -29,8 +29,14 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
     tree = ast.parse(path.read_text())
     top_level = {id(node) for node in tree.body}
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    # `if TYPE_CHECKING:` imports never run: annotations only, neither a cycle nor a dependency.
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                   for stmt in node.body for inner in ast.walk(stmt)}
     found = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
