@@ -340,6 +340,7 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
             missing[fingerprint] = index
     computed_rows = 0
     if missing:
+        log(f"feature cache: extracting {len(missing)} images x {1 + views} (clean + views) into {directory}")
         arrays, seconds = _compute(dataset, frozen, augment, list(missing.items()), views, seed, batch_size,
                                    precision, channels_last, device, progress, log)
         _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
