@@ -227,3 +227,25 @@ def test_two_processes_building_at_once_compute_once(tmp_path):
     sums = {line for out in outputs for line in out.splitlines() if line.startswith("SUM")}
     assert len(sums) == 1
     assert len(list(tmp_path.glob("*/shard-*.npz"))) == 1
+
+
+def test_an_interrupted_build_keeps_its_finished_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(fc, "SHARD_IMAGES", 4)
+    dataset, frozen = _dataset(), _frozen()
+    real = fc._compute
+    calls = []
+
+    def fail_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fc, "_compute", fail_third)
+    with pytest.raises(KeyboardInterrupt):
+        _build(dataset, frozen, tmp_path)
+    monkeypatch.setattr(fc, "_compute", real)
+    done = frozen.images
+    cache = _build(dataset, frozen, tmp_path)
+    assert done == 8 * 4 and frozen.images == done + 2 * 4  # only the last 2 images are new
+    assert len(list(cache.path.glob("shard-*.npz"))) == 3

@@ -56,6 +56,9 @@ from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDatas
 from asymcl.errors import DataError
 
 _FORMAT = 1
+# Images per shard file: an interrupted build loses at most this many (2048 images x 9 x 1280
+# float16 pooled features: 47 MB).
+SHARD_IMAGES = 2048
 
 
 def default_feature_cache_dir() -> Path:
@@ -217,7 +220,7 @@ def _write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean:
         raise
 
 
-def _progress(total: int, enabled: bool | None, log: Callable[[str], None]):
+def _progress(total: int, enabled: bool | None):
     """tqdm on a terminal; elsewhere no bar (build_feature_cache prints one summary line)."""
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return None
@@ -341,11 +344,21 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
     computed_rows = 0
     if missing:
         log(f"feature cache: extracting {len(missing)} images x {1 + views} (clean + views) into {directory}")
-        arrays, seconds = _compute(dataset, frozen, augment, list(missing.items()), views, seed, batch_size,
-                                   precision, channels_last, device, progress, log)
-        _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
-        for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
-            found[fingerprint] = (arrays, row)
+        todo = list(missing.items())
+        bar = _progress(len(todo), progress)
+        start = time.perf_counter()
+        try:
+            # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
+            for offset in range(0, len(todo), SHARD_IMAGES):
+                arrays = _compute(dataset, frozen, augment, todo[offset : offset + SHARD_IMAGES], views, seed,
+                                  batch_size, precision, channels_last, device, bar)
+                _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
+                for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
+                    found[fingerprint] = (arrays, row)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
         computed_rows = len(missing)
         rate = computed_rows * (1 + views) / max(seconds, 1e-9)
         log(f"feature cache: extracted {computed_rows} images x {1 + views} (clean + views) in {seconds:.1f} s "
@@ -369,14 +382,12 @@ def _gather(found: dict, fingerprints: list[str]) -> tuple[Tensor, Tensor]:
 
 
 def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precision, channels_last, device,
-             progress, log) -> tuple[dict[str, np.ndarray], float]:
+             bar) -> dict[str, np.ndarray]:
     was_training = frozen.training
     frozen.eval()
     per_chunk = max(1, batch_size // (1 + views))
-    bar = _progress(len(todo), progress, log)
     clean_out: list[np.ndarray] = []
     views_out: list[np.ndarray] = []
-    start = time.perf_counter()
     try:
         for offset in range(0, len(todo), per_chunk):
             chunk = todo[offset : offset + per_chunk]
@@ -399,13 +410,9 @@ def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precision,
             if bar is not None:
                 bar.update(len(chunk))
     finally:
-        if bar is not None:
-            bar.close()
         frozen.train(was_training)
-    seconds = time.perf_counter() - start
-    arrays = {
+    return {
         "fingerprints": np.array([fp for fp, _ in todo]),
         "clean": np.concatenate(clean_out),
         "views": np.concatenate(views_out),
     }
-    return arrays, seconds
