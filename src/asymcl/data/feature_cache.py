@@ -324,10 +324,14 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
     for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
         stale.unlink(missing_ok=True)
     key_file = directory / "key.json"
-    if not key_file.is_file():
+    if not key_file.is_file():  # for the user: what this entry holds
         tmp = directory / ".tmp-key.json"
-        tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, key_file)
+        try:
+            tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+            os.replace(tmp, key_file)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"cannot write {key_file}: {exc.strerror}; free space or set data.cache_dir") from None
     found: dict[str, tuple[dict, int]] = {}
     for shard in sorted(directory.glob("shard-*.npz")):
         arrays = _read_shard(shard, key_hash)
