@@ -257,7 +257,7 @@ def build_feature_cache(
     extra_key: dict | None = None,
     batch_size: int = 64,
     precision: str = "auto",
-    channels_last: bool = False,
+    channels_last: bool = True,
     device: str | torch.device | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = _log_stderr,
@@ -269,7 +269,8 @@ def build_feature_cache(
     of :mod:`asymcl.data.augment`, applied at the dataset's image size. ``views``: V >= 0 augmented
     views per image (stage 1 needs >= 2). ``seed``: the cache seed. ``batch_size``: images per
     forward pass. ``precision``: ``auto`` | ``bf16`` | ``fp32`` (part of the key).
-    ``channels_last``: memory format of the input batch (not part of the key: same numbers).
+    ``channels_last``: feed the batch channels-last (not part of the key: same numbers up to
+    rounding; faster on CPU, see benchmarks/README.md).
     """
     if views < 0:
         raise DataError(f"feature cache views must be >= 0, got {views}")
