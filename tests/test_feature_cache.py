@@ -249,3 +249,10 @@ def test_an_interrupted_build_keeps_its_finished_shards(tmp_path, monkeypatch):
     cache = _build(dataset, frozen, tmp_path)
     assert done == 8 * 4 and frozen.images == done + 2 * 4  # only the last 2 images are new
     assert len(list(cache.path.glob("shard-*.npz"))) == 3
+
+
+def test_bad_arguments_are_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="views must be >= 0"):
+        _build(_dataset(), _frozen(), tmp_path, views=-1)
+    with pytest.raises(DataError, match="precision must be auto, bf16 or fp32"):
+        _build(_dataset(), _frozen(), tmp_path, precision="fp8")
