@@ -1,32 +1,57 @@
-"""Encoders (backbones) and heads.
+"""Encoders (backbones), heads and the fine-tuning split.
 
-``build_backbone(name, in_channels, pretrained)`` returns an ``nn.Module`` with ``feature_dim``
-whose forward maps (B, C, H, W) to (B, feature_dim).
+``build_backbone(name, in_channels, pretrained, input_size)`` returns an ``nn.Module`` with
+``feature_dim`` whose forward maps (B, C, H, W) to (B, feature_dim); ``apply_finetune(encoder,
+"all"|"frozen"|"last:K")`` splits it into a frozen and a trainable part; ``Adapter`` is the
+trainable block between encoder and heads.
 """
 
 from asymcl.models.backbones import (
     BACKBONES,
+    BUNDLED_WEIGHTS,
+    DEFAULT_MIN_INPUT,
     ResNet,
     SmallCNN,
     build_backbone,
     cifar_resnet18,
+    default_input_size,
     load_state_dict_file,
     load_weights_strict,
     resnet18,
     resnet50,
 )
-from asymcl.models.heads import LinearClassifier, ProjectionHead
+from asymcl.models.efficientnet_lite import EfficientNetLite, bundled_weights_path
+from asymcl.models.finetune import (
+    FINETUNE_MODES,
+    FinetuneParts,
+    FrozenPart,
+    apply_finetune,
+    parse_finetune,
+)
+from asymcl.models.heads import Adapter, GlobalAvgPool, LinearClassifier, ProjectionHead
 
 __all__ = [
+    "Adapter",
     "BACKBONES",
+    "BUNDLED_WEIGHTS",
+    "DEFAULT_MIN_INPUT",
+    "EfficientNetLite",
+    "FINETUNE_MODES",
+    "FinetuneParts",
+    "FrozenPart",
+    "GlobalAvgPool",
     "LinearClassifier",
     "ProjectionHead",
     "ResNet",
     "SmallCNN",
+    "apply_finetune",
     "build_backbone",
+    "bundled_weights_path",
     "cifar_resnet18",
+    "default_input_size",
     "load_state_dict_file",
     "load_weights_strict",
+    "parse_finetune",
     "resnet18",
     "resnet50",
 ]

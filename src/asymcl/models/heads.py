@@ -33,3 +33,34 @@ class LinearClassifier(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.fc(features)
+
+
+class GlobalAvgPool(nn.Module):
+    """(B, C, H, W) feature maps -> (B, C) means over H, W."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class Adapter(nn.Module):
+    """Trainable block between a (possibly frozen) encoder and the heads, (B, D) -> (B, D).
+
+    ``y = x + W2 relu(W1 LayerNorm(x) + b1) + b2`` with ``W1`` (hidden, D), ``W2`` (D, hidden).
+    ``W2`` and ``b2`` start at zero, so at initialisation the adapter is the identity and a
+    stage-2 linear classifier on it starts as a linear probe of the encoder's features; training
+    moves the representation (stage 1) without losing what the frozen encoder gives. The CE
+    baseline trains the same adapter end to end, so every method has the same trainable capacity.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = dim if hidden_dim is None else int(hidden_dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+        self.feature_dim = dim
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features + self.fc2(F.relu(self.fc1(self.norm(features))))

@@ -1,0 +1,423 @@
+"""On-disk cache of a frozen encoder's outputs: the clean image and V augmented views per image.
+
+When the encoder (or all but its last blocks) is frozen, its output for a given image and
+augmentation never changes, so it is computed once and reused by every run that shares the key;
+stage 1 then samples two cached views per image per step and stage 2 / evaluation read the clean
+features (:class:`FeatureCache`).
+
+Key. Everything that changes the stored numbers, hashed (``key.json`` in the entry shows it):
+the images' decoded shape, the frozen module (its ``repr``, which includes the backbone's
+architecture and preprocessing such as the input size, and a SHA-256 of its weights, so ImageNet
+and fine-tuned or random weights never mix), the augmentation preset and its parameters, V, the
+cache seed (its own, independent of the run seed, so that the runs of a sweep share one cache),
+the extraction precision, and whatever the caller adds in ``extra_key``.
+
+Storage. ``<cache_dir>/<key hash>/shard-<sha256>.npz``: each shard holds, per image, the image's
+fingerprint (file path + size + mtime, or a hash of the pixels for in-memory arrays), the clean
+features and the V views. Images are found by fingerprint, so any split or subset of a dataset
+reuses what another one computed, and only missing images are extracted (into a new shard).
+The views of an image are drawn with a generator seeded by (cache seed, fingerprint), so they
+do not depend on which other images were extracted with it. Features are stored as float16:
+half the disk and memory of float32, and the rounding (relative 5e-4) is far below the
+extraction's own bf16 error and the augmentation noise; a value that overflows float16 is an error.
+
+Reliability. A shard is written to a temporary file, fsynced and renamed (atomic); its name is the
+SHA-256 of its bytes, checked on every read, so a truncated or altered shard, or one copied from
+another key, is reported, removed and recomputed. A file lock serialises builders of one entry
+(the second waits, then reuses); a killed writer leaves only a temporary file, which the next
+builder removes. Writing errors (a full disk) raise :class:`DataError` and leave nothing behind.
+
+Location: ``cache_dir`` or, by default, ``$ASYMCL_CACHE_DIR/features``, else
+``$XDG_CACHE_HOME/asymcl/features`` (``~/.cache/asymcl/features``): under the user's cache folder
+rather than the run, so the runs of a sweep share it. The size and path are printed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from asymcl.data.augment import build_augmentation
+from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
+from asymcl.errors import DataError
+
+_FORMAT = 1
+# Images per shard file: an interrupted build loses at most this many (2048 images x 9 x 1280
+# float16 pooled features: 47 MB).
+SHARD_IMAGES = 2048
+
+
+def default_feature_cache_dir() -> Path:
+    return _default_cache_dir() / "features"
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def image_fingerprints(dataset: ImageDataset) -> list[str]:
+    """One hex id per image: what the image's pixels depend on (not its position in a split)."""
+    if isinstance(dataset, FileImageDataset):
+        out = []
+        for path in dataset.paths:
+            try:
+                stat = os.stat(path)
+            except OSError:
+                raise DataError(f"image file {path} is missing") from None
+            text = f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}"
+            out.append(hashlib.sha1(text.encode()).hexdigest())
+        return out
+    if isinstance(dataset, ArrayImageDataset):
+        return [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in dataset.images]
+    out = []
+    for index in range(len(dataset)):
+        image = dataset[index][0].numpy()
+        out.append(hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest())
+    return out
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``module``'s state dict."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device computes bf16 natively (CPUs with AVX512-BF16/AMX,
+    CUDA with bf16), else ``fp32``."""
+    if precision in ("bf16", "fp32"):
+        return precision
+    if precision != "auto":
+        raise DataError(f"feature cache precision must be auto, bf16 or fp32, got {precision!r}")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+def _view_seed(seed: int, fingerprint: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{fingerprint}".encode()).hexdigest()[:15], 16)
+
+
+def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int) -> Tensor:
+    """(n, C, H, W) in [0, 1] -> (n, 1 + views, C, H, W): the clean image, then its views, each
+    image's views drawn from a generator seeded by (seed, its fingerprint)."""
+    out = [images[:, None]]
+    if views:
+        drawn = []
+        for image, fingerprint in zip(images, fingerprints):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_view_seed(seed, fingerprint))
+                drawn.append(augment(image[None].expand(views, -1, -1, -1).contiguous()))
+        out.append(torch.stack(drawn))
+    return torch.cat(out, dim=1)
+
+
+class FeatureCache:
+    """Cached outputs for one dataset, in the dataset's order.
+
+    ``clean``: (N, *S) float16; ``views``: (N, V, *S) float16, S the frozen part's output shape
+    ((D,) for a frozen encoder, (C, h, w) for ``last:K``).
+    """
+
+    def __init__(self, path: Path, key: dict, clean: Tensor, views: Tensor):
+        self.path, self.key, self.clean, self.views = path, key, clean, views
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.views.shape[1])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.clean.shape[1:])
+
+    def clean_features(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """(B, *S) float32 clean features of the images at ``indices``."""
+        return self.clean[torch.as_tensor(indices, dtype=torch.long)].float()
+
+    def view_pairs(self, epoch: int, seed: int) -> Tensor:
+        """(N, 2) int64: the two distinct views each image contributes in ``epoch``, a pure
+        function of (seed, epoch), so a resumed run draws the same pairs."""
+        if self.num_views < 2:
+            raise DataError(f"stage 1 needs at least 2 cached views per image; this cache has {self.num_views}")
+        rng = np.random.default_rng([int(seed), int(epoch), 0x5EED])
+        first = rng.integers(0, self.num_views, size=len(self))
+        second = (first + rng.integers(1, self.num_views, size=len(self))) % self.num_views
+        return torch.from_numpy(np.stack([first, second], axis=1))
+
+    def two_views(self, indices: Sequence[int] | Tensor, epoch: int, seed: int) -> tuple[Tensor, Tensor]:
+        """Two different cached views (B, *S) float32 of each image at ``indices`` for ``epoch``."""
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        pairs = self.view_pairs(epoch, seed)[rows]
+        return self.views[rows, pairs[:, 0]].float(), self.views[rows, pairs[:, 1]].float()
+
+
+def _shard_name(digest: str) -> str:
+    return f"shard-{digest[:32]}.npz"
+
+
+def _read_shard(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
+    """The shard's arrays, or None when its bytes do not match its name or it holds another key."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if _shard_name(hashlib.sha256(data).hexdigest()) != path.name:
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in ("key", "fingerprints", "clean", "views")}
+    except (OSError, ValueError, KeyError):
+        return None
+    if str(arrays["key"]) != key_hash or len(arrays["fingerprints"]) != len(arrays["clean"]):
+        return None
+    return arrays
+
+
+def _write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: np.ndarray, views: np.ndarray) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
+            handle.flush()
+            os.fsync(handle.fileno())
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        final = directory / _shard_name(digest)
+        os.replace(tmp, final)
+        return final
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+            raise DataError(
+                f"cannot write the feature cache in {directory}: {exc.strerror or exc}{hint}; free "
+                "space or set data.cache_dir to another folder, then rerun (nothing was left half-written)"
+            ) from None
+        raise
+
+
+def _progress(total: int, enabled: bool | None):
+    """tqdm on a terminal; elsewhere no bar (build_feature_cache prints one summary line)."""
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="extracting features", file=sys.stderr)
+
+
+def _load_images(dataset: ImageDataset, indices: Sequence[int]) -> Tensor:
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return torch.stack(list(pool.map(lambda i: dataset[int(i)][0], indices)))
+
+
+def _extract(frozen: nn.Module, batch: Tensor, precision: str, channels_last: bool, device: torch.device) -> Tensor:
+    batch = batch.to(device)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        out = frozen(batch)
+    return out.float().cpu()
+
+
+def build_feature_cache(
+    dataset: ImageDataset,
+    frozen: nn.Module,
+    *,
+    augmentation: str,
+    views: int,
+    seed: int,
+    cache_dir: str | Path | None = None,
+    extra_key: dict | None = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+    channels_last: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = _log_stderr,
+) -> FeatureCache:
+    """Load, or compute what is missing of, the cached outputs of ``frozen`` for ``dataset``.
+
+    ``frozen``: the frozen part of an encoder (:func:`asymcl.models.apply_finetune`); it is run in
+    eval mode on (B, C, H, W) images in [0, 1] as the dataset gives them. ``augmentation``: a preset
+    of :mod:`asymcl.data.augment`, applied at the dataset's image size. ``views``: V >= 0 augmented
+    views per image (stage 1 needs >= 2). ``seed``: the cache seed. ``batch_size``: images per
+    forward pass. ``precision``: ``auto`` | ``bf16`` | ``fp32`` (part of the key).
+    ``channels_last``: feed the batch channels-last (not part of the key: same numbers up to
+    rounding; faster on CPU, see benchmarks/README.md).
+    """
+    if views < 0:
+        raise DataError(f"feature cache views must be >= 0, got {views}")
+    if len(dataset) == 0:
+        raise DataError("feature cache: the dataset is empty")
+    device = torch.device(device) if device is not None else next(
+        (p.device for p in frozen.parameters()), torch.device("cpu")
+    )
+    precision = resolve_precision(precision, device)
+    channels, height, width = dataset.image_shape
+    augment = build_augmentation(augmentation, (height, width), channels)
+    key = {
+        "format": _FORMAT,
+        "image_shape": [channels, height, width],
+        "frozen": repr(frozen),
+        "weights_sha256": weights_digest(frozen),
+        "augmentation": augmentation,
+        "augmentation_params": repr(augment),
+        "views": int(views),
+        "seed": int(seed),
+        "precision": precision,
+        "extra": extra_key or {},
+    }
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
+    directory = root / key_hash
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the feature cache folder {directory}: {exc.strerror}; set data.cache_dir") from None
+    fingerprints = image_fingerprints(dataset)
+
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(directory / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"feature cache: waiting for another process that is building {directory}")
+        lock.acquire()
+    try:
+        return _build_locked(
+            dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
+            batch_size, precision, channels_last, device, progress, log,
+        )
+    finally:
+        lock.release()
+
+
+def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
+                  batch_size, precision, channels_last, device, progress, log) -> FeatureCache:
+    for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
+        stale.unlink(missing_ok=True)
+    key_file = directory / "key.json"
+    if not key_file.is_file():  # for the user: what this entry holds
+        tmp = directory / ".tmp-key.json"
+        try:
+            tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+            os.replace(tmp, key_file)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"cannot write {key_file}: {exc.strerror}; free space or set data.cache_dir") from None
+    found: dict[str, tuple[dict, int]] = {}
+    for shard in sorted(directory.glob("shard-*.npz")):
+        arrays = _read_shard(shard, key_hash)
+        if arrays is None:
+            log(f"feature cache: {shard} is truncated, damaged or from another key; removing it, its images are recomputed")
+            shard.unlink(missing_ok=True)
+            continue
+        for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
+            found.setdefault(fingerprint, (arrays, row))
+    missing: dict[str, int] = {}
+    for index, fingerprint in enumerate(fingerprints):
+        if fingerprint not in found and fingerprint not in missing:
+            missing[fingerprint] = index
+    computed_rows = 0
+    if missing:
+        log(f"feature cache: extracting {len(missing)} images x {1 + views} (clean + views) into {directory}")
+        todo = list(missing.items())
+        bar = _progress(len(todo), progress)
+        start = time.perf_counter()
+        try:
+            # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
+            for offset in range(0, len(todo), SHARD_IMAGES):
+                arrays = _compute(dataset, frozen, augment, todo[offset : offset + SHARD_IMAGES], views, seed,
+                                  batch_size, precision, channels_last, device, bar)
+                _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
+                for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
+                    found[fingerprint] = (arrays, row)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+        computed_rows = len(missing)
+        rate = computed_rows * (1 + views) / max(seconds, 1e-9)
+        log(f"feature cache: extracted {computed_rows} images x {1 + views} (clean + views) in {seconds:.1f} s "
+            f"({rate:.1f} images/s, {precision})")
+    clean, stacked = _gather(found, fingerprints)
+    size = sum(p.stat().st_size for p in directory.glob("shard-*.npz"))
+    log(f"feature cache {directory}: {len(fingerprints)} images ({computed_rows} computed, "
+        f"{len(set(fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
+    return FeatureCache(directory, key, clean, stacked)
+
+
+def _gather(found: dict, fingerprints: list[str]) -> tuple[Tensor, Tensor]:
+    first_arrays, _ = found[fingerprints[0]]
+    clean = np.empty((len(fingerprints), *first_arrays["clean"].shape[1:]), dtype=np.float16)
+    stacked = np.empty((len(fingerprints), *first_arrays["views"].shape[1:]), dtype=np.float16)
+    for index, fingerprint in enumerate(fingerprints):
+        arrays, row = found[fingerprint]
+        clean[index] = arrays["clean"][row]
+        stacked[index] = arrays["views"][row]
+    return torch.from_numpy(clean), torch.from_numpy(stacked)
+
+
+def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precision, channels_last, device,
+             bar) -> dict[str, np.ndarray]:
+    was_training = frozen.training
+    frozen.eval()
+    per_chunk = max(1, batch_size // (1 + views))
+    clean_out: list[np.ndarray] = []
+    views_out: list[np.ndarray] = []
+    try:
+        for offset in range(0, len(todo), per_chunk):
+            chunk = todo[offset : offset + per_chunk]
+            images = _load_images(dataset, [index for _, index in chunk])
+            rendered = render_views(images, [fp for fp, _ in chunk], augment, views, seed)
+            flat = rendered.flatten(0, 1)
+            outputs = torch.cat([
+                _extract(frozen, flat[i : i + batch_size], precision, channels_last, device)
+                for i in range(0, len(flat), batch_size)
+            ])
+            outputs = outputs.view(len(chunk), 1 + views, *outputs.shape[1:])
+            half = outputs.half()
+            if not torch.isfinite(half).all():
+                raise DataError(
+                    "feature cache: the frozen part's outputs exceed the float16 range; cache the "
+                    "pooled features (model.finetune=frozen) or train more blocks"
+                )
+            clean_out.append(half[:, 0].numpy())
+            views_out.append(half[:, 1:].numpy())
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        frozen.train(was_training)
+    return {
+        "fingerprints": np.array([fp for fp, _ in todo]),
+        "clean": np.concatenate(clean_out),
+        "views": np.concatenate(views_out),
+    }

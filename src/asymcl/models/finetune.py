@@ -1,0 +1,111 @@
+"""Which part of an encoder trains: ``model.finetune`` = ``all`` | ``frozen`` | ``last:K``.
+
+:func:`apply_finetune` splits an encoder into a frozen part and a trainable part such that
+``trainable(frozen(x)) == encoder(x)`` (in eval mode) and sets ``requires_grad`` accordingly:
+
+* ``all``: frozen = ``nn.Identity()``, trainable = the encoder (today's behaviour);
+* ``frozen``: frozen = the whole encoder (outputs pooled features (B, D)), trainable = identity;
+* ``last:K``: the encoder's ``layers()`` = (input step, units, pooling) is cut before the last K
+  units: frozen = input step + the first ``n - K`` units (outputs a feature map (B, C, h, w)),
+  trainable = the last K units + pooling. Units: EfficientNet-Lite stem, each inverted-residual
+  block, head (Lite0: 18); ResNet stem and each residual block (ResNet-18: 9); SmallCNN its
+  three conv blocks.
+
+The frozen part is wrapped in :class:`FrozenPart`, which stays in eval mode whatever
+``.train()`` is called with (its BatchNorm statistics never move, so its outputs for an image
+never change and can be cached: :mod:`asymcl.data.feature_cache`) and runs without autograd.
+Register the two returned parts on the training module rather than the encoder itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from asymcl.errors import ConfigError
+
+FINETUNE_MODES = ("all", "frozen", "last:K")
+
+
+class FrozenPart(nn.Module):
+    """A module that never trains: no gradients, always in eval mode, no autograd graph."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "FrozenPart":
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.module(x)
+
+
+class FinetuneParts(NamedTuple):
+    frozen: nn.Module  # nn.Identity() when nothing is frozen
+    trainable: nn.Module  # nn.Identity() when everything is frozen
+
+    @property
+    def cacheable(self) -> bool:
+        """True when the frozen part has weights, i.e. caching its outputs saves work."""
+        return any(True for _ in self.frozen.parameters())
+
+
+def parse_finetune(value: str) -> tuple[str, int | None]:
+    """``"all"`` -> ("all", None), ``"frozen"`` -> ("frozen", None), ``"last:3"`` -> ("last", 3)."""
+    text = str(value).strip()
+    if text in ("all", "frozen"):
+        return text, None
+    if text.startswith("last:"):
+        try:
+            k = int(text[5:])
+        except ValueError:
+            k = None
+        if k is not None and k >= 1:
+            return "last", k
+    raise ConfigError(
+        f"model.finetune={value!r} is not valid: use all, frozen or last:K with K a positive integer "
+        "(the number of final encoder blocks that train)"
+    )
+
+
+def count_units(encoder: nn.Module) -> int | None:
+    """How many units ``last:K`` can count over, or None for an encoder without ``layers()``."""
+    if not hasattr(encoder, "layers"):
+        return None
+    return len(encoder.layers()[1])
+
+
+def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
+    """Set ``requires_grad`` on ``encoder``'s parameters and return (frozen, trainable) parts.
+
+    Output shapes: ``frozen(x)`` is (B, D) for ``frozen``, a feature map for ``last:K``, ``x``
+    itself for ``all``; ``trainable(frozen(x))`` is always (B, D), ``D = encoder.feature_dim``.
+    """
+    mode, k = parse_finetune(finetune)
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(True)  # a second call with another mode starts from scratch
+    if mode == "all":
+        return FinetuneParts(nn.Identity(), encoder)
+    if mode == "frozen":
+        return FinetuneParts(FrozenPart(encoder), nn.Identity())
+    n = count_units(encoder)
+    if n is None:
+        raise ConfigError(
+            f"model.finetune={finetune}: backbone {type(encoder).__name__} has no block list; "
+            "use all or frozen"
+        )
+    if k > n:
+        raise ConfigError(
+            f"model.finetune={finetune}: this backbone has {n} blocks, so K must be 1..{n} "
+            "(or use all / frozen)"
+        )
+    pre, units, post = encoder.layers()
+    frozen = FrozenPart(nn.Sequential(pre, *units[: n - k]))
+    return FinetuneParts(frozen, nn.Sequential(*units[n - k :], post))
