@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from asymcl.errors import CheckpointError, ConfigError
 from asymcl.models.heads import GlobalAvgPool
+from asymcl.models.weights import load_state_dict_file, load_weights_strict
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,6 @@ def efficientnet_lite(variant: str, pretrained: str | Path | None = None,
     """Build ``variant``; ``pretrained`` is ``None`` (random init), ``"imagenet"`` (the bundled
     weights) or a path to a state dict with the weight files' names (``_fc.*`` is dropped unless
     ``keep_classifier``)."""
-    from asymcl.models.backbones import load_state_dict_file, load_weights_strict
 
     if pretrained is None:
         return EfficientNetLite(variant, input_size)
