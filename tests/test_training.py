@@ -248,3 +248,25 @@ def test_resume_may_change_display_options_only(tmp_path):
             == default_run_dir(resolve_config(tiny("ce", **{"trainer.progress_bar": True}))))
     with pytest.raises(ConfigError, match="different config"):
         run(tiny("ce", **{"stage2.lr": 0.5}), out)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, "runs/afcl-digits-3ee2ee45"),
+    ({"method": "ce", "data.imbalance": "exp:10"}, "runs/ce-digits-2ec67328"),
+    ({"method": "fcl", "loss.gamma": 2, "stage1.epochs": 3}, "runs/fcl-digits-26a0dcc2"),
+])
+def test_default_run_dir_is_the_one_asymcl_0_1_wrote(overrides, expected):
+    """Keys added after 0.1.0 hold their defaults here: the directory an old command wrote is
+    found again (expected names computed with asymcl 0.1.0, commit f726922)."""
+    from asymcl.cli.train import default_run_dir
+    from asymcl.training.config import resolve_config
+
+    assert default_run_dir(resolve_config(None, overrides)) == expected
+
+
+def test_channels_last_trains_to_the_same_result(tmp_path):
+    """trainer.channels_last changes the memory layout only: on the CPU the run's numbers match."""
+    plain = run(tiny("afcl"), tmp_path / "plain")
+    last = run(tiny("afcl", **{"trainer.channels_last": True}), tmp_path / "channels_last")
+    for split in plain["final"]:
+        assert last["final"][split]["ua"] == pytest.approx(plain["final"][split]["ua"], abs=0.02)

@@ -38,9 +38,9 @@ def register(subparsers) -> None:
 
 def default_run_dir(config) -> str:
     """Same config -> same directory (so re-running the command resumes); another -> another."""
-    from asymcl.training.config import result_config
+    from asymcl.training.config import run_identity
 
-    digest = hashlib.sha256(json.dumps(result_config(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(run_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"runs/{config.method}-{config.data.dataset}-{digest}"
 
 

@@ -155,6 +155,8 @@ class TrainerConfig(_Section):
                            "Lightning strategy")
     precision: str = option("32-true", check.choice("32-true", "bf16-mixed", "16-mixed"), "Lightning precision")
     deterministic: bool = option(True, check.boolean, "use deterministic algorithms")
+    channels_last: bool = option(False, check.boolean,
+                                 "channels_last memory format for images and the model (faster convolutions on GPUs)")
     progress_bar: bool = option(True, check.boolean, "show progress bars")
     num_threads: int | None = option(None, check.integer(1, optional=True), "torch CPU threads (null: torch's default)")
 
@@ -346,6 +348,28 @@ NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_work
 def result_config(config: dict | RunConfig) -> dict:
     """The resolved config without :data:`NON_RESULT_KEYS` (flat, dotted keys)."""
     return {k: v for k, v in flatten(config).items() if k not in NON_RESULT_KEYS}
+
+
+# The keys of asymcl 0.1.0, the first release that wrote run directories. A key added since then
+# is left out of a run's identity while it holds its default, so an old command (`asymcl train`
+# with no --out) still finds, and resumes, the directory it wrote before the key existed.
+_KEYS_0_1 = frozenset("""
+method seed data.dataset data.root data.imbalance data.classes data.val_fraction data.test_fraction
+data.csv_path_column data.csv_label_column data.image_size data.augment data.in_memory data.num_workers
+model.backbone model.pretrained model.proj_hidden_dim model.proj_dim loss.gamma loss.eta
+loss.temperature loss.normalization stage1.epochs stage1.batch_size stage1.optimizer stage1.lr
+stage1.weight_decay stage1.scheduler stage2.epochs stage2.batch_size stage2.optimizer stage2.lr
+stage2.weight_decay stage2.scheduler stage2.loss stage2.focal_gamma stage2.logit_tau stage2.sampler
+stage2.augment trainer.accelerator trainer.devices trainer.strategy trainer.precision
+trainer.deterministic trainer.progress_bar trainer.num_threads
+""".split())
+
+
+def run_identity(config: dict | RunConfig) -> dict:
+    """What names a run (its default directory): :func:`result_config` without the keys added after
+    0.1.0 that hold their default."""
+    return {k: v for k, v in result_config(config).items()
+            if k in _KEYS_0_1 or k not in SCHEMA or v != SCHEMA[k][0]}
 
 
 def config_differences(a: dict | RunConfig, b: dict | RunConfig) -> list[str]:

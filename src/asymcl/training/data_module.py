@@ -34,7 +34,7 @@ class InMemoryBatches(Dataset):
         return len(self.labels)
 
     def __getitem__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
         return self.images[index], self.labels[index]
 
 
@@ -125,7 +125,8 @@ def make_loader(
 
     ``sampler``: ``"random"`` (a seeded permutation per epoch) or ``"class_balanced"``
     (:class:`asymcl.data.ClassBalancedSampler`); evaluation loaders are sequential.
-    ``cached``: the split's ``load_all()`` result, when the caller already holds it.
+    ``cached``: the split's ``load_all()`` result, when the caller already holds it; on an
+    accelerator it may live there (batches are then indexed on the device: no host copy per step).
     """
     n = len(dataset)
     if train and sampler == "class_balanced":

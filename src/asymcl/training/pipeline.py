@@ -153,6 +153,8 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
     # The same initial weights on every attempt of this stage, whatever ran before it.
     pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stage], workers=True, verbose=False)
     module = build_module(stage, config, data, gather=trainer.world_size > 1)
+    if config.trainer.channels_last:
+        module = module.to(memory_format=torch.channels_last)
     if stage == "stage2":
         load_module_weights(module.encoder, run_dir / "checkpoints" / "stage1" / "best.ckpt", prefix="encoder.")
     resume = last if last.is_file() else None

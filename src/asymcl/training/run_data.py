@@ -44,13 +44,14 @@ class RunData:
         self.class_counts = torch.as_tensor(np.bincount(train.targets, minlength=self.num_classes))
         self.in_memory = config.data.in_memory
         self.cache = {name: ds.load_all() for name, ds in self.splits.splits.items()} if self.in_memory else {}
+        self._on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def shape_only(cls, *, num_classes: int, channels: int, image_hw: tuple[int, int],
                    dataset_name: str) -> "RunData":
         """The attributes a module is built from, without loading any data."""
         data = cls.__new__(cls)
-        data.splits, data.cache, data.in_memory = None, {}, False
+        data.splits, data.cache, data.in_memory, data._on_device = None, {}, False, {}
         data.classes = [str(k) for k in range(num_classes)]
         data.num_classes, data.channels, data.image_hw = num_classes, channels, tuple(image_hw)
         data.dataset_name = dataset_name
@@ -58,10 +59,18 @@ class RunData:
         return data
 
     def loader(self, split: str, batch_size: int, *, train: bool, seed: int, sampler: str = "random",
-               num_workers: int = 0, rank: int = 0, world_size: int = 1):
+               num_workers: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        """``device``: an accelerator to hold the in-memory split on (copied once per run and
+        device, as uint8); None or a CPU device keeps it in host memory."""
+        cached = self.cache.get(split)
+        if cached is not None and device is not None and torch.device(device).type != "cpu":
+            key = (split, str(device))
+            if key not in self._on_device:
+                self._on_device[key] = (cached[0].to(device), cached[1].to(device))
+            cached = self._on_device[key]
         return make_loader(self.splits[split], batch_size, train=train, seed=seed, sampler=sampler,
                            in_memory=self.in_memory, num_workers=num_workers, rank=rank,
-                           world_size=world_size, cached=self.cache.get(split))
+                           world_size=world_size, cached=cached)
 
 
 class SplitsDataModule(pl.LightningDataModule):
@@ -75,15 +84,19 @@ class SplitsDataModule(pl.LightningDataModule):
         self.sampler = "random" if stage == "stage1" else config.stage2.sampler
         self.seed = config.seed * 100 + STAGE_OFFSETS[stage]
         self.num_workers = config.data.num_workers
+        self.channels_last = config.trainer.channels_last
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         images, labels = batch
-        return to_float_images(images), labels
+        images = to_float_images(images)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def _loader(self, split: str, train: bool, sampler: str = "random"):
         return self.data.loader(split, self.batch_size, train=train, seed=self.seed, sampler=sampler,
                                 num_workers=self.num_workers, rank=self.trainer.global_rank,
-                                world_size=self.trainer.world_size)
+                                world_size=self.trainer.world_size, device=self.trainer.strategy.root_device)
 
     def train_dataloader(self):
         return self._loader("train", True, self.sampler)
