@@ -150,3 +150,18 @@ def test_progress_bar_false_prints_nothing_per_epoch(tmp_path, capfd):
     run({"method": "ce", "data.classes": [0, 1], "stage1.epochs": 2, "trainer.progress_bar": False},
         tmp_path / "run")
     assert "epoch" not in capfd.readouterr().err
+
+
+def test_without_tensorboard_only_the_csv_logger(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from asymcl.training.pipeline import stage_loggers
+
+    assert [type(x) for x in stage_loggers(tmp_path, "stage1")] == [CSVLogger, TensorBoardLogger]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    loggers = stage_loggers(tmp_path, "stage1")
+    assert [type(x) for x in loggers] == [CSVLogger]
+    assert loggers[0].log_dir == str(tmp_path / "logs" / "csv" / "stage1" / "version_0")
