@@ -2,6 +2,7 @@
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +49,8 @@ def test_predict_matches_the_runs_own_test_predictions(tmp_path):
         path = test_split.paths[int(row["index"])]
         mine = by_path[path]
         # Both name the image by its path under the folder root: the files join on `image` alone.
-        assert by_image[row["image"]] is mine and row["image"] == f"{row['image'].split('/')[0]}/{path.rsplit('/', 1)[1]}"
+        assert by_image[row["image"]] is mine
+        assert row["image"] == Path(path).relative_to(root).as_posix()
         for name in test_split.classes:
             assert float(mine[f"prob_{name}"]) == pytest.approx(float(row[f"prob_{name}"]), abs=1e-5)
         assert int(mine["pred"]) == int(row["pred"])
