@@ -70,7 +70,7 @@ def test_two_stage_run_writes_the_run_directory(tmp_path):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     counts = on_disk["counts"]
     assert len(rows) == sum(counts["test"].values()) + sum(counts["test_imbalanced"].values())
-    assert list(rows[0]) == ["split", "index", "label", "pred", "prob_0", "prob_1", "prob_2"]
+    assert list(rows[0]) == ["split", "index", "label", "pred", "prob_0", "prob_1", "prob_2", "image"]
     assert sum(float(rows[0][f"prob_{c}"]) for c in "012") == pytest.approx(1.0, abs=1e-4)
     test_rows = [r for r in rows if r["split"] == "test"]
     wa = np.mean([r["label"] == r["pred"] for r in test_rows])

@@ -2,6 +2,7 @@
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,9 +44,13 @@ def test_predict_matches_the_runs_own_test_predictions(tmp_path):
     by_path = {row["path"]: row for row in ours}
     saved = [row for row in csv.DictReader((run_dir / "predictions.csv").open()) if row["split"] == "test"]
     assert len(saved) == len(test_split) > 0
+    by_image = {row["image"]: row for row in ours}
     for row in saved:
         path = test_split.paths[int(row["index"])]
         mine = by_path[path]
+        # Both name the image by its path under the folder root: the files join on `image` alone.
+        assert by_image[row["image"]] is mine
+        assert row["image"] == Path(path).relative_to(root).as_posix()
         for name in test_split.classes:
             assert float(mine[f"prob_{name}"]) == pytest.approx(float(row[f"prob_{name}"]), abs=1e-5)
         assert int(mine["pred"]) == int(row["pred"])

@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     predict.add_argument("--run", required=True, help="run directory made by asymcl train")
     predict.add_argument("--images", required=True, help="an image file or a folder of images")
     predict.add_argument("--out", help="CSV file to write (default: print the CSV)")
+    # Checked by asymcl.training.predict (FORMATS): no torch import just to build --help.
+    predict.add_argument("--format", default="asymcl",
+                         help="asymcl: path,pred,pred_class,prob_<class>...,image (default); isic2018: "
+                         "the ISIC 2018 Task 3 submission (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
     predict.set_defaults(func=_predict)
 
     demo = subparsers.add_parser(
@@ -66,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from asymcl.training.predict import predict
 
-    text = predict(args.run, args.images, args.out)
+    text = predict(args.run, args.images, args.out, fmt=args.format)
     if args.out:
         print(f"wrote {text.count(chr(10)) - 1} predictions to {args.out}")
     else:

@@ -50,7 +50,13 @@ def normalize_image_size(image_size: int | Sequence[int] | None) -> tuple[int, i
 
 
 class ImageDataset(Dataset):
-    """Base class: labelled images with ``targets``, ``classes``, ``num_channels``, ``image_shape``.
+    """Base class: labelled images with ``targets``, ``classes``, ``num_channels``, ``image_shape``
+    and ``ids``.
+
+    ``ids`` (N,) str names each image in its source, so that a prediction can be traced back to
+    it: the ISIC image id (``ISIC_0034524``), the file path as the source lists it (folder: relative
+    to the root; CSV: as written in the CSV), the row index in the source's array (digits,
+    Fashion-MNIST: in its own train or test file; npz: in the file). Subsets and splits keep them.
 
     Subclasses implement :meth:`__getitem__`, :meth:`load_all` and :meth:`_take`.
     """
@@ -58,6 +64,7 @@ class ImageDataset(Dataset):
     targets: np.ndarray  # (N,) int64, values in range(len(classes))
     classes: list[str]
     num_channels: int  # 1 (grey) or 3 (RGB): the native channel count of the source
+    ids: np.ndarray  # (N,) str, see the class docstring
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -84,6 +91,7 @@ class ImageDataset(Dataset):
         out = self._take(indices)
         out.targets = self.targets[indices].copy()
         out.classes = list(self.classes)
+        out.ids = self.ids[indices].copy()
         return out
 
     def select_classes(self, class_ids: Sequence[int]) -> "ImageDataset":
@@ -107,13 +115,15 @@ class ImageDataset(Dataset):
 class ArrayImageDataset(ImageDataset):
     """Images held in memory as a uint8 array (N, H, W, C)."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str]):
+    def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str],
+                 ids: Sequence[str] | np.ndarray | None = None):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
         self.images = images
         self.targets = np.asarray(targets, dtype=np.int64)
         self.classes = list(classes)
         self.num_channels = int(images.shape[3])
+        self.ids = _as_ids(ids, len(self.targets))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -129,7 +139,16 @@ class ArrayImageDataset(ImageDataset):
         return images, torch.from_numpy(self.targets.copy())
 
     def _take(self, indices: np.ndarray) -> "ArrayImageDataset":
-        return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes)
+        return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes,
+                                 self.ids[indices])
+
+
+def _as_ids(ids: Sequence[str] | np.ndarray | None, n: int) -> np.ndarray:
+    """(n,) str ids; ``None``: the row indices "0".."n-1"."""
+    out = np.arange(n).astype(str) if ids is None else np.asarray([str(i) for i in ids], dtype=str)
+    if out.shape != (n,):
+        raise ValueError(f"ids must name each of the {n} images, got shape {out.shape}")
+    return out
 
 
 def _physical_memory_bytes() -> int | None:
@@ -226,6 +245,7 @@ class FileImageDataset(ImageDataset):
         num_channels: int,
         size_hw: tuple[int, int],
         cache: bool = True,
+        ids: Sequence[str] | np.ndarray | None = None,
     ):
         self.paths = np.asarray([str(p) for p in paths], dtype=str)
         self.targets = np.asarray(targets, dtype=np.int64)
@@ -233,6 +253,8 @@ class FileImageDataset(ImageDataset):
         self.num_channels = int(num_channels)
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         self.cache = bool(cache)
+        # Default: the path as given (a caller that knows a shorter, stable name passes it).
+        self.ids = self.paths.copy() if ids is None else _as_ids(ids, len(self.targets))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -251,6 +273,7 @@ class FileImageDataset(ImageDataset):
             self.num_channels,
             self.size_hw,
             self.cache,
+            self.ids[indices],
         )
 
     def _cache_path(self) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -114,6 +114,32 @@ def read_ground_truth(path: Path) -> tuple[list[str], np.ndarray]:
     if not images:
         raise DataError(f"ground-truth file {path} lists no images")
     return images, np.asarray(labels, dtype=np.int64)
+
+
+def submission_csv(image_ids: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]) -> str:
+    """The ISIC 2018 Task 3 submission format as CSV text: a header ``image,MEL,NV,...`` (the
+    ground truth's columns, :data:`ISIC_CLASSES` order) and one row per image with its class
+    probabilities, so the challenge's own scorer reads it.
+
+    ``probabilities`` (N, K) are in the order of ``classes``, which must be the seven ISIC classes
+    in any order (a run on a subset of them cannot be scored: DataError).
+    """
+    classes = [str(c) for c in classes]
+    if sorted(classes) != sorted(ISIC_CLASSES):
+        raise DataError(
+            f"an ISIC 2018 submission needs probabilities for all of {','.join(ISIC_CLASSES)}; "
+            f"this model predicts {','.join(classes)} (train on every class: leave data.classes unset)"
+        )
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape != (len(image_ids), len(classes)):
+        raise ValueError(f"probabilities have shape {probabilities.shape}, expected ({len(image_ids)}, {len(classes)})")
+    order = [classes.index(c) for c in ISIC_CLASSES]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image", *ISIC_CLASSES])
+    for image, row in zip(image_ids, probabilities[:, order]):
+        writer.writerow([str(image), *(f"{p:.6g}" for p in row)])
+    return text.getvalue()
 
 
 def _ground_truth_path(root: Path, part: str) -> Path | None:

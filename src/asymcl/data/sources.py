@@ -161,15 +161,18 @@ def load_npz(spec: DataSpec) -> SourceData:
 
 
 def _file_pools(
-    rows: dict[str, tuple[list[str], np.ndarray]], classes: list[str], spec: DataSpec, what: str
+    rows: dict[str, tuple[list[str], np.ndarray]], classes: list[str], spec: DataSpec, what: str,
+    ids: dict[str, list[str]],
 ) -> dict[str, FileImageDataset]:
-    """All splits share one channel count and one image size (the first training image's)."""
+    """All splits share one channel count and one image size (the first training image's).
+
+    ``ids``: per split, each image's name in the source (see :class:`ImageDataset`)."""
     all_paths = [p for paths, _ in rows.values() for p in paths]
     check_files_exist(all_paths, what)
     channels, native = probe_images(all_paths, what)
     size = normalize_image_size(spec.image_size) or native
     return {
-        name: FileImageDataset(paths, labels, classes, channels, size, cache=spec.cache)
+        name: FileImageDataset(paths, labels, classes, channels, size, cache=spec.cache, ids=ids[name])
         for name, (paths, labels) in rows.items()
     }
 
@@ -185,7 +188,7 @@ def load_isic2018(spec: DataSpec) -> SourceData:
         images, labels = read_ground_truth(truth)
         ids[split] = images
         rows[split] = ([str(folder / f"{image}.jpg") for image in images], labels)
-    pools = _file_pools(rows, ISIC_CLASSES, spec, f"the ISIC 2018 ground truth in {root}")
+    pools = _file_pools(rows, ISIC_CLASSES, spec, f"the ISIC 2018 ground truth in {root}", ids)
     source = SourceData(classes=list(ISIC_CLASSES), pools=pools)
     metadata = root / "HAM10000_metadata.csv"
     if metadata.is_file():
@@ -230,6 +233,7 @@ def load_folder(spec: DataSpec) -> SourceData:
     if not classes:
         raise DataError(f"{bases['train']} has no class sub-folders; put the images in <root>/<class name>/")
     rows: dict[str, tuple[list[str], np.ndarray]] = {}
+    ids: dict[str, list[str]] = {}
     for split, base in bases.items():
         names = [d.name for d in _class_folders(base)]
         unknown = sorted(set(names) - set(classes))
@@ -247,7 +251,9 @@ def load_folder(spec: DataSpec) -> SourceData:
             paths.extend(str(p) for p in files)
             labels.extend([label] * len(files))
         rows[split] = (paths, np.asarray(labels, dtype=np.int64))
-    pools = _file_pools(rows, classes, spec, f"the image folder {root}")
+        # Relative to the root, "/"-separated: stable when the folder moves or changes machine.
+        ids[split] = [Path(p).relative_to(root).as_posix() for p in paths]
+    pools = _file_pools(rows, classes, spec, f"the image folder {root}", ids)
     return SourceData(classes=classes, pools=pools)
 
 
@@ -327,12 +333,14 @@ def load_csv(spec: DataSpec) -> SourceData:
         label_ids = [index[t] for t in labels_text]
     base = path.parent
     rows: dict[str, tuple[list[str], np.ndarray]] = {}
+    ids: dict[str, list[str]] = {}
     for split in ("train", "val", "test"):
         chosen = [k for k, r in enumerate(records) if r[2] == split]
         if chosen:
             paths = [str(base / records[k][0]) if not os.path.isabs(records[k][0]) else records[k][0] for k in chosen]
             rows[split] = (paths, np.asarray([label_ids[k] for k in chosen], dtype=np.int64))
+            ids[split] = [records[k][0] for k in chosen]  # as written: joins back to the user's CSV
     if "train" not in rows:
         raise DataError(f"CSV file {path}: no row has split 'train'")
-    pools = _file_pools(rows, classes, spec, f"CSV file {path}")
+    pools = _file_pools(rows, classes, spec, f"CSV file {path}", ids)
     return SourceData(classes=classes, pools=pools)

@@ -42,13 +42,18 @@ _STREAM_TEST_IMBALANCE = 4
 
 @dataclass
 class Splits:
-    """``classes``: the class names, label k is ``classes[k]``; ``splits``: name -> dataset."""
+    """``classes``: the class names, label k is ``classes[k]``; ``splits``: name -> dataset.
+
+    ``official``: the splits the source itself defines (e.g. ISIC 2018's test set), as opposed
+    to those carved here; a challenge submission is only meaningful for an official test set.
+    """
 
     classes: list[str]
     splits: dict[str, ImageDataset]
     spec: DataSpec | None = None
     profile: ImbalanceProfile | None = None
     notes: list[str] = field(default_factory=list)
+    official: tuple[str, ...] = ()
 
     def __getitem__(self, name: str) -> ImageDataset:
         return self.splits[name]
@@ -265,4 +270,5 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
         counts = test_profile.counts(available, classes)
         chosen = imbalanced_indices(test.targets, counts, _rng(spec.seed, _STREAM_TEST_IMBALANCE))
         out["test_imbalanced"] = test.subset(chosen)
-    return Splits(classes=classes, splits=out, spec=spec, profile=profile, notes=notes)
+    return Splits(classes=classes, splits=out, spec=spec, profile=profile, notes=notes,
+                  official=tuple(name for name in ("train", "val", "test") if name in source.pools))

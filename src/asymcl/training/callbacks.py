@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Callable
 
 from lightning.pytorch.callbacks import Callback
@@ -44,3 +46,27 @@ class HistoryCallback(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.entries = list(state_dict["entries"])
         self.best = dict(state_dict["best"])
+
+
+class EpochLines(Callback):
+    """One line per epoch on stderr (stage, epoch/total, train loss, val UA/WA, elapsed time):
+    progress where stderr is not a terminal (a log file, CI, ``| tee``), where tqdm's
+    carriage-return redraws would fill the log. Printed by the main process only."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        val = pl_module.last_val_metrics
+        loss = pl_module.last_train_loss
+        elapsed = time.monotonic() - (self._start if self._start is not None else time.monotonic())
+        print(f"[asymcl] {self.stage} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+              f"  train_loss {'-' if loss is None else f'{loss:.4f}'}"
+              f"  val UA {val['ua'] * 100:.2f}%  WA {val['wa'] * 100:.2f}%  {elapsed:.1f}s",
+              file=sys.stderr, flush=True)

@@ -6,8 +6,13 @@
     versions.json      python, torch, lightning, asymcl, platform, git commit
     metrics.json       status, final metrics per split, per-epoch history and best epoch per stage
     checkpoints/{stage}/last.ckpt, best.ckpt     stage in stage1, stage2 (two-stage) or baseline (ce)
-    predictions.csv    split,index,label,pred,prob_<class>... for the test splits
-    embeddings.npz     encoder features of the test splits (``{split}_features``, ``_labels``, ``_preds``)
+    predictions.csv    split,index,label,pred,prob_<class>...,image for the test splits
+    embeddings.npz     encoder features of the test splits (``{split}_features``, ``_labels``, ``_preds``,
+                       ``_ids``)
+    submission_isic2018_test.csv   isic2018 runs on all classes with the official test set: the
+                       challenge's submission format (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)
+    logs/csv/{stage}/metrics.csv   Lightning's CSV logger (curves; metrics.json stays the contract)
+    logs/tensorboard/{stage}/      TensorBoard events, when tensorboard is installed
 
 Resuming: a checkpoint is written at the end of every epoch. Run again with the same config and
 out_dir after an interruption and each finished stage is skipped, the unfinished one restarts
@@ -33,7 +38,7 @@ import torch
 
 from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import CheckpointError, ConfigError
-from asymcl.training.callbacks import HistoryCallback
+from asymcl.training.callbacks import EpochLines, HistoryCallback
 from asymcl.training.checkpoints import SafeCheckpointIO, load_module_weights
 from asymcl.training.config import RunConfig, resolve_config
 from asymcl.training.methods import STAGE_OFFSETS
@@ -80,6 +85,29 @@ def _check_trainer_options(config: RunConfig) -> None:
             f"strategy={trainer_cfg['strategy']!r}, precision={trainer_cfg['precision']!r} cannot be "
             f"used here: {str(exc).splitlines()[0]} (trainer.accelerator cpu works everywhere)"
         ) from None
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def stage_loggers(run_dir: Path, stage: str) -> list:
+    """Lightning's CSV logger, and TensorBoard's when it is installed (not a dependency), under
+    ``RUN_DIR/logs/{csv,tensorboard}/<stage>/version_N``: the curves in the ecosystem's formats,
+    beside metrics.json (the contract). One version per attempt: Lightning's CSV logger empties a
+    folder it reuses, so a resumed stage gets the next version and the earlier curves stay."""
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    logs = Path(run_dir) / "logs"
+    loggers = [CSVLogger(logs / "csv", name=stage)]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(logs / "tensorboard", name=stage, default_hp_metric=False))
+    return loggers
 
 
 def _drop_advertising(record: logging.LogRecord) -> bool:
@@ -137,18 +165,22 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
     last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                       every_n_epochs=1, enable_version_counter=False,
                                       auto_insert_metric_name=False)
+    # Bars redraw with carriage returns: right on a terminal, noise in a log file, CI or `| tee`.
+    # There the same progress_bar: true gives one line per epoch instead.
+    bars = trainer_cfg.progress_bar and _is_terminal(sys.stderr)
+    lines = [EpochLines(stage)] if trainer_cfg.progress_bar and not bars else []
     trainer = pl.Trainer(
         max_epochs=epochs,
         **_trainer_kwargs(config),
-        enable_progress_bar=trainer_cfg.progress_bar,
+        enable_progress_bar=bars,
         enable_model_summary=False,
-        logger=False,
+        logger=stage_loggers(run_dir, stage),
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         log_every_n_steps=1,
         default_root_dir=str(run_dir),
         plugins=[SafeCheckpointIO()],
-        callbacks=[HistoryCallback(stage, on_record), best_checkpoint, last_checkpoint, *callbacks],
+        callbacks=[HistoryCallback(stage, on_record), best_checkpoint, last_checkpoint, *lines, *callbacks],
     )
     # The same initial weights on every attempt of this stage, whatever ran before it.
     pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stage], workers=True, verbose=False)
@@ -217,6 +249,18 @@ def split_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> d
     return metrics_to_python(metrics.compute())
 
 
+#: The ISIC 2018 Task 3 submission of an isic2018 run's official test set, in the run directory.
+ISIC_SUBMISSION = "submission_isic2018_test.csv"
+
+
+def _wants_isic_submission(data: RunData) -> bool:
+    """An isic2018 run on all seven classes whose test split is the official one (not carved)."""
+    from asymcl.data.isic import ISIC_CLASSES
+
+    return (data.dataset_name == "isic2018" and "test" in data.splits.official
+            and sorted(data.classes) == sorted(ISIC_CLASSES))
+
+
 def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
     """Evaluate the best final model on val and the test splits; write predictions and embeddings."""
     final_stage = stages_for(config)[-1]
@@ -230,14 +274,21 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str,
             continue
         probs = torch.softmax(torch.as_tensor(out["logits"]), dim=1).numpy()
         preds = probs.argmax(axis=1)
-        for index, (label, pred, p) in enumerate(zip(out["labels"], preds, probs)):
-            rows.append([split, index, int(label), int(pred), *(f"{x:.6g}" for x in p)])
+        ids = data.splits[split].ids
+        for index, (label, pred, p, image) in enumerate(zip(out["labels"], preds, probs, ids)):
+            rows.append([split, index, int(label), int(pred), *(f"{x:.6g}" for x in p), image])
         arrays[f"{split}_features"] = out["features"].astype(np.float32)
         arrays[f"{split}_labels"] = out["labels"].astype(np.int64)
         arrays[f"{split}_preds"] = preds.astype(np.int64)
+        arrays[f"{split}_ids"] = np.asarray(ids, dtype=str)
+        if split == "test" and _wants_isic_submission(data):
+            from asymcl.data.isic import submission_csv
+
+            atomic_write_bytes(run_dir / ISIC_SUBMISSION, submission_csv(ids, probs, data.classes).encode())
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["split", "index", "label", "pred", *(f"prob_{c}" for c in data.classes)])
+    # `image` comes last: the columns before it keep the positions older readers expect.
+    writer.writerow(["split", "index", "label", "pred", *(f"prob_{c}" for c in data.classes), "image"])
     writer.writerows(rows)
     atomic_write_bytes(run_dir / "predictions.csv", text.getvalue().encode())
     buffer = io.BytesIO()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -81,21 +82,58 @@ class RunModel:
         return torch.softmax(logits.float(), dim=1).numpy()
 
 
+#: What ``predict`` can write: ``asymcl`` (the default columns below) or ``isic2018`` (the ISIC 2018
+#: Task 3 submission format, for a run trained on the seven ISIC classes).
+FORMATS = ("asymcl", "isic2018")
+
+
+def _image_names(files: list[Path], images: Path) -> list[str]:
+    """Each file's path relative to the --images folder ("/"-separated), or its name for a single
+    file: for a folder dataset's root this is the ``image`` of the run's predictions.csv."""
+    if images.is_file():
+        return [files[0].name]
+    return [f.relative_to(images).as_posix() for f in files]
+
+
 def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = None,
-            batch_size: int = 256) -> str:
-    """Predict every image; returns the CSV text (``path,pred,pred_class,prob_<class>...``) and
-    writes it atomically to ``out`` when given."""
+            batch_size: int = 256, fmt: str = "asymcl") -> str:
+    """Predict every image; returns the CSV text and writes it atomically to ``out`` when given.
+
+    ``fmt="asymcl"``: ``path,pred,pred_class,prob_<class>...,image`` with ``path`` the file as
+    found, ``image`` its path relative to ``images`` (the file name for a single file).
+    ``fmt="isic2018"``: ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, ``image`` the file name without
+    its suffix (the ISIC image id), for the challenge's scorer.
+    """
+    if fmt not in FORMATS:
+        raise DataError(f"unknown predictions format {fmt!r}; choose one of {', '.join(FORMATS)}")
     model = RunModel(run_dir)
+    if fmt == "isic2018":
+        from asymcl.data.isic import submission_csv
+
+        submission_csv([], np.zeros((0, len(model.classes))), model.classes)  # a wrong run fails before any work
     files = find_images(images)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "pred", "pred_class", *(f"prob_{c}" for c in model.classes)])
+    names = _image_names(files, Path(images))
+    probabilities = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         arrays = np.stack([load_image(p, model.channels, model.size_hw) for p in chunk])
-        for path, probs in zip(chunk, model.probabilities(arrays)):
-            pred = int(probs.argmax())
-            writer.writerow([str(path), pred, model.classes[pred], *(f"{p:.6g}" for p in probs)])
+        probabilities.append(model.probabilities(arrays))
+    probs = np.concatenate(probabilities)
+    if fmt == "isic2018":
+        stems = [f.stem for f in files]
+        repeated = sorted(s for s, n in Counter(stems).items() if n > 1)
+        if repeated:
+            raise DataError(f"--images holds several files for image id(s) {', '.join(repeated[:5])}; "
+                            "an ISIC submission has one row per image")
+        text = submission_csv(stems, probs, model.classes)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "pred", "pred_class", *(f"prob_{c}" for c in model.classes), "image"])
+        for path, row, name in zip(files, probs, names):
+            pred = int(row.argmax())
+            writer.writerow([str(path), pred, model.classes[pred], *(f"{p:.6g}" for p in row), name])
+        text = buffer.getvalue()
     if out is not None:
-        atomic_write_bytes(out, text.getvalue().encode())
-    return text.getvalue()
+        atomic_write_bytes(out, text.encode())
+    return text
