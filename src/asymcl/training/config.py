@@ -157,7 +157,7 @@ class TrainerConfig(_Section):
     deterministic: bool = option(True, check.boolean, "use deterministic algorithms")
     channels_last: bool = option(False, check.boolean,
                                  "channels_last memory format for images and the model (faster convolutions on GPUs)")
-    progress_bar: bool = option(True, check.boolean, "show progress bars")
+    progress_bar: bool = option(True, check.boolean, "progress: bars on a terminal, one line per epoch otherwise")
     num_threads: int | None = option(None, check.integer(1, optional=True), "torch CPU threads (null: torch's default)")
 
 
