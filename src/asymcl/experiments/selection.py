@@ -18,14 +18,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from asymcl.experiments.runs import METHOD_KEY, METHODS, TEST_SPLITS, Run
+from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
 from asymcl.training.methods import PROPOSED
 
 
 #: Keys that never distinguish hyperparameter settings (seeds are what we average over; paths and
 #: devices do not change the method).
-IGNORED_KEYS = {"seed", "data.seed", METHOD_KEY, "loss.name", "data.root", "data.in_memory", "data.num_workers"}
+IGNORED_KEYS = {"seed", "data.seed", METHOD_KEY, "loss.name", "data.root", "data.in_memory", "data.num_workers",
+                *LEVERS}  # the levers are part of the row (runs.row_key), not a hyperparameter to choose
 IGNORED_SECTIONS = ("trainer.",)
 SETTING_KEYS = ("data.dataset", "data.imbalance", "data.classes")
 _SYMBOLS = {"loss.gamma": "γ", "loss.eta": "η", "loss.temperature": "τ"}
@@ -52,8 +53,10 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
-def method_order(method: str) -> tuple:
-    return (METHODS.index(method) if method in METHODS else len(METHODS), method)
+def method_order(row: str) -> tuple:
+    """Rows in the registry's order of their method (baselines first), levers after the plain row."""
+    method = row_method(row)
+    return (METHODS.index(method) if method in METHODS else len(METHODS), row)
 
 
 def _ignored(key: str) -> bool:
@@ -145,18 +148,19 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
 
 
 def select(setting: Setting) -> None:
-    """Fill ``setting.candidates`` and ``setting.chosen`` (best mean validation UA per method)."""
+    """Fill ``setting.candidates`` and ``setting.chosen`` (best mean validation UA per row: method
+    plus levers)."""
     from asymcl.experiments.runs import METHOD_PARAMS
 
     by_method: dict[str, list[Run]] = defaultdict(list)
     for run in setting.runs:
-        by_method[run.method].append(run)
+        by_method[run.row].append(run)
     for method, runs in by_method.items():
         keys = sorted({k for run in runs for k in run.config} - {k for k in SETTING_KEYS})
         varied = [k for k in keys if not _ignored(k)
                   and len({hashable(run.config.get(k)) for run in runs}) > 1]
         shown = [k for k in ("loss.gamma", "loss.eta", "loss.temperature")
-                 if k in METHOD_PARAMS.get(method, ()) or k in varied]
+                 if k in METHOD_PARAMS.get(row_method(method), ()) or k in varied]
         shown += [k for k in varied if k not in shown]
         groups: dict[tuple, list[Run]] = defaultdict(list)
         for run in runs:
@@ -216,7 +220,12 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
                     entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
                                                   "n": diff.n, "seeds": seeds}
             comparisons[method] = entry
-    return {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
-            "comparisons": comparisons,
+    from asymcl.experiments.claims import best_recipe_against, paper_claim
+
+    numbers = {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
+               "comparisons": comparisons}
+    numbers["paper_claim"] = paper_claim(numbers, setting.test_splits)
+    numbers["best_vs_la"] = best_recipe_against(numbers, setting, "la")
+    return {**numbers,
             "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
                                for c in cands] for m, cands in setting.candidates.items()}}
