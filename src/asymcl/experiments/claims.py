@@ -10,16 +10,15 @@ and UA (mean over seeds, two-sided 95% t interval; :mod:`asymcl.experiments.stat
 * ``could not be told apart``: neither (some interval contains 0);
 * ``not tested``: a method is missing, or fewer than 2 paired seeds.
 
-:func:`best_recipe_against`: the contrastive row (any method with a contrastive loss, any levers)
-with the highest mean validation UA, compared with a baseline row (``la``) over paired seeds.
+:func:`best_contrastive_row`: the contrastive row (any method with a contrastive loss, any levers)
+with the highest mean validation UA; the report compares it with ``la`` over paired seeds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from asymcl.experiments.runs import row_display, row_method
-from asymcl.experiments.stats import paired_difference
 from asymcl.training.methods import PROPOSED, REGISTRY
 
 CLAIM_OPPONENTS = ("cl", "fcl")
@@ -31,16 +30,13 @@ def _fmt(d: dict[str, Any]) -> str:
     return f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
 
 
-def paper_claim(numbers: dict[str, Any], test_splits: Sequence[str]) -> dict[str, Any]:
-    """``{"verdict", "split", "sentence"}`` for one setting (see the module docstring)."""
-    from asymcl.experiments.selection import split_title
-
-    if not test_splits:
+def paper_claim(numbers: dict[str, Any], split: str | None, title: str = "") -> dict[str, Any]:
+    """``{"verdict", "split", "sentence"}`` for one setting (see the module docstring): ``split``
+    is the main test split, ``title`` how the report names it."""
+    if split is None:
         return {"verdict": "not tested", "split": None,
                 "sentence": f"The paper's claim ({CLAIM_TEXT}) could not be tested: no test split."}
-    split = test_splits[0]
-    title = split_title(split, "test_imbalanced" in test_splits)
-    head = f"The paper's claim ({CLAIM_TEXT}) on the {title} set"
+    head = f"The paper's claim ({CLAIM_TEXT}) on the {title or split} set"
     missing = [m.upper() for m in (PROPOSED, *CLAIM_OPPONENTS) if m not in numbers["table"]]
     if missing:
         return {"verdict": "not tested", "split": split,
@@ -65,40 +61,22 @@ def paper_claim(numbers: dict[str, Any], test_splits: Sequence[str]) -> dict[str
     return {"verdict": verdict, "split": split, "sentence": f"{head} {verdict}: {detail}."}
 
 
-def best_recipe_against(numbers: dict[str, Any], setting, baseline: str) -> dict[str, Any] | None:
-    """The contrastive row with the best mean validation UA against ``baseline``, paired over seeds
-    on every test split; None when either is missing."""
-    from asymcl.experiments.selection import metric_values
-
+def best_contrastive_row(numbers: dict[str, Any]) -> str | None:
+    """The row of a contrastive method (any levers) with the highest mean validation UA."""
     table = numbers["table"]
     rows = [row for row in table if REGISTRY.get(row_method(row)) is not None
             and REGISTRY[row_method(row)].contrastive and table[row]["val.ua"]["n"]]
-    if baseline not in setting.chosen or not rows:
+    return max(rows, key=lambda row: table[row]["val.ua"]["mean"]) if rows else None
+
+
+def best_recipe_sentence(entry: dict[str, Any] | None, split: str | None, title: str = "") -> str | None:
+    """One sentence: the best contrastive recipe against the baseline on ``split`` UA."""
+    if entry is None or split is None:
         return None
-    best = max(rows, key=lambda row: table[row]["val.ua"]["mean"])
-    out: dict[str, Any] = {"row": best, "baseline": baseline, "display": row_display(best)}
-    for split in setting.test_splits:
-        for metric in ("ua", "wa"):
-            mine = metric_values(setting.chosen[best], split, metric)
-            theirs = metric_values(setting.chosen[baseline], split, metric)
-            seeds = [s for s in mine if s in theirs]
-            diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
-            out[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high, "n": diff.n}
-    return out
-
-
-def best_recipe_sentence(entry: dict[str, Any] | None, test_splits: Sequence[str]) -> str | None:
-    if entry is None or not test_splits:
-        return None
-    from asymcl.experiments.selection import split_title
-
-    split = test_splits[0]
     d = entry[f"{split}.ua"]
     name = row_display(entry["baseline"])
-    title = split_title(split, "test_imbalanced" in test_splits)
+    head = f"Best contrastive recipe on validation UA: {entry['display']}; against {name} on {title or split} UA"
     if d["n"] < 2:
-        return (f"Best contrastive recipe on validation UA: {entry['display']}; against {name} on {title} UA "
-                f"{d['mean'] * 100:+.1f} points (fewer than 2 paired seeds, no interval).")
-    verdict = ("better" if d["low"] > 0 else "worse" if d["high"] < 0 else "not separable")
-    return (f"Best contrastive recipe on validation UA: {entry['display']}; against {name} on {title} UA: "
-            f"{_fmt(d)} points ({verdict}).")
+        return f"{head} {d['mean'] * 100:+.1f} points (fewer than 2 paired seeds, no interval)."
+    verdict = "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "not separable"
+    return f"{head}: {_fmt(d)} points ({verdict})."

@@ -135,7 +135,8 @@ def build_report(
             blocks.append(("h3", "AFCL against each baseline (paired over seeds, percentage points)"))
             blocks.append(("table", comparison))
         blocks.append(("p", numbers["paper_claim"]["sentence"]))
-        best = best_recipe_sentence(numbers["best_vs_la"], setting.test_splits)
+        vs_la = numbers["best_vs_la"]
+        best = vs_la and best_recipe_sentence(vs_la, vs_la["split"], vs_la["split_title"])
         if best:
             blocks.append(("p", best))
         progress(f"[report] figures for {setting.label}")

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_method
+from asymcl.experiments.claims import best_contrastive_row, paper_claim
+from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_display, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
 from asymcl.training.methods import PROPOSED
 
@@ -192,6 +193,20 @@ def metric_values(candidate: Candidate, split: str, metric: str) -> dict[Any, fl
     return out
 
 
+def _paired(setting: Setting, first: str, second: str) -> dict[str, Any]:
+    """Row ``first`` minus row ``second`` over the seeds both have, per test split and metric."""
+    entry = {}
+    for split in setting.test_splits:
+        for metric in ("ua", "wa"):
+            mine = metric_values(setting.chosen[first], split, metric)
+            theirs = metric_values(setting.chosen[second], split, metric)
+            seeds = [s for s in mine if s in theirs]
+            diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+            entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
+                                          "n": diff.n, "seeds": seeds}
+    return entry
+
+
 def setting_numbers(setting: Setting) -> dict[str, Any]:
     """The table and the paired comparisons of one setting, unrounded (what report.json holds)."""
     columns = [("val", "ua")] + [(split, metric) for split in setting.test_splits for metric in ("wa", "ua")]
@@ -206,26 +221,19 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
         table[method] = row
     comparisons = {}
     if PROPOSED in setting.chosen:
-        proposed = setting.chosen[PROPOSED]
         for method in setting.methods:
-            if method == PROPOSED:
-                continue
-            entry = {}
-            for split in setting.test_splits:
-                for metric in ("ua", "wa"):
-                    mine = metric_values(proposed, split, metric)
-                    theirs = metric_values(setting.chosen[method], split, metric)
-                    seeds = [s for s in mine if s in theirs]
-                    diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
-                    entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
-                                                  "n": diff.n, "seeds": seeds}
-            comparisons[method] = entry
-    from asymcl.experiments.claims import best_recipe_against, paper_claim
-
+            if method != PROPOSED:
+                comparisons[method] = _paired(setting, PROPOSED, method)
     numbers = {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
                "comparisons": comparisons}
-    numbers["paper_claim"] = paper_claim(numbers, setting.test_splits)
-    numbers["best_vs_la"] = best_recipe_against(numbers, setting, "la")
+    main = setting.test_splits[0] if setting.test_splits else None
+    title = split_title(main, "test_imbalanced" in setting.test_splits) if main else ""
+    numbers["paper_claim"] = paper_claim(numbers, main, title)
+    best = best_contrastive_row(numbers)
+    numbers["best_vs_la"] = None
+    if best is not None and "la" in setting.chosen:
+        numbers["best_vs_la"] = {"row": best, "baseline": "la", "display": row_display(best),
+                                 "split": main, "split_title": title, **_paired(setting, best, "la")}
     return {**numbers,
             "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
                                for c in cands] for m, cands in setting.candidates.items()}}
