@@ -36,6 +36,8 @@ def tiny(method="afcl", **overrides):
 def test_la_fixes_logit_adjusted_ce_and_old_ce_runs_stay_valid():
     assert resolve_config({"method": "la"}).stage2.loss == "logit_adjusted"
     assert resolve_config({"method": "la"}).stages == ("baseline",)
+    # Menon et al.'s recipe: natural sampling (a balanced sampler would cancel the adjustment).
+    assert resolve_config({"method": "la", "stage2.sampler": "class_balanced"}).stage2.sampler == "random"
     with pytest.raises(ConfigError, match="contradicts method la"):
         resolve_config({"method": "la", "stage2.loss": "focal"})
     # How LA was run before it was a method: still a valid config (old run directories resume).
@@ -172,3 +174,16 @@ def test_joint_run_end_to_end_and_resumes_as_complete(tmp_path):
 def test_stage1_sampler_runs_end_to_end(tmp_path, sampler):
     metrics = run(tiny("acl", **{"stage1.sampler": sampler}), tmp_path / sampler)
     assert metrics["status"] == "complete" and metrics["stages_complete"] == ["stage1", "stage2"]
+
+
+def test_joint_logit_adjustment_uses_the_prior_of_its_batches():
+    from asymcl.training.pipeline import RunData, build_module
+
+    natural = resolve_config(tiny("afcl", schedule="joint"))
+    data = RunData(natural)
+    shift = build_module("joint", natural, data).classification.log_prior_shift
+    counts = data.class_counts.double()
+    assert torch.allclose(shift, torch.log(counts / counts.sum()).float())
+    balanced = resolve_config(tiny("afcl", schedule="joint", **{"stage1.sampler": "m_per_class"}))
+    shift = build_module("joint", balanced, data).classification.log_prior_shift
+    assert torch.allclose(shift, torch.full_like(shift, -np.log(3)))  # uniform: LA-CE is plain CE

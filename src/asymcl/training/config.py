@@ -366,6 +366,9 @@ def _resolve_levers(flat: dict[str, Any], method) -> None:
 
     ``la`` and the joint schedule train on logit-adjusted CE: ``stage2.loss`` is written as
     ``logit_adjusted`` so that config.yaml says what ran (``ce``, the default, counts as unset).
+    ``la`` is logit adjustment as Menon et al. train it, on naturally sampled batches: its
+    ``stage2.sampler`` is ``random`` (a class-balanced sampler would cancel the adjustment, and the
+    reproduce presets give every other method class-balanced classifier batches).
     """
     joint = flat["schedule"] == "joint"
     if not method.contrastive:
@@ -382,6 +385,8 @@ def _resolve_levers(flat: dict[str, Any], method) -> None:
             raise ConfigError(f"stage2.loss={flat['stage2.loss']} contradicts {what}, which trains on "
                               f"{fixed_loss} cross-entropy; remove stage2.loss")
         flat["stage2.loss"] = fixed_loss
+    if method.classification_loss == "logit_adjusted":
+        flat["stage2.sampler"] = "random"
     if joint:
         if flat["joint.weight"] is None:
             flat["joint.weight"] = 1.0

@@ -7,7 +7,8 @@ over a batch of B images with two augmented views each (v: the 2B views, f: the 
 classifier sees both views' encoder features (2B rows, each with its image's label), the same rows
 the contrastive loss sees through the projection head, so both terms are measured on the same
 augmented data. LA-CE is logit-adjusted cross-entropy (Menon et al. 2021) with tau =
-``stage2.logit_tau`` and the training-class prior; lambda = ``joint.weight``; L_con is the run's
+``stage2.logit_tau`` and the class prior of the training batches (the training split's class
+frequencies under ``stage1.sampler=random``, uniform under a balanced sampler); lambda = ``joint.weight``; L_con is the run's
 method (supcon, cl, fcl, acl or afcl). This is how the focal contrastive loss was first used
 (Core-tuning) and how BCL and PaCo train long-tailed models. Evaluation (and model selection on
 validation UA) uses the classifier on the encoder features of un-augmented images, as for the

@@ -124,7 +124,7 @@ class Method:
 _ALL = (
     Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)"),
     Method("la", "LA", BASELINE, "end-to-end logit-adjusted cross-entropy baseline (Menon et al. 2021; "
-           "stage2.logit_tau, stage1 optimisation)", classification_loss="logit_adjusted"),
+           "stage2.logit_tau, natural sampling, stage1 optimisation)", classification_loss="logit_adjusted"),
     Method("supcon", "SupCon", TWO_STAGE, "supervised contrastive loss, SupCon's per-anchor averaging",
            _supcon_factory, {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}, ("temperature",)),
     Method("cl", "CL", TWO_STAGE, "contrastive loss (AFCL with gamma = eta = 0)",

@@ -118,7 +118,11 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     if stage == "joint":
         from asymcl.training.joint import JointModule
 
-        return JointModule(*common, class_counts=data.class_counts, gather_distributed=gather,
+        # Logit adjustment corrects for the class prior of the batches the loss sees: under a
+        # class-balanced or m-per-class stage-1 sampler that prior is uniform (the shift is then a
+        # constant and LA-CE is plain CE); adjusting by the pool's counts would correct twice.
+        counts = data.class_counts if config.stage1.sampler == "random" else torch.ones_like(data.class_counts)
+        return JointModule(*common, class_counts=counts, gather_distributed=gather,
                            load_pretrained=load_pretrained)
     return EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
 
