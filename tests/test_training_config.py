@@ -42,7 +42,7 @@ def test_overrides_parse_as_yaml_and_nested_files(tmp_path):
         (["loss.gamma=-1"], r"loss.gamma must be >= 0"),
         (["loss.eta=lots"], r"loss.eta must be a number"),
         (["loss.temperature=0"], r"loss.temperature must be > 0"),
-        (["method=focal"], r"method must be one of ce, supcon, cl, fcl, acl, afcl"),
+        (["method=focal"], r"method must be one of ce, la, supcon, cl, fcl, acl, afcl"),
         (["stage1.epochs=2.5"], r"stage1.epochs must be an integer"),
         (["data.val_fraction=1.5"], r"data.val_fraction must be < 1"),
         (["data.imbalance=exp:0.5"], r"data.imbalance.*ratio 0.5 .* must be a finite number >= 1"),

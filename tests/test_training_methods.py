@@ -44,7 +44,7 @@ def test_loss_factory_builds_the_configured_loss(name):
 def test_ce_has_no_contrastive_loss():
     with pytest.raises(ValueError, match="no contrastive loss"):
         methods.get_method("ce").build_loss(LossConfig())
-    with pytest.raises(ConfigError, match="unknown method 'nope'.*ce, supcon"):
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*ce, la, supcon"):
         methods.get_method("nope")
 
 

@@ -16,7 +16,7 @@ import importlib
 _EXPORTS = {
     "ArrayImageDataset": "datasets", "FileImageDataset": "datasets", "ImageDataset": "datasets",
     "ImbalanceProfile": "imbalance", "parse_imbalance": "imbalance",
-    "ClassBalancedSampler": "samplers",
+    "ClassBalancedSampler": "samplers", "MPerClassBatchSampler": "samplers",
     "DATASETS": "spec", "IMAGE_SUFFIXES": "spec", "DataSpec": "spec",
     "Splits": "splits", "build_splits": "splits", "resolve_classes": "splits",
 }
@@ -37,6 +37,7 @@ __all__ = [
     "FileImageDataset",
     "ImageDataset",
     "ImbalanceProfile",
+    "MPerClassBatchSampler",
     "Splits",
     "build_splits",
     "parse_imbalance",

@@ -84,3 +84,63 @@ class ClassBalancedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class MPerClassBatchSampler(Sampler[list[int]]):
+    """Batches that hold exactly ``m`` images of every class, for one rank.
+
+    With a random sampler at rho = 100 a batch of 128 holds about one minority image, so a
+    contrastive loss has almost no minority positives; here every batch has m per class (m >= 1,
+    and the two views of an image are positives of each other already, so m = 1 works too).
+
+    Per epoch, from ``np.random.default_rng([seed, epoch])``: ``R * per_rank`` global batches, each
+    made of, for each class c in order, m indices drawn from class c without replacement when
+    n_c >= m and with replacement otherwise (rare classes repeat within a batch). Rank r takes
+    global batches r, r + R, ...: every rank's batch holds the promised m per class, and the ranks'
+    batches are different draws of the same epoch. ``per_rank`` = max(1, N // (m K) // R), so an
+    epoch shows about N images over all ranks, as the other samplers do.
+
+    targets: (N,) labels (or a dataset with ``.targets``). Classes are the labels present.
+    """
+
+    def __init__(self, targets, m: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if hasattr(targets, "targets"):
+            targets = targets.targets
+        if isinstance(targets, torch.Tensor):
+            targets = targets.cpu().numpy()
+        labels = np.asarray(targets, dtype=np.int64).reshape(-1)
+        if labels.size == 0:
+            raise DataError("MPerClassBatchSampler needs at least one sample")
+        if int(m) < 1:
+            raise DataError(f"m-per-class sampling needs m >= 1 image of each class per batch, got m={m} "
+                            "(raise the batch size to at least the number of classes)")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in range for world_size={world_size}")
+        self.classes = np.unique(labels)
+        self.members = [np.flatnonzero(labels == c) for c in self.classes]
+        self.m = int(m)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.epoch = 0
+        self.per_rank = max(1, labels.size // (self.m * len(self.classes)) // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def global_batches(self) -> list[np.ndarray]:
+        """The epoch's ``world_size * per_rank`` batches over all ranks, each (m * K,)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for _ in range(self.per_rank * self.world_size):
+            parts = [members[rng.choice(members.size, self.m, replace=members.size < self.m)]
+                     for members in self.members]
+            batches.append(np.concatenate(parts))
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches()[self.rank::self.world_size]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return self.per_rank

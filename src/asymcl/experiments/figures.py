@@ -10,7 +10,7 @@ import numpy as np
 
 from asymcl.experiments.runs import METHODS, Run
 from asymcl.experiments.selection import Candidate, Setting, hashable, split_title
-from asymcl.training.methods import display
+from asymcl.experiments.runs import row_display as display
 
 
 def _pyplot():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from asymcl.experiments.selection import method_order, format_params, split_title
-from asymcl.training.methods import display
+from asymcl.experiments.runs import row_display as display
 
 
 @dataclass

@@ -10,8 +10,13 @@ steps:
    The test splits play no part in the choice.
 3. The table shows, per method at its chosen hyperparameters, mean ± sample std over seeds of the
    validation UA and of WA/UA on every test split present; the best mean of each column is bold.
-4. AFCL is compared with each other method over the seeds both have: the mean of the paired
-   differences and a two-sided t-based 95% confidence interval.
+4. AFCL is compared with each other row over the seeds both have: the mean of the paired
+   differences and a two-sided t-based 95% confidence interval; one sentence says whether the
+   paper's claim (AFCL > CL and > FCL on WA and UA) held (:mod:`asymcl.experiments.claims`), and
+   the best contrastive recipe on validation is compared with logit-adjusted CE (LA).
+
+A row is a method plus its levers (``schedule=joint``, ``stage1.sampler``), shown as e.g.
+``AFCL (joint)``; an old ``method=ce`` run with ``stage2.loss=logit_adjusted`` is the LA row.
 
 ``report.json`` holds the same numbers unrounded, for scripts and tests.
 """
@@ -32,7 +37,8 @@ from asymcl.experiments.render import _comparison_table, _html, _md, _results_ta
 from asymcl.experiments.runs import Run, iter_run_dirs, load_run, run_status
 from asymcl.experiments.selection import Setting, group_settings, select, setting_numbers  # noqa: F401
 from asymcl.experiments.sweep import SWEEP_MANIFEST, current_command, write_json_atomic
-from asymcl.training.methods import display
+from asymcl.experiments.claims import best_recipe_sentence
+from asymcl.experiments.runs import row_display as display
 
 
 def _versions_text(runs: Sequence[Run]) -> str:
@@ -128,6 +134,11 @@ def build_report(
         if comparison is not None:
             blocks.append(("h3", "AFCL against each baseline (paired over seeds, percentage points)"))
             blocks.append(("table", comparison))
+        blocks.append(("p", numbers["paper_claim"]["sentence"]))
+        vs_la = numbers["best_vs_la"]
+        best = vs_la and best_recipe_sentence(vs_la, vs_la["split"], vs_la["split_title"])
+        if best:
+            blocks.append(("p", best))
         progress(f"[report] figures for {setting.label}")
         plots = [(f"recall_{setting.slug}.png", "Per-class recall", lambda p: figure_recall(setting, "test", p)),
                  (f"confusion_{setting.slug}.png", "Confusion matrices", lambda p: figure_confusion(setting, "test", p))]

@@ -37,6 +37,45 @@ def fixed_loss_params(method: str | None) -> dict[str, Any]:
 
 
 METHOD_KEY = "method"
+
+#: Training options that make a report row of their own (a lever), with the label it shows:
+#: ``{config key: {value: (row-key token, label)}}``. A key's default value has no token.
+LEVERS: Mapping[str, Mapping[Any, tuple[str, str]]] = {
+    "schedule": {"joint": ("joint", "joint")},
+    "stage1.sampler": {"class_balanced": ("s1cb", "S1 class-balanced"),
+                       "m_per_class": ("s1mpc", "S1 m-per-class")},
+}
+_LEVER_LABELS = {token: label for values in LEVERS.values() for token, label in values.values()}
+
+
+def base_method(config: Mapping[str, Any]) -> str:
+    """The run's method as reports show it. ``method=ce`` with ``stage2.loss=logit_adjusted`` (how
+    logit-adjusted CE was run before ``la`` had its own entry) is ``la``: the same model and loss."""
+    method = str(config.get(METHOD_KEY) or config.get("loss.name"))
+    if method == "ce" and config.get("stage2.loss") == "logit_adjusted":
+        return "la"
+    return method
+
+
+def row_key(config: Mapping[str, Any]) -> str:
+    """The report row of a run: its method, plus a token per lever set (``afcl+joint+s1mpc``), so
+    that runs with another schedule or stage-1 sampler are never mixed into the method's row."""
+    tokens = [LEVERS[key][config[key]][0] for key in LEVERS if config.get(key) in LEVERS[key]]
+    return "+".join([base_method(config), *tokens])
+
+
+def row_method(row: str) -> str:
+    """``afcl+joint`` -> ``afcl``."""
+    return row.split("+", 1)[0]
+
+
+def row_display(row: str) -> str:
+    """``afcl+joint+s1mpc`` -> ``AFCL (joint, S1 m-per-class)``; a plain method -> its display name."""
+    method, *tokens = row.split("+")
+    name = _methods.display(method)
+    return f"{name} ({', '.join(_LEVER_LABELS.get(t, t) for t in tokens)})" if tokens else name
+
+
 TEST_SPLITS = ("test", "test_imbalanced")
 COMPLETE = "complete"
 
@@ -86,7 +125,13 @@ class Run:
 
     @property
     def method(self) -> str:
-        return str(self.config.get(METHOD_KEY) or self.config.get("loss.name"))
+        """The method (:func:`base_method`: an old ce + logit_adjusted run is ``la``)."""
+        return base_method(self.config)
+
+    @property
+    def row(self) -> str:
+        """The report row (:func:`row_key`): method plus levers."""
+        return row_key(self.config)
 
     @property
     def seed(self) -> Any:

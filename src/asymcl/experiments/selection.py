@@ -18,14 +18,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from asymcl.experiments.runs import METHOD_KEY, METHODS, TEST_SPLITS, Run
+from asymcl.experiments.claims import best_contrastive_row, paper_claim
+from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_display, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
 from asymcl.training.methods import PROPOSED
 
 
 #: Keys that never distinguish hyperparameter settings (seeds are what we average over; paths and
 #: devices do not change the method).
-IGNORED_KEYS = {"seed", "data.seed", METHOD_KEY, "loss.name", "data.root", "data.in_memory", "data.num_workers"}
+IGNORED_KEYS = {"seed", "data.seed", METHOD_KEY, "loss.name", "data.root", "data.in_memory", "data.num_workers",
+                *LEVERS}  # the levers are part of the row (runs.row_key), not a hyperparameter to choose
 IGNORED_SECTIONS = ("trainer.",)
 SETTING_KEYS = ("data.dataset", "data.imbalance", "data.classes")
 _SYMBOLS = {"loss.gamma": "γ", "loss.eta": "η", "loss.temperature": "τ"}
@@ -52,8 +54,10 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
-def method_order(method: str) -> tuple:
-    return (METHODS.index(method) if method in METHODS else len(METHODS), method)
+def method_order(row: str) -> tuple:
+    """Rows in the registry's order of their method (baselines first), levers after the plain row."""
+    method = row_method(row)
+    return (METHODS.index(method) if method in METHODS else len(METHODS), row)
 
 
 def _ignored(key: str) -> bool:
@@ -145,18 +149,19 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
 
 
 def select(setting: Setting) -> None:
-    """Fill ``setting.candidates`` and ``setting.chosen`` (best mean validation UA per method)."""
+    """Fill ``setting.candidates`` and ``setting.chosen`` (best mean validation UA per row: method
+    plus levers)."""
     from asymcl.experiments.runs import METHOD_PARAMS
 
     by_method: dict[str, list[Run]] = defaultdict(list)
     for run in setting.runs:
-        by_method[run.method].append(run)
+        by_method[run.row].append(run)
     for method, runs in by_method.items():
         keys = sorted({k for run in runs for k in run.config} - {k for k in SETTING_KEYS})
         varied = [k for k in keys if not _ignored(k)
                   and len({hashable(run.config.get(k)) for run in runs}) > 1]
         shown = [k for k in ("loss.gamma", "loss.eta", "loss.temperature")
-                 if k in METHOD_PARAMS.get(method, ()) or k in varied]
+                 if k in METHOD_PARAMS.get(row_method(method), ()) or k in varied]
         shown += [k for k in varied if k not in shown]
         groups: dict[tuple, list[Run]] = defaultdict(list)
         for run in runs:
@@ -188,6 +193,20 @@ def metric_values(candidate: Candidate, split: str, metric: str) -> dict[Any, fl
     return out
 
 
+def _paired(setting: Setting, first: str, second: str) -> dict[str, Any]:
+    """Row ``first`` minus row ``second`` over the seeds both have, per test split and metric."""
+    entry = {}
+    for split in setting.test_splits:
+        for metric in ("ua", "wa"):
+            mine = metric_values(setting.chosen[first], split, metric)
+            theirs = metric_values(setting.chosen[second], split, metric)
+            seeds = [s for s in mine if s in theirs]
+            diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+            entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
+                                          "n": diff.n, "seeds": seeds}
+    return entry
+
+
 def setting_numbers(setting: Setting) -> dict[str, Any]:
     """The table and the paired comparisons of one setting, unrounded (what report.json holds)."""
     columns = [("val", "ua")] + [(split, metric) for split in setting.test_splits for metric in ("wa", "ua")]
@@ -202,21 +221,19 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
         table[method] = row
     comparisons = {}
     if PROPOSED in setting.chosen:
-        proposed = setting.chosen[PROPOSED]
         for method in setting.methods:
-            if method == PROPOSED:
-                continue
-            entry = {}
-            for split in setting.test_splits:
-                for metric in ("ua", "wa"):
-                    mine = metric_values(proposed, split, metric)
-                    theirs = metric_values(setting.chosen[method], split, metric)
-                    seeds = [s for s in mine if s in theirs]
-                    diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
-                    entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
-                                                  "n": diff.n, "seeds": seeds}
-            comparisons[method] = entry
-    return {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
-            "comparisons": comparisons,
+            if method != PROPOSED:
+                comparisons[method] = _paired(setting, PROPOSED, method)
+    numbers = {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
+               "comparisons": comparisons}
+    main = setting.test_splits[0] if setting.test_splits else None
+    title = split_title(main, "test_imbalanced" in setting.test_splits) if main else ""
+    numbers["paper_claim"] = paper_claim(numbers, main, title)
+    best = best_contrastive_row(numbers)
+    numbers["best_vs_la"] = None
+    if best is not None and "la" in setting.chosen:
+        numbers["best_vs_la"] = {"row": best, "baseline": "la", "display": row_display(best),
+                                 "split": main, "split_title": title, **_paired(setting, best, "la")}
+    return {**numbers,
             "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
                                for c in cands] for m, cands in setting.candidates.items()}}

@@ -47,6 +47,7 @@ from typing import Any, Callable, Mapping, Sequence
 from asymcl.atomic import atomic_write_json
 from asymcl.errors import AsymclError, ConfigError
 from asymcl.experiments.runs import (
+    LEVERS,
     LOSS_PARAMS,
     METHOD_KEY,
     METHOD_PARAMS,
@@ -56,6 +57,7 @@ from asymcl.experiments.runs import (
 )
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
 from asymcl.training import runlock
+from asymcl.training.methods import get_method
 
 SPEC_KEYS = ("name", "description", "base", "grid", "search")
 SEARCH_FIELDS = ("low", "high", "log")
@@ -282,18 +284,26 @@ def _apply_method_rule(values: Mapping[str, Any], method: str | None) -> dict[st
     """
     if method is None or method not in METHOD_PARAMS:
         return dict(values)
-    used = METHOD_PARAMS[method]
-    out = {key: value for key, value in values.items() if key not in LOSS_PARAMS or key in used}
+    out = {key: value for key, value in values.items() if key not in _unused(method)}
     out.update(fixed_loss_params(method))
     return out
+
+
+def _unused(method: str) -> frozenset[str]:
+    """Grid keys ``method`` has no use for: the loss keys it does not tune and, for an end-to-end
+    baseline (no contrastive loss), the levers (``schedule``, ``stage1.sampler``): a grid over
+    method x schedule then runs CE and LA once, not once per schedule."""
+    unused = LOSS_PARAMS - METHOD_PARAMS[method]
+    if not get_method(method).contrastive:
+        unused |= frozenset(LEVERS)
+    return unused
 
 
 def make_point(values: Mapping[str, Any], method: str | None, grid_keys: Sequence[str]) -> SweepPoint:
     """The point for grid ``values``: the method rule applied; the name shows only what varies for it."""
     applied = _apply_method_rule(values, method)
-    used = METHOD_PARAMS.get(method or "", None)
-    name_values = {k: v for k, v in applied.items()
-                   if k in values and (used is None or k not in LOSS_PARAMS or k in used)}
+    unused = _unused(method) if method in METHOD_PARAMS else frozenset()
+    name_values = {k: v for k, v in applied.items() if k in values and k not in unused}
     return SweepPoint(point_name(name_values, grid_keys), tuple(applied.items()))
 
 

@@ -32,7 +32,7 @@ import yaml
 from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
 from asymcl.training import config_checks as check
-from asymcl.training.methods import get_method
+from asymcl.training.methods import JOINT, SCHEDULES, get_method
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -128,6 +128,9 @@ class Stage1Config(_Section):
     lr: float = option(2e-3, check.number(0.0, exclusive=True), "peak learning rate")
     weight_decay: float = option(1e-4, check.number(0.0), "weight decay")
     scheduler: str = option("cosine", check.choice("cosine", "none"), "learning-rate schedule")
+    sampler: str = option("random", check.choice("random", "class_balanced", "m_per_class"),
+                          "contrastive (or joint) batches: random, class_balanced, or m_per_class "
+                          "(every batch holds batch_size // classes images of each class)")
 
 
 @dataclass
@@ -148,6 +151,14 @@ class Stage2Config(_Section):
 
 
 @dataclass
+class JointConfig(_Section):
+    """``schedule=joint``: loss = logit-adjusted CE (``stage2.logit_tau``) + weight * contrastive."""
+
+    weight: float | None = option(None, check.number(0.0, optional=True),
+                                  "lambda of the joint loss (null: 1.0 with schedule=joint; only for joint)")
+
+
+@dataclass
 class TrainerConfig(_Section):
     accelerator: str = option("cpu", check.choice("cpu", "gpu", "cuda", "mps", "auto"), "Lightning accelerator")
     devices: Any = option(1, check.devices, "Lightning devices")
@@ -165,13 +176,17 @@ class TrainerConfig(_Section):
 class RunConfig(_Section):
     """A whole, resolved run config (build it with :func:`resolve_config`)."""
 
-    method: str = option("afcl", check.method, "ce (end-to-end baseline) or a two-stage contrastive loss")
+    method: str = option("afcl", check.method, "ce or la (end-to-end baselines) or a contrastive loss (supcon, cl, fcl, acl, afcl)")
     seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
+    schedule: str = option("two_stage", check.choice(*SCHEDULES),
+                           "two_stage (contrastive pre-training, then a linear probe) or joint (one stage: "
+                           "logit-adjusted CE + joint.weight * contrastive loss); contrastive methods only")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    joint: JointConfig = field(default_factory=JointConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     @property
@@ -181,11 +196,17 @@ class RunConfig(_Section):
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return self.method_spec.stages
+        return JOINT if self.schedule == "joint" else self.method_spec.stages
 
     def stage_section(self, stage: str) -> Stage1Config | Stage2Config:
-        """The optimisation settings a stage trains with (stage 2's for ``stage2``, else stage 1's)."""
+        """The optimisation settings a stage trains with (stage 2's for ``stage2``, else stage 1's:
+        stage 1, the end-to-end baselines and the joint schedule)."""
         return self.stage2 if stage == "stage2" else self.stage1
+
+    def stage_sampler(self, stage: str) -> str:
+        """The training batches' sampler of ``stage``: ``stage1.sampler`` for the contrastive stage
+        and the joint schedule, ``stage2.sampler`` for the classifier and the baselines."""
+        return self.stage1.sampler if stage in ("stage1", "joint") else self.stage2.sampler
 
     def flat(self) -> dict[str, Any]:
         """``{dotted key: value}`` for every key."""
@@ -319,9 +340,11 @@ def resolve_config(base: dict | RunConfig | None = None,
         except ValueError as exc:
             raise ConfigError(f"{key} {exc}; got {flat[key]!r} ({help_text})") from None
 
-    loss = get_method(flat["method"]).resolve_loss(
+    method = get_method(flat["method"])
+    loss = method.resolve_loss(
         {name.split(".", 1)[1]: value for name, value in flat.items() if name.startswith("loss.")})
     flat.update({f"loss.{name}": value for name, value in loss.items()})
+    _resolve_levers(flat, method)
 
     dataset = DATASETS[flat["data.dataset"]]
     if dataset.needs_root:
@@ -338,6 +361,39 @@ def resolve_config(base: dict | RunConfig | None = None,
         if classes is not None and len(classes) != 2:
             raise ConfigError(f"data.imbalance binary:* needs exactly two data.classes, got {classes}")
     return _from_flat(flat)
+
+
+def _resolve_levers(flat: dict[str, Any], method) -> None:
+    """The schedule, the stage-1 sampler and the classification loss a method or schedule fixes.
+
+    ``la`` and the joint schedule train on logit-adjusted CE: ``stage2.loss`` is written as
+    ``logit_adjusted`` so that config.yaml says what ran (``ce``, the default, counts as unset).
+    ``la`` is logit adjustment as Menon et al. train it, on naturally sampled batches: its
+    ``stage2.sampler`` is ``random`` (a class-balanced sampler would cancel the adjustment, and the
+    reproduce presets give every other method class-balanced classifier batches).
+    """
+    joint = flat["schedule"] == "joint"
+    if not method.contrastive:
+        if joint:
+            raise ConfigError(f"schedule=joint needs a contrastive loss; method {method.name} has none "
+                              "(choose supcon, cl, fcl, acl or afcl, or schedule=two_stage)")
+        if flat["stage1.sampler"] != "random":
+            raise ConfigError(f"stage1.sampler={flat['stage1.sampler']} has no effect with method {method.name} "
+                              "(an end-to-end baseline samples with stage2.sampler); remove it")
+    fixed_loss = method.classification_loss or ("logit_adjusted" if joint else None)
+    if fixed_loss is not None:
+        if flat["stage2.loss"] not in ("ce", fixed_loss):
+            what = f"method {method.name}" if method.classification_loss else "schedule=joint"
+            raise ConfigError(f"stage2.loss={flat['stage2.loss']} contradicts {what}, which trains on "
+                              f"{fixed_loss} cross-entropy; remove stage2.loss")
+        flat["stage2.loss"] = fixed_loss
+    if method.classification_loss == "logit_adjusted":
+        flat["stage2.sampler"] = "random"
+    if joint:
+        if flat["joint.weight"] is None:
+            flat["joint.weight"] = 1.0
+    elif flat["joint.weight"] is not None:
+        raise ConfigError("joint.weight is only used with schedule=joint; set schedule=joint or remove it")
 
 
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values

@@ -123,13 +123,21 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over an :class:`asymcl.data.ImageDataset` (see the module docstring).
 
-    ``sampler``: ``"random"`` (a seeded permutation per epoch) or ``"class_balanced"``
-    (:class:`asymcl.data.ClassBalancedSampler`); evaluation loaders are sequential.
+    ``sampler``: ``"random"`` (a seeded permutation per epoch), ``"class_balanced"``
+    (:class:`asymcl.data.ClassBalancedSampler`) or ``"m_per_class"``
+    (:class:`asymcl.data.MPerClassBatchSampler`, m = batch_size // classes, so a batch holds
+    m * classes images); evaluation loaders are sequential.
     ``cached``: the split's ``load_all()`` result, when the caller already holds it; on an
     accelerator it may live there (batches are then indexed on the device: no host copy per step).
     """
     n = len(dataset)
-    if train and sampler == "class_balanced":
+    if train and sampler == "m_per_class":
+        from asymcl.data import MPerClassBatchSampler
+
+        classes = np.unique(np.asarray(dataset.targets)).size
+        batches = MPerClassBatchSampler(dataset.targets, batch_size // classes, seed=seed, rank=rank,
+                                        world_size=world_size)
+    elif train and sampler == "class_balanced":
         from asymcl.data import ClassBalancedSampler
 
         base = ClassBalancedSampler(dataset.targets, seed=seed, num_replicas=1, rank=0)

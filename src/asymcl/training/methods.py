@@ -27,8 +27,13 @@ from asymcl.errors import ConfigError
 #: Stage names of the two schedules in use (run directories, checkpoints, metrics.json keys).
 TWO_STAGE = ("stage1", "stage2")
 BASELINE = ("baseline",)
+#: ``schedule=joint``: one stage in which encoder, projection head and classifier train together
+#: on logit-adjusted CE + ``joint.weight`` * the method's contrastive loss (any contrastive method).
+JOINT = ("joint",)
 #: Each stage's own offset in the seeds of its initial weights, batches and augmentations.
-STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3}
+STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3, "joint": 4}
+#: Schedules a contrastive method can train with (``schedule`` in the run config).
+SCHEDULES = ("two_stage", "joint")
 
 #: Defaults of the loss parameters a method neither fixes nor has a value for. They are the
 #: pipeline's starting point on the bundled data, not the loss layer's neutral defaults (there
@@ -72,6 +77,8 @@ class Method:
     loss_factory: Callable[[Any, bool], Any] | None = None
     fixed: Mapping[str, Any] = field(default_factory=dict)
     free: tuple[str, ...] = ()
+    #: ``stage2.loss`` the method fixes (``la`` is the baseline trained on logit-adjusted CE).
+    classification_loss: str | None = None
 
     @property
     def contrastive(self) -> bool:
@@ -116,6 +123,8 @@ class Method:
 
 _ALL = (
     Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)"),
+    Method("la", "LA", BASELINE, "end-to-end logit-adjusted cross-entropy baseline (Menon et al. 2021; "
+           "stage2.logit_tau, natural sampling, stage1 optimisation)", classification_loss="logit_adjusted"),
     Method("supcon", "SupCon", TWO_STAGE, "supervised contrastive loss, SupCon's per-anchor averaging",
            _supcon_factory, {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}, ("temperature",)),
     Method("cl", "CL", TWO_STAGE, "contrastive loss (AFCL with gamma = eta = 0)",

@@ -288,8 +288,9 @@ class LinearProbeModule(_Base):
 
 
 class EndToEndModule(_Base):
-    """The baseline: encoder + linear classifier trained together with ``stage2.loss`` on one
-    augmented view per image, with the optimisation settings of ``stage1``."""
+    """The baselines: encoder + linear classifier trained together with ``stage2.loss`` on one
+    augmented view per image, with the optimisation settings of ``stage1`` (``ce``; ``la`` is the
+    same with ``stage2.loss`` fixed at ``logit_adjusted``)."""
 
     stage = "baseline"
 

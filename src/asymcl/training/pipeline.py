@@ -5,7 +5,8 @@
     config.yaml        the resolved config
     versions.json      python, torch, lightning, asymcl, platform, git commit
     metrics.json       status, final metrics per split, per-epoch history and best epoch per stage
-    checkpoints/{stage}/last.ckpt, best.ckpt     stage in stage1, stage2 (two-stage) or baseline (ce)
+    checkpoints/{stage}/last.ckpt, best.ckpt     stage in stage1, stage2 (two-stage), baseline (ce, la)
+                                                 or joint (schedule=joint)
     predictions.csv    split,index,label,pred,prob_<class>...,image for the test splits
     embeddings.npz     encoder features of the test splits (``{split}_features``, ``_labels``, ``_preds``,
                        ``_ids``)
@@ -55,8 +56,8 @@ from asymcl.training.runlock import locked_run
 
 
 def stages_for(config: RunConfig) -> tuple[str, ...]:
-    """The stages this run trains, in order (the method registry's)."""
-    return config.method_spec.stages
+    """The stages this run trains, in order (the method registry's, or ``joint``)."""
+    return config.stages
 
 
 def _trainer_kwargs(config: RunConfig) -> dict[str, Any]:
@@ -142,6 +143,15 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
         return ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
     if stage == "stage2":
         return LinearProbeModule(*common, class_counts=data.class_counts)
+    if stage == "joint":
+        from asymcl.training.joint import JointModule
+
+        # Logit adjustment corrects for the class prior of the batches the loss sees: under a
+        # class-balanced or m-per-class stage-1 sampler that prior is uniform (the shift is then a
+        # constant and LA-CE is plain CE); adjusting by the pool's counts would correct twice.
+        counts = data.class_counts if config.stage1.sampler == "random" else torch.ones_like(data.class_counts)
+        return JointModule(*common, class_counts=counts, gather_distributed=gather,
+                           load_pretrained=load_pretrained)
     return EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
 
 

@@ -81,7 +81,7 @@ class SplitsDataModule(pl.LightningDataModule):
         super().__init__()
         self.data = data
         self.batch_size = config.stage_section(stage).batch_size
-        self.sampler = "random" if stage == "stage1" else config.stage2.sampler
+        self.sampler = config.stage_sampler(stage)
         self.seed = config.seed * 100 + STAGE_OFFSETS[stage]
         self.num_workers = config.data.num_workers
         self.channels_last = config.trainer.channels_last

@@ -1,0 +1,93 @@
+"""The report's rows per method and lever, the paper's-claim sentence and the best recipe vs LA,
+on constructed run directories (the layout of docs/architecture.md, Layer 3)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from test_experiments_report import write_run
+
+from asymcl.experiments.report import build_report
+from asymcl.experiments.runs import load_runs, row_display, row_key
+from asymcl.experiments.selection import group_settings, select, setting_numbers
+
+LOSS = {"supcon": (0.0, 0.0), "cl": (0.0, 0.0), "fcl": (2.0, 0.0), "acl": (0.0, 50.0), "afcl": (2.0, 50.0)}
+
+
+def write(root, name, method, seed, bonus, **extra):
+    gamma, eta = LOSS.get(method, (None, None))
+    run = write_run(root, f"{name}_s{seed}", method=method, seed=seed, gamma=gamma, eta=eta,
+                    test_bonus=bonus, val_bonus=bonus)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for key, value in extra.items():
+        section, _, field = key.rpartition(".")
+        (config.setdefault(section, {}) if section else config)[field] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def numbers_for(root):
+    [setting] = group_settings(load_runs(root))
+    select(setting)
+    return setting, setting_numbers(setting)
+
+
+# AFCL's gain per seed over CL and FCL (both at 0): wins by ~10 points, loses by ~10, or ties
+# (+3, -3, 0: the interval contains 0).
+CASES = {"wins": [0.10, 0.11, 0.12], "loses": [-0.10, -0.11, -0.12], "ties": [0.03, -0.03, 0.0]}
+VERDICTS = {"wins": "held", "loses": "did not hold", "ties": "could not be told apart"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_paper_claim_sentence(tmp_path, case):
+    for seed, gain in enumerate(CASES[case]):
+        write(tmp_path, "cl", "cl", seed, 0.0)
+        write(tmp_path, "fcl", "fcl", seed, 0.0)
+        write(tmp_path, "afcl", "afcl", seed, gain)
+    _, numbers = numbers_for(tmp_path)
+    claim = numbers["paper_claim"]
+    assert claim["verdict"] == VERDICTS[case], claim["sentence"]
+    assert claim["split"] == "test"
+    assert claim["sentence"].startswith("The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on the "
+                                        f"test (balanced) set {VERDICTS[case]}")
+    for opponent in ("cl", "fcl"):
+        d = numbers["comparisons"][opponent]["test.ua"]
+        assert (d["low"] > 0) == (case == "wins") and (d["high"] < 0) == (case == "loses")
+
+
+def test_paper_claim_without_cl_or_with_one_seed_is_not_tested(tmp_path):
+    write(tmp_path, "fcl", "fcl", 0, 0.0)
+    write(tmp_path, "afcl", "afcl", 0, 0.1)
+    _, numbers = numbers_for(tmp_path)
+    assert numbers["paper_claim"]["verdict"] == "not tested"
+    assert "no CL runs" in numbers["paper_claim"]["sentence"]
+    write(tmp_path, "cl", "cl", 0, 0.0)
+    _, numbers = numbers_for(tmp_path)
+    assert "fewer than 2 paired seeds" in numbers["paper_claim"]["sentence"]
+
+
+def test_rows_keep_levers_and_old_logit_adjusted_ce_apart(tmp_path):
+    for seed in range(3):
+        write(tmp_path, "ce", "ce", seed, 0.0)
+        write(tmp_path, "ce_la", "ce", seed, 0.02, **{"stage2.loss": "logit_adjusted"})  # an old LA run
+        write(tmp_path, "afcl", "afcl", seed, 0.04, schedule="two_stage")
+        write(tmp_path, "afcl_joint", "afcl", seed, 0.08, schedule="joint", **{"joint.weight": 1.0})
+        write(tmp_path, "afcl_mpc", "afcl", seed, 0.06, **{"stage1.sampler": "m_per_class"})
+        write(tmp_path, "cl", "cl", seed, 0.0)
+        write(tmp_path, "fcl", "fcl", seed, 0.0)
+    setting, numbers = numbers_for(tmp_path)
+    assert list(numbers["table"]) == ["ce", "la", "cl", "fcl", "afcl", "afcl+joint", "afcl+s1mpc"]
+    assert all(len(numbers["table"][row]["seeds"]) == 3 for row in numbers["table"])
+    assert set(numbers["comparisons"]) == {"ce", "la", "cl", "fcl", "afcl+joint", "afcl+s1mpc"}
+    assert row_display("afcl+joint+s1mpc") == "AFCL (joint, S1 m-per-class)"
+    assert row_key({"method": "ce", "stage2.loss": "logit_adjusted"}) == "la"
+    best = numbers["best_vs_la"]
+    assert best["row"] == "afcl+joint"  # highest validation UA among the contrastive rows
+    la = {r.seed: r.split_metric("test", "ua") for r in setting.chosen["la"].runs}
+    joint = {r.seed: r.split_metric("test", "ua") for r in setting.chosen["afcl+joint"].runs}
+    assert best["test.ua"]["mean"] == pytest.approx(sum(joint[s] - la[s] for s in la) / 3)
+    result = build_report(tmp_path, tmp_path / "report", tsne_points=20, command="x", progress=lambda _: None)
+    text = result.markdown.read_text()
+    for label in ("| LA |", "| AFCL (joint) |", "| AFCL (S1 m-per-class) |", "The paper's claim",
+                  "Best contrastive recipe on validation UA: AFCL (joint); against LA on test (balanced) UA"):
+        assert label in text, label
