@@ -111,10 +111,27 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     common = (config, data.num_classes, data.channels, data.image_hw, preset)
     if stage == "stage1":
-        return ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
-    if stage == "stage2":
-        return LinearProbeModule(*common, class_counts=data.class_counts)
-    return EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
+        module = ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
+    elif stage == "stage2":
+        module = LinearProbeModule(*common, class_counts=data.class_counts)
+    else:
+        module = EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
+    module.use_feature_caches(data.feature_caches)
+    return module
+
+
+def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool) -> None:
+    """Build (or reuse) the run's feature caches when it trains from cached features."""
+    from asymcl.training.encoder import build_feature_caches, cache_device, uses_feature_cache
+    from asymcl.training.modules import augmentation_preset
+
+    if not uses_feature_cache(config):
+        return
+    preset = augmentation_preset(config, data.dataset_name, data.channels)
+    caches = build_feature_caches(config, data, preset, cache_device(config))
+    if verbose:
+        print(f"[asymcl] training from cached features in {caches['train'].path.parent}", file=sys.stderr)
+    data.attach_feature_caches(caches)
 
 
 def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
@@ -170,6 +187,8 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
             # a torch API once per dataloader (nothing a user can act on; it floods sweep logs).
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            # A frozen encoder part stays in eval mode on purpose (model.finetune frozen / last:K).
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             trainer.fit(module, datamodule=SplitsDataModule(data, config, stage),
                         ckpt_path=str(resume) if resume else None)
     except SystemExit:
@@ -196,9 +215,11 @@ def evaluate(module, data: RunData, split: str, batch_size: int = 512) -> dict[s
     features, logits, labels = [], [], []
     from asymcl.training.data_module import to_float_images
 
-    for images, targets in loader:
-        images = to_float_images(images.to(device))
-        feats = module.encoder(images)
+    for inputs, targets in loader:
+        inputs = inputs.to(device)
+        if data.feature_caches is None:
+            inputs = to_float_images(inputs)
+        feats = module.encode(inputs, split)
         features.append(feats.float().cpu())
         logits.append(module.classifier(feats).float().cpu())
         labels.append(torch.as_tensor(targets).cpu())
@@ -272,6 +293,9 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
     if not (run_dir / "config.yaml").is_file():
         _check_trainer_options(config)
         build_module(stages_for(config)[0], config, data)
+    # Before the run directory too: a failed extraction (e.g. a full disk) leaves nothing half-written.
+    _attach_feature_caches(config, data, verbose)
+    if not (run_dir / "config.yaml").is_file():
         init_run_dir(config, run_dir)
     metrics = read_metrics(run_dir) or empty_metrics(config)
     metrics["classes"] = data.classes
