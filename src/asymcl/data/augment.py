@@ -13,6 +13,10 @@ Presets
 ``dermoscopy``: for skin-lesion photographs, whose orientation carries no meaning: random resized
     crop (scale 0.5-1), horizontal and vertical flips, any rotation, colour jitter (brightness,
     contrast, saturation 0.2, hue 0.05; brightness/contrast only for grey input).
+``dermoscopy_lite``: ``dermoscopy`` without the hue jitter. On CPU kornia's hue step (an RGB-HSV
+    round trip) costs about 4x the rest of the preset (at 128 px under load: 22 ms vs 5 ms per
+    image, the whole jitter without hue 5 ms), which made the feature cache's extraction of
+    augmented views slower than the encoder itself; the pretrained presets use this one.
 ``none``: identity.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import kornia.augmentation as K
 from torch import Tensor, nn
 
-PRESETS = ("grey28", "dermoscopy", "none")
+PRESETS = ("grey28", "dermoscopy", "dermoscopy_lite", "none")
 
 
 class _Identity(nn.Module):
@@ -40,9 +44,10 @@ def build_augmentation(preset: str, image_size: tuple[int, int], channels: int) 
             K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), p=0.8),
             K.ColorJiggle(brightness=0.3, contrast=0.3, p=0.8),
         ]
-    elif preset == "dermoscopy":
+    elif preset in ("dermoscopy", "dermoscopy_lite"):
+        hue = 0.05 if preset == "dermoscopy" else 0.0
         jitter = (
-            K.ColorJiggle(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.8)
+            K.ColorJiggle(brightness=0.2, contrast=0.2, saturation=0.2, hue=hue, p=0.8)
             if channels == 3
             else K.ColorJiggle(brightness=0.2, contrast=0.2, p=0.8)
         )

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from asymcl.data.augment import PRESETS as AUGMENT_PRESETS
 from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
 from asymcl.training import config_checks as check
@@ -95,7 +96,7 @@ class DataConfig(_Section):
     csv_path_column: str | None = option(None, check.optional_str, "image-path column of a csv source (null: found by name)")
     csv_label_column: str | None = option(None, check.optional_str, "label column of a csv source (null: found by name)")
     image_size: int | None = option(None, check.integer(4, optional=True), "resize images to this side (null: native)")
-    augment: str = option("auto", check.choice("auto", "grey28", "dermoscopy", "none"), "augmentation preset")
+    augment: str = option("auto", check.choice("auto", *AUGMENT_PRESETS), "augmentation preset")
     in_memory: bool = option(True, check.boolean, "hold the whole dataset as one tensor and index batches")
     num_workers: int = option(0, check.integer(0), "DataLoader workers (only when data.in_memory is false)")
     cache: str = option("auto", check.choice("auto", "off"),
@@ -352,9 +353,9 @@ def resolve_config(base: dict | RunConfig | None = None,
                               "model.pretrained a local weights file")
     elif pretrained is not None and not Path(pretrained).expanduser().is_file():
         raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
-    from asymcl.models.efficientnet_lite import VARIANTS as lite_variants
+    from asymcl.models import LITE_VARIANTS
 
-    if flat["model.input_size"] is not None and flat["model.backbone"] not in lite_variants:
+    if flat["model.input_size"] is not None and flat["model.backbone"] not in LITE_VARIANTS:
         raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {flat['model.backbone']} "
                           "takes images as loaded (set data.image_size instead)")
     if flat["data.imbalance"] and flat["data.imbalance"].startswith("binary:"):

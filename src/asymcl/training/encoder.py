@@ -26,7 +26,7 @@ from torch import Tensor, nn
 import torch
 
 from asymcl.models import Adapter, apply_finetune, build_backbone, default_input_size, parse_finetune
-from asymcl.models.efficientnet_lite import VARIANTS as LITE_VARIANTS
+from asymcl.models import LITE_VARIANTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
