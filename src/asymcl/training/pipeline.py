@@ -127,11 +127,28 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool) -> N
 
     if not uses_feature_cache(config):
         return
+    import lightning.pytorch as pl
+
     preset = augmentation_preset(config, data.dataset_name, data.channels)
+    # Seeded as the first stage seeds its module, so that a frozen part without pretrained weights
+    # (random initialisation) is the one that module holds (_train_stage checks the digest).
+    pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stages_for(config)[0]], workers=True, verbose=False)
     caches = build_feature_caches(config, data, preset, cache_device(config))
     if verbose:
         print(f"[asymcl] training from cached features in {caches['train'].path.parent}", file=sys.stderr)
     data.attach_feature_caches(caches)
+
+
+def _check_cache_matches(module, data: RunData) -> None:
+    """The cached features must come from the frozen weights the module holds (a wrong number
+    without an error is the worst bug)."""
+    from asymcl.data.feature_cache import weights_digest
+
+    cached = data.feature_caches["train"].key["weights_sha256"]
+    if weights_digest(module.encoder.frozen_input()) != cached:
+        raise CheckpointError(
+            f"the feature cache {data.feature_caches['train'].path} holds features of other frozen weights "
+            "than this run's model; rerun with data.cache=off, or report this as a bug")
 
 
 def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
@@ -172,6 +189,8 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
     module = build_module(stage, config, data, gather=trainer.world_size > 1)
     if stage == "stage2":
         load_module_weights(module.encoder, run_dir / "checkpoints" / "stage1" / "best.ckpt", prefix="encoder.")
+    if data.feature_caches is not None:
+        _check_cache_matches(module, data)
     resume = last if last.is_file() else None
     if resume is not None:
         from asymcl.training.checkpoints import load_checkpoint
