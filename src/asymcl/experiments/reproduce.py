@@ -69,7 +69,9 @@ _FULL_LOSS_GRID = {
 # data.cache_views augmented views per training image, extracted once, shared by all runs: the
 # cache seed is not the run seed). Extraction dominates the preset's time, so images are decoded at
 # 128 px (the network's input; the smallest size the default upsamples to) and 4 views are
-# cached; the hue jitter is left out of the augmentation (dermoscopy_lite: it cost 4x the rest).
+# cached; the hue jitter is left out of the augmentation (dermoscopy_lite: cheaper to render, see
+# benchmarks/bench_cache_augment.py; chosen before the cache's augmentation ran on one thread, where
+# the saving is only 14%).
 # Training on cached pooled features is cheap, so every method of the registry runs, 3 seeds.
 _PRETRAINED_TRAINING = {
     "model.backbone": "efficientnet_lite0",
