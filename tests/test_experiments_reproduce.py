@@ -75,3 +75,32 @@ def test_cli_dry_run_prints_the_sweep(data_paths, capsys):
     assert main(["reproduce", "fmnist-binary", "--data", str(data_paths["fmnist-binary"]), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "binary:100" in out and "runs into" in out
+
+
+@pytest.mark.parametrize("preset", ["isic2018", "fmnist-lt"])
+def test_pretrained_profile_runs_every_registered_method_from_the_cache(preset, tmp_path, data_paths, monkeypatch):
+    from asymcl.cli.experiments import PROFILES
+    from asymcl.experiments import reproduce as reproduce_module
+    from asymcl.training import methods
+
+    assert PROFILES == reproduce_module.PROFILES  # the CLI's copy
+    data = data_paths[preset]
+    if preset == "isic2018":
+        from data_fixtures import make_isic
+
+        data = tmp_path / "isic"
+        make_isic(data)
+    # a method added to the registry later is in the preset without a change there
+    monkeypatch.setitem(methods.REGISTRY, "extra", methods.Method("extra", "Extra", methods.BASELINE, "test"))
+    spec = parse_spec(preset_spec(preset, data, "pretrained"))
+    configs = resolve_points(spec, expand(spec), _default_resolver())
+    assert {c["method"] for c in configs.values()} == set(methods.REGISTRY)
+    assert {c["seed"] for c in configs.values()} == {0, 1, 2}
+    for c in configs.values():
+        assert c["model"]["backbone"] == "efficientnet_lite0" and c["model"]["pretrained"] == "imagenet"
+        assert c["model"]["finetune"] == "frozen" and c["data"]["cache"] == "auto"
+        assert c["data"]["cache_seed"] == 0  # one cache for every run seed
+    if preset == "fmnist-lt":
+        assert {c["data"]["imbalance"] for c in configs.values()} == {"exp:100"}
+    with pytest.raises(ConfigError, match="profile pretrained has presets"):
+        preset_spec("fmnist-binary", data_paths["fmnist-binary"], "pretrained")

@@ -119,16 +119,25 @@ def _view_seed(seed: int, fingerprint: str) -> int:
     return int(hashlib.sha256(f"{seed}:{fingerprint}".encode()).hexdigest()[:15], 16)
 
 
-def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int) -> Tensor:
+def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int,
+                 threads: int | None = 1) -> Tensor:
     """(n, C, H, W) in [0, 1] -> (n, 1 + views, C, H, W): the clean image, then its views, each
-    image's views drawn from a generator seeded by (seed, its fingerprint)."""
+    image's views drawn from a generator seeded by (seed, its fingerprint). ``threads``: torch CPU
+    threads while augmenting (None: unchanged)."""
     out = [images[:, None]]
     if views:
         drawn = []
-        for image, fingerprint in zip(images, fingerprints):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_view_seed(seed, fingerprint))
-                drawn.append(augment(image[None].expand(views, -1, -1, -1).contiguous()))
+        # One CPU thread for these many small kernels: with two, thread hand-offs cost more than the
+        # work (benchmarks/bench_cache_augment.py).
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            for image, fingerprint in zip(images, fingerprints):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(_view_seed(seed, fingerprint))
+                    drawn.append(augment(image[None].expand(views, -1, -1, -1).contiguous()))
+        finally:
+            torch.set_num_threads(before)
         out.append(torch.stack(drawn))
     return torch.cat(out, dim=1)
 

@@ -2,7 +2,9 @@
 
 Each preset is a sweep file (base config + grid, see :mod:`asymcl.experiments.sweep`) followed by the
 report. ``quick`` is sized for 2 CPU cores (a small CNN, few epochs, a subset of the grid, still 3
-seeds); ``full`` is the whole grid for a GPU. The grids are listed in docs/usage-experiments.md
+seeds); ``full`` is the whole grid for a GPU. ``pretrained`` (isic2018 on its official layout, fmnist-lt) is
+sized for 2 CPU cores too: the frozen ImageNet EfficientNet-Lite0 with a trainable adapter, trained
+from the feature cache (extracted once, shared by every run and seed), every registered method. The grids are listed in docs/usage-experiments.md
 and printed by ``asymcl reproduce PRESET --data PATH --dry-run``.
 
 Protocol (method.md section 5): the official training set is the pool for training and a stratified,
@@ -26,7 +28,7 @@ from asymcl.experiments.runs import METHODS
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
 
 PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "full", "pretrained")
 
 # Seeds: >= 3 per method.md; the sweep prints its own progress line, so progress bars are off.
 _SEEDS_QUICK = [0, 1, 2]
@@ -62,6 +64,39 @@ _FULL_LOSS_GRID = {
     "loss.eta": [10.0, 50.0, 150.0, 300.0],
     "seed": _SEEDS_FULL,
 }
+
+# pretrained: the frozen ImageNet Lite0 + adapter, trained from cached features (clean image and
+# data.cache_views augmented views per training image, extracted once, shared by all runs: the
+# cache seed is not the run seed). Extraction dominates the preset's time, so images are decoded at
+# 128 px (the network's input; the smallest size the default upsamples to) and 4 views are
+# cached; the hue jitter is left out of the augmentation (dermoscopy_lite: cheaper to render, see
+# benchmarks/bench_cache_augment.py; chosen before the cache's augmentation ran on one thread, where
+# the saving is only 14%).
+# Training on cached pooled features is cheap, so every method of the registry runs, 3 seeds.
+# A pilot with a 1280-wide adapter and 20 + 20 epochs took about 2 min per run under load 12 (each
+# epoch's two 53 MB checkpoints included) and overfitted: the CE baseline's validation UA peaked at
+# epoch 2 of 20 while its training loss kept falling. Hence a 256-wide adapter and 10 + 10 epochs.
+_PRETRAINED_TRAINING = {
+    "model.backbone": "efficientnet_lite0",
+    "model.pretrained": "imagenet",
+    "model.finetune": "frozen",
+    "data.cache": "auto",
+    "data.cache_views": 4,
+    "model.adapter": 256,
+    "stage1.epochs": 10,
+    "stage1.batch_size": 256,
+    "stage1.lr": 1e-3,
+    "stage2.epochs": 10,
+    "stage2.batch_size": 256,
+    "stage2.lr": 1e-2,
+    "stage2.sampler": "class_balanced",
+    "trainer.progress_bar": False,
+}
+_PRETRAINED_DATA = {
+    "isic2018": {"data.image_size": 128, "data.augment": "dermoscopy_lite"},
+    "fmnist-lt": {"data.imbalance": "exp:100"},  # the full 60,000-image pool; Lite upsamples 28 -> 128 px
+}
+_PRETRAINED_GRID = {"loss.gamma": [1.0, 4.0], "loss.eta": [10.0, 100.0], "seed": _SEEDS_QUICK}
 
 # Every profile runs every registered method (CE, LA, SupCon, CL, FCL, ACL, AFCL: the paper's
 # comparison and the baselines users pick instead). quick, sized for 2 CPU cores within 45 minutes
@@ -124,6 +159,8 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[s
     data = Path(data).expanduser()
     if not data.exists():
         raise ConfigError(f"--data {data} does not exist")
+    if profile == "pretrained":
+        return _pretrained_spec(preset, data)
     base = {**(_QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
     base.update(_PRESET_OVERRIDES.get((preset, profile), {}))
     if preset == "isic2018" and profile == "full":
@@ -133,6 +170,21 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[s
         "description": f"asymcl reproduce {preset} --profile {profile}",
         "base": base,
         "grid": copy.deepcopy(GRIDS[preset][profile]),
+    }
+
+
+def _pretrained_spec(preset: str, data: Path) -> dict[str, Any]:
+    if preset not in _PRETRAINED_DATA:
+        raise ConfigError(f"profile pretrained has presets {', '.join(_PRETRAINED_DATA)}, not {preset}")
+    if preset == "isic2018" and not data.is_dir():
+        raise ConfigError(f"--data {data}: profile pretrained needs the ISIC 2018 folder (official layout)")
+    base = {**_PRETRAINED_TRAINING, **_data_base(preset, data, "pretrained"), **_PRETRAINED_DATA[preset]}
+    return {
+        "name": f"{preset}-pretrained",
+        "description": f"asymcl reproduce {preset} --profile pretrained",
+        "base": base,
+        # list(METHODS): the registry's methods when the preset is made (a new entry is included)
+        "grid": {"method": list(METHODS), **copy.deepcopy(_PRETRAINED_GRID)},
     }
 
 

@@ -20,7 +20,11 @@ from asymcl.models.backbones import (
     resnet18,
     resnet50,
 )
+from asymcl.models.efficientnet_lite import VARIANTS as _VARIANTS
 from asymcl.models.efficientnet_lite import EfficientNetLite, bundled_weights_path
+
+#: The EfficientNet-Lite backbone names (they take ``input_size`` and normalise inside the model).
+LITE_VARIANTS = tuple(_VARIANTS)
 from asymcl.models.finetune import (
     FINETUNE_MODES,
     FinetuneParts,
@@ -40,6 +44,7 @@ __all__ = [
     "FinetuneParts",
     "FrozenPart",
     "GlobalAvgPool",
+    "LITE_VARIANTS",
     "LinearClassifier",
     "ProjectionHead",
     "ResNet",

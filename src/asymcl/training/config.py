@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from asymcl.data.augment import PRESETS as AUGMENT_PRESETS
 from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
 from asymcl.training import config_checks as check
@@ -95,15 +96,28 @@ class DataConfig(_Section):
     csv_path_column: str | None = option(None, check.optional_str, "image-path column of a csv source (null: found by name)")
     csv_label_column: str | None = option(None, check.optional_str, "label column of a csv source (null: found by name)")
     image_size: int | None = option(None, check.integer(4, optional=True), "resize images to this side (null: native)")
-    augment: str = option("auto", check.choice("auto", "grey28", "dermoscopy", "none"), "augmentation preset")
+    augment: str = option("auto", check.choice("auto", *AUGMENT_PRESETS), "augmentation preset")
     in_memory: bool = option(True, check.boolean, "hold the whole dataset as one tensor and index batches")
     num_workers: int = option(0, check.integer(0), "DataLoader workers (only when data.in_memory is false)")
+    cache: str = option("auto", check.choice("auto", "off"),
+                        "auto: cache the frozen encoder part's outputs on disk when model.finetune is not all")
+    cache_dir: str | None = option(None, check.optional_str,
+                                   "feature cache folder (null: $ASYMCL_CACHE_DIR/features or ~/.cache/asymcl/features)")
+    cache_views: int = option(4, check.integer(2), "augmented views cached per training image (stage 1 draws two)")
+    cache_seed: int = option(0, check.integer(0), "seed of the cached views (not the run seed: a sweep's runs share them)")
 
 
 @dataclass
 class ModelConfig(_Section):
     backbone: str = option("small_cnn", check.backbone, "encoder")
-    pretrained: str | None = option(None, check.optional_str, "local .pth/.safetensors weights for the encoder")
+    pretrained: str | None = option(None, check.optional_str,
+                                    "imagenet (bundled weights, efficientnet_lite0/1/2) or a local .pth/.safetensors file")
+    input_size: int | None = option(None, check.integer(16, optional=True),
+                                    "EfficientNet-Lite input side (null: images below 128 px -> 128, else as loaded)")
+    finetune: str = option("all", check.finetune, "encoder part that trains: all, frozen or last:K (last K blocks)")
+    adapter: int | None = option(None, check.integer(0, optional=True),
+                                 "adapter MLP hidden width between encoder and heads (null: feature width when "
+                                 "model.finetune is not all, else none; 0: none)")
     proj_hidden_dim: int = option(512, check.integer(1), "projection head hidden width")
     proj_dim: int = option(128, check.integer(1), "projection (embedding) dimension")
 
@@ -354,8 +368,21 @@ def resolve_config(base: dict | RunConfig | None = None,
                               "(the folder or file holding it)")
         if not Path(root).expanduser().exists():
             raise ConfigError(f"data.root {root} does not exist")
-    if flat["model.pretrained"] is not None and not Path(flat["model.pretrained"]).expanduser().is_file():
-        raise ConfigError(f"model.pretrained {flat['model.pretrained']} is not a file")
+    pretrained = flat["model.pretrained"]
+    if pretrained == "imagenet":
+        from asymcl.models.backbones import BUNDLED_WEIGHTS
+
+        if flat["model.backbone"] not in BUNDLED_WEIGHTS:
+            raise ConfigError(f"model.pretrained=imagenet: backbone {flat['model.backbone']} has no bundled "
+                              f"ImageNet weights; use model.backbone {' or '.join(BUNDLED_WEIGHTS)}, or give "
+                              "model.pretrained a local weights file")
+    elif pretrained is not None and not Path(pretrained).expanduser().is_file():
+        raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
+    from asymcl.models import LITE_VARIANTS
+
+    if flat["model.input_size"] is not None and flat["model.backbone"] not in LITE_VARIANTS:
+        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {flat['model.backbone']} "
+                          "takes images as loaded (set data.image_size instead)")
     if flat["data.imbalance"] and flat["data.imbalance"].startswith("binary:"):
         classes = flat["data.classes"]
         if classes is not None and len(classes) != 2:
@@ -398,7 +425,8 @@ def _resolve_levers(flat: dict[str, Any], method) -> None:
 
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values
 # (e.g. `asymcl demo --quiet` after `asymcl demo`), and they do not change its default directory.
-NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers")
+# data.cache_dir: a cache moved elsewhere holds the same numbers (its key is in the folder name).
+NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers", "data.cache_dir")
 
 
 def result_config(config: dict | RunConfig) -> dict:

@@ -123,6 +123,18 @@ def backbone(value: Any) -> str:
     return value
 
 
+def finetune(value: Any) -> str:
+    """all | frozen | last:K, parsed by the model layer's own parser (one grammar, one place)."""
+    from asymcl.errors import ConfigError
+    from asymcl.models.finetune import parse_finetune
+
+    try:
+        parse_finetune(value)
+    except ConfigError:
+        raise ValueError("must be all, frozen or last:K with K >= 1 (the number of final blocks that train)") from None
+    return str(value).strip()
+
+
 def devices(value: Any) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from asymcl.models import LinearClassifier, ProjectionHead
-from asymcl.training.modules import ClassificationLoss, _Base, build_encoder
+from asymcl.training.encoder import build_encoder
+from asymcl.training.modules import ClassificationLoss, _Base
 
 
 class JointModule(_Base):
@@ -33,7 +34,7 @@ class JointModule(_Base):
                  augment_preset: str, class_counts: Tensor, gather_distributed: bool = False,
                  load_pretrained: bool = True):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
-        self.encoder = build_encoder(config, in_channels, load_pretrained)
+        self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
         self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim,
                                    config.model.proj_dim)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
@@ -44,7 +45,10 @@ class JointModule(_Base):
     def loss_parts(self, views: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(total, classification, contrastive) on ``views`` (2B, C, H, W): views[:B] and views[B:]
         are the two views of the B images labelled ``labels`` (B,)."""
-        features = self.encoder(views)
+        return self._loss_from_features(self.encoder(views), labels)
+
+    def _loss_from_features(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The same from the encoder features (2B, D) of the two views."""
         z = self.head(features)
         z = torch.stack(z.split(len(labels)), dim=1)  # (B, 2, D): the two views of image b
         contrastive = self.criterion(z, labels)
@@ -52,13 +56,17 @@ class JointModule(_Base):
         return classification + self.weight * contrastive, classification, contrastive
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        images, labels = batch
-        with torch.no_grad():
-            views = torch.cat([self.augment(images), self.augment(images)])
-        loss, classification, contrastive = self.loss_parts(views, labels)
-        self.log("train/classification_loss", classification.detach(), batch_size=len(images))
-        self.log("train/contrastive_loss", contrastive.detach(), batch_size=len(images))
-        self._record_loss(loss, len(images))
+        inputs, labels = batch
+        if self.feature_caches is not None:  # two cached views per image, as stage 1 draws them
+            features = self.encoder.from_frozen(self._cached("train", inputs, view="two"))
+        else:
+            with torch.no_grad():
+                views = torch.cat([self.augment(inputs), self.augment(inputs)])
+            features = self.encoder(views)
+        loss, classification, contrastive = self._loss_from_features(features, labels)
+        self.log("train/classification_loss", classification.detach(), batch_size=len(labels))
+        self.log("train/contrastive_loss", contrastive.detach(), batch_size=len(labels))
+        self._record_loss(loss, len(labels))
         return loss
 
     def features(self, images: Tensor) -> Tensor:
@@ -67,8 +75,8 @@ class JointModule(_Base):
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.encoder(images))
 
-    def predict_logits(self, images: Tensor) -> Tensor:
-        return self(images)
+    def predict_logits(self, inputs: Tensor) -> Tensor:
+        return self.classifier(self.encode(inputs))
 
     def configure_optimizers(self):
         return self._optimizer(self.parameters(), self.config.stage1)

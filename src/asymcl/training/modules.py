@@ -11,6 +11,11 @@ L2-normalised encoder features (class means from the un-augmented training split
 parameter-free probe of how separable the classes are, so the best stage-1 encoder is chosen by
 the same criterion as everything else.
 
+Cached features (``data.cache=auto`` with a frozen encoder part, :mod:`asymcl.training.encoder`):
+after :meth:`_Base.use_feature_caches` the batches hold image indices instead of images; stage 1
+trains the encoder's trainable rest on two cached views per image (a function of (seed, epoch)),
+stage 2 and evaluation read the clean features, an end-to-end method one cached view per image.
+
 Randomness: at the first batch of every training epoch torch's global generator is re-seeded from
 (seed, stage, epoch). Augmentation draws from it, so an epoch that is re-run after a resume draws
 exactly the same augmentations as in an uninterrupted run.
@@ -33,47 +38,15 @@ from torchmetrics.classification import (
 )
 
 from asymcl.data.augment import build_augmentation
-from asymcl.models import LinearClassifier, ProjectionHead, build_backbone
+from asymcl.models import LinearClassifier, ProjectionHead
 from asymcl.training.data_module import to_float_images
+from asymcl.training.encoder import build_encoder
 from asymcl.training.methods import STAGE_OFFSETS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + STAGE_OFFSETS[stage] * 10_007 + epoch) % (2**63 - 1)
-
-
-class Encoder(nn.Module):
-    """Input standardisation + backbone: (B, C, H, W) in [0, 1] -> (B, feature_dim).
-
-    A pretrained ImageNet backbone gets ImageNet's mean/std (averaged for grey input); otherwise
-    (x - 0.5) / 0.25. The constants are derived from the config, not stored in checkpoints.
-    """
-
-    def __init__(self, backbone: str, in_channels: int, pretrained: str | None = None,
-                 load_pretrained: bool = True):
-        super().__init__()
-        # load_pretrained=False: same layout and input statistics, weights to come from a checkpoint
-        self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None)
-        self.feature_dim = int(self.backbone.feature_dim)
-        if pretrained is not None:
-            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-            if in_channels != 3:
-                mean, std = mean.mean().repeat(in_channels), std.mean().repeat(in_channels)
-        else:
-            mean, std = torch.full((in_channels,), 0.5), torch.full((in_channels,), 0.25)
-        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.backbone((images - self.mean) / self.std)
-
-
-def build_encoder(config: dict, in_channels: int, load_pretrained: bool = True) -> Encoder:
-    model = config.model
-    return Encoder(model.backbone, in_channels, model.pretrained, load_pretrained)
 
 
 def augmentation_preset(config: dict, dataset_name: str, channels: int) -> str:
@@ -147,10 +120,43 @@ class _Base(pl.LightningModule):
         self._loss_sum = 0.0
         self._loss_count = 0
         self.last_train_loss: float | None = None
+        self.feature_caches: dict | None = None  # plain attribute: not weights, not in checkpoints
+
+    # -- cached features --------------------------------------------------------------------------
+    def use_feature_caches(self, caches: dict | None) -> None:
+        """``{split: FeatureCache}``: batches then carry image indices into these caches."""
+        self.feature_caches = caches
+
+    def _view_seed(self) -> int:
+        return epoch_seed(self.seed, self.stage, 0)
+
+    def _cached(self, split: str, indices: Tensor, view: str = "clean") -> Tensor:
+        """Cached frozen-part outputs (B, *S) of ``split`` at ``indices``: the clean image, or
+        ``view="one"`` (one augmented view) / ``"two"`` (two views, (2B, *S)) of this epoch."""
+        cache = self.feature_caches[split]
+        indices = indices.cpu()
+        if view == "clean":
+            out = cache.clean_features(indices)
+        else:
+            first, second = cache.two_views(indices, self.current_epoch, self._view_seed())
+            out = first if view == "one" else torch.cat([first, second])
+        return out.to(self.device, non_blocking=True)
+
+    def encode(self, inputs: Tensor, split: str = "val") -> Tensor:
+        """Features (B, D) of a batch: images, or image indices into ``split``'s cache."""
+        if self.feature_caches is None:
+            return self.encoder(inputs)
+        return self.encoder.from_frozen(self._cached(split, inputs))
 
     # -- randomness and the epoch's mean loss ---------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_epoch_end(self) -> None:
+        # NaN/inf checks of the loss on CUDA are deferred (docs/architecture.md): surface them here.
+        from asymcl.losses import raise_pending_input_errors
+
+        raise_pending_input_errors()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Re-seed at the first batch, after Lightning has made the epoch's data iterator: where
@@ -169,8 +175,8 @@ class _Base(pl.LightningModule):
         raise NotImplementedError
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch
-        self.val_metrics.update(self.predict_logits(images), labels)
+        inputs, labels = batch
+        self.val_metrics.update(self.predict_logits(inputs), labels)
 
     def on_validation_epoch_end(self) -> None:
         values = metrics_to_python(self.val_metrics.compute())
@@ -181,6 +187,7 @@ class _Base(pl.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------
     def _optimizer(self, params, section: dict):
+        params = [p for p in params if p.requires_grad]  # frozen encoder parts never train
         if section.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9,
                                         weight_decay=section.weight_decay)
@@ -203,20 +210,24 @@ class ContrastiveModule(_Base):
     def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, gather_distributed: bool = False, load_pretrained: bool = True):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
-        self.encoder = build_encoder(config, in_channels, load_pretrained)
+        self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
         self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim,
                                    config.model.proj_dim)
         self.criterion = config.method_spec.build_loss(config.loss, gather_distributed)
         self.class_means: Tensor | None = None
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        images, labels = batch
-        with torch.no_grad():
-            views = torch.cat([self.augment(images), self.augment(images)])
-        z = self.head(self.encoder(views))
-        z = torch.stack(z.split(len(images)), dim=1)  # (B, 2, D): the two views of image b
+        inputs, labels = batch
+        if self.feature_caches is not None:
+            features = self.encoder.from_frozen(self._cached("train", inputs, view="two"))
+        else:
+            with torch.no_grad():
+                views = torch.cat([self.augment(inputs), self.augment(inputs)])
+            features = self.encoder(views)
+        z = self.head(features)
+        z = torch.stack(z.split(len(inputs)), dim=1)  # (B, 2, D): the two views of image b
         loss = self.criterion(z, labels)
-        self._record_loss(loss, len(images))
+        self._record_loss(loss, len(inputs))
         return loss
 
     # Nearest-class-mean probe for validation.
@@ -225,18 +236,20 @@ class ContrastiveModule(_Base):
         sums = torch.zeros(self.num_classes, self.encoder.feature_dim, device=self.device)
         counts = torch.zeros(self.num_classes, device=self.device)
         with torch.no_grad():
-            for images, labels in loader:
-                images = to_float_images(images.to(self.device))
+            for inputs, labels in loader:
+                inputs = inputs.to(self.device)
+                if self.feature_caches is None:
+                    inputs = to_float_images(inputs)
                 labels = labels.to(self.device)
-                features = F.normalize(self.encoder(images).float(), dim=1)
+                features = F.normalize(self.encode(inputs, "train").float(), dim=1)
                 sums.index_add_(0, labels, features)
                 counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         self.class_means = F.normalize(sums / counts.clamp_min(1)[:, None], dim=1)
 
-    def predict_logits(self, images: Tensor) -> Tensor:
-        features = F.normalize(self.encoder(images).float(), dim=1)
+    def predict_logits(self, inputs: Tensor) -> Tensor:
+        features = F.normalize(self.encode(inputs).float(), dim=1)
         return features @ self.class_means.T
 
     def configure_optimizers(self):
@@ -252,7 +265,7 @@ class LinearProbeModule(_Base):
                  augment_preset: str, class_counts: Tensor):
         super().__init__(config, num_classes, in_channels,
                          image_hw, augment_preset if config.stage2.augment else "none")
-        self.encoder = build_encoder(config, in_channels, load_pretrained=False)
+        self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained=False)
         self.encoder.requires_grad_(False)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
         s2 = config.stage2
@@ -271,17 +284,22 @@ class LinearProbeModule(_Base):
         return self.classifier(self.features(images))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        images, labels = batch
+        inputs, labels = batch
         # Again here: Lightning restores sub-module modes itself around validation, bypassing train().
         self.encoder.eval()
         with torch.no_grad():
-            features = self.encoder(self.augment(images))
+            if self.feature_caches is not None:
+                view = "one" if self.config.stage2.augment else "clean"
+                features = self.encoder.from_frozen(self._cached("train", inputs, view=view))
+            else:
+                features = self.encoder(self.augment(inputs))
         loss = self.criterion(self.classifier(features.float()), labels)
-        self._record_loss(loss, len(images))
+        self._record_loss(loss, len(inputs))
         return loss
 
-    def predict_logits(self, images: Tensor) -> Tensor:
-        return self(images)
+    def predict_logits(self, inputs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.classifier(self.encode(inputs))
 
     def configure_optimizers(self):
         return self._optimizer(self.classifier.parameters(), self.config.stage2)
@@ -297,7 +315,7 @@ class EndToEndModule(_Base):
     def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, class_counts: Tensor, load_pretrained: bool = True):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
-        self.encoder = build_encoder(config, in_channels, load_pretrained)
+        self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
         s2 = config.stage2
         self.criterion = ClassificationLoss(s2.loss, class_counts, s2.focal_gamma, s2.logit_tau)
@@ -309,15 +327,20 @@ class EndToEndModule(_Base):
         return self.classifier(self.encoder(images))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        images, labels = batch
-        with torch.no_grad():
-            images = self.augment(images)
-        loss = self.criterion(self(images), labels)
-        self._record_loss(loss, len(images))
+        inputs, labels = batch
+        if self.feature_caches is not None:
+            # The same adapter as the two-stage methods train, on one cached view per image.
+            features = self.encoder.from_frozen(self._cached("train", inputs, view="one"))
+        else:
+            with torch.no_grad():
+                inputs = self.augment(inputs)
+            features = self.encoder(inputs)
+        loss = self.criterion(self.classifier(features), labels)
+        self._record_loss(loss, len(labels))
         return loss
 
-    def predict_logits(self, images: Tensor) -> Tensor:
-        return self(images)
+    def predict_logits(self, inputs: Tensor) -> Tensor:
+        return self.classifier(self.encode(inputs))
 
     def configure_optimizers(self):
         return self._optimizer(self.parameters(), self.config.stage1)

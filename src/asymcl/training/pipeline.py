@@ -140,19 +140,53 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     common = (config, data.num_classes, data.channels, data.image_hw, preset)
     if stage == "stage1":
-        return ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
-    if stage == "stage2":
-        return LinearProbeModule(*common, class_counts=data.class_counts)
-    if stage == "joint":
+        module = ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
+    elif stage == "stage2":
+        module = LinearProbeModule(*common, class_counts=data.class_counts)
+    elif stage == "joint":
         from asymcl.training.joint import JointModule
 
         # Logit adjustment corrects for the class prior of the batches the loss sees: under a
         # class-balanced or m-per-class stage-1 sampler that prior is uniform (the shift is then a
         # constant and LA-CE is plain CE); adjusting by the pool's counts would correct twice.
         counts = data.class_counts if config.stage1.sampler == "random" else torch.ones_like(data.class_counts)
-        return JointModule(*common, class_counts=counts, gather_distributed=gather,
-                           load_pretrained=load_pretrained)
-    return EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
+        module = JointModule(*common, class_counts=counts, gather_distributed=gather,
+                             load_pretrained=load_pretrained)
+    else:
+        module = EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
+    module.use_feature_caches(data.feature_caches)
+    return module
+
+
+def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool) -> None:
+    """Build (or reuse) the run's feature caches when it trains from cached features."""
+    from asymcl.training.encoder import build_feature_caches, cache_device, uses_feature_cache
+    from asymcl.training.modules import augmentation_preset
+
+    if not uses_feature_cache(config):
+        return
+    import lightning.pytorch as pl
+
+    preset = augmentation_preset(config, data.dataset_name, data.channels)
+    # Seeded as the first stage seeds its module, so that a frozen part without pretrained weights
+    # (random initialisation) is the one that module holds (_train_stage checks the digest).
+    pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stages_for(config)[0]], workers=True, verbose=False)
+    caches = build_feature_caches(config, data, preset, cache_device(config))
+    if verbose:
+        print(f"[asymcl] training from cached features in {caches['train'].path.parent}", file=sys.stderr)
+    data.attach_feature_caches(caches)
+
+
+def _check_cache_matches(module, data: RunData) -> None:
+    """The cached features must come from the frozen weights the module holds (a wrong number
+    without an error is the worst bug)."""
+    from asymcl.data.feature_cache import weights_digest
+
+    cached = data.feature_caches["train"].key["weights_sha256"]
+    if weights_digest(module.encoder.frozen_input()) != cached:
+        raise CheckpointError(
+            f"the feature cache {data.feature_caches['train'].path} holds features of other frozen weights "
+            "than this run's model; rerun with data.cache=off, or report this as a bug")
 
 
 def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
@@ -199,6 +233,8 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         module = module.to(memory_format=torch.channels_last)
     if stage == "stage2":
         load_module_weights(module.encoder, run_dir / "checkpoints" / "stage1" / "best.ckpt", prefix="encoder.")
+    if data.feature_caches is not None:
+        _check_cache_matches(module, data)
     resume = last if last.is_file() else None
     if resume is not None:
         from asymcl.training.checkpoints import load_checkpoint
@@ -214,6 +250,8 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
             # a torch API once per dataloader (nothing a user can act on; it floods sweep logs).
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            # A frozen encoder part stays in eval mode on purpose (model.finetune frozen / last:K).
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             trainer.fit(module, datamodule=SplitsDataModule(data, config, stage),
                         ckpt_path=str(resume) if resume else None)
     except SystemExit:
@@ -240,9 +278,11 @@ def evaluate(module, data: RunData, split: str, batch_size: int = 512) -> dict[s
     features, logits, labels = [], [], []
     from asymcl.training.data_module import to_float_images
 
-    for images, targets in loader:
-        images = to_float_images(images.to(device))
-        feats = module.encoder(images)
+    for inputs, targets in loader:
+        inputs = inputs.to(device)
+        if data.feature_caches is None:
+            inputs = to_float_images(inputs)
+        feats = module.encode(inputs, split)
         features.append(feats.float().cpu())
         logits.append(module.classifier(feats).float().cpu())
         labels.append(torch.as_tensor(targets).cpu())
@@ -335,6 +375,9 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
     if not (run_dir / "config.yaml").is_file():
         _check_trainer_options(config)
         build_module(stages_for(config)[0], config, data)
+    # Before the run directory too: a failed extraction (e.g. a full disk) leaves nothing half-written.
+    _attach_feature_caches(config, data, verbose)
+    if not (run_dir / "config.yaml").is_file():
         init_run_dir(config, run_dir)
     metrics = read_metrics(run_dir) or empty_metrics(config)
     metrics["classes"] = data.classes

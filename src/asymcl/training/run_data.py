@@ -33,6 +33,7 @@ class RunData:
 
     def __init__(self, config: RunConfig):
         from asymcl.data import build_splits
+        from asymcl.training.encoder import uses_feature_cache
 
         self.splits = build_splits(data_spec(config))
         self.classes = list(self.splits.classes)
@@ -42,16 +43,27 @@ class RunData:
         self.image_hw = (height, width)
         self.dataset_name = config.data.dataset
         self.class_counts = torch.as_tensor(np.bincount(train.targets, minlength=self.num_classes))
-        self.in_memory = config.data.in_memory
+        self.feature_caches: dict | None = None
+        # A run from cached features never needs the decoded images (attach_feature_caches).
+        self.in_memory = config.data.in_memory and not uses_feature_cache(config)
         self.cache = {name: ds.load_all() for name, ds in self.splits.splits.items()} if self.in_memory else {}
         self._on_device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def attach_feature_caches(self, caches: dict) -> None:
+        """Train from ``{split: FeatureCache}``: the loaders then yield (image indices, labels)
+        batches, which the modules look up in the caches."""
+        self.feature_caches = caches
+        self.in_memory = True
+        self.cache = {name: (torch.arange(len(ds)), torch.as_tensor(ds.targets, dtype=torch.long))
+                      for name, ds in self.splits.splits.items()}
 
     @classmethod
     def shape_only(cls, *, num_classes: int, channels: int, image_hw: tuple[int, int],
                    dataset_name: str) -> "RunData":
         """The attributes a module is built from, without loading any data."""
         data = cls.__new__(cls)
-        data.splits, data.cache, data.in_memory, data._on_device = None, {}, False, {}
+        data.splits, data.cache, data.in_memory, data.feature_caches = None, {}, False, None
+        data._on_device = {}
         data.classes = [str(k) for k in range(num_classes)]
         data.num_classes, data.channels, data.image_hw = num_classes, channels, tuple(image_hw)
         data.dataset_name = dataset_name
@@ -87,8 +99,10 @@ class SplitsDataModule(pl.LightningDataModule):
         self.channels_last = config.trainer.channels_last
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        images, labels = batch
-        images = to_float_images(images)
+        inputs, labels = batch
+        if self.data.feature_caches is not None:
+            return inputs, labels  # image indices into the feature caches
+        images = to_float_images(inputs)
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels

@@ -1,0 +1,159 @@
+"""The run's encoder (input standardisation, backbone, adapter) and its feature caches.
+
+:class:`Encoder` maps (B, C, H, W) images in [0, 1] to features (B, D). ``model.finetune`` splits
+its backbone into a frozen part and a trainable part (:func:`asymcl.models.apply_finetune`);
+``model.adapter`` adds a trainable :class:`asymcl.models.Adapter` after it::
+
+    features = adapter(trainable(frozen(standardise(images))))
+
+The state-dict layout is the same whatever the finetune mode and whether the run trains from
+cached features (``backbone.*``, ``adapter.*``): the parts are views over the backbone's own
+sub-modules and are not registered a second time, so ``asymcl predict`` and ``export`` load one
+checkpoint and feed raw images through the whole encoder.
+
+Feature caches (``data.cache=auto`` and a frozen part with weights): the outputs of
+``frozen(standardise(.))`` are computed once per image (:mod:`asymcl.data.feature_cache`), for the
+clean image and ``data.cache_views`` augmented views of each training image, and reused by every
+run with the same key; the modules then train :meth:`Encoder.from_frozen` on them. Val/test
+caches hold the clean image only. Everything is extracted in float32 (stored as float16), so a
+run's own predictions and those of ``predict``/``export`` on raw images agree to float16 rounding;
+on CPU bf16 was not faster at 128 px (benchmarks/README.md, feature extraction).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+import torch
+
+from asymcl.models import Adapter, apply_finetune, build_backbone, default_input_size, parse_finetune
+from asymcl.models import LITE_VARIANTS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Standardise(nn.Module):
+    """(x - mean) / std per channel; the constants come from the config (not in checkpoints)."""
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+    def extra_repr(self) -> str:  # in the feature cache's key (repr of the frozen part)
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _standardise(backbone: str, in_channels: int, pretrained: str | None) -> nn.Module:
+    """EfficientNet-Lite normalises inside the model; an ImageNet-pretrained backbone gets
+    ImageNet's mean/std (averaged for grey input); otherwise (x - 0.5) / 0.25."""
+    if backbone in LITE_VARIANTS:
+        return nn.Identity()
+    if pretrained is not None:
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        if in_channels != 3:
+            mean, std = mean.mean().repeat(in_channels), std.mean().repeat(in_channels)
+    else:
+        mean, std = torch.full((in_channels,), 0.5), torch.full((in_channels,), 0.25)
+    return Standardise(mean, std)
+
+
+def adapter_width(model_config) -> int:
+    """Hidden width of the adapter, 0 for none (``model.adapter`` null: on when finetune != all)."""
+    if model_config.adapter is not None:
+        return int(model_config.adapter)
+    return 0 if parse_finetune(model_config.finetune)[0] == "all" else -1  # -1: the feature width
+
+
+class Encoder(nn.Module):
+    """Standardisation + backbone (+ adapter): (B, C, H, W) in [0, 1] -> (B, feature_dim).
+
+    ``frozen_input`` is the cacheable front, ``standardise`` then the frozen part (a module whose
+    outputs never change); :meth:`from_frozen` is the rest, the part that trains.
+    """
+
+    def __init__(self, backbone: str, in_channels: int, image_hw: tuple[int, int], *,
+                 pretrained: str | None = None, load_pretrained: bool = True,
+                 input_size: int | None = None, finetune: str = "all", adapter: int = 0):
+        super().__init__()
+        size = None
+        if backbone in LITE_VARIANTS:
+            size = (input_size, input_size) if input_size else default_input_size(tuple(image_hw))
+        # load_pretrained=False: same layout, weights to come from a checkpoint
+        self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None,
+                                       input_size=size)
+        self.feature_dim = int(self.backbone.feature_dim)
+        self.standardise = _standardise(backbone, in_channels, pretrained)
+        parts = apply_finetune(self.backbone, finetune)
+        # Not registered: they share the backbone's sub-modules (registering them would give every
+        # weight a second name in the checkpoint).
+        object.__setattr__(self, "_parts", parts)
+        self.adapter = nn.Identity() if adapter == 0 else Adapter(
+            self.feature_dim, None if adapter < 0 else adapter)
+        self.train(True)
+
+    @property
+    def parts(self):
+        return self._parts
+
+    @property
+    def cacheable(self) -> bool:
+        return self._parts.cacheable
+
+    def frozen_input(self) -> nn.Module:
+        """The module whose outputs the feature cache stores: standardisation + frozen part."""
+        return nn.Sequential(self.standardise, self._parts.frozen)
+
+    def train(self, mode: bool = True) -> "Encoder":
+        super().train(mode)
+        self._parts.frozen.train(False)  # frozen batch-norm statistics must never move
+        return self
+
+    def from_frozen(self, frozen_out: Tensor) -> Tensor:
+        """Cached frozen-part outputs (B, *S) -> features (B, D)."""
+        return self.adapter(self._parts.trainable(frozen_out))
+
+    def forward(self, images: Tensor) -> Tensor:
+        # The whole backbone in one call (equal to trainable(frozen(.)): frozen weights have no
+        # gradient and stay in eval mode), so tracing/export sees only registered modules.
+        return self.adapter(self.backbone(self.standardise(images)))
+
+
+def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pretrained: bool = True) -> Encoder:
+    model = config.model
+    return Encoder(model.backbone, in_channels, image_hw, pretrained=model.pretrained,
+                   load_pretrained=load_pretrained, input_size=model.input_size,
+                   finetune=model.finetune, adapter=adapter_width(model))
+
+
+def uses_feature_cache(config) -> bool:
+    """Whether a run trains from cached features: ``data.cache=auto`` and a frozen part with
+    weights (finetune frozen or last:K; ``all`` has nothing to cache)."""
+    return config.data.cache == "auto" and parse_finetune(config.model.finetune)[0] != "all"
+
+
+def cache_device(config) -> torch.device:
+    accelerated = config.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return torch.device("cuda" if accelerated else "cpu")
+
+
+def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu") -> dict:
+    """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
+    augmented views per image, the others clean only. Extracted on ``device``, float32."""
+    from asymcl.data.feature_cache import build_feature_cache
+
+    encoder = build_encoder(config, data.channels, data.image_hw).to(device)
+    frozen = encoder.frozen_input().eval()
+    caches = {}
+    for split, dataset in data.splits.splits.items():
+        train = split == "train"
+        caches[split] = build_feature_cache(
+            dataset, frozen, augmentation=augmentation if train else "none",
+            views=config.data.cache_views if train else 0, seed=config.data.cache_seed,
+            cache_dir=config.data.cache_dir, precision="fp32", device=device,
+            progress=None if config.trainer.progress_bar else False,
+        )
+    return caches
