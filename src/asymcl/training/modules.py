@@ -33,6 +33,7 @@ from torchmetrics.classification import (
 )
 
 from asymcl.data.augment import build_augmentation
+from asymcl.losses import raise_pending_input_errors
 from asymcl.models import LinearClassifier, ProjectionHead, build_backbone
 from asymcl.training.data_module import to_float_images
 from asymcl.training.methods import STAGE_OFFSETS
@@ -158,6 +159,12 @@ class _Base(pl.LightningModule):
         if batch_idx == 0:
             torch.manual_seed(epoch_seed(self.seed, self.stage, self.current_epoch))
 
+    def on_train_epoch_end(self) -> None:
+        # On CUDA the contrastive loss checks its input for NaN/inf without a host sync and raises
+        # later (losses/_deferred.py): surface any pending error at a known point, the epoch's end,
+        # not at some later call. On CPU every check has already raised, so this is a no-op.
+        raise_pending_input_errors()
+
     def _record_loss(self, loss: Tensor, batch_size: int) -> None:
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self._loss_sum += float(loss.detach()) * batch_size
@@ -196,6 +203,10 @@ class ContrastiveModule(_Base):
     """Stage 1: encoder -> projection head -> contrastive loss on two augmented views.
 
     Batch (B images) -> views (2B, C, H, W) -> z (B, 2, proj_dim), L2-normalised -> loss.
+    With ``loss.memory_size`` = K > 0 the criterion is a :class:`asymcl.losses.ContrastiveMemory`:
+    its queue (K rows, labels, fill count, position) is in this module's state dict as
+    ``criterion.queue_*``, so stage-1 checkpoints hold it and a resumed stage 1 continues with it;
+    stage 2 takes only ``encoder.*`` from stage 1.
     """
 
     stage = "stage1"
