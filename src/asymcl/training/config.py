@@ -130,6 +130,7 @@ class LossConfig(_Section):
     eta: float | None = option(None, check.number(0.0, optional=True), "negative-term weight (null: the method's default)")
     temperature: float = option(0.1, check.number(0.0, exclusive=True), "softmax temperature tau")
     normalization: str | None = option(None, check.choice(None, "batch", "pairs"), "batch or pairs (null: method's default)")
+    memory_size: int = option(0, check.integer(0), "rows of the labelled memory queue stage 1 contrasts with (0: off)")
 
 
 @dataclass

@@ -90,9 +90,17 @@ class Method:
         return frozenset(f"loss.{name}" for name in self.free)
 
     def build_loss(self, loss_config, gather_distributed: bool = False):
+        """Stage 1's criterion: the factory's loss, inside a labelled memory queue of the last
+        ``loss_config.memory_size`` projected rows when that is > 0 (the one place it is wrapped)."""
         if self.loss_factory is None:
             raise ValueError(f"method {self.name} has no contrastive loss")
-        return self.loss_factory(loss_config, gather_distributed)
+        loss = self.loss_factory(loss_config, gather_distributed)
+        memory_size = getattr(loss_config, "memory_size", 0) or 0
+        if memory_size:
+            from asymcl.losses import ContrastiveMemory
+
+            loss = ContrastiveMemory(loss, memory_size=memory_size)
+        return loss
 
     def resolve_loss(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check the user's loss parameters against the method and fill the method's values.
@@ -102,7 +110,7 @@ class Method:
         """
         params = dict(params)
         if not self.contrastive:
-            for name in ("gamma", "eta"):
+            for name in ("gamma", "eta", "memory_size"):
                 if params.get(name) not in (None, 0.0):
                     raise ConfigError(
                         f"loss.{name} has no effect with method {self.name} (no contrastive loss); "

@@ -38,6 +38,7 @@ from torchmetrics.classification import (
 )
 
 from asymcl.data.augment import build_augmentation
+from asymcl.losses import raise_pending_input_errors
 from asymcl.models import LinearClassifier, ProjectionHead
 from asymcl.training.data_module import to_float_images
 from asymcl.training.encoder import build_encoder
@@ -153,9 +154,9 @@ class _Base(pl.LightningModule):
         self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_epoch_end(self) -> None:
-        # NaN/inf checks of the loss on CUDA are deferred (docs/architecture.md): surface them here.
-        from asymcl.losses import raise_pending_input_errors
-
+        # On CUDA the contrastive loss checks its input for NaN/inf without a host sync and raises
+        # later (losses/_deferred.py): surface any pending error at a known point, the epoch's end,
+        # not at some later call. On CPU every check has already raised, so this is a no-op.
         raise_pending_input_errors()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -203,6 +204,10 @@ class ContrastiveModule(_Base):
     """Stage 1: encoder -> projection head -> contrastive loss on two augmented views.
 
     Batch (B images) -> views (2B, C, H, W) -> z (B, 2, proj_dim), L2-normalised -> loss.
+    With ``loss.memory_size`` = K > 0 the criterion is a :class:`asymcl.losses.ContrastiveMemory`:
+    its queue (K rows, labels, fill count, position) is in this module's state dict as
+    ``criterion.queue_*``, so stage-1 checkpoints hold it and a resumed stage 1 continues with it;
+    stage 2 takes only ``encoder.*`` from stage 1.
     """
 
     stage = "stage1"
