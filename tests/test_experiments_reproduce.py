@@ -104,3 +104,26 @@ def test_pretrained_profile_runs_every_registered_method_from_the_cache(preset, 
         assert {c["data"]["imbalance"] for c in configs.values()} == {"exp:100"}
     with pytest.raises(ConfigError, match="profile pretrained has presets"):
         preset_spec("fmnist-binary", data_paths["fmnist-binary"], "pretrained")
+
+
+def test_gpu_profile_resolves_for_the_gpu_script(tmp_path):
+    """benchmarks/gpu/run.sh runs `reproduce isic2018|fmnist-lt --profile gpu`: both specs resolve
+    (every point's config is valid) and ask for what the profile promises."""
+    from asymcl.experiments.reproduce import preset_spec
+    from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
+
+    isic = tmp_path / "isic2018"
+    isic.mkdir()
+    fmnist = tmp_path / "fmnist"
+    fmnist.mkdir()
+    for preset, data in (("isic2018", isic), ("fmnist-lt", fmnist)):
+        raw = preset_spec(preset, data, "gpu")
+        assert raw["base"]["trainer.precision"] == "bf16-mixed" and raw["base"]["trainer.channels_last"]
+        assert raw["grid"]["method"] == ["ce", "la", "supcon", "afcl"] and len(raw["grid"]["seed"]) >= 2
+        spec = parse_spec(raw)
+        points = expand(spec)
+        assert len(points) == 8
+        resolve_points(spec, points, _default_resolver())
+    assert preset_spec("isic2018", isic, "gpu")["base"]["model.finetune"] == "all"
+    with pytest.raises(ConfigError, match="profile gpu has presets"):
+        preset_spec("fmnist-binary", fmnist, "gpu")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
 # Copies of asymcl.experiments.reproduce's (the CLI imports layer 4 lazily); tests check they agree.
-PROFILES = ("quick", "full", "pretrained")
+PROFILES = ("quick", "full", "pretrained", "gpu")
 
 
 def _command(*parts: object, **options: object) -> str:
@@ -135,7 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--profile", choices=PROFILES, default="quick",
                            help="quick: a small grid on CPU (< 45 min on 2 cores); full: the whole grid, for a GPU; "
                                 "pretrained: frozen ImageNet EfficientNet-Lite0 + adapter from the feature cache, "
-                                "every method, on CPU (isic2018 official folder, fmnist-lt)")
+                                "every method, on CPU (isic2018 official folder, fmnist-lt); "
+                                "gpu: one short GPU window (benchmarks/gpu/run.sh): Lite0 fine-tuned at 224 px, "
+                                "CE/LA/SupCon/AFCL, 2 seeds (isic2018 official folder, fmnist-lt)")
     reproduce.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce-PRESET-PROFILE)")
     reproduce.add_argument("--dry-run", action="store_true", help="print the sweep file and stop")
     reproduce.set_defaults(func=_reproduce)

@@ -28,7 +28,7 @@ from asymcl.experiments.runs import METHODS
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
 
 PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
-PROFILES = ("quick", "full", "pretrained")
+PROFILES = ("quick", "full", "pretrained", "gpu")
 
 # Seeds: >= 3 per method.md; the sweep prints its own progress line, so progress bars are off.
 _SEEDS_QUICK = [0, 1, 2]
@@ -98,6 +98,29 @@ _PRETRAINED_DATA = {
 }
 _PRETRAINED_GRID = {"loss.gamma": [1.0, 4.0], "loss.eta": [10.0, 100.0], "seed": _SEEDS_QUICK}
 
+# gpu (issue 12): what one short window of one H100/H200 can run (benchmarks/gpu/run.sh calls it,
+# with a time limit per preset). ISIC at 224 px with the pretrained Lite0 fine-tuned end to end
+# (model.finetune=all, the paper's setting), images held on the GPU as uint8, bf16, channels_last;
+# Fashion-MNIST-LT exp:100 on the full pool with the small CNN. CE, LA, SupCon and AFCL, 2 seeds, one
+# gamma/eta point. The epoch counts are first sizes, not measured: no GPU has run this yet. The
+# script's training-throughput step measures images/s before the profiles run; the first GPU session
+# sets the epochs from that figure (docs/results.md says which were used).
+_GPU_TRAINING = {
+    "trainer.accelerator": "auto",
+    "trainer.precision": "bf16-mixed",
+    "trainer.channels_last": True,
+    "trainer.progress_bar": False,
+    "stage2.sampler": "class_balanced",
+}
+_GPU_DATA = {
+    "isic2018": {"data.image_size": 224, "model.backbone": "efficientnet_lite0", "model.pretrained": "imagenet",
+                 "model.finetune": "all", "stage1.epochs": 8, "stage1.batch_size": 128, "stage1.lr": 3e-4,
+                 "stage2.epochs": 4, "stage2.batch_size": 256},
+    "fmnist-lt": {"data.imbalance": "exp:100", "model.backbone": "small_cnn", "stage1.epochs": 15,
+                  "stage1.batch_size": 512, "stage2.epochs": 5, "stage2.batch_size": 512},
+}
+_GPU_GRID = {"method": ["ce", "la", "supcon", "afcl"], "loss.gamma": [1.0], "loss.eta": [50.0], "seed": [0, 1]}
+
 # Every profile runs every registered method (CE, LA, SupCon, CL, FCL, ACL, AFCL: the paper's
 # comparison and the baselines users pick instead). quick, sized for 2 CPU cores within 45 minutes
 # from the measured run times (docs/results.md; about 70-80 s per LT/ISIC run): gamma = 2 for
@@ -161,6 +184,8 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[s
         raise ConfigError(f"--data {data} does not exist")
     if profile == "pretrained":
         return _pretrained_spec(preset, data)
+    if profile == "gpu":
+        return _gpu_spec(preset, data)
     base = {**(_QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
     base.update(_PRESET_OVERRIDES.get((preset, profile), {}))
     if preset == "isic2018" and profile == "full":
@@ -185,6 +210,20 @@ def _pretrained_spec(preset: str, data: Path) -> dict[str, Any]:
         "base": base,
         # list(METHODS): the registry's methods when the preset is made (a new entry is included)
         "grid": {"method": list(METHODS), **copy.deepcopy(_PRETRAINED_GRID)},
+    }
+
+
+def _gpu_spec(preset: str, data: Path) -> dict[str, Any]:
+    if preset not in _GPU_DATA:
+        raise ConfigError(f"profile gpu has presets {', '.join(_GPU_DATA)}, not {preset}")
+    if preset == "isic2018" and not data.is_dir():
+        raise ConfigError(f"--data {data}: profile gpu needs the ISIC 2018 folder (official layout)")
+    base = {**_GPU_TRAINING, **_data_base(preset, data, "gpu"), **_GPU_DATA[preset]}
+    return {
+        "name": f"{preset}-gpu",
+        "description": f"asymcl reproduce {preset} --profile gpu",
+        "base": base,
+        "grid": copy.deepcopy(_GPU_GRID),
     }
 
 
