@@ -12,6 +12,18 @@ from torch.utils.data import Sampler
 from asymcl.errors import DataError
 
 
+def _label_array(targets, sampler: str) -> np.ndarray:
+    """(N,) int64 labels from an array, a tensor or a dataset with ``.targets``; at least one."""
+    if hasattr(targets, "targets"):
+        targets = targets.targets
+    if isinstance(targets, torch.Tensor):
+        targets = targets.cpu().numpy()
+    labels = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if labels.size == 0:
+        raise DataError(f"{sampler} needs at least one sample")
+    return labels
+
+
 class ClassBalancedSampler(Sampler[int]):
     """Draw indices with replacement, each with probability proportional to 1 / n_{y_i}.
 
@@ -39,13 +51,7 @@ class ClassBalancedSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ):
-        if hasattr(targets, "targets"):
-            targets = targets.targets
-        if isinstance(targets, torch.Tensor):
-            targets = targets.cpu().numpy()
-        labels = np.asarray(targets, dtype=np.int64).reshape(-1)
-        if labels.size == 0:
-            raise DataError("ClassBalancedSampler needs at least one sample")
+        labels = _label_array(targets, "ClassBalancedSampler")
         if labels.min() < 0:
             raise DataError(f"ClassBalancedSampler got the negative label {labels.min()}")
         if num_replicas is None or rank is None:
@@ -104,13 +110,7 @@ class MPerClassBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, targets, m: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if hasattr(targets, "targets"):
-            targets = targets.targets
-        if isinstance(targets, torch.Tensor):
-            targets = targets.cpu().numpy()
-        labels = np.asarray(targets, dtype=np.int64).reshape(-1)
-        if labels.size == 0:
-            raise DataError("MPerClassBatchSampler needs at least one sample")
+        labels = _label_array(targets, "MPerClassBatchSampler")
         if int(m) < 1:
             raise DataError(f"m-per-class sampling needs m >= 1 image of each class per batch, got m={m} "
                             "(raise the batch size to at least the number of classes)")

@@ -199,31 +199,28 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[s
 
 
 def _pretrained_spec(preset: str, data: Path) -> dict[str, Any]:
-    if preset not in _PRETRAINED_DATA:
-        raise ConfigError(f"profile pretrained has presets {', '.join(_PRETRAINED_DATA)}, not {preset}")
-    if preset == "isic2018" and not data.is_dir():
-        raise ConfigError(f"--data {data}: profile pretrained needs the ISIC 2018 folder (official layout)")
-    base = {**_PRETRAINED_TRAINING, **_data_base(preset, data, "pretrained"), **_PRETRAINED_DATA[preset]}
-    return {
-        "name": f"{preset}-pretrained",
-        "description": f"asymcl reproduce {preset} --profile pretrained",
-        "base": base,
-        # list(METHODS): the registry's methods when the preset is made (a new entry is included)
-        "grid": {"method": list(METHODS), **copy.deepcopy(_PRETRAINED_GRID)},
-    }
+    # list(METHODS): the registry's methods when the preset is made (a new entry is included)
+    return _official_layout_spec("pretrained", preset, data, _PRETRAINED_TRAINING, _PRETRAINED_DATA,
+                                 {"method": list(METHODS), **_PRETRAINED_GRID})
 
 
 def _gpu_spec(preset: str, data: Path) -> dict[str, Any]:
-    if preset not in _GPU_DATA:
-        raise ConfigError(f"profile gpu has presets {', '.join(_GPU_DATA)}, not {preset}")
+    return _official_layout_spec("gpu", preset, data, _GPU_TRAINING, _GPU_DATA, _GPU_GRID)
+
+
+def _official_layout_spec(profile: str, preset: str, data: Path, training: dict[str, Any],
+                          per_preset: dict[str, dict[str, Any]], grid: dict[str, Any]) -> dict[str, Any]:
+    """A profile that reads ISIC from its official folder (the pretrained encoders need the images,
+    not the 28 px .npz) and has its own training settings per preset."""
+    if preset not in per_preset:
+        raise ConfigError(f"profile {profile} has presets {', '.join(per_preset)}, not {preset}")
     if preset == "isic2018" and not data.is_dir():
-        raise ConfigError(f"--data {data}: profile gpu needs the ISIC 2018 folder (official layout)")
-    base = {**_GPU_TRAINING, **_data_base(preset, data, "gpu"), **_GPU_DATA[preset]}
+        raise ConfigError(f"--data {data}: profile {profile} needs the ISIC 2018 folder (official layout)")
     return {
-        "name": f"{preset}-gpu",
-        "description": f"asymcl reproduce {preset} --profile gpu",
-        "base": base,
-        "grid": copy.deepcopy(_GPU_GRID),
+        "name": f"{preset}-{profile}",
+        "description": f"asymcl reproduce {preset} --profile {profile}",
+        "base": {**training, **_data_base(preset, data, profile), **per_preset[preset]},
+        "grid": copy.deepcopy(grid),
     }
 
 
