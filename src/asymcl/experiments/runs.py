@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from asymcl.errors import DataError
+from asymcl.errors import CheckpointError, DataError
 from asymcl.training import methods as _methods
 
 #: Methods in the order tables list them (baselines first, the proposed loss last) and the loss
@@ -96,14 +96,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_status(run_dir: Path) -> str | None:
-    """``metrics.json``'s status (``"complete"``/``"running"``), or None when there is none (yet)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return None
+    """``metrics.json``'s status (``"complete"``/``"running"``), or None when there is none (yet) or
+    it cannot be read (a listing must not stop at one broken run)."""
+    from asymcl.training.run_dir import read_metrics
+
     try:
-        return json.loads(path.read_text()).get("status")
-    except (OSError, json.JSONDecodeError):
+        metrics = read_metrics(run_dir)
+    except (OSError, CheckpointError):
         return None
+    return metrics.get("status") if metrics else None
 
 
 def is_complete(run_dir: Path) -> bool:
