@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -428,3 +429,19 @@ def test_file_dataset_refuses_to_decode_more_than_fits_in_memory(tmp_path, monke
     monkeypatch.setattr(datasets_module, "_physical_memory_bytes", lambda: 8 * 2**30)
     with pytest.raises(DataError, match=r"image_size 20000x20000 for \d+ images .* GiB.*in_memory false"):
         splits.splits["train"].load_all()
+
+
+def test_read_only_arrays_load_without_a_torch_warning():
+    # One-channel images come back from an .npz read-only, and their (N, 1, H, W) view is already
+    # contiguous: torch.from_numpy warned about it on every Fashion-MNIST run.
+    from asymcl.data.datasets import ArrayImageDataset
+
+    images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1)
+    images.flags.writeable = False
+    dataset = ArrayImageDataset(images, np.array([0, 1]), ["a", "b"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch, _ = dataset.load_all()
+        first, _ = dataset[0]
+    assert torch.equal(batch[0, 0], torch.from_numpy(images[0, :, :, 0].copy()))
+    assert torch.allclose(first * 255, batch[0].float())

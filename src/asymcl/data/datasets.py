@@ -112,6 +112,13 @@ class ImageDataset(Dataset):
         )
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    # Arrays read from an .npz (or a read-only memory map) stay read-only through a view, and
+    # torch.from_numpy warns about every such array; a copy costs only when there is no copy yet.
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 class ArrayImageDataset(ImageDataset):
     """Images held in memory as a uint8 array (N, H, W, C)."""
 
@@ -131,11 +138,11 @@ class ArrayImageDataset(ImageDataset):
         return (int(channels), int(height), int(width))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        image = torch.from_numpy(_writable(self.images[index]))
         return image.permute(2, 0, 1).float().div_(255.0), int(self.targets[index])
 
     def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.ascontiguousarray(self.images.transpose(0, 3, 1, 2)))
+        images = torch.from_numpy(_writable(self.images.transpose(0, 3, 1, 2)))
         return images, torch.from_numpy(self.targets.copy())
 
     def _take(self, indices: np.ndarray) -> "ArrayImageDataset":
