@@ -123,6 +123,36 @@ def test_cached_features_equal_the_frozen_encoder_on_the_same_views(tmp_path):
     assert (bf16.views.float() - direct[:, 1:]).abs().max() < 0.05 * direct.abs().max()
 
 
+def test_views_in_bf16_leave_the_clean_features_in_fp32(tmp_path):
+    # The pipeline extracts views in bf16 (speed) and clean images in fp32 (what predict computes).
+    dataset, frozen = _dataset(6), _frozen()
+    exact = _build(dataset, frozen, tmp_path, views=2)
+    mixed = _build(dataset, frozen, tmp_path, views=2, view_precision="bf16")
+    assert mixed.path != exact.path and mixed.key["view_precision"] == "bf16"
+    assert torch.equal(mixed.clean, exact.clean)
+    assert not torch.equal(mixed.views, exact.views)
+    assert (mixed.views.float() - exact.views.float()).abs().max() < 0.05 * exact.views.float().abs().max()
+    # the same precision twice is the plain key: entries written before view_precision existed stay valid
+    same = _build(dataset, frozen, tmp_path, views=2, view_precision="fp32")
+    assert same.path == exact.path and "view_precision" not in same.key
+
+
+def test_one_file_reached_through_two_paths_is_one_image(tmp_path):
+    dataset, frozen = _dataset(3), _frozen()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(dataset.images[i, :, :, 0]).save(folder / f"{i}.png")
+    (tmp_path / "link").symlink_to(folder)
+    (tmp_path / "work").mkdir()
+    direct = [str(folder / f"{i}.png") for i in range(3)]
+    roundabout = [str(tmp_path / "work" / ".." / "link" / f"{i}.png") for i in range(3)]
+    _build(FileImageDataset(direct, np.zeros(3), ["a"], 1, (16, 16), cache=False), frozen, tmp_path / "c")
+    count = frozen.images
+    _build(FileImageDataset(roundabout, np.zeros(3), ["a"], 1, (16, 16), cache=False), frozen, tmp_path / "c")
+    assert frozen.images == count
+
+
 def test_two_views_are_distinct_and_seeded_per_epoch(tmp_path):
     cache = _build(_dataset(), _frozen(), tmp_path)
     pairs = cache.view_pairs(epoch=0, seed=0)

@@ -78,7 +78,9 @@ def image_fingerprints(dataset: ImageDataset) -> list[str]:
                 stat = os.stat(path)
             except OSError:
                 raise DataError(f"image file {path} is missing") from None
-            text = f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}"
+            # realpath: the same file reached as ../shared/x from two working folders, or through a
+            # symlink, is one image (abspath kept them apart and the cache recomputed them).
+            text = f"{os.path.realpath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}"
             out.append(hashlib.sha1(text.encode()).hexdigest())
         return out
     if isinstance(dataset, ArrayImageDataset):
@@ -266,6 +268,7 @@ def build_feature_cache(
     extra_key: dict | None = None,
     batch_size: int = 64,
     precision: str = "auto",
+    view_precision: str | None = None,
     channels_last: bool = True,
     device: str | torch.device | None = None,
     progress: bool | None = None,
@@ -277,7 +280,12 @@ def build_feature_cache(
     eval mode on (B, C, H, W) images in [0, 1] as the dataset gives them. ``augmentation``: a preset
     of :mod:`asymcl.data.augment`, applied at the dataset's image size. ``views``: V >= 0 augmented
     views per image (stage 1 needs >= 2). ``seed``: the cache seed. ``batch_size``: images per
-    forward pass. ``precision``: ``auto`` | ``bf16`` | ``fp32`` (part of the key).
+    forward pass. ``precision``: ``auto`` | ``bf16`` | ``fp32`` (part of the key) for the clean
+    images; ``view_precision``: the same for the augmented views (``None``: as ``precision``). The
+    training pipeline extracts the clean images in fp32, so that evaluation, ``predict`` and
+    ``export`` (which run the frozen part in fp32) see the same features, and the views, which are
+    most of the work and only ever training noise, in bf16 where the device has it (about 2.4x
+    faster on these CPUs, benchmarks/README.md).
     ``channels_last``: feed the batch channels-last (not part of the key: same numbers up to
     rounding; faster on CPU, see benchmarks/README.md).
     """
@@ -289,6 +297,7 @@ def build_feature_cache(
         (p.device for p in frozen.parameters()), torch.device("cpu")
     )
     precision = resolve_precision(precision, device)
+    view_precision = resolve_precision(view_precision or precision, device) if views else precision
     channels, height, width = dataset.image_shape
     augment = build_augmentation(augmentation, (height, width), channels)
     key = {
@@ -303,6 +312,8 @@ def build_feature_cache(
         "precision": precision,
         "extra": extra_key or {},
     }
+    if view_precision != precision:  # a key of its own only when it differs: older entries stay valid
+        key["view_precision"] = view_precision
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     root = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     directory = root / key_hash
@@ -323,7 +334,7 @@ def build_feature_cache(
     try:
         return _build_locked(
             dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
-            batch_size, precision, channels_last, device, progress, log,
+            batch_size, (precision, view_precision), channels_last, device, progress, log,
         )
     finally:
         lock.release()
@@ -375,8 +386,9 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
         seconds = time.perf_counter() - start
         computed_rows = len(missing)
         rate = computed_rows * (1 + views) / max(seconds, 1e-9)
+        used = precision[0] if precision[0] == precision[1] else f"clean {precision[0]}, views {precision[1]}"
         log(f"feature cache: extracted {computed_rows} images x {1 + views} (clean + views) in {seconds:.1f} s "
-            f"({rate:.1f} images/s, {precision})")
+            f"({rate:.1f} images/s, {used})")
     clean, stacked = _gather(found, fingerprints)
     size = sum(p.stat().st_size for p in directory.glob("shard-*.npz"))
     log(f"feature cache {directory}: {len(fingerprints)} images ({computed_rows} computed, "
@@ -407,12 +419,20 @@ def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precision,
             chunk = todo[offset : offset + per_chunk]
             images = _load_images(dataset, [index for _, index in chunk])
             rendered = render_views(images, [fp for fp, _ in chunk], augment, views, seed)
-            flat = rendered.flatten(0, 1)
-            outputs = torch.cat([
-                _extract(frozen, flat[i : i + batch_size], precision, channels_last, device)
-                for i in range(0, len(flat), batch_size)
-            ])
-            outputs = outputs.view(len(chunk), 1 + views, *outputs.shape[1:])
+            clean_precision, view_precision = precision
+            parts = [(rendered[:, 0], clean_precision)]
+            if views:
+                parts.append((rendered[:, 1:].flatten(0, 1), view_precision))
+            outputs = []
+            for images_part, part_precision in parts:
+                outputs.append(torch.cat([
+                    _extract(frozen, images_part[i : i + batch_size], part_precision, channels_last, device)
+                    for i in range(0, len(images_part), batch_size)
+                ]))
+            outputs = torch.cat(
+                [outputs[0][:, None]] + ([outputs[1].view(len(chunk), views, *outputs[1].shape[1:])] if views else []),
+                dim=1,
+            )
             half = outputs.half()
             if not torch.isfinite(half).all():
                 raise DataError(

@@ -105,6 +105,9 @@ class DataConfig(_Section):
                                    "feature cache folder (null: $ASYMCL_CACHE_DIR/features or ~/.cache/asymcl/features)")
     cache_views: int = option(4, check.integer(2), "augmented views cached per training image (stage 1 draws two)")
     cache_seed: int = option(0, check.integer(0), "seed of the cached views (not the run seed: a sweep's runs share them)")
+    cache_precision: str = option("auto", check.choice("auto", "bf16", "fp32"),
+                                  "precision of the cached views' extraction (auto: bf16 where the device has it; "
+                                  "clean images are always fp32)")
 
 
 @dataclass

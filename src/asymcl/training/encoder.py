@@ -142,7 +142,8 @@ def cache_device(config) -> torch.device:
 
 def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu") -> dict:
     """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
-    augmented views per image, the others clean only. Extracted on ``device``, float32."""
+    augmented views per image, the others clean only. Extracted on ``device``: clean images in
+    float32 (what evaluation, predict and export compute), views in ``data.cache_precision``."""
     from asymcl.data.feature_cache import build_feature_cache
 
     encoder = build_encoder(config, data.channels, data.image_hw).to(device)
@@ -153,7 +154,8 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
         caches[split] = build_feature_cache(
             dataset, frozen, augmentation=augmentation if train else "none",
             views=config.data.cache_views if train else 0, seed=config.data.cache_seed,
-            cache_dir=config.data.cache_dir, precision="fp32", device=device,
+            cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
+            device=device,
             progress=None if config.trainer.progress_bar else False,
         )
     return caches
