@@ -91,3 +91,19 @@ def test_rows_keep_levers_and_old_logit_adjusted_ce_apart(tmp_path):
     for label in ("| LA |", "| AFCL (joint) |", "| AFCL (S1 m-per-class) |", "The paper's claim",
                   "Best contrastive recipe on validation UA: AFCL (joint); against LA on test (balanced) UA"):
         assert label in text, label
+
+
+def test_a_run_written_before_a_key_existed_groups_with_newer_runs(tmp_path):
+    # A sweep resumed after an upgrade: seed 0's config.yaml lacks keys added since (here
+    # loss.memory_size), seeds 1 and 2 write them at their defaults. One row of three seeds, not
+    # two rows; and a key whose old meaning is not its default reads as what the run did.
+    from asymcl.training.config import LEGACY_VALUES, SCHEMA
+
+    for seed in range(3):
+        extra = {} if seed == 0 else {"loss.memory_size": SCHEMA["loss.memory_size"][0]}
+        write(tmp_path, "fcl", "fcl", seed, 0.0, **extra)
+    setting, _ = numbers_for(tmp_path)
+    [candidate] = setting.candidates["fcl"]
+    assert len(candidate.runs) == 3 and candidate.params == {"loss.gamma": 2.0, "loss.temperature": 0.1}
+    old = next(run for run in candidate.runs if run.config["seed"] == 0)
+    assert old.config["data.cache_precision"] == LEGACY_VALUES["data.cache_precision"] == "fp32"

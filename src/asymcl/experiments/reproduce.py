@@ -65,10 +65,13 @@ _FULL_LOSS_GRID = {
     "seed": _SEEDS_FULL,
 }
 
-# pretrained: the frozen ImageNet Lite0 + adapter, trained from cached features (clean image and
-# data.cache_views augmented views per training image, extracted once, shared by all runs: the
-# cache seed is not the run seed). Extraction dominates the preset's time, so images are decoded at
-# 128 px (the network's input; the smallest size the issue's default upsamples to) and 4 views are
+# pretrained: a frozen ImageNet EfficientNet-Lite + adapter, trained from cached features (clean
+# image and data.cache_views augmented views per training image, extracted once, shared by all runs:
+# the cache seed is not the run seed). ISIC uses Lite2 at its native 260 px: in a linear probe on
+# the frozen features (benchmarks/isic_linear_probe.py, seed 0's lesion-grouped validation split)
+# it reached 64.5% validation UA against 59.1 for Lite0 at 224 px (the preset used Lite0 at 128 px at
+# first), and the views' bf16 extraction keeps it within the time budget.
+# Fashion-MNIST-LT keeps Lite0, its 28 px grey images upsampled to 128 px. 4 views are
 # cached; the hue jitter is left out of the augmentation (dermoscopy_lite: cheaper to render, see
 # benchmarks/bench_cache_augment.py; chosen before the cache's augmentation ran on one thread, where
 # the saving is only 14%).
@@ -93,7 +96,7 @@ _PRETRAINED_TRAINING = {
     "trainer.progress_bar": False,
 }
 _PRETRAINED_DATA = {
-    "isic2018": {"data.image_size": 128, "data.augment": "dermoscopy_lite"},
+    "isic2018": {"data.image_size": 260, "model.backbone": "efficientnet_lite2", "data.augment": "dermoscopy_lite"},
     "fmnist-lt": {"data.imbalance": "exp:100"},  # the full 60,000-image pool; Lite upsamples 28 -> 128 px
 }
 _PRETRAINED_GRID = {"loss.gamma": [1.0, 4.0], "loss.eta": [10.0, 100.0], "seed": _SEEDS_QUICK}

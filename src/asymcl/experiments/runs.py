@@ -17,6 +17,7 @@ import yaml
 
 from asymcl.errors import CheckpointError, DataError
 from asymcl.training import methods as _methods
+from asymcl.training.config import fill_missing_keys
 
 #: Methods in the order tables list them (baselines first, the proposed loss last) and the loss
 #: hyperparameters each one uses, both from the method registry: a grid value for a key that a
@@ -192,7 +193,9 @@ def load_run(run_dir: Path) -> Run:
             versions = json.loads(versions_path.read_text())
         except json.JSONDecodeError:
             versions = {}
-    return Run(run_dir, flatten(config), metrics, versions)
+    # A run made before a config key existed compares with newer runs as what it did then, not as
+    # a different setting (a sweep resumed after an upgrade would otherwise split into two rows).
+    return Run(run_dir, fill_missing_keys(flatten(config)), metrics, versions)
 
 
 def iter_run_dirs(root: Path) -> Iterator[Path]:

@@ -453,6 +453,18 @@ trainer.deterministic trainer.progress_bar trainer.num_threads
 """.split())
 
 
+# What a key added since 0.1.0 meant before it existed, where that is not its default today: a run
+# directory written before the key was added did this. Reports fill the keys an older run's
+# config.yaml lacks from here and from the defaults (experiments.runs.load_run).
+LEGACY_VALUES = {"data.cache_precision": "fp32"}  # views were extracted in fp32 before the key
+
+
+def fill_missing_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config written by an older asymcl, with every key added since set to what that run did."""
+    filled = {key: copy.deepcopy(LEGACY_VALUES.get(key, spec[0])) for key, spec in SCHEMA.items() if key not in flat}
+    return {**flat, **filled}
+
+
 def run_identity(config: dict | RunConfig) -> dict:
     """What names a run (its default directory): :func:`result_config` without the keys added after
     0.1.0 that hold their default."""
