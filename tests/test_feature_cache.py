@@ -286,3 +286,13 @@ def test_bad_arguments_are_one_clear_error(tmp_path):
         _build(_dataset(), _frozen(), tmp_path, views=-1)
     with pytest.raises(DataError, match="precision must be auto, bf16 or fp32"):
         _build(_dataset(), _frozen(), tmp_path, precision="fp8")
+
+
+def test_without_a_bar_each_finished_shard_prints_how_far_it_is(tmp_path, monkeypatch):
+    # A sweep's extraction runs with progress bars off; it can take many minutes, so it says where it is.
+    monkeypatch.setattr(fc, "SHARD_IMAGES", 4)
+    lines = []
+    _build(_dataset(), _frozen(), tmp_path, progress=False, log=lines.append)
+    progress = [line for line in lines if "s left" in line]
+    assert [line.split(" images")[0] for line in progress] == ["feature cache: 4/10", "feature cache: 8/10"]
+    assert any("extracted 10 images x 4" in line for line in lines)

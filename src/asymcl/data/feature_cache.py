@@ -380,6 +380,12 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
                 _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
                 for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
                     found[fingerprint] = (arrays, row)
+                done = offset + len(arrays["fingerprints"])
+                if bar is None and done < len(todo):
+                    # Without a bar (sweeps, logs) a long extraction still says how far it is.
+                    elapsed = time.perf_counter() - start
+                    log(f"feature cache: {done}/{len(todo)} images in {elapsed:.0f} s, "
+                        f"about {elapsed * (len(todo) - done) / done:.0f} s left")
         finally:
             if bar is not None:
                 bar.close()
