@@ -202,3 +202,16 @@ def test_values_of_any_type_the_config_accepts_pass(tmp_path):
 
     configs = resolve_points(spec, expand(spec), _default_resolver())
     assert sorted(str(c["trainer"]["devices"]) for c in configs.values()) == ["1", "auto"]
+
+
+def test_eta_is_not_inflated_by_a_one_time_extraction():
+    # The first run of a sweep from a feature cache extracts it once (here 2,400 s); the others take 20 s.
+    from asymcl.experiments.workers import _estimate
+
+    class Point:
+        def __init__(self, method):
+            self.overrides = {"method": method}
+
+    durations = [2400.0, 20.0, 20.0]
+    by_method = {"ce": [2400.0, 20.0], "afcl": [20.0]}
+    assert _estimate([Point("ce"), Point("afcl"), Point("supcon")], by_method, durations) == 60.0

@@ -10,6 +10,7 @@ another process holds with :class:`~asymcl.errors.RunLockedError`, and a worker 
 from __future__ import annotations
 
 import datetime as _dt
+import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -32,13 +33,15 @@ def _format_duration(seconds: float) -> str:
 
 
 def _estimate(left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], durations: list[float]) -> float:
-    """Seconds still needed: each run left costs the mean duration of this invocation's runs of
-    the same method (CE is much cheaper than a two-stage run), else the mean of all runs so far."""
-    overall = sum(durations) / len(durations)
+    """Seconds still needed: each run left costs the typical duration of this invocation's runs of
+    the same method (CE is much cheaper than a two-stage run), else of all runs so far. Typical is
+    the lower median, not the mean: the first run of a sweep from a feature cache does a one-time
+    extraction that can take 100 times a run, and the mean made the ETA hours too long."""
+    overall = statistics.median_low(durations)
     total = 0.0
     for point in left:
         same = by_method.get(point.overrides.get(METHOD_KEY))
-        total += sum(same) / len(same) if same else overall
+        total += statistics.median_low(same) if same else overall
     return total
 
 @dataclass
