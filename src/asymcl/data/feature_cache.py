@@ -341,7 +341,7 @@ def build_feature_cache(
 
 
 def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
-                  batch_size, precision, channels_last, device, progress, log) -> FeatureCache:
+                  batch_size, precisions, channels_last, device, progress, log) -> FeatureCache:
     for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
         stale.unlink(missing_ok=True)
     key_file = directory / "key.json"
@@ -376,7 +376,7 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
             # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
             for offset in range(0, len(todo), SHARD_IMAGES):
                 arrays = _compute(dataset, frozen, augment, todo[offset : offset + SHARD_IMAGES], views, seed,
-                                  batch_size, precision, channels_last, device, bar)
+                                  batch_size, precisions, channels_last, device, bar)
                 _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
                 for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
                     found[fingerprint] = (arrays, row)
@@ -392,7 +392,7 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
         seconds = time.perf_counter() - start
         computed_rows = len(missing)
         rate = computed_rows * (1 + views) / max(seconds, 1e-9)
-        used = precision[0] if precision[0] == precision[1] else f"clean {precision[0]}, views {precision[1]}"
+        used = precisions[0] if precisions[0] == precisions[1] else f"clean {precisions[0]}, views {precisions[1]}"
         log(f"feature cache: extracted {computed_rows} images x {1 + views} (clean + views) in {seconds:.1f} s "
             f"({rate:.1f} images/s, {used})")
     clean, stacked = _gather(found, fingerprints)
@@ -413,7 +413,7 @@ def _gather(found: dict, fingerprints: list[str]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(clean), torch.from_numpy(stacked)
 
 
-def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precision, channels_last, device,
+def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions, channels_last, device,
              bar) -> dict[str, np.ndarray]:
     was_training = frozen.training
     frozen.eval()
@@ -425,20 +425,15 @@ def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precision,
             chunk = todo[offset : offset + per_chunk]
             images = _load_images(dataset, [index for _, index in chunk])
             rendered = render_views(images, [fp for fp, _ in chunk], augment, views, seed)
-            clean_precision, view_precision = precision
-            parts = [(rendered[:, 0], clean_precision)]
+            def run(batch: Tensor, precision: str) -> Tensor:
+                return torch.cat([_extract(frozen, batch[i : i + batch_size], precision, channels_last, device)
+                                  for i in range(0, len(batch), batch_size)])
+
+            clean_precision, view_precision = precisions
+            outputs = run(rendered[:, 0], clean_precision)[:, None]
             if views:
-                parts.append((rendered[:, 1:].flatten(0, 1), view_precision))
-            outputs = []
-            for images_part, part_precision in parts:
-                outputs.append(torch.cat([
-                    _extract(frozen, images_part[i : i + batch_size], part_precision, channels_last, device)
-                    for i in range(0, len(images_part), batch_size)
-                ]))
-            outputs = torch.cat(
-                [outputs[0][:, None]] + ([outputs[1].view(len(chunk), views, *outputs[1].shape[1:])] if views else []),
-                dim=1,
-            )
+                viewed = run(rendered[:, 1:].flatten(0, 1), view_precision)
+                outputs = torch.cat([outputs, viewed.view(len(chunk), views, *viewed.shape[1:])], dim=1)
             half = outputs.half()
             if not torch.isfinite(half).all():
                 raise DataError(
