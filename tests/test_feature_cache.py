@@ -100,10 +100,26 @@ def test_changed_weights_or_image_files_recompute(tmp_path):
     files = FileImageDataset(paths, np.zeros(4), ["a"], 1, (16, 16), cache=False)
     _build(files, frozen, tmp_path)
     count = frozen.images
+    # a touched file, or the whole folder copied elsewhere with new modification times, is the
+    # same image: nothing is recomputed
     os.utime(paths[1], ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert image_fingerprints(files)[0] == image_fingerprints(files)[0]
+    copied = tmp_path / "copy"
+    copied.mkdir()
+    for path in paths:
+        (copied / os.path.basename(path)).write_bytes(open(path, "rb").read())
+    moved = FileImageDataset([str(copied / os.path.basename(p)) for p in paths], np.zeros(4), ["a"], 1, (16, 16),
+                             cache=False)
+    assert image_fingerprints(moved) == image_fingerprints(files)
+    _build(files, frozen, tmp_path)
+    _build(moved, frozen, tmp_path)
+    assert frozen.images == count
+    # a rewritten file is a new image, the others are reused
+    Image.fromarray(255 - dataset.images[1, :, :, 0]).save(paths[1])
     _build(files, frozen, tmp_path)
     assert frozen.images == count + 4  # one image x (clean + 3 views)
+    os.unlink(paths[2])
+    with pytest.raises(DataError, match="cannot read image file"):
+        image_fingerprints(files)
 
 
 def test_cached_features_equal_the_frozen_encoder_on_the_same_views(tmp_path):

@@ -13,7 +13,7 @@ cache seed (its own, independent of the run seed, so that the runs of a sweep sh
 the extraction precision, and whatever the caller adds in ``extra_key``.
 
 Storage. ``<cache_dir>/<key hash>/shard-<sha256>.npz``: each shard holds, per image, the image's
-fingerprint (file path + size + mtime, or a hash of the pixels for in-memory arrays), the clean
+fingerprint (a hash of the file's bytes, or of the pixels for in-memory arrays), the clean
 features and the V views. Images are found by fingerprint, so any split or subset of a dataset
 reuses what another one computed, and only missing images are extracted (into a new shard).
 The views of an image are drawn with a generator seeded by (cache seed, fingerprint), so they
@@ -72,17 +72,12 @@ def _log_stderr(message: str) -> None:
 def image_fingerprints(dataset: ImageDataset) -> list[str]:
     """One hex id per image: what the image's pixels depend on (not its position in a split)."""
     if isinstance(dataset, FileImageDataset):
-        out = []
-        for path in dataset.paths:
-            try:
-                stat = os.stat(path)
-            except OSError:
-                raise DataError(f"image file {path} is missing") from None
-            # realpath: the same file reached as ../shared/x from two working folders, or through a
-            # symlink, is one image (abspath kept them apart and the cache recomputed them).
-            text = f"{os.path.realpath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}"
-            out.append(hashlib.sha1(text.encode()).hexdigest())
-        return out
+        # The file's bytes, not its path and modification time: a dataset copied to another disk or
+        # machine (cp, a container layer, a cluster's scratch space) keeps its mtimes only by
+        # luck, and a stale fingerprint meant an hour of re-extraction for unchanged images. Reading
+        # the files costs about a second for ISIC's 120 MB (benchmarks/README.md).
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(_file_digest, dataset.paths))
     if isinstance(dataset, ArrayImageDataset):
         return [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in dataset.images]
     out = []
@@ -90,6 +85,17 @@ def image_fingerprints(dataset: ImageDataset) -> list[str]:
         image = dataset[index][0].numpy()
         out.append(hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest())
     return out
+
+
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha1(handle.read()).hexdigest()
+    except OSError as exc:
+        raise DataError(
+            f"cannot read image file {path}: {exc.strerror or exc}; restore it, or point data.root at "
+            "the folder that has it"
+        ) from None
 
 
 def weights_digest(module: nn.Module) -> str:
