@@ -2,6 +2,7 @@
 from the feature cache (reuse, repair, errors), and predict/export of a cached run on raw images."""
 
 import csv
+import json
 import io
 
 import numpy as np
@@ -192,3 +193,47 @@ def test_joint_schedule_and_la_train_from_the_cache(tmp_path, weights_file):
     assert joint["stages_complete"] == ["joint"] and joint["final"]["test"]["ua"] > 0.5
     la = run({**base, "method": "la"}, tmp_path / "la")
     assert la["stages_complete"] == ["baseline"] and la["final"]["test"]["ua"] > 0.5
+
+
+def test_sweep_workers_build_the_cache_first_then_share_the_grid(tmp_path, weights_file, monkeypatch):
+    """--workers 2: the parent builds every seed's feature caches before any worker starts (so no
+    worker extracts on half the cores while the other waits on the lock), then two processes share
+    the grid: every run finishes once, none is trained twice, and the child really ran."""
+    import yaml
+
+    from asymcl.cli import main
+    from asymcl.experiments.parallel import WORKER_SPEC, threads_per_worker
+    from asymcl.experiments.runs import is_complete
+
+    cache_dir = tmp_path / "cache"
+    base = {**TINY, "model.backbone": "small_cnn", "model.pretrained": str(weights_file),
+            "model.finetune": "frozen", "model.adapter": 16, "data.cache_dir": str(cache_dir),
+            "data.cache_views": 2}
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "base": base,
+                                    "grid": {"method": ["ce", "cl", "supcon"], "seed": [0, 1]}}))
+    out = tmp_path / "runs"
+    order = []
+    real = feature_cache._compute
+
+    def recording(*args, **kwargs):
+        order.append("extract")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feature_cache, "_compute", recording)
+    from asymcl.experiments import parallel
+
+    spawn = parallel.spawn_workers
+    monkeypatch.setattr(parallel, "spawn_workers",
+                        lambda *a, **k: (order.append("spawn"), spawn(*a, **k))[1])
+    assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2"]) == 0
+    assert order[0] == "extract" and order[-1] == "spawn"  # both seeds' caches before the workers
+    names = [f"{m}_s{s}" for m in ("ce", "cl", "supcon") for s in (0, 1)]
+    assert all(is_complete(out / name) for name in names)
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert any("--worker-label" in entry["command"] or WORKER_SPEC in entry["command"]
+               for entry in manifest["commands"])  # the child worker started and ran the sweep
+    assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(4, cores=2) == 1
+    assert threads_per_worker(2, cores=16) == 8
+    assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "0"]) == 2
+    assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2", "--optuna", "2"]) == 2

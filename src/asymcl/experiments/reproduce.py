@@ -237,8 +237,10 @@ class ReproduceResult:
 
 def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = "quick",
               dry_run: bool = False, runner=None, progress=None, command: str | None = None,
-              tsne_points: int = 1000) -> ReproduceResult | None:
-    """Run (or continue) the preset's sweep into ``out`` and write the report to ``out/report``."""
+              tsne_points: int = 1000, workers: int = 1) -> ReproduceResult | None:
+    """Run (or continue) the preset's sweep into ``out`` and write the report to ``out/report``.
+
+    ``workers``: worker processes on this machine (:func:`asymcl.experiments.sweep.run_sweep`)."""
     raw = preset_spec(preset, data, profile)
     spec = parse_spec(raw)
     out = Path(out)
@@ -253,7 +255,7 @@ def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = 
     spec_path = out / "sweep.yaml"
     spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     command = command or current_command()
-    sweep = run_sweep(spec, out, runner=runner, progress=progress, command=command)
+    sweep = run_sweep(spec, out, runner=runner, progress=progress, command=command, workers=workers)
     report = None
     if sweep.ran or sweep.skipped:
         report = build_report(out, out / "report", command=command, progress=progress, tsne_points=tsne_points)

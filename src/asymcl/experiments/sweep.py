@@ -54,6 +54,7 @@ from asymcl.experiments.runs import (
     METHODS,
     fixed_loss_params,
     flatten,
+    is_complete,
 )
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
 from asymcl.training import runlock
@@ -408,11 +409,21 @@ def run_sweep(
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
     poll_seconds: float = 5.0,
+    workers: int = 1,
+    label: str = "sweep",
 ) -> SweepResult:
     """Run (or continue) the grid sweep ``spec`` into ``out_dir``; returns what ran, was skipped or failed.
 
     Any number of workers may run the same sweep into one ``out_dir`` at once (see :func:`run_points`).
+    ``workers`` > 1 starts that many on this machine (:mod:`asymcl.experiments.parallel`): the
+    feature caches are built first with every core, then each worker trains with cores // workers
+    threads. It runs the pipeline in child processes, so it takes no custom ``runner``.
     """
+    from asymcl.experiments import parallel
+
+    parallel.check_workers(workers)
+    if workers > 1 and runner is not None:
+        raise ConfigError("workers > 1 runs the pipeline in worker processes; a custom runner cannot run there")
     out_dir = Path(out_dir)
     runner = runner or _default_runner()
     resolver = resolver or _default_resolver()
@@ -422,5 +433,24 @@ def run_sweep(
     configs = resolve_points(spec, points, resolver)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_command(out_dir, spec, points, command)
-    return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
-                      poll_seconds=poll_seconds)
+    if workers == 1:
+        return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
+                          poll_seconds=poll_seconds, label=label)
+    import torch
+
+    pending = {point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
+    parallel.warm_feature_caches(pending, progress, label)
+    threads = parallel.threads_per_worker(workers)
+    progress(f"[{label}] {workers} workers on {parallel.available_cores()} core(s), {threads} torch thread(s) each")
+    children = parallel.spawn_workers(spec.to_dict(), out_dir, workers - 1, threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
+                            poll_seconds=poll_seconds, label="worker 1")
+        for child in children:
+            child.wait()
+    finally:
+        torch.set_num_threads(before)
+        parallel.stop_workers(children)
+    return result

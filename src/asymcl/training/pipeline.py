@@ -177,6 +177,23 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool) -> N
     data.attach_feature_caches(caches)
 
 
+def prepare_feature_caches(config: RunConfig | dict) -> bool:
+    """Build (or check) the feature caches a run of ``config`` would train from, without training.
+
+    For running many runs at once: a sweep builds them first with every core
+    (:mod:`asymcl.experiments.parallel`), so that its workers do not wait on the cache lock while
+    one of them extracts on its share of the cores. Returns False when ``config`` does not train
+    from cached features (nothing to build).
+    """
+    from asymcl.training.encoder import uses_feature_cache
+
+    config = resolve_config(config)
+    if not uses_feature_cache(config):
+        return False
+    _attach_feature_caches(config, RunData(config), verbose=False)
+    return True
+
+
 def _check_cache_matches(module, data: RunData) -> None:
     """The cached features must come from the frozen weights the module holds (a wrong number
     without an error is the worst bug)."""
