@@ -279,6 +279,7 @@ def build_feature_cache(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = _log_stderr,
+    report_reuse: bool = True,
 ) -> FeatureCache:
     """Load, or compute what is missing of, the cached outputs of ``frozen`` for ``dataset``.
 
@@ -293,7 +294,8 @@ def build_feature_cache(
     most of the work and only ever training noise, in bf16 where the device has it (about 2.4x
     faster on these CPUs, benchmarks/README.md).
     ``channels_last``: feed the batch channels-last (not part of the key: same numbers up to
-    rounding; faster on CPU, see benchmarks/README.md).
+    rounding; faster on CPU, see benchmarks/README.md). ``report_reuse=False``: log the entry's
+    location and size only when something was extracted.
     """
     if views < 0:
         raise DataError(f"feature cache views must be >= 0, got {views}")
@@ -340,14 +342,14 @@ def build_feature_cache(
     try:
         return _build_locked(
             dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
-            batch_size, (precision, view_precision), channels_last, device, progress, log,
+            batch_size, (precision, view_precision), channels_last, device, progress, log, report_reuse,
         )
     finally:
         lock.release()
 
 
 def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
-                  batch_size, precisions, channels_last, device, progress, log) -> FeatureCache:
+                  batch_size, precisions, channels_last, device, progress, log, report_reuse) -> FeatureCache:
     for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
         stale.unlink(missing_ok=True)
     key_file = directory / "key.json"
@@ -403,8 +405,9 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
             f"({rate:.1f} images/s, {used})")
     clean, stacked = _gather(found, fingerprints)
     size = sum(p.stat().st_size for p in directory.glob("shard-*.npz"))
-    log(f"feature cache {directory}: {len(fingerprints)} images ({computed_rows} computed, "
-        f"{len(set(fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
+    if computed_rows or report_reuse:
+        log(f"feature cache {directory}: {len(fingerprints)} images ({computed_rows} computed, "
+            f"{len(set(fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
     return FeatureCache(directory, key, clean, stacked)
 
 

@@ -331,9 +331,12 @@ def expand(spec: SweepSpec, *, default_method: str | None = None) -> list[SweepP
 
 
 def _default_runner() -> Runner:
+    import functools
+
     from asymcl.training.pipeline import run
 
-    return run
+    # A cache that was only read is not worth three lines per run in a sweep's log.
+    return functools.partial(run, report_cache=False)
 
 
 def _default_resolver() -> Resolver:

@@ -140,10 +140,13 @@ def cache_device(config) -> torch.device:
     return torch.device("cuda" if accelerated else "cpu")
 
 
-def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu") -> dict:
+def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",
+                         report_reuse: bool = True) -> dict:
     """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
     augmented views per image, the others clean only. Extracted on ``device``: clean images in
-    float32 (what evaluation, predict and export compute), views in ``data.cache_precision``."""
+    float32 (what evaluation, predict and export compute), views in ``data.cache_precision``.
+    ``report_reuse=False``: no line for a cache that was only read (a sweep's runs would print
+    three each); an extraction always says what it computed, where, and the size."""
     from asymcl.data.feature_cache import build_feature_cache
 
     encoder = build_encoder(config, data.channels, data.image_hw).to(device)
@@ -156,6 +159,6 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
             views=config.data.cache_views if train else 0, seed=config.data.cache_seed,
             cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
             device=device,
-            progress=None if config.trainer.progress_bar else False,
+            progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
         )
     return caches

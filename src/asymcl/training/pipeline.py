@@ -158,7 +158,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     return module
 
 
-def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool) -> None:
+def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, report_reuse: bool = True) -> None:
     """Build (or reuse) the run's feature caches when it trains from cached features."""
     from asymcl.training.encoder import build_feature_caches, cache_device, uses_feature_cache
     from asymcl.training.modules import augmentation_preset
@@ -171,7 +171,7 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool) -> N
     # Seeded as the first stage seeds its module, so that a frozen part without pretrained weights
     # (random initialisation) is the one that module holds (_train_stage checks the digest).
     pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stages_for(config)[0]], workers=True, verbose=False)
-    caches = build_feature_caches(config, data, preset, cache_device(config))
+    caches = build_feature_caches(config, data, preset, cache_device(config), report_reuse=report_reuse)
     if verbose:
         print(f"[asymcl] training from cached features in {caches['train'].path.parent}", file=sys.stderr)
     data.attach_feature_caches(caches)
@@ -367,12 +367,13 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str,
 # One writer per run directory (training/runlock.py): a second process gets RunLockedError at once.
 @locked_run(when=is_main_process)
 def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = (),
-        verbose: bool | None = None) -> dict[str, Any]:
+        verbose: bool | None = None, report_cache: bool = True) -> dict[str, Any]:
     """Train and evaluate one run into ``out_dir``; returns the metrics dict of metrics.json.
 
     ``config``: a (partial) config; it is resolved and validated first. ``callbacks``: extra
     Lightning callbacks for every stage. ``verbose``: stage messages on stderr (default: when
-    progress bars are on).
+    progress bars are on). ``report_cache=False``: no feature-cache line when the cache was only
+    read (a sweep's runs); an extraction is always reported.
     """
     config = resolve_config(config or {})
     run_dir = Path(out_dir)
@@ -393,7 +394,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         _check_trainer_options(config)
         build_module(stages_for(config)[0], config, data)
     # Before the run directory too: a failed extraction (e.g. a full disk) leaves nothing half-written.
-    _attach_feature_caches(config, data, verbose)
+    _attach_feature_caches(config, data, verbose, report_reuse=report_cache)
     if not (run_dir / "config.yaml").is_file():
         init_run_dir(config, run_dir)
     metrics = read_metrics(run_dir) or empty_metrics(config)
