@@ -71,6 +71,30 @@ def test_second_build_and_any_subset_reuse_the_cache(tmp_path):
     assert torch.equal(grown.clean[:10], first.clean)
 
 
+def test_a_clean_only_entry_takes_clean_features_from_an_entry_with_views(tmp_path):
+    """Validation/test entries (no views) reuse the clean features a training entry (with views)
+    already computed for the same images and encoder; other encoders' entries are not used."""
+    dataset, frozen = _dataset(12), _frozen()
+    train = _build(dataset.subset(list(range(8))), frozen, tmp_path)
+    assert frozen.images == 8 * 4
+    lines = []
+    val = _build(dataset.subset(list(range(4, 12))), frozen, tmp_path, views=0, augmentation="none",
+                 log=lines.append)
+    assert frozen.images == 8 * 4 + 4  # images 4-7 taken from the training entry, 8-11 computed
+    assert any("taken from" in line for line in lines)
+    assert torch.equal(val.clean[:4], train.clean[4:8])
+    fresh = _build(dataset.subset(list(range(4, 12))), _frozen(), tmp_path / "alone", views=0, augmentation="none")
+    torch.testing.assert_close(val.clean.float(), fresh.clean.float(), rtol=2e-3, atol=2e-3)
+    # the borrowed rows are this entry's own now: read again, nothing is computed or borrowed
+    lines.clear()
+    _build(dataset.subset(list(range(4, 12))), frozen, tmp_path, views=0, augmentation="none", log=lines.append)
+    assert frozen.images == 8 * 4 + 4 and not any("taken from" in line for line in lines)
+    # another encoder's entry lends nothing
+    other = _frozen(seed=1)
+    _build(dataset.subset(list(range(4, 8))), other, tmp_path, views=0, augmentation="none")
+    assert other.images == 4
+
+
 @pytest.mark.parametrize(
     "change",
     [{"seed": 1}, {"views": 2}, {"augmentation": "none"}, {"precision": "bf16"}, {"extra_key": {"backbone": "x"}}],
