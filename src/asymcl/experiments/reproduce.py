@@ -3,7 +3,7 @@
 Each preset is a sweep file (base config + grid, see :mod:`asymcl.experiments.sweep`) followed by the
 report. ``quick`` is sized for 2 CPU cores (a small CNN, few epochs, a subset of the grid, still 3
 seeds); ``full`` is the whole grid for a GPU. ``pretrained`` (isic2018 on its official layout, fmnist-lt) is
-sized for 2 CPU cores too: the frozen ImageNet EfficientNet-Lite0 with a trainable adapter, trained
+sized for 2 CPU cores too: the frozen ImageNet EfficientNet-Lite (Lite2 for ISIC, Lite0 for Fashion-MNIST) with a trainable adapter, trained
 from the feature cache (extracted once, shared by every run and seed), every registered method. The grids are listed in docs/usage-experiments.md
 and printed by ``asymcl reproduce PRESET --data PATH --dry-run``.
 
@@ -70,8 +70,9 @@ _FULL_LOSS_GRID = {
 # the cache seed is not the run seed). ISIC uses Lite2 at its native 260 px: in a linear probe on
 # the frozen features (benchmarks/isic_linear_probe.py, seed 0's lesion-grouped validation split)
 # it reached 64.5% validation UA against 59.1 for Lite0 at 224 px (the preset used Lite0 at 128 px at
-# first); its one-time extraction took about an hour on the 2 shared cores, over the issue's
-# 45-minute budget (docs/results.md), and it was kept for its 7 points of test UA.
+# first). On an idle 2-core machine its one-time extraction takes about 22 min and the preset's
+# training about 8 min with --workers 2 (docs/results.md); the first measurement, an hour of
+# extraction, was taken beside other jobs.
 # Fashion-MNIST-LT keeps Lite0, its 28 px grey images upsampled to 128 px. 4 views are
 # cached; the hue jitter is left out of the augmentation (dermoscopy_lite: cheaper to render, see
 # benchmarks/bench_cache_augment.py; chosen before the cache's augmentation ran on one thread, where
