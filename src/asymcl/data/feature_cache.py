@@ -34,13 +34,10 @@ rather than the run, so the runs of a sweep share it. The size and path are prin
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import json
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -52,6 +49,10 @@ import torch
 from torch import Tensor, nn
 
 from asymcl.data.augment import build_augmentation
+from asymcl.data.cache_store import borrow_clean as _borrow_clean
+from asymcl.data.cache_store import gather as _gather
+from asymcl.data.cache_store import read_shard as _read_shard
+from asymcl.data.cache_store import write_shard as _write_shard
 from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
 from asymcl.errors import DataError
 
@@ -190,51 +191,6 @@ class FeatureCache:
         rows = torch.as_tensor(indices, dtype=torch.long)
         pairs = self.view_pairs(epoch, seed)[rows]
         return self.views[rows, pairs[:, 0]].float(), self.views[rows, pairs[:, 1]].float()
-
-
-def _shard_name(digest: str) -> str:
-    return f"shard-{digest[:32]}.npz"
-
-
-def _read_shard(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
-    """The shard's arrays, or None when its bytes do not match its name or it holds another key."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if _shard_name(hashlib.sha256(data).hexdigest()) != path.name:
-        return None
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in ("key", "fingerprints", "clean", "views")}
-    except (OSError, ValueError, KeyError):
-        return None
-    if str(arrays["key"]) != key_hash or len(arrays["fingerprints"]) != len(arrays["clean"]):
-        return None
-    return arrays
-
-
-def _write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: np.ndarray, views: np.ndarray) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
-            handle.flush()
-            os.fsync(handle.fileno())
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        final = directory / _shard_name(digest)
-        os.replace(tmp, final)
-        return final
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
-            raise DataError(
-                f"cannot write the feature cache in {directory}: {exc.strerror or exc}{hint}; free "
-                "space or set data.cache_dir to another folder, then rerun (nothing was left half-written)"
-            ) from None
-        raise
 
 
 def _progress(total: int, enabled: bool | None):
@@ -415,68 +371,6 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
         log(f"feature cache {directory}: {len(fingerprints)} images ({computed_rows} computed, "
             f"{len(set(fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
     return FeatureCache(directory, key, clean, stacked)
-
-
-# Everything in a key that concerns only the views. Two entries whose keys agree on the rest hold
-# the same clean features, so an entry without views (validation, test) takes what an entry with
-# views (training) already computed: with a seeded split, most of one seed's validation images are
-# another seed's training images (ISIC: 1,725 of 2,709 clean passes, about 2 min, saved per preset).
-_VIEW_FIELDS = ("augmentation", "augmentation_params", "views", "seed", "view_precision")
-
-
-def _clean_identity(key: dict) -> str:
-    plain = json.loads(json.dumps(key, default=str))  # as key.json stores it: lists, strings
-    return json.dumps({name: value for name, value in plain.items() if name not in _VIEW_FIELDS}, sort_keys=True)
-
-
-def _borrow_clean(directory: Path, key: dict, key_hash: str, wanted: set[str], log) -> dict | None:
-    """Clean features of ``wanted`` images found in sibling entries with the same clean identity,
-    written into this entry as one shard (so the next read finds them here); None if none found."""
-    identity = _clean_identity(key)
-    rows: dict[str, np.ndarray] = {}
-    sources = []
-    for sibling in sorted(directory.parent.iterdir()):
-        if sibling == directory or not (sibling / "key.json").is_file():
-            continue
-        try:
-            if _clean_identity(json.loads((sibling / "key.json").read_text())) != identity:
-                continue
-        except (OSError, ValueError):
-            continue
-        before = len(rows)
-        # A sibling's shards are complete files (atomic renames) checked against their hash, so
-        # reading them without the sibling's lock is safe; one removed meanwhile is skipped.
-        for shard in sorted(sibling.glob("shard-*.npz")):
-            arrays = _read_shard(shard, sibling.name)
-            if arrays is None:
-                continue
-            for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
-                if fingerprint in wanted and fingerprint not in rows:
-                    rows[fingerprint] = arrays["clean"][row]
-        if len(rows) > before:
-            sources.append(sibling.name)
-        if len(rows) == len(wanted):
-            break
-    if not rows:
-        return None
-    names = list(rows)
-    clean = np.stack([rows[name] for name in names])
-    views = np.empty((len(names), 0, *clean.shape[1:]), dtype=clean.dtype)
-    _write_shard(directory, key_hash, names, clean, views)
-    log(f"feature cache: {len(names)} images' clean features taken from {', '.join(sources)} (the same "
-        "encoder and images; not recomputed)")
-    return {"fingerprints": np.array(names), "clean": clean, "views": views}
-
-
-def _gather(found: dict, fingerprints: list[str]) -> tuple[Tensor, Tensor]:
-    first_arrays, _ = found[fingerprints[0]]
-    clean = np.empty((len(fingerprints), *first_arrays["clean"].shape[1:]), dtype=np.float16)
-    stacked = np.empty((len(fingerprints), *first_arrays["views"].shape[1:]), dtype=np.float16)
-    for index, fingerprint in enumerate(fingerprints):
-        arrays, row = found[fingerprint]
-        clean[index] = arrays["clean"][row]
-        stacked[index] = arrays["views"][row]
-    return torch.from_numpy(clean), torch.from_numpy(stacked)
 
 
 def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions, channels_last, device,

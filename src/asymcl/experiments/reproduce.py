@@ -242,6 +242,9 @@ def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = 
     """Run (or continue) the preset's sweep into ``out`` and write the report to ``out/report``.
 
     ``workers``: worker processes on this machine (:func:`asymcl.experiments.sweep.run_sweep`)."""
+    from asymcl.experiments.parallel import check_workers
+
+    check_workers(workers)  # before anything is written
     raw = preset_spec(preset, data, profile)
     spec = parse_spec(raw)
     out = Path(out)
