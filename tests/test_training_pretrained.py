@@ -233,6 +233,9 @@ def test_sweep_workers_build_the_cache_first_then_share_the_grid(tmp_path, weigh
     manifest = json.loads((out / "sweep.json").read_text())
     assert any("--worker-label" in entry["command"] or WORKER_SPEC in entry["command"]
                for entry in manifest["commands"])  # the child worker started and ran the sweep
+    order.clear()  # a finished sweep again: nothing to extract, no worker process started
+    assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2"]) == 0
+    assert order == []
     assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(4, cores=2) == 1
     assert threads_per_worker(2, cores=16) == 8
     assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "0"]) == 2

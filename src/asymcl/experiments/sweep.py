@@ -436,12 +436,12 @@ def run_sweep(
     configs = resolve_points(spec, points, resolver)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_command(out_dir, spec, points, command)
-    if workers == 1:
+    pending = {point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
+    if workers == 1 or not pending:  # nothing left for other workers: no processes to start
         return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
                           poll_seconds=poll_seconds, label=label)
     import torch
 
-    pending = {point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
     parallel.warm_feature_caches(pending, progress, label)
     threads = parallel.threads_per_worker(workers)
     progress(f"[{label}] {workers} workers on {parallel.available_cores()} core(s), {threads} torch thread(s) each")
