@@ -380,16 +380,17 @@ def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions
     per_chunk = max(1, batch_size // (1 + views))
     clean_out: list[np.ndarray] = []
     views_out: list[np.ndarray] = []
+    clean_precision, view_precision = precisions
+
+    def run(batch: Tensor, precision: str) -> Tensor:
+        return torch.cat([_extract(frozen, batch[i : i + batch_size], precision, channels_last, device)
+                          for i in range(0, len(batch), batch_size)])
+
     try:
         for offset in range(0, len(todo), per_chunk):
             chunk = todo[offset : offset + per_chunk]
             images = _load_images(dataset, [index for _, index in chunk])
             rendered = render_views(images, [fp for fp, _ in chunk], augment, views, seed)
-            def run(batch: Tensor, precision: str) -> Tensor:
-                return torch.cat([_extract(frozen, batch[i : i + batch_size], precision, channels_last, device)
-                                  for i in range(0, len(batch), batch_size)])
-
-            clean_precision, view_precision = precisions
             outputs = run(rendered[:, 0], clean_precision)[:, None]
             if views:
                 viewed = run(rendered[:, 1:].flatten(0, 1), view_precision)

@@ -436,8 +436,11 @@ def run_sweep(
     configs = resolve_points(spec, points, resolver)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_command(out_dir, spec, points, command)
-    pending = {point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
-    if workers == 1 or not pending:  # nothing left for other workers: no processes to start
+    # One worker, or nothing left for others (no processes to start): run_points alone. Only with
+    # several workers is the grid scanned here too, for the runs whose caches to build first.
+    pending = {} if workers == 1 else {
+        point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
+    if not pending:
         return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
                           poll_seconds=poll_seconds, label=label)
     import torch
