@@ -102,6 +102,37 @@ def test_bad_backbone_and_pretrained_values(monkeypatch):
         build_backbone("efficientnet_lite2", 3, "imagenet")
 
 
+def test_concatenated_backbone_is_its_members_side_by_side():
+    """efficientnet_lite1+efficientnet_lite0: each member with its own bundled weights, its own
+    preprocessing, features in the name's order; grey and small inputs as for one member."""
+    both = build_backbone("efficientnet_lite1+efficientnet_lite0", 1, "imagenet", input_size=(64, 64)).eval()
+    lite1 = efficientnet_lite("efficientnet_lite1", "imagenet", input_size=(64, 64)).eval()
+    lite0 = efficientnet_lite("efficientnet_lite0", "imagenet", input_size=(64, 64)).eval()
+    grey = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        out = both(grey)
+        expected = torch.cat([lite1(grey.repeat(1, 3, 1, 1)), lite0(grey.repeat(1, 3, 1, 1))], dim=1)
+    assert both.feature_dim == lite1.feature_dim + lite0.feature_dim == out.shape[1]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    parts = apply_finetune(both, "frozen")
+    assert not any(p.requires_grad for p in both.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(parts.trainable(parts.frozen(grey)), out)
+    with pytest.raises(ConfigError, match="no block list"):
+        apply_finetune(both, "last:1")
+
+
+@pytest.mark.parametrize("name, pretrained, match", [
+    ("efficientnet_lite0+resnet18", None, "distinct EfficientNet-Lite variants.*not 'resnet18'"),
+    ("efficientnet_lite0+efficientnet_lite0", None, "each at most once"),
+    ("efficientnet_lite0+", None, "not ''"),
+    ("efficientnet_lite2+efficientnet_lite0", "weights.pth", "one weights file cannot hold several"),
+])
+def test_bad_concatenated_backbones(name, pretrained, match):
+    with pytest.raises(ConfigError, match=match):
+        build_backbone(name, 3, pretrained)
+
+
 @pytest.mark.parametrize("value", ["some", "last:0", "last:x", "last:", "frozen:1", ""])
 def test_bad_finetune_values(value):
     with pytest.raises(ConfigError, match="model.finetune"):

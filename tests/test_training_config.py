@@ -53,6 +53,13 @@ def test_overrides_parse_as_yaml_and_nested_files(tmp_path):
         (["data.dataset=fashion-mnist", "data.root=/no/such/folder"], r"data.root /no/such/folder does not exist"),
         (["model.pretrained=/no/weights.pth"], r"model.pretrained /no/weights.pth is not a file"),
         (["model.backbone=vgg16"], r"model.backbone must be one of small_cnn"),
+        (["model.backbone=efficientnet_lite0+small_cnn"], r"model.backbone must be .*'\+' joins distinct"),
+        (["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.finetune=last:2"],
+         r"last:K cuts the blocks of one network.*use frozen or all"),
+        (["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.pretrained=pyproject.toml"],
+         r"one weights file cannot hold several networks"),
+        (["model.backbone=small_cnn+efficientnet_lite0", "model.pretrained=imagenet"], r"model.backbone must be"),
+        (["model.backbone=resnet18", "model.pretrained=imagenet"], r"no bundled ImageNet weights"),
         (["method=fcl", "loss.eta=3"], r"contradicts method fcl"),
         (["method=ce", "loss.gamma=2"], r"no effect with method ce"),
         (["data.imbalance=binary:10", "data.classes=0,1,2"], r"exactly two data.classes"),
@@ -75,6 +82,12 @@ def test_bad_config_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config_file(listy)
+
+
+def test_concatenated_lite_backbones_take_imagenet_and_an_input_size():
+    config = resolve_config(None, ["model.backbone=efficientnet_lite2+efficientnet_lite0",
+                                   "model.pretrained=imagenet", "model.finetune=frozen", "model.input_size=96"])
+    assert config["model"]["backbone"] == "efficientnet_lite2+efficientnet_lite0"
 
 
 def test_imbalance_accepts_a_majority_cap():

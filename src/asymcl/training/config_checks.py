@@ -116,11 +116,15 @@ def classes(value: Any) -> list[int] | None:
 
 
 def backbone(value: Any) -> str:
-    from asymcl.models.backbones import BACKBONES
+    """A backbone name, checked by the model layer (one grammar, one place)."""
+    from asymcl.errors import ConfigError
+    from asymcl.models.backbones import BACKBONES, check_backbone_name
 
-    if not isinstance(value, str) or not (value in BACKBONES or (value.startswith("timm:") and len(value) > 5)):
-        raise ValueError(f"must be one of {', '.join(BACKBONES)}")
-    return value
+    try:
+        return check_backbone_name(value)
+    except ConfigError:
+        raise ValueError(f"must be one of {', '.join(BACKBONES)} (a '+' joins distinct EfficientNet-Lite "
+                         "variants, e.g. efficientnet_lite2+efficientnet_lite0)") from None
 
 
 def finetune(value: Any) -> str:

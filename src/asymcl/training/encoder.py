@@ -26,7 +26,7 @@ from torch import Tensor, nn
 import torch
 
 from asymcl.models import Adapter, apply_finetune, build_backbone, default_input_size, parse_finetune
-from asymcl.models import LITE_VARIANTS
+from asymcl.models import lite_members
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,7 +50,7 @@ class Standardise(nn.Module):
 def _standardise(backbone: str, in_channels: int, pretrained: str | None) -> nn.Module:
     """EfficientNet-Lite normalises inside the model; an ImageNet-pretrained backbone gets
     ImageNet's mean/std (averaged for grey input); otherwise (x - 0.5) / 0.25."""
-    if backbone in LITE_VARIANTS:
+    if lite_members(backbone):
         return nn.Identity()
     if pretrained is not None:
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -80,7 +80,7 @@ class Encoder(nn.Module):
                  input_size: int | None = None, finetune: str = "all", adapter: int = 0):
         super().__init__()
         size = None
-        if backbone in LITE_VARIANTS:
+        if lite_members(backbone):
             size = (input_size, input_size) if input_size else default_input_size(tuple(image_hw))
         # load_pretrained=False: same layout, weights to come from a checkpoint
         self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None,
