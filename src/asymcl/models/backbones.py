@@ -256,8 +256,8 @@ class ConcatBackbone(nn.Module):
     Why: networks of different depth see different things in the same image; on ISIC 2018 the
     linear probe (benchmarks/isic_linear_probe.py, 3 seeds' lesion-grouped validation splits)
     scores the frozen Lite2 + Lite0 features above either alone. With a frozen backbone the
-    feature cache renders each augmented view once and runs every member on it, so the extra
-    member costs its forward pass only (the augmentation and decoding dominate on a CPU).
+    feature cache decodes and augments each image once and runs every member on the same views,
+    so an extra member costs its forward passes only (benchmarks/README.md has the rates).
     There is no ``layers()``: ``last:K`` would have to cut each member, so the model takes
     ``frozen`` or ``all`` (the config says so).
     """
