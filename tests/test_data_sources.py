@@ -213,6 +213,28 @@ def test_isic_corrupt_image_named(tmp_path):
         build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic"))
 
 
+def test_image_probe_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    """A sweep builds the same splits for every run: the files are probed once, and again only
+    when one of them changes."""
+    from asymcl.data import datasets
+
+    written = make_isic(tmp_path / "isic", metadata=False)
+    probed = []
+    real = datasets._probe_images
+    monkeypatch.setattr(datasets, "_probe_images", lambda paths, what: probed.append(what) or real(paths, what))
+    spec = DataSpec(dataset="isic2018", root=tmp_path / "isic", cache=False)
+    first = build_splits(spec)
+    calls = len(probed)
+    assert calls >= 1
+    second = build_splits(spec)
+    assert len(probed) == calls
+    assert list(second.splits["test"].paths) == list(first.splits["test"].paths)
+    bad = written["Test"][0][0]
+    (tmp_path / "isic" / "ISIC2018_Task3_Test_Input" / f"{bad}.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=rf"not readable images: .*{bad}.jpg"):
+        build_splits(spec)
+
+
 def test_isic_truncated_jpeg_found_up_front_and_when_decoding(tmp_path):
     written = make_isic(tmp_path / "isic", metadata=False)
     bad = written["Test"][1][0]

@@ -255,3 +255,19 @@ def test_grouped_holdout_keeps_every_class_on_both_sides():
         assert 3 not in set(targets[held])  # a single lesion stays in training
     again = stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)
     assert all(np.array_equal(a, b) for a, b in zip(again, stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)))
+
+
+def test_grouped_holdout_is_remembered_and_callers_cannot_change_it():
+    """sklearn's grouped split is computed once per (labels, groups, folds, seed) in a process."""
+    from asymcl.data.splits import _grouped_first_fold, stratified_holdout
+
+    targets = np.array([0] * 40 + [1] * 20)
+    groups = np.array([f"g{i // 2}" for i in range(60)])
+    keep, held = stratified_holdout(targets, 0.2, np.random.default_rng(11), groups)
+    hits = _grouped_first_fold.cache_info().hits
+    keep[:] = -1  # a caller writing into its result must not reach the remembered one
+    again_keep, again_held = stratified_holdout(targets, 0.2, np.random.default_rng(11), groups)
+    assert _grouped_first_fold.cache_info().hits == hits + 1
+    assert (again_keep >= 0).all() and np.array_equal(again_held, held)
+    other = stratified_holdout(targets, 0.2, np.random.default_rng(12), groups)
+    assert not np.array_equal(other[1], held)  # another seed, another split
