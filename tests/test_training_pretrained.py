@@ -246,3 +246,31 @@ def test_sweep_workers_build_the_cache_first_then_share_the_grid(tmp_path, weigh
     assert threads_per_worker(2, cores=16) == 8
     assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "0"]) == 2
     assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2", "--optuna", "2"]) == 2
+
+
+def test_stage2_reads_encoder_outputs_from_a_table_that_follows_the_weights(tmp_path):
+    """Stage 2 computes the frozen encoder's outputs of the cached clean features once per split;
+    they equal the per-batch computation, and a weight written into the encoder rebuilds them."""
+    from asymcl.data.feature_cache import FeatureCache
+    from asymcl.training.modules import LinearProbeModule
+
+    config = resolve_config(None, {**TINY, "method": "afcl", "model.finetune": "frozen", "model.adapter": 16})
+    module = LinearProbeModule(config, 3, 1, (8, 8), "none", torch.ones(3))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.encoder.adapter.parameters():
+            p.normal_()
+    dim = module.encoder.feature_dim
+    caches = {split: FeatureCache(tmp_path, {}, torch.randn(n, dim).half(), torch.zeros(n, 0, dim).half())
+              for split, n in (("train", 50), ("val", 20))}
+    module.use_feature_caches(caches)
+    rows = torch.tensor([3, 0, 49, 3])
+    direct = module.encoder.from_frozen(caches["train"].clean_features(rows))
+    close = dict(atol=1e-4, rtol=1e-4)  # another batch size, another summation order
+    torch.testing.assert_close(module.encode(rows, "train"), direct, **close)
+    torch.testing.assert_close(module.encode(torch.tensor([19]), "val"),
+                               module.encoder.from_frozen(caches["val"].clean_features([19])), **close)
+    module.encoder.adapter.load_state_dict({k: v + 1 for k, v in module.encoder.adapter.state_dict().items()})
+    torch.testing.assert_close(module.encode(rows, "train"),
+                               module.encoder.from_frozen(caches["train"].clean_features(rows)), **close)
+    assert not torch.allclose(module.encode(rows, "train"), direct)

@@ -24,6 +24,7 @@ real photos, e.g. 0.10 vs 0.21 for the top class of scikit-learn's flower photo)
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from dataclasses import dataclass
@@ -240,6 +241,14 @@ def bundled_weights_path(variant: str) -> Path:
     return path
 
 
+# The bundled files sit in an installed package and never change; a sweep builds the encoder
+# several times per run (each stage, evaluation, the cache check), so they are read once per
+# process. load_state_dict copies from these tensors and nothing writes into them.
+@functools.lru_cache(maxsize=None)
+def _bundled_state(path: str) -> dict[str, Tensor]:
+    return load_state_dict_file(path)
+
+
 def efficientnet_lite(variant: str, pretrained: str | Path | None = None,
                       input_size: tuple[int, int] | None = None, keep_classifier: bool = False) -> EfficientNetLite:
     """Build ``variant``; ``pretrained`` is ``None`` (random init), ``"imagenet"`` (the bundled
@@ -248,8 +257,12 @@ def efficientnet_lite(variant: str, pretrained: str | Path | None = None,
 
     if pretrained is None:
         return EfficientNetLite(variant, input_size)
-    path = bundled_weights_path(variant) if str(pretrained) == "imagenet" else Path(pretrained)
-    state = load_state_dict_file(path)
+    if str(pretrained) == "imagenet":
+        path = bundled_weights_path(variant)
+        state = dict(_bundled_state(str(path)))  # a new dict: the filter below must not reach the memo
+    else:
+        path = Path(pretrained)
+        state = load_state_dict_file(path)
     num_classes = None
     if keep_classifier and "_fc.weight" in state:
         num_classes = int(state["_fc.weight"].shape[0])
