@@ -80,6 +80,16 @@ def has_bundled_weights(name: str) -> bool:
     return bool(members) and all(m in BUNDLED_WEIGHTS for m in members)
 
 
+def check_joined_weights(name: str, pretrained: str | Path | None) -> None:
+    """ConfigError when a ``+`` backbone is given one weights file: each member loads its own
+    bundled weights (``imagenet``) or none."""
+    if "+" in name and pretrained is not None and str(pretrained) != "imagenet":
+        raise ConfigError(
+            f"model.pretrained {pretrained}: backbone {name} loads each member's bundled weights "
+            "(model.pretrained=imagenet) or none; one weights file cannot hold several networks"
+        )
+
+
 def default_input_size(native_hw: tuple[int, int]) -> tuple[int, int] | None:
     """``None`` (keep the images' size) when both sides are >= :data:`DEFAULT_MIN_INPUT`, else
     the square DEFAULT_MIN_INPUT: Fashion-MNIST, digits and the 28 px ISIC file -> 128 px,
@@ -314,13 +324,8 @@ def build_backbone(
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
     if "+" in name:
-        members = lite_members(name)
-        if pretrained is not None and str(pretrained) != "imagenet":
-            raise ConfigError(
-                f"model.backbone {name}: a '+' backbone loads each member's bundled weights "
-                "(model.pretrained=imagenet) or none; one weights file cannot hold several networks"
-            )
-        return ConcatBackbone([build_backbone(m, in_channels, pretrained, input_size) for m in members])
+        check_joined_weights(name, pretrained)
+        return ConcatBackbone([build_backbone(m, in_channels, pretrained, input_size) for m in lite_members(name)])
     if pretrained is not None and str(pretrained) == "imagenet" and name not in BUNDLED_WEIGHTS:
         raise ConfigError(
             f"model.pretrained=imagenet: no bundled ImageNet weights for backbone {name!r}; "

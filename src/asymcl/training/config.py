@@ -341,7 +341,8 @@ def load_config_file(path: str | Path) -> dict:
 
 def _check_backbone_options(flat: dict[str, Any]) -> None:
     """model.pretrained, model.input_size and model.finetune against what model.backbone takes."""
-    from asymcl.models import BUNDLED_WEIGHTS, has_bundled_weights, lite_members, parse_finetune
+    from asymcl.models import (BUNDLED_WEIGHTS, check_joined_weights, has_bundled_weights, lite_members,
+                               parse_finetune)
 
     name, pretrained = flat["model.backbone"], flat["model.pretrained"]
     if pretrained == "imagenet":
@@ -349,11 +350,10 @@ def _check_backbone_options(flat: dict[str, Any]) -> None:
             raise ConfigError(f"model.pretrained=imagenet: backbone {name} has no bundled "
                               f"ImageNet weights; use model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several "
                               "joined by '+'), or give model.pretrained a local weights file")
-    elif pretrained is not None and "+" in name:
-        raise ConfigError(f"model.pretrained {pretrained}: backbone {name} loads each member's bundled weights "
-                          "(model.pretrained=imagenet) or none; one weights file cannot hold several networks")
-    elif pretrained is not None and not Path(pretrained).expanduser().is_file():
-        raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
+    elif pretrained is not None:
+        check_joined_weights(name, pretrained)  # the model layer's rule, before anything runs
+        if not Path(pretrained).expanduser().is_file():
+            raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
     if flat["model.input_size"] is not None and not lite_members(name):
         raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {name} "
                           "takes images as loaded (set data.image_size instead)")
