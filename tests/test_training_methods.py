@@ -18,8 +18,11 @@ def test_every_entry_is_consistent_with_the_config():
     loss_keys = {key.split(".", 1)[1] for key in SCHEMA if key.startswith("loss.")}
     for name, method in methods.REGISTRY.items():
         assert method.name == name and method.display
-        assert method.stages in (methods.TWO_STAGE, methods.BASELINE)
+        assert method.stages in (methods.TWO_STAGE, methods.BASELINE, methods.PROBE)
         assert set(method.fixed) <= loss_keys and set(method.free) <= set(methods.TUNABLE)
+        # a fair comparison tunes only real config keys, and a contrastive method its own loss keys
+        assert set(method.search_space) <= set(SCHEMA)
+        assert {f"loss.{name}" for name in method.free} <= set(method.search_space)
         assert not set(method.fixed) & set(method.free)
         assert method.contrastive == (method.stages == methods.TWO_STAGE)
     assert methods.PROPOSED in methods.REGISTRY
@@ -44,7 +47,7 @@ def test_loss_factory_builds_the_configured_loss(name):
 def test_ce_has_no_contrastive_loss():
     with pytest.raises(ValueError, match="no contrastive loss"):
         methods.get_method("ce").build_loss(LossConfig())
-    with pytest.raises(ConfigError, match="unknown method 'nope'.*ce, la, supcon"):
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*probe, ce, la, supcon"):
         methods.get_method("nope")
 
 

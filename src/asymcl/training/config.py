@@ -1,16 +1,14 @@
 """The run configuration: typed sections with their defaults, checks and help; ``--set key=value``.
 
-A config is a :class:`RunConfig`: the top-level fields ``method`` and ``seed`` and the sections
-``data``, ``model``, ``loss``, ``stage1``, ``stage2``, ``trainer`` (dataclasses). Code reads it
-as attributes (``config.loss.gamma``); ``config["loss"]["gamma"]`` also works, for code written
-against the earlier nested-dict form. Keys are addressed as dotted names (``loss.gamma``) on the
+A config is a :class:`RunConfig`: the top-level fields ``method``, ``seed``, ``schedule`` and the
+sections (dataclasses). Code reads attributes (``config.loss.gamma``); ``config["loss"]["gamma"]``
+also works. Keys are addressed as dotted names (``loss.gamma``) on the
 command line and in sweeps; a YAML file may use nested sections, dotted names, or both.
 
 Every field is declared once, with :func:`option` (default, check, help text): :data:`SCHEMA`,
 the unknown-key suggestions and the one-line errors are derived from the declarations, so adding
-a key is one line. Dataclasses rather than pydantic: no new dependency, and the checks are the
-existing ones, so every error message (key, what is allowed, the value given, the key's help)
-and every accepted spelling (``0,6`` for a list, ``2`` for a float) stay exactly as they were.
+a key is one line. Dataclasses rather than pydantic: no new dependency, and every error message
+and accepted spelling (``0,6`` for a list, ``2`` for a float) stayed as it was.
 
 ``resolve_config`` fills every default, checks every key, type and value, and lets the method
 registry (:mod:`asymcl.training.methods`) fix and fill the method's loss parameters (e.g. ``fcl``
@@ -33,7 +31,7 @@ from asymcl.data.augment import PRESETS as AUGMENT_PRESETS
 from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
 from asymcl.training import config_checks as check
-from asymcl.training.methods import JOINT, SCHEDULES, get_method
+from asymcl.training.methods import JOINT, PROBE, SCHEDULES, get_method
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -93,6 +91,8 @@ class DataConfig(_Section):
                                  "validation share of training pool")
     test_fraction: float = option(_spec_default("test_fraction"), check.number(0.0, exclusive=True, maximum=1.0),
                                   "test share carved from the pool when the source has no test split")
+    val_per_class: int | None = option(None, check.integer(1, optional=True), "balanced validation: N images per "
+                                       "class held out before the imbalance profile (null: val_fraction)")
     csv_path_column: str | None = option(None, check.optional_str, "image-path column of a csv source (null: found by name)")
     csv_label_column: str | None = option(None, check.optional_str, "label column of a csv source (null: found by name)")
     image_size: int | None = option(None, check.integer(4, optional=True), "resize images to this side (null: native)")
@@ -165,7 +165,16 @@ class Stage2Config(_Section):
     focal_gamma: float = option(2.0, check.number(0.0), "gamma of the focal classification loss")
     logit_tau: float = option(1.0, check.number(0.0), "tau of logit-adjusted cross-entropy")
     sampler: str = option("random", check.choice("random", "class_balanced"), "batch sampling (also the baseline's)")
-    augment: bool = option(False, check.boolean, "augment images while training the classifier")
+    augment: bool = option(False, check.boolean, "train the final classifier on augmented images (a cached view "
+                           "when training from the feature cache, where the baselines follow it too) instead of clean ones")
+
+
+@dataclass
+class ProbeConfig(_Section):
+    """``method=probe``: LogisticRegression(class_weight="balanced") on the frozen encoder's features."""
+
+    c: float = option(1.0, check.number(0.0, exclusive=True), "inverse regularisation strength C of the probe")
+    max_iter: int = option(2000, check.integer(10), "L-BFGS iterations of the probe")
 
 
 @dataclass
@@ -194,7 +203,8 @@ class TrainerConfig(_Section):
 class RunConfig(_Section):
     """A whole, resolved run config (build it with :func:`resolve_config`)."""
 
-    method: str = option("afcl", check.method, "ce or la (end-to-end baselines) or a contrastive loss (supcon, cl, fcl, acl, afcl)")
+    method: str = option("afcl", check.method, "a method of the registry (asymcl.training.methods): a baseline "
+                         "(probe, ce, la) or a contrastive loss (supcon, cl, fcl, acl, afcl)")
     seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
     schedule: str = option("two_stage", check.choice(*SCHEDULES),
                            "two_stage (contrastive pre-training, then a linear probe) or joint (one stage: "
@@ -205,6 +215,7 @@ class RunConfig(_Section):
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     joint: JointConfig = field(default_factory=JointConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     @property
@@ -385,7 +396,7 @@ def resolve_config(base: dict | RunConfig | None = None,
     loss = method.resolve_loss(
         {name.split(".", 1)[1]: value for name, value in flat.items() if name.startswith("loss.")})
     flat.update({f"loss.{name}": value for name, value in loss.items()})
-    _resolve_levers(flat, method)
+    check.resolve_levers(flat, method)
 
     dataset = DATASETS[flat["data.dataset"]]
     if dataset.needs_root:
@@ -396,44 +407,14 @@ def resolve_config(base: dict | RunConfig | None = None,
         if not Path(root).expanduser().exists():
             raise ConfigError(f"data.root {root} does not exist")
     _check_backbone_options(flat)
+    if method.stages == PROBE and flat["model.pretrained"] is None:
+        raise ConfigError("method probe needs a pretrained encoder's features: set model.pretrained (e.g. "
+                          "imagenet with an efficientnet_lite backbone) or choose another method")
     if flat["data.imbalance"] and flat["data.imbalance"].startswith("binary:"):
         classes = flat["data.classes"]
         if classes is not None and len(classes) != 2:
             raise ConfigError(f"data.imbalance binary:* needs exactly two data.classes, got {classes}")
     return _from_flat(flat)
-
-
-def _resolve_levers(flat: dict[str, Any], method) -> None:
-    """The schedule, the stage-1 sampler and the classification loss a method or schedule fixes.
-
-    ``la`` and the joint schedule train on logit-adjusted CE: ``stage2.loss`` is written as
-    ``logit_adjusted`` so that config.yaml says what ran (``ce``, the default, counts as unset).
-    ``la`` is logit adjustment as Menon et al. train it, on naturally sampled batches: its
-    ``stage2.sampler`` is ``random`` (a class-balanced sampler would cancel the adjustment, and the
-    reproduce presets give every other method class-balanced classifier batches).
-    """
-    joint = flat["schedule"] == "joint"
-    if not method.contrastive:
-        if joint:
-            raise ConfigError(f"schedule=joint needs a contrastive loss; method {method.name} has none "
-                              "(choose supcon, cl, fcl, acl or afcl, or schedule=two_stage)")
-        if flat["stage1.sampler"] != "random":
-            raise ConfigError(f"stage1.sampler={flat['stage1.sampler']} has no effect with method {method.name} "
-                              "(an end-to-end baseline samples with stage2.sampler); remove it")
-    fixed_loss = method.classification_loss or ("logit_adjusted" if joint else None)
-    if fixed_loss is not None:
-        if flat["stage2.loss"] not in ("ce", fixed_loss):
-            what = f"method {method.name}" if method.classification_loss else "schedule=joint"
-            raise ConfigError(f"stage2.loss={flat['stage2.loss']} contradicts {what}, which trains on "
-                              f"{fixed_loss} cross-entropy; remove stage2.loss")
-        flat["stage2.loss"] = fixed_loss
-    if method.classification_loss == "logit_adjusted":
-        flat["stage2.sampler"] = "random"
-    if joint:
-        if flat["joint.weight"] is None:
-            flat["joint.weight"] = 1.0
-    elif flat["joint.weight"] is not None:
-        raise ConfigError("joint.weight is only used with schedule=joint; set schedule=joint or remove it")
 
 
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from asymcl.errors import DataError
+from asymcl.errors import ConfigError, DataError
 
 
 def choice(*allowed: str) -> Callable[[Any], Any]:
@@ -145,3 +145,36 @@ def devices(value: Any) -> Any:
     if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
         return value
     raise ValueError("must be 'auto', a count >= 1, or a list of device indices")
+
+
+def resolve_levers(flat: dict[str, Any], method) -> None:
+    """The schedule, the stage-1 sampler and the classification loss a method or schedule fixes.
+
+    ``la`` and the joint schedule train on logit-adjusted CE: ``stage2.loss`` is written as
+    ``logit_adjusted`` so that config.yaml says what ran (``ce``, the default, counts as unset).
+    ``la`` is logit adjustment as Menon et al. train it, on naturally sampled batches: its
+    ``stage2.sampler`` is ``random`` (a class-balanced sampler would cancel the adjustment, and the
+    reproduce presets give every other method class-balanced classifier batches).
+    """
+    joint = flat["schedule"] == "joint"
+    if not method.contrastive:
+        if joint:
+            raise ConfigError(f"schedule=joint needs a contrastive loss; method {method.name} has none "
+                              "(choose supcon, cl, fcl, acl or afcl, or schedule=two_stage)")
+        if flat["stage1.sampler"] != "random":
+            raise ConfigError(f"stage1.sampler={flat['stage1.sampler']} has no effect with method {method.name} "
+                              "(an end-to-end baseline samples with stage2.sampler); remove it")
+    fixed_loss = method.classification_loss or ("logit_adjusted" if joint else None)
+    if fixed_loss is not None:
+        if flat["stage2.loss"] not in ("ce", fixed_loss):
+            what = f"method {method.name}" if method.classification_loss else "schedule=joint"
+            raise ConfigError(f"stage2.loss={flat['stage2.loss']} contradicts {what}, which trains on "
+                              f"{fixed_loss} cross-entropy; remove stage2.loss")
+        flat["stage2.loss"] = fixed_loss
+    if method.classification_loss == "logit_adjusted":
+        flat["stage2.sampler"] = "random"
+    if joint:
+        if flat["joint.weight"] is None:
+            flat["joint.weight"] = 1.0
+    elif flat["joint.weight"] is not None:
+        raise ConfigError("joint.weight is only used with schedule=joint; set schedule=joint or remove it")

@@ -27,11 +27,14 @@ from asymcl.errors import ConfigError
 #: Stage names of the two schedules in use (run directories, checkpoints, metrics.json keys).
 TWO_STAGE = ("stage1", "stage2")
 BASELINE = ("baseline",)
+#: ``probe``: no gradient training; a class-weighted logistic regression (scikit-learn) on the frozen
+#: encoder's clean features, folded into the same linear classifier the other methods train.
+PROBE = ("probe",)
 #: ``schedule=joint``: one stage in which encoder, projection head and classifier train together
 #: on logit-adjusted CE + ``joint.weight`` * the method's contrastive loss (any contrastive method).
 JOINT = ("joint",)
 #: Each stage's own offset in the seeds of its initial weights, batches and augmentations.
-STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3, "joint": 4}
+STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3, "joint": 4, "probe": 5}
 #: Schedules a contrastive method can train with (``schedule`` in the run config).
 SCHEDULES = ("two_stage", "joint")
 
@@ -61,6 +64,29 @@ def _supcon_factory(loss, gather_distributed: bool):
 
 
 @dataclass(frozen=True)
+class Relative:
+    """Search-space values given as factors of the comparison's base value of the key (a learning
+    rate that suits a small CNN does not suit an adapter on frozen features): ``Relative(1, 1/3, 3)``
+    with a base ``stage1.lr`` of 1e-3 is (1e-3, 3.3e-4, 3e-3)."""
+
+    factors: tuple[float, ...]
+
+    def __init__(self, *factors: float):
+        object.__setattr__(self, "factors", tuple(float(f) for f in factors))
+
+    def values(self, base: float) -> tuple[float, ...]:
+        return tuple(float(f"{base * factor:.4g}") for factor in self.factors)
+
+
+#: The learning rate of whatever trains: every method tunes it within its budget (stage 1's
+#: settings train the contrastive stage and the end-to-end baselines alike).
+_LR = {"stage1.lr": Relative(1.0, 1 / 3, 3.0)}
+_TEMPERATURE = {"loss.temperature": (0.1, 0.07, 0.2, 0.05, 0.3)}
+_GAMMA = {"loss.gamma": (1.0, 2.0, 4.0, 0.5, 8.0)}
+_ETA = {"loss.eta": (10.0, 50.0, 100.0, 5.0, 300.0)}
+
+
+@dataclass(frozen=True)
 class Method:
     """One training method.
 
@@ -79,10 +105,20 @@ class Method:
     free: tuple[str, ...] = ()
     #: ``stage2.loss`` the method fixes (``la`` is the baseline trained on logit-adjusted CE).
     classification_loss: str | None = None
+    #: What a fair comparison may tune for it: dotted config key -> candidate values (a tuple, or a
+    #: :class:`Relative` of the comparison's base value), the first of each being the default. A
+    #: comparison gives every method the same number of settings drawn from its own space
+    #: (:mod:`asymcl.experiments.fair`), so a new method states its space here and inherits the rule.
+    search_space: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def contrastive(self) -> bool:
         return self.loss_factory is not None
+
+    @property
+    def end_to_end(self) -> bool:
+        """Encoder and classifier trained together in one stage (the CE and LA baselines)."""
+        return self.stages == BASELINE
 
     @property
     def tunable_keys(self) -> frozenset[str]:
@@ -130,19 +166,30 @@ class Method:
 
 
 _ALL = (
-    Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)"),
+    Method("probe", "Probe", PROBE, "class-weighted logistic regression (scikit-learn) on the frozen pretrained "
+           "encoder's clean features; probe.c is its inverse regularisation",
+           search_space={"probe.c": (1.0, 0.1, 0.01, 10.0, 0.03, 0.3, 3.0, 100.0, 0.001, 30.0)}),
+    Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)",
+           search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2)}),
     Method("la", "LA", BASELINE, "end-to-end logit-adjusted cross-entropy baseline (Menon et al. 2021; "
-           "stage2.logit_tau, natural sampling, stage1 optimisation)", classification_loss="logit_adjusted"),
+           "stage2.logit_tau, natural sampling, stage1 optimisation)", classification_loss="logit_adjusted",
+           search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2),
+                         "stage2.logit_tau": (1.0, 0.5, 1.5, 2.0)}),
     Method("supcon", "SupCon", TWO_STAGE, "supervised contrastive loss, SupCon's per-anchor averaging",
-           _supcon_factory, {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}, ("temperature",)),
+           _supcon_factory, {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}, ("temperature",),
+           search_space={**_TEMPERATURE, **_LR}),
     Method("cl", "CL", TWO_STAGE, "contrastive loss (AFCL with gamma = eta = 0)",
-           _afcl_factory, {"gamma": 0.0, "eta": 0.0}, ("temperature",)),
+           _afcl_factory, {"gamma": 0.0, "eta": 0.0}, ("temperature",),
+           search_space={**_TEMPERATURE, **_LR}),
     Method("fcl", "FCL", TWO_STAGE, "focal contrastive loss (AFCL with eta = 0)",
-           _afcl_factory, {"eta": 0.0}, ("gamma", "temperature")),
+           _afcl_factory, {"eta": 0.0}, ("gamma", "temperature"),
+           search_space={**_GAMMA, **_TEMPERATURE, **_LR}),
     Method("acl", "ACL", TWO_STAGE, "asymmetric contrastive loss (AFCL with gamma = 0)",
-           _afcl_factory, {"gamma": 0.0}, ("eta", "temperature")),
+           _afcl_factory, {"gamma": 0.0}, ("eta", "temperature"),
+           search_space={**_ETA, **_TEMPERATURE, **_LR}),
     Method("afcl", "AFCL", TWO_STAGE, "asymmetric focal contrastive loss (the proposed method)",
-           _afcl_factory, {}, ("gamma", "eta", "temperature")),
+           _afcl_factory, {}, ("gamma", "eta", "temperature"),
+           search_space={**_GAMMA, **_ETA, **_TEMPERATURE, **_LR}),
 )
 
 #: name -> Method, in the order tables list them: baselines first, the proposed loss last.

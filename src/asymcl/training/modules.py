@@ -361,8 +361,12 @@ class EndToEndModule(_Base):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         inputs, labels = batch
         if self.feature_caches is not None:
-            # The same adapter as the two-stage methods train, on one cached view per image.
-            features = self.encoder.from_frozen(self._cached("train", inputs, view="one"))
+            # The same adapter as the two-stage methods train, on what their classifier reads
+            # (stage2.augment): the clean image's features or one cached view per image. Views for
+            # the baselines and clean features for the rest made the baselines' classifiers read a
+            # harder input than everyone else's (2-4 UA points on ISIC).
+            view = "one" if self.config.stage2.augment else "clean"
+            features = self.encoder.from_frozen(self._cached("train", inputs, view=view))
         else:
             with torch.no_grad():
                 inputs = self.augment(inputs)

@@ -41,6 +41,7 @@ from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import CheckpointError, ConfigError
 from asymcl.training.callbacks import EpochLines, HistoryCallback
 from asymcl.training.checkpoints import SafeCheckpointIO, load_module_weights
+from asymcl.training.evaluation import evaluate, split_metrics  # noqa: F401  (public here too)
 from asymcl.training.config import RunConfig, resolve_config
 from asymcl.training.methods import STAGE_OFFSETS
 from asymcl.training.run_data import RunData, SplitsDataModule, data_spec  # noqa: F401  (data_spec: public here too)
@@ -143,6 +144,10 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
         module = ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
     elif stage == "stage2":
         module = LinearProbeModule(*common, class_counts=data.class_counts)
+    elif stage == "probe":
+        from asymcl.training.probe import ProbeModule
+
+        module = ProbeModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
     elif stage == "joint":
         from asymcl.training.joint import JointModule
 
@@ -286,36 +291,6 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         raise CheckpointError(f"stage {stage} finished without writing {ckpt_dir / 'best.ckpt'}")
 
 
-@torch.no_grad()
-def evaluate(module, data: RunData, split: str, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Features (N, F), logits (N, K), labels (N,) of ``split`` under ``module`` in eval mode."""
-    module.eval()
-    device = next(module.parameters()).device
-    loader = data.loader(split, batch_size, train=False, seed=0)
-    features, logits, labels = [], [], []
-    from asymcl.training.data_module import to_float_images
-
-    for inputs, targets in loader:
-        inputs = inputs.to(device)
-        if data.feature_caches is None:
-            inputs = to_float_images(inputs)
-        feats = module.encode(inputs, split)
-        features.append(feats.float().cpu())
-        logits.append(module.classifier(feats).float().cpu())
-        labels.append(torch.as_tensor(targets).cpu())
-    return {"features": torch.cat(features).numpy(), "logits": torch.cat(logits).numpy(),
-            "labels": torch.cat(labels).numpy()}
-
-
-def split_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-    from asymcl.training.modules import metric_collection, metrics_to_python
-
-    # Local only: under DDP this runs on rank 0 alone, and a syncing metric would wait for the others.
-    metrics = metric_collection(num_classes, sync_on_compute=False)
-    metrics.update(torch.as_tensor(logits), torch.as_tensor(labels))
-    return metrics_to_python(metrics.compute())
-
-
 #: The ISIC 2018 Task 3 submission of an isic2018 run's official test set, in the run directory.
 ISIC_SUBMISSION = "submission_isic2018_test.csv"
 
@@ -407,7 +382,15 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
     for stage in stages_for(config):
         if stage in metrics["stages_complete"]:
             continue
-        _train_stage(stage, config, data, run_dir, recorder, callbacks, verbose)
+        if stage == "probe":  # scikit-learn fits it: no Lightning loop, no epochs
+            import lightning.pytorch as pl
+
+            from asymcl.training.probe import train_probe
+
+            pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stage], workers=True, verbose=False)
+            train_probe(build_module(stage, config, data), config, data, run_dir, recorder)
+        else:
+            _train_stage(stage, config, data, run_dir, recorder, callbacks, verbose)
         recorder.reload_history()
         metrics["stages_complete"].append(stage)
         recorder.save()

@@ -18,7 +18,7 @@ def data_spec(config: RunConfig):
     data = config.data
     return DataSpec(dataset=data.dataset, root=data.root, imbalance=data.imbalance,
                     classes=data.classes, val_fraction=data.val_fraction,
-                    test_fraction=data.test_fraction, seed=config.seed,
+                    test_fraction=data.test_fraction, val_per_class=data.val_per_class, seed=config.seed,
                     image_size=data.image_size, csv_path_column=data.csv_path_column,
                     csv_label_column=data.csv_label_column)
 
