@@ -65,6 +65,8 @@ class DataSpec:
     val_fraction: share of the (imbalanced) training pool carved out for validation when the
         source has no official validation set.
     test_fraction: share of the pool carved out for testing when the source has no test set.
+    val_per_class: ``None``, or a balanced validation set of this many images per class, held out
+        of the training pool before the imbalance profile is applied (replaces ``val_fraction``).
     seed: fixes every split and subset.
     image_size: ``None`` (native size) or an int / ``(height, width)`` to resize to.
     cache: keep decoded JPEGs under ``~/.cache/asymcl`` (``$ASYMCL_CACHE_DIR``) for ``load_all``.
@@ -80,6 +82,9 @@ class DataSpec:
     val_fraction: float = _cli(0.2, "validation share of the training pool (default: 0.2)", type=float)
     test_fraction: float = _cli(0.25, "share carved out as test when the source has no test split (default: 0.25)",
                                 type=float)
+    val_per_class: int | None = _cli(
+        None, "a balanced validation set: this many images per class, held out of the pool before the imbalance "
+        "profile (instead of val_fraction)", type=int, metavar="N")
     seed: int = _cli(0, "fixes every split and subset", type=int)
     image_size: int | tuple[int, int] | None = _cli(None, "resize to this square size", type=int)
     cache: bool = True
@@ -103,6 +108,9 @@ class DataSpec:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
                 raise DataError(f"{name}={value!r} must be a number in [0, 1)")
+        if self.val_per_class is not None and (isinstance(self.val_per_class, bool) or not isinstance(
+                self.val_per_class, numbers.Integral) or self.val_per_class < 1):
+            raise DataError(f"val_per_class={self.val_per_class!r} must be a positive integer (or None)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise DataError(f"seed={self.seed!r} must be a non-negative integer")
 

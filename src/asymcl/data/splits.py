@@ -8,6 +8,10 @@ The protocol (method.md section 5), in order:
    information) gets a seeded, stratified test set carved out of the pool (``test_fraction``,
    25 % by default; grouped by lesion when group ids are known).
 4. The imbalance profile is applied to the training pool (a seeded subset with exact counts).
+4a. ``val_per_class`` (instead of step 5): a balanced validation set of that many images per
+   class is held out of the pool *before* the profile (grouped by lesion where known), as the
+   ImageNet-LT and CIFAR-LT protocols do, so that model selection does not rest on the two or
+   three tail images a 20 % share of an imbalanced pool leaves.
 5. Without an official validation set, a seeded stratified validation split
    (``val_fraction``, 20 % by default) is carved from the imbalanced pool, grouped by lesion
    where the source knows lesion ids, so validation has the same class proportions as training.
@@ -198,6 +202,42 @@ def _every_class_on_both_sides(
     return np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
 
 
+def balanced_holdout(targets: np.ndarray, per_class: int, rng: np.random.Generator,
+                     groups: np.ndarray | None = None, classes: Sequence[str] | None = None) -> np.ndarray:
+    """Sorted indices of ``per_class`` images of every class (seeded). With ``groups``, whole groups
+    are taken in a random order until the class has ``per_class`` images (so a lesion is never on
+    both sides; the class may then get a few more). A class that cannot spare ``per_class`` images
+    and keep one for training is a :class:`DataError`."""
+    targets = np.asarray(targets)
+    held = []
+    for label in range(int(targets.max()) + 1 if targets.size else 0):
+        members = np.flatnonzero(targets == label)
+        name = classes[label] if classes is not None else str(label)
+        if members.size <= per_class:
+            raise DataError(
+                f"class {name} has {members.size} training image(s), too few to hold out a balanced validation set "
+                f"of {per_class} per class and keep some for training; lower data.val_per_class or leave it unset "
+                "(data.val_fraction)")
+        if groups is None:
+            held.append(rng.choice(members, per_class, replace=False))
+            continue
+        member_groups = _unique_groups(groups[members])
+        order = rng.permutation(np.unique(member_groups))
+        taken, count = [], 0
+        for group in order:
+            if count >= per_class:
+                break
+            chosen = members[member_groups == group]
+            taken.append(chosen)
+            count += chosen.size
+        chosen = np.concatenate(taken)
+        if chosen.size >= members.size:
+            raise DataError(f"class {name}: holding out {per_class} validation images by lesion leaves none for "
+                            "training; lower data.val_per_class")
+        held.append(chosen)
+    return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+
+
 def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), stream])
 
@@ -249,6 +289,17 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
             + (", grouped" if "train" in groups else "")
             + f", seed {spec.seed}"
         )
+
+    if spec.val_per_class is not None and "val" not in pools:
+        held = balanced_holdout(train.targets, spec.val_per_class, _rng(spec.seed, _STREAM_VAL),
+                                groups.get("train"), classes)
+        keep = np.setdiff1d(np.arange(len(train)), held)
+        pools["val"] = train.subset(held)
+        train = train.subset(keep)
+        if "train" in groups:
+            groups["train"] = groups["train"][keep]
+        notes.append(f"val: {spec.val_per_class} images per class held out of the pool before the profile"
+                     + (", grouped by lesion" if "train" in groups else "") + f", seed {spec.seed}")
 
     if profile is not None:
         counts = profile.counts(train.class_counts(), classes)
