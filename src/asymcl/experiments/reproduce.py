@@ -3,14 +3,20 @@
 Each preset is a sweep file (base config + grid, see :mod:`asymcl.experiments.sweep`) followed by the
 report. ``quick`` is sized for 2 CPU cores (a small CNN, few epochs, a subset of the grid, still 3
 seeds); ``full`` is the whole grid for a GPU. ``pretrained`` (isic2018 on its official layout, fmnist-lt) is
-sized for 2 CPU cores too: the frozen ImageNet EfficientNet-Lite (Lite2 and Lite0 side by side for ISIC, Lite0 for Fashion-MNIST) with a trainable adapter, trained
-from the feature cache (extracted once, shared by every run and seed), every registered method. The grids are listed in docs/usage-experiments.md
-and printed by ``asymcl reproduce PRESET --data PATH --dry-run``.
+sized for 2 CPU cores too: the frozen ImageNet EfficientNet-Lite (Lite2 and Lite0 side by side for
+ISIC, Lite0 for Fashion-MNIST) with a trainable adapter, trained from the feature cache (extracted
+once, shared by every run and seed), plus the probe. Every preset is a fair comparison built by
+:mod:`asymcl.experiments.fair` (the same budget of validation-scored settings for every method, the
+same classifier input, epochs and levers); ``asymcl reproduce PRESET --data PATH --dry-run`` prints
+its runs.
 
 Protocol (method.md section 5): the official training set is the pool for training and a stratified,
 seeded validation split (grouped by lesion for ISIC); the official test set is the test set
 (for an imbalance profile also cut to the training profile: ``test_imbalanced``); gamma/eta are
 chosen on validation UA; every number is over >= 3 seeds.
+
+The methods of a preset are listed here (:data:`PRESET_METHODS`): registering a method changes no
+preset; ``--methods`` adds it to a comparison by name.
 """
 
 from __future__ import annotations
@@ -18,13 +24,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 from asymcl.errors import ConfigError
 from asymcl.experiments.report import ReportResult, build_report
-from asymcl.experiments.runs import METHODS
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
 
 PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
@@ -39,6 +44,7 @@ _SEEDS_FULL = [0, 1, 2, 3, 4]
 # method ties at UA = 50%. The sampler is the same for all methods, so the comparison isolates what
 # the stage-1 loss does to the representation.
 _QUICK_TRAINING = {
+    "stage2.augment": False,  # every method's final classifier reads clean images/features
     "model.backbone": "small_cnn",
     "stage1.epochs": 3,
     "stage1.batch_size": 256,
@@ -48,6 +54,7 @@ _QUICK_TRAINING = {
     "trainer.progress_bar": False,
 }
 _FULL_TRAINING = {
+    "stage2.augment": False,  # every method's final classifier reads clean images/features
     "model.backbone": "cifar_resnet18",
     "stage1.epochs": 100,
     "stage1.batch_size": 256,
@@ -57,12 +64,6 @@ _FULL_TRAINING = {
     "trainer.accelerator": "auto",
     "trainer.precision": "bf16-mixed",
     "trainer.progress_bar": False,
-}
-_FULL_LOSS_GRID = {
-    "method": list(METHODS),  # every registered method
-    "loss.gamma": [1.0, 2.0, 4.0],
-    "loss.eta": [10.0, 50.0, 150.0, 300.0],
-    "seed": _SEEDS_FULL,
 }
 
 # pretrained: a frozen ImageNet EfficientNet-Lite + adapter, trained from cached features (clean
@@ -77,11 +78,12 @@ _FULL_LOSS_GRID = {
 # cached; the hue jitter is left out of the augmentation (dermoscopy_lite: cheaper to render, see
 # benchmarks/bench_cache_augment.py; chosen before the cache's augmentation ran on one thread, where
 # the saving is only 14%).
-# Training on cached pooled features is cheap, so every method of the registry runs, 3 seeds.
+# Training on cached pooled features is cheap: the table adds the probe, and 5 seeds (see BUDGETS).
 # A pilot with a 1280-wide adapter and 20 + 20 epochs took about 2 min per run under load 12 (each
 # epoch's two 53 MB checkpoints included) and overfitted: the CE baseline's validation UA peaked at
 # epoch 2 of 20 while its training loss kept falling. Hence a 256-wide adapter and 10 + 10 epochs.
 _PRETRAINED_TRAINING = {
+    "stage2.augment": False,  # every method's final classifier reads clean images/features
     "model.backbone": "efficientnet_lite0",
     "model.pretrained": "imagenet",
     "model.finetune": "frozen",
@@ -102,7 +104,6 @@ _PRETRAINED_DATA = {
                  "data.augment": "dermoscopy_lite"},
     "fmnist-lt": {"data.imbalance": "exp:100"},  # the full 60,000-image pool; Lite upsamples 28 -> 128 px
 }
-_PRETRAINED_GRID = {"loss.gamma": [1.0, 4.0], "loss.eta": [10.0, 100.0], "seed": _SEEDS_QUICK}
 
 # gpu (issue 12): what one short window of one H100/H200 can run (benchmarks/gpu/run.sh calls it,
 # with a time limit per preset). ISIC at 224 px with the pretrained Lite0 fine-tuned end to end
@@ -112,6 +113,7 @@ _PRETRAINED_GRID = {"loss.gamma": [1.0, 4.0], "loss.eta": [10.0, 100.0], "seed":
 # script's training-throughput step measures images/s before the profiles run; the first GPU session
 # sets the epochs from that figure (docs/results.md says which were used).
 _GPU_TRAINING = {
+    "stage2.augment": False,  # every method's final classifier reads clean images/features
     "trainer.accelerator": "auto",
     "trainer.precision": "bf16-mixed",
     "trainer.channels_last": True,
@@ -125,29 +127,44 @@ _GPU_DATA = {
     "fmnist-lt": {"data.imbalance": "exp:100", "model.backbone": "small_cnn", "stage1.epochs": 15,
                   "stage1.batch_size": 512, "stage2.epochs": 5, "stage2.batch_size": 512},
 }
-_GPU_GRID = {"method": ["ce", "la", "supcon", "afcl"], "loss.gamma": [1.0], "loss.eta": [50.0], "seed": [0, 1]}
 
-# Every profile runs every registered method (CE, LA, SupCon, CL, FCL, ACL, AFCL: the paper's
-# comparison and the baselines users pick instead). quick, sized for 2 CPU cores within 45 minutes
-# from the measured run times (docs/results.md; about 70-80 s per LT/ISIC run): gamma = 2 for
-# FCL/AFCL and eta in {50, 150} for ACL/AFCL, chosen on validation: 9 runs per seed. The binary
-# preset has two settings, so it keeps eta = 150 only (7 runs per seed and setting): one point per
-# method beats dropping a method. full: gamma x eta = 3 x 4 chosen on validation.
-_QUICK_LOSS_GRID = {"method": list(METHODS), "loss.gamma": [2.0], "loss.eta": [50.0, 150.0], "seed": _SEEDS_QUICK}
-GRIDS: dict[str, dict[str, dict[str, Any]]] = {
-    "fmnist-binary": {
-        "quick": {"data.imbalance": ["binary:10", "binary:100"], **_QUICK_LOSS_GRID, "loss.eta": [150.0]},
-        "full": {"data.imbalance": ["binary:10", "binary:50", "binary:100"], **_FULL_LOSS_GRID},
-    },
-    "fmnist-lt": {
-        "quick": {"data.imbalance": ["exp:100:1000"], **_QUICK_LOSS_GRID},
-        "full": {"data.imbalance": ["exp:10", "exp:100"], **_FULL_LOSS_GRID},
-    },
-    "isic2018": {
-        "quick": dict(_QUICK_LOSS_GRID),
-        "full": dict(_FULL_LOSS_GRID),
-    },
+# The methods of each profile's table, listed here, not taken from the registry: registering a
+# method (a plugin's, say) never changes a preset; a user adds it to a comparison by name
+# (`--methods`). CE and LA are the baselines practitioners use; the probe (a class-weighted logistic
+# regression on the frozen encoder's clean features) is the one-liner every pretrained table must beat.
+PAPER_TABLE = ("ce", "la", "supcon", "cl", "fcl", "acl", "afcl")
+PRESET_METHODS: dict[str, tuple[str, ...]] = {
+    "quick": PAPER_TABLE,
+    "full": PAPER_TABLE,
+    "pretrained": ("probe", *PAPER_TABLE),
+    "gpu": ("ce", "la", "supcon", "afcl"),
 }
+
+# The budget: validation-scored settings per method, the same for every method of a table
+# (experiments/fair.py draws them from each method's own search space). Sized from the per-run
+# times of the last measured runs (docs/results.md): on 2 cores a quick table of 7 methods x 2
+# settings x 3 seeds is 42 runs (fmnist-lt quick ran 27 runs in 17 min with --workers 2), and the
+# pretrained ISIC table of 7 trained methods x 2 settings x 5 seeds is 70 runs of about 17 s (36
+# took 10 min) plus 10 probe fits of seconds, after the 29-min extraction. A table that does not
+# fit gets fewer settings for every method, never fewer for some.
+BUDGETS = {"quick": 2, "full": 8, "pretrained": 2, "gpu": 1}
+SEEDS = {"quick": _SEEDS_QUICK, "full": _SEEDS_FULL, "pretrained": _SEEDS_FULL, "gpu": [0, 1]}
+
+# The shared grid of each preset (what every method runs over besides its own settings and seeds).
+# Quick binary keeps rho = 100, the hard end, so that every method gets two settings within budget
+# (the rho axis is the power study's, docs/results.md).
+GRIDS: dict[str, dict[str, dict[str, Any]]] = {
+    "fmnist-binary": {"quick": {"data.imbalance": ["binary:100"]},
+                      "full": {"data.imbalance": ["binary:10", "binary:50", "binary:100"]}},
+    "fmnist-lt": {"quick": {"data.imbalance": ["exp:100:1000"]}, "full": {"data.imbalance": ["exp:10", "exp:100"]}},
+    "isic2018": {"quick": {}, "full": {}},
+}
+# Fashion-MNIST has thousands of official training images the profile leaves out: validation is a
+# balanced set drawn from the pool before the profile (as ImageNet-LT and CIFAR-LT do), not 20% of
+# the imbalanced pool, which left two images of a tail class to choose gamma, eta and the epoch on.
+# ISIC's validation is a lesion-grouped 20% of its natural pool; its DF and VASC have about a dozen
+# images there, which the report prints.
+_FMNIST_VALIDATION = {"data.val_per_class": 200}
 # Fashion-MNIST-LT quick caps the head class at 1,000 images (exp:100:1000, about 2,500 images in
 # all instead of 15,000), which buys 15 stage-1 epochs (about 230 steps of 128) within budget: with
 # the uncapped pool and 2 epochs the contrastive stage had barely started to learn.
@@ -169,7 +186,7 @@ def _data_base(preset: str, data: Path, profile: str) -> dict[str, Any]:
         base = {"data.dataset": "fashion-mnist", "data.root": str(data)}
         if preset == "fmnist-binary":
             base["data.classes"] = [0, 6]  # T-shirt/top (majority) vs Shirt: the hard pair
-        return base
+        return {**base, **_FMNIST_VALIDATION}
     # isic2018: the official folder layout, or an .npz such as isic2018_28px.npz
     if data.is_file() and data.suffix == ".npz":
         return {"data.dataset": "npz", "data.root": str(data)}
@@ -179,8 +196,14 @@ def _data_base(preset: str, data: Path, profile: str) -> dict[str, Any]:
     raise ConfigError(f"--data {data}: expected the ISIC 2018 folder (official layout) or an .npz file")
 
 
-def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[str, Any]:
-    """The sweep file (as a mapping) that ``reproduce PRESET --profile PROFILE`` runs."""
+def preset_spec(preset: str, data: str | Path, profile: str = "quick", *,
+                methods: Sequence[str] | None = None, budget: int | None = None) -> dict[str, Any]:
+    """The sweep file (as a mapping) that ``reproduce PRESET --profile PROFILE`` runs: the preset's
+    base config, its shared grid (with the seeds) and every method's equal share of settings
+    (:func:`asymcl.experiments.fair.comparison_spec`). ``methods``/``budget``: instead of the
+    profile's own (:data:`PRESET_METHODS`, :data:`BUDGETS`)."""
+    from asymcl.experiments.fair import comparison_spec
+
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (allowed: {', '.join(PRESETS)})")
     if profile not in PROFILES:
@@ -189,45 +212,29 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick") -> dict[s
     if not data.exists():
         raise ConfigError(f"--data {data} does not exist")
     if profile == "pretrained":
-        return _pretrained_spec(preset, data)
-    if profile == "gpu":
-        return _gpu_spec(preset, data)
-    base = {**(_QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
-    base.update(_PRESET_OVERRIDES.get((preset, profile), {}))
-    if preset == "isic2018" and profile == "full":
-        base["model.backbone"] = "resnet18"
-    return {
-        "name": f"{preset}-{profile}",
-        "description": f"asymcl reproduce {preset} --profile {profile}",
-        "base": base,
-        "grid": copy.deepcopy(GRIDS[preset][profile]),
-    }
+        base, grid = _official_layout(profile, preset, data, _PRETRAINED_TRAINING, _PRETRAINED_DATA)
+    elif profile == "gpu":
+        base, grid = _official_layout(profile, preset, data, _GPU_TRAINING, _GPU_DATA)
+    else:
+        base = {**(_QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
+        base.update(_PRESET_OVERRIDES.get((preset, profile), {}))
+        if preset == "isic2018" and profile == "full":
+            base["model.backbone"] = "resnet18"
+        grid = copy.deepcopy(GRIDS[preset][profile])
+    grid["seed"] = list(SEEDS[profile])
+    return comparison_spec(f"{preset}-{profile}", f"asymcl reproduce {preset} --profile {profile}", base,
+                           list(methods or PRESET_METHODS[profile]), budget or BUDGETS[profile], grid)
 
 
-def _pretrained_spec(preset: str, data: Path) -> dict[str, Any]:
-    # list(METHODS): the registry's methods when the preset is made (a new entry is included)
-    return _official_layout_spec("pretrained", preset, data, _PRETRAINED_TRAINING, _PRETRAINED_DATA,
-                                 {"method": list(METHODS), **_PRETRAINED_GRID})
-
-
-def _gpu_spec(preset: str, data: Path) -> dict[str, Any]:
-    return _official_layout_spec("gpu", preset, data, _GPU_TRAINING, _GPU_DATA, _GPU_GRID)
-
-
-def _official_layout_spec(profile: str, preset: str, data: Path, training: dict[str, Any],
-                          per_preset: dict[str, dict[str, Any]], grid: dict[str, Any]) -> dict[str, Any]:
+def _official_layout(profile: str, preset: str, data: Path, training: dict[str, Any],
+                     per_preset: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A profile that reads ISIC from its official folder (the pretrained encoders need the images,
     not the 28 px .npz) and has its own training settings per preset."""
     if preset not in per_preset:
         raise ConfigError(f"profile {profile} has presets {', '.join(per_preset)}, not {preset}")
     if preset == "isic2018" and not data.is_dir():
         raise ConfigError(f"--data {data}: profile {profile} needs the ISIC 2018 folder (official layout)")
-    return {
-        "name": f"{preset}-{profile}",
-        "description": f"asymcl reproduce {preset} --profile {profile}",
-        "base": {**training, **_data_base(preset, data, profile), **per_preset[preset]},
-        "grid": copy.deepcopy(grid),
-    }
+    return {**training, **_data_base(preset, data, profile), **per_preset[preset]}, {}
 
 
 @dataclass
@@ -239,14 +246,15 @@ class ReproduceResult:
 
 def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = "quick",
               dry_run: bool = False, runner=None, progress=None, command: str | None = None,
-              tsne_points: int = 1000, workers: int = 1) -> ReproduceResult | None:
+              tsne_points: int = 1000, workers: int = 1, methods: Sequence[str] | None = None,
+              budget: int | None = None) -> ReproduceResult | None:
     """Run (or continue) the preset's sweep into ``out`` and write the report to ``out/report``.
 
     ``workers``: worker processes on this machine (:func:`asymcl.experiments.sweep.run_sweep`)."""
     from asymcl.experiments.parallel import check_workers
 
     check_workers(workers)  # before anything is written
-    raw = preset_spec(preset, data, profile)
+    raw = preset_spec(preset, data, profile, methods=methods, budget=budget)
     spec = parse_spec(raw)
     out = Path(out)
     if dry_run:

@@ -91,6 +91,9 @@ class StudyGroup:
 
 def study_groups(spec: SweepSpec, space: Mapping[str, Any]) -> list[StudyGroup]:
     """Groups of the grid that have at least one searched key their method uses."""
+    if spec.settings:
+        raise ConfigError("sweep 'settings' lists each method's settings itself; --optuna searches a 'grid' "
+                          "with a 'method' key instead (remove one of them)")
     fixed_keys = [k for k in spec.grid if k not in SEARCHABLE and k != "seed"]
     seeds = spec.grid.get("seed", [spec.base.get("seed", 0)])
     groups = []

@@ -15,6 +15,13 @@ Sweep file schema (YAML)::
       data.imbalance: ["binary:10", "binary:100"]
     search:                      # optional, used by --optuna only: key -> {low, high, log}
       loss.eta: {low: 1, high: 300, log: true}
+    settings:                    # optional, instead of a 'method' grid key: per method, its own list
+      ce: [{stage1.lr: 0.001}, {stage1.lr: 0.0003}]           # of settings, each run with every
+      afcl: [{loss.gamma: 1, loss.eta: 10}, {loss.gamma: 4, loss.eta: 100}]  # combination of 'grid'
+
+``settings`` is how a fair comparison gives every method its own hyperparameters and the same
+number of them (:mod:`asymcl.experiments.fair` writes it); ``grid`` then holds what every method
+shares (seeds, imbalance profiles).
 
 The runs are the Cartesian product of the grid, with one rule: a loss hyperparameter only varies
 for the methods that use it (:data:`asymcl.experiments.runs.METHOD_PARAMS`). FCL gets eta = 0 and
@@ -56,11 +63,12 @@ from asymcl.experiments.runs import (
     flatten,
     is_complete,
 )
+from asymcl.experiments.sweep_settings import grid_values, parse_settings
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
 from asymcl.training import runlock
 from asymcl.training.methods import get_method
 
-SPEC_KEYS = ("name", "description", "base", "grid", "search")
+SPEC_KEYS = ("name", "description", "base", "grid", "search", "settings")
 SEARCH_FIELDS = ("low", "high", "log")
 SWEEP_MANIFEST = "sweep.json"
 
@@ -93,11 +101,15 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     search: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    #: method -> its list of settings (dotted key -> value); empty: the methods come from ``grid``.
+    settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "base": self.base, "grid": self.grid}
         if self.search:
             out["search"] = self.search
+        if self.settings:
+            out["settings"] = self.settings
         if self.description:
             out["description"] = self.description
         return out
@@ -181,7 +193,9 @@ def parse_spec(raw: Any, *, name: str = "sweep", known: Mapping[str, Any] | None
             raise ConfigError(f"sweep grid key {key!r}: repeated values in {values!r}")
         grid[key] = list(values)
 
-    methods = grid.get(METHOD_KEY) or [base.get(METHOD_KEY, None if known is None else known.get(METHOD_KEY))]
+    settings = parse_settings(raw.get("settings"), grid, check_key, _check_value)
+    methods = list(settings) or grid.get(METHOD_KEY) or [
+        base.get(METHOD_KEY, None if known is None else known.get(METHOD_KEY))]
     for method in methods:
         if method is not None and method not in METHODS:
             raise ConfigError(f"sweep key {METHOD_KEY!r}: unknown method {method!r} (allowed: {', '.join(METHODS)})")
@@ -211,7 +225,7 @@ def parse_spec(raw: Any, *, name: str = "sweep", known: Mapping[str, Any] | None
     spec_name = raw.get("name", name)
     if not isinstance(spec_name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", spec_name):
         raise ConfigError(f"sweep 'name': use letters, digits, '.', '_' or '-', got {spec_name!r}")
-    return SweepSpec(spec_name, base, grid, search, str(raw.get("description", "")))
+    return SweepSpec(spec_name, base, grid, search, str(raw.get("description", "")), settings)
 
 
 def load_spec(path: str | os.PathLike, *, known: Mapping[str, Any] | None = None) -> SweepSpec:
@@ -312,10 +326,9 @@ def expand(spec: SweepSpec, *, default_method: str | None = None) -> list[SweepP
     """All points of the grid, in a stable order, with duplicates (after the method rule) removed."""
     keys = list(spec.grid)
     points: dict[str, SweepPoint] = {}
-    for combination in itertools.product(*(spec.grid[key] for key in keys)):
-        values = dict(zip(keys, combination))
+    for values, point_keys in grid_values(spec, keys):
         method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY, default_method))
-        point = make_point(values, method, keys)
+        point = make_point(values, method, point_keys)
         previous = points.get(point.name)
         if previous is not None and previous.values != point.values:
             raise ConfigError(

@@ -1,0 +1,64 @@
+"""A sweep file's ``settings``: each method's own list of settings, run over the shared ``grid``.
+
+Kept apart from :mod:`asymcl.experiments.sweep` (the grid, naming and running) because it is the
+one part a fair comparison (:mod:`asymcl.experiments.fair`) writes, and to keep both readable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Callable, Mapping
+
+from asymcl.errors import ConfigError
+from asymcl.experiments.runs import METHOD_KEY, METHODS, flatten
+
+
+def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[[str, str], None],
+                   check_value: Callable[[str, Any], None]) -> dict[str, list[dict[str, Any]]]:
+    """``settings``: method -> non-empty list of mappings of dotted keys (see the module docstring)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("sweep 'settings': expected a mapping of method -> list of settings, e.g. "
+                          "{afcl: [{loss.gamma: 1, loss.eta: 10}]}")
+    if METHOD_KEY in grid:
+        raise ConfigError(f"sweep: give the methods either as grid key {METHOD_KEY!r} or as 'settings', not both")
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for method, items in raw.items():
+        if method not in METHODS:
+            raise ConfigError(f"sweep 'settings': unknown method {method!r} (allowed: {', '.join(METHODS)})")
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"sweep 'settings' of {method}: expected a non-empty list of mappings, got {items!r}")
+        parsed = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise ConfigError(f"sweep 'settings' of {method}: each setting is a mapping of config keys, got {item!r}")
+            flat = flatten(item)
+            for key, value in flat.items():
+                check_key(f"sweep 'settings' of {method}", key)
+                if key in grid or key == METHOD_KEY:
+                    raise ConfigError(f"sweep 'settings' of {method}: {key!r} is also a grid key; set it in one place")
+                if isinstance(value, list):
+                    raise ConfigError(f"sweep 'settings' of {method}: {key!r} takes one value per setting, got {value!r}")
+                check_value(f"sweep 'settings' of {method}, key {key!r}", value)
+            parsed.append(flat)
+        if len({json.dumps(p, sort_keys=True) for p in parsed}) != len(parsed):
+            raise ConfigError(f"sweep 'settings' of {method}: a setting is listed twice")
+        settings[str(method)] = parsed
+    return settings
+
+
+def grid_values(spec, keys: list[str]):
+    """(values, the keys that name the point) of every combination, ``settings`` included."""
+    combinations = [dict(zip(keys, combination)) for combination in itertools.product(*(spec.grid[k] for k in keys))]
+    if not spec.settings:
+        for values in combinations:
+            yield values, keys
+        return
+    # Every setting key of every method, in one order, so that names are a function of the values.
+    setting_keys = sorted({key for items in spec.settings.values() for item in items for key in item})
+    for method, items in spec.settings.items():
+        for item in items:
+            for values in combinations:
+                yield {**values, METHOD_KEY: method, **item}, [*keys, METHOD_KEY, *setting_keys]
