@@ -1,4 +1,10 @@
-"""Report step 4b: the paper's claim, tested, and the best recipe against a baseline.
+"""Report step 4b: the paper's claim, tested, and the best recipe against the baselines.
+
+Every verdict is Holm-adjusted within the report's *family* (:func:`adjust_family`): in every
+setting, on the main test split, AFCL against every other row on UA and WA, and the contrastive row
+validation chose against every baseline row (probe, CE, LA) on UA and WA. The raw 95% interval is
+printed beside the adjusted verdict; a comparison outside the family (another test split) is raw
+and labelled so.
 
 The paper (Vito & Stefanus 2022) claims that AFCL beats CL and FCL in WA and in UA. Per setting,
 on the main test split (the first present: the balanced official test set under an imbalance
@@ -27,38 +33,87 @@ CLAIM_TEXT = "AFCL > CL and AFCL > FCL, on WA and on UA"
 
 
 def _fmt(d: dict[str, Any]) -> str:
-    return f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
+    text = f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
+    if d.get("p_holm") is not None:
+        text += f", Holm p = {d['p_holm']:.3g}"
+    return text
+
+
+def significant(d: dict[str, Any]) -> bool:
+    """The family's adjusted verdict when the comparison is in it, else the raw interval's."""
+    if d.get("n", 0) < 2:
+        return False
+    if "holm_significant" in d:
+        return bool(d["holm_significant"])
+    return bool(d["low"] > 0 or d["high"] < 0)
+
+
+def _holm_note(entries: dict) -> str:
+    return " after Holm's adjustment" if any("holm_significant" in d for d in entries.values()) else \
+        " (raw 95% interval)"
+
+
+def family_entries(numbers: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, entry) of every comparison of one setting that is in the report's family."""
+    main = numbers["paper_claim"].get("split")
+    if main is None:
+        return []
+    out = []
+    for method, entry in numbers["comparisons"].items():
+        for metric in CLAIM_METRICS:
+            out.append((f"{numbers['label']}: AFCL - {row_display(method)} {metric.upper()}", entry[f"{main}.{metric}"]))
+    for entry in numbers.get("best_vs_baselines") or []:
+        for metric in CLAIM_METRICS:
+            out.append((f"{numbers['label']}: {entry['display']} - {row_display(entry['baseline'])} {metric.upper()}",
+                        entry[f"{main}.{metric}"]))
+    return out
+
+
+def adjust_family(all_numbers: list[dict[str, Any]], alpha: float = 0.05) -> int:
+    """Holm-adjust every family comparison of the report in place (``p_holm``, ``holm_significant``)
+    and redo the claim sentences with the adjusted verdicts. Returns the family's size."""
+    from asymcl.experiments.stats import holm
+
+    members = [entry for numbers in all_numbers for _, entry in family_entries(numbers)
+               if entry.get("n", 0) >= 2 and entry.get("p") is not None]
+    reject, adjusted = holm([entry["p"] for entry in members], alpha)
+    for entry, r, a in zip(members, reject, adjusted):
+        entry["p_holm"], entry["holm_significant"] = a, r
+    for numbers in all_numbers:
+        claim = numbers["paper_claim"]
+        numbers["paper_claim"] = paper_claim(numbers, claim.get("split"), claim.get("title", ""))
+    return len(members)
 
 
 def paper_claim(numbers: dict[str, Any], split: str | None, title: str = "") -> dict[str, Any]:
     """``{"verdict", "split", "sentence"}`` for one setting (see the module docstring): ``split``
     is the main test split, ``title`` how the report names it."""
     if split is None:
-        return {"verdict": "not tested", "split": None,
+        return {"verdict": "not tested", "split": None, "title": title,
                 "sentence": f"The paper's claim ({CLAIM_TEXT}) could not be tested: no test split."}
     head = f"The paper's claim ({CLAIM_TEXT}) on the {title or split} set"
     missing = [m.upper() for m in (PROPOSED, *CLAIM_OPPONENTS) if m not in numbers["table"]]
     if missing:
-        return {"verdict": "not tested", "split": split,
+        return {"verdict": "not tested", "split": split, "title": title,
                 "sentence": f"{head} could not be tested: no {' or '.join(missing)} runs."}
     entries = {(opponent, metric): numbers["comparisons"][opponent][f"{split}.{metric}"]
                for opponent in CLAIM_OPPONENTS for metric in CLAIM_METRICS}
     if any(d["n"] < 2 for d in entries.values()):
-        return {"verdict": "not tested", "split": split,
+        return {"verdict": "not tested", "split": split, "title": title,
                 "sentence": f"{head} could not be tested: fewer than 2 paired seeds."}
 
     def listed(keys) -> str:
         return "; ".join(f"AFCL - {o.upper()} on {m.upper()} {_fmt(entries[(o, m)])}" for o, m in keys)
 
-    worse = [key for key, d in entries.items() if d["high"] < 0]
-    unclear = [key for key, d in entries.items() if not d["low"] > 0 and not d["high"] < 0]
+    worse = [key for key, d in entries.items() if significant(d) and d["mean"] < 0]
+    unclear = [key for key, d in entries.items() if not significant(d)]
     if worse:
         verdict, detail = "did not hold", f"AFCL was measurably worse ({listed(worse)})"
     elif unclear:
-        verdict, detail = "could not be told apart", f"the 95% interval includes 0 for {listed(unclear)}"
+        verdict, detail = "could not be told apart", f"not significant{_holm_note(entries)} for {listed(unclear)}"
     else:
-        verdict, detail = "held", f"all four paired 95% intervals lie above 0 ({listed(entries)})"
-    return {"verdict": verdict, "split": split, "sentence": f"{head} {verdict}: {detail}."}
+        verdict, detail = "held", f"all four paired differences are above 0{_holm_note(entries)} ({listed(entries)})"
+    return {"verdict": verdict, "split": split, "title": title, "sentence": f"{head} {verdict}: {detail}."}
 
 
 def best_contrastive_row(numbers: dict[str, Any]) -> str | None:
@@ -70,7 +125,7 @@ def best_contrastive_row(numbers: dict[str, Any]) -> str | None:
 
 
 def best_recipe_sentence(entry: dict[str, Any] | None, split: str | None, title: str = "") -> str | None:
-    """One sentence: the best contrastive recipe against the baseline on ``split`` UA."""
+    """One sentence: the contrastive row validation chose against one baseline on ``split`` UA."""
     if entry is None or split is None:
         return None
     d = entry[f"{split}.ua"]
@@ -78,5 +133,7 @@ def best_recipe_sentence(entry: dict[str, Any] | None, split: str | None, title:
     head = f"Best contrastive recipe on validation UA: {entry['display']}; against {name} on {title or split} UA"
     if d["n"] < 2:
         return f"{head} {d['mean'] * 100:+.1f} points (fewer than 2 paired seeds, no interval)."
-    verdict = "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "not separable"
+    verdict = "not separable"
+    if significant(d):
+        verdict = "better" if d["mean"] > 0 else "worse"
     return f"{head}: {_fmt(d)} points ({verdict})."

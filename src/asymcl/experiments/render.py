@@ -138,9 +138,12 @@ def _summary_table(all_numbers: Sequence[dict[str, Any]]) -> Table | None:
 
 
 def _comparison_table(numbers: dict[str, Any]) -> Table | None:
+    from asymcl.experiments.claims import significant
+
     if not numbers["comparisons"]:
         return None
-    table = Table(["AFCL vs", "split", "paired seeds", "Δ UA [95% CI]", "Δ WA [95% CI]", "on UA"], [])
+    table = Table(["AFCL vs", "split", "paired seeds", "Δ UA [raw 95% CI]", "Δ WA [raw 95% CI]", "Holm p (UA, WA)",
+                   "on UA"], [])
     for method, entry in numbers["comparisons"].items():
         for split in [c.split(".")[0] for c in numbers["columns"] if c.endswith(".ua") and not c.startswith("val")]:
             ua, wa = entry[f"{split}.ua"], entry[f"{split}.wa"]
@@ -151,14 +154,19 @@ def _comparison_table(numbers: dict[str, Any]) -> Table | None:
                 text = f"{d['mean'] * 100:+.1f}"
                 return text + (f" [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]" if d["n"] > 1 else " (no CI)")
 
+            def holm_p(d: dict) -> str:
+                return f"{d['p_holm']:.3g}" if d.get("p_holm") is not None else "–"
+
+            in_family = "holm_significant" in ua
             if ua["n"] < 2:
                 verdict = "too few seeds"
-            elif ua["low"] > 0:
-                verdict = "AFCL better"
-            elif ua["high"] < 0:
-                verdict = "AFCL worse"
+            elif significant(ua):
+                verdict = "AFCL better" if ua["mean"] > 0 else "AFCL worse"
             else:
                 verdict = "no clear difference"
+            if not in_family and ua["n"] >= 2:
+                verdict += " (raw)"
             title = split_title(split, any(c.startswith("test_imbalanced.") for c in numbers["columns"]))
-            table.rows.append([display(method), title, str(ua["n"]), fmt(ua), fmt(wa), verdict])
+            table.rows.append([display(method), title, str(ua["n"]), fmt(ua), fmt(wa),
+                               f"{holm_p(ua)}, {holm_p(wa)}" if in_family else "not in family", verdict])
     return table

@@ -73,19 +73,14 @@ class ReportResult:
     numbers: list[dict[str, Any]]
 
 
-def build_report(
-    runs_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    tsne_points: int = 1000,
-    command: str | None = None,
-    progress=None,
-) -> ReportResult:
-    """Write report.md, report.html, report.json and the PNG figures for every finished run under ``runs_dir``."""
-    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+def _load(runs_dir: Path) -> tuple[list[Run], int, bool]:
+    """(runs, unfinished count, from a runs.csv) of a runs directory or a ``runs.csv`` file."""
+    if runs_dir.is_file() and runs_dir.suffix == ".csv":
+        from asymcl.experiments.runs_table import load_runs_csv
+
+        return load_runs_csv(runs_dir), 0, True
     if not runs_dir.is_dir():
-        raise DataError(f"runs directory {str(runs_dir)!r} does not exist")
+        raise DataError(f"runs directory {str(runs_dir)!r} does not exist (give a directory of runs or a runs.csv)")
     all_dirs = list(iter_run_dirs(runs_dir))
     unfinished = [d for d in all_dirs if run_status(d) != "complete"]
     runs = [load_run(d) for d in all_dirs if d not in unfinished]
@@ -94,33 +89,89 @@ def build_report(
             f"no finished runs under {str(runs_dir)!r} (a run directory has config.yaml and a metrics.json "
             f"with status 'complete'; found {len(unfinished)} unfinished)"
         )
+    return runs, len(unfinished), False
+
+
+def _budget_sentence(numbers: dict[str, Any]) -> str:
+    """How many validation-scored settings each row had (a fair table gives all the same number)."""
+    counts = {row: entry["n_candidates"] for row, entry in numbers["table"].items()}
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return (f"Budget: {n} validation-scored setting(s) per method, the same for every row "
+                "(each drawn from the method's own search space).")
+    listed = ", ".join(f"{display(row)} {n}" for row, n in counts.items())
+    return (f"Unequal budgets: validation-scored settings per row were {listed}. Rows with more settings had more "
+            "chances on validation; read the comparisons with that in mind (`asymcl compare` and "
+            "`asymcl reproduce` give every method the same number).")
+
+
+def _validation_sentence(numbers: dict[str, Any]) -> str | None:
+    counts = next((entry["val_counts"] for entry in numbers["table"].values() if entry.get("val_counts")), None)
+    if not counts:
+        return None
+    text = "Validation images per class (model selection rests on these): " + ", ".join(
+        f"{name} {n}" for name, n in counts.items()) + "."
+    smallest = min(counts.values())
+    if smallest < 20:
+        text += (f" The smallest class has {smallest}: one image moves its recall by {100 / smallest:.0f} points, "
+                 "so choices made on validation are noisy here (a balanced validation set, data.val_per_class, "
+                 "or a larger data.val_fraction helps where the data allow).")
+    return text
+
+
+def build_report(
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tsne_points: int = 1000,
+    command: str | None = None,
+    progress=None,
+) -> ReportResult:
+    """Write report.md, report.html, report.json, runs.csv and the PNG figures for every finished
+    run under ``runs_dir`` (or, from a ``runs.csv`` alone, everything but the figures)."""
+    from asymcl.experiments.claims import adjust_family
+    from asymcl.experiments.runs_table import write_runs_csv
+
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    runs, unfinished, from_csv = _load(runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / "figures"
-    figures_dir.mkdir(exist_ok=True)
+    if not from_csv:
+        figures_dir.mkdir(exist_ok=True)
 
     settings = group_settings(runs)
-    blocks: list[tuple] = [("h1", f"asymcl report: {runs_dir.name}")]
-    blocks.append(("p", f"{len(runs)} finished runs under `{runs_dir}` in {len(settings)} setting(s)"
-                   + (f"; {len(unfinished)} unfinished runs ignored." if unfinished else ".")))
+    title = runs_dir.parent.name if from_csv else runs_dir.name
+    blocks: list[tuple] = [("h1", f"asymcl report: {title}")]
+    source = f"the per-run table `{runs_dir}`" if from_csv else f"`{runs_dir}`"
+    blocks.append(("p", f"{len(runs)} finished runs in {source} in {len(settings)} setting(s)"
+                   + (f"; {unfinished} unfinished runs ignored." if unfinished else ".")))
     blocks.append(("p", "Model selection: for each setting and method, the hyperparameters (γ, η, τ and any other "
                    "swept key) with the highest validation UA, averaged over seeds, are chosen; the test splits "
                    "play no part. Numbers are percent, mean ± sample standard deviation over seeds; the best mean "
                    "of each column is bold. Paired comparisons use the seeds both methods have: mean difference "
-                   "and a two-sided t-based 95% confidence interval."))
+                   "and a two-sided t-based 95% confidence interval (raw, not adjusted)."))
     figures: list[Path] = []
-    all_numbers = []
     for setting in settings:
         select(setting)
     settings = [setting for setting in settings if setting.chosen]
-    summary = _summary_table([setting_numbers(setting) for setting in settings])
+    all_numbers = [setting_numbers(setting) for setting in settings]
+    family = adjust_family(all_numbers)
+    blocks.append(("p", f"Verdicts are Holm-adjusted at 5% over the report's family of {family} comparisons: in every "
+                   "setting, on the main test split, AFCL against every other row and the contrastive row chosen on "
+                   "validation against every baseline row (probe, CE, LA), each on UA and on WA. Comparisons on "
+                   "other splits are raw."))
+    summary = _summary_table(all_numbers)
     if summary is not None and len(settings) > 1:
         blocks.append(("h2", "Summary: test UA per setting (chosen hyperparameters)"))
         blocks.append(("table", summary))
-    for setting in settings:
-        numbers = setting_numbers(setting)
-        all_numbers.append(numbers)
+    for setting, numbers in zip(settings, all_numbers):
         blocks.append(("h2", setting.label))
         blocks.append(("table", _results_table(numbers)))
+        blocks.append(("p", _budget_sentence(numbers)))
+        validation = _validation_sentence(numbers)
+        if validation:
+            blocks.append(("p", validation))
         choice_lines = []
         for method in setting.methods:
             chosen = setting.chosen[method]
@@ -132,13 +183,15 @@ def build_report(
             blocks.append(("p", "Chosen on validation UA: " + "; ".join(choice_lines) + "."))
         comparison = _comparison_table(numbers)
         if comparison is not None:
-            blocks.append(("h3", "AFCL against each baseline (paired over seeds, percentage points)"))
+            blocks.append(("h3", "AFCL against each other row (paired over seeds, percentage points)"))
             blocks.append(("table", comparison))
         blocks.append(("p", numbers["paper_claim"]["sentence"]))
-        vs_la = numbers["best_vs_la"]
-        best = vs_la and best_recipe_sentence(vs_la, vs_la["split"], vs_la["split_title"])
-        if best:
-            blocks.append(("p", best))
+        for entry in numbers["best_vs_baselines"]:
+            best = best_recipe_sentence(entry, entry["split"], entry["split_title"])
+            if best:
+                blocks.append(("p", best))
+        if from_csv:
+            continue
         progress(f"[report] figures for {setting.label}")
         plots = [(f"recall_{setting.slug}.png", "Per-class recall", lambda p: figure_recall(setting, "test", p)),
                  (f"confusion_{setting.slug}.png", "Confusion matrices", lambda p: figure_confusion(setting, "test", p))]
@@ -149,15 +202,20 @@ def build_report(
                   (f"curves_{setting.slug}.png", "Training curves", lambda p: figure_curves(setting, p)),
                   (f"tsne_{setting.slug}.png", "t-SNE of test embeddings",
                    lambda p: figure_tsne(setting, p, max_points=tsne_points))]
-        for filename, title, make in plots:
+        for filename, title_text, make in plots:
             path = figures_dir / filename
             if make(path):
                 figures.append(path)
-                blocks.append(("h3", title))
-                blocks.append(("img", f"figures/{filename}", f"{title}: {setting.label}"))
+                blocks.append(("h3", title_text))
+                blocks.append(("img", f"figures/{filename}", f"{title_text}: {setting.label}"))
 
+    runs_csv = out_dir / "runs.csv"
+    if not (from_csv and runs_dir.resolve() == runs_csv.resolve()):
+        write_runs_csv(runs_csv, [(setting.label, setting.runs) for setting in settings])
+    blocks.append(("p", f"Every run's numbers: `runs.csv` ({len(runs)} runs, one row per run and split); "
+                   "`asymcl report runs.csv --out DIR` rebuilds every number of this report from it."))
     blocks.append(("h2", "How these results were made"))
-    commands = _commands(runs_dir, runs)
+    commands = [] if from_csv else _commands(runs_dir, runs)
     blocks.append(("p", "Sweep commands recorded in the run directories:" if commands else
                    "No sweep.json found; each run can be repeated with `asymcl train --config RUN/config.yaml --out RUN`."))
     if commands:
@@ -170,6 +228,6 @@ def build_report(
 
     md_path, html_path, json_path = out_dir / "report.md", out_dir / "report.html", out_dir / "report.json"
     atomic_write_text(md_path, _md(blocks))
-    atomic_write_text(html_path, _html(blocks, f"asymcl report: {runs_dir.name}"))
-    write_json_atomic(json_path, {"runs_dir": str(runs_dir), "settings": all_numbers})
+    atomic_write_text(html_path, _html(blocks, f"asymcl report: {title}"))
+    write_json_atomic(json_path, {"runs_dir": str(runs_dir), "family_size": family, "settings": all_numbers})
     return ReportResult(md_path, html_path, json_path, figures, all_numbers)

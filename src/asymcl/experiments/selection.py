@@ -203,8 +203,25 @@ def _paired(setting: Setting, first: str, second: str) -> dict[str, Any]:
             seeds = [s for s in mine if s in theirs]
             diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
             entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
-                                          "n": diff.n, "seeds": seeds}
+                                          "n": diff.n, "seeds": seeds, "p": diff.p}
     return entry
+
+
+def validation_counts(runs: Sequence[Run]) -> dict[str, int] | None:
+    """Validation images per class (metrics.json ``counts.val``) of the first run that records them."""
+    for run in runs:
+        counts = (run.metrics.get("counts") or {}).get("val")
+        if counts:
+            return {str(k): int(v) for k, v in counts.items()}
+    return None
+
+
+def is_baseline_row(row: str) -> bool:
+    """A plain row of a method without a contrastive loss (probe, CE, LA)."""
+    from asymcl.training.methods import REGISTRY
+
+    method = REGISTRY.get(row)
+    return method is not None and not method.contrastive
 
 
 def setting_numbers(setting: Setting) -> dict[str, Any]:
@@ -214,7 +231,8 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
     for method in setting.methods:
         candidate = setting.chosen[method]
         row = {"params": candidate.params, "seeds": [run.seed for run in candidate.runs],
-               "n_candidates": len(setting.candidates[method])}
+               "n_candidates": len(setting.candidates[method]),
+               "val_counts": validation_counts(candidate.runs)}
         for split, metric in columns:
             stats = mean_std(metric_values(candidate, split, metric).values())
             row[f"{split}.{metric}"] = {"mean": stats.mean, "std": stats.std, "n": stats.n}
@@ -230,10 +248,13 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
     title = split_title(main, "test_imbalanced" in setting.test_splits) if main else ""
     numbers["paper_claim"] = paper_claim(numbers, main, title)
     best = best_contrastive_row(numbers)
-    numbers["best_vs_la"] = None
-    if best is not None and "la" in setting.chosen:
-        numbers["best_vs_la"] = {"row": best, "baseline": "la", "display": row_display(best),
-                                 "split": main, "split_title": title, **_paired(setting, best, "la")}
+    # The contrastive row validation chose, against every baseline row of the table (the probe, CE,
+    # LA: the methods without a contrastive loss, plain rows only).
+    numbers["best_vs_baselines"] = [
+        {"row": best, "baseline": baseline, "display": row_display(best), "split": main, "split_title": title,
+         **_paired(setting, best, baseline)}
+        for baseline in setting.methods if best is not None and is_baseline_row(baseline)]
+    numbers["best_vs_la"] = next((e for e in numbers["best_vs_baselines"] if e["baseline"] == "la"), None)
     return {**numbers,
             "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
                                for c in cands] for m, cands in setting.candidates.items()}}

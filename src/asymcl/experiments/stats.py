@@ -1,6 +1,8 @@
-"""Summary statistics over seeds: mean +- standard deviation and paired t confidence intervals.
+"""Summary statistics over seeds: mean +- standard deviation, paired t confidence intervals, Holm's
+adjustment for a family of comparisons, and the minimum detectable difference of a paired design.
 
-The interval is scipy's (``scipy.stats.ttest_rel(...).confidence_interval``), not re-derived here.
+The interval and p-value are scipy's (``scipy.stats.ttest_rel``), Holm's step-down adjustment and
+the power calculation statsmodels' (``multipletests``, ``TTestPower``): none is re-derived here.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class PairedDifference:
     high: float
     n: int
     confidence: float
+    #: two-sided p-value of the paired t test (NaN when n < 2; 1.0 when every difference is 0)
+    p: float = float("nan")
 
     @property
     def significant(self) -> bool:
@@ -84,5 +88,41 @@ def paired_difference(
         # Identical differences on every seed (s_d = 0) are a legitimate outcome: the interval is
         # then the single point, and scipy's "catastrophic cancellation" warning says nothing new.
         warnings.simplefilter("ignore", RuntimeWarning)
-        interval = stats.ttest_rel(a, b).confidence_interval(confidence)
-    return PairedDifference(mean, float(interval.low), float(interval.high), n, confidence)
+        result = stats.ttest_rel(a, b)
+        interval = result.confidence_interval(confidence)
+    p = float(result.pvalue)
+    if np.isnan(p):  # s_d = 0: no evidence of any spread; a zero mean is no difference at all
+        p = 1.0 if mean == 0 else 0.0
+    return PairedDifference(mean, float(interval.low), float(interval.high), n, confidence, p)
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are left out of the family
+    and come back as (False, NaN)): ``(reject, adjusted p)`` in the input's order. Controls the
+    family-wise error rate at ``alpha`` under any dependence between the comparisons."""
+    from statsmodels.stats.multitest import multipletests
+
+    values = np.asarray(list(pvalues), dtype=np.float64)
+    reject = [False] * values.size
+    adjusted = [float("nan")] * values.size
+    finite = np.flatnonzero(~np.isnan(values))
+    if finite.size:
+        rejected, corrected, _, _ = multipletests(values[finite], alpha=alpha, method="holm")
+        for index, r, c in zip(finite, rejected, corrected):
+            reject[int(index)] = bool(r)
+            adjusted[int(index)] = float(c)
+    return reject, adjusted
+
+
+def min_detectable_difference(sd: float, n: int, *, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean paired difference that a two-sided paired t test on ``n`` pairs with
+    difference standard deviation ``sd`` detects with probability ``power`` at level ``alpha``:
+    ``d * sd``, where d is statsmodels' effect size solving the power equation."""
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    from statsmodels.stats.power import TTestPower
+
+    effect = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(effect) * float(sd)
