@@ -10,8 +10,7 @@ import yaml
 
 from asymcl.cli import main
 from asymcl.errors import ConfigError
-from asymcl.training.methods import METHODS
-from asymcl.experiments.reproduce import GRIDS, PRESETS, preset_spec, reproduce
+from asymcl.experiments.reproduce import BUDGETS, PRESET_METHODS, PRESETS, SEEDS, preset_spec, reproduce
 from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
 
 
@@ -31,13 +30,22 @@ def test_every_preset_resolves_to_valid_run_configs(preset, profile, data_paths)
     points = expand(spec)
     configs = resolve_points(spec, points, _default_resolver())
     methods = {c["method"] for c in configs.values()}
-    assert methods == set(METHODS)  # every registered method in every profile, quick ones included
+    assert methods == set(PRESET_METHODS[profile])  # the profile's listed table
     seeds = {c["seed"] for c in configs.values()}
     assert len(seeds) >= 3
+    # the same budget for every method, and every method's own search space used
+    settings = {m: {json.dumps({k: v for k, v in p.overrides.items() if k != "seed" and not k.startswith("data.")},
+                               sort_keys=True) for p in points if p.overrides["method"] == m} for m in methods}
+    assert {len(s) for s in settings.values()} == {BUDGETS[profile]}
+    runs = {m: len([p for p in points if p.overrides["method"] == m]) for m in methods}
+    assert len(set(runs.values())) == 1
+    assert all(c["stage2"]["augment"] is False for c in configs.values())  # one classifier input for all
     assert all(c["data"]["root"] == str(data_paths[preset]) for c in configs.values())
     if preset == "fmnist-binary":
         assert all(c["data"]["classes"] == [0, 6] for c in configs.values())
-        assert {c["data"]["imbalance"] for c in configs.values()} >= {"binary:10", "binary:100"}
+        assert "binary:100" in {c["data"]["imbalance"] for c in configs.values()}
+    if preset != "isic2018":  # Fashion-MNIST validates on a balanced set drawn before the profile
+        assert all(c["data"]["val_per_class"] == 200 for c in configs.values())
     if profile == "quick":
         assert len(points) <= 42  # the CPU budget: see docs/usage-experiments.md
 
@@ -61,10 +69,14 @@ def test_reproduce_runs_the_sweep_then_writes_the_report(tmp_path, data_paths):
     result = reproduce("isic2018", data_paths["isic2018"], tmp_path / "out", runner=runner,
                        progress=lambda _: None, command="asymcl reproduce isic2018 --data x")
     assert len(runner.calls) == len(expand(parse_spec(preset_spec("isic2018", data_paths["isic2018"]))))
-    assert yaml.safe_load(result.spec_path.read_text())["grid"] == GRIDS["isic2018"]["quick"]
+    written = yaml.safe_load(result.spec_path.read_text())
+    assert written["grid"] == {"seed": SEEDS["quick"]} and set(written["settings"]) == set(PRESET_METHODS["quick"])
     text = result.report.markdown.read_text()
     assert "asymcl reproduce isic2018 --data x" in text and "| AFCL |" in text
-    assert json.loads(result.report.json.read_text())["settings"][0]["table"]["afcl"]["params"]["loss.eta"] == 150.0
+    assert "Budget: 2 validation-scored setting(s) per method, the same for every row" in text
+    table = json.loads(result.report.json.read_text())["settings"][0]["table"]
+    assert {row["n_candidates"] for row in table.values()} == {BUDGETS["quick"]}
+    assert (result.report.markdown.parent / "runs.csv").is_file()
     # again: nothing is re-run
     again = RecordingRunner()
     reproduce("isic2018", data_paths["isic2018"], tmp_path / "out", runner=again, progress=lambda _: None)
@@ -78,7 +90,7 @@ def test_cli_dry_run_prints_the_sweep(data_paths, capsys):
 
 
 @pytest.mark.parametrize("preset", ["isic2018", "fmnist-lt"])
-def test_pretrained_profile_runs_every_registered_method_from_the_cache(preset, tmp_path, data_paths, monkeypatch):
+def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, data_paths, monkeypatch):
     from asymcl.cli.experiments import PROFILES
     from asymcl.experiments import reproduce as reproduce_module
     from asymcl.training import methods
@@ -90,12 +102,15 @@ def test_pretrained_profile_runs_every_registered_method_from_the_cache(preset, 
 
         data = tmp_path / "isic"
         make_isic(data)
-    # a method added to the registry later is in the preset without a change there
-    monkeypatch.setitem(methods.REGISTRY, "extra", methods.Method("extra", "Extra", methods.BASELINE, "test"))
+    before = len(expand(parse_spec(preset_spec(preset, data, "pretrained"))))
+    # registering a method (a plugin's, say) changes no preset: a user adds it by name
+    monkeypatch.setitem(methods.REGISTRY, "extra", methods.Method("extra", "Extra", methods.BASELINE, "test",
+                                                                 search_space={"stage1.lr": (1e-3, 2e-3)}))
     spec = parse_spec(preset_spec(preset, data, "pretrained"))
+    assert len(expand(spec)) == before
     configs = resolve_points(spec, expand(spec), _default_resolver())
-    assert {c["method"] for c in configs.values()} == set(methods.REGISTRY)
-    assert {c["seed"] for c in configs.values()} == {0, 1, 2}
+    assert {c["method"] for c in configs.values()} == set(PRESET_METHODS["pretrained"]) and "probe" in PRESET_METHODS["pretrained"]
+    assert {c["seed"] for c in configs.values()} == set(SEEDS["pretrained"])
     for c in configs.values():
         backbone = {"isic2018": "efficientnet_lite2+efficientnet_lite0", "fmnist-lt": "efficientnet_lite0"}[preset]
         assert c["model"]["backbone"] == backbone and c["model"]["pretrained"] == "imagenet"
@@ -105,6 +120,8 @@ def test_pretrained_profile_runs_every_registered_method_from_the_cache(preset, 
         assert {c["data"]["imbalance"] for c in configs.values()} == {"exp:100"}
     else:
         assert {c["data"]["image_size"] for c in configs.values()} == {260}  # Lite2's native size (Lite0 gains from it too)
+    with_extra = parse_spec(preset_spec(preset, data, "pretrained", methods=["probe", "extra", "afcl"], budget=2))
+    assert {p.overrides["method"] for p in expand(with_extra)} == {"probe", "extra", "afcl"}
     with pytest.raises(ConfigError, match="profile pretrained has presets"):
         preset_spec("fmnist-binary", data_paths["fmnist-binary"], "pretrained")
 
@@ -122,7 +139,7 @@ def test_gpu_profile_resolves_for_the_gpu_script(tmp_path):
     for preset, data in (("isic2018", isic), ("fmnist-lt", fmnist)):
         raw = preset_spec(preset, data, "gpu")
         assert raw["base"]["trainer.precision"] == "bf16-mixed" and raw["base"]["trainer.channels_last"]
-        assert raw["grid"]["method"] == ["ce", "la", "supcon", "afcl"] and len(raw["grid"]["seed"]) >= 2
+        assert list(raw["settings"]) == ["ce", "la", "supcon", "afcl"] and len(raw["grid"]["seed"]) >= 2
         spec = parse_spec(raw)
         points = expand(spec)
         assert len(points) == 8

@@ -103,9 +103,32 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}-{args.profile}"
     command = _command("reproduce", args.preset, data=args.data, profile=args.profile, out=out,
-                       workers=args.workers if args.workers != 1 else None)
+                       methods=args.methods, settings=args.settings, workers=args.workers if args.workers != 1 else None)
     result = reproduce(args.preset, args.data, out, profile=args.profile, dry_run=args.dry_run, command=command,
-                       workers=args.workers)
+                       workers=args.workers, methods=_methods_list(args.methods), budget=args.settings)
+    if args.dry_run:
+        return 0
+    if result.report is not None:
+        print(f"report: {result.report.markdown}")
+    return 1 if result.sweep.failed else 0
+
+
+def _methods_list(text: str | None) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from asymcl.experiments.compare import compare, default_out
+    from asymcl.training.config import load_config_file, parse_overrides
+
+    overrides = {**(load_config_file(args.config) if args.config else {}), **parse_overrides(args.set or [])}
+    out = Path(args.out) if args.out else default_out(overrides, args.profile)
+    command = _command("compare", *[f"--set={item}" for item in args.set or []], config=args.config,
+                       profile=args.profile, methods=args.methods, settings=args.settings, seeds=args.seeds,
+                       out=out, workers=args.workers if args.workers != 1 else None)
+    result = compare(overrides, out, profile=args.profile, methods=_methods_list(args.methods), settings=args.settings,
+                     seeds=args.seeds, budget=args.budget, yes=args.yes, dry_run=args.dry_run,
+                     workers=args.workers, command=command)
     if args.dry_run:
         return 0
     if result.report is not None:
@@ -171,5 +194,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "CE/LA/SupCon/AFCL, 2 seeds (isic2018 official folder, fmnist-lt)")
     reproduce.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce-PRESET-PROFILE)")
     reproduce.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    reproduce.add_argument("--methods", metavar="A,B,...",
+                           help="the methods to compare instead of the profile's table (a plugin's method by name)")
+    reproduce.add_argument("--settings", type=int, metavar="N",
+                           help="validation-scored settings per method instead of the profile's budget (the same for all)")
     reproduce.add_argument("--dry-run", action="store_true", help="print the sweep file and stop")
     reproduce.set_defaults(func=_reproduce)
+
+    compare = subparsers.add_parser(
+        "compare", help="the fair comparison of every method on your own data (sweep + report)",
+        description="Compare every method on a dataset given with the usual --set data.* keys, under the "
+                    "protocol of the benchmark presets: the same number of validation-scored settings, the same "
+                    "classifier input, epochs and levers for every method, the practitioner's baselines as rows, "
+                    "Holm-adjusted verdicts. Prints the run count and an estimated time first; re-run the same "
+                    "command to continue after an interruption.",
+    )
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="a config key, e.g. data.dataset=folder, data.root=PATH (repeatable)")
+    compare.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config keys (before --set)")
+    compare.add_argument("--profile", choices=("quick", "pretrained"), default="quick",
+                         help="quick: a small CNN from scratch at 64 px; pretrained: frozen ImageNet EfficientNet-Lite0 "
+                              "at 224 px + adapter from the feature cache, with the probe (default quick)")
+    compare.add_argument("--methods", metavar="A,B,...", help="the methods to compare (default: the profile's table)")
+    compare.add_argument("--settings", type=int, default=2, metavar="N",
+                         help="validation-scored settings per method, the same for every method (default 2)")
+    compare.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds, each its own split (default 3)")
+    compare.add_argument("--budget", default="30m", metavar="DURATION",
+                         help="time budget, e.g. 30m or 2h: a plan estimated over it needs --yes (default 30m)")
+    compare.add_argument("--yes", action="store_true", help="run even when the estimate is over --budget")
+    compare.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-NAME-PROFILE)")
+    compare.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    compare.add_argument("--dry-run", action="store_true", help="print the comparison's sweep file and runs, and stop")
+    compare.set_defaults(func=_compare)

@@ -43,7 +43,7 @@ _SEEDS_FULL = [0, 1, 2, 3, 4]
 # linear classifier trained for a few epochs at rho = 100 predicts only the majority class and every
 # method ties at UA = 50%. The sampler is the same for all methods, so the comparison isolates what
 # the stage-1 loss does to the representation.
-_QUICK_TRAINING = {
+QUICK_TRAINING = {
     "stage2.augment": False,  # every method's final classifier reads clean images/features
     "model.backbone": "small_cnn",
     "stage1.epochs": 3,
@@ -82,7 +82,7 @@ _FULL_TRAINING = {
 # A pilot with a 1280-wide adapter and 20 + 20 epochs took about 2 min per run under load 12 (each
 # epoch's two 53 MB checkpoints included) and overfitted: the CE baseline's validation UA peaked at
 # epoch 2 of 20 while its training loss kept falling. Hence a 256-wide adapter and 10 + 10 epochs.
-_PRETRAINED_TRAINING = {
+PRETRAINED_TRAINING = {
     "stage2.augment": False,  # every method's final classifier reads clean images/features
     "model.backbone": "efficientnet_lite0",
     "model.pretrained": "imagenet",
@@ -212,11 +212,11 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick", *,
     if not data.exists():
         raise ConfigError(f"--data {data} does not exist")
     if profile == "pretrained":
-        base, grid = _official_layout(profile, preset, data, _PRETRAINED_TRAINING, _PRETRAINED_DATA)
+        base, grid = _official_layout(profile, preset, data, PRETRAINED_TRAINING, _PRETRAINED_DATA)
     elif profile == "gpu":
         base, grid = _official_layout(profile, preset, data, _GPU_TRAINING, _GPU_DATA)
     else:
-        base = {**(_QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
+        base = {**(QUICK_TRAINING if profile == "quick" else _FULL_TRAINING), **_data_base(preset, data, profile)}
         base.update(_PRESET_OVERRIDES.get((preset, profile), {}))
         if preset == "isic2018" and profile == "full":
             base["model.backbone"] = "resnet18"

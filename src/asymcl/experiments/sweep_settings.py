@@ -50,15 +50,24 @@ def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[
 
 
 def grid_values(spec, keys: list[str]):
-    """(values, the keys that name the point) of every combination, ``settings`` included."""
+    """(values, the keys that name the point) of every combination, ``settings`` included.
+
+    A setting key names the run when it is in the method's search space or varies between the
+    method's settings; a key every setting of the method shares outside its space (the epochs a
+    fair comparison gives an end-to-end baseline) is applied but left out of the name."""
+    from asymcl.training.methods import REGISTRY
+
     combinations = [dict(zip(keys, combination)) for combination in itertools.product(*(spec.grid[k] for k in keys))]
     if not spec.settings:
         for values in combinations:
             yield values, keys
         return
-    # Every setting key of every method, in one order, so that names are a function of the values.
+    # One order of every setting key of every method, so that names are a function of the values.
     setting_keys = sorted({key for items in spec.settings.values() for item in items for key in item})
     for method, items in spec.settings.items():
+        space = set(REGISTRY[method].search_space) if method in REGISTRY else set()
+        varying = {key for key in setting_keys if len({json.dumps(item.get(key)) for item in items}) > 1}
+        named = [key for key in setting_keys if key in space or key in varying]
         for item in items:
             for values in combinations:
-                yield {**values, METHOD_KEY: method, **item}, [*keys, METHOD_KEY, *setting_keys]
+                yield {**values, METHOD_KEY: method, **item}, [*keys, METHOD_KEY, *named]
