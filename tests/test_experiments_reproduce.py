@@ -115,7 +115,8 @@ def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, d
         backbone = {"isic2018": "efficientnet_lite2+efficientnet_lite0", "fmnist-lt": "efficientnet_lite0"}[preset]
         assert c["model"]["backbone"] == backbone and c["model"]["pretrained"] == "imagenet"
         assert c["model"]["finetune"] == "frozen" and c["data"]["cache"] == "auto"
-        assert c["data"]["cache_seed"] == 0  # one cache for every run seed
+        # ISIC: one draw of views for every seed (per-seed draws cost 23 min each); Fashion-MNIST: its own per seed
+        assert c["data"]["cache_seed"] == (0 if preset == "isic2018" else None)
     if preset == "fmnist-lt":
         assert {c["data"]["imbalance"] for c in configs.values()} == {"exp:100"}
     else:

@@ -334,3 +334,23 @@ def test_parse_duration():
 
     assert parse_duration("30m") == 1800 and parse_duration("2h") == 7200 and parse_duration("1h30m") == 5400
     assert parse_duration("90s") == 90 and parse_duration("45") == 2700 and parse_duration(10) == 600
+
+
+def test_cache_seed_null_gives_each_run_seed_its_own_views():
+    from asymcl.training.config import resolve_config
+    from asymcl.training.encoder import views_seed
+
+    assert views_seed(resolve_config({"seed": 3, "data.cache_seed": None})) == 3
+    assert views_seed(resolve_config({"seed": 3})) == 0  # the default: one draw shared by a sweep's seeds
+
+
+def test_the_report_says_when_seeds_share_one_draw_of_views(tmp_path):
+    from test_report_claims import write
+
+    from asymcl.experiments.report import build_report
+
+    for seed in range(2):
+        for method in ("ce", "afcl"):
+            write(tmp_path, method, method, seed, 0.01 if method == "afcl" else 0.0, **{"model.finetune": "frozen"})
+    result = build_report(tmp_path, tmp_path / "report", command="x", progress=lambda _: None)
+    assert "Every seed trained on one draw of cached augmented views (data.cache_seed=0)" in result.markdown.read_text()

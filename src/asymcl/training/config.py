@@ -104,7 +104,8 @@ class DataConfig(_Section):
     cache_dir: str | None = option(None, check.optional_str,
                                    "feature cache folder (null: $ASYMCL_CACHE_DIR/features or ~/.cache/asymcl/features)")
     cache_views: int = option(4, check.integer(2), "augmented views cached per training image (stage 1 draws two)")
-    cache_seed: int = option(0, check.integer(0), "seed of the cached views (not the run seed: a sweep's runs share them)")
+    cache_seed: int | None = option(0, check.integer(0, optional=True), "seed of the cached views: a number (a "
+                                    "sweep's seeds share one draw) or null (each run seed draws its own views)")
     cache_precision: str = option("auto", check.choice("auto", "bf16", "fp32"),
                                   "precision of the cached views' extraction (auto: bf16 where the device has it; "
                                   "clean images are always fp32)")

@@ -140,6 +140,12 @@ def cache_device(config) -> torch.device:
     return torch.device("cuda" if accelerated else "cpu")
 
 
+def views_seed(config) -> int:
+    """The seed of the run's cached views: ``data.cache_seed``, or the run's seed when that is null
+    (each seed then draws its own views, so the spread over seeds includes the views' draw)."""
+    return config.seed if config.data.cache_seed is None else config.data.cache_seed
+
+
 def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",
                          report_reuse: bool = True) -> dict:
     """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
@@ -156,7 +162,7 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
         train = split == "train"
         caches[split] = build_feature_cache(
             dataset, frozen, augmentation=augmentation if train else "none",
-            views=config.data.cache_views if train else 0, seed=config.data.cache_seed,
+            views=config.data.cache_views if train else 0, seed=views_seed(config),
             cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
             device=device,
             progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
