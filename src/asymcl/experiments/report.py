@@ -227,7 +227,7 @@ def build_report(
 
     runs_csv = out_dir / "runs.csv"
     if not (from_csv and runs_dir.resolve() == runs_csv.resolve()):
-        write_runs_csv(runs_csv, [(setting.label, setting.runs) for setting in settings])
+        write_runs_csv(runs_csv, [(setting.label, setting.runs) for setting in settings], root=runs_dir)
     blocks.append(("p", f"Every run's numbers: `runs.csv` ({len(runs)} runs, one row per run and split); "
                    "`asymcl report runs.csv --out DIR` rebuilds every number of this report from it."))
     blocks.append(("h2", "How these results were made"))

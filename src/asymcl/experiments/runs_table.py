@@ -47,8 +47,9 @@ def _non_default(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in sorted(config.items()) if key not in SCHEMA or SCHEMA[key][0] != value}
 
 
-def run_rows(run: Run, setting_label: str) -> list[dict[str, Any]]:
-    """The rows of one run: one per split it has final metrics for."""
+def run_rows(run: Run, setting_label: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """The rows of one run: one per split it has final metrics for. ``run`` is the run directory's
+    path under ``root`` (its name without one), so folders that group runs (arms) survive."""
     rows = []
     classes = run.class_names() or []
     counts = run.metrics.get("counts") or {}
@@ -58,7 +59,7 @@ def run_rows(run: Run, setting_label: str) -> list[dict[str, Any]]:
             continue
         per_class_count = [int(counts.get(split, {}).get(name, 0)) for name in classes] if counts.get(split) else []
         rows.append({
-            "run": run.name, "setting": setting_label, "row": run.row, "method": run.method,
+            "run": _relative(run.path, root), "setting": setting_label, "row": run.row, "method": run.method,
             "settings": json.dumps(_tuned(run), sort_keys=True), "seed": run.seed, "split": split,
             "n_images": sum(per_class_count) if per_class_count else "",
             "wa": repr(float(final["wa"])), "ua": repr(float(final["ua"])),
@@ -70,14 +71,23 @@ def run_rows(run: Run, setting_label: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_runs_csv(path: Path, runs_by_setting: Sequence[tuple[str, Sequence[Run]]]) -> Path:
-    """Write ``runs.csv`` (atomically) for ``[(setting label, its runs)]``."""
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name
+
+
+def write_runs_csv(path: Path, runs_by_setting: Sequence[tuple[str, Sequence[Run]]], root: Path | None = None) -> Path:
+    """Write ``runs.csv`` (atomically) for ``[(setting label, its runs)]``; ``root``: see :func:`run_rows`."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for label, runs in runs_by_setting:
-        for run in sorted(runs, key=lambda r: r.name):
-            writer.writerows(run_rows(run, label))
+        for run in sorted(runs, key=lambda r: str(r.path)):
+            writer.writerows(run_rows(run, label, root))
     atomic_write_text(path, text.getvalue())
     return path
 
