@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -275,3 +276,24 @@ def test_presets_do_not_grow_when_a_plugin_registers_a_method(tmp_path):
         before = _cli(*argv, cwd=tmp_path).stdout.strip().splitlines()[-1]
         after = _cli(*argv, "--plugin", str(plugin), cwd=tmp_path).stdout.strip().splitlines()[-1]
         assert before.startswith("# ") and before == after, (preset, before, after)
+
+
+def test_the_worked_example_trains_and_sweeps_as_the_docs_say(tmp_path, capsys):
+    example = REPO / "examples" / "plugin_loss.py"
+    assert len(example.read_text().splitlines()) < 30
+    run = tmp_path / "run"
+    # docs/extending.md: asymcl train --plugin examples/plugin_loss.py --set method=example_loss
+    assert main(["train", "--plugin", str(example), "--set", "method=example_loss", "--set", "data.classes=[0,1]",
+                 *TINY, "--out", str(run)]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["loss"]["eta"] == 0.0 and config["loss"]["normalization"] == "pairs"
+    loss = methods.get_method("example_loss").build_loss(SimpleNamespace(gamma=3.0, temperature=0.2, memory_size=0))
+    assert type(loss).__name__ == "FocalSupConLoss" and (loss.gamma, loss.eta, loss.normalization) == (3.0, 0.0, "pairs")
+    capsys.readouterr()
+    sweep = REPO / "examples" / "plugin_sweep.yaml"
+    assert main(["sweep", "--plugin", str(example), "--config", str(sweep), "--dry-run"]) == 0
+    names = capsys.readouterr().out.splitlines()
+    # supcon: 3 seeds (gamma is not its hyperparameter); afcl and example_loss: 2 gammas x 3 seeds
+    assert names[-1].startswith("15 runs into")
+    assert sorted(name for name in names if name.startswith("exampleloss")) == [
+        f"exampleloss_g{g}_s{s}" for g in (1, 2) for s in (0, 1, 2)]
