@@ -68,7 +68,7 @@ def _add_plugin_option(subparsers: argparse._SubParsersAction) -> None:
 
 def _preload(argv: list[str]) -> argparse.Namespace:
     """``--plugin`` and ``--debug`` read ahead of the real parser (which depends on the plugins)."""
-    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early = argparse.ArgumentParser(prog="asymcl", add_help=False, allow_abbrev=False)
     early.add_argument("--plugin", dest="plugins", action="append", default=[])
     early.add_argument("--debug", action="store_true")
     return early.parse_known_args(argv)[0]
