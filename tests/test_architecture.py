@@ -93,3 +93,16 @@ def test_every_source_file_is_under_500_lines():
     long = {name: n for p in SRC.rglob("*.py")
             if (name := str(p.relative_to(SRC))) and (n := len(p.read_text().splitlines())) >= 500}
     assert not long, long
+
+
+def test_the_extension_api_is_defined_in_the_layer_that_owns_each_registry():
+    """``asymcl.register_*`` are lazy re-exports (``import asymcl`` stays torch-free): each name is
+    defined in the module the table names, never a copy."""
+    import importlib
+
+    for name, module in asymcl._EXPORTS.items():
+        assert getattr(asymcl, name).__module__ == module, name
+        assert getattr(importlib.import_module(module), name) is getattr(asymcl, name)
+    assert asymcl._EXPORTS["register_method"] == "asymcl.training.methods"
+    assert asymcl._EXPORTS["register_dataset"] == "asymcl.data.spec"
+    assert asymcl._EXPORTS["register_backbone"] == "asymcl.models.backbones"

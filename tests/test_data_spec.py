@@ -14,8 +14,12 @@ from asymcl.training.config import SCHEMA
 
 
 def test_every_dataset_has_its_loader_and_the_config_offers_exactly_these():
+    from asymcl.data.spec import _resolve
+
     for info in DATASETS.values():
-        assert callable(getattr(sources, info.loader))
+        assert _resolve(info.loader).__module__ == sources.__name__  # the built-ins' readers live there
+        for hook in (info.download, info.outputs):
+            assert hook is None or callable(_resolve(hook))
     for name in DATASETS:
         assert SCHEMA["data.dataset"][1](name) == name
 

@@ -9,6 +9,35 @@ Layers (each importable without the ones above it):
 5. :mod:`asymcl.cli`         the ``asymcl`` command
 
 Importing :mod:`asymcl` itself imports nothing heavy, so ``import asymcl.losses`` needs only torch.
+
+The extension API (docs/extending.md) is re-exported here and imported on first use (PEP 562):
+:func:`register_method` with a :class:`Method`, :func:`register_dataset` with a
+:class:`DatasetInfo`, :func:`register_backbone` with a :class:`Backbone`, and
+:func:`load_plugins`. Each registration function lives in the layer that owns its registry.
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# Exported name -> the module defining it. A table rather than imports: `import asymcl` stays
+# cheap (no torch), and the package root may name any layer only through this lazy lookup.
+_EXPORTS = {
+    "register_method": "asymcl.training.methods", "Method": "asymcl.training.methods",
+    "register_dataset": "asymcl.data.spec", "DatasetInfo": "asymcl.data.spec",
+    "register_backbone": "asymcl.models.backbones", "Backbone": "asymcl.models.backbones",
+    "load_plugins": "asymcl.plugins",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'asymcl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = ["__version__", *_EXPORTS]

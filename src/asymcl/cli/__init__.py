@@ -3,6 +3,10 @@
 Each sub-command lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; the heavy imports happen inside ``func`` so that ``asymcl --help`` is fast.
 User errors (:class:`asymcl.errors.AsymclError`) are printed as one line, exit status 2, no traceback.
+
+Plugins (docs/extending.md) load before the parser is built, so that the choices it offers (datasets,
+download names) include theirs: the installed ``asymcl.plugins`` entry points, then every
+``--plugin MODULE_OR_FILE.py``, which every command accepts (repeatable).
 """
 
 from __future__ import annotations
@@ -42,10 +46,50 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    _add_plugin_option(subparsers)
     return parser
 
 
+_PLUGIN_HELP = ("import user code that registers methods, datasets or backbones first: a module name or a "
+                ".py file (repeatable; see docs/extending.md)")
+
+
+def _add_plugin_option(subparsers: argparse._SubParsersAction) -> None:
+    """``--plugin`` on every command and sub-command, declared once here (its value was read before
+    the parser was built; here it is only documented and accepted)."""
+    for command in set(subparsers.choices.values()):
+        if "--plugin" not in command._option_string_actions:
+            command.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE.py",
+                                 help=_PLUGIN_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_plugin_option(action)
+
+
+def _preload(argv: list[str]) -> argparse.Namespace:
+    """``--plugin`` and ``--debug`` read ahead of the real parser (which depends on the plugins)."""
+    early = argparse.ArgumentParser(prog="asymcl", add_help=False, allow_abbrev=False)
+    early.add_argument("--plugin", dest="plugins", action="append", default=[])
+    early.add_argument("--debug", action="store_true")
+    return early.parse_known_args(argv)[0]
+
+
+def _load_plugins(argv: list[str]) -> None:
+    from asymcl.plugins import load_plugins
+
+    early = _preload(argv)
+    load_plugins(early.plugins, debug=early.debug)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _load_plugins(argv)
+    except AsymclError as exc:
+        if "--debug" in argv:
+            raise
+        print(f"asymcl: error: {user_message(exc)}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

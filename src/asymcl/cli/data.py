@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "download",
         help="download a dataset from its official location (verified by md5)",
     )
-    download.add_argument("name", choices=("fashion-mnist",))
+    from asymcl.data.spec import downloadable  # torch-free: the dataset table only
+
+    download.add_argument("name", choices=downloadable(), help="a dataset whose entry declares a download")
     download.add_argument("--root", required=True, help="folder to write the files to")
     download.add_argument("--base-url", default=None, help="mirror to use instead of the official URL")
     download.add_argument("--timeout", type=float, default=60.0, help="seconds per network read")
@@ -96,9 +98,9 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from asymcl.data.download import download_fashion_mnist
+    from asymcl.data.spec import DATASETS
 
-    results = download_fashion_mnist(args.root, base_url=args.base_url, timeout=args.timeout)
+    results = DATASETS[args.name].fetch(args.root, base_url=args.base_url, timeout=args.timeout)
     for name, status in results:
         print(f"{status:>10}  {name}")
     return 0

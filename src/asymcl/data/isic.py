@@ -142,6 +142,19 @@ def submission_csv(image_ids: Sequence[str], probabilities: np.ndarray, classes:
     return text.getvalue()
 
 
+#: The challenge submission of a run's official test set, in the run directory.
+SUBMISSION_FILE = "submission_isic2018_test.csv"
+
+
+def submission_outputs(*, split: str, official: bool, ids: Sequence[str], probs: np.ndarray,
+                       classes: Sequence[str]) -> dict[str, bytes]:
+    """The isic2018 entry's extra run output (``DatasetInfo.outputs``): the challenge submission
+    file, for the official test split of a run on all seven classes (nothing otherwise)."""
+    if split != "test" or not official or sorted(map(str, classes)) != sorted(ISIC_CLASSES):
+        return {}
+    return {SUBMISSION_FILE: submission_csv(ids, probs, classes).encode()}
+
+
 def _ground_truth_path(root: Path, part: str) -> Path | None:
     name = f"ISIC2018_Task3_{part}_GroundTruth"
     for candidate in (root / f"{name}.csv", root / name / f"{name}.csv"):

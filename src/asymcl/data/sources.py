@@ -37,8 +37,8 @@ _SPLIT_NAMES = {
 
 
 def load_source(spec: DataSpec) -> SourceData:
-    """The source's pools, read by the loader its :data:`~asymcl.data.spec.DATASETS` entry names."""
-    return globals()[DATASETS[spec.dataset].loader](spec)
+    """The source's pools, read by the loader of its :data:`~asymcl.data.spec.DATASETS` entry."""
+    return DATASETS[spec.dataset].load(spec)
 
 
 def _array_source(

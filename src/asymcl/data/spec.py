@@ -3,15 +3,18 @@
 This module sits under both :mod:`asymcl.data.sources` (which reads a source) and
 :mod:`asymcl.data.splits` (which carves it into splits), so neither imports the other's types, and
 the run config (``data.dataset``) and the ``asymcl data`` command build their choices and options
-from it: adding a dataset is one :data:`DATASETS` entry, its loader in ``sources.py``, and tests.
+from it. Every fact about a dataset (its reader, whether it needs a root, its augmentation, its
+download, its extra run outputs) is in its :class:`DatasetInfo`, so adding one, built in or from a
+plugin (:func:`register_dataset`), is one entry and its reader.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
 import numbers
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from asymcl.errors import DataError
 
@@ -26,24 +29,113 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """``loader``: the name of its reader in :mod:`asymcl.data.sources` (``fn(spec) -> SourceData``)."""
+    """One dataset: how to read it and every fact the layers above ask about it.
+
+    ``loader``: the reader ``fn(spec: DataSpec) -> SourceData``, a callable or its import path
+        ``"package.module:function"`` (imported on first use, so this table stays torch-free).
+    ``needs_root``: whether ``data.root`` is required (a file or folder to read).
+    ``augmentation``: the preset ``data.augment=auto`` picks (a name in
+        :data:`asymcl.data.augment.PRESETS`); None: by channel count, ``dermoscopy`` for RGB
+        images and ``grey28`` otherwise.
+    ``labelled_by_root``: reports name its runs' data by the root's file or folder name too (a
+        generic reader such as ``npz`` says little without it).
+    ``download``: ``fn(root, *, base_url=None, timeout=60.0) -> [(file, status)]`` fetching the
+        official files (``asymcl data download NAME``), a callable or an import path; None: none.
+    ``outputs``: extra files a run writes for a test split,
+        ``fn(*, split, official, ids, probs, classes) -> {file name: bytes}`` (``official``: the
+        split is the source's own, not carved; ``probs`` (N, C) in ``classes`` order), a callable
+        or an import path; None: none. ISIC 2018's challenge submission file is one.
+    """
 
     name: str
     help: str
-    loader: str
+    loader: Callable[..., Any] | str
     needs_root: bool = True
+    augmentation: str | None = None
+    labelled_by_root: bool = False
+    download: Callable[..., Any] | str | None = None
+    outputs: Callable[..., Any] | str | None = None
+
+    def load(self, spec: "DataSpec") -> "SourceData":
+        """The source's pools, read by :attr:`loader`."""
+        return _resolve(self.loader)(spec)
+
+    def fetch(self, root: str | Path, **options: Any) -> list[tuple[str, str]]:
+        """Download the dataset's files into ``root`` (``asymcl data download``)."""
+        if self.download is None:
+            raise DataError(f"dataset {self.name} has no download; "
+                            f"downloadable: {', '.join(downloadable()) or 'none'}")
+        return _resolve(self.download)(root, **options)
+
+    def extra_outputs(self, **test_split: Any) -> dict[str, bytes]:
+        """The extra files (name -> bytes) a run writes for one test split; see :attr:`outputs`."""
+        return {} if self.outputs is None else dict(_resolve(self.outputs)(**test_split))
+
+
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A callable, or the one a ``"package.module:function"`` import path names."""
+    if callable(target):
+        return target
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 _DATASETS = (
-    DatasetInfo("digits", "scikit-learn's bundled 8x8 digits (offline, no root)", "load_digits", needs_root=False),
-    DatasetInfo("fashion-mnist", "Fashion-MNIST, the four official IDX files in a folder", "load_fashion_mnist"),
-    DatasetInfo("isic2018", "ISIC 2018 Task 3 (HAM10000) in the official layout", "load_isic2018"),
-    DatasetInfo("npz", "an .npz file of images and labels (optionally split)", "load_npz"),
-    DatasetInfo("folder", "a folder of class sub-folders (optionally under train/val/test)", "load_folder"),
-    DatasetInfo("csv", "a CSV file of image paths and labels", "load_csv"),
+    DatasetInfo("digits", "scikit-learn's bundled 8x8 digits (offline, no root)", "asymcl.data.sources:load_digits",
+                needs_root=False),
+    DatasetInfo("fashion-mnist", "Fashion-MNIST, the four official IDX files in a folder",
+                "asymcl.data.sources:load_fashion_mnist", download="asymcl.data.download:download_fashion_mnist"),
+    DatasetInfo("isic2018", "ISIC 2018 Task 3 (HAM10000) in the official layout", "asymcl.data.sources:load_isic2018",
+                augmentation="dermoscopy", outputs="asymcl.data.isic:submission_outputs"),
+    DatasetInfo("npz", "an .npz file of images and labels (optionally split)", "asymcl.data.sources:load_npz",
+                labelled_by_root=True),
+    DatasetInfo("folder", "a folder of class sub-folders (optionally under train/val/test)",
+                "asymcl.data.sources:load_folder", labelled_by_root=True),
+    DatasetInfo("csv", "a CSV file of image paths and labels", "asymcl.data.sources:load_csv", labelled_by_root=True),
 )
-#: name -> :class:`DatasetInfo`; iterating gives the names.
+#: name -> :class:`DatasetInfo`; iterating gives the names. Built-ins first, then registered ones.
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in _DATASETS}
+#: The names asymcl itself defines; a plugin may not take them.
+BUILTIN_DATASETS = frozenset(DATASETS)
+
+
+def downloadable() -> list[str]:
+    """The datasets ``asymcl data download`` can fetch."""
+    return [name for name, info in DATASETS.items() if info.download is not None]
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add a dataset to :data:`DATASETS`, the public extension point: one call declares its reader
+    and every fact about it (see :class:`DatasetInfo`). ``data.dataset``, ``asymcl data summary``
+    and ``download`` then offer it. Registering the same object again is a no-op; a name a built-in
+    or another registered dataset has is a :class:`ConfigError`. Returns ``info``."""
+    from asymcl.errors import ConfigError
+
+    if not isinstance(info, DatasetInfo):
+        raise ConfigError(f"register_dataset takes an asymcl.DatasetInfo, got {type(info).__name__}")
+    if not info.name or not isinstance(info.name, str) or any(c in info.name for c in " /:,=\\"):
+        raise ConfigError(f"dataset name {info.name!r}: use a non-empty name without spaces, '/', ':', ',' or '='")
+    if info.name in BUILTIN_DATASETS:
+        raise ConfigError(f"dataset name {info.name!r} clashes with asymcl's built-in dataset; register it "
+                          "under another name")
+    existing = DATASETS.get(info.name)
+    if existing is info:
+        return info
+    if existing is not None:
+        raise ConfigError(f"dataset name {info.name!r} is already registered (by another plugin); choose another name")
+    for name in ("loader", "download", "outputs"):
+        value = getattr(info, name)
+        if value is not None and not callable(value) and not (isinstance(value, str) and ":" in value):
+            raise ConfigError(f"dataset {info.name}: {name} must be a callable or 'package.module:function', "
+                              f"got {value!r}")
+    if info.augmentation is not None:
+        from asymcl.data.augment import PRESETS
+
+        if info.augmentation not in PRESETS:
+            raise ConfigError(f"dataset {info.name}: augmentation {info.augmentation!r} is not one of "
+                              f"{', '.join(PRESETS)}")
+    DATASETS[info.name] = info
+    return info
 
 
 def _cli(default: Any, help: str, *, metavar: str | None = None, type: Any = None, required: bool = False):
@@ -101,8 +193,9 @@ class DataSpec:
         if not DATASETS[self.dataset].needs_root and self.root not in (None, ""):
             # A root given with digits is almost surely a forgotten --dataset: say so, do not ignore it.
             raise DataError(
-                f"dataset digits is bundled with scikit-learn and reads no root (got {self.root}); "
-                f"drop the root, or name the dataset it holds ({', '.join(d for d in DATASETS if d != 'digits')})"
+                f"dataset {self.dataset}{' is bundled with scikit-learn and' if self.dataset == 'digits' else ''} "
+                f"reads no root (got {self.root}); drop the root, or name the dataset it holds "
+                f"({', '.join(d for d, info in DATASETS.items() if info.needs_root)})"
             )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)

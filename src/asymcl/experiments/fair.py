@@ -52,7 +52,7 @@ def method_space(method: str, base: Mapping[str, Any]) -> dict[str, tuple[Any, .
     """``{dotted key: candidate values}`` of ``method``'s search space, relative values resolved
     against ``base`` (flat dotted keys; a key it does not set has the run config's default)."""
     space: dict[str, tuple[Any, ...]] = {}
-    for key, values in get_method(method).search_space.items():
+    for key, values in get_method(method).space.items():
         if isinstance(values, Relative):
             values = values.values(float(_base_value(key, base)))
         space[key] = tuple(dict.fromkeys(values))  # a relative draw may repeat a value

@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 
 import yaml
 
+from asymcl import plugins
 from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import ConfigError
 
@@ -84,10 +85,13 @@ def spawn_workers(spec_dict: dict, out_dir: Path, count: int, threads: int) -> l
     threads; they read the sweep from ``out_dir/.workers-sweep.yaml``."""
     spec_path = out_dir / WORKER_SPEC
     atomic_write_bytes(spec_path, yaml.safe_dump(spec_dict, sort_keys=False).encode())
+    # The workers load this process's --plugin values too (entry points they load themselves), so a
+    # plugin's method, dataset or backbone means the same in every worker.
+    plugin_options = [word for value in plugins.loaded() for word in ("--plugin", value)]
     children = []
     for number in range(2, count + 2):
         command = [sys.executable, "-m", "asymcl", "sweep", "--config", str(spec_path), "--out", str(out_dir),
-                   "--threads", str(threads), "--worker-label", f"worker {number}"]
+                   "--threads", str(threads), "--worker-label", f"worker {number}", *plugin_options]
         children.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
     return children
 

@@ -38,7 +38,7 @@ def _tuned(run: Run) -> dict[str, Any]:
     from asymcl.training.methods import REGISTRY
 
     method = REGISTRY.get(run.method)
-    keys = list(method.search_space) if method is not None else []
+    keys = list(method.space) if method is not None else []
     keys += [f"loss.{name}" for name in (method.free if method is not None else ())]
     return {key: run.config.get(key) for key in dict.fromkeys(keys)}
 

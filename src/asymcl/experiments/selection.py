@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from asymcl.data.spec import DATASETS
 from asymcl.experiments.claims import best_contrastive_row, paper_claim
 from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_display, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
@@ -121,7 +122,8 @@ class Setting:
 
 def _setting_label(run: Run) -> str:
     dataset = str(run.config.get("data.dataset", "?"))
-    if dataset in ("npz", "folder", "csv") and run.config.get("data.root"):
+    info = DATASETS.get(dataset)  # a plugin dataset's runs reported without the plugin: no entry
+    if info is not None and info.labelled_by_root and run.config.get("data.root"):
         dataset += f" {Path(str(run.config['data.root'])).name}"
     # Without a profile the training set keeps the source's own class distribution.
     imbalance = run.config.get("data.imbalance") or "natural distribution"

@@ -65,7 +65,7 @@ def grid_values(spec, keys: list[str]):
     # One order of every setting key of every method, so that names are a function of the values.
     setting_keys = sorted({key for items in spec.settings.values() for item in items for key in item})
     for method, items in spec.settings.items():
-        space = set(REGISTRY[method].search_space) if method in REGISTRY else set()
+        space = set(REGISTRY[method].space) if method in REGISTRY else set()
         varying = {key for key in setting_keys if len({json.dumps(item.get(key)) for item in items}) > 1}
         named = [key for key in setting_keys if key in space or key in varying]
         for item in items:

@@ -22,25 +22,34 @@ IMPLS = ("auto", "reference", "blockwise")
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+#: What each hyperparameter allows, in the one wording every check uses:
+#: "<name> must be <allowed>, got <value>".
+_ALLOWED = {
+    "gamma": "a finite number >= 0 (0 disables the focal weight)",
+    "eta": "a finite number >= 0 (0 disables the negative term)",
+    "temperature": "a finite number > 0, e.g. 0.07",
+}
+
+
 def check_hyperparameters(
     *, gamma: object, eta: object, temperature: object, normalization: object
 ) -> tuple[float, float, float, str]:
-    """Validate the scalar hyperparameters; return them as (gamma, eta, temperature, normalization)."""
-    gamma_f = _finite_real("gamma", gamma, allowed="a finite number >= 0 (0 disables the focal weight)")
-    if gamma_f < 0:
-        raise ValueError(f"gamma must be >= 0 (0 disables the focal weight), got {gamma_f!r}")
-    eta_f = _finite_real("eta", eta, allowed="a finite number >= 0 (0 disables the negative term)")
-    if eta_f < 0:
-        raise ValueError(f"eta must be >= 0 (0 disables the negative term), got {eta_f!r}")
-    temperature_f = _finite_real("temperature", temperature, allowed="a finite number > 0, e.g. 0.07")
-    if temperature_f <= 0:
-        raise ValueError(f"temperature must be > 0 (e.g. 0.07), got {temperature_f!r}")
+    """Validate the scalar hyperparameters; return them as (gamma, eta, temperature, normalization).
+
+    The modules call this once, at construction; :func:`afcl_loss` on every call (it has no
+    construction). The message is the same from every entry point."""
+    values = {}
+    for name, value in (("gamma", gamma), ("eta", eta), ("temperature", temperature)):
+        number = _finite_real(name, value, allowed=_ALLOWED[name])
+        if number < 0 or (name == "temperature" and number == 0):
+            raise ValueError(f"{name} must be {_ALLOWED[name]}, got {number!r}")
+        values[name] = number
     if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise ValueError(
             f"normalization must be one of {', '.join(repr(n) for n in NORMALIZATIONS)}, "
             f"got {normalization!r}"
         )
-    return gamma_f, eta_f, temperature_f, normalization
+    return values["gamma"], values["eta"], values["temperature"], normalization
 
 
 def check_flag(name: str, value: object) -> bool:
@@ -263,13 +272,7 @@ def check_core_arguments(
                 f"mask must be a bool tensor of shape ({n_anchors}, {n_contrast}), got "
                 f"{mask.dtype} {tuple(mask.shape)}"
             )
-    for name, value in (("gamma", gamma), ("eta", eta)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    check_hyperparameters(gamma=gamma, eta=eta, temperature=temperature, normalization=normalization)
     if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
         raise ValueError(f"n_total must be a positive int, got {n_total!r}")
     if block_size is not None and (

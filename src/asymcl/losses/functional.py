@@ -139,24 +139,33 @@ def loss_and_batch(
     impl: object,
     gather_distributed: object,
     block_size: object,
+    settings_checked: bool = False,
+    validate_args: bool = True,
 ) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
     """:func:`afcl_loss` and the detached rows it contrasted, for a memory to keep.
 
     Returns ``(loss, (rows, row_labels))``: the (global, under ``gather_distributed``) batch rows as
     the loss saw them (normalised if ``normalize``), detached, (N * V, D), and their labels (N * V,)
-    (None without labels). Not public: :class:`asymcl.losses.ContrastiveMemory` is its user.
+    (None without labels). Not public: the modules and :class:`asymcl.losses.ContrastiveMemory`
+    are its users.
+
+    ``settings_checked=True``: the hyperparameters and switches (gamma ... block_size) come from a
+    module that validated them at construction; they are not checked again on every call.
+    ``validate_args=False``: skip the NaN/inf check of ``features`` and ``ref_features`` (see the
+    modules); the shape and type checks read metadata only and always run.
     """
-    gamma, eta, temperature, normalization = check_hyperparameters(
-        gamma=gamma, eta=eta, temperature=temperature, normalization=normalization
-    )
-    normalize = check_flag("normalize", normalize)
-    gather_distributed = check_flag("gather_distributed", gather_distributed)
-    impl = check_impl(impl)
-    block_size = check_block_size(block_size, impl)
+    if not settings_checked:
+        gamma, eta, temperature, normalization = check_hyperparameters(
+            gamma=gamma, eta=eta, temperature=temperature, normalization=normalization
+        )
+        normalize = check_flag("normalize", normalize)
+        gather_distributed = check_flag("gather_distributed", gather_distributed)
+        impl = check_impl(impl)
+        block_size = check_block_size(block_size, impl)
     world_size = distributed.active_world_size() if gather_distributed else 1
     # Under vmap a check cannot branch on a tensor's values (NaN, inf): such input then gives a
     # NaN loss instead of an error (still never a silent number).
-    data_checks = not _vmap_active()
+    data_checks = validate_args and not _vmap_active()
 
     if world_size == 1:
         _deferred.raise_ready()  # an input check of an earlier call, deferred on CUDA

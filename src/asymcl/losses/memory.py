@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from asymcl.losses.functional import loss_and_batch
 from asymcl.losses.modules import AsymmetricFocalContrastiveLoss
 
 _BUFFERS = ("queue_features", "queue_labels")
@@ -88,13 +87,9 @@ class ContrastiveMemory(nn.Module):
                 self._check_matches_queue(features)
                 ref_features = self.queue_features[: self._filled]
                 ref_labels = self.queue_labels[: self._filled]
-        loss = self.loss
-        value, (rows, row_labels) = loss_and_batch(
-            features, labels, mask=None, ref_features=ref_features, ref_labels=ref_labels,
-            gamma=loss.gamma, eta=loss.eta, temperature=loss.temperature,
-            normalization=loss.normalization, normalize=loss.normalize, impl=loss.impl,
-            gather_distributed=loss.gather_distributed, block_size=loss.block_size,
-        )
+        # The wrapped module's settings were checked when it was built: not again on every call.
+        value, (rows, row_labels) = self.loss.loss_and_batch(
+            features, labels, ref_features=ref_features, ref_labels=ref_labels)
         if self.memory_size and enqueue:
             self._enqueue(rows, row_labels)
         return value

@@ -16,6 +16,8 @@ Four families:
 * ``timm:<name>``: any timm model (timm is optional; it is imported only here).
 * ``efficientnet_liteA+efficientnet_liteB[+...]``: several EfficientNet-Lite networks on the same
   images, their pooled features concatenated (:class:`ConcatBackbone`).
+* a user's encoder, added with :func:`register_backbone` (:class:`Backbone`: a name and
+  ``build(in_channels)``); the first four families above are entries of the same table.
 
 Every encoder has ``feature_dim`` and its ``forward`` returns pooled, un-normalised features.
 ``in_channels=1`` works everywhere; a pretrained RGB first convolution is folded to one channel by
@@ -24,7 +26,8 @@ summing its weights over the input channels (grey x seen as RGB (x, x, x) gives 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,10 +39,49 @@ from asymcl.models.efficientnet_lite import efficientnet_lite
 from asymcl.models.heads import GlobalAvgPool
 from asymcl.models.weights import fold_input_channels, load_state_dict_file, load_weights_strict  # noqa: F401  (public here too)
 
-BACKBONES = (
-    "small_cnn", "cifar_resnet18", "resnet18", "resnet50", *_LITE_VARIANTS, "timm:<name>",
-    "efficientnet_liteA+efficientnet_liteB",
-)
+@dataclass(frozen=True)
+class Backbone:
+    """One encoder family of the backbone table (:data:`REGISTRY`).
+
+    ``build(in_channels) -> nn.Module``: a new, randomly initialised encoder mapping (B, C, H, W)
+    images in [0, 1] to pooled features (B, feature_dim), with a ``feature_dim`` attribute; an
+    optional ``layers()`` (see :mod:`asymcl.models.finetune`) makes ``model.finetune=last:K`` work.
+    ``classifier``: the prefix of a classifier's keys in a weights file (``fc`` for torchvision's
+    ResNets), dropped when ``model.pretrained`` loads one; the rest loads strictly, an RGB first
+    convolution folded to grey where the encoder takes one channel.
+    """
+
+    name: str
+    build: Callable[[int], nn.Module]
+    help: str = ""
+    classifier: str | None = None
+
+
+#: name -> :class:`Backbone`: the encoders built from a name alone. EfficientNet-Lite (bundled
+#: weights, ``input_size``), ``timm:<name>`` and ``+`` joins are name grammars handled by
+#: :func:`build_backbone` itself; a registered backbone may not take those names either.
+REGISTRY: dict[str, Backbone] = {}
+
+
+class _BackboneNames(Sequence):
+    """Every backbone name, read live: the table's, the Lite variants and the two grammars."""
+
+    def _names(self) -> tuple[str, ...]:
+        builtin = [n for n in REGISTRY if n in _BUILTIN]
+        return (*builtin, *_LITE_VARIANTS, "timm:<name>", "efficientnet_liteA+efficientnet_liteB",
+                *(n for n in REGISTRY if n not in _BUILTIN))
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+BACKBONES: Sequence[str] = _BackboneNames()
 # Backbones whose ImageNet weights install with a package (``pretrained="imagenet"``).
 BUNDLED_WEIGHTS = tuple(_LITE_VARIANTS)
 # Input size the EfficientNet-Lite models upsample smaller images to by default: below 128 px the
@@ -69,7 +111,8 @@ def check_backbone_name(name: object) -> str:
     if isinstance(name, str) and "+" in name:
         lite_members(name)
         return name
-    if not isinstance(name, str) or not (name in BACKBONES or (name.startswith("timm:") and len(name) > 5)):
+    if not isinstance(name, str) or not (name in REGISTRY or name in _LITE_VARIANTS
+                                         or (name.startswith("timm:") and len(name) > 5)):
         raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
     return name
 
@@ -337,22 +380,9 @@ def build_backbone(
         if in_channels not in (1, 3):
             raise ConfigError(f"{name} takes 1-channel (grey, repeated to RGB) or 3-channel images, not {in_channels}")
         return efficientnet_lite(name, pretrained, input_size)
-    if name == "small_cnn":
-        model: nn.Module = SmallCNN(in_channels)
-    elif name == "cifar_resnet18":
-        model = cifar_resnet18(in_channels)
-    elif name in ("resnet18", "resnet50"):
-        factory = resnet18 if name == "resnet18" else resnet50
-        if pretrained is not None:
-            state = fold_input_channels(load_state_dict_file(pretrained), factory(in_channels).state_dict())
-            num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
-            model = factory(in_channels, num_classes)
-            load_weights_strict(model, state, source=str(pretrained))
-            if num_classes is not None:
-                del model.fc  # the ImageNet classifier is not part of the encoder
-            return model
-        model = factory(in_channels)
-    elif name.startswith("timm:") and len(name) > 5:
+    if name in REGISTRY:
+        return _build_registered(REGISTRY[name], in_channels, pretrained)
+    if name.startswith("timm:") and len(name) > 5:
         model = TimmEncoder(name[5:], in_channels)
         if pretrained is not None:
             state = load_state_dict_file(pretrained)
@@ -361,11 +391,47 @@ def build_backbone(
             state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
             load_weights_strict(inner, fold_input_channels(state, inner.state_dict()), str(pretrained))
         return model
-    else:
-        raise ConfigError(
-            f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}"
-        )
+    raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
+
+
+def _build_registered(entry: Backbone, in_channels: int, pretrained: str | Path | None) -> nn.Module:
+    model = entry.build(in_channels)
     if pretrained is not None:
-        state = fold_input_channels(load_state_dict_file(pretrained), model.state_dict())
-        load_weights_strict(model, state, source=str(pretrained))
+        state = load_state_dict_file(pretrained)
+        if entry.classifier:  # e.g. the ImageNet classifier of a torchvision file: not part of the encoder
+            state = {k: v for k, v in state.items() if not k.startswith(entry.classifier + ".")}
+        load_weights_strict(model, fold_input_channels(state, model.state_dict()), source=str(pretrained))
     return model
+
+
+_BUILTIN_ENTRIES = (
+    Backbone("small_cnn", SmallCNN, "three 3x3 conv blocks, for 8-32 px grey images on a CPU"),
+    Backbone("cifar_resnet18", cifar_resnet18, "ResNet-18 with a 3x3 stride-1 stem, no max-pool (28-32 px)"),
+    Backbone("resnet18", resnet18, "ResNet-18, ImageNet layout (torchvision names)", classifier="fc"),
+    Backbone("resnet50", resnet50, "ResNet-50, ImageNet layout (torchvision names)", classifier="fc"),
+)
+REGISTRY.update({entry.name: entry for entry in _BUILTIN_ENTRIES})
+_BUILTIN = frozenset(REGISTRY)
+
+
+def register_backbone(backbone: Backbone) -> Backbone:
+    """Add an encoder to :data:`REGISTRY`, the public extension point: ``model.backbone=<name>``
+    then builds it (and ``model.pretrained=<file>`` loads a weights file into it). Registering the
+    same object again is a no-op; a name of a built-in backbone or grammar, or of another
+    registered backbone, is a :class:`ConfigError`. Returns ``backbone``."""
+    if not isinstance(backbone, Backbone):
+        raise ConfigError(f"register_backbone takes an asymcl.Backbone, got {type(backbone).__name__}")
+    name = backbone.name
+    if not isinstance(name, str) or not name or "+" in name or ":" in name or not callable(backbone.build):
+        raise ConfigError(f"backbone {name!r}: a name without '+' or ':' and a callable build(in_channels) "
+                          "are required")
+    if name in _BUILTIN or name in _LITE_VARIANTS:
+        raise ConfigError(f"backbone name {name!r} clashes with asymcl's built-in backbone; register it under "
+                          "another name")
+    existing = REGISTRY.get(name)
+    if existing is backbone:
+        return backbone
+    if existing is not None:
+        raise ConfigError(f"backbone name {name!r} is already registered (by another plugin); choose another name")
+    REGISTRY[name] = backbone
+    return backbone

@@ -83,7 +83,7 @@ class _Section:
 
 @dataclass
 class DataConfig(_Section):
-    dataset: str = option("digits", check.choice(*DATASETS), "data source")
+    dataset: str = option("digits", check.dataset, "data source")
     root: str | None = option(None, check.optional_str, "dataset folder or file (not needed for digits)")
     imbalance: str | None = option(None, check.imbalance, "training-set imbalance profile, e.g. exp:100")
     classes: list[int] | None = option(None, check.classes, "class ids to keep, majority first")

@@ -24,7 +24,16 @@ def method(value: Any) -> str:
     from asymcl.training.methods import METHODS
 
     if value not in METHODS:
-        raise ValueError(f"must be one of {', '.join(METHODS)}")
+        raise ValueError(f"must be one of {', '.join(METHODS)} (a plugin's method: load it with --plugin)")
+    return value
+
+
+def dataset(value: Any) -> str:
+    """A name in the dataset table (read at check time: a plugin's dataset is known once registered)."""
+    from asymcl.data.spec import DATASETS
+
+    if value not in DATASETS:
+        raise ValueError(f"must be one of {', '.join(DATASETS)} (a plugin's dataset: load it with --plugin)")
     return value
 
 

@@ -116,6 +116,18 @@ class Method:
         return self.loss_factory is not None
 
     @property
+    def space(self) -> Mapping[str, Any]:
+        """``search_space``, or for an entry that declares none (a plugin's, say) the built-in
+        candidates of the loss keys it tunes (``free``) and of its learning rate."""
+        if self.search_space:
+            return self.search_space
+        defaults = {"gamma": _GAMMA, "eta": _ETA, "temperature": _TEMPERATURE}
+        space: dict[str, Any] = {}
+        for name in self.free:
+            space.update(defaults.get(name, {}))
+        return {**space, **_LR}
+
+    @property
     def end_to_end(self) -> bool:
         """Encoder and classifier trained together in one stage (the CE and LA baselines)."""
         return self.stages == BASELINE
@@ -245,3 +257,41 @@ def display(name: str) -> str:
     """The name tables and figures show (``afcl`` -> ``AFCL``); an unknown name as it is."""
     method = REGISTRY.get(name)
     return method.display if method else name
+
+
+#: The names asymcl itself defines; a plugin may not take them (a run directory's method must
+#: mean the same thing in every installation).
+BUILTIN = frozenset(REGISTRY)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to :data:`REGISTRY` (after the built-in ones), the public extension point.
+
+    Everything that asks the registry (config validation, the pipeline, sweeps, studies, reports,
+    export) then knows it. Registering the same object again is a no-op; a name that a built-in
+    or another registered method has is a :class:`ConfigError`. Returns ``method``.
+    """
+    if not isinstance(method, Method):
+        raise ConfigError(f"register_method takes an asymcl.Method, got {type(method).__name__}")
+    name = method.name
+    if not name or not set(name) <= _NAME_CHARS:
+        raise ConfigError(f"method name {name!r}: use lower-case letters, digits, '_' and '-' "
+                          "(it is a config value and part of run directory names)")
+    if name in BUILTIN:
+        raise ConfigError(f"method name {name!r} clashes with asymcl's built-in method; register it under "
+                          "another name")
+    existing = REGISTRY.get(name)
+    if existing is method:
+        return method
+    if existing is not None:
+        raise ConfigError(f"method name {name!r} is already registered (by another plugin); choose another name")
+    if method.stages not in (TWO_STAGE, BASELINE):
+        raise ConfigError(f"method {name}: stages must be methods.TWO_STAGE or methods.BASELINE, got {method.stages}")
+    if method.contrastive != (method.stages == TWO_STAGE):
+        raise ConfigError(f"method {name}: a two-stage method needs a loss_factory and a baseline has none")
+    unknown = sorted(set(method.free) - set(TUNABLE))
+    if unknown:
+        raise ConfigError(f"method {name}: free hyperparameters {unknown} are not among {', '.join(TUNABLE)}")
+    REGISTRY[name] = method
+    return method

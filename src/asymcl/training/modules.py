@@ -38,6 +38,7 @@ from torchmetrics.classification import (
 )
 
 from asymcl.data.augment import build_augmentation
+from asymcl.data.spec import DATASETS
 from asymcl.losses import raise_pending_input_errors
 from asymcl.models import LinearClassifier, ProjectionHead
 from asymcl.training.data_module import to_float_images
@@ -54,7 +55,10 @@ def augmentation_preset(config: dict, dataset_name: str, channels: int) -> str:
     preset = config.data.augment
     if preset != "auto":
         return preset
-    return "dermoscopy" if dataset_name == "isic2018" or channels == 3 else "grey28"
+    info = DATASETS.get(dataset_name)
+    if info is not None and info.augmentation is not None:  # the dataset entry says which
+        return info.augmentation
+    return "dermoscopy" if channels == 3 else "grey28"
 
 
 class ClassificationLoss(nn.Module):

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from asymcl.atomic import atomic_write_bytes
+from asymcl.data.isic import SUBMISSION_FILE as ISIC_SUBMISSION  # noqa: F401  (public here too)
+from asymcl.data.spec import DATASETS
 from asymcl.errors import CheckpointError, ConfigError
 from asymcl.training.callbacks import EpochLines, HistoryCallback
 from asymcl.training.checkpoints import SafeCheckpointIO, load_module_weights
@@ -291,16 +293,6 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         raise CheckpointError(f"stage {stage} finished without writing {ckpt_dir / 'best.ckpt'}")
 
 
-#: The ISIC 2018 Task 3 submission of an isic2018 run's official test set, in the run directory.
-ISIC_SUBMISSION = "submission_isic2018_test.csv"
-
-
-def _wants_isic_submission(data: RunData) -> bool:
-    """An isic2018 run on all seven classes whose test split is the official one (not carved)."""
-    from asymcl.data.isic import ISIC_CLASSES
-
-    return (data.dataset_name == "isic2018" and "test" in data.splits.official
-            and sorted(data.classes) == sorted(ISIC_CLASSES))
 
 
 def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
@@ -323,10 +315,11 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str,
         arrays[f"{split}_labels"] = out["labels"].astype(np.int64)
         arrays[f"{split}_preds"] = preds.astype(np.int64)
         arrays[f"{split}_ids"] = np.asarray(ids, dtype=str)
-        if split == "test" and _wants_isic_submission(data):
-            from asymcl.data.isic import submission_csv
-
-            atomic_write_bytes(run_dir / ISIC_SUBMISSION, submission_csv(ids, probs, data.classes).encode())
+        # The dataset entry declares its extra files (isic2018: the challenge submission).
+        extra = DATASETS[data.dataset_name].extra_outputs(
+            split=split, official=split in data.splits.official, ids=ids, probs=probs, classes=list(data.classes))
+        for name, content in extra.items():
+            atomic_write_bytes(run_dir / name, content)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     # `image` comes last: the columns before it keep the positions older readers expect.
