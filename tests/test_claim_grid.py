@@ -74,3 +74,23 @@ def test_claim_cli_writes_table_figure_and_runs_csv(tmp_path, capsys):
 def test_imbalance_ratio():
     assert imbalance_ratio("exp:100") == 100 and imbalance_ratio("exp:100:1000") == 100
     assert imbalance_ratio(None) == 1 and imbalance_ratio("binary:50") == 50
+
+
+def test_the_claim_grid_arms(tmp_path):
+    from asymcl.experiments.claim_presets import claim_specs
+    from asymcl.experiments.sweep import expand, parse_spec
+
+    (tmp_path / "fm").mkdir()
+    specs = claim_specs(tmp_path / "fm", "pretrained", seeds=2, budget=2, rhos=(1, 100), batches=(32, 512))
+    assert set(specs) == {"tuned", "authors", "eta-scaled-b32", "eta-scaled-b512"}
+    tuned = specs["tuned"]
+    assert {len(v) for v in tuned["settings"].values()} == {2}  # the same budget for every method
+    assert tuned["grid"]["data.imbalance"] == ["exp:1:1000", "exp:100:1000"]
+    assert tuned["base"]["data.cache_seed"] is None and tuned["base"]["data.val_per_class"] == 200
+    assert len(expand(parse_spec(tuned))) == 5 * 2 * 2 * 2 * 2
+    assert specs["authors"]["settings"]["afcl"][0]["loss.gamma"] == 10.0
+    assert specs["authors"]["settings"]["afcl"][0]["loss.eta"] == 300.0
+    small, large = specs["eta-scaled-b32"], specs["eta-scaled-b512"]
+    for a, b in zip(small["settings"]["afcl"], large["settings"]["afcl"]):
+        assert b["loss.eta"] == pytest.approx(16 * a["loss.eta"], rel=1e-3)  # eta follows N
+    assert small["base"]["stage1.batch_size"] == 32
