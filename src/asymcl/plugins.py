@@ -138,3 +138,17 @@ def load_plugins(values: Iterable[str] = (), *, entry_points: bool = True, debug
         load_entry_points(debug=debug)
     for value in values:
         load_plugin(value, debug=debug)
+
+
+def claim_name(kind: str, name: str, entry: object, registry: dict, builtin) -> bool:
+    """The one rule of every registry's ``register_*``: a built-in's name is refused, the same
+    object registered again is a no-op (returns False: nothing to add), another entry's name is
+    refused. Returns True when ``entry`` is new and may be added under ``name``."""
+    if name in builtin:
+        raise ConfigError(f"{kind} name {name!r} clashes with asymcl's built-in {kind}; register it under another name")
+    existing = registry.get(name)
+    if existing is entry:
+        return False
+    if existing is not None:
+        raise ConfigError(f"{kind} name {name!r} is already registered (by another plugin); choose another name")
+    return True

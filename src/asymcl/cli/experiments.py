@@ -106,8 +106,11 @@ def _reproduce(args: argparse.Namespace) -> int:
                        methods=args.methods, settings=args.settings, workers=args.workers if args.workers != 1 else None)
     result = reproduce(args.preset, args.data, out, profile=args.profile, dry_run=args.dry_run, command=command,
                        workers=args.workers, methods=_methods_list(args.methods), budget=args.settings)
-    if args.dry_run:
-        return 0
+    return 0 if args.dry_run else _finished(result)
+
+
+def _finished(result) -> int:
+    """A comparison's last line: where its report is; exit 1 when a run failed."""
     if result.report is not None:
         print(f"report: {result.report.markdown}")
     return 1 if result.sweep.failed else 0
@@ -153,11 +156,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(overrides, out, profile=args.profile, methods=_methods_list(args.methods), settings=args.settings,
                      seeds=args.seeds, budget=args.budget, yes=args.yes, dry_run=args.dry_run,
                      workers=args.workers, command=command)
-    if args.dry_run:
-        return 0
-    if result.report is not None:
-        print(f"report: {result.report.markdown}")
-    return 1 if result.sweep.failed else 0
+    return 0 if args.dry_run else _finished(result)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -115,14 +115,10 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
         raise ConfigError(f"register_dataset takes an asymcl.DatasetInfo, got {type(info).__name__}")
     if not info.name or not isinstance(info.name, str) or any(c in info.name for c in " /:,=\\"):
         raise ConfigError(f"dataset name {info.name!r}: use a non-empty name without spaces, '/', ':', ',' or '='")
-    if info.name in BUILTIN_DATASETS:
-        raise ConfigError(f"dataset name {info.name!r} clashes with asymcl's built-in dataset; register it "
-                          "under another name")
-    existing = DATASETS.get(info.name)
-    if existing is info:
+    from asymcl.plugins import claim_name
+
+    if not claim_name("dataset", info.name, info, DATASETS, BUILTIN_DATASETS):
         return info
-    if existing is not None:
-        raise ConfigError(f"dataset name {info.name!r} is already registered (by another plugin); choose another name")
     for name in ("loader", "download", "outputs"):
         value = getattr(info, name)
         if value is not None and not callable(value) and not (isinstance(value, str) and ":" in value):

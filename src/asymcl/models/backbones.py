@@ -425,13 +425,9 @@ def register_backbone(backbone: Backbone) -> Backbone:
     if not isinstance(name, str) or not name or "+" in name or ":" in name or not callable(backbone.build):
         raise ConfigError(f"backbone {name!r}: a name without '+' or ':' and a callable build(in_channels) "
                           "are required")
-    if name in _BUILTIN or name in _LITE_VARIANTS:
-        raise ConfigError(f"backbone name {name!r} clashes with asymcl's built-in backbone; register it under "
-                          "another name")
-    existing = REGISTRY.get(name)
-    if existing is backbone:
+    from asymcl.plugins import claim_name
+
+    if not claim_name("backbone", name, backbone, REGISTRY, {*_BUILTIN, *_LITE_VARIANTS}):
         return backbone
-    if existing is not None:
-        raise ConfigError(f"backbone name {name!r} is already registered (by another plugin); choose another name")
     REGISTRY[name] = backbone
     return backbone

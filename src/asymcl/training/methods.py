@@ -278,14 +278,10 @@ def register_method(method: Method) -> Method:
     if not name or not set(name) <= _NAME_CHARS:
         raise ConfigError(f"method name {name!r}: use lower-case letters, digits, '_' and '-' "
                           "(it is a config value and part of run directory names)")
-    if name in BUILTIN:
-        raise ConfigError(f"method name {name!r} clashes with asymcl's built-in method; register it under "
-                          "another name")
-    existing = REGISTRY.get(name)
-    if existing is method:
+    from asymcl.plugins import claim_name
+
+    if not claim_name("method", name, method, REGISTRY, BUILTIN):
         return method
-    if existing is not None:
-        raise ConfigError(f"method name {name!r} is already registered (by another plugin); choose another name")
     if method.stages not in (TWO_STAGE, BASELINE):
         raise ConfigError(f"method {name}: stages must be methods.TWO_STAGE or methods.BASELINE, got {method.stages}")
     if method.contrastive != (method.stages == TWO_STAGE):
