@@ -156,8 +156,8 @@ def build_report(
     settings = group_settings(runs)
     title = runs_dir.parent.name if from_csv else runs_dir.name
     blocks: list[tuple] = [("h1", f"asymcl report: {title}")]
-    source = f"the per-run table `{runs_dir}`" if from_csv else f"`{runs_dir}`"
-    blocks.append(("p", f"{len(runs)} finished runs in {source} in {len(settings)} setting(s)"
+    source = f"from the per-run table `{runs_dir}`" if from_csv else f"under `{runs_dir}`"
+    blocks.append(("p", f"{len(runs)} finished runs {source} in {len(settings)} setting(s)"
                    + (f"; {unfinished} unfinished runs ignored." if unfinished else ".")))
     blocks.append(("p", "Model selection: for each setting and method, the hyperparameters (γ, η, τ and any other "
                    "swept key) with the highest validation UA, averaged over seeds, are chosen; the test splits "

@@ -22,12 +22,6 @@ class MeanStd:
     std: float
     n: int
 
-    def format(self, scale: float = 100.0, digits: int = 1) -> str:
-        """``"85.3 +- 1.2"`` (values scaled, e.g. to percent)."""
-        if self.n == 0:
-            return "n/a"
-        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}"
-
 
 def mean_std(values: Sequence[float]) -> MeanStd:
     """Mean and sample standard deviation s = sqrt(sum (x - mean)^2 / (n - 1))."""
@@ -57,14 +51,6 @@ class PairedDifference:
     def significant(self) -> bool:
         """True when the interval excludes zero."""
         return self.n >= 2 and (self.low > 0 or self.high < 0)
-
-    def format(self, scale: float = 100.0, digits: int = 1) -> str:
-        if self.n == 0:
-            return "n/a"
-        text = f"{self.mean * scale:+.{digits}f}"
-        if self.n < 2:
-            return text + " (1 seed, no CI)"
-        return f"{text} [{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}]"
 
 
 def paired_difference(

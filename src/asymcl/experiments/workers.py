@@ -100,6 +100,10 @@ def run_points(
         if is_complete(run_dir):
             result.others.append(point.name)
             return True
+        if runlock.holder(run_dir) is not None:
+            # Another worker trains it: come back to it later, without a "running" line that reads
+            # as if both trained it (the run lock below still decides when two start at once).
+            return False
         # Progress over the whole directory, not this worker's share: what every worker prints agrees.
         left = [p for p in points if not is_complete(out_dir / p.name)]
         elsewhere = [p for p in left if p is not point and runlock.holder(out_dir / p.name) is not None]

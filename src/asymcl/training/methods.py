@@ -35,6 +35,12 @@ PROBE = ("probe",)
 JOINT = ("joint",)
 #: Each stage's own offset in the seeds of its initial weights, batches and augmentations.
 STAGE_OFFSETS = {"stage1": 1, "stage2": 2, "baseline": 3, "joint": 4, "probe": 5}
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of a stage's initial weights and batches: a function of the run's seed and the stage
+    alone, so a stage starts the same whatever ran before it (one formula for every caller)."""
+    return int(seed) * 100 + STAGE_OFFSETS[stage]
 #: Schedules a contrastive method can train with (``schedule`` in the run config).
 SCHEDULES = ("two_stage", "joint")
 

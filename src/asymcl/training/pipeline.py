@@ -45,7 +45,7 @@ from asymcl.training.callbacks import EpochLines, HistoryCallback
 from asymcl.training.checkpoints import SafeCheckpointIO, load_module_weights
 from asymcl.training.evaluation import evaluate, split_metrics  # noqa: F401  (public here too)
 from asymcl.training.config import RunConfig, resolve_config
-from asymcl.training.methods import STAGE_OFFSETS
+from asymcl.training.methods import stage_seed
 from asymcl.training.run_data import RunData, SplitsDataModule, data_spec  # noqa: F401  (data_spec: public here too)
 from asymcl.training.run_dir import (
     MetricsRecorder,
@@ -177,7 +177,7 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, repo
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     # Seeded as the first stage seeds its module, so that a frozen part without pretrained weights
     # (random initialisation) is the one that module holds (_train_stage checks the digest).
-    pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stages_for(config)[0]], workers=True, verbose=False)
+    pl.seed_everything(stage_seed(config.seed, stages_for(config)[0]), workers=True, verbose=False)
     caches = build_feature_caches(config, data, preset, cache_device(config), report_reuse=report_reuse)
     if verbose:
         print(f"[asymcl] training from cached features in {caches['train'].path.parent}", file=sys.stderr)
@@ -251,7 +251,7 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         callbacks=[HistoryCallback(stage, on_record), best_checkpoint, last_checkpoint, *lines, *callbacks],
     )
     # The same initial weights on every attempt of this stage, whatever ran before it.
-    pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stage], workers=True, verbose=False)
+    pl.seed_everything(stage_seed(config.seed, stage), workers=True, verbose=False)
     module = build_module(stage, config, data, gather=trainer.world_size > 1)
     if config.trainer.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -380,7 +380,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
 
             from asymcl.training.probe import train_probe
 
-            pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stage], workers=True, verbose=False)
+            pl.seed_everything(stage_seed(config.seed, stage), workers=True, verbose=False)
             train_probe(build_module(stage, config, data), config, data, run_dir, recorder)
         else:
             _train_stage(stage, config, data, run_dir, recorder, callbacks, verbose)

@@ -8,7 +8,7 @@ import torch
 
 from asymcl.training.config import RunConfig
 from asymcl.training.data_module import make_loader, to_float_images
-from asymcl.training.methods import STAGE_OFFSETS
+from asymcl.training.methods import stage_seed
 
 
 def data_spec(config: RunConfig):
@@ -94,7 +94,7 @@ class SplitsDataModule(pl.LightningDataModule):
         self.data = data
         self.batch_size = config.stage_section(stage).batch_size
         self.sampler = config.stage_sampler(stage)
-        self.seed = config.seed * 100 + STAGE_OFFSETS[stage]
+        self.seed = stage_seed(config.seed, stage)
         self.num_workers = config.data.num_workers
         self.channels_last = config.trainer.channels_last
 
