@@ -6,9 +6,38 @@ Layers (each importable without the ones above it):
 2. :mod:`asymcl.data`, :mod:`asymcl.models`   datasets, imbalance, samplers, augmentation, backbones
 3. :mod:`asymcl.training`    Lightning modules and the two-stage pipeline
 4. :mod:`asymcl.experiments` sweeps, reports, protocol presets
-5. :mod:`asymcl.cli`         the ``asymcl`` command
+5. :mod:`asymcl.cli`         the ``asymcl`` command; :mod:`asymcl.api` whole runs from Python
+   (``asymcl.train``, ``asymcl.sweep``, ``asymcl.report``)
 
 Importing :mod:`asymcl` itself imports nothing heavy, so ``import asymcl.losses`` needs only torch.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# The whole-run API sits above every layer; it is imported on first use (PEP 562), so that
+# `import asymcl` stays free of torch and Lightning. The TYPE_CHECKING import tells type checkers,
+# IDEs and the docs what the names are; tests/test_architecture.py ignores it (it never runs).
+_LAZY = {name: "asymcl.api" for name in ("train", "sweep", "report", "TrainResult", "SweepSummary",
+                                          "ReportSummary")}
+if TYPE_CHECKING:
+    from asymcl.api import ReportSummary, SweepSummary, TrainResult, report, sweep, train
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'asymcl' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
