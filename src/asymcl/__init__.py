@@ -21,12 +21,15 @@ __version__ = "0.1.0"
 # The whole-run API sits above every layer; it is imported on first use (PEP 562), so that
 # `import asymcl` stays free of torch and Lightning. The TYPE_CHECKING import tells type checkers,
 # IDEs and the docs what the names are; tests/test_architecture.py ignores it (it never runs).
-_LAZY = {name: "asymcl.api" for name in ("train", "sweep", "report", "TrainResult", "SweepSummary",
-                                          "ReportSummary")}
 if TYPE_CHECKING:
     from asymcl.api import ReportSummary, SweepSummary, TrainResult, report, sweep, train
 
-__all__ = ["__version__", *_LAZY]
+#: name -> the module that defines it, imported when the name is first used.
+_LAZY = {"train": "asymcl.api", "sweep": "asymcl.api", "report": "asymcl.api",
+         "TrainResult": "asymcl.api", "SweepSummary": "asymcl.api", "ReportSummary": "asymcl.api"}
+
+# A literal list: the docs read it without running this file (tests/test_api.py checks it against _LAZY).
+__all__ = ["__version__", "train", "sweep", "report", "TrainResult", "SweepSummary", "ReportSummary"]
 
 
 def __getattr__(name: str) -> Any:

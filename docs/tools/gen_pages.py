@@ -1,0 +1,75 @@
+"""The site's generated pages (mkdocs-gen-files runs this at every build; see mkdocs.yml).
+
+- ``index.md``: README.md, with its links to ``docs/...`` made relative to the site;
+- ``benchmarks.md``: benchmarks/README.md;
+- ``reference/cli.md``: the ``--help`` of ``asymcl`` and of every sub-command, from the parsers
+  themselves (argparse has no mkdocs plugin we trust: mkdocs-click is for Click), so a new
+  option or command is in the reference without anyone writing it down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import mkdocs_gen_files
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))  # document this checkout, whichever asymcl is installed
+
+# Where each repository file that the README links to lives on the site.
+SITE_PATHS = {"benchmarks/README.md": "benchmarks.md"}
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def site_link(target: str) -> str:
+    if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+        return target  # a web address or an anchor on the page
+    path, _, anchor = target.partition("#")
+    if path in SITE_PATHS:
+        path = SITE_PATHS[path]
+    elif path.startswith("docs/") and (ROOT / path).exists():
+        path = path[len("docs/"):]
+    else:
+        raise SystemExit(f"README.md links to {target!r}, which the docs site does not hold: link a page "
+                         "under docs/, or give the file a place on the site in docs/tools/gen_pages.py (SITE_PATHS)")
+    return path + (f"#{anchor}" if anchor else "")
+
+
+def copy_page(source: str, page: str, rewrite_links: bool) -> None:
+    text = (ROOT / source).read_text()
+    if rewrite_links:
+        text = LINK.sub(lambda match: f"]({site_link(match['target'])})", text)
+    with mkdocs_gen_files.open(page, "w") as out:
+        out.write(text)
+    mkdocs_gen_files.set_edit_path(page, Path("..") / source)
+
+
+def _commands(parser: argparse.ArgumentParser, words: list[str]):
+    yield " ".join(words), parser
+    for action in parser._actions:  # argparse keeps sub-commands here; it has no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, [*words, name])
+
+
+def cli_page() -> str:
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix the width for the page
+    from asymcl.cli import build_parser
+
+    lines = ["# Command line", "",
+             "Every command and option of `asymcl`, as `--help` prints them. A user error (a bad key, a "
+             "missing file) is printed as one line starting `asymcl: error:` and exits with status 2; "
+             "`--debug` shows the traceback.", ""]
+    for command, parser in _commands(build_parser(), ["asymcl"]):
+        lines += [f"## `{command}`", "", "```text", parser.format_help().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+copy_page("README.md", "index.md", rewrite_links=True)
+copy_page("benchmarks/README.md", "benchmarks.md", rewrite_links=False)
+with mkdocs_gen_files.open("reference/cli.md", "w") as out:
+    out.write(cli_page())
