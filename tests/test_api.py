@@ -50,7 +50,7 @@ def test_the_api_is_reached_from_the_package_without_importing_torch_first():
     assert all(getattr(asymcl, name) is not None for name in asymcl.__all__)
 
 
-def test_train_takes_set_keys_and_returns_the_run_files_numbers(tmp_path):
+def test_train_takes_set_keys_and_returns_the_run_files_numbers(tmp_path, monkeypatch):
     result = asymcl.train(TINY, out=tmp_path / "ce", overrides=["method=ce", "seed=1"])
     assert isinstance(result, TrainResult)
     assert result.run_dir == tmp_path / "ce" and result.method == "ce" and result.config.seed == 1
@@ -67,6 +67,9 @@ def test_train_takes_set_keys_and_returns_the_run_files_numbers(tmp_path):
     stamp = os.stat(result.run_dir / "metrics.json").st_mtime_ns
     again = asymcl.train(TINY, out=tmp_path / "ce", overrides={"method": "ce", "seed": 1})
     assert again == result and os.stat(result.run_dir / "metrics.json").st_mtime_ns == stamp
+    # Under DDP only rank 0 writes the final metrics, so only it returns them.
+    monkeypatch.setenv("RANK", "1")
+    assert asymcl.train(TINY, out=tmp_path / "ce", overrides={"method": "ce", "seed": 1}) is None
 
 
 def test_train_reads_a_yaml_file_of_nested_keys_and_defaults_its_directory_like_the_cli(tmp_path, monkeypatch):

@@ -99,18 +99,26 @@ class TrainResult:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> TrainResult:
-        """Read a finished run directory (made by :func:`train`, ``asymcl train`` or a sweep)."""
+        """Read a finished run directory (made by :func:`train`, ``asymcl train`` or a sweep).
+
+        Its config.yaml is resolved as a run's config is, so its ``data.root`` (and a weights file
+        in ``model.pretrained``) must exist as written there, relative to the working directory.
+        """
+        return cls._read(Path(run_dir), None)
+
+    @classmethod
+    def _read(cls, run_dir: Path, config: RunConfig | None) -> TrainResult:
         import yaml
 
         from asymcl.training.config import resolve_config
         from asymcl.training.run_dir import read_metrics
 
-        run_dir = Path(run_dir)
         metrics = read_metrics(run_dir) if (run_dir / "config.yaml").is_file() else None
         if metrics is None or metrics.get("status") != "complete":
             raise DataError(f"{run_dir} is not a finished run directory (no config.yaml, or metrics.json "
                             "without status 'complete'); train it first, e.g. asymcl.train(config, out=...)")
-        config = resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        if config is None:
+            config = resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
         return cls(
             run_dir=run_dir,
             config=config,
@@ -132,7 +140,8 @@ def _resolve(config: ConfigLike | None, overrides: Overrides | None) -> RunConfi
 
 
 def train(config: ConfigLike | None = None, *, out: str | os.PathLike | None = None,
-          overrides: Overrides | None = None, callbacks: Sequence = (), verbose: bool | None = None) -> TrainResult:
+          overrides: Overrides | None = None, callbacks: Sequence = (),
+          verbose: bool | None = None) -> TrainResult | None:
     """Train and evaluate one run, as ``asymcl train --config CONFIG --set ... --out OUT``.
 
     ``config``: the run's keys (a mapping, a YAML path or a RunConfig; None: every default, AFCL on
@@ -141,14 +150,17 @@ def train(config: ConfigLike | None = None, *, out: str | os.PathLike | None = N
     of the config>`` under the working directory, as on the command line, so the same call resumes
     an interrupted run and returns a finished one at once. ``callbacks``: extra Lightning callbacks
     for every stage. ``verbose``: stage messages on stderr (default: ``trainer.progress_bar``).
+
+    Returns the finished run. Under DDP (``trainer.devices`` > 1, from a script) every process
+    trains, but only the main one (rank 0) evaluates and writes the run's files: the others get None.
     """
     from asymcl.training.pipeline import run
-    from asymcl.training.run_dir import default_run_dir
+    from asymcl.training.run_dir import default_run_dir, is_main_process
 
     resolved = _resolve(config, overrides)
     run_dir = Path(out) if out is not None else Path(default_run_dir(resolved))
     run(resolved, run_dir, callbacks=callbacks, verbose=verbose)
-    return TrainResult.load(run_dir)
+    return TrainResult._read(run_dir, resolved) if is_main_process() else None
 
 
 # --------------------------------------------------------------------------------------------
