@@ -24,8 +24,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Each notebook runs top to bottom in a fresh kernel, from its own folder (its runs go to examples/runs/).
+# nbmake stops a cell after 300 s by default; the sweep cell takes about a minute alone, several on a busy machine.
 examples: $(STAMP)
-	$(BIN)/python -m pytest --nbmake examples
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 examples
 
 docs: $(DOCS_STAMP)
 	$(DOCS_ENV) $(BIN)/mkdocs serve
