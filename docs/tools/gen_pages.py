@@ -2,6 +2,11 @@
 
 - ``index.md``: README.md, with its links to ``docs/...`` made relative to the site;
 - ``benchmarks.md``: benchmarks/README.md;
+- ``reference/api.md``: every name the package root exports (``asymcl._EXPORTS``, whatever layer
+  defines it: the run API, the extension API), documented where it is defined, then the other
+  result types of :mod:`asymcl.api`. Generated because the root's ``__all__`` is built from that
+  table at run time, which griffe (reading the source) cannot evaluate; importing ``asymcl`` and
+  ``asymcl.api`` is cheap (no torch);
 - ``reference/cli.md``: the ``--help`` of ``asymcl`` and of every sub-command, from the parsers
   themselves (argparse has no mkdocs plugin we trust: mkdocs-click is for Click), so a new
   option or command is in the reference without anyone writing it down.
@@ -69,7 +74,31 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+def api_page() -> str:
+    import asymcl
+    import asymcl.api
+
+    exported = [name for name in asymcl.__all__ if name in asymcl._EXPORTS]
+    lines = ["# Python API and extension API", "",
+             "What `import asymcl` offers at the top level, including the whole-run functions "
+             "`asymcl.train`, `asymcl.sweep` and `asymcl.report` and their results. Importing `asymcl` "
+             "is cheap (no torch): these names are imported on first use. The guide with examples is "
+             "[Python API](../python-api.md).", "",
+             "::: asymcl", "    options:", "      show_root_heading: false", "      members: false", ""]
+    for name in exported:
+        lines += [f"::: {asymcl._EXPORTS[name]}.{name}", "    options:", "      show_root_full_path: false", ""]
+    others = [name for name in asymcl.api.__all__ if name not in exported]
+    if others:
+        lines += ["## Result types", "", "The parts of the results above, from `asymcl.api`.", ""]
+        for name in others:
+            lines += [f"::: asymcl.api.{name}", "    options:", "      heading_level: 3",
+                      "      show_root_full_path: false", ""]
+    return "\n".join(lines)
+
+
 copy_page("README.md", "index.md", rewrite_links=True)
+with mkdocs_gen_files.open("reference/api.md", "w") as out:
+    out.write(api_page())
 copy_page("benchmarks/README.md", "benchmarks.md", rewrite_links=False)
 with mkdocs_gen_files.open("reference/cli.md", "w") as out:
     out.write(cli_page())

@@ -7,40 +7,41 @@ Layers (each importable without the ones above it):
 3. :mod:`asymcl.training`    Lightning modules and the two-stage pipeline
 4. :mod:`asymcl.experiments` sweeps, reports, protocol presets
 5. :mod:`asymcl.cli`         the ``asymcl`` command; :mod:`asymcl.api` whole runs from Python
-   (``asymcl.train``, ``asymcl.sweep``, ``asymcl.report``)
 
 Importing :mod:`asymcl` itself imports nothing heavy, so ``import asymcl.losses`` needs only torch.
+
+Whole runs from Python (docs/python-api.md) are re-exported here and imported on first use
+(PEP 562): :func:`train`, :func:`sweep` and :func:`report`, which return a :class:`TrainResult`,
+a :class:`SweepSummary` and a :class:`ReportSummary`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# The whole-run API sits above every layer; it is imported on first use (PEP 562), so that
-# `import asymcl` stays free of torch and Lightning. The TYPE_CHECKING import tells type checkers,
-# IDEs and the docs what the names are; tests/test_architecture.py ignores it (it never runs).
-if TYPE_CHECKING:
+# Exported name -> the module defining it. A table rather than imports: `import asymcl` stays
+# cheap (no torch), and the package root may name any layer only through this lazy lookup.
+# The docs' reference page is built from this table (docs/tools/gen_pages.py).
+_EXPORTS = {
+    "train": "asymcl.api", "sweep": "asymcl.api", "report": "asymcl.api",
+    "TrainResult": "asymcl.api", "SweepSummary": "asymcl.api", "ReportSummary": "asymcl.api",
+}
+
+if TYPE_CHECKING:  # never runs: tells type checkers and IDEs what the lazy names are
     from asymcl.api import ReportSummary, SweepSummary, TrainResult, report, sweep, train
 
-#: name -> the module that defines it, imported when the name is first used.
-_LAZY = {"train": "asymcl.api", "sweep": "asymcl.api", "report": "asymcl.api",
-         "TrainResult": "asymcl.api", "SweepSummary": "asymcl.api", "ReportSummary": "asymcl.api"}
 
-# A literal list: the docs read it without running this file (tests/test_api.py checks it against _LAZY).
-__all__ = ["__version__", "train", "sweep", "report", "TrainResult", "SweepSummary", "ReportSummary"]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'asymcl' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # looked up once
-    return value
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'asymcl' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = ["__version__", *_EXPORTS]
