@@ -79,14 +79,25 @@ def api_page() -> str:
     import asymcl.api
 
     exported = [name for name in asymcl.__all__ if name in asymcl._EXPORTS]
+    # A name whose module a layer's page documents is linked there: an object documented twice has
+    # two anchors, which autorefs refuses.
+    layer_pages = "\n".join(page.read_text() for page in (ROOT / "docs" / "reference").glob("*.md"))
+    elsewhere = set(re.findall(r"^::: (\S+)", layer_pages, flags=re.M))
     lines = ["# Python API and extension API", "",
              "What `import asymcl` offers at the top level, including the whole-run functions "
              "`asymcl.train`, `asymcl.sweep` and `asymcl.report` and their results. Importing `asymcl` "
              "is cheap (no torch): these names are imported on first use. The guide with examples is "
              "[Python API](../python-api.md).", "",
              "::: asymcl", "    options:", "      show_root_heading: false", "      members: false", ""]
+    linked = [name for name in exported if asymcl._EXPORTS[name] in elsewhere]
+    if linked:
+        lines += ["Also exported here, documented with their layer:", ""]
+        lines += [f"- [`asymcl.{name}`][{asymcl._EXPORTS[name]}.{name}] (`{asymcl._EXPORTS[name]}`)"
+                  for name in linked]
+        lines.append("")
     for name in exported:
-        lines += [f"::: {asymcl._EXPORTS[name]}.{name}", "    options:", "      show_root_full_path: false", ""]
+        if name not in linked:
+            lines += [f"::: {asymcl._EXPORTS[name]}.{name}", "    options:", "      show_root_full_path: false", ""]
     others = [name for name in asymcl.api.__all__ if name not in exported]
     if others:
         lines += ["## Result types", "", "The parts of the results above, from `asymcl.api`.", ""]
