@@ -8,8 +8,9 @@ from pathlib import Path
 import asymcl
 
 SRC = Path(asymcl.__file__).resolve().parent
-# Layer of each package; modules directly under asymcl/ (errors, atomic, ...) are layer 0.
-LAYERS = {"losses": 1, "data": 2, "models": 2, "training": 3, "experiments": 4, "cli": 5}
+# Layer of each package; modules directly under asymcl/ (errors, atomic, ...) are layer 0, except
+# asymcl.api (whole runs from Python), which wraps the training and experiment layers.
+LAYERS = {"losses": 1, "data": 2, "models": 2, "training": 3, "experiments": 4, "cli": 5, "api": 5}
 
 
 def _module_name(path: Path) -> str:

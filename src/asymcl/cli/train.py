@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
 
@@ -40,17 +38,10 @@ def register(subparsers) -> None:
     demo.set_defaults(func=_demo)
 
 
-def default_run_dir(config) -> str:
-    """Same config -> same directory (so re-running the command resumes); another -> another."""
-    from asymcl.training.config import run_identity
-
-    digest = hashlib.sha256(json.dumps(run_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return f"runs/{config.method}-{config.data.dataset}-{digest}"
-
-
 def _train(args: argparse.Namespace) -> int:
     from asymcl.training.config import load_config_file, resolve_config
     from asymcl.training.pipeline import run
+    from asymcl.training.run_dir import default_run_dir
 
     base = load_config_file(args.config) if args.config else None
     config = resolve_config(base, args.overrides)

@@ -6,6 +6,7 @@ main process writes; every write is atomic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -19,11 +20,18 @@ import yaml
 
 from asymcl.atomic import atomic_write_json, atomic_write_yaml
 from asymcl.errors import CheckpointError, ConfigError
-from asymcl.training.config import RunConfig, config_differences, resolve_config
+from asymcl.training.config import RunConfig, config_differences, resolve_config, run_identity
 
 
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def default_run_dir(config: RunConfig) -> str:
+    """Where a run goes when no directory is given (``asymcl train``, :func:`asymcl.api.train`):
+    the same config -> the same directory (so running it again resumes); another -> another."""
+    digest = hashlib.sha256(json.dumps(run_identity(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"runs/{config.method}-{config.data.dataset}-{digest}"
 
 
 def versions_info() -> dict[str, Any]:
