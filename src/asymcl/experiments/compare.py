@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from asymcl.errors import ConfigError, DataError
 from asymcl.experiments.reproduce import PAPER_TABLE, PRETRAINED_TRAINING, QUICK_TRAINING
+from asymcl.training.methods import PROPOSED
 
 PROFILES = ("quick", "pretrained")
 #: The methods of each profile's comparison (the probe needs a pretrained encoder).
@@ -124,7 +125,7 @@ def _check_splits(counts: Mapping[str, Mapping[str, int]], where: str) -> None:
 
 def _estimate(config, counts: Mapping[str, Mapping[str, int]], profile: str, cached: bool) -> tuple[float, dict[str, float]]:
     """(one-time extraction s, {method: s per run}) from the throughputs above."""
-    from asymcl.training.methods import get_method
+    from asymcl.training.methods import PROBE, get_method
 
     n = {split: sum(c.values()) for split, c in counts.items()}
     size = config.data.image_size or 28
@@ -138,7 +139,7 @@ def _estimate(config, counts: Mapping[str, Mapping[str, int]], profile: str, cac
         extraction = 0.0 if cached else passes * lite_area / _LITE0_PASSES_PER_S_224PX
         train_cost = n.get("train", 0) * (epochs1 + epochs2) / _CACHED_IMAGE_EPOCHS_PER_S
         for method in COMPARE_METHODS[profile]:
-            per_method[method] = _RUN_OVERHEAD_S + (1.0 if get_method(method).stages == ("probe",) else train_cost)
+            per_method[method] = _RUN_OVERHEAD_S + (1.0 if get_method(method).stages == PROBE else train_cost)
         return extraction, per_method
     rate = _CNN_IMAGES_PER_S_28PX / max(area, 1e-6)
     evaluation = (epochs1 + epochs2) * n.get("val", 0) / (3 * rate)
@@ -185,7 +186,7 @@ def plan_comparison(overrides: Mapping[str, Any], out: str | Path, *, profile: s
     cached = not pending
     extraction, per_method = _estimate(first, counts, profile, cached)
     for method in methods:  # a user's method not in the profile's list: cost it like AFCL
-        per_method.setdefault(method, per_method.get("afcl", max(per_method.values())))
+        per_method.setdefault(method, per_method.get(PROPOSED, max(per_method.values())))
     pending_cost = sum(per_method[p.overrides.get("method", methods[-1])] for p in pending)
     speedup = min(max(workers, 1), 2) * 0.85 if workers > 1 else 1.0
     eta = extraction + pending_cost / speedup

@@ -53,8 +53,12 @@ def base_method(config: Mapping[str, Any]) -> str:
     """The run's method as reports show it. ``method=ce`` with ``stage2.loss=logit_adjusted`` (how
     logit-adjusted CE was run before ``la`` had its own entry) is ``la``: the same model and loss."""
     method = str(config.get(METHOD_KEY) or config.get("loss.name"))
-    if method == "ce" and config.get("stage2.loss") == "logit_adjusted":
-        return "la"
+    spec = _methods.REGISTRY.get(method)
+    if spec is not None and spec.end_to_end and spec.classification_loss is None:
+        # the end-to-end method that fixes this run's classification loss (la: logit_adjusted)
+        for other in _methods.REGISTRY.values():
+            if other.end_to_end and other.classification_loss and other.classification_loss == config.get("stage2.loss"):
+                return other.name
     return method
 
 

@@ -256,7 +256,6 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
         {"row": best, "baseline": baseline, "display": row_display(best), "split": main, "split_title": title,
          **_paired(setting, best, baseline)}
         for baseline in setting.methods if best is not None and is_baseline_row(baseline)]
-    numbers["best_vs_la"] = next((e for e in numbers["best_vs_baselines"] if e["baseline"] == "la"), None)
     return {**numbers,
             "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
                                for c in cands] for m, cands in setting.candidates.items()}}

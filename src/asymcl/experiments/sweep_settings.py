@@ -21,7 +21,7 @@ def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[
         return {}
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError("sweep 'settings': expected a mapping of method -> list of settings, e.g. "
-                          "{afcl: [{loss.gamma: 1, loss.eta: 10}]}")
+                          f"{{{METHODS[-1]}: [{{loss.temperature: 0.1}}]}}")
     if METHOD_KEY in grid:
         raise ConfigError(f"sweep: give the methods either as grid key {METHOD_KEY!r} or as 'settings', not both")
     settings: dict[str, list[dict[str, Any]]] = {}

@@ -31,7 +31,7 @@ from asymcl.data.augment import PRESETS as AUGMENT_PRESETS
 from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
 from asymcl.training import config_checks as check
-from asymcl.training.methods import JOINT, PROBE, SCHEDULES, get_method
+from asymcl.training.methods import JOINT, PROBE, PROPOSED, REGISTRY, SCHEDULES, get_method
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -162,7 +162,8 @@ class Stage2Config(_Section):
     lr: float = option(1e-2, check.number(0.0, exclusive=True), "peak learning rate")
     weight_decay: float = option(0.0, check.number(0.0), "weight decay")
     scheduler: str = option("cosine", check.choice("cosine", "none"), "learning-rate schedule")
-    loss: str = option("ce", check.choice("ce", "focal", "logit_adjusted"), "classification loss (also the baseline's)")
+    loss: str = option("ce", check.choice("ce", "focal", "logit_adjusted"),  # not a method name: the loss
+                       "classification loss (also the baseline's)")
     focal_gamma: float = option(2.0, check.number(0.0), "gamma of the focal classification loss")
     logit_tau: float = option(1.0, check.number(0.0), "tau of logit-adjusted cross-entropy")
     sampler: str = option("random", check.choice("random", "class_balanced"), "batch sampling (also the baseline's)")
@@ -204,8 +205,8 @@ class TrainerConfig(_Section):
 class RunConfig(_Section):
     """A whole, resolved run config (build it with :func:`resolve_config`)."""
 
-    method: str = option("afcl", check.method, "a method of the registry (asymcl.training.methods): a baseline "
-                         "(probe, ce, la) or a contrastive loss (supcon, cl, fcl, acl, afcl)")
+    method: str = option(PROPOSED, check.method, "a method of the registry (asymcl.training.methods): "
+                         + "; ".join(f"{m.name}: {m.display}" for m in REGISTRY.values()))
     seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
     schedule: str = option("two_stage", check.choice(*SCHEDULES),
                            "two_stage (contrastive pre-training, then a linear probe) or joint (one stage: "

@@ -168,14 +168,16 @@ def resolve_levers(flat: dict[str, Any], method) -> None:
     joint = flat["schedule"] == "joint"
     if not method.contrastive:
         if joint:
+            from asymcl.training.methods import contrastive_methods
+
             raise ConfigError(f"schedule=joint needs a contrastive loss; method {method.name} has none "
-                              "(choose supcon, cl, fcl, acl or afcl, or schedule=two_stage)")
+                              f"(choose one of {', '.join(contrastive_methods())}, or schedule=two_stage)")
         if flat["stage1.sampler"] != "random":
             raise ConfigError(f"stage1.sampler={flat['stage1.sampler']} has no effect with method {method.name} "
                               "(an end-to-end baseline samples with stage2.sampler); remove it")
     fixed_loss = method.classification_loss or ("logit_adjusted" if joint else None)
     if fixed_loss is not None:
-        if flat["stage2.loss"] not in ("ce", fixed_loss):
+        if flat["stage2.loss"] not in ("ce", fixed_loss):  # not a method name: stage2.loss's default
             what = f"method {method.name}" if method.classification_loss else "schedule=joint"
             raise ConfigError(f"stage2.loss={flat['stage2.loss']} contradicts {what}, which trains on "
                               f"{fixed_loss} cross-entropy; remove stage2.loss")

@@ -45,7 +45,7 @@ from asymcl.training.callbacks import EpochLines, HistoryCallback
 from asymcl.training.checkpoints import SafeCheckpointIO, load_module_weights
 from asymcl.training.evaluation import evaluate, split_metrics  # noqa: F401  (public here too)
 from asymcl.training.config import RunConfig, resolve_config
-from asymcl.training.methods import stage_seed
+from asymcl.training.methods import PROBE, stage_seed
 from asymcl.training.run_data import RunData, SplitsDataModule, data_spec  # noqa: F401  (data_spec: public here too)
 from asymcl.training.run_dir import (
     MetricsRecorder,
@@ -146,7 +146,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
         module = ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
     elif stage == "stage2":
         module = LinearProbeModule(*common, class_counts=data.class_counts)
-    elif stage == "probe":
+    elif stage == PROBE[0]:
         from asymcl.training.probe import ProbeModule
 
         module = ProbeModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
@@ -375,7 +375,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
     for stage in stages_for(config):
         if stage in metrics["stages_complete"]:
             continue
-        if stage == "probe":  # scikit-learn fits it: no Lightning loop, no epochs
+        if stage == PROBE[0]:  # scikit-learn fits it: no Lightning loop, no epochs
             import lightning.pytorch as pl
 
             from asymcl.training.probe import train_probe

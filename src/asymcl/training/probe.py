@@ -28,9 +28,10 @@ import torch
 
 from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import DataError
+from asymcl.training.methods import PROBE
 from asymcl.training.modules import EndToEndModule
 
-STAGE = "probe"
+STAGE = PROBE[0]
 
 
 class ProbeModule(EndToEndModule):
