@@ -85,6 +85,10 @@ class Encoder(nn.Module):
         # load_pretrained=False: same layout, weights to come from a checkpoint
         self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None,
                                        input_size=size)
+        # What rebuilds the backbone's weights without a checkpoint (see frozen_reference).
+        self._backbone_source = {"kind": "backbone", "backbone": backbone, "in_channels": int(in_channels),
+                                 "pretrained": None if pretrained is None else str(pretrained),
+                                 "input_size": list(size) if size else None, "finetune": str(finetune)}
         self.feature_dim = int(self.backbone.feature_dim)
         self.standardise = _standardise(backbone, in_channels, pretrained)
         parts = apply_finetune(self.backbone, finetune)
@@ -103,6 +107,20 @@ class Encoder(nn.Module):
     def cacheable(self) -> bool:
         return self._parts.cacheable
 
+    def frozen_reference(self) -> tuple[dict, dict[str, Tensor]] | None:
+        """(source, {name: tensor}) of the frozen backbone parameters that a checkpoint may store as
+        a reference instead of their values, names relative to ``backbone``; None when there are
+        none or they are not reproducible from a file (no pretrained weights: a random frozen part).
+
+        Parameters only: buffers (frozen batch-norm statistics) are small and stay in checkpoints.
+        ``source`` holds what :func:`reference_weights` needs to rebuild them.
+        """
+        if self._backbone_source["pretrained"] is None:
+            return None
+        frozen = {id(p) for p in self._parts.frozen.parameters()}
+        tensors = {name: p for name, p in self.backbone.named_parameters() if id(p) in frozen}
+        return (dict(self._backbone_source), tensors) if tensors else None
+
     def frozen_input(self) -> nn.Module:
         """The module whose outputs the feature cache stores: standardisation + frozen part."""
         return nn.Sequential(self.standardise, self._parts.frozen)
@@ -120,6 +138,16 @@ class Encoder(nn.Module):
         # The whole backbone in one call (equal to trainable(frozen(.)): frozen weights have no
         # gradient and stay in eval mode), so tracing/export sees only registered modules.
         return self.adapter(self.backbone(self.standardise(images)))
+
+
+def reference_weights(source: dict, names) -> dict[str, Tensor]:
+    """The backbone parameters ``names`` as :meth:`Encoder.frozen_reference`'s ``source`` builds them
+    (bundled or file weights, folded for grey input like a run's own)."""
+    size = source.get("input_size")
+    backbone = build_backbone(source["backbone"], int(source["in_channels"]), source["pretrained"],
+                              input_size=tuple(size) if size else None)
+    state = backbone.state_dict()
+    return {name: state[name] for name in names}
 
 
 def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pretrained: bool = True) -> Encoder:
