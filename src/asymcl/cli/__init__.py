@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "asymcl.cli.train",
     "asymcl.cli.experiments",
     "asymcl.cli.export",
+    "asymcl.cli.cache",
 )
 
 

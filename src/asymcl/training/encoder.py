@@ -164,8 +164,14 @@ def uses_feature_cache(config) -> bool:
 
 
 def cache_device(config) -> torch.device:
+    """Where the frozen part runs for extraction: this process's GPU (``LOCAL_RANK`` under a
+    launcher, so that the ranks of a distributed build use one GPU each), else the CPU."""
+    import os
+
     accelerated = config.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return torch.device("cuda" if accelerated else "cpu")
+    if not accelerated:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",
@@ -179,6 +185,10 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
 
     encoder = build_encoder(config, data.channels, data.image_hw).to(device)
     frozen = encoder.frozen_input().eval()
+    model, source = config.model, config.data
+    describe = {"encoder": model.backbone, "pretrained": model.pretrained, "finetune": model.finetune,
+                "input_size": encoder._backbone_source["input_size"],
+                "dataset": source.dataset, "root": source.root}
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
@@ -188,5 +198,6 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
             cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
             device=device,
             progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
+            describe=describe,
         )
     return caches

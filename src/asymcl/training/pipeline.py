@@ -167,6 +167,10 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, repo
         return
     import lightning.pytorch as pl
 
+    from asymcl.training.distributed_cache import join_launched_group
+
+    join_launched_group(config)  # under torchrun the ranks extract their parts (data/cache_dist.py)
+
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     # Seeded as the first stage seeds its module, so that a frozen part without pretrained weights
     # (random initialisation) is the one that module holds (_train_stage checks the digest).

@@ -1,0 +1,80 @@
+"""Distributed feature extraction (issue 25): `asymcl cache build` under torchrun with 2 CPU processes
+(gloo) equals a 1-process build image for image, and each reuses what the other wrote."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asymcl.data.cache_store import read_shard
+from asymcl.models import SmallCNN
+from asymcl.training.config import resolve_config
+from asymcl.training.distributed_cache import build_caches
+
+torch.set_num_threads(1)
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _sets(tmp_path, cache):
+    return {"model.pretrained": str(tmp_path / "w.pth"), "model.finetune": "frozen", "data.cache_dir": str(cache),
+            "data.classes": [0, 1, 2], "data.cache_views": 2, "trainer.progress_bar": False}
+
+
+def _torchrun(sets: dict) -> str:
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "asymcl", "cache", "build", *args],
+        env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def _contents(cache: Path) -> dict:
+    """{(entry, image fingerprint): (clean, views)} over every shard of the cache."""
+    out = {}
+    for entry in sorted(p for p in cache.iterdir() if p.is_dir()):
+        for shard in entry.glob("shard-*.npz"):
+            arrays = read_shard(shard, entry.name)
+            assert arrays is not None, shard
+            for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
+                out[entry.name, fingerprint] = (arrays["clean"][row], arrays["views"][row])
+    return out
+
+
+def test_two_process_extraction_equals_one_process_and_each_reuses_the_other(tmp_path, capfd):
+    torch.manual_seed(5)
+    torch.save(SmallCNN(1).state_dict(), tmp_path / "w.pth")
+    two, one = tmp_path / "two", tmp_path / "one"
+    log = _torchrun(_sets(tmp_path, two))
+    assert "(rank 0 of 2): extracting" in log and "(rank 1 of 2): extracting" in log
+    assert not list(two.rglob(".tmp-*"))
+
+    build_caches(resolve_config(_sets(tmp_path, one)))
+    assert "extracting" in capfd.readouterr().err
+    a, b = _contents(two), _contents(one)
+    assert set(a) == set(b) and len(a) > 500
+    for key in a:
+        np.testing.assert_allclose(a[key][0].astype(np.float32), b[key][0].astype(np.float32), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(a[key][1].astype(np.float32), b[key][1].astype(np.float32), rtol=2e-2, atol=2e-2)
+
+    # 1 process reuses what 2 wrote; 2 processes reuse what 1 wrote.
+    build_caches(resolve_config(_sets(tmp_path, two)))
+    assert "extracting" not in capfd.readouterr().err
+    log = _torchrun(_sets(tmp_path, one))
+    assert "extracting" not in log and "0 computed" in log
+
+    # A rank killed mid-extraction leaves finished shards and a temporary file: the next build (on
+    # any number of processes) removes the file and extracts only what is missing.
+    entry = next(p for p in two.iterdir() if (p / "key.json").is_file() and "views\": 2" in (p / "key.json").read_text())
+    shards = sorted(entry.glob("shard-*.npz"))
+    lost = len(read_shard(shards[0], entry.name)["fingerprints"])
+    shards[0].unlink()
+    (entry / ".tmp-killed.npz").write_bytes(b"half a shard")
+    log = _torchrun(_sets(tmp_path, two))
+    assert f"{lost} computed" in log and not list(entry.glob(".tmp-*"))
+    assert set(_contents(two)) == set(b)
