@@ -62,8 +62,11 @@ def build_distributed(job, report_reuse: bool, *, entry_lock, scan, extract, fin
     """
     import torch.distributed as dist
 
+    from asymcl.data.cache_store import hold_in_use
+
     rank, size = world()
     with entry_lock(job.directory, job.log) if rank == 0 else nullcontext():
+        hold_in_use(job.directory)
         todo, error = None, None
         if rank == 0:
             try:

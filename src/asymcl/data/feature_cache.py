@@ -308,10 +308,10 @@ def build_feature_cache(
                                   extract=_extract_missing, finish=_finish)
     else:
         with entry_lock(directory, log):
+            hold_in_use(directory)  # under the lock: a prune cannot come between our read and this
             found, missing = _scan(job)
             computed = _extract_missing(job, list(missing.items()), found)
             cache = _finish(job, found, computed, report_reuse)
-    hold_in_use(directory)
     return cache
 
 

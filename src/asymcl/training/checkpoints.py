@@ -23,8 +23,10 @@ without the key (written before issue 25, or with nothing to reference) loads as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -86,20 +88,40 @@ def _describe(source: dict) -> str:
     return f"the frozen encoder of {source.get('path')}"
 
 
-def _resolve(entry: dict, path: Path) -> dict[str, Tensor]:
-    """The referenced tensors, rebuilt from their source (not yet checked against the digest)."""
+@functools.lru_cache(maxsize=4)
+def _backbone_weights(source_json: str, keys: tuple[str, ...], file_stamp: tuple) -> tuple[dict, str]:
+    """(tensors, digest) of a backbone reference, kept per process: a run loads its checkpoints
+    several times (stage 2's start, the final evaluation), and rebuilding the backbone and hashing
+    its weights each time cost about a second for Lite0. ``file_stamp`` (size, mtime of a weights
+    file) makes a changed file a new entry."""
+    from asymcl.training.encoder import reference_weights
+
+    tensors = reference_weights(json.loads(source_json), keys)
+    return tensors, tensors_digest(tensors)
+
+
+def _file_stamp(pretrained) -> tuple:
+    try:
+        info = Path(str(pretrained)).expanduser().stat()
+    except (OSError, TypeError, ValueError):
+        return ()
+    return (info.st_size, info.st_mtime_ns)
+
+
+def _resolve(entry: dict, path: Path) -> tuple[dict[str, Tensor], str]:
+    """(the referenced tensors rebuilt from their source, their digest): not yet checked."""
     source, keys = entry["source"], entry["keys"]
     try:
         if source.get("kind") == "backbone":
-            from asymcl.training.encoder import reference_weights
-
-            return reference_weights(source, keys)
+            return _backbone_weights(json.dumps(source, sort_keys=True), tuple(keys),
+                                     _file_stamp(source.get("pretrained")))
         if source.get("kind") == "checkpoint":
             other = path.parent / source["path"]
             if not other.is_file():
                 raise CheckpointError(f"{other} is missing")
             state = load_checkpoint(other)["state_dict"]
-            return {key: state[source["prefix"] + key] for key in keys}
+            tensors = {key: state[source["prefix"] + key] for key in keys}
+            return tensors, tensors_digest(tensors)
     except KeyError as exc:
         raise CheckpointError(
             f"checkpoint {path} refers to {_describe(source)}, which lack {exc}; they are other weights than "
@@ -139,8 +161,7 @@ def restore_references(checkpoint: dict[str, Any], path: str | Path,
             if tensors_digest(candidate) == entry["sha256"]:
                 tensors = candidate
         if tensors is None:
-            tensors = _resolve(entry, Path(path))
-            got = tensors_digest(tensors)
+            tensors, got = _resolve(entry, Path(path))
             if got != entry["sha256"]:
                 raise _mismatch(path, entry["source"], entry["sha256"], got)
         state.update({prefix + key: value.detach().clone() for key, value in tensors.items()})
