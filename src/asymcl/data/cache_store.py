@@ -71,16 +71,27 @@ def shared_file_mode(directory: Path) -> int:
 
 
 IN_USE = ".in-use"
-_HELD: dict[str, int] = {}  # entry folder -> descriptor whose shared lock this process holds
+_HELD: dict[str, int] = {}  # an entry's .in-use path -> the descriptor whose shared lock this process holds
+
+
+def _open_marker(path: Path, directory: Path) -> int:
+    """The .in-use file, created if needed; read-only when it is another user's (flock needs no write)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode(directory))
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def hold_in_use(directory: Path) -> None:
     """Mark the entry as used now and hold it until this process exits (a shared flock)."""
     path = Path(directory) / IN_USE
     fd = _HELD.get(str(path))
+    if fd is not None and not _same_file(fd, path):  # the entry was deleted and made again
+        os.close(_HELD.pop(str(path)))
+        fd = None
     if fd is None:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode(directory))
+            fd = _open_marker(path, directory)
         except OSError:
             return  # a read-only cache: nothing can prune it from here either
         fcntl.flock(fd, fcntl.LOCK_SH)
@@ -91,13 +102,21 @@ def hold_in_use(directory: Path) -> None:
         pass
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        held, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
 def try_hold_exclusive(directory: Path) -> int | None:
     """A descriptor holding the entry's in-use lock exclusively (no process uses it), or None."""
     path = Path(directory) / IN_USE
     if str(path) in _HELD:
         return None
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode(directory))
+        fd = _open_marker(path, directory)
     except OSError:
         return None
     try:
