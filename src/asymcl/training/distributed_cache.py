@@ -15,7 +15,6 @@ process this is what a run does before it trains (:func:`asymcl.training.pipelin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -33,28 +32,12 @@ def _wants_launcher(config) -> bool:
         return str(devices) in ("-1", "auto") and torch.cuda.device_count() > 1
 
 
-def join_launched_group(config) -> bool:
-    """Under torchrun-style launchers (``RANK`` and ``WORLD_SIZE`` > 1 set), initialise the process
-    group now, with the backend Lightning would pick (nccl on GPUs, gloo on CPU), so that extraction
-    before training is shared too; Lightning then uses this group. True if this initialised it."""
-    import torch.distributed as dist
-
-    # RANK: set by torchrun/srun-style launchers, not by Lightning's (whose children set the rest).
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        from asymcl.training.encoder import cache_device
-
-        device = cache_device(config)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return True
-    return False
-
-
 def _start_process_group(config) -> bool:
     """Initialise torch.distributed when a launcher made N > 1 processes, or start them with
     Lightning's launcher; True if this did it."""
     import torch.distributed as dist
+
+    from asymcl.training.encoder import join_launched_group
 
     if join_launched_group(config):
         return True

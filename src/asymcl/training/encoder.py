@@ -22,6 +22,8 @@ on CPU bf16 was not faster at 128 px (benchmarks/README.md, feature extraction).
 
 from __future__ import annotations
 
+import os
+
 from torch import Tensor, nn
 import torch
 
@@ -166,12 +168,26 @@ def uses_feature_cache(config) -> bool:
 def cache_device(config) -> torch.device:
     """Where the frozen part runs for extraction: this process's GPU (``LOCAL_RANK`` under a
     launcher, so that the ranks of a distributed build use one GPU each), else the CPU."""
-    import os
-
     accelerated = config.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     if not accelerated:
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def join_launched_group(config) -> bool:
+    """Under torchrun-style launchers (``RANK`` and ``WORLD_SIZE`` > 1 set), initialise the process
+    group now, with the backend Lightning would pick (nccl on GPUs, gloo on CPU), so that extraction
+    before training is shared too; Lightning then uses this group. True if this initialised it."""
+    import torch.distributed as dist
+
+    # RANK: set by torchrun/srun-style launchers, not by Lightning's (whose children set the rest).
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        device = cache_device(config)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
 
 
 def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",

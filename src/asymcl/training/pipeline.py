@@ -167,7 +167,7 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, repo
         return
     import lightning.pytorch as pl
 
-    from asymcl.training.distributed_cache import join_launched_group
+    from asymcl.training.encoder import join_launched_group
 
     join_launched_group(config)  # under torchrun the ranks extract their parts (data/cache_dist.py)
 
