@@ -54,7 +54,7 @@ def _full_checkpoints():
     with mock.patch.object(modules._Base, "checkpoint_references", lambda self: []), \
             mock.patch.object(modules.LinearProbeModule, "checkpoint_references", lambda self: []), \
             mock.patch.object(ModelCheckpoint, "__init__", init), \
-            mock.patch.object(pipeline, "_finish_stage_checkpoints", lambda ckpt_dir: None):
+            mock.patch.object(pipeline, "_finish_stage_checkpoints", lambda ckpt_dir, save_last: None):
         yield
 
 

@@ -141,6 +141,15 @@ def test_save_last_false_keeps_best_only_and_restarts_an_interrupted_stage(tmp_p
     assert resumed["final"] == reference["final"]
     assert not list(out.rglob("last.ckpt"))
 
+    # Switched off in the middle of a stage: the earlier attempt's last.ckpt is not resumed from
+    # (the stage restarts) and is removed when the stage finishes.
+    out = tmp_path / "c"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(frozen_config(tmp_path, weights_file), out, callbacks=[Crash("stage1", epoch=2, batch=0)])
+    assert (out / "checkpoints/stage1/last.ckpt").is_file()
+    assert run(config, out)["final"] == reference["final"]
+    assert not list(out.rglob("last.ckpt"))
+
 
 def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, weights_file,
                                                                                     monkeypatch):

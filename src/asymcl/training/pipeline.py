@@ -295,13 +295,17 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         raise CheckpointError(f"stage {stage} finished without writing {ckpt_dir / 'best.ckpt'}")
 
 
-def _finish_stage_checkpoints(ckpt_dir: Path) -> None:
+def _finish_stage_checkpoints(ckpt_dir: Path, save_last: bool) -> None:
     """A finished stage is never resumed: its last.ckpt keeps the final epoch's weights and drops
-    the optimizer and callback states (best.ckpt is written weights-only already)."""
+    the optimizer and callback states (best.ckpt is written weights-only already). Under
+    ``trainer.save_last=false`` a last.ckpt is an earlier attempt's, not this stage's last epoch:
+    removed."""
     from asymcl.training.checkpoints import keep_weights_only
 
     last = ckpt_dir / "last.ckpt"
-    if last.is_file():
+    if last.is_file() and not save_last:
+        last.unlink()
+    elif last.is_file():
         keep_weights_only(last)
 
 
@@ -431,7 +435,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         metrics["stages_complete"].append(stage)
         recorder.save()
         if is_main_process():  # only now: until the stage is recorded complete, a resume needs it all
-            _finish_stage_checkpoints(run_dir / "checkpoints" / stage)
+            _finish_stage_checkpoints(run_dir / "checkpoints" / stage, config.trainer.save_last)
     if is_main_process():
         metrics["final"] = _final_outputs(config, data, run_dir)
         metrics["status"] = "complete"
