@@ -71,6 +71,11 @@ def test_list_size_and_verify(built, capsys):
     total = sum(e["bytes"] for e in entries)
     assert f"{total / 2**20:.1f} MB" in out.out and "decoded" in out.out
 
+    # An entry written before info.json existed: the encoder from the key's repr, no dataset.
+    (Path(evaluation["path"]) / "info.json").unlink()
+    older = next(e for e in list_entries(cache) if e.key == evaluation["key"])
+    assert (older.encoder, older.dataset, older.images) == ("SmallCNN", "?", evaluation["images"])
+
     code, out = _cli(capsys, "cache", "verify", "--cache-dir", str(cache))
     assert code == 0 and "0 damaged" in out.out
     shard = sorted(Path(train["path"]).glob("shard-*.npz"))[0]

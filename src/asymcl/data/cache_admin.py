@@ -88,6 +88,9 @@ def _image_words(key: dict, info: dict) -> str:
     channels, height, width = (key.get("image_shape") or [0, 0, 0])[:3]
     words = f"{height}x{width}x{channels}"
     size = info.get("input_size")
+    if not size:  # an entry without info.json: EfficientNet-Lite's resize is in the module's repr
+        found = re.search(r"input_size=\((\d+), (\d+)\)", str(key.get("frozen", "")))
+        size = [int(found.group(1)), int(found.group(2))] if found else None
     if size:
         words += f" -> {size[0]}x{size[1]}"
     return words
