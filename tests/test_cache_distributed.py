@@ -78,3 +78,50 @@ def test_two_process_extraction_equals_one_process_and_each_reuses_the_other(tmp
     log = _torchrun(_sets(tmp_path, two))
     assert f"{lost} computed" in log and not list(entry.glob(".tmp-*"))
     assert set(_contents(two)) == set(b)
+
+
+KILLER = '''
+import os, sys
+import asymcl.data.feature_cache as fc
+fc.SHARD_IMAGES = 100
+original = fc._write_shard
+written = []
+
+def write_then_die(directory, *args):
+    if os.environ["RANK"] == "1" and written:
+        (directory / ".tmp-half.npz").write_bytes(b"half a shard")  # what a killed write leaves
+        os._exit(9)
+    written.append(original(directory, *args))
+    return written[-1]
+
+fc._write_shard = write_then_die
+from asymcl.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_rank_killed_mid_extraction_loses_only_its_unfinished_part(tmp_path, capfd):
+    torch.manual_seed(5)
+    torch.save(SmallCNN(1).state_dict(), tmp_path / "w.pth")
+    cache = tmp_path / "cache"
+    sets = _sets(tmp_path, cache)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), "cache", "build", *args], env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode != 0
+    entry = next(p for p in cache.iterdir() if (p / "key.json").is_file())
+    assert list(entry.glob(".tmp-*"))  # the dead rank's half-written file ...
+    kept = sum(len(read_shard(s, entry.name)["fingerprints"]) for s in entry.glob("shard-*.npz"))
+    assert kept >= 100  # ... and every finished shard (rank 1's first, rank 0's)
+
+    from asymcl.data import DataSpec, build_splits
+
+    train = len(build_splits(DataSpec(classes=[0, 1, 2])).splits["train"])
+    build_caches(resolve_config(sets))  # the next run, on one process: only what is missing
+    log = capfd.readouterr().err
+    assert f"extracting {train - kept} images x 3 (clean + views) into {entry}" in log
+    assert not list(entry.glob(".tmp-*"))
+    assert len({k for k in _contents(cache) if k[0] == entry.name}) == train
