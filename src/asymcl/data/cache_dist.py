@@ -21,6 +21,7 @@ shards are found by image fingerprint, not by who wrote them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from contextlib import nullcontext
 
@@ -65,6 +66,14 @@ def build_distributed(job, report_reuse: bool, *, entry_lock, scan, extract, fin
     from asymcl.data.cache_store import hold_in_use
 
     rank, size = world()
+    # The missing list is rank 0's indices into its dataset: every rank must hold the same images
+    # (in the same order) and compute the same key.
+    images = hashlib.sha256("\n".join(job.fingerprints).encode()).hexdigest()
+    keys = _all_gather((job.key_hash, images))
+    if len(set(keys)) > 1:  # e.g. nodes whose CPUs differ on bf16, other weights or data on one node
+        raise DataError(f"feature cache: the ranks computed {len(set(keys))} different cache keys or image lists; "
+                        "their frozen weights, images or precision differ: give every node the same weights and "
+                        "data, and set data.cache_precision to bf16 or fp32 rather than auto")
     with entry_lock(job.directory, job.log) if rank == 0 else nullcontext():
         hold_in_use(job.directory)
         todo, error = None, None
