@@ -152,5 +152,13 @@ def test_shards_are_group_readable_in_a_group_shared_folder(tmp_path):
         os.umask(before)
         atomic._plain_file_mode.cache_clear()
     assert stat.S_IMODE(in_shared.stat().st_mode) & stat.S_IRGRP
+    # An entry made in a group-shared cache folder is group-shared itself, whatever the umask.
+    before = os.umask(0o077)
+    try:
+        cache_store.make_entry_folder(shared / "entry")
+    finally:
+        os.umask(before)
+    mode = stat.S_IMODE((shared / "entry").stat().st_mode)
+    assert mode & stat.S_IRWXG == stat.S_IRWXG and mode & stat.S_ISGID
     assert stat.S_IMODE(in_private.stat().st_mode) == 0o600
     assert cache_store.read_shard(in_shared, "k") is not None

@@ -6,7 +6,8 @@ A shard ``shard-<sha256 of its bytes>.npz`` holds ``key`` (the entry's key hash)
 
 Shared caches: a shard gets the mode a plain ``open()`` would give it (``mkstemp``'s 0600 made a
 team's shared cache unreadable to everyone but its writer), plus group read and write when the
-entry's folder is group-shared (setgid or group-writable), whatever the writer's umask.
+entry's folder is group-shared (setgid or group-writable), whatever the writer's umask; an entry
+folder made in a group-shared cache folder is group-shared itself (:func:`make_entry_folder`).
 
 In use: every process that reads an entry holds a shared ``flock`` on its ``.in-use`` file until it
 exits (:func:`hold_in_use`); ``asymcl cache prune`` deletes an entry only when it can take that
@@ -68,6 +69,21 @@ def shared_file_mode(directory: Path) -> int:
     if folder & (stat.S_ISGID | stat.S_IWGRP):
         mode |= stat.S_IRGRP | stat.S_IWGRP
     return mode
+
+
+def make_entry_folder(directory: Path) -> None:
+    """Create an entry's folder; in a group-shared cache folder it is group-shared too (group
+    rwx and setgid), so that the group's other members can add shards and take its locks."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        parent = os.stat(directory.parent).st_mode
+        if parent & (stat.S_ISGID | stat.S_IWGRP):
+            os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | stat.S_IRWXG | stat.S_ISGID)
+    except OSError:  # made by another user meanwhile: theirs to share
+        pass
 
 
 IN_USE = ".in-use"

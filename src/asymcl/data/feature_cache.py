@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from asymcl.data.augment import build_augmentation
 from asymcl.data.cache_store import borrow_clean as _borrow_clean
 from asymcl.data.cache_store import gather as _gather
-from asymcl.data.cache_store import hold_in_use, shared_file_mode
+from asymcl.data.cache_store import hold_in_use, make_entry_folder, shared_file_mode
 from asymcl.data.cache_store import read_shard as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
 from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
@@ -293,7 +293,7 @@ def build_feature_cache(
     root = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     directory = root / key_hash
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_entry_folder(directory)
     except OSError as exc:
         raise DataError(f"cannot create the feature cache folder {directory}: {exc.strerror}; set data.cache_dir") from None
     fingerprints = image_fingerprints(dataset)
@@ -361,6 +361,7 @@ def write_info(directory: Path, describe: dict) -> None:
     tmp = directory / f".tmp-info-{os.getpid()}.json"
     try:
         tmp.write_text(json.dumps(describe, indent=1, sort_keys=True, default=str))
+        os.chmod(tmp, shared_file_mode(directory))
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
