@@ -125,3 +125,18 @@ def test_a_rank_killed_mid_extraction_loses_only_its_unfinished_part(tmp_path, c
     assert f"extracting {train - kept} images x 3 (clean + views) into {entry}" in log
     assert not list(entry.glob(".tmp-*"))
     assert len({k for k in _contents(cache) if k[0] == entry.name}) == train
+
+
+def test_lightning_launcher_with_trainer_devices_splits_the_extraction_too(tmp_path):
+    torch.manual_seed(5)
+    torch.save(SmallCNN(1).state_dict(), tmp_path / "w.pth")
+    sets = {**_sets(tmp_path, tmp_path / "cache"), "trainer.devices": 2}
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RANK", None)
+    done = subprocess.run([sys.executable, "-m", "asymcl", "cache", "build", *args], env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(rank 0 of 2): extracting" in done.stderr and "(rank 1 of 2): extracting" in done.stderr
+    assert done.stderr.count("feature caches ready in") == 1  # reported once, by the first process
+    assert len(_contents(tmp_path / "cache")) > 500
