@@ -26,6 +26,11 @@ def _plain_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under this process's umask."""
+    return _plain_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", *, suffix: str = ".tmp") -> Iterator[IO]:
     """``with atomic_open(path) as handle: handle.write(...)``: ``path`` appears, complete, only

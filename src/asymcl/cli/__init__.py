@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "asymcl.cli.train",
     "asymcl.cli.experiments",
     "asymcl.cli.export",
+    "asymcl.cli.cache",
 )
 
 

@@ -3,15 +3,27 @@
 :mod:`asymcl.data.feature_cache` decides what to extract; this module only stores and finds it.
 A shard ``shard-<sha256 of its bytes>.npz`` holds ``key`` (the entry's key hash), ``fingerprints``
 (N,), ``clean`` (N, *S) and ``views`` (N, V, *S), float16.
+
+Shared caches: a shard gets the mode a plain ``open()`` would give it (``mkstemp``'s 0600 made a
+team's shared cache unreadable to everyone but its writer), plus group read and write when the
+entry's folder is group-shared (setgid or group-writable), whatever the writer's umask; an entry
+folder made in a group-shared cache folder is group-shared itself (:func:`make_entry_folder`).
+
+In use: every process that reads an entry holds a shared ``flock`` on its ``.in-use`` file until it
+exits (:func:`hold_in_use`); ``asymcl cache prune`` deletes an entry only when it can take that
+lock exclusively, so an entry a running job holds is never deleted. The file's modification time
+is the entry's last use.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -44,9 +56,97 @@ def read_shard(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
     return arrays
 
 
+def shared_file_mode(directory: Path) -> int:
+    """What a file in ``directory`` should be: ``open()``'s mode under the umask, plus group read and
+    write when the folder is group-shared (setgid bit or group-writable)."""
+    from asymcl.atomic import plain_file_mode
+
+    mode = plain_file_mode()
+    try:
+        folder = os.stat(directory).st_mode
+    except OSError:
+        return mode
+    if folder & (stat.S_ISGID | stat.S_IWGRP):
+        mode |= stat.S_IRGRP | stat.S_IWGRP
+    return mode
+
+
+def make_entry_folder(directory: Path) -> None:
+    """Create an entry's folder; in a group-shared cache folder it is group-shared too (group
+    rwx and setgid), so that the group's other members can add shards and take its locks."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        parent = os.stat(directory.parent).st_mode
+        if parent & (stat.S_ISGID | stat.S_IWGRP):
+            os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | stat.S_IRWXG | stat.S_ISGID)
+    except OSError:  # made by another user meanwhile: theirs to share
+        pass
+
+
+IN_USE = ".in-use"
+_HELD: dict[str, int] = {}  # an entry's .in-use path -> the descriptor whose shared lock this process holds
+
+
+def _open_marker(path: Path, directory: Path) -> int:
+    """The .in-use file, created if needed; read-only when it is another user's (flock needs no write)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode(directory))
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+def hold_in_use(directory: Path) -> None:
+    """Mark the entry as used now and hold it until this process exits (a shared flock)."""
+    path = Path(directory) / IN_USE
+    fd = _HELD.get(str(path))
+    if fd is not None and not _same_file(fd, path):  # the entry was deleted and made again
+        os.close(_HELD.pop(str(path)))
+        fd = None
+    if fd is None:
+        try:
+            fd = _open_marker(path, directory)
+        except OSError:
+            return  # a read-only cache: nothing can prune it from here either
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _HELD[str(path)] = fd
+    try:
+        os.utime(fd)
+    except OSError:  # another user's file in a shared cache: the use is still held
+        pass
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        held, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def try_hold_exclusive(directory: Path) -> int | None:
+    """A descriptor holding the entry's in-use lock exclusively (no process uses it), or None."""
+    path = Path(directory) / IN_USE
+    if str(path) in _HELD:
+        return None
+    try:
+        fd = _open_marker(path, directory)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: np.ndarray, views: np.ndarray) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
     try:
+        os.fchmod(fd, shared_file_mode(directory))
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
             handle.flush()

@@ -26,6 +26,10 @@ SHA-256 of its bytes, checked on every read, so a truncated or altered shard, or
 another key, is reported, removed and recomputed. A file lock serialises builders of one entry
 (the second waits, then reuses); a killed writer leaves only a temporary file, which the next
 builder removes. Writing errors (a full disk) raise :class:`DataError` and leave nothing behind.
+A process that read an entry holds it (a shared lock on ``.in-use``, whose mtime is the last use)
+until it exits, so ``asymcl cache prune`` never deletes it under a running job
+(:mod:`asymcl.data.cache_admin`). Under torch.distributed the ranks split the extraction
+(:mod:`asymcl.data.cache_dist`); the key and these rules are the same.
 
 Location: ``cache_dir`` or, by default, ``$ASYMCL_CACHE_DIR/features``, else
 ``$XDG_CACHE_HOME/asymcl/features`` (``~/.cache/asymcl/features``): under the user's cache folder
@@ -40,9 +44,9 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +55,7 @@ from torch import Tensor, nn
 from asymcl.data.augment import build_augmentation
 from asymcl.data.cache_store import borrow_clean as _borrow_clean
 from asymcl.data.cache_store import gather as _gather
+from asymcl.data.cache_store import hold_in_use, make_entry_folder, shared_file_mode
 from asymcl.data.cache_store import read_shard as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
 from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
@@ -236,6 +241,7 @@ def build_feature_cache(
     progress: bool | None = None,
     log: Callable[[str], None] = _log_stderr,
     report_reuse: bool = True,
+    describe: dict | None = None,
 ) -> FeatureCache:
     """Load, or compute what is missing of, the cached outputs of ``frozen`` for ``dataset``.
 
@@ -251,7 +257,12 @@ def build_feature_cache(
     faster on these CPUs, benchmarks/README.md).
     ``channels_last``: feed the batch channels-last (not part of the key: same numbers up to
     rounding; faster on CPU, see benchmarks/README.md). ``report_reuse=False``: log the entry's
-    location and size only when something was extracted.
+    location and size only when something was extracted. ``describe``: words for ``info.json``
+    (encoder, dataset; what ``asymcl cache list`` shows), not part of the key.
+
+    Under torch.distributed (an initialised process group of N > 1 processes) every rank calls
+    this with the same arguments; each extracts a disjoint part of the missing images into its
+    own shards and all return the whole cache (:mod:`asymcl.data.cache_dist`).
     """
     if views < 0:
         raise DataError(f"feature cache views must be >= 0, got {views}")
@@ -282,37 +293,92 @@ def build_feature_cache(
     root = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     directory = root / key_hash
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_entry_folder(directory)
     except OSError as exc:
         raise DataError(f"cannot create the feature cache folder {directory}: {exc.strerror}; set data.cache_dir") from None
     fingerprints = image_fingerprints(dataset)
+    if describe:
+        write_info(directory, describe)
+    job = _Job(dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed, batch_size,
+               (precision, view_precision), channels_last, device, progress, log)
+    from asymcl.data.cache_dist import build_distributed, world
 
+    if world() is not None:  # torch.distributed: every rank extracts its part (cache_dist.py)
+        cache = build_distributed(job, report_reuse, entry_lock=entry_lock, scan=_scan,
+                                  extract=_extract_missing, finish=_finish)
+    else:
+        with entry_lock(directory, log):
+            hold_in_use(directory)  # under the lock: a prune cannot come between our read and this
+            found, missing = _scan(job)
+            computed = _extract_missing(job, list(missing.items()), found)
+            cache = _finish(job, found, computed, report_reuse)
+    return cache
+
+
+class _Job(NamedTuple):
+    """One build's fixed inputs."""
+
+    dataset: ImageDataset
+    frozen: nn.Module
+    augment: nn.Module
+    key: dict
+    key_hash: str
+    directory: Path
+    fingerprints: list
+    views: int
+    seed: int
+    batch_size: int
+    precisions: tuple
+    channels_last: bool
+    device: torch.device
+    progress: bool | None
+    log: Callable[[str], None]
+
+
+@contextmanager
+def entry_lock(directory: Path, log: Callable[[str], None] = _log_stderr):
+    """The entry's build lock: one builder at a time; the second waits (and says so), then reuses."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(directory / ".lock"))
+    lock = FileLock(str(directory / ".lock"), mode=shared_file_mode(directory))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         log(f"feature cache: waiting for another process that is building {directory}")
         lock.acquire()
     try:
-        return _build_locked(
-            dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
-            batch_size, (precision, view_precision), channels_last, device, progress, log, report_reuse,
-        )
+        yield
     finally:
         lock.release()
 
 
-def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed,
-                  batch_size, precisions, channels_last, device, progress, log, report_reuse) -> FeatureCache:
-    for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
-        stale.unlink(missing_ok=True)
+def write_info(directory: Path, describe: dict) -> None:
+    """``info.json``: what the entry is for, in words (encoder, dataset), for ``asymcl cache list``;
+    not part of the key. Written once; a failure to write it loses nothing."""
+    path = directory / "info.json"
+    if path.is_file():
+        return
+    tmp = directory / f".tmp-info-{os.getpid()}.json"
+    try:
+        tmp.write_text(json.dumps(describe, indent=1, sort_keys=True, default=str))
+        os.chmod(tmp, shared_file_mode(directory))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _scan(job: _Job, clean_temporaries: bool = True) -> tuple[dict, dict]:
+    """Under the entry lock: (found: fingerprint -> (arrays, row), missing: fingerprint -> index)."""
+    directory, key, key_hash, log = job.directory, job.key, job.key_hash, job.log
+    if clean_temporaries:
+        for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
+            stale.unlink(missing_ok=True)
     key_file = directory / "key.json"
     if not key_file.is_file():  # for the user: what this entry holds
         tmp = directory / ".tmp-key.json"
         try:
             tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+            os.chmod(tmp, shared_file_mode(directory))
             os.replace(tmp, key_file)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -327,50 +393,60 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
         for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
             found.setdefault(fingerprint, (arrays, row))
     missing: dict[str, int] = {}
-    for index, fingerprint in enumerate(fingerprints):
+    for index, fingerprint in enumerate(job.fingerprints):
         if fingerprint not in found and fingerprint not in missing:
             missing[fingerprint] = index
-    if missing and views == 0:
+    if missing and job.views == 0:
         borrowed = _borrow_clean(directory, key, key_hash, set(missing), log)
         if borrowed is not None:
             for row, fingerprint in enumerate(borrowed["fingerprints"].tolist()):
                 found[fingerprint] = (borrowed, row)
                 missing.pop(fingerprint, None)
-    computed_rows = 0
-    if missing:
-        log(f"feature cache: extracting {len(missing)} images x {1 + views} (clean + views) into {directory}")
-        todo = list(missing.items())
-        bar = _progress(len(todo), progress)
-        start = time.perf_counter()
-        try:
-            # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
-            for offset in range(0, len(todo), SHARD_IMAGES):
-                arrays = _compute(dataset, frozen, augment, todo[offset : offset + SHARD_IMAGES], views, seed,
-                                  batch_size, precisions, channels_last, device, bar)
-                _write_shard(directory, key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
-                for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
-                    found[fingerprint] = (arrays, row)
-                done = offset + len(arrays["fingerprints"])
-                if bar is None and done < len(todo):
-                    # Without a bar (sweeps, logs) a long extraction still says how far it is.
-                    elapsed = time.perf_counter() - start
-                    log(f"feature cache: {done}/{len(todo)} images in {elapsed:.0f} s, "
-                        f"about {elapsed * (len(todo) - done) / done:.0f} s left")
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - start
-        computed_rows = len(missing)
-        rate = computed_rows * (1 + views) / max(seconds, 1e-9)
-        used = precisions[0] if precisions[0] == precisions[1] else f"clean {precisions[0]}, views {precisions[1]}"
-        log(f"feature cache: extracted {computed_rows} images x {1 + views} (clean + views) in {seconds:.1f} s "
-            f"({rate:.1f} images/s, {used})")
-    clean, stacked = _gather(found, fingerprints)
-    size = sum(p.stat().st_size for p in directory.glob("shard-*.npz"))
-    if computed_rows or report_reuse:
-        log(f"feature cache {directory}: {len(fingerprints)} images ({computed_rows} computed, "
-            f"{len(set(fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
-    return FeatureCache(directory, key, clean, stacked)
+    return found, missing
+
+
+def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
+    """Extract ``todo`` [(fingerprint, index)] into new shards, adding them to ``found``; returns
+    how many. ``part``: how a rank names its share in the log (distributed builds)."""
+    if not todo:
+        return 0
+    log, views = job.log, job.views
+    log(f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}")
+    bar = _progress(len(todo), job.progress)
+    start = time.perf_counter()
+    try:
+        # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
+        for offset in range(0, len(todo), SHARD_IMAGES):
+            arrays = _compute(job.dataset, job.frozen, job.augment, todo[offset : offset + SHARD_IMAGES], views,
+                              job.seed, job.batch_size, job.precisions, job.channels_last, job.device, bar)
+            _write_shard(job.directory, job.key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
+            for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
+                found[fingerprint] = (arrays, row)
+            done = offset + len(arrays["fingerprints"])
+            if bar is None and done < len(todo):
+                # Without a bar (sweeps, logs) a long extraction still says how far it is.
+                elapsed = time.perf_counter() - start
+                log(f"feature cache{part}: {done}/{len(todo)} images in {elapsed:.0f} s, "
+                    f"about {elapsed * (len(todo) - done) / done:.0f} s left")
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    rate = len(todo) * (1 + views) / max(seconds, 1e-9)
+    clean_p, view_p = job.precisions
+    used = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
+    log(f"feature cache{part}: extracted {len(todo)} images x {1 + views} (clean + views) in {seconds:.1f} s "
+        f"({rate:.1f} images/s, {used})")
+    return len(todo)
+
+
+def _finish(job: _Job, found: dict, computed_rows: int, report_reuse: bool, log: bool = True) -> FeatureCache:
+    clean, stacked = _gather(found, job.fingerprints)
+    if log and (computed_rows or report_reuse):
+        size = sum(p.stat().st_size for p in job.directory.glob("shard-*.npz"))
+        job.log(f"feature cache {job.directory}: {len(job.fingerprints)} images ({computed_rows} computed, "
+                f"{len(set(job.fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
+    return FeatureCache(job.directory, job.key, clean, stacked)
 
 
 def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions, channels_last, device,

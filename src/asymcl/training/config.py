@@ -199,6 +199,7 @@ class TrainerConfig(_Section):
                                  "channels_last memory format for images and the model (faster convolutions on GPUs)")
     progress_bar: bool = option(True, check.boolean, "progress: bars on a terminal, one line per epoch otherwise")
     num_threads: int | None = option(None, check.integer(1, optional=True), "torch CPU threads (null: torch's default)")
+    save_last: bool = option(True, check.boolean, "keep last.ckpt each epoch (false: best only; an interrupted stage restarts)")
 
 
 @dataclass
@@ -422,7 +423,9 @@ def resolve_config(base: dict | RunConfig | None = None,
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values
 # (e.g. `asymcl demo --quiet` after `asymcl demo`), and they do not change its default directory.
 # data.cache_dir: a cache moved elsewhere holds the same numbers (its key is in the folder name).
-NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers", "data.cache_dir")
+# trainer.save_last: which checkpoints are kept, not what they hold.
+NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers", "data.cache_dir",
+                   "trainer.save_last")
 
 
 def result_config(config: dict | RunConfig) -> dict:

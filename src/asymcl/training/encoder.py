@@ -22,6 +22,8 @@ on CPU bf16 was not faster at 128 px (benchmarks/README.md, feature extraction).
 
 from __future__ import annotations
 
+import os
+
 from torch import Tensor, nn
 import torch
 
@@ -85,6 +87,10 @@ class Encoder(nn.Module):
         # load_pretrained=False: same layout, weights to come from a checkpoint
         self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None,
                                        input_size=size)
+        # What rebuilds the backbone's weights without a checkpoint (see frozen_reference).
+        self._backbone_source = {"kind": "backbone", "backbone": backbone, "in_channels": int(in_channels),
+                                 "pretrained": None if pretrained is None else str(pretrained),
+                                 "input_size": list(size) if size else None, "finetune": str(finetune)}
         self.feature_dim = int(self.backbone.feature_dim)
         self.standardise = _standardise(backbone, in_channels, pretrained)
         parts = apply_finetune(self.backbone, finetune)
@@ -102,6 +108,20 @@ class Encoder(nn.Module):
     @property
     def cacheable(self) -> bool:
         return self._parts.cacheable
+
+    def frozen_reference(self) -> tuple[dict, dict[str, Tensor]] | None:
+        """(source, {name: tensor}) of the frozen backbone parameters that a checkpoint may store as
+        a reference instead of their values, names relative to ``backbone``; None when there are
+        none or they are not reproducible from a file (no pretrained weights: a random frozen part).
+
+        Parameters only: buffers (frozen batch-norm statistics) are small and stay in checkpoints.
+        ``source`` holds what :func:`reference_weights` needs to rebuild them.
+        """
+        if self._backbone_source["pretrained"] is None:
+            return None
+        frozen = {id(p) for p in self._parts.frozen.parameters()}
+        tensors = {name: p for name, p in self.backbone.named_parameters() if id(p) in frozen}
+        return (dict(self._backbone_source), tensors) if tensors else None
 
     def frozen_input(self) -> nn.Module:
         """The module whose outputs the feature cache stores: standardisation + frozen part."""
@@ -122,6 +142,16 @@ class Encoder(nn.Module):
         return self.adapter(self.backbone(self.standardise(images)))
 
 
+def reference_weights(source: dict, names) -> dict[str, Tensor]:
+    """The backbone parameters ``names`` as :meth:`Encoder.frozen_reference`'s ``source`` builds them
+    (bundled or file weights, folded for grey input like a run's own)."""
+    size = source.get("input_size")
+    backbone = build_backbone(source["backbone"], int(source["in_channels"]), source["pretrained"],
+                              input_size=tuple(size) if size else None)
+    state = backbone.state_dict()
+    return {name: state[name] for name in names}
+
+
 def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pretrained: bool = True) -> Encoder:
     model = config.model
     return Encoder(model.backbone, in_channels, image_hw, pretrained=model.pretrained,
@@ -136,8 +166,28 @@ def uses_feature_cache(config) -> bool:
 
 
 def cache_device(config) -> torch.device:
+    """Where the frozen part runs for extraction: this process's GPU (``LOCAL_RANK`` under a
+    launcher, so that the ranks of a distributed build use one GPU each), else the CPU."""
     accelerated = config.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return torch.device("cuda" if accelerated else "cpu")
+    if not accelerated:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def join_launched_group(config) -> bool:
+    """Under torchrun-style launchers (``RANK`` and ``WORLD_SIZE`` > 1 set), initialise the process
+    group now, with the backend Lightning would pick (nccl on GPUs, gloo on CPU), so that extraction
+    before training is shared too; Lightning then uses this group. True if this initialised it."""
+    import torch.distributed as dist
+
+    # RANK: set by torchrun/srun-style launchers, not by Lightning's (whose children set the rest).
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        device = cache_device(config)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
 
 
 def views_seed(config) -> int:
@@ -157,6 +207,10 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
 
     encoder = build_encoder(config, data.channels, data.image_hw).to(device)
     frozen = encoder.frozen_input().eval()
+    model, source = config.model, config.data
+    describe = {"encoder": model.backbone, "pretrained": model.pretrained, "finetune": model.finetune,
+                "input_size": encoder._backbone_source["input_size"],
+                "dataset": source.dataset, "root": source.root}
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
@@ -166,5 +220,6 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
             cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
             device=device,
             progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
+            describe=describe,
         )
     return caches

@@ -127,6 +127,25 @@ class _Base(pl.LightningModule):
         self.last_train_loss: float | None = None
         self.feature_caches: dict | None = None  # plain attribute: not weights, not in checkpoints
 
+    # -- slim checkpoints (training/checkpoints.py) ------------------------------------------------
+    def checkpoint_references(self) -> list[tuple[str, dict, dict]]:
+        """``(prefix, source, {key: tensor})`` of the state entries a checkpoint keeps by reference:
+        the frozen backbone parameters, when bundled or file weights rebuild them."""
+        found = self.encoder.frozen_reference()
+        return [] if found is None else [("encoder.backbone.", found[0], found[1])]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from asymcl.training.checkpoints import slim_checkpoint
+
+        slim_checkpoint(checkpoint, self.checkpoint_references())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Resuming: this module was built with the referenced weights (checked against the digest).
+        from asymcl.training.checkpoints import restore_references
+
+        path = getattr(self, "resume_path", None) or "being resumed"
+        restore_references(checkpoint, path, own_state=self.state_dict())
+
     # -- cached features --------------------------------------------------------------------------
     def use_feature_caches(self, caches: dict | None) -> None:
         """``{split: FeatureCache}``: batches then carry image indices into these caches."""
@@ -285,6 +304,12 @@ class LinearProbeModule(_Base):
         super().train(mode)
         self.encoder.eval()  # frozen: batch-norm statistics must not move
         return self
+
+    def checkpoint_references(self) -> list[tuple[str, dict, dict]]:
+        # The whole encoder is stage 1's best one (the pipeline loads it before training): only the
+        # classifier trains here.
+        source = {"kind": "checkpoint", "path": "../stage1/best.ckpt", "prefix": "encoder."}
+        return [("encoder.", source, self.encoder.state_dict())]
 
     def features(self, images: Tensor) -> Tensor:
         with torch.no_grad():

@@ -174,6 +174,10 @@ def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, repo
         return
     import lightning.pytorch as pl
 
+    from asymcl.training.encoder import join_launched_group
+
+    join_launched_group(config)  # under torchrun the ranks extract their parts (data/cache_dist.py)
+
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     # Seeded as the first stage seeds its module, so that a frozen part without pretrained weights
     # (random initialisation) is the one that module holds (_train_stage checks the digest).
@@ -223,16 +227,18 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
     epochs = config.stage_section(stage).epochs
     ckpt_dir = run_dir / "checkpoints" / stage
     last = ckpt_dir / "last.ckpt"
+    # best.ckpt holds the weights only: it is read for its weights (stage 2, evaluation, predict,
+    # export), never resumed from, and the optimizer state was two thirds of it under AdamW.
     best_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/ua", mode="max",
                                       save_top_k=1, save_last=False, enable_version_counter=False,
-                                      auto_insert_metric_name=False)
+                                      auto_insert_metric_name=False, save_weights_only=True)
     # Not save_last=True: Lightning 2.6 then writes last.ckpt only in epochs that improve the best,
     # so a resume went back to the best epoch and redid every epoch since. A second, unmonitored
     # callback rewrites last.ckpt after every epoch. It comes after the best one, so the state it
-    # saves already holds this epoch's best score.
-    last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                                      every_n_epochs=1, enable_version_counter=False,
-                                      auto_insert_metric_name=False)
+    # saves already holds this epoch's best score. trainer.save_last=false: none (sweeps).
+    last_checkpoint = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                       every_n_epochs=1, enable_version_counter=False,
+                                       auto_insert_metric_name=False)] if trainer_cfg.save_last else []
     # Bars redraw with carriage returns: right on a terminal, noise in a log file, CI or `| tee`.
     # There the same progress_bar: true gives one line per epoch instead.
     bars = trainer_cfg.progress_bar and _is_terminal(sys.stderr)
@@ -248,7 +254,7 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         log_every_n_steps=1,
         default_root_dir=str(run_dir),
         plugins=[SafeCheckpointIO()],
-        callbacks=[HistoryCallback(stage, on_record), best_checkpoint, last_checkpoint, *lines, *callbacks],
+        callbacks=[HistoryCallback(stage, on_record), best_checkpoint, *last_checkpoint, *lines, *callbacks],
     )
     # The same initial weights on every attempt of this stage, whatever ran before it.
     pl.seed_everything(stage_seed(config.seed, stage), workers=True, verbose=False)
@@ -259,11 +265,14 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         load_module_weights(module.encoder, run_dir / "checkpoints" / "stage1" / "best.ckpt", prefix="encoder.")
     if data.feature_caches is not None:
         _check_cache_matches(module, data)
-    resume = last if last.is_file() else None
+    resume = last if last.is_file() and trainer_cfg.save_last else None
     if resume is not None:
         from asymcl.training.checkpoints import load_checkpoint
 
-        load_checkpoint(resume)  # a corrupt last.ckpt: a clear CheckpointError before Lightning starts
+        # A corrupt last.ckpt, or frozen weights that differ from its reference: a clear
+        # CheckpointError before Lightning starts.
+        load_checkpoint(resume)
+        module.resume_path = resume
     if verbose:
         what = f"resuming from {resume}" if resume else f"{epochs} epoch(s)"
         print(f"[asymcl] {stage}: {what}", file=sys.stderr)
@@ -293,6 +302,18 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
         raise CheckpointError(f"stage {stage} finished without writing {ckpt_dir / 'best.ckpt'}")
 
 
+def _finish_stage_checkpoints(ckpt_dir: Path, save_last: bool) -> None:
+    """A finished stage is never resumed: its last.ckpt keeps the final epoch's weights and drops
+    the optimizer and callback states (best.ckpt is written weights-only already). Under
+    ``trainer.save_last=false`` a last.ckpt is an earlier attempt's, not this stage's last epoch:
+    removed."""
+    from asymcl.training.checkpoints import keep_weights_only
+
+    last = ckpt_dir / "last.ckpt"
+    if last.is_file() and not save_last:
+        last.unlink()
+    elif last.is_file():
+        keep_weights_only(last)
 
 
 def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
@@ -387,6 +408,8 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         recorder.reload_history()
         metrics["stages_complete"].append(stage)
         recorder.save()
+        if is_main_process():  # only now: until the stage is recorded complete, a resume needs it all
+            _finish_stage_checkpoints(run_dir / "checkpoints" / stage, config.trainer.save_last)
     if is_main_process():
         metrics["final"] = _final_outputs(config, data, run_dir)
         metrics["status"] = "complete"

@@ -19,14 +19,12 @@ comparison tunes it on validation like every method's own keys.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from asymcl.atomic import atomic_write_bytes
 from asymcl.errors import DataError
 from asymcl.training.methods import PROBE
 from asymcl.training.modules import EndToEndModule
@@ -108,10 +106,12 @@ def train_probe(module: ProbeModule, config, data, run_dir: Path, on_record) -> 
     metrics = split_metrics(val["logits"], val["labels"], data.num_classes)
     entry = {"epoch": 0, "train_loss": fitted["train_loss"], "val_wa": metrics["wa"], "val_ua": metrics["ua"],
              "val_macro_f1": metrics["macro_f1"], "val_per_class_recall": metrics["per_class_recall"]}
-    buffer = io.BytesIO()
-    torch.save({"state_dict": module.state_dict(), "epoch": 0}, buffer)
+    from asymcl.training.checkpoints import SafeCheckpointIO
+
+    checkpoint = {"state_dict": module.state_dict(), "epoch": 0}
+    module.on_save_checkpoint(checkpoint)  # slim, as every stage's: the frozen weights by reference
     ckpt_dir = Path(run_dir) / "checkpoints" / STAGE
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for name in ("last.ckpt", "best.ckpt"):
-        atomic_write_bytes(ckpt_dir / name, buffer.getvalue())
+        SafeCheckpointIO().save_checkpoint(checkpoint, ckpt_dir / name)
     on_record(STAGE, [entry], {"epoch": 0, "val_ua": entry["val_ua"]})
