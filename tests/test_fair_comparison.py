@@ -252,6 +252,30 @@ def test_probe_equals_scikit_learn_called_by_hand(tmp_path):
     assert main(["export", str(tmp_path / "run"), "--format", "torchscript", "--out", str(tmp_path / "model.pt")]) == 0
 
 
+def test_a_frozen_probe_stores_its_classifier_and_a_reference_to_the_weights(tmp_path):
+    from asymcl.models import build_backbone
+    from asymcl.training.checkpoints import REFERENCES, _read
+    from asymcl.training.pipeline import run
+
+    torch.manual_seed(0)
+    weights = tmp_path / "cnn.pt"
+    torch.save(build_backbone("small_cnn", 1).state_dict(), weights)
+    config = {"method": "probe", "data.dataset": "digits", "model.pretrained": str(weights), "model.finetune": "frozen",
+              "data.cache_dir": str(tmp_path / "cache"), "data.cache_views": 2, "trainer.progress_bar": False}
+    metrics = run(config, tmp_path / "run")
+    raw = _read(tmp_path / "run" / "checkpoints" / "probe" / "best.ckpt")
+    assert raw[REFERENCES] and not any(k.startswith("encoder.backbone.") and "weight" in k and "bn" not in k
+                                       for k in raw["state_dict"] if "conv" in k)
+    # loading puts the referenced weights back, checked against their digest
+    from asymcl.training.checkpoints import load_checkpoint
+
+    full = load_checkpoint(tmp_path / "run" / "checkpoints" / "probe" / "best.ckpt")["state_dict"]
+    original = torch.load(weights)
+    for key, tensor in original.items():
+        torch.testing.assert_close(full[f"encoder.backbone.{key}"], tensor)
+    assert metrics["final"]["test"]["ua"] > 0.5
+
+
 def test_folded_weights_binary_gives_the_same_probabilities():
     from sklearn.linear_model import LogisticRegression
 
