@@ -26,7 +26,7 @@ from torch import Tensor, nn
 import torch
 
 from asymcl.models import Adapter, apply_finetune, build_backbone, default_input_size, parse_finetune
-from asymcl.models import lite_members
+from asymcl.models import lite_members, set_feature_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,7 +77,8 @@ class Encoder(nn.Module):
 
     def __init__(self, backbone: str, in_channels: int, image_hw: tuple[int, int], *,
                  pretrained: str | None = None, load_pretrained: bool = True,
-                 input_size: int | None = None, finetune: str = "all", adapter: int = 0):
+                 input_size: int | None = None, finetune: str = "all", adapter: int = 0,
+                 feature_layers: list[str] | None = None):
         super().__init__()
         size = None
         if lite_members(backbone):
@@ -85,6 +86,8 @@ class Encoder(nn.Module):
         # load_pretrained=False: same layout, weights to come from a checkpoint
         self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None,
                                        input_size=size)
+        if feature_layers:  # pooled outputs of several units (asymcl.models.multilayer); frozen only
+            set_feature_layers(self.backbone, feature_layers)
         self.feature_dim = int(self.backbone.feature_dim)
         self.standardise = _standardise(backbone, in_channels, pretrained)
         parts = apply_finetune(self.backbone, finetune)
@@ -126,7 +129,8 @@ def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pret
     model = config.model
     return Encoder(model.backbone, in_channels, image_hw, pretrained=model.pretrained,
                    load_pretrained=load_pretrained, input_size=model.input_size,
-                   finetune=model.finetune, adapter=adapter_width(model))
+                   finetune=model.finetune, adapter=adapter_width(model),
+                   feature_layers=model.feature_layers)
 
 
 def uses_feature_cache(config) -> bool:
