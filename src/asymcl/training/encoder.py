@@ -15,7 +15,8 @@ Feature caches (``data.cache=auto`` and a frozen part with weights): the outputs
 ``frozen(standardise(.))`` are computed once per image (:mod:`asymcl.data.feature_cache`), for the
 clean image and ``data.cache_views`` augmented views of each training image, and reused by every
 run with the same key; the modules then train :meth:`Encoder.from_frozen` on them. Val/test
-caches hold the clean image only. Everything is extracted in float32 (stored as float16), so a
+caches hold the clean image only, or with ``eval.tta_views`` = V also V views (float32, for
+test-time augmentation). Everything is extracted in float32 (stored as float16), so a
 run's own predictions and those of ``predict``/``export`` on raw images agree to float16 rounding;
 on CPU bf16 was not faster at 128 px (benchmarks/README.md, feature extraction).
 """
@@ -147,7 +148,7 @@ def cache_device(config) -> torch.device:
 def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",
                          report_reuse: bool = True) -> dict:
     """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
-    augmented views per image, the others clean only. Extracted on ``device``: clean images in
+    augmented views per image, the others clean only (plus ``eval.tta_views`` views when set). Extracted on ``device``: clean images in
     float32 (what evaluation, predict and export compute), views in ``data.cache_precision``.
     ``report_reuse=False``: no line for a cache that was only read (a sweep's runs would print
     three each); an extraction always says what it computed, where, and the size."""
@@ -158,10 +159,13 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
+        # eval.tta_views: val/test hold views too, in float32 like the clean images, so the run's
+        # test-time augmentation equals `predict --tta` on the image files (asymcl.training.tta).
+        views = config.data.cache_views if train else config.eval.tta_views
         caches[split] = build_feature_cache(
-            dataset, frozen, augmentation=augmentation if train else "none",
-            views=config.data.cache_views if train else 0, seed=config.data.cache_seed,
-            cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
+            dataset, frozen, augmentation=augmentation if views else "none",
+            views=views, seed=config.data.cache_seed, cache_dir=config.data.cache_dir, precision="fp32",
+            view_precision=config.data.cache_precision if train else "fp32",
             device=device,
             progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
         )
