@@ -100,3 +100,31 @@ def test_last_k_on_cached_maps_equals_the_live_backbone(tmp_path, stage, method,
     # 3. Not vacuous: the clean images in place of the first views give another gradient.
     _, other = live(rendered[:, 0], second, round_maps=True)
     assert relative(other, grads, trainable) > 0.2
+
+
+def test_a_cache_that_would_not_fit_the_disk_fails_before_extraction(tmp_path, monkeypatch, capfd):
+    from collections import namedtuple
+
+    from asymcl.data import DataSpec, build_splits
+    from asymcl.data import feature_cache
+    from asymcl.errors import DataError
+    from asymcl.models import apply_finetune, build_backbone
+
+    split = build_splits(DataSpec(dataset="digits", classes=[0, 1])).splits["val"]
+    frozen, _ = apply_finetune(build_backbone("small_cnn", 1), "last:1")  # maps (64, 2, 2) of 8x8 digits
+    usage = namedtuple("usage", "total used free")
+    need = len(split) * (3 * 64 * 2 * 2 * 2 + 160) + 1024  # float16, clean + 2 views; fingerprints
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
+    extracted = []
+    monkeypatch.setattr(feature_cache, "_compute", lambda *a, **k: extracted.append(1))
+    with pytest.raises(DataError, match=rf"{len(split)} images x 3 outputs of shape \(64, 2, 2\) need about "
+                       r".* GB in .*, but only .* GB are free; free space, set data.cache_dir") as info:
+        feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0, cache_dir=tmp_path)
+    assert "\n" not in str(info.value) and not extracted and not list(tmp_path.glob("*/shard-*"))
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
+    monkeypatch.undo()
+    cache = feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0,
+                                              cache_dir=tmp_path)
+    assert f"about {need / 2**20:.0f} MB" in capfd.readouterr().err
+    # the estimate is the shards' size up to the archive's own bytes
+    assert sum(p.stat().st_size for p in cache.path.glob("shard-*")) == pytest.approx(need, rel=0.01)

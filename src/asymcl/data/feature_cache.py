@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -338,7 +340,10 @@ def _build_locked(dataset, frozen, augment, key, key_hash, directory, fingerprin
                 missing.pop(fingerprint, None)
     computed_rows = 0
     if missing:
-        log(f"feature cache: extracting {len(missing)} images x {1 + views} (clean + views) into {directory}")
+        estimate = check_disk_space(directory, dataset, frozen, next(iter(missing.values())), len(missing), views,
+                                    device)
+        log(f"feature cache: extracting {len(missing)} images x {1 + views} (clean + views) into {directory}, "
+            f"about {estimate / 2**20:.0f} MB")
         todo = list(missing.items())
         bar = _progress(len(todo), progress)
         start = time.perf_counter()
@@ -412,3 +417,34 @@ def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions
         "clean": np.concatenate(clean_out),
         "views": np.concatenate(views_out),
     }
+
+
+def check_disk_space(directory: Path, dataset: ImageDataset, frozen: nn.Module, index: int, images: int, views: int,
+                     device: torch.device) -> int:
+    """Bytes the shards of ``images`` images x (1 + ``views``) outputs will take (float16, the
+    output shape found by running ``frozen`` on the image at ``index``); DataError before any
+    extraction when the disk under ``directory`` has less free space than that."""
+    shape = _output_shape(frozen, dataset[int(index)][0][None], device)
+    # + each image's fingerprint (40 hex characters, stored as 4-byte unicode) and the archive's headers
+    estimate = images * ((1 + views) * math.prod(shape) * 2 + 4 * 40) + 1024
+    free = shutil.disk_usage(directory).free
+    if estimate > free:
+        raise DataError(
+            f"feature cache: {images} images x {1 + views} outputs of shape {tuple(shape)} need about "
+            f"{estimate / 2**30:.2f} GB in {directory}, but only {free / 2**30:.2f} GB are free; free space, set "
+            "data.cache_dir to a larger disk, or cache fewer views (data.cache_views) or another cut (model.finetune)"
+        )
+    return estimate
+
+
+def _output_shape(frozen: nn.Module, image: Tensor, device: torch.device) -> tuple[int, ...]:
+    """``frozen``'s output shape (without the batch axis) for ``image`` (1, C, H, W), found on a copy
+    on the meta device (shapes only: no arithmetic, no memory), else by one real forward pass."""
+    import copy
+
+    try:
+        probe = copy.deepcopy(frozen).to("meta")
+        with torch.no_grad():
+            return tuple(probe(image.to("meta")).shape[1:])
+    except (NotImplementedError, RuntimeError):  # an operation without a meta kernel
+        return tuple(_extract(frozen, image, "fp32", False, device).shape[1:])
