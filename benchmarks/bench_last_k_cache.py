@@ -17,7 +17,8 @@ For each encoder (EfficientNet-Lite0/Lite2, ImageNet weights), input size (224/2
 The settings of one encoder and size run interleaved over ``--rounds`` rounds (a load change on a
 shared machine hits them alike); medians are printed.
 
-    python benchmarks/bench_last_k_cache.py [--images 128] [--batch 64] [--rounds 3] [--threads N]
+    python benchmarks/bench_last_k_cache.py [--root ../shared/datasets/isic2018] [--images 128]
+        [--batch 64] [--rounds 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ from torch import nn
 from asymcl.data.datasets import decode_image
 from asymcl.models import apply_finetune, build_backbone
 
-ISIC = Path("/work/shared/datasets/isic2018/ISIC2018_Task3_Training_Input")
-
-
-def load_images(n: int) -> torch.Tensor:
-    files = sorted(ISIC.glob("*.jpg"))[:n]
+def load_images(root: Path, n: int) -> torch.Tensor:
+    files = sorted((root / "ISIC2018_Task3_Training_Input").glob("*.jpg"))[:n]
+    if not files:
+        raise SystemExit(f"no ISIC 2018 training images under {root}; pass --root")
     arrays = [torch.from_numpy(decode_image(str(f), 3, (224, 224))).permute(2, 0, 1) for f in files]
     return torch.stack(arrays).float().div_(255.0)
 
@@ -79,6 +79,8 @@ def relative_error(maps: torch.Tensor, dtype: torch.dtype) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("../shared/datasets/isic2018"),
+                        help="the ISIC 2018 folder in the official layout")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
@@ -91,7 +93,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    images = load_images(args.images)
+    images = load_images(args.root, args.images)
     print(f"{len(images)} ISIC 2018 training images (224 px files), {torch.get_num_threads()} threads, "
           f"batch {args.batch} images x 2 views, {args.views} views cached per image")
     print("encoder            px  K  map (C,h,w)     KB/img  MB/1k img  fp16 err  bf16 err  "
