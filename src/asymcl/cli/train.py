@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     predict.add_argument("--format", default="asymcl",
                          help="asymcl: path,pred,pred_class,prob_<class>...,image (default); isic2018: "
                          "the ISIC 2018 Task 3 submission (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
+    predict.add_argument("--tta", nargs="?", type=int, const=-1, default=None, metavar="N",
+                         help="average the probabilities over each image and N augmented views seeded as the run's "
+                         "(without N: the run's eval.tta_views), as the run's own evaluation with eval.tta_views")
     predict.set_defaults(func=_predict)
 
     demo = subparsers.add_parser(
@@ -61,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from asymcl.training.predict import predict
 
-    text = predict(args.run, args.images, args.out, fmt=args.format)
+    text = predict(args.run, args.images, args.out, fmt=args.format, tta=args.tta)
     if args.out:
         print(f"wrote {text.count(chr(10)) - 1} predictions to {args.out}")
     else:

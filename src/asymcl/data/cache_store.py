@@ -22,10 +22,13 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -227,3 +230,34 @@ def gather(found: dict, fingerprints: list[str]) -> tuple[Tensor, Tensor]:
         clean[index] = arrays["clean"][row]
         stacked[index] = arrays["views"][row]
     return torch.from_numpy(clean), torch.from_numpy(stacked)
+
+
+def check_disk_space(directory: Path, shape: Sequence[int], images: int, views: int) -> int:
+    """Bytes the shards of ``images`` images x (1 + ``views``) float16 outputs of ``shape`` (without
+    the batch axis) will take; DataError before any extraction when the disk under ``directory`` has
+    less free space than that."""
+    # + each image's fingerprint (40 hex characters, stored as 4-byte unicode) and the archive's headers
+    estimate = images * ((1 + views) * math.prod(shape) * 2 + 4 * 40) + 1024
+    free = shutil.disk_usage(directory).free
+    if estimate > free:
+        raise DataError(
+            f"feature cache: {images} images x {1 + views} outputs of shape {tuple(shape)} need about "
+            f"{estimate / 2**30:.2f} GB in {directory}, but only {free / 2**30:.2f} GB are free; free space, set "
+            "data.cache_dir to a larger disk, or cache fewer views (data.cache_views) or another cut (model.finetune)"
+        )
+    return estimate
+
+
+def write_info(directory: Path, describe: dict) -> None:
+    """``info.json``: what the entry is for, in words (encoder, dataset), for ``asymcl cache list``;
+    not part of the key. Written once; a failure to write it loses nothing."""
+    path = directory / "info.json"
+    if path.is_file():
+        return
+    tmp = directory / f".tmp-info-{os.getpid()}.json"
+    try:
+        tmp.write_text(json.dumps(describe, indent=1, sort_keys=True, default=str))
+        os.chmod(tmp, shared_file_mode(directory))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)

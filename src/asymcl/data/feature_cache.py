@@ -12,18 +12,14 @@ and fine-tuned or random weights never mix), the augmentation preset and its par
 cache seed (its own, independent of the run seed, so that the runs of a sweep share one cache),
 the extraction precision, and whatever the caller adds in ``extra_key``.
 
-Storage. ``<cache_dir>/<key hash>/shard-<sha256>.npz``: each shard holds, per image, the image's
-fingerprint (a hash of the file's bytes, or of the pixels for in-memory arrays), the clean
-features and the V views. Images are found by fingerprint, so any split or subset of a dataset
-reuses what another one computed, and only missing images are extracted (into a new shard).
-The views of an image are drawn with a generator seeded by (cache seed, fingerprint), so they
-do not depend on which other images were extracted with it. Features are stored as float16:
-half the disk and memory of float32, and the rounding (relative 5e-4) is far below the
-extraction's own bf16 error and the augmentation noise; a value that overflows float16 is an error.
+Storage. ``<cache_dir>/<key hash>/shard-<sha256>.npz``: per image its fingerprint (a hash of the
+file's bytes, or of the pixels for in-memory arrays), the clean features and the V views, found by
+fingerprint, so any split reuses what another computed. An image's views are drawn from a generator
+seeded by (cache seed, fingerprint). Features are float16 (half of float32's disk, a rounding far
+below the bf16 extraction error; an overflow is an error); the disk space is checked first.
 
-Reliability. A shard is written to a temporary file, fsynced and renamed (atomic); its name is the
-SHA-256 of its bytes, checked on every read, so a truncated or altered shard, or one copied from
-another key, is reported, removed and recomputed. A file lock serialises builders of one entry
+Reliability. A shard is written atomically and named by the SHA-256 of its bytes, checked on every
+read: a truncated, altered or misplaced shard is reported, removed and recomputed. A file lock serialises builders of one entry
 (the second waits, then reuses); a killed writer leaves only a temporary file, which the next
 builder removes. Writing errors (a full disk) raise :class:`DataError` and leave nothing behind.
 A process that read an entry holds it (a shared lock on ``.in-use``, whose mtime is the last use)
@@ -31,9 +27,8 @@ until it exits, so ``asymcl cache prune`` never deletes it under a running job
 (:mod:`asymcl.data.cache_admin`). Under torch.distributed the ranks split the extraction
 (:mod:`asymcl.data.cache_dist`); the key and these rules are the same.
 
-Location: ``cache_dir`` or, by default, ``$ASYMCL_CACHE_DIR/features``, else
-``$XDG_CACHE_HOME/asymcl/features`` (``~/.cache/asymcl/features``): under the user's cache folder
-rather than the run, so the runs of a sweep share it. The size and path are printed.
+Location: ``cache_dir``, else ``$ASYMCL_CACHE_DIR/features``, else ``$XDG_CACHE_HOME/asymcl/features``
+(``~/.cache/asymcl/features``), so the runs of a sweep share it. The size and path are printed.
 """
 
 from __future__ import annotations
@@ -55,7 +50,7 @@ from torch import Tensor, nn
 from asymcl.data.augment import build_augmentation
 from asymcl.data.cache_store import borrow_clean as _borrow_clean
 from asymcl.data.cache_store import gather as _gather
-from asymcl.data.cache_store import hold_in_use, make_entry_folder, shared_file_mode
+from asymcl.data.cache_store import check_disk_space, hold_in_use, make_entry_folder, shared_file_mode, write_info
 from asymcl.data.cache_store import read_shard as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
 from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
@@ -352,21 +347,6 @@ def entry_lock(directory: Path, log: Callable[[str], None] = _log_stderr):
         lock.release()
 
 
-def write_info(directory: Path, describe: dict) -> None:
-    """``info.json``: what the entry is for, in words (encoder, dataset), for ``asymcl cache list``;
-    not part of the key. Written once; a failure to write it loses nothing."""
-    path = directory / "info.json"
-    if path.is_file():
-        return
-    tmp = directory / f".tmp-info-{os.getpid()}.json"
-    try:
-        tmp.write_text(json.dumps(describe, indent=1, sort_keys=True, default=str))
-        os.chmod(tmp, shared_file_mode(directory))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-
 def _scan(job: _Job, clean_temporaries: bool = True) -> tuple[dict, dict]:
     """Under the entry lock: (found: fingerprint -> (arrays, row), missing: fingerprint -> index)."""
     directory, key, key_hash, log = job.directory, job.key, job.key_hash, job.log
@@ -411,7 +391,10 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     if not todo:
         return 0
     log, views = job.log, job.views
-    log(f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}")
+    shape = _output_shape(job.frozen, job.dataset[int(todo[0][1])][0][None], job.device)
+    estimate = check_disk_space(job.directory, shape, len(todo), views)
+    log(f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}, "
+        f"about {estimate / 2**20:.0f} MB")
     bar = _progress(len(todo), job.progress)
     start = time.perf_counter()
     try:
@@ -488,3 +471,16 @@ def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions
         "clean": np.concatenate(clean_out),
         "views": np.concatenate(views_out),
     }
+
+
+def _output_shape(frozen: nn.Module, image: Tensor, device: torch.device) -> tuple[int, ...]:
+    """``frozen``'s output shape (without the batch axis) for ``image`` (1, C, H, W), found on a copy
+    on the meta device (shapes only: no arithmetic, no memory), else by one real forward pass."""
+    import copy
+
+    try:
+        probe = copy.deepcopy(frozen).to("meta")
+        with torch.no_grad():
+            return tuple(probe(image.to("meta")).shape[1:])
+    except (NotImplementedError, RuntimeError):  # an operation without a meta kernel
+        return tuple(_extract(frozen, image, "fp32", False, device).shape[1:])

@@ -2,8 +2,9 @@
 
 ``build_backbone(name, in_channels, pretrained, input_size)`` returns an ``nn.Module`` with
 ``feature_dim`` whose forward maps (B, C, H, W) to (B, feature_dim); ``apply_finetune(encoder,
-"all"|"frozen"|"last:K")`` splits it into a frozen and a trainable part; ``Adapter`` is the
-trainable block between encoder and heads.
+"all"|"frozen"|"last:K")`` splits it into a frozen and a trainable part; ``set_feature_layers``
+makes it return pooled outputs of several named units; ``Adapter`` is the trainable block between
+encoder and heads.
 """
 
 from asymcl.models.backbones import (
@@ -38,6 +39,13 @@ from asymcl.models.finetune import (
     parse_finetune,
 )
 from asymcl.models.heads import Adapter, GlobalAvgPool, LinearClassifier, ProjectionHead
+from asymcl.models.multilayer import (
+    FeatureTaps,
+    backbone_unit_names,
+    check_encoder_options,
+    set_feature_layers,
+    unit_names,
+)
 
 __all__ = [
     "Adapter",
@@ -47,6 +55,7 @@ __all__ = [
     "DEFAULT_MIN_INPUT",
     "EfficientNetLite",
     "FINETUNE_MODES",
+    "FeatureTaps",
     "FinetuneParts",
     "FrozenPart",
     "GlobalAvgPool",
@@ -56,6 +65,8 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "apply_finetune",
+    "backbone_unit_names",
+    "check_encoder_options",
     "build_backbone",
     "bundled_weights_path",
     "check_backbone_name",
@@ -69,4 +80,6 @@ __all__ = [
     "parse_finetune",
     "resnet18",
     "resnet50",
+    "set_feature_layers",
+    "unit_names",
 ]

@@ -166,7 +166,12 @@ class SmallCNN(nn.Module):
         self.feature_dim = channels
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "taps"):  # model.feature_layers (asymcl.models.multilayer)
+            return self.taps.pooled(self.layers(), x)
         return self.pool(self.features(x)).flatten(1)
+
+    def unit_names(self) -> list[str]:
+        return [f"block{i}" for i in range(len(self.layers()[1]))]
 
     def layers(self) -> tuple[nn.Module, list[nn.Module], nn.Module]:
         """(parameter-free input step, the three conv blocks, pooling): see ``finetune``."""
@@ -279,6 +284,8 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "taps"):  # model.feature_layers (asymcl.models.multilayer)
+            return self.taps.pooled(self.layers(), x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
@@ -288,6 +295,10 @@ class ResNet(nn.Module):
         stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
         blocks = [b for name in ("layer1", "layer2", "layer3", "layer4") for b in getattr(self, name)]
         return nn.Identity(), [stem, *blocks], GlobalAvgPool()
+
+    def unit_names(self) -> list[str]:
+        """``stem``, then ``layer<i>.<j>`` as in the state dict's names."""
+        return ["stem", *(f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(self, f"layer{i}"))))]
 
 
 def resnet18(in_channels: int = 3, num_classes: int | None = None) -> ResNet:

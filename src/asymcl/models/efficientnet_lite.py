@@ -214,11 +214,17 @@ class EfficientNetLite(nn.Module):
         """Stem, blocks, head as chainable modules (sharing this model's parameters)."""
         return [_Stem(self._conv_stem, self._bn0), *self._blocks, _Stem(self._conv_head, self._bn1)]
 
+    def unit_names(self) -> list[str]:
+        """``stem``, ``block0`` ... ``block{n-1}``, ``head``: the names of :meth:`units`."""
+        return ["stem", *(f"block{i}" for i in range(len(self._blocks))), "head"]
+
     def layers(self) -> tuple[nn.Module, list[nn.Module], nn.Module]:
         """(preprocess, :meth:`units`, pooling): chained, they are ``forward``."""
         return self.preprocess, self.units(), GlobalAvgPool()
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "taps"):  # model.feature_layers (asymcl.models.multilayer)
+            return self.taps.pooled(self.layers(), x)
         x = self.preprocess(x)
         for unit in self.units():
             x = unit(x)

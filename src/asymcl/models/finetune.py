@@ -89,6 +89,9 @@ def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
     itself for ``all``; ``trainable(frozen(x))`` is always (B, D), ``D = encoder.feature_dim``.
     """
     mode, k = parse_finetune(finetune)
+    if mode != "frozen" and hasattr(encoder, "taps"):
+        raise ConfigError(f"model.finetune={finetune}: multi-layer features (model.feature_layers) come from a "
+                          "frozen encoder; use frozen")
     for parameter in encoder.parameters():
         parameter.requires_grad_(True)  # a second call with another mode starts from scratch
     if mode == "all":

@@ -119,6 +119,8 @@ class ModelConfig(_Section):
     input_size: int | None = option(None, check.integer(16, optional=True),
                                     "EfficientNet-Lite input side (null: images below 128 px -> 128, else as loaded)")
     finetune: str = option("all", check.finetune, "encoder part that trains: all, frozen or last:K (last K blocks)")
+    feature_layers: list[str] | None = option(None, check.names, "layers of a frozen encoder whose pooled outputs "
+                                              "are concatenated, e.g. [block10, head] (null: its usual output)")
     adapter: int | None = option(None, check.integer(0, optional=True),
                                  "adapter MLP hidden width between encoder and heads (null: feature width when "
                                  "model.finetune is not all, else none; 0: none)")
@@ -188,6 +190,12 @@ class JointConfig(_Section):
 
 
 @dataclass
+class EvalConfig(_Section):
+    tta_views: int = option(0, check.integer(0), "test-time augmentation on val/test: softmax averaged over the clean "
+                            "image and this many views seeded by data.cache_seed (0: off)")
+
+
+@dataclass
 class TrainerConfig(_Section):
     accelerator: str = option("cpu", check.choice("cpu", "gpu", "cuda", "mps", "auto"), "Lightning accelerator")
     devices: Any = option(1, check.devices, "Lightning devices")
@@ -219,6 +227,7 @@ class RunConfig(_Section):
     stage2: Stage2Config = field(default_factory=Stage2Config)
     joint: JointConfig = field(default_factory=JointConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     @property
@@ -354,9 +363,9 @@ def load_config_file(path: str | Path) -> dict:
 
 
 def _check_backbone_options(flat: dict[str, Any]) -> None:
-    """model.pretrained, model.input_size and model.finetune against what model.backbone takes."""
-    from asymcl.models import (BUNDLED_WEIGHTS, check_joined_weights, has_bundled_weights, lite_members,
-                               parse_finetune)
+    """model.pretrained, input_size, finetune and feature_layers against what model.backbone takes
+    (K and layer names from the model layer's own unit lists, before Lightning starts)."""
+    from asymcl.models import BUNDLED_WEIGHTS, check_encoder_options, check_joined_weights, has_bundled_weights
 
     name, pretrained = flat["model.backbone"], flat["model.pretrained"]
     if pretrained == "imagenet":
@@ -368,12 +377,7 @@ def _check_backbone_options(flat: dict[str, Any]) -> None:
         check_joined_weights(name, pretrained)  # the model layer's rule, before anything runs
         if not Path(pretrained).expanduser().is_file():
             raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
-    if flat["model.input_size"] is not None and not lite_members(name):
-        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {name} "
-                          "takes images as loaded (set data.image_size instead)")
-    if "+" in name and parse_finetune(flat["model.finetune"])[0] == "last":
-        raise ConfigError(f"model.finetune={flat['model.finetune']}: last:K cuts the blocks of one network; "
-                          f"backbone {name} joins several, so use frozen or all")
+    check_encoder_options(name, flat["model.finetune"], flat["model.feature_layers"], flat["model.input_size"])
 
 
 def resolve_config(base: dict | RunConfig | None = None,

@@ -124,6 +124,19 @@ def classes(value: Any) -> list[int] | None:
     return list(value)
 
 
+def names(value: Any) -> list[str] | None:
+    """Null, a non-empty list of names, or one comma-separated string (``block10,head``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be null or a non-empty list of layer names, e.g. [block10, head] or block10,head")
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a layer name")
+    return list(value)
+
+
 def backbone(value: Any) -> str:
     """A backbone name, checked by the model layer (one grammar, one place)."""
     from asymcl.errors import ConfigError

@@ -15,7 +15,8 @@ Feature caches (``data.cache=auto`` and a frozen part with weights): the outputs
 ``frozen(standardise(.))`` are computed once per image (:mod:`asymcl.data.feature_cache`), for the
 clean image and ``data.cache_views`` augmented views of each training image, and reused by every
 run with the same key; the modules then train :meth:`Encoder.from_frozen` on them. Val/test
-caches hold the clean image only. Everything is extracted in float32 (stored as float16), so a
+caches hold the clean image only, or with ``eval.tta_views`` = V also V views (float32, for
+test-time augmentation). Everything is extracted in float32 (stored as float16), so a
 run's own predictions and those of ``predict``/``export`` on raw images agree to float16 rounding;
 on CPU bf16 was not faster at 128 px (benchmarks/README.md, feature extraction).
 """
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 import torch
 
 from asymcl.models import Adapter, apply_finetune, build_backbone, default_input_size, parse_finetune
-from asymcl.models import lite_members
+from asymcl.models import lite_members, set_feature_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,7 +80,8 @@ class Encoder(nn.Module):
 
     def __init__(self, backbone: str, in_channels: int, image_hw: tuple[int, int], *,
                  pretrained: str | None = None, load_pretrained: bool = True,
-                 input_size: int | None = None, finetune: str = "all", adapter: int = 0):
+                 input_size: int | None = None, finetune: str = "all", adapter: int = 0,
+                 feature_layers: list[str] | None = None):
         super().__init__()
         size = None
         if lite_members(backbone):
@@ -91,6 +93,8 @@ class Encoder(nn.Module):
         self._backbone_source = {"kind": "backbone", "backbone": backbone, "in_channels": int(in_channels),
                                  "pretrained": None if pretrained is None else str(pretrained),
                                  "input_size": list(size) if size else None, "finetune": str(finetune)}
+        if feature_layers:  # pooled outputs of several units (asymcl.models.multilayer); frozen only
+            set_feature_layers(self.backbone, feature_layers)
         self.feature_dim = int(self.backbone.feature_dim)
         self.standardise = _standardise(backbone, in_channels, pretrained)
         parts = apply_finetune(self.backbone, finetune)
@@ -156,7 +160,8 @@ def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pret
     model = config.model
     return Encoder(model.backbone, in_channels, image_hw, pretrained=model.pretrained,
                    load_pretrained=load_pretrained, input_size=model.input_size,
-                   finetune=model.finetune, adapter=adapter_width(model))
+                   finetune=model.finetune, adapter=adapter_width(model),
+                   feature_layers=model.feature_layers)
 
 
 def uses_feature_cache(config) -> bool:
@@ -199,7 +204,7 @@ def views_seed(config) -> int:
 def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",
                          report_reuse: bool = True) -> dict:
     """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
-    augmented views per image, the others clean only. Extracted on ``device``: clean images in
+    augmented views per image, the others clean only (plus ``eval.tta_views`` views when set). Extracted on ``device``: clean images in
     float32 (what evaluation, predict and export compute), views in ``data.cache_precision``.
     ``report_reuse=False``: no line for a cache that was only read (a sweep's runs would print
     three each); an extraction always says what it computed, where, and the size."""
@@ -214,10 +219,13 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
+        # eval.tta_views: val/test hold views too, in float32 like the clean images, so the run's
+        # test-time augmentation equals `predict --tta` on the image files (asymcl.training.tta).
+        views = config.data.cache_views if train else config.eval.tta_views
         caches[split] = build_feature_cache(
-            dataset, frozen, augmentation=augmentation if train else "none",
-            views=config.data.cache_views if train else 0, seed=views_seed(config),
-            cache_dir=config.data.cache_dir, precision="fp32", view_precision=config.data.cache_precision,
+            dataset, frozen, augmentation=augmentation if views else "none",
+            views=views, seed=views_seed(config), cache_dir=config.data.cache_dir, precision="fp32",
+            view_precision=config.data.cache_precision if train else "fp32",
             device=device,
             progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
             describe=describe,

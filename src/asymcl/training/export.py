@@ -7,6 +7,11 @@ the order of ``metrics.json``'s ``classes``. Everything between is inside the fi
 Resizing is not inside: a deployment resizes to (H, W) with its own image library, as
 ``asymcl predict`` does with Pillow.
 
+The exported model is single-view: one forward pass per image, its probabilities those of
+``asymcl predict`` without ``--tta``. A run with ``eval.tta_views`` records its test-time-augmented
+metrics in ``metrics.json`` ``final`` and the single-view ones, which the exported model
+reproduces, in ``final_single_view``; ``asymcl predict --tta`` gives the augmented predictions.
+
 ONNX is written with torch's TorchScript-based exporter (``dynamo=False``): it needs only the
 ``onnx`` package, is fast, and supports every torch in our range; the batch axis is dynamic.
 """

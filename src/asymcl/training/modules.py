@@ -164,6 +164,8 @@ class _Base(pl.LightningModule):
         else:
             first, second = cache.two_views(indices, self.current_epoch, self._view_seed())
             out = first if view == "one" else torch.cat([first, second])
+        if out.dim() == 4 and self.config.trainer.channels_last:  # last:K maps, for a channels-last model
+            out = out.contiguous(memory_format=torch.channels_last)
         return out.to(self.device, non_blocking=True)
 
     def encode(self, inputs: Tensor, split: str = "val") -> Tensor:

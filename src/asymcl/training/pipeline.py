@@ -5,6 +5,7 @@
     config.yaml        the resolved config
     versions.json      python, torch, lightning, asymcl, platform, git commit
     metrics.json       status, final metrics per split, per-epoch history and best epoch per stage
+                       (with eval.tta_views: final = test-time-augmented, final_single_view = clean only)
     checkpoints/{stage}/last.ckpt, best.ckpt     stage in stage1, stage2 (two-stage), baseline (ce, la)
                                                  or joint (schedule=joint)
     predictions.csv    split,index,label,pred,prob_<class>...,image for the test splits
@@ -316,18 +317,27 @@ def _finish_stage_checkpoints(ckpt_dir: Path, save_last: bool) -> None:
         keep_weights_only(last)
 
 
-def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str, Any]:
-    """Evaluate the best final model on val and the test splits; write predictions and embeddings."""
+def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate the best final model on val and the test splits; write predictions and embeddings.
+    Returns (final, single-view) metrics per split: with ``eval.tta_views`` the first are the
+    test-time-augmented predictions' (also those written), the second the clean images' alone;
+    without, the first are the clean images' and the second is empty."""
     final_stage = stages_for(config)[-1]
     module = build_module(final_stage, config, data, load_pretrained=False)
     load_module_weights(module, run_dir / "checkpoints" / final_stage / "best.ckpt")
-    final, rows, arrays = {}, [], {"classes": np.asarray(data.classes)}
+    final, single, rows, arrays = {}, {}, [], {"classes": np.asarray(data.classes)}
     for split in [s for s in ("val", "test", "test_imbalanced") if s in data.splits.splits]:
         out = evaluate(module, data, split)
         final[split] = split_metrics(out["logits"], out["labels"], data.num_classes)
+        probs = torch.softmax(torch.as_tensor(out["logits"]), dim=1).numpy()
+        if config.eval.tta_views:
+            from asymcl.training.tta import split_tta_probabilities
+
+            single[split] = final[split]
+            probs = split_tta_probabilities(module, config, data, split)
+            final[split] = split_metrics(probs, out["labels"], data.num_classes)
         if split == "val":
             continue
-        probs = torch.softmax(torch.as_tensor(out["logits"]), dim=1).numpy()
         preds = probs.argmax(axis=1)
         ids = data.splits[split].ids
         for index, (label, pred, p, image) in enumerate(zip(out["labels"], preds, probs, ids)):
@@ -350,7 +360,7 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> dict[str,
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(run_dir / "embeddings.npz", buffer.getvalue())
-    return final
+    return final, single
 
 
 # One writer per run directory (training/runlock.py): a second process gets RunLockedError at once.
@@ -411,7 +421,9 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         if is_main_process():  # only now: until the stage is recorded complete, a resume needs it all
             _finish_stage_checkpoints(run_dir / "checkpoints" / stage, config.trainer.save_last)
     if is_main_process():
-        metrics["final"] = _final_outputs(config, data, run_dir)
+        metrics["final"], single_view = _final_outputs(config, data, run_dir)
+        if single_view:  # eval.tta_views: "final" holds the test-time-augmented metrics
+            metrics["final_single_view"] = single_view
         metrics["status"] = "complete"
         recorder.save()
     return metrics

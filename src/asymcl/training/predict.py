@@ -1,7 +1,8 @@
 """Class probabilities for new images from a finished run.
 
 Images are read with Pillow, converted to the run's channels (``L`` or ``RGB``) and resized to its
-input size, and passed through the run's best final model (stage 2, or the ce baseline).
+input size, and passed through the run's best final model (stage 2, or the ce baseline); with
+``--tta`` the probabilities are averaged over each image and its seeded views (asymcl.training.tta).
 """
 
 from __future__ import annotations
@@ -75,11 +76,33 @@ class RunModel:
         self.module.eval()
 
     @torch.no_grad()
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) uint8 -> (N, num_classes) class probabilities."""
+    def probabilities(self, images: np.ndarray, tta_views: int = 0, fingerprints: list[str] | None = None) -> np.ndarray:
+        """(N, C, H, W) uint8 -> (N, num_classes) class probabilities; ``tta_views`` > 0: averaged
+        over the image and that many views seeded by the run's ``data.cache_seed`` and each image's
+        ``fingerprints`` (asymcl.training.tta), as the run's own evaluation with ``eval.tta_views``."""
         batch = torch.as_tensor(images).float().div_(255.0)
+        if tta_views:
+            from asymcl.data.augment import build_augmentation
+            from asymcl.training.modules import augmentation_preset
+            from asymcl.training.tta import image_tta_probabilities
+
+            preset = augmentation_preset(self.config, self.config.data.dataset, self.channels)
+            augment = build_augmentation(preset, self.size_hw, self.channels)
+            return image_tta_probabilities(self.module, batch, fingerprints, augment, tta_views,
+                                           self.config.data.cache_seed)
         logits = self.module.classifier(self.module.encoder(batch))
         return torch.softmax(logits.float(), dim=1).numpy()
+
+    def tta_views(self, tta: int | None) -> int:
+        """Views for ``predict --tta``: ``tta`` itself, or (``-1``, the flag alone) the run's ``eval.tta_views``."""
+        if tta is None or tta == 0:
+            return 0
+        if tta > 0:
+            return int(tta)
+        if not self.config.eval.tta_views:
+            raise DataError(f"--tta without a number uses the run's eval.tta_views, which is 0 in {self.run_dir}; "
+                            "give the number of views, e.g. --tta 4")
+        return int(self.config.eval.tta_views)
 
 
 #: What ``predict`` can write: ``asymcl`` (the default columns below) or ``isic2018`` (the ISIC 2018
@@ -96,13 +119,15 @@ def _image_names(files: list[Path], images: Path) -> list[str]:
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = None,
-            batch_size: int = 256, fmt: str = "asymcl") -> str:
+            batch_size: int = 256, fmt: str = "asymcl", tta: int | None = None) -> str:
     """Predict every image; returns the CSV text and writes it atomically to ``out`` when given.
 
     ``fmt="asymcl"``: ``path,pred,pred_class,prob_<class>...,image`` with ``path`` the file as
     found, ``image`` its path relative to ``images`` (the file name for a single file).
     ``fmt="isic2018"``: ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, ``image`` the file name without
-    its suffix (the ISIC image id), for the challenge's scorer.
+    its suffix (the ISIC image id), for the challenge's scorer. ``tta``: None or 0 off; ``N`` > 0
+    averages over each image and N seeded views; -1 takes the run's ``eval.tta_views`` (the same
+    views as the run's evaluation, so the same probabilities).
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown predictions format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -113,11 +138,20 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = No
         submission_csv([], np.zeros((0, len(model.classes))), model.classes)  # a wrong run fails before any work
     files = find_images(images)
     names = _image_names(files, Path(images))
+    views = model.tta_views(tta)
+    fingerprints = None
+    if views:  # the views are seeded by each file's bytes, as the feature cache seeds them
+        from asymcl.data.datasets import FileImageDataset
+        from asymcl.data.feature_cache import image_fingerprints
+
+        fingerprints = image_fingerprints(FileImageDataset(files, np.zeros(len(files)), model.classes,
+                                                           model.channels, model.size_hw, cache=False))
     probabilities = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         arrays = np.stack([load_image(p, model.channels, model.size_hw) for p in chunk])
-        probabilities.append(model.probabilities(arrays))
+        probabilities.append(model.probabilities(
+            arrays, views, None if fingerprints is None else fingerprints[start:start + batch_size]))
     probs = np.concatenate(probabilities)
     if fmt == "isic2018":
         stems = [f.stem for f in files]

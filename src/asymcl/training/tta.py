@@ -1,0 +1,79 @@
+"""Test-time augmentation (``eval.tta_views`` = V > 0) for a run's evaluation and ``asymcl predict --tta``.
+
+For an image x with views v_1..v_V the prediction is the mean of the softmax probabilities
+
+    p(x) = (softmax(g(x)) + sum_{j=1..V} softmax(g(v_j))) / (1 + V)          (K,)
+
+with g the final model (encoder + classifier). The views are the feature cache's own
+(:func:`asymcl.data.feature_cache.render_views`): the run's augmentation preset at the images'
+size, drawn per image from a generator seeded by (``data.cache_seed``, the image's fingerprint:
+the bytes of its file, or of its pixels for in-memory data). So the same image and seed give the
+same views whether they come from the run's cache (val/test entries with V views, extracted in
+float32 like the clean images), are rendered live (a run without the cache), or are rendered by
+``predict --tta`` from the image file. The exported model stays single-view (one forward pass).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def _mean_probabilities(module, stacked: Tensor, from_frozen: bool) -> Tensor:
+    """(B, 1 + V, *S) inputs -> (B, K): softmax of every row through the final model, averaged."""
+    rows = stacked.flatten(0, 1)
+    features = module.encoder.from_frozen(rows) if from_frozen else module.encoder(rows)
+    probs = torch.softmax(module.classifier(features).float(), dim=1)
+    return probs.view(stacked.shape[0], stacked.shape[1], -1).mean(dim=1)
+
+
+@torch.no_grad()
+def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int,
+                            batch_size: int = 64) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here."""
+    from asymcl.data.feature_cache import render_views
+
+    module.eval()
+    device = next(module.parameters()).device
+    out = []
+    per_chunk = max(1, batch_size // (1 + views))
+    for start in range(0, len(images), per_chunk):
+        chunk = images[start:start + per_chunk].float()
+        stacked = render_views(chunk, fingerprints[start:start + per_chunk], augment, views, seed)
+        out.append(_mean_probabilities(module, stacked.to(device), from_frozen=False).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def cached_tta_probabilities(module, cache, batch_size: int = 64) -> np.ndarray:
+    """(N, K) TTA probabilities of every image of a feature cache with views (val/test under
+    ``eval.tta_views``): the clean entry and every cached view through the trainable rest."""
+    module.eval()
+    device = next(module.parameters()).device
+    per_chunk = max(1, batch_size // (1 + cache.num_views))
+    out = []
+    for rows in torch.arange(len(cache)).split(per_chunk):
+        stacked = torch.cat([cache.clean[rows][:, None], cache.views[rows]], dim=1).float()
+        out.append(_mean_probabilities(module, stacked.to(device), from_frozen=True).cpu())
+    return torch.cat(out).numpy()
+
+
+def split_tta_probabilities(module, config, data, split: str) -> np.ndarray:
+    """TTA probabilities of a run's ``split``: from its feature cache when the run has one, else
+    the images' views rendered live (the same views: same preset, seed and fingerprints)."""
+    if data.feature_caches is not None:
+        return cached_tta_probabilities(module, data.feature_caches[split])
+    from asymcl.data.augment import build_augmentation
+    from asymcl.data.feature_cache import image_fingerprints
+    from asymcl.training.modules import augmentation_preset
+
+    dataset = data.splits[split]
+    images = data.cache[split][0] if split in data.cache else dataset.load_all()[0]
+    augment = build_augmentation(augmentation_preset(config, data.dataset_name, data.channels),
+                                 data.image_hw, data.channels)
+    return image_tta_probabilities(module, images.float().div(255.0), image_fingerprints(dataset), augment,
+                                   config.eval.tta_views, config.data.cache_seed)
