@@ -8,7 +8,7 @@ import torch
 from asymcl.data.augment import build_augmentation
 from asymcl.data.feature_cache import image_fingerprints, render_views
 from asymcl.training.config import resolve_config
-from asymcl.training.methods import STAGE_OFFSETS
+from asymcl.training.methods import stage_seed
 from asymcl.training.modules import augmentation_preset
 from asymcl.training.pipeline import RunData, _attach_feature_caches, _check_cache_matches, build_module
 
@@ -26,12 +26,13 @@ def test_last_k_on_cached_maps_equals_the_live_backbone(tmp_path, stage, method,
         "model.backbone": "efficientnet_lite0", "model.pretrained": "imagenet", "model.input_size": 48,
         "model.finetune": f"last:{k}",
         "data.cache_dir": str(tmp_path), "data.cache_views": 3, "data.cache_precision": "fp32",
-        "trainer.progress_bar": False,
+        # the baselines' classifier reads one cached view per image (not the clean features)
+        "stage2.augment": True, "trainer.progress_bar": False,
     })
     data = RunData(config)
     _attach_feature_caches(config, data, verbose=False)
     # seeded as the pipeline seeds a stage, so the module's frozen weights are the cached ones
-    pl.seed_everything(config.seed * 100 + STAGE_OFFSETS[stage], verbose=False)
+    pl.seed_everything(stage_seed(config.seed, stage), verbose=False)
     module = build_module(stage, config, data)
     _check_cache_matches(module, data)
     cache, train = data.feature_caches["train"], data.splits["train"]
@@ -106,7 +107,7 @@ def test_a_cache_that_would_not_fit_the_disk_fails_before_extraction(tmp_path, m
     from collections import namedtuple
 
     from asymcl.data import DataSpec, build_splits
-    from asymcl.data import feature_cache
+    from asymcl.data import cache_store, feature_cache
     from asymcl.errors import DataError
     from asymcl.models import apply_finetune, build_backbone
 
@@ -114,14 +115,14 @@ def test_a_cache_that_would_not_fit_the_disk_fails_before_extraction(tmp_path, m
     frozen, _ = apply_finetune(build_backbone("small_cnn", 1), "last:1")  # maps (64, 2, 2) of 8x8 digits
     usage = namedtuple("usage", "total used free")
     need = len(split) * (3 * 64 * 2 * 2 * 2 + 160) + 1024  # float16, clean + 2 views; fingerprints
-    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
+    monkeypatch.setattr(cache_store.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
     extracted = []
     monkeypatch.setattr(feature_cache, "_compute", lambda *a, **k: extracted.append(1))
     with pytest.raises(DataError, match=rf"{len(split)} images x 3 outputs of shape \(64, 2, 2\) need about "
                        r".* GB in .*, but only .* GB are free; free space, set data.cache_dir") as info:
         feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0, cache_dir=tmp_path)
     assert "\n" not in str(info.value) and not extracted and not list(tmp_path.glob("*/shard-*"))
-    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
+    monkeypatch.setattr(cache_store.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
     monkeypatch.undo()
     cache = feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0,
                                               cache_dir=tmp_path)
