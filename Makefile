@@ -12,10 +12,11 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.asymcl-installed
 DOCS_STAMP := $(VENV)/.asymcl-docs-installed
+LINT_STAMP := $(VENV)/.asymcl-lint-installed
 # mkdocs-gen-files and Material print a banner about mkdocs' future on every build: noise here.
 DOCS_ENV := DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
 
-.PHONY: demo test examples docs docs-build clean-venv
+.PHONY: demo test examples docs docs-build lint clean-venv
 
 demo: $(STAMP)
 	$(BIN)/asymcl demo
@@ -27,6 +28,11 @@ test: $(STAMP)
 # nbmake stops a cell after 300 s by default; the sweep cell takes about a minute alone, several on a busy machine.
 examples: $(STAMP)
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 examples
+
+# ruff (lint) and mypy, both configured in pyproject.toml; CI runs it.
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 docs: $(DOCS_STAMP)
 	$(DOCS_ENV) $(BIN)/mkdocs serve
@@ -42,6 +48,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,export]"
 	$(BIN)/python -c "import torch, asymcl; print('torch', torch.__version__, 'asymcl', asymcl.__version__)"
 	touch $(STAMP)
+
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[lint]"
+	touch $(LINT_STAMP)
 
 $(DOCS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[docs]"

@@ -112,7 +112,7 @@ def _afcl_loops(rows, positive, gamma, eta, temperature, normalization, arith: _
         similarity = {}
         for a in others:
             dot = zero
-            for zi, za in zip(rows[i], rows[a]):
+            for zi, za in zip(rows[i], rows[a], strict=True):
                 dot = dot + number(zi) * number(za)
             similarity[a] = dot / number(temperature)
         # p_ij with the usual shift by the largest similarity (does not change p)

@@ -145,13 +145,12 @@ def test_best_method_of_a_report_with_several_settings_asks_for_the_setting():
     settings = tuple(SettingSummary(label, {}, None, "") for label in ("digits, exp:5", "digits, exp:10"))
     summary = ReportSummary(Path("r"), Path("r.md"), Path("r.html"), Path("r.json"), (), settings)
     with pytest.raises(ValueError, match=r"2 settings \(digits, exp:5, digits, exp:10\)"):
-        summary.best_method
+        _ = summary.best_method
 
 
 def test_compare_plans_runs_and_reports_the_fair_comparison(tmp_path):
-    from data_fixtures import make_class_folder
-
     from asymcl.errors import ConfigError
+    from data_fixtures import make_class_folder
 
     folder = make_class_folder(tmp_path / "images", {"cat": 20, "dog": 10, "fox": 8})
     data = {"data.dataset": "folder", "data.root": str(folder), "data.image_size": 12,

@@ -10,11 +10,11 @@ import math
 
 import pytest
 import torch
-from naive_afcl import naive_afcl
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from asymcl.losses import _blockwise, _reference
 from asymcl.losses._blockwise import per_anchor_loss, prefer_blockwise
+from naive_afcl import naive_afcl
 
 torch.set_num_threads(2)
 
@@ -88,7 +88,7 @@ def test_matches_loops_with_labels_on_anchor_subset(normalization, gamma, eta):
 
     got = both_grads(fast, anchors, contrast, weights)
     want = both_grads(loops, anchors, contrast, weights)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
@@ -136,7 +136,7 @@ def test_block_size_does_not_change_the_result(block_size):
                      anchors, contrast, weights)
     want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, anchor_index, **kw),
                       anchors, contrast, weights)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
 
 
@@ -155,7 +155,7 @@ def test_float32_equals_reference_to_1e5_relative(normalization):
     want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, index, **kw), z, z, weights)
     torch.testing.assert_close(got[0].sum(), want[0].sum(), rtol=1e-5, atol=0)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-7)
-    for g, w in zip(got[1:], want[1:]):
+    for g, w in zip(got[1:], want[1:], strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * w.abs().max().item())
 
 
@@ -210,10 +210,10 @@ def test_low_temperature_near_duplicates_float32_matches_float64(gamma):
     # Gradients are O(1 / (tau * n)) where the loss is not saturated; float32 resolves p to ~1e-7
     # of that scale (a saturated p = 1 - 1e-30 is 1 in float32, its 1e-30 gradient is rounding).
     grad_scale = 1.0 / (tau * n)
-    for g, w in zip(got, want):
+    for g in got:
         assert torch.isfinite(g).all()
     torch.testing.assert_close(got[0].double(), want[0], rtol=1e-4, atol=1e-6 / n)
-    for g, w in zip(got[1:], want[1:]):
+    for g, w in zip(got[1:], want[1:], strict=True):
         torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-5 * grad_scale)
     assert want[1].abs().max() > 100 * 1e-5 * grad_scale  # the comparison is not vacuous
 
@@ -239,7 +239,7 @@ def test_argmax_negative_where_the_rest_underflows():
     pos = -((1 - math.exp(30 - lse)) ** 0.5) * (30 - lse)
     neg = -(math.log(2 * math.exp(40) + math.exp(30)) - lse) - 2 * math.log1p(-math.exp(40 - lse))
     assert got[0][0].item() == pytest.approx(pos + neg / 3, rel=1e-5)  # neg ~ 59.3, not inf
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
 
@@ -347,7 +347,7 @@ def test_blocks_on_parallel_threads_give_the_same_result(threads):
                              z, z, weights)
             want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, torch.arange(50), **kw),
                               z, z, weights)
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
         assert torch.get_num_threads() == threads  # the caller's setting survives the worker pool
     finally:
@@ -418,7 +418,7 @@ def test_uniform_upstream_gradient_takes_the_forward_computed_gradients(gamma, e
     want = both_grads(lambda a, c: loop_per_anchor_loss(
         a, c, anchor_index, label_positive(labels[anchor_index], labels), **kw),
         anchors, contrast, uniform)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 

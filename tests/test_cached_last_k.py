@@ -106,8 +106,7 @@ def test_last_k_on_cached_maps_equals_the_live_backbone(tmp_path, stage, method,
 def test_a_cache_that_would_not_fit_the_disk_fails_before_extraction(tmp_path, monkeypatch, capfd):
     from collections import namedtuple
 
-    from asymcl.data import DataSpec, build_splits
-    from asymcl.data import cache_store, feature_cache
+    from asymcl.data import DataSpec, build_splits, cache_store, feature_cache
     from asymcl.errors import DataError
     from asymcl.models import apply_finetune, build_backbone
 

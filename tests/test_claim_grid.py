@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from test_report_claims import write
 
 from asymcl.cli import main
 from asymcl.experiments.claim_grid import analyse, imbalance_ratio
 from asymcl.experiments.runs import load_runs
+from test_report_claims import write
 
 
 def _grid(root, effect: dict[str, float], seeds: int = 6):
@@ -91,6 +91,6 @@ def test_the_claim_grid_arms(tmp_path):
     assert specs["authors"]["settings"]["afcl"][0]["loss.gamma"] == 10.0
     assert specs["authors"]["settings"]["afcl"][0]["loss.eta"] == 300.0
     small, large = specs["eta-scaled-b32"], specs["eta-scaled-b512"]
-    for a, b in zip(small["settings"]["afcl"], large["settings"]["afcl"]):
+    for a, b in zip(small["settings"]["afcl"], large["settings"]["afcl"], strict=True):
         assert b["loss.eta"] == pytest.approx(16 * a["loss.eta"], rel=1e-3)  # eta follows N
     assert small["base"]["stage1.batch_size"] == 32

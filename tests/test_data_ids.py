@@ -62,8 +62,8 @@ def test_folder_ids_are_paths_relative_to_the_root(tmp_path):
     root = make_class_folder(tmp_path / "imgs", {"cat": 9, "dog": 7})
     splits = build_splits(DataSpec(dataset="folder", root=root, imbalance="binary:2"))
     for ds in splits.splits.values():
-        assert all(str(root / i) == p for i, p in zip(ds.ids, ds.paths))
-        assert all(i.split("/")[0] == ds.classes[t] for i, t in zip(ds.ids, ds.targets))
+        assert all(str(root / i) == p for i, p in zip(ds.ids, ds.paths, strict=True))
+        assert all(i.split("/")[0] == ds.classes[t] for i, t in zip(ds.ids, ds.targets, strict=True))
 
 
 def test_csv_ids_are_the_paths_as_written(tmp_path):
@@ -73,7 +73,7 @@ def test_csv_ids_are_the_paths_as_written(tmp_path):
     splits = build_splits(DataSpec(dataset="csv", root=tmp_path / "list.csv", classes=["b", "a"]))
     written = {row["file"]: row["label"] for row in csv.DictReader((tmp_path / "list.csv").open())}
     for ds in splits.splits.values():
-        for image, path, target in zip(ds.ids, ds.paths, ds.targets):
+        for image, path, target in zip(ds.ids, ds.paths, ds.targets, strict=True):
             assert written[image] == ds.classes[target]
             assert Path(path) == tmp_path / image
 
@@ -83,8 +83,8 @@ def test_isic_ids_are_image_ids(tmp_path):
     splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", imbalance="exp:2"))
     truth = dict(written["Training"] + written["Test"])
     for ds in splits.splits.values():
-        assert all(Path(p).stem == i for i, p in zip(ds.ids, ds.paths))
-        assert all(ISIC_CLASSES[truth[i]] == ds.classes[t] for i, t in zip(ds.ids, ds.targets))
+        assert all(Path(p).stem == i for i, p in zip(ds.ids, ds.paths, strict=True))
+        assert all(ISIC_CLASSES[truth[i]] == ds.classes[t] for i, t in zip(ds.ids, ds.targets, strict=True))
     assert list(splits["test"].ids) == [image for image, _ in written["Test"]]
     assert splits.official == ("train", "test")
 

@@ -254,7 +254,7 @@ def test_grouped_holdout_keeps_every_class_on_both_sides():
         assert {0, 1, 2} <= set(targets[held])  # every class with two or more lesions is validated
         assert 3 not in set(targets[held])  # a single lesion stays in training
     again = stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)
-    assert all(np.array_equal(a, b) for a, b in zip(again, stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)))
+    assert all(np.array_equal(a, b) for a, b in zip(again, stratified_holdout(targets, 0.1, np.random.default_rng(5), groups), strict=True))
 
 
 def test_grouped_holdout_is_remembered_and_callers_cannot_change_it():

@@ -21,7 +21,7 @@ def _confusion(recalls, counts, rng):
     """A confusion matrix whose row c has round(recall_c * n_c) correct and the rest spread."""
     k = len(recalls)
     matrix = np.zeros((k, k), dtype=int)
-    for c, (recall, n) in enumerate(zip(recalls, counts)):
+    for c, (recall, n) in enumerate(zip(recalls, counts, strict=True)):
         correct = int(round(recall * n))
         matrix[c, c] = correct
         others = [j for j in range(k) if j != c]
@@ -190,7 +190,7 @@ def test_cli_report(report, tmp_path, capsys):
 
 
 def test_scattered_optuna_proposals_get_a_scatter_instead_of_a_sparse_heatmap(tmp_path):
-    from asymcl.experiments.report import Setting, figure_heatmap, group_settings, select
+    from asymcl.experiments.report import figure_heatmap, group_settings, select
     from asymcl.experiments.runs import load_runs
 
     for i, (gamma, eta) in enumerate([(0.7, 3.1), (1.9, 12.0), (3.3, 48.0), (5.2, 150.0), (7.7, 290.0)]):

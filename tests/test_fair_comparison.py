@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_class_folder
 
 from asymcl.cli import main
 from asymcl.errors import ConfigError, DataError
@@ -19,7 +18,7 @@ from asymcl.experiments.reproduce import BUDGETS, PRESET_METHODS, PRESETS, PROFI
 from asymcl.experiments.stats import holm, min_detectable_difference, paired_difference
 from asymcl.experiments.sweep import expand, parse_spec
 from asymcl.training import methods
-
+from data_fixtures import make_class_folder
 
 # ---------------------------------------------------------------------------------------------
 # The budget rule
@@ -166,9 +165,8 @@ def test_report_holm_adjusts_the_family_and_runs_csv_rebuilds_it(tmp_path):
 
 
 def test_an_unequal_budget_is_named_in_the_report(tmp_path):
-    from test_report_claims import write
-
     from asymcl.experiments.report import build_report
+    from test_report_claims import write
 
     for seed in range(2):
         write(tmp_path, "ce", "ce", seed, 0.0)
@@ -185,9 +183,8 @@ def test_an_unequal_budget_is_named_in_the_report(tmp_path):
 
 
 def test_val_per_class_holds_out_a_balanced_set_before_the_profile(tmp_path):
-    from data_fixtures import make_fashion_mnist
-
     from asymcl.data import DataSpec, build_splits
+    from data_fixtures import make_fashion_mnist
 
     root = make_fashion_mnist(tmp_path / "fm", train_per_class=40, test_per_class=10)
     splits = build_splits(DataSpec(dataset="fashion-mnist", root=root, imbalance="exp:10", val_per_class=5, seed=3))
@@ -202,9 +199,8 @@ def test_val_per_class_holds_out_a_balanced_set_before_the_profile(tmp_path):
 
 
 def test_val_per_class_keeps_lesions_on_one_side(tmp_path):
-    from data_fixtures import make_isic
-
     from asymcl.data import DataSpec, build_splits
+    from data_fixtures import make_isic
 
     lesion_of = make_isic(tmp_path / "isic", train_per_class=(8, 10, 6, 6, 6, 6, 6))["lesion_of"]
     splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", val_per_class=2, seed=0))
@@ -225,9 +221,9 @@ def test_probe_equals_scikit_learn_called_by_hand(tmp_path):
     from sklearn.preprocessing import StandardScaler
 
     from asymcl.models import build_backbone
+    from asymcl.training.config import resolve_config
     from asymcl.training.pipeline import build_module, evaluate, run
     from asymcl.training.run_data import RunData
-    from asymcl.training.config import resolve_config
 
     torch.manual_seed(0)
     weights = tmp_path / "cnn.pt"
@@ -369,9 +365,8 @@ def test_cache_seed_null_gives_each_run_seed_its_own_views():
 
 
 def test_the_report_says_when_seeds_share_one_draw_of_views(tmp_path):
-    from test_report_claims import write
-
     from asymcl.experiments.report import build_report
+    from test_report_claims import write
 
     for seed in range(2):
         for method in ("ce", "afcl"):

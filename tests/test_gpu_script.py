@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from data_fixtures import make_fashion_mnist, make_isic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,10 @@ from asymcl.losses import (
     ContrastiveMemory,
     FocalContrastiveLoss,
     SupConLoss,
+    _validation,
     afcl_loss,
+    functional,
 )
-from asymcl.losses import _validation, functional
 
 LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
 

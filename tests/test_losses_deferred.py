@@ -11,7 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asymcl.losses import AsymmetricFocalContrastiveLoss, ContrastiveMemory, _deferred, afcl_loss, raise_pending_input_errors
+from asymcl.losses import (
+    AsymmetricFocalContrastiveLoss,
+    ContrastiveMemory,
+    _deferred,
+    afcl_loss,
+    raise_pending_input_errors,
+)
 from asymcl.losses._blockwise import per_anchor_loss
 
 torch.set_num_threads(2)
@@ -121,7 +127,7 @@ def test_sync_free_blockwise_equals_the_cpu_path_where_rows_saturate(monkeypatch
     monkeypatch.setattr(_deferred, "DEFERRING_DEVICE_TYPES", {"cpu"})
     got = core_values_and_grads(z, labels, weights, **extra)
     raise_pending_input_errors()
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g, w, rtol=1e-6, atol=0)
 

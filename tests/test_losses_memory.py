@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from naive_afcl import naive_afcl_from_batch
 
 from asymcl.losses import (
     AsymmetricFocalContrastiveLoss,
@@ -17,6 +16,7 @@ from asymcl.losses import (
     SupConLoss,
     afcl_loss,
 )
+from naive_afcl import naive_afcl_from_batch
 
 torch.set_num_threads(1)
 

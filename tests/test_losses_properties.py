@@ -6,7 +6,6 @@ classes must not change the loss, for any gamma, eta, temperature and normalisat
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given, settings

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asymcl.data import build_splits, DataSpec
+from asymcl.data import DataSpec, build_splits
 from asymcl.data.feature_cache import build_feature_cache
 from asymcl.errors import ConfigError
 from asymcl.models import apply_finetune, backbone_unit_names, build_backbone, set_feature_layers, unit_names

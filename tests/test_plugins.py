@@ -17,8 +17,8 @@ import yaml
 import asymcl
 from asymcl import plugins
 from asymcl.cli import main
-from asymcl.errors import ConfigError
 from asymcl.data import spec as data_spec
+from asymcl.errors import ConfigError
 from asymcl.models import backbones
 from asymcl.training import methods
 
@@ -104,7 +104,7 @@ def restore_registries():
              dict(plugins._HANDOVER), plugins._ENTRY_POINTS_LOADED)
     yield
     for table, old in zip((methods.REGISTRY, data_spec.DATASETS, backbones.REGISTRY, plugins._LOADED,
-                           plugins._HANDOVER), saved):
+                           plugins._HANDOVER), saved, strict=True):
         table.clear()
         table.update(old)
     plugins._ENTRY_POINTS_LOADED = saved[-1]
@@ -148,8 +148,8 @@ def test_a_plugin_method_dataset_and_backbone_train_sweep_report_and_export(tmp_
     assert config["loss"] == {**config["loss"], "gamma": 1.5, "eta": 0.0, "normalization": "pairs"}  # fixed filled
     assert config["data"]["augment"] == "auto"
     assert (run / "plugin_count_test.txt").read_text().endswith(" low,high")  # the entry's extra output
-    from asymcl.training.modules import augmentation_preset
     from asymcl.training.config import resolve_config
+    from asymcl.training.modules import augmentation_preset
 
     assert augmentation_preset(resolve_config(config), "plugin_npy", 1) == "grey28"
 
@@ -173,8 +173,8 @@ def test_a_plugin_method_dataset_and_backbone_train_sweep_report_and_export(tmp_
     assert "PluginFocal" in report and "plugin_npy npy-set" in report  # display name; labelled by root
 
     assert main(["export", str(run), "--out", str(tmp_path / "model.onnx"), "--plugin", plugin]) == 0
-    import onnxruntime
     import numpy as np
+    import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     probs = session.run(None, {session.get_inputs()[0].name: np.zeros((2, 1, 8, 8), np.uint8)})[0]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_experiments_report import write_run
 
 from asymcl.experiments.report import build_report
 from asymcl.experiments.runs import load_runs, row_display, row_key
 from asymcl.experiments.selection import group_settings, select, setting_numbers
+from test_experiments_report import write_run
 
 LOSS = {"supcon": (0.0, 0.0), "cl": (0.0, 0.0), "fcl": (2.0, 0.0), "acl": (0.0, 50.0), "afcl": (2.0, 50.0)}
 

@@ -58,7 +58,7 @@ def test_isic_predictions_name_the_image_and_the_submission_matches_them(isic_ru
     # Every official test image once, in the ground truth's order (not the imbalanced cut).
     assert [r["image"] for r in scored] == [image for image, _ in written["Test"]]
     assert len(scored) == len(test_rows) > len([r for r in rows if r["split"] == "test_imbalanced"])
-    for sub, pred in zip(scored, test_rows):
+    for sub, pred in zip(scored, test_rows, strict=True):
         assert sub["image"] == pred["image"]
         probs = [float(sub[c]) for c in ISIC_CLASSES]
         assert probs == [float(pred[f"prob_{c}"]) for c in ISIC_CLASSES]

@@ -237,8 +237,8 @@ def test_last_checkpoint_is_the_latest_epoch_not_the_best(tmp_path):
 
 
 def test_resume_may_change_display_options_only(tmp_path):
-    from asymcl.training.run_dir import default_run_dir
     from asymcl.training.config import resolve_config
+    from asymcl.training.run_dir import default_run_dir
 
     out = tmp_path / "run"
     first = run(tiny("ce"), out)
@@ -258,8 +258,8 @@ def test_resume_may_change_display_options_only(tmp_path):
 def test_default_run_dir_is_the_one_asymcl_0_1_wrote(overrides, expected):
     """Keys added after 0.1.0 hold their defaults here: the directory an old command wrote is
     found again (expected names computed with asymcl 0.1.0, commit f726922)."""
-    from asymcl.training.run_dir import default_run_dir
     from asymcl.training.config import resolve_config
+    from asymcl.training.run_dir import default_run_dir
 
     assert default_run_dir(resolve_config(None, overrides)) == expected
 

@@ -2,15 +2,14 @@
 from the feature cache (reuse, repair, errors), and predict/export of a cached run on raw images."""
 
 import csv
-import json
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from asymcl.data import build_splits
-from asymcl.data import feature_cache
+from asymcl.data import build_splits, feature_cache
 from asymcl.errors import ConfigError, DataError
 from asymcl.models import SmallCNN
 from asymcl.training.checkpoints import load_checkpoint

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from asymcl.errors import DataError
 
@@ -41,7 +42,7 @@ __all__ = ["train", "sweep", "compare", "report", "SplitMetrics", "TrainResult",
 #: What a config argument may be: a mapping of dotted or nested keys, a YAML file, or a RunConfig.
 ConfigLike = Union[Mapping[str, Any], str, os.PathLike, "RunConfig"]
 #: What ``--set`` takes: ``{"loss.gamma": 2}`` or ``["loss.gamma=2"]``.
-Overrides = Union[Mapping[str, Any], Sequence[str]]
+Overrides = Mapping[str, Any] | Sequence[str]
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,10 +374,11 @@ def compare(data: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLi
     settings and ``seeds`` seeds. A plan estimated over ``budget`` (``"30m"``, ``"2h"``, or minutes)
     raises :class:`asymcl.errors.ConfigError` unless ``yes``. Call it again to resume.
     """
-    from asymcl.experiments.compare import compare as run_compare, default_out
+    from asymcl.experiments.compare import compare as run_compare
+    from asymcl.experiments.compare import default_out
     from asymcl.training.config import load_config_file, parse_overrides
 
-    overrides = load_config_file(data) if isinstance(data, (str, os.PathLike)) else parse_overrides(dict(data))
+    overrides = load_config_file(Path(data)) if isinstance(data, (str, os.PathLike)) else parse_overrides(dict(data))
     out_dir = Path(out) if out is not None else default_out(overrides, profile)
     options = {"profile": profile, "settings": settings, "seeds": seeds,
                **({"methods": list(methods)} if methods else {})}

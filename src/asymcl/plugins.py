@@ -19,10 +19,10 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable
 
 from asymcl.errors import AsymclError, ConfigError
 

@@ -79,7 +79,7 @@ def _list(args: argparse.Namespace) -> int:
               _ago(e.last_used)) for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print(f"{len(entries)} entries, {_mb(sum(e.bytes for e in entries))} in {root}")
     return 0
 

@@ -65,9 +65,9 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from asymcl.data import DataSpec, build_splits
-
     from dataclasses import fields
+
+    from asymcl.data import DataSpec, build_splits
 
     # None: the data layer's own default, so that summary and training show the same splits.
     given = {f.name: getattr(args, f.name) for f in fields(DataSpec) if f.metadata.get("cli")}
@@ -88,11 +88,11 @@ def run_summary(args: argparse.Namespace) -> int:
     names = list(counts)
     label_width = max(len("class"), *(len(f"{k} {c}") for k, c in enumerate(splits.classes)))
     widths = [max(len(n), 6) for n in names]
-    print("class".ljust(label_width) + "".join(f"  {n:>{w}}" for n, w in zip(names, widths)))
+    print("class".ljust(label_width) + "".join(f"  {n:>{w}}" for n, w in zip(names, widths, strict=True)))
     for k, name in enumerate(splits.classes):
-        cells = "".join(f"  {counts[s][name]:>{w}}" for s, w in zip(names, widths))
+        cells = "".join(f"  {counts[s][name]:>{w}}" for s, w in zip(names, widths, strict=True))
         print(f"{k} {name}".ljust(label_width) + cells)
-    totals = "".join(f"  {sum(counts[s].values()):>{w}}" for s, w in zip(names, widths))
+    totals = "".join(f"  {sum(counts[s].values()):>{w}}" for s, w in zip(names, widths, strict=True))
     print("total".ljust(label_width) + totals)
     return 0
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -78,14 +78,14 @@ class ImageDataset(Dataset):
         """All images as a uint8 tensor (N, C, H, W) and the labels as an int64 tensor (N,)."""
         raise NotImplementedError
 
-    def _take(self, indices: np.ndarray) -> "ImageDataset":
+    def _take(self, indices: np.ndarray) -> ImageDataset:
         raise NotImplementedError
 
     def class_counts(self) -> np.ndarray:
         """(K,) int64: how many images of each class."""
         return np.bincount(self.targets, minlength=len(self.classes)).astype(np.int64)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         """A new dataset of the images at ``indices`` (in that order), same classes."""
         indices = np.asarray(indices, dtype=np.int64)
         out = self._take(indices)
@@ -94,7 +94,7 @@ class ImageDataset(Dataset):
         out.ids = self.ids[indices].copy()
         return out
 
-    def select_classes(self, class_ids: Sequence[int]) -> "ImageDataset":
+    def select_classes(self, class_ids: Sequence[int]) -> ImageDataset:
         """Keep only ``class_ids`` and relabel them ``0..K-1`` in the given order."""
         class_ids = [int(c) for c in class_ids]
         keep = np.flatnonzero(np.isin(self.targets, class_ids))
@@ -145,7 +145,7 @@ class ArrayImageDataset(ImageDataset):
         images = torch.from_numpy(_writable(self.images.transpose(0, 3, 1, 2)))
         return images, torch.from_numpy(self.targets.copy())
 
-    def _take(self, indices: np.ndarray) -> "ArrayImageDataset":
+    def _take(self, indices: np.ndarray) -> ArrayImageDataset:
         return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes,
                                  self.ids[indices])
 
@@ -272,7 +272,7 @@ class FileImageDataset(ImageDataset):
         image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
         return image, int(self.targets[index])
 
-    def _take(self, indices: np.ndarray) -> "FileImageDataset":
+    def _take(self, indices: np.ndarray) -> FileImageDataset:
         return FileImageDataset(
             self.paths[indices],
             self.targets[indices],
@@ -411,7 +411,7 @@ def _probe_images(paths: Sequence[str], what: str) -> tuple[int, tuple[int, int]
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(header, paths))
-    for path, result in zip(paths, results):
+    for path, result in zip(paths, results, strict=True):
         if result is None:
             bad.append(str(path))
             continue

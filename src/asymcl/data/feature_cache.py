@@ -38,10 +38,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,8 +50,8 @@ from torch import Tensor, nn
 
 from asymcl.data.augment import build_augmentation
 from asymcl.data.cache_store import borrow_clean as _borrow_clean
-from asymcl.data.cache_store import gather as _gather
 from asymcl.data.cache_store import check_disk_space, hold_in_use, make_entry_folder, shared_file_mode, write_info
+from asymcl.data.cache_store import gather as _gather
 from asymcl.data.cache_store import read_shard as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
 from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
@@ -141,7 +142,7 @@ def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module
         before = torch.get_num_threads()
         torch.set_num_threads(threads or before)
         try:
-            for image, fingerprint in zip(images, fingerprints):
+            for image, fingerprint in zip(images, fingerprints, strict=True):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(_view_seed(seed, fingerprint))
                     drawn.append(augment(image[None].expand(views, -1, -1, -1).contiguous()))

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -137,7 +137,7 @@ def submission_csv(image_ids: Sequence[str], probabilities: np.ndarray, classes:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["image", *ISIC_CLASSES])
-    for image, row in zip(image_ids, probabilities[:, order]):
+    for image, row in zip(image_ids, probabilities[:, order], strict=True):
         writer.writerow([str(image), *(f"{p:.6g}" for p in row)])
     return text.getvalue()
 

@@ -10,11 +10,12 @@ plugin (:func:`register_dataset`), is one entry and its reader.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import importlib
-from pathlib import Path
 import numbers
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from asymcl.errors import DataError
 
@@ -56,7 +57,7 @@ class DatasetInfo:
     download: Callable[..., Any] | str | None = None
     outputs: Callable[..., Any] | str | None = None
 
-    def load(self, spec: "DataSpec") -> "SourceData":
+    def load(self, spec: DataSpec) -> SourceData:
         """The source's pools, read by :attr:`loader`."""
         return _resolve(self.loader)(spec)
 

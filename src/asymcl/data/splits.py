@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class Splits:
     def counts(self) -> dict[str, dict[str, int]]:
         """{split: {class name: count}} for every split."""
         return {
-            name: {c: int(n) for c, n in zip(self.classes, ds.class_counts())}
+            name: {c: int(n) for c, n in zip(self.classes, ds.class_counts(), strict=True)}
             for name, ds in self.splits.items()
         }
 

@@ -28,9 +28,10 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        parts = [f"{axis.split('.')[-1]}={value}" for axis, value in zip(AXES, self.values)]
+        parts = [f"{axis.split('.')[-1]}={value}" for axis, value in zip(AXES, self.values, strict=True)]
         return f"{self.arm}: " + ", ".join(parts) if self.arm else ", ".join(parts)
 
 
@@ -116,7 +117,7 @@ def cell_rows(cell: Cell) -> list[dict[str, Any]]:
             diff = paired_difference(a, b)
             sd = float(np.std(np.subtract(a, b), ddof=1)) if len(seeds) > 1 else float("nan")
             rows.append({
-                "arm": cell.arm, **{axis: value for axis, value in zip(AXES, cell.values)}, "rho": cell.rho,
+                "arm": cell.arm, **{axis: value for axis, value in zip(AXES, cell.values, strict=True)}, "rho": cell.rho,
                 "comparison": f"{row_display(first)} - {row_display(second)}", "first": first, "second": second,
                 "metric": metric, "split": split, "n": diff.n, "mean": diff.mean, "low": diff.low,
                 "high": diff.high, "p": diff.p, "sd": sd, "mdd": min_detectable_difference(sd, diff.n),
@@ -129,7 +130,7 @@ def analyse(runs: Sequence[Run], root: Path) -> list[dict[str, Any]]:
     """Every cell's rows, Holm-adjusted over the whole grid (``p_holm``, ``verdict``)."""
     rows = [row for cell in cells(runs, root) for row in cell_rows(cell)]
     reject, adjusted = holm([row["p"] if row["n"] >= 2 else float("nan") for row in rows])
-    for row, r, a in zip(rows, reject, adjusted):
+    for row, r, a in zip(rows, reject, adjusted, strict=True):
         row["p_holm"] = a
         if row["n"] < 2:
             row["verdict"] = "too few seeds"

@@ -22,8 +22,9 @@ answer does not hang on ImageNet features; fewer cells, it costs a minute per ru
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from asymcl.errors import ConfigError
 from asymcl.experiments.fair import comparison_spec
@@ -34,7 +35,7 @@ AUTHORS = {"fcl": {"loss.gamma": 10.0}, "acl": {"loss.eta": 300.0}, "afcl": {"lo
            "cl": {}}
 ETA_REFERENCE_BATCH = 256
 #: Per profile: imbalance ratios, stage-1 batch sizes, seeds, budget, head cap, training.
-GRIDS = {
+GRIDS: dict[str, dict[str, Any]] = {
     "pretrained": {"rhos": (1, 10, 50, 100, 200), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
                    "training": {**PRETRAINED_TRAINING, "data.cache_seed": None}},
     "quick": {"rhos": (1, 100), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
@@ -57,7 +58,7 @@ def claim_specs(data: str | Path, profile: str = "pretrained", *, seeds: int | N
     rhos = tuple(rhos or grid["rhos"])
     batches = tuple(batches or grid["batches"])
     base = {**grid["training"], "data.dataset": "fashion-mnist", "data.root": str(data), "data.val_per_class": 200}
-    shared = {"data.imbalance": [f"exp:{rho:g}:{grid['head']}" for rho in rhos], "seed": list(range(seeds))}
+    shared: dict[str, list[Any]] = {"data.imbalance": [f"exp:{rho:g}:{grid['head']}" for rho in rhos], "seed": list(range(seeds))}
     specs: dict[str, dict[str, Any]] = {}
     specs["tuned"] = comparison_spec(f"claim-{profile}-tuned", "issue 22: every method tuned, the same budget", base,
                                      CLAIM_METHODS, budget, {**shared, "stage1.batch_size": list(batches)})

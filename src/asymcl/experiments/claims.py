@@ -77,7 +77,7 @@ def adjust_family(all_numbers: list[dict[str, Any]], alpha: float = 0.05) -> int
     members = [entry for numbers in all_numbers for _, entry in family_entries(numbers)
                if entry.get("n", 0) >= 2 and entry.get("p") is not None]
     reject, adjusted = holm([entry["p"] for entry in members], alpha)
-    for entry, r, a in zip(members, reject, adjusted):
+    for entry, r, a in zip(members, reject, adjusted, strict=True):
         entry["p_holm"], entry["holm_significant"] = a, r
     for numbers in all_numbers:
         claim = numbers["paper_claim"]

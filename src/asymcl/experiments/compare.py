@@ -16,9 +16,10 @@ measured on 2 CPU cores (benchmarks/README.md) by image area and image count.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from asymcl.errors import ConfigError, DataError
 from asymcl.experiments.reproduce import PAPER_TABLE, PRETRAINED_TRAINING, QUICK_TRAINING
@@ -153,7 +154,7 @@ def _estimate(config, counts: Mapping[str, Mapping[str, int]], profile: str, cac
     return 0.0, per_method
 
 
-def plan_comparison(overrides: Mapping[str, Any], out: str | Path, *, profile: str = "quick",
+def plan_comparison(overrides: Mapping[str, Any] | Sequence[str], out: str | Path, *, profile: str = "quick",
                     methods: Sequence[str] | None = None, settings: int = DEFAULT_SETTINGS,
                     seeds: int = DEFAULT_SEEDS, workers: int = 1) -> ComparisonPlan:
     """Resolve, check and cost the comparison (nothing is trained or written)."""
@@ -164,7 +165,7 @@ def plan_comparison(overrides: Mapping[str, Any], out: str | Path, *, profile: s
     from asymcl.training.config import parse_overrides, resolve_config
     from asymcl.training.run_data import data_spec
 
-    overrides = parse_overrides(dict(overrides)) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    overrides = parse_overrides(dict(overrides)) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
     if "method" in overrides or "seed" in overrides:
         raise ConfigError("compare runs every method over its seeds itself: use --methods and --seeds instead of "
                           "--set method=... or --set seed=...")

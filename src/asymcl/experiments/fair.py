@@ -72,7 +72,7 @@ def method_settings(method: str, budget: int, base: Mapping[str, Any]) -> list[d
         raise ConfigError(f"a comparison's budget is the number of settings per method, at least 1; got {budget}")
     space = method_space(method, base)
     keys = list(space)
-    points = [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))] if keys else [{}]
+    points = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))] if keys else [{}]
     if len(points) < budget:
         raise ConfigError(
             f"method {method} has {len(points)} setting(s) in its search space, fewer than the budget of {budget} per "

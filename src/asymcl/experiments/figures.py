@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from asymcl.experiments.runs import METHODS, Run
-from asymcl.experiments.selection import Candidate, Setting, hashable, split_title
 from asymcl.experiments.runs import row_display as display
+from asymcl.experiments.selection import Candidate, Setting, hashable, split_title
 
 
 def _pyplot():
@@ -73,7 +73,7 @@ def figure_confusion(setting: Setting, split: str, path: Path) -> bool:
                              squeeze=False, layout="constrained")
     for ax in axes.flat[len(methods):]:
         ax.axis("off")
-    for index, (ax, method) in enumerate(zip(axes.flat, methods)):
+    for index, (ax, method) in enumerate(zip(axes.flat, methods, strict=False)):
         counts = np.sum(_per_class(setting.chosen[method], split, "confusion_matrix"), axis=0)
         totals = counts.sum(axis=1, keepdims=True)
         normalised = np.divide(counts, totals, out=np.zeros_like(counts, dtype=np.float64), where=totals > 0)
@@ -142,7 +142,7 @@ def figure_tsne(setting: Setting, path: Path, max_points: int = 1000, seed: int 
         ax.axis("off")
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     rng = np.random.default_rng(seed)
-    for ax, (method, run, features, labels) in zip(axes.flat, panels):
+    for ax, (method, run, features, labels) in zip(axes.flat, panels, strict=False):
         if len(labels) > max_points:
             keep = np.sort(rng.choice(len(labels), size=max_points, replace=False))
             features, labels = features[keep], labels[keep]
@@ -189,12 +189,12 @@ def figure_heatmap(setting: Setting, path: Path) -> bool:
     vmin, vmax = min(values), max(values)
     if vmax - vmin < 1e-4:
         vmin, vmax = vmin - 1, vmax + 1
-    for ax, (method, chosen, cands, gammas, etas) in zip(axes.flat, panels):
+    for ax, (method, chosen, cands, gammas, etas) in zip(axes.flat, panels, strict=False):
         if len(cands) < 0.5 * len(gammas) * len(etas):
             # Scattered proposals (an Optuna study) fill too few cells of a grid: plot the points.
             points = [(float(c.params.get("loss.gamma", 0) or 0), float(c.params.get("loss.eta", 0) or 0),
                        c.val_ua * 100) for c in cands if not math.isnan(c.val_ua)]
-            xs, ys, zs = zip(*points)
+            xs, ys, zs = zip(*points, strict=True)
             image = ax.scatter(xs, ys, c=zs, cmap="viridis", vmin=vmin, vmax=vmax, s=40, edgecolors="k")
             ax.scatter([float(chosen.params.get("loss.gamma", 0) or 0)], [float(chosen.params.get("loss.eta", 0) or 0)],
                        marker="*", s=250, facecolors="none", edgecolors="red", label="chosen")
@@ -268,7 +268,7 @@ def figure_curves(setting: Setting, path: Path) -> bool:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     cmap = plt.get_cmap("tab10")
-    for ax, (stage, key) in zip(axes.flat, panels):
+    for ax, (stage, key) in zip(axes.flat, panels, strict=False):
         for index, method in enumerate(setting.methods):
             series = [_history_series(run, stage, key) for run in setting.chosen[method].runs]
             series = [s for s in series if s]

@@ -24,8 +24,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import yaml
 
@@ -65,9 +65,9 @@ def _cache_identity(config: Mapping) -> str:
 def warm_feature_caches(configs: Mapping[str, dict], progress: Callable[[str], None], label: str = "sweep") -> int:
     """Build the feature caches of every distinct (data, model, seed) among ``configs`` (run name ->
     resolved config); returns how many such groups train from cached features."""
+    from asymcl.training.config import resolve_config
     from asymcl.training.encoder import uses_feature_cache
     from asymcl.training.pipeline import prepare_feature_caches
-    from asymcl.training.config import resolve_config
 
     groups: dict[str, dict] = {}
     for config in configs.values():

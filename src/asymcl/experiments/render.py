@@ -9,11 +9,12 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from asymcl.experiments.selection import method_order, format_params, split_title
 from asymcl.experiments.runs import row_display as display
+from asymcl.experiments.selection import format_params, method_order, split_title
 
 
 @dataclass

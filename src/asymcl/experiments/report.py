@@ -26,19 +26,20 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from asymcl.atomic import atomic_write_text
 from asymcl.errors import DataError
+from asymcl.experiments.claims import best_recipe_sentence
 from asymcl.experiments.figures import figure_confusion, figure_curves, figure_heatmap, figure_recall, figure_tsne
 from asymcl.experiments.render import _comparison_table, _html, _md, _results_table, _summary_table
 from asymcl.experiments.runs import Run, iter_run_dirs, load_run, run_status
+from asymcl.experiments.runs import row_display as display
 from asymcl.experiments.selection import Setting, group_settings, select, setting_numbers  # noqa: F401
 from asymcl.experiments.sweep import SWEEP_MANIFEST, current_command, write_json_atomic
-from asymcl.experiments.claims import best_recipe_sentence
-from asymcl.experiments.runs import row_display as display
 
 
 def _versions_text(runs: Sequence[Run]) -> str:
@@ -178,7 +179,7 @@ def build_report(
     if summary is not None and len(settings) > 1:
         blocks.append(("h2", "Summary: test UA per setting (chosen hyperparameters)"))
         blocks.append(("table", summary))
-    for setting, numbers in zip(settings, all_numbers):
+    for setting, numbers in zip(settings, all_numbers, strict=True):
         blocks.append(("h2", setting.label))
         blocks.append(("table", _results_table(numbers)))
         blocks.append(("p", _budget_sentence(numbers)))
@@ -209,15 +210,15 @@ def build_report(
         if from_csv:
             continue
         progress(f"[report] figures for {setting.label}")
-        plots = [(f"recall_{setting.slug}.png", "Per-class recall", lambda p: figure_recall(setting, "test", p)),
-                 (f"confusion_{setting.slug}.png", "Confusion matrices", lambda p: figure_confusion(setting, "test", p))]
+        plots = [(f"recall_{setting.slug}.png", "Per-class recall", lambda p, s=setting: figure_recall(s, "test", p)),
+                 (f"confusion_{setting.slug}.png", "Confusion matrices", lambda p, s=setting: figure_confusion(s, "test", p))]
         if "test_imbalanced" in setting.test_splits:
             plots.append((f"recall-imbalanced_{setting.slug}.png", "Per-class recall on the imbalanced test set",
-                          lambda p: figure_recall(setting, "test_imbalanced", p)))
-        plots += [(f"heatmap_{setting.slug}.png", "Validation UA over gamma and eta", lambda p: figure_heatmap(setting, p)),
-                  (f"curves_{setting.slug}.png", "Training curves", lambda p: figure_curves(setting, p)),
+                          lambda p, s=setting: figure_recall(s, "test_imbalanced", p)))
+        plots += [(f"heatmap_{setting.slug}.png", "Validation UA over gamma and eta", lambda p, s=setting: figure_heatmap(s, p)),
+                  (f"curves_{setting.slug}.png", "Training curves", lambda p, s=setting: figure_curves(s, p)),
                   (f"tsne_{setting.slug}.png", "t-SNE of test embeddings",
-                   lambda p: figure_tsne(setting, p, max_points=tsne_points))]
+                   lambda p, s=setting: figure_tsne(s, p, max_points=tsne_points))]
         for filename, title_text, make in plots:
             path = figures_dir / filename
             if make(path):

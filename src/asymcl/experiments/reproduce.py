@@ -22,9 +22,10 @@ preset; ``--methods`` adds it to a comparison by name.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -99,7 +100,7 @@ PRETRAINED_TRAINING = {
     "stage2.sampler": "class_balanced",
     "trainer.progress_bar": False,
 }
-_PRETRAINED_DATA = {
+_PRETRAINED_DATA: dict[str, dict[str, Any]] = {
     # ISIC shares one draw of views over its seeds: a draw per seed costs 23 min of extraction each at
     # 260 px with both networks, past the time budget; the report says the intervals leave that draw out.
     "isic2018": {"data.image_size": 260, "model.backbone": "efficientnet_lite2+efficientnet_lite0",
@@ -187,7 +188,7 @@ def _data_base(preset: str, data: Path, profile: str) -> dict[str, Any]:
                 f"--data {data}: expected the Fashion-MNIST folder with the four official IDX files "
                 "(train-images-idx3-ubyte.gz, ...)"
             )
-        base = {"data.dataset": "fashion-mnist", "data.root": str(data)}
+        base: dict[str, Any] = {"data.dataset": "fashion-mnist", "data.root": str(data)}
         if preset == "fmnist-binary":
             base["data.classes"] = [0, 6]  # T-shirt/top (majority) vs Shirt: the hard pair
         return {**base, **_FMNIST_VALIDATION}
@@ -215,6 +216,7 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick", *,
     data = Path(data).expanduser()
     if not data.exists():
         raise ConfigError(f"--data {data} does not exist")
+    grid: dict[str, Any]
     if profile == "pretrained":
         base, grid = _official_layout(profile, preset, data, PRETRAINED_TRAINING, _PRETRAINED_DATA)
     elif profile == "gpu":

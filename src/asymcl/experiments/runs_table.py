@@ -21,8 +21,9 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from asymcl.atomic import atomic_write_text
 from asymcl.errors import DataError
@@ -120,7 +121,7 @@ def load_runs_csv(path: str | Path) -> list[Run]:
                                        "per_class_recall": json.loads(row["per_class_recall"])}
                 per_class_count = json.loads(row["per_class_count"])
                 if per_class_count:
-                    counts[row["split"]] = dict(zip(classes, per_class_count))
+                    counts[row["split"]] = dict(zip(classes, per_class_count, strict=True))
         except (ValueError, KeyError) as exc:
             raise DataError(f"{path}: run {name}: a malformed row ({exc})") from exc
         metrics = {"status": "complete", "final": final, "classes": classes, "counts": counts}

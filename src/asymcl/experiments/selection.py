@@ -12,9 +12,10 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,6 @@ from asymcl.experiments.claims import best_contrastive_row, paper_claim
 from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_display, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
 from asymcl.training.methods import PROPOSED
-
 
 #: Keys that never distinguish hyperparameter settings (seeds are what we average over; paths and
 #: devices do not change the method).
@@ -236,7 +236,7 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
                "n_candidates": len(setting.candidates[method]),
                "val_counts": validation_counts(candidate.runs)}
         for split, metric in columns:
-            stats = mean_std(metric_values(candidate, split, metric).values())
+            stats = mean_std(list(metric_values(candidate, split, metric).values()))
             row[f"{split}.{metric}"] = {"mean": stats.mean, "std": stats.std, "n": stats.n}
         table[method] = row
     comparisons = {}
@@ -244,7 +244,7 @@ def setting_numbers(setting: Setting) -> dict[str, Any]:
         for method in setting.methods:
             if method != PROPOSED:
                 comparisons[method] = _paired(setting, PROPOSED, method)
-    numbers = {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
+    numbers: dict[str, Any] = {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
                "comparisons": comparisons}
     main = setting.test_splits[0] if setting.test_splits else None
     title = split_title(main, "test_imbalanced" in setting.test_splits) if main else ""

@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from asymcl.errors import ConfigError
 
@@ -214,7 +215,7 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
         while True:
             if teller.pending is not None:  # the objective finished but its value was not stored
                 number, value = teller.pending
-                retry("storing a trial's result", lambda: study.tell(number, value, skip_if_finished=True))
+                retry("storing a trial's result", lambda n=number, v=value: study.tell(n, v, skip_if_finished=True))
                 teller.pending = None
             retry("checking for trials of dead workers", lambda: optuna.storages.fail_stale_trials(study))
             trials = retry("counting trials", lambda: study.get_trials(deepcopy=False))

@@ -8,8 +8,8 @@ the power calculation statsmodels' (``multipletests``, ``TTestPower``): none is 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -94,7 +94,7 @@ def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], lis
     finite = np.flatnonzero(~np.isnan(values))
     if finite.size:
         rejected, corrected, _, _ = multipletests(values[finite], alpha=alpha, method="holm")
-        for index, r, c in zip(finite, rejected, corrected):
+        for index, r, c in zip(finite, rejected, corrected, strict=True):
             reject[int(index)] = bool(r)
             adjusted[int(index)] = float(c)
     return reject, adjusted

@@ -18,9 +18,10 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from asymcl.errors import ConfigError
 from asymcl.experiments import shared_study
@@ -98,7 +99,7 @@ def study_groups(spec: SweepSpec, space: Mapping[str, Any]) -> list[StudyGroup]:
     seeds = spec.grid.get("seed", [spec.base.get("seed", 0)])
     groups = []
     for combination in itertools.product(*(spec.grid[k] for k in fixed_keys)):
-        values = dict(zip(fixed_keys, combination))
+        values = dict(zip(fixed_keys, combination, strict=True))
         method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
         used = [k for k in space if method in METHOD_PARAMS and k in METHOD_PARAMS[method]]
         if not used:
@@ -168,12 +169,12 @@ def run_study(
     result = StudyResult(label)
     for group in groups:
         study_name = f"{spec.name}:{group.label}"
-        study = retry("opening the study", lambda: optuna.create_study(
+        study = retry("opening the study", lambda study_name=study_name: optuna.create_study(
             study_name=study_name, storage=storage_obj, direction="maximize", load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=sampler_seed),
         ))
 
-        def objective(trial: "optuna.Trial", group: StudyGroup = group) -> float:
+        def objective(trial: optuna.Trial, group: StudyGroup = group) -> float:
             proposal = {}
             for key in group.searched:
                 bounds = space[key]
@@ -197,8 +198,8 @@ def run_study(
             retry("recording the trial's runs", lambda: trial.set_user_attr("runs", [p.name for p in points]))
             return float(sum(scores) / len(scores))
 
-        def check_duplicate(trial: "optuna.Trial", proposal: dict, *, after_training: bool,
-                            group: StudyGroup = group, study: "optuna.Study" = study) -> None:
+        def check_duplicate(trial: optuna.Trial, proposal: dict, *, after_training: bool,
+                            group: StudyGroup = group, study: optuna.Study = study) -> None:
             other = retry("checking for duplicates",
                           lambda: shared_study.duplicate_of(study, trial, proposal, _round))
             if other is not None:
@@ -209,13 +210,13 @@ def run_study(
                          + ("" if after_training else ", nothing trained"))
                 raise shared_study.DuplicatePoint(other)
 
-        finished = len(retry("counting trials", lambda: study.get_trials(
+        finished = len(retry("counting trials", lambda study=study: study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
         progress(f"[optuna] study {study_name}: {finished}/{n_trials} trials finished")
         shared_study.run_trials(study, objective, n_trials, retry=retry, progress=progress,
                                 label=f"study {study_name}", poll_seconds=poll_seconds)
         try:
-            best = retry("reading the best trial", lambda: study.best_trial)
+            best = retry("reading the best trial", lambda study=study: study.best_trial)
             result.studies[study_name] = {"params": best.params, "val_ua": best.value,
                                           "runs": best.user_attrs.get("runs", [])}
             progress(f"[optuna] {study_name}: best val UA {best.value:.4f} at "

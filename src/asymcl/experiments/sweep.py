@@ -40,16 +40,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
-import itertools
 import json
 import os
 import re
 import shlex
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
+from typing import Any
 
 from asymcl.atomic import atomic_write_json
 from asymcl.errors import AsymclError, ConfigError

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from asymcl.errors import ConfigError
 from asymcl.experiments.runs import METHOD_KEY, METHODS, flatten
@@ -57,7 +58,7 @@ def grid_values(spec, keys: list[str]):
     fair comparison gives an end-to-end baseline) is applied but left out of the name."""
     from asymcl.training.methods import REGISTRY
 
-    combinations = [dict(zip(keys, combination)) for combination in itertools.product(*(spec.grid[k] for k in keys))]
+    combinations = [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*(spec.grid[k] for k in keys))]
     if not spec.settings:
         for values in combinations:
             yield values, keys

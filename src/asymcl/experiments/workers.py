@@ -13,9 +13,10 @@ import datetime as _dt
 import statistics
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from asymcl.errors import RunLockedError
 from asymcl.experiments.runs import METHOD_KEY, is_complete

@@ -49,10 +49,17 @@ import torch
 from torch import Tensor
 
 from asymcl.losses import _deferred, _reference
-from asymcl.losses._block_threads import _PER_THREAD_NUM_THREADS, _THREAD_BLOCKS_FROM, _block_workers, _for_each_block
 from asymcl.losses._block_policy import (  # noqa: F401 (re-exported: the policy's old home)
-    _CPU_BLOCK_BUDGET_BYTES, _CPU_MIN_ROWS, _CUDA_MIN_ROWS, _GPU_BLOCK_BUDGET_BYTES, _LIVE_BUFFERS,
-    _compute_dtype, auto_block_size, prefer_blockwise)
+    _CPU_BLOCK_BUDGET_BYTES,
+    _CPU_MIN_ROWS,
+    _CUDA_MIN_ROWS,
+    _GPU_BLOCK_BUDGET_BYTES,
+    _LIVE_BUFFERS,
+    _compute_dtype,
+    auto_block_size,
+    prefer_blockwise,
+)
+from asymcl.losses._block_threads import _PER_THREAD_NUM_THREADS, _THREAD_BLOCKS_FROM, _block_workers, _for_each_block
 from asymcl.losses._validation import check_core_arguments
 
 __all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]

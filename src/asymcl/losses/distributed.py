@@ -132,7 +132,7 @@ class _GatherRows(torch.autograd.Function):
         parts = [torch.empty_like(padded) for _ in counts]
         torch.distributed.all_gather(parts, padded.contiguous())
         ctx.counts, ctx.rank = counts, rank
-        return torch.cat([part[:count] for part, count in zip(parts, counts)])
+        return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
     @staticmethod
     def backward(ctx, grad_gathered: Tensor):  # type: ignore[override]
@@ -164,7 +164,7 @@ def gather_labels(labels: Tensor, layout: GlobalLayout) -> Tensor:
     padded[: labels.shape[0]] = labels.to(device)
     parts = [torch.empty_like(padded) for _ in layout.image_counts]
     torch.distributed.all_gather(parts, padded)
-    gathered = torch.cat([part[:count] for part, count in zip(parts, layout.image_counts)])
+    gathered = torch.cat([part[:count] for part, count in zip(parts, layout.image_counts, strict=True)])
     return gathered.to(labels.device)
 
 

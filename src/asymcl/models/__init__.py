@@ -28,9 +28,6 @@ from asymcl.models.backbones import (
 )
 from asymcl.models.efficientnet_lite import VARIANTS as _VARIANTS
 from asymcl.models.efficientnet_lite import EfficientNetLite, bundled_weights_path
-
-#: The EfficientNet-Lite backbone names (they take ``input_size`` and normalise inside the model).
-LITE_VARIANTS = tuple(_VARIANTS)
 from asymcl.models.finetune import (
     FINETUNE_MODES,
     FinetuneParts,
@@ -46,6 +43,9 @@ from asymcl.models.multilayer import (
     set_feature_layers,
     unit_names,
 )
+
+#: The EfficientNet-Lite backbone names (they take ``input_size`` and normalise inside the model).
+LITE_VARIANTS = tuple(_VARIANTS)
 
 __all__ = [
     "Adapter",

@@ -39,6 +39,7 @@ from asymcl.models.efficientnet_lite import efficientnet_lite
 from asymcl.models.heads import GlobalAvgPool
 from asymcl.models.weights import fold_input_channels, load_state_dict_file, load_weights_strict  # noqa: F401  (public here too)
 
+
 @dataclass(frozen=True)
 class Backbone:
     """One encoder family of the backbone table (:data:`REGISTRY`).
@@ -177,7 +178,7 @@ class SmallCNN(nn.Module):
         """(parameter-free input step, the three conv blocks, pooling): see ``finetune``."""
         mods = list(self.features)
         cuts = [i + 1 for i, m in enumerate(mods) if isinstance(m, nn.MaxPool2d)] + [len(mods)]
-        blocks = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts)]
+        blocks = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
         return nn.Identity(), blocks, GlobalAvgPool()
 
 
@@ -268,7 +269,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         in_planes = 64
-        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
             stride = 1 if index == 1 else 2
             stage = []
             for block_index in range(blocks):

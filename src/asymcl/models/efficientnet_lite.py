@@ -97,7 +97,7 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         pads = []
-        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
@@ -250,7 +250,7 @@ def bundled_weights_path(variant: str) -> Path:
 # The bundled files sit in an installed package and never change; a sweep builds the encoder
 # several times per run (each stage, evaluation, the cache check), so they are read once per
 # process. load_state_dict copies from these tensors and nothing writes into them.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bundled_state(path: str) -> dict[str, Tensor]:
     return load_state_dict_file(path)
 

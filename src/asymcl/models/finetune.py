@@ -39,7 +39,7 @@ class FrozenPart(nn.Module):
             parameter.requires_grad_(False)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "FrozenPart":
+    def train(self, mode: bool = True) -> FrozenPart:
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 

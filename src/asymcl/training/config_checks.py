@@ -4,8 +4,9 @@ ValueError with what is allowed (``resolve_config`` adds the key, the value give
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from asymcl.errors import ConfigError, DataError
 

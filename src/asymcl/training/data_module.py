@@ -15,7 +15,7 @@ global order across DDP ranks.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -25,11 +25,18 @@ from __future__ import annotations
 
 import os
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
-from asymcl.models import Adapter, apply_finetune, build_backbone, default_input_size, parse_finetune
-from asymcl.models import lite_members, set_feature_layers
+from asymcl.models import (
+    Adapter,
+    apply_finetune,
+    build_backbone,
+    default_input_size,
+    lite_members,
+    parse_finetune,
+    set_feature_layers,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,7 +138,7 @@ class Encoder(nn.Module):
         """The module whose outputs the feature cache stores: standardisation + frozen part."""
         return nn.Sequential(self.standardise, self._parts.frozen)
 
-    def train(self, mode: bool = True) -> "Encoder":
+    def train(self, mode: bool = True) -> Encoder:
         super().train(mode)
         self._parts.frozen.train(False)  # frozen batch-norm statistics must never move
         return self

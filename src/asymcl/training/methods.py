@@ -18,9 +18,9 @@ Loss parameters are the names of the ``loss`` section of the run config (``gamma
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
 
 from asymcl.errors import ConfigError
 

@@ -46,7 +46,6 @@ from asymcl.training.encoder import build_encoder
 from asymcl.training.methods import STAGE_OFFSETS
 
 
-
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + STAGE_OFFSETS[stage] * 10_007 + epoch) % (2**63 - 1)
 

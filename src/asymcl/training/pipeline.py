@@ -32,8 +32,9 @@ import logging
 import signal
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,8 @@ from asymcl.data.spec import DATASETS
 from asymcl.errors import CheckpointError, ConfigError
 from asymcl.training.callbacks import EpochLines, HistoryCallback
 from asymcl.training.checkpoints import SafeCheckpointIO, load_module_weights
-from asymcl.training.evaluation import evaluate, split_metrics  # noqa: F401  (public here too)
 from asymcl.training.config import RunConfig, resolve_config
+from asymcl.training.evaluation import evaluate, split_metrics  # noqa: F401  (public here too)
 from asymcl.training.methods import PROBE, stage_seed
 from asymcl.training.run_data import RunData, SplitsDataModule, data_spec  # noqa: F401  (data_spec: public here too)
 from asymcl.training.run_dir import (
@@ -340,7 +341,7 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
             continue
         preds = probs.argmax(axis=1)
         ids = data.splits[split].ids
-        for index, (label, pred, p, image) in enumerate(zip(out["labels"], preds, probs, ids)):
+        for index, (label, pred, p, image) in enumerate(zip(out["labels"], preds, probs, ids, strict=True)):
             rows.append([split, index, int(label), int(pred), *(f"{x:.6g}" for x in p), image])
         arrays[f"{split}_features"] = out["features"].astype(np.float32)
         arrays[f"{split}_labels"] = out["labels"].astype(np.int64)

@@ -24,7 +24,6 @@ from asymcl.training.checkpoints import load_module_weights
 from asymcl.training.config import resolve_config
 
 
-
 def find_images(path: str | Path) -> list[Path]:
     """One image file, or every image file in a folder and its sub-folders (sorted)."""
     path = Path(path)
@@ -164,7 +163,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = No
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "pred", "pred_class", *(f"prob_{c}" for c in model.classes), "image"])
-        for path, row, name in zip(files, probs, names):
+        for path, row, name in zip(files, probs, names, strict=True):
             pred = int(row.argmax())
             writer.writerow([str(path), pred, model.classes[pred], *(f"{p:.6g}" for p in row), name])
         text = buffer.getvalue()

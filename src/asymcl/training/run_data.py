@@ -59,7 +59,7 @@ class RunData:
 
     @classmethod
     def shape_only(cls, *, num_classes: int, channels: int, image_hw: tuple[int, int],
-                   dataset_name: str) -> "RunData":
+                   dataset_name: str) -> RunData:
         """The attributes a module is built from, without loading any data."""
         data = cls.__new__(cls)
         data.splits, data.cache, data.in_memory, data.feature_caches = None, {}, False, None

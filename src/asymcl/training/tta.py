@@ -15,7 +15,7 @@ float32 like the clean images), are rendered live (a run without the cache), or 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
