@@ -136,4 +136,6 @@ def best_recipe_sentence(entry: dict[str, Any] | None, split: str | None, title:
     verdict = "not separable"
     if significant(d):
         verdict = "better" if d["mean"] > 0 else "worse"
-    return f"{head}: {_fmt(d)} points ({verdict})."
+    holm = f", Holm p = {d['p_holm']:.3g}" if d.get("p_holm") is not None else ""
+    interval = f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
+    return f"{head}: {interval} points{holm} ({verdict})."
