@@ -104,7 +104,7 @@ def restore_registries():
              dict(plugins._HANDOVER), plugins._ENTRY_POINTS_LOADED)
     yield
     for table, old in zip((methods.REGISTRY, data_spec.DATASETS, backbones.REGISTRY, plugins._LOADED,
-                           plugins._HANDOVER), saved, strict=True):
+                           plugins._HANDOVER), saved[:-1], strict=True):
         table.clear()
         table.update(old)
     plugins._ENTRY_POINTS_LOADED = saved[-1]
