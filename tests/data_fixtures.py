@@ -113,3 +113,18 @@ def make_class_folder(root: Path, per_class: dict[str, int], mode: str = "RGB", 
         for i in range(n):
             write_image(root / name / f"img{i:03d}{ext}", 40 * k + i, mode=mode)
     return root
+
+
+#: The smallest whole run of the pipeline: digits, one epoch per stage, small heads, one thread.
+TINY_RUN = {
+    "data.dataset": "digits",
+    "data.imbalance": "exp:5",
+    "stage1.epochs": 1,
+    "stage2.epochs": 1,
+    "stage1.batch_size": 128,
+    "stage2.batch_size": 128,
+    "model.proj_hidden_dim": 32,
+    "model.proj_dim": 16,
+    "trainer.progress_bar": False,
+    "trainer.num_threads": 1,
+}

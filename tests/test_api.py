@@ -16,19 +16,7 @@ import yaml
 import asymcl
 from asymcl.api import ReportSummary, SettingSummary, SplitMetrics, SweepSummary, TrainResult
 from asymcl.errors import ConfigError, DataError
-
-TINY = {
-    "data.dataset": "digits",
-    "data.imbalance": "exp:5",
-    "stage1.epochs": 1,
-    "stage2.epochs": 1,
-    "stage1.batch_size": 128,
-    "stage2.batch_size": 128,
-    "model.proj_hidden_dim": 32,
-    "model.proj_dim": 16,
-    "trainer.progress_bar": False,
-    "trainer.num_threads": 1,
-}
+from data_fixtures import TINY_RUN as TINY
 
 
 def _final(run_dir: Path) -> dict:

@@ -14,21 +14,10 @@ import yaml
 from asymcl.cli import main
 from asymcl.experiments.report import build_report
 from asymcl.experiments.sweep import load_spec, run_sweep
+from data_fixtures import TINY_RUN as TINY
 
 pytest.importorskip("asymcl.training.pipeline", reason="the training pipeline (issue 4) is not installed")
 
-TINY = {
-    "data.dataset": "digits",
-    "data.imbalance": "exp:5",
-    "stage1.epochs": 1,
-    "stage2.epochs": 1,
-    "stage1.batch_size": 128,
-    "stage2.batch_size": 128,
-    "model.proj_hidden_dim": 32,
-    "model.proj_dim": 16,
-    "trainer.progress_bar": False,
-    "trainer.num_threads": 1,
-}
 
 
 @pytest.fixture(scope="module")

@@ -214,7 +214,7 @@ def sweep(spec: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike
     once in worker processes, ``cores / workers`` threads each. A failed run does not stop the
     others: see :attr:`SweepSummary.failed`.
     """
-    from asymcl.experiments.sweep import expand, load_spec, parse_spec, run_sweep
+    from asymcl.experiments.sweep import load_spec, parse_spec, run_sweep
 
     if isinstance(spec, (str, os.PathLike)):
         parsed = load_spec(spec)
@@ -225,7 +225,14 @@ def sweep(spec: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike
     out_dir = Path(out) if out is not None else Path("runs") / parsed.name
     command = _call("sweep", shown, out=str(out_dir), **({"workers": workers} if workers != 1 else {}))
     result = run_sweep(parsed, out_dir, command=command, workers=workers)
-    return SweepSummary(out_dir=out_dir, runs={point.name: out_dir / point.name for point in expand(parsed)},
+    return _sweep_summary(result, parsed, out_dir)
+
+
+def _sweep_summary(result, spec, out_dir: Path) -> SweepSummary:
+    """A :class:`SweepSummary` of what ``run_sweep`` returned for ``spec`` (a parsed sweep)."""
+    from asymcl.experiments.sweep import expand
+
+    return SweepSummary(out_dir=out_dir, runs={point.name: out_dir / point.name for point in expand(spec)},
                         ran=tuple(result.ran), skipped=tuple(result.skipped), others=tuple(result.others),
                         failed=dict(result.failed))
 
@@ -388,12 +395,9 @@ def compare(data: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLi
     plan = result.plan
     sweep_summary = report_summary = None
     if result.sweep is not None:
-        from asymcl.experiments.sweep import expand, parse_spec
+        from asymcl.experiments.sweep import parse_spec
 
-        points = expand(parse_spec(plan.spec))
-        sweep_summary = SweepSummary(out_dir=out_dir, runs={p.name: out_dir / p.name for p in points},
-                                     ran=tuple(result.sweep.ran), skipped=tuple(result.sweep.skipped),
-                                     others=tuple(result.sweep.others), failed=dict(result.sweep.failed))
+        sweep_summary = _sweep_summary(result.sweep, parse_spec(plan.spec), out_dir)
     if result.report is not None:
         report_summary = _report_summary(result.report, out_dir / "report")
     return CompareSummary(out_dir=out_dir, methods=tuple(plan.methods), settings=plan.settings,

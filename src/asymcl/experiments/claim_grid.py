@@ -193,11 +193,11 @@ _CSV_COLUMNS = ("arm", *AXES, "rho", "comparison", "metric", "split", "n", "mean
 
 def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Analyse every finished run under ``runs_dir`` (or a ``runs.csv``) and write the results."""
-    from asymcl.experiments.report import _load
+    from asymcl.experiments.report import load_runs_or_table
     from asymcl.experiments.runs_table import write_runs_csv
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    runs, _, from_csv = _load(runs_dir)
+    runs, _, from_csv = load_runs_or_table(runs_dir)
     root = runs_dir.parent if from_csv else runs_dir
     rows = analyse(runs, root)
     if not rows:

@@ -59,9 +59,6 @@ def method_space(method: str, base: Mapping[str, Any]) -> dict[str, tuple[Any, .
     return space
 
 
-def space_size(method: str, base: Mapping[str, Any]) -> int:
-    sizes = [len(values) for values in method_space(method, base).values()]
-    return int(np.prod(sizes)) if sizes else 1
 
 
 def method_settings(method: str, budget: int, base: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -110,9 +107,6 @@ def fair_settings(methods: Sequence[str], budget: int, base: Mapping[str, Any]) 
             for method in methods}
 
 
-def max_budget(methods: Sequence[str], base: Mapping[str, Any]) -> int:
-    """The largest budget every one of ``methods`` can fill."""
-    return min(space_size(method, base) for method in methods)
 
 
 def comparison_spec(name: str, description: str, base: Mapping[str, Any], methods: Sequence[str], budget: int,
@@ -122,9 +116,3 @@ def comparison_spec(name: str, description: str, base: Mapping[str, Any], method
         raise ConfigError("a comparison's methods come from its method list, not from a grid key 'method'")
     return {"name": name, "description": description, "base": dict(base), "grid": {k: list(v) for k, v in grid.items()},
             "settings": fair_settings(list(methods), budget, base)}
-
-
-def budget_per_method(settings: Mapping[str, Sequence[Any]]) -> int | None:
-    """The one budget of a ``settings`` mapping, or None when the methods' counts differ."""
-    counts = {len(items) for items in settings.values()}
-    return counts.pop() if len(counts) == 1 else None

@@ -74,7 +74,7 @@ class ReportResult:
     numbers: list[dict[str, Any]]
 
 
-def _load(runs_dir: Path) -> tuple[list[Run], int, bool]:
+def load_runs_or_table(runs_dir: Path) -> tuple[list[Run], int, bool]:
     """(runs, unfinished count, from a runs.csv) of a runs directory or a ``runs.csv`` file."""
     if runs_dir.is_file() and runs_dir.suffix == ".csv":
         from asymcl.experiments.runs_table import load_runs_csv
@@ -148,7 +148,7 @@ def build_report(
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    runs, unfinished, from_csv = _load(runs_dir)
+    runs, unfinished, from_csv = load_runs_or_table(runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / "figures"
     if not from_csv:
