@@ -91,9 +91,9 @@ def test_same_padding_gives_ceil_sizes_at_any_input(size):
 
 
 def test_bad_backbone_and_pretrained_values(monkeypatch):
-    with pytest.raises(ConfigError, match="unknown backbone 'efficientnet_lite9'"):
+    with pytest.raises(ConfigError, match="model.backbone must be one of .*; got 'efficientnet_lite9'"):
         build_backbone("efficientnet_lite9")
-    with pytest.raises(ConfigError, match="no bundled ImageNet weights for backbone 'resnet18'"):
+    with pytest.raises(ConfigError, match="backbone resnet18 has no bundled ImageNet weights"):
         build_backbone("resnet18", 3, "imagenet")
     with pytest.raises(ConfigError, match="1-channel"):
         build_backbone("efficientnet_lite0", 2)

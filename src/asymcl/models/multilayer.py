@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from asymcl.errors import ConfigError
-from asymcl.models.backbones import ConcatBackbone, build_backbone, lite_members
+from asymcl.models.backbones import ConcatBackbone, build_backbone, check_input_size, check_pretrained, lite_members
 from asymcl.models.finetune import parse_finetune
 
 
@@ -121,14 +121,16 @@ def set_feature_layers(encoder: nn.Module, names: Sequence[str]) -> nn.Module:
 
 
 def check_encoder_options(backbone: str, finetune: str, feature_layers: Sequence[str] | None,
-                          input_size: int | None = None) -> None:
-    """One-line ConfigError, before anything is built or trained, when ``finetune`` (``last:K``),
-    ``feature_layers`` or ``input_size`` does not fit ``backbone``: K beyond its units, ``last:K``
-    on a ``+`` backbone or one without units, a layer name it does not have, feature layers
-    without ``finetune=frozen``, an input size for a backbone that is not EfficientNet-Lite."""
-    if input_size is not None and not lite_members(backbone):
-        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {backbone} "
-                          "takes images as loaded (set data.image_size instead)")
+                          input_size: int | None = None, pretrained: str | None = None) -> None:
+    """One-line ConfigError, before anything is built or trained, when ``pretrained``, ``finetune``
+    (``last:K``), ``feature_layers`` or ``input_size`` does not fit ``backbone``: weights it cannot
+    load (:func:`~asymcl.models.backbones.check_pretrained`), K beyond its units, ``last:K`` on a
+    ``+`` backbone or one without units, a layer name it does not have, feature layers without
+    ``finetune=frozen``, an input size for a backbone that is not EfficientNet-Lite. The run
+    config's one check of the ``model`` section against the backbone; :func:`build_backbone` asks
+    the same rules."""
+    check_pretrained(backbone, pretrained)
+    check_input_size(backbone, input_size)
     mode, k = parse_finetune(finetune)
     if "+" in backbone and mode == "last":
         raise ConfigError(f"model.finetune={finetune}: last:K cuts the blocks of one network; "
