@@ -47,6 +47,10 @@ class DatasetInfo:
         ``fn(*, split, official, ids, probs, classes) -> {file name: bytes}`` (``official``: the
         split is the source's own, not carved; ``probs`` (N, C) in ``classes`` order), a callable
         or an import path; None: none. ISIC 2018's challenge submission file is one.
+    ``submission``: the dataset's own predictions file (a challenge's submission format),
+        ``fn(image_ids, probs, classes) -> str`` (CSV text; ``probs`` (N, C) in ``classes`` order;
+        a run whose classes it cannot score is a :class:`DataError`), which
+        ``asymcl predict --format NAME`` writes; a callable or an import path; None: none.
     """
 
     name: str
@@ -57,6 +61,7 @@ class DatasetInfo:
     labelled_by_root: bool = False
     download: Callable[..., Any] | str | None = None
     outputs: Callable[..., Any] | str | None = None
+    submission: Callable[..., Any] | str | None = None
 
     def load(self, spec: DataSpec) -> SourceData:
         """The source's pools, read by :attr:`loader`."""
@@ -73,6 +78,13 @@ class DatasetInfo:
         """The extra files (name -> bytes) a run writes for one test split; see :attr:`outputs`."""
         return {} if self.outputs is None else dict(_resolve(self.outputs)(**test_split))
 
+    def submission_csv(self, image_ids: Any, probs: Any, classes: Any) -> str:
+        """The predictions in the dataset's own format (``asymcl predict --format``); see :attr:`submission`."""
+        if self.submission is None:
+            raise DataError(f"dataset {self.name} has no submission format; "
+                            f"those that have one: {', '.join(submission_formats()) or 'none'}")
+        return str(_resolve(self.submission)(image_ids, probs, classes))
+
 
 def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
     """A callable, or the one a ``"package.module:function"`` import path names."""
@@ -88,7 +100,8 @@ _DATASETS = (
     DatasetInfo("fashion-mnist", "Fashion-MNIST, the four official IDX files in a folder",
                 "asymcl.data.sources:load_fashion_mnist", download="asymcl.data.download:download_fashion_mnist"),
     DatasetInfo("isic2018", "ISIC 2018 Task 3 (HAM10000) in the official layout", "asymcl.data.sources:load_isic2018",
-                augmentation="dermoscopy", outputs="asymcl.data.isic:submission_outputs"),
+                augmentation="dermoscopy", outputs="asymcl.data.isic:submission_outputs",
+                submission="asymcl.data.isic:submission_csv"),
     DatasetInfo("npz", "an .npz file of images and labels (optionally split)", "asymcl.data.sources:load_npz",
                 labelled_by_root=True),
     DatasetInfo("folder", "a folder of class sub-folders (optionally under train/val/test)",
@@ -106,6 +119,11 @@ def downloadable() -> list[str]:
     return [name for name, info in DATASETS.items() if info.download is not None]
 
 
+def submission_formats() -> list[str]:
+    """The datasets whose own predictions format ``asymcl predict --format`` can write."""
+    return [name for name, info in DATASETS.items() if info.submission is not None]
+
+
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
     """Add a dataset to :data:`DATASETS`, the public extension point: one call declares its reader
     and every fact about it (see :class:`DatasetInfo`). ``data.dataset``, ``asymcl data summary``
@@ -121,7 +139,7 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
 
     if not claim_name("dataset", info.name, info, DATASETS, BUILTIN_DATASETS):
         return info
-    for name in ("loader", "download", "outputs"):
+    for name in ("loader", "download", "outputs", "submission"):
         value = getattr(info, name)
         if value is not None and not callable(value) and not (isinstance(value, str) and ":" in value):
             raise ConfigError(f"dataset {info.name}: {name} must be a callable or 'package.module:function', "
