@@ -265,7 +265,7 @@ class DataFields:
     classes: list[int | str] | None = data_field(None, _classes, "class ids or names to keep, majority first "
                                                  "(e.g. [0, 6] or 0,6)", metavar="IDS")
     val_fraction: float = data_field(0.2, _FRACTION, "validation share of the training pool when the source has no "
-                                     "validation split (0: none, then data.val_per_class)", type=float)
+                                     "validation split (0: none; then val_per_class)", type=float)
     test_fraction: float = data_field(0.25, _FRACTION, "test share carved from the pool when the source has no "
                                       "test split", type=float)
     val_per_class: int | None = data_field(
