@@ -141,7 +141,7 @@ def test_bad_finetune_values(value):
 
 def test_last_k_out_of_range_names_the_block_count():
     encoder = build_backbone("efficientnet_lite0", 3)
-    with pytest.raises(ConfigError, match="has 18 blocks, so K must be 1..18"):
+    with pytest.raises(ConfigError, match=r"has 18 blocks \(stem \.\.\. head\), so K must be 1..18"):
         apply_finetune(encoder, "last:19")
     with pytest.raises(ConfigError, match="no block list"):
         apply_finetune(torch.nn.Linear(2, 2), "last:1")

@@ -145,6 +145,18 @@ def test_the_backbone_checks_are_the_model_layers(overrides, build):
     assert str(from_config.value) == str(from_build.value)
 
 
+def test_the_finetune_rules_are_one():
+    """last:K beyond the blocks: the config (unit names from the meta device) and apply_finetune
+    (the built encoder) ask one rule; only how they name the backbone differs."""
+    from asymcl.models import apply_finetune, build_backbone
+
+    with pytest.raises(ConfigError) as from_config:
+        resolve_config(None, ["model.backbone=efficientnet_lite0", "model.finetune=last:99"])
+    with pytest.raises(ConfigError) as from_build:
+        apply_finetune(build_backbone("efficientnet_lite0", 3), "last:99")
+    assert str(from_config.value).replace("efficientnet_lite0", "EfficientNetLite") == str(from_build.value)
+
+
 def test_the_unknown_backbone_line_is_one():
     from asymcl.models import build_backbone
 
