@@ -222,7 +222,7 @@ def test_image_probe_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
     probed = []
     real = datasets._probe_images
     monkeypatch.setattr(datasets, "_probe_images", lambda paths, what: probed.append(what) or real(paths, what))
-    spec = DataSpec(dataset="isic2018", root=tmp_path / "isic", cache=False)
+    spec = DataSpec(dataset="isic2018", root=tmp_path / "isic", decoded_cache=False)
     first = build_splits(spec)
     calls = len(probed)
     assert calls >= 1
@@ -248,10 +248,10 @@ def test_isic_truncated_jpeg_found_up_front_and_when_decoding(tmp_path):
     path.write_bytes(cut)
     # Found when the splits are built, before any training starts ...
     with pytest.raises(DataError, match=rf"1 of \d+ images .*not readable images: .*{bad}.jpg.*truncated"):
-        build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", cache=False))
+        build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", decoded_cache=False))
     # ... and, for a file damaged after that, when it is decoded for training.
     path.write_bytes(data)
-    splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", cache=False))
+    splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", decoded_cache=False))
     path.write_bytes(cut)
     with pytest.raises(DataError, match=rf"images are missing or cannot be decoded: .*{bad}.jpg"):
         splits.splits["test"].load_all()
@@ -447,7 +447,7 @@ def test_file_dataset_refuses_to_decode_more_than_fits_in_memory(tmp_path, monke
     import asymcl.data.datasets as datasets_module
 
     make_isic(tmp_path / "isic", metadata=False)
-    splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", image_size=20000, cache=False))
+    splits = build_splits(DataSpec(dataset="isic2018", root=tmp_path / "isic", image_size=20000, decoded_cache=False))
     monkeypatch.setattr(datasets_module, "_physical_memory_bytes", lambda: 8 * 2**30)
     with pytest.raises(DataError, match=r"image_size 20000x20000 for \d+ images .* GiB.*in_memory false"):
         splits.splits["train"].load_all()

@@ -35,4 +35,4 @@ def test_cli_prints_one_line_for_user_errors(capsys):
 
 def test_digits_with_a_root_is_refused(capsys):
     assert main(["data", "summary", "--dataset", "digits", "--root", "/some/folder"]) == 2
-    assert "digits is bundled with scikit-learn and reads no root" in capsys.readouterr().err
+    assert "dataset=digits reads no root" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def test_timm_backbone_or_clear_error():
 
 
 def test_unknown_backbone():
-    with pytest.raises(ConfigError, match="allowed: small_cnn"):
+    with pytest.raises(ConfigError, match="model.backbone must be one of small_cnn"):
         build_backbone("vgg", 3)
 
 

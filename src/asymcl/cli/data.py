@@ -38,9 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_spec_options(parser: argparse.ArgumentParser) -> None:
-    """One ``--<field>`` per :class:`asymcl.data.DataSpec` field that carries CLI metadata.
+    """One ``--<field>`` per :class:`asymcl.data.DataSpec` field that carries CLI metadata, with
+    the field's own help text (the one the run config's ``data.*`` errors show).
 
-    Fractions default to None here (not to the DataSpec's values) so that the spec's own defaults
+    Values default to None here (not to the DataSpec's values) so that the spec's own defaults
     apply and `data summary` shows the same splits as training.
     """
     from dataclasses import fields
@@ -51,7 +52,7 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
         cli = spec_field.metadata.get("cli")
         if cli is None:
             continue
-        kwargs = {"help": cli["help"]}
+        kwargs = {"help": spec_field.metadata["help"]}
         if spec_field.name == "dataset":
             kwargs["choices"] = list(DATASETS)
         elif spec_field.name == "seed":

@@ -172,7 +172,7 @@ def _file_pools(
     channels, native = probe_images(all_paths, what)
     size = normalize_image_size(spec.image_size) or native
     return {
-        name: FileImageDataset(paths, labels, classes, channels, size, cache=spec.cache, ids=ids[name])
+        name: FileImageDataset(paths, labels, classes, channels, size, cache=spec.decoded_cache, ids=ids[name])
         for name, (paths, labels) in rows.items()
     }
 

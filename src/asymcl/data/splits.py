@@ -310,6 +310,9 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
         notes.append(f"imbalance {profile} on the training pool: {', '.join(map(str, counts))}")
 
     if "val" not in pools:
+        if spec.val_fraction == 0:  # models are chosen on validation: a run without one cannot select
+            raise DataError(f"{spec.dataset} has no validation split and val_fraction=0 carves none; "
+                            "set val_fraction > 0 or val_per_class")
         keep, held = stratified_holdout(
             train.targets, spec.val_fraction, _rng(spec.seed, _STREAM_VAL), groups.get("train")
         )

@@ -90,32 +90,50 @@ BUNDLED_WEIGHTS = tuple(_LITE_VARIANTS)
 DEFAULT_MIN_INPUT = 128
 
 
+def _join_problem(name: str) -> str | None:
+    """What is wrong with a ``+`` name (None: a list of distinct Lite variants), in the checks' wording."""
+    members = name.split("+")
+    unknown = [m for m in members if m not in _LITE_VARIANTS]
+    if not unknown and len(set(members)) == len(members):
+        return None
+    return (f"must be distinct EfficientNet-Lite variants when '+' joins them ({', '.join(_LITE_VARIANTS)}), "
+            "e.g. efficientnet_lite2+efficientnet_lite0"
+            + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once"))
+
+
 def lite_members(name: str) -> tuple[str, ...]:
     """The EfficientNet-Lite variants backbone ``name`` is made of, in feature order: one for
     ``efficientnet_lite0``, several for ``efficientnet_lite2+efficientnet_lite0``, none for
     another family. A ``+`` name that is not a list of distinct Lite variants is a ConfigError."""
     if "+" not in name:
         return (name,) if name in _LITE_VARIANTS else ()
-    members = tuple(name.split("+"))
-    unknown = [m for m in members if m not in _LITE_VARIANTS]
-    if unknown or len(set(members)) != len(members):
-        raise ConfigError(
-            f"model.backbone {name!r}: '+' joins distinct EfficientNet-Lite variants "
-            f"({', '.join(_LITE_VARIANTS)}), e.g. efficientnet_lite2+efficientnet_lite0"
-            + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once")
-        )
-    return members
+    problem = _join_problem(name)
+    if problem is not None:
+        raise ConfigError(f"model.backbone {problem}; got {name!r}")
+    return tuple(name.split("+"))
+
+
+def backbone_name(name: object) -> str:
+    """``name`` if it names a backbone (:data:`BACKBONES`), else ValueError saying what is allowed:
+    the run config's check of ``model.backbone`` (:mod:`asymcl.checks` style)."""
+    if isinstance(name, str) and "+" in name:
+        problem = _join_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
+    if isinstance(name, str) and (name in REGISTRY or name in _LITE_VARIANTS
+                                  or (name.startswith("timm:") and len(name) > 5)):
+        return name
+    raise ValueError(f"must be one of {', '.join(BACKBONES)} (a '+' joins distinct EfficientNet-Lite "
+                     "variants, e.g. efficientnet_lite2+efficientnet_lite0)")
 
 
 def check_backbone_name(name: object) -> str:
-    """``name`` if it names a backbone (:data:`BACKBONES`), else a ConfigError listing them."""
-    if isinstance(name, str) and "+" in name:
-        lite_members(name)
-        return name
-    if not isinstance(name, str) or not (name in REGISTRY or name in _LITE_VARIANTS
-                                         or (name.startswith("timm:") and len(name) > 5)):
-        raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
-    return name
+    """``name`` if it names a backbone, else a ConfigError listing them (:func:`backbone_name`)."""
+    try:
+        return backbone_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"model.backbone {exc}; got {name!r}") from None
 
 
 def has_bundled_weights(name: str) -> bool:
@@ -132,6 +150,31 @@ def check_joined_weights(name: str, pretrained: str | Path | None) -> None:
             f"model.pretrained {pretrained}: backbone {name} loads each member's bundled weights "
             "(model.pretrained=imagenet) or none; one weights file cannot hold several networks"
         )
+
+
+def check_pretrained(name: str, pretrained: str | Path | None) -> None:
+    """ConfigError when ``pretrained`` cannot load into backbone ``name``: ``imagenet`` for a
+    backbone without bundled weights, one file for a ``+`` join, a file that does not exist. The
+    one rule, asked by the run config (before anything runs) and by :func:`build_backbone`."""
+    if pretrained is None:
+        return
+    if str(pretrained) == "imagenet":
+        if not has_bundled_weights(name):
+            raise ConfigError(f"model.pretrained=imagenet: backbone {name} has no bundled ImageNet weights; use "
+                              f"model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several joined by '+'), or give "
+                              "model.pretrained a local weights file")
+        return
+    check_joined_weights(name, pretrained)
+    if not Path(pretrained).expanduser().is_file():
+        raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
+
+
+def check_input_size(name: str, input_size: object) -> None:
+    """ConfigError when an input size is given to a backbone that is not EfficientNet-Lite (only
+    those resize inside the model)."""
+    if input_size is not None and not lite_members(name):
+        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {name} "
+                          "takes images as loaded (set data.image_size instead)")
 
 
 def default_input_size(native_hw: tuple[int, int]) -> tuple[int, int] | None:
@@ -378,16 +421,11 @@ def build_backbone(
     """
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
+    check_backbone_name(name)
+    check_pretrained(name, pretrained)
     if "+" in name:
-        check_joined_weights(name, pretrained)
         return ConcatBackbone([build_backbone(m, in_channels, pretrained, input_size) for m in lite_members(name)])
-    if pretrained is not None and str(pretrained) == "imagenet" and name not in BUNDLED_WEIGHTS:
-        raise ConfigError(
-            f"model.pretrained=imagenet: no bundled ImageNet weights for backbone {name!r}; "
-            f"they exist for {', '.join(BUNDLED_WEIGHTS)}; or give the path of a weights file"
-        )
-    if input_size is not None and not lite_members(name):
-        raise ConfigError(f"input_size is an EfficientNet-Lite option; backbone {name!r} takes images as given")
+    check_input_size(name, input_size)
     if name in _LITE_VARIANTS:
         if in_channels not in (1, 3):
             raise ConfigError(f"{name} takes 1-channel (grey, repeated to RGB) or 3-channel images, not {in_channels}")
@@ -403,7 +441,7 @@ def build_backbone(
             state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
             load_weights_strict(inner, fold_input_channels(state, inner.state_dict()), str(pretrained))
         return model
-    raise ConfigError(f"model.backbone: unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
+    raise AssertionError(f"backbone {name!r} passed check_backbone_name but has no builder")
 
 
 def _build_registered(entry: Backbone, in_channels: int, pretrained: str | Path | None) -> nn.Module:

@@ -82,6 +82,35 @@ def count_units(encoder: nn.Module) -> int | None:
     return len(encoder.layers()[1])
 
 
+def unit_names(encoder: nn.Module) -> list[str] | None:
+    """The names of ``encoder``'s units (what ``last:K`` counts), None for an encoder without
+    ``layers()`` (timm, a ``+`` backbone)."""
+    if not hasattr(encoder, "layers"):
+        return None
+    named = getattr(encoder, "unit_names", None)
+    if named is not None:
+        return list(named())
+    return [f"unit{i}" for i in range(len(encoder.layers()[1]))]
+
+
+def check_finetune_fits(finetune: str, backbone: str, units: list[str] | None, feature_layers: bool = False) -> None:
+    """The rules of ``finetune`` against an encoder, one wording for both places that ask them: the
+    run config (``units`` from the model built on the meta device, before anything runs) and
+    :func:`apply_finetune` (the built encoder's). ``last:K`` needs a unit list (``units``) of at
+    least K; ``feature_layers`` (the encoder returns pooled layers) needs ``frozen``."""
+    mode, k = parse_finetune(finetune)
+    if feature_layers and mode != "frozen":
+        raise ConfigError(f"model.feature_layers pools layers of a frozen encoder; set model.finetune=frozen "
+                          f"(got {finetune}) or remove model.feature_layers")
+    if mode != "last":
+        return
+    if units is None:
+        raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has no block list; use all or frozen")
+    if k is not None and k > len(units):
+        raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has {len(units)} blocks "
+                          f"({units[0]} ... {units[-1]}), so K must be 1..{len(units)} (or use all / frozen)")
+
+
 def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
     """Set ``requires_grad`` on ``encoder``'s parameters and return (frozen, trainable) parts.
 
@@ -89,9 +118,7 @@ def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
     itself for ``all``; ``trainable(frozen(x))`` is always (B, D), ``D = encoder.feature_dim``.
     """
     mode, k = parse_finetune(finetune)
-    if mode != "frozen" and hasattr(encoder, "taps"):
-        raise ConfigError(f"model.finetune={finetune}: multi-layer features (model.feature_layers) come from a "
-                          "frozen encoder; use frozen")
+    check_finetune_fits(finetune, type(encoder).__name__, unit_names(encoder), hasattr(encoder, "taps"))
     for parameter in encoder.parameters():
         parameter.requires_grad_(True)  # a second call with another mode starts from scratch
     if mode == "all":
@@ -99,16 +126,7 @@ def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
     if mode == "frozen":
         return FinetuneParts(FrozenPart(encoder), nn.Identity())
     n = count_units(encoder)
-    if n is None:
-        raise ConfigError(
-            f"model.finetune={finetune}: backbone {type(encoder).__name__} has no block list; "
-            "use all or frozen"
-        )
-    if k > n:
-        raise ConfigError(
-            f"model.finetune={finetune}: this backbone has {n} blocks, so K must be 1..{n} "
-            "(or use all / frozen)"
-        )
+    assert n is not None and k is not None  # check_finetune_fits: last:K has a unit list of >= K
     pre, units, post = encoder.layers()
     frozen = FrozenPart(nn.Sequential(pre, *units[: n - k]))
     return FinetuneParts(frozen, nn.Sequential(*units[n - k :], post))

@@ -29,19 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from asymcl.errors import ConfigError
-from asymcl.models.backbones import ConcatBackbone, build_backbone, lite_members
-from asymcl.models.finetune import parse_finetune
-
-
-def unit_names(encoder: nn.Module) -> list[str] | None:
-    """The names of ``encoder``'s units (what ``last:K`` counts), None for an encoder without
-    ``layers()`` (timm, a ``+`` backbone)."""
-    if not hasattr(encoder, "layers"):
-        return None
-    named = getattr(encoder, "unit_names", None)
-    if named is not None:
-        return list(named())
-    return [f"unit{i}" for i in range(len(encoder.layers()[1]))]
+from asymcl.models.backbones import ConcatBackbone, build_backbone, check_input_size, check_pretrained, lite_members
+from asymcl.models.finetune import check_finetune_fits, parse_finetune
+from asymcl.models.finetune import unit_names as unit_names
 
 
 def backbone_unit_names(name: str) -> list[list[str]] | None:
@@ -121,32 +111,25 @@ def set_feature_layers(encoder: nn.Module, names: Sequence[str]) -> nn.Module:
 
 
 def check_encoder_options(backbone: str, finetune: str, feature_layers: Sequence[str] | None,
-                          input_size: int | None = None) -> None:
-    """One-line ConfigError, before anything is built or trained, when ``finetune`` (``last:K``),
-    ``feature_layers`` or ``input_size`` does not fit ``backbone``: K beyond its units, ``last:K``
-    on a ``+`` backbone or one without units, a layer name it does not have, feature layers
-    without ``finetune=frozen``, an input size for a backbone that is not EfficientNet-Lite."""
-    if input_size is not None and not lite_members(backbone):
-        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {backbone} "
-                          "takes images as loaded (set data.image_size instead)")
-    mode, k = parse_finetune(finetune)
+                          input_size: int | None = None, pretrained: str | None = None) -> None:
+    """One-line ConfigError, before anything is built or trained, when ``pretrained``, ``finetune``
+    (``last:K``), ``feature_layers`` or ``input_size`` does not fit ``backbone``: weights it cannot
+    load (:func:`~asymcl.models.backbones.check_pretrained`), K beyond its units, ``last:K`` on a
+    ``+`` backbone or one without units, a layer name it does not have, feature layers without
+    ``finetune=frozen``, an input size for a backbone that is not EfficientNet-Lite. The run
+    config's one check of the ``model`` section against the backbone; :func:`build_backbone` asks
+    the same rules."""
+    check_pretrained(backbone, pretrained)
+    check_input_size(backbone, input_size)
+    mode, _ = parse_finetune(finetune)
     if "+" in backbone and mode == "last":
         raise ConfigError(f"model.finetune={finetune}: last:K cuts the blocks of one network; "
                           f"backbone {backbone} joins several, so use frozen or all")
     if mode != "last" and not feature_layers:
         return
     names = backbone_unit_names(backbone)
-    if mode == "last":
-        if names is None:
-            raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has no block list; use all or frozen")
-        n = len(names[0])
-        if k > n:
-            raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has {n} blocks "
-                              f"({names[0][0]} ... {names[0][-1]}), so K must be 1..{n} (or use all / frozen)")
+    check_finetune_fits(finetune, backbone, None if names is None else names[0], bool(feature_layers))
     if feature_layers:
-        if mode != "frozen":
-            raise ConfigError(f"model.feature_layers pools layers of a frozen encoder; set model.finetune=frozen "
-                              f"(got {finetune}) or remove model.feature_layers")
         if names is None:
             raise ConfigError(f"model.feature_layers: backbone {backbone} has no named layers; "
                               "remove model.feature_layers")

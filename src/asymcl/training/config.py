@@ -5,15 +5,18 @@ sections (dataclasses). Code reads attributes (``config.loss.gamma``); ``config[
 also works. Keys are addressed as dotted names (``loss.gamma``) on the
 command line and in sweeps; a YAML file may use nested sections, dotted names, or both.
 
-Every field is declared once, with :func:`option` (default, check, help text): :data:`SCHEMA`,
-the unknown-key suggestions and the one-line errors are derived from the declarations, so adding
-a key is one line. Dataclasses rather than pydantic: no new dependency, and every error message
-and accepted spelling (``0,6`` for a list, ``2`` for a float) stayed as it was.
+Every field is declared once, with :func:`option` (default, check, help text), in the frozen
+section dataclasses of :mod:`asymcl.training.config_sections` (re-exported here); the ``data``
+section's what-to-load fields are the data layer's own (:class:`asymcl.data.spec.DataFields`, the
+fields of ``DataSpec`` too). :data:`SCHEMA`, the unknown-key suggestions and the one-line errors
+are derived from the declarations, so adding a key is one line. Dataclasses rather than pydantic:
+no new dependency, and every accepted spelling (``0,6`` for a list, ``2`` for a float) stayed.
 
-``resolve_config`` fills every default, checks every key, type and value, and lets the method
-registry (:mod:`asymcl.training.methods`) fix and fill the method's loss parameters (e.g. ``fcl``
-fixes ``loss.eta`` at 0), so that everything a run depends on is written in its ``config.yaml``.
-It raises :class:`ConfigError` before any training starts.
+``resolve_config`` fills every default, checks every key, type and value on its own, builds the
+typed :class:`RunConfig`, then runs the cross-field rules on it
+(:func:`asymcl.training.config_rules.apply_rules`: the method registry fixes and fills the
+method's loss parameters, e.g. ``fcl`` fixes ``loss.eta`` at 0), so that everything a run depends
+on is written in its ``config.yaml``. It raises :class:`ConfigError` before any training starts.
 """
 
 from __future__ import annotations
@@ -21,18 +24,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from asymcl.data.augment import PRESETS as AUGMENT_PRESETS
-from asymcl.data.spec import DATASETS
 from asymcl.errors import ConfigError
-from asymcl.training import config_checks as check
-from asymcl.training.methods import JOINT, PROBE, PROPOSED, REGISTRY, SCHEDULES, get_method
+from asymcl.training.config_rules import apply_rules
+from asymcl.training.config_sections import DataConfig as DataConfig
+from asymcl.training.config_sections import EvalConfig as EvalConfig
+from asymcl.training.config_sections import JointConfig as JointConfig
+from asymcl.training.config_sections import LossConfig as LossConfig
+from asymcl.training.config_sections import ModelConfig as ModelConfig
+from asymcl.training.config_sections import OptimisationConfig as OptimisationConfig
+from asymcl.training.config_sections import ProbeConfig as ProbeConfig
+from asymcl.training.config_sections import RunConfig
+from asymcl.training.config_sections import Section as _Section
+from asymcl.training.config_sections import Stage1Config as Stage1Config
+from asymcl.training.config_sections import Stage2Config as Stage2Config
+from asymcl.training.config_sections import TrainerConfig as TrainerConfig
+from asymcl.training.config_sections import option as option
 
 
 def _nest(flat: dict[str, Any]) -> dict:
@@ -44,215 +56,6 @@ def _nest(flat: dict[str, Any]) -> dict:
         else:
             nested[key] = value
     return nested
-
-
-def option(default: Any, check: Callable[[Any], Any], help: str) -> Any:
-    """A config field: its default, ``check(value) -> normalised value`` (ValueError: what is
-    allowed), and the help text shown in errors."""
-    return field(default=default, metadata={"check": check, "help": help})
-
-
-def _spec_default(name: str) -> Any:
-    """The data layer's own default, so that `asymcl data summary` and training agree."""
-    from asymcl.data.spec import DataSpec
-
-    return DataSpec.__dataclass_fields__[name].default
-
-
-class _Section:
-    """Attribute access is the API; ``section["key"]`` and ``"key" in section`` read the same values
-    for code written against the nested-dict form of the config."""
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.__dataclass_fields__
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self.__dataclass_fields__ else default
-
-    def keys(self) -> Iterator[str]:
-        return iter(self.__dataclass_fields__)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (what ``config.yaml`` holds)."""
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class DataConfig(_Section):
-    dataset: str = option("digits", check.dataset, "data source")
-    root: str | None = option(None, check.optional_str, "dataset folder or file (not needed for digits)")
-    imbalance: str | None = option(None, check.imbalance, "training-set imbalance profile, e.g. exp:100")
-    classes: list[int] | None = option(None, check.classes, "class ids to keep, majority first")
-    val_fraction: float = option(_spec_default("val_fraction"), check.number(0.0, exclusive=True, maximum=1.0),
-                                 "validation share of training pool")
-    test_fraction: float = option(_spec_default("test_fraction"), check.number(0.0, exclusive=True, maximum=1.0),
-                                  "test share carved from the pool when the source has no test split")
-    val_per_class: int | None = option(None, check.integer(1, optional=True), "balanced validation: N images per "
-                                       "class held out before the imbalance profile (null: val_fraction)")
-    csv_path_column: str | None = option(None, check.optional_str, "image-path column of a csv source (null: found by name)")
-    csv_label_column: str | None = option(None, check.optional_str, "label column of a csv source (null: found by name)")
-    image_size: int | None = option(None, check.integer(4, optional=True), "resize images to this side (null: native)")
-    augment: str = option("auto", check.choice("auto", *AUGMENT_PRESETS), "augmentation preset")
-    in_memory: bool = option(True, check.boolean, "hold the whole dataset as one tensor and index batches")
-    num_workers: int = option(0, check.integer(0), "DataLoader workers (only when data.in_memory is false)")
-    cache: str = option("auto", check.choice("auto", "off"),
-                        "auto: cache the frozen encoder part's outputs on disk when model.finetune is not all")
-    cache_dir: str | None = option(None, check.optional_str,
-                                   "feature cache folder (null: $ASYMCL_CACHE_DIR/features or ~/.cache/asymcl/features)")
-    cache_views: int = option(4, check.integer(2), "augmented views cached per training image (stage 1 draws two)")
-    cache_seed: int | None = option(0, check.integer(0, optional=True), "seed of the cached views: a number (a "
-                                    "sweep's seeds share one draw) or null (each run seed draws its own views)")
-    cache_precision: str = option("auto", check.choice("auto", "bf16", "fp32"),
-                                  "precision of the cached views' extraction (auto: bf16 where the device has it; "
-                                  "clean images are always fp32)")
-
-
-@dataclass
-class ModelConfig(_Section):
-    backbone: str = option("small_cnn", check.backbone, "encoder")
-    pretrained: str | None = option(None, check.optional_str,
-                                    "imagenet (bundled weights, efficientnet_lite0/1/2) or a local .pth/.safetensors file")
-    input_size: int | None = option(None, check.integer(16, optional=True),
-                                    "EfficientNet-Lite input side (null: images below 128 px -> 128, else as loaded)")
-    finetune: str = option("all", check.finetune, "encoder part that trains: all, frozen or last:K (last K blocks)")
-    feature_layers: list[str] | None = option(None, check.names, "layers of a frozen encoder whose pooled outputs "
-                                              "are concatenated, e.g. [block10, head] (null: its usual output)")
-    adapter: int | None = option(None, check.integer(0, optional=True),
-                                 "adapter MLP hidden width between encoder and heads (null: feature width when "
-                                 "model.finetune is not all, else none; 0: none)")
-    proj_hidden_dim: int = option(512, check.integer(1), "projection head hidden width")
-    proj_dim: int = option(128, check.integer(1), "projection (embedding) dimension")
-
-
-@dataclass
-class LossConfig(_Section):
-    """Null values are filled by the method (its fixed values, else ``methods.LOSS_DEFAULTS``)."""
-
-    gamma: float | None = option(None, check.number(0.0, optional=True), "focal exponent (null: the method's default)")
-    eta: float | None = option(None, check.number(0.0, optional=True), "negative-term weight (null: the method's default)")
-    temperature: float = option(0.1, check.number(0.0, exclusive=True), "softmax temperature tau")
-    normalization: str | None = option(None, check.choice(None, "batch", "pairs"), "batch or pairs (null: method's default)")
-    memory_size: int = option(0, check.integer(0), "rows of the labelled memory queue stage 1 contrasts with (0: off)")
-
-
-@dataclass
-class Stage1Config(_Section):
-    """Contrastive pre-training; also the optimisation of an end-to-end method (``ce``)."""
-
-    epochs: int = option(30, check.integer(1), "epochs of stage 1 (or of the ce baseline)")
-    batch_size: int = option(128, check.integer(2), "images per batch (two views each in stage 1)")
-    optimizer: str = option("adamw", check.choice("adamw", "sgd"), "optimizer")
-    lr: float = option(2e-3, check.number(0.0, exclusive=True), "peak learning rate")
-    weight_decay: float = option(1e-4, check.number(0.0), "weight decay")
-    scheduler: str = option("cosine", check.choice("cosine", "none"), "learning-rate schedule")
-    sampler: str = option("random", check.choice("random", "class_balanced", "m_per_class"),
-                          "contrastive (or joint) batches: random, class_balanced, or m_per_class "
-                          "(every batch holds batch_size // classes images of each class)")
-
-
-@dataclass
-class Stage2Config(_Section):
-    """The linear classifier; its loss and sampler are also the end-to-end baseline's."""
-
-    epochs: int = option(30, check.integer(1), "epochs of the linear classifier")
-    batch_size: int = option(64, check.integer(1), "images per batch")
-    optimizer: str = option("adamw", check.choice("adamw", "sgd"), "optimizer")
-    lr: float = option(1e-2, check.number(0.0, exclusive=True), "peak learning rate")
-    weight_decay: float = option(0.0, check.number(0.0), "weight decay")
-    scheduler: str = option("cosine", check.choice("cosine", "none"), "learning-rate schedule")
-    loss: str = option("ce", check.choice("ce", "focal", "logit_adjusted"),  # not a method name: the loss
-                       "classification loss (also the baseline's)")
-    focal_gamma: float = option(2.0, check.number(0.0), "gamma of the focal classification loss")
-    logit_tau: float = option(1.0, check.number(0.0), "tau of logit-adjusted cross-entropy")
-    sampler: str = option("random", check.choice("random", "class_balanced"), "batch sampling (also the baseline's)")
-    augment: bool = option(False, check.boolean, "train the final classifier on augmented images (a cached view "
-                           "when training from the feature cache, where the baselines follow it too) instead of clean ones")
-
-
-@dataclass
-class ProbeConfig(_Section):
-    """``method=probe``: LogisticRegression(class_weight="balanced") on the frozen encoder's features."""
-
-    c: float = option(1.0, check.number(0.0, exclusive=True), "inverse regularisation strength C of the probe")
-    max_iter: int = option(2000, check.integer(10), "L-BFGS iterations of the probe")
-
-
-@dataclass
-class JointConfig(_Section):
-    """``schedule=joint``: loss = logit-adjusted CE (``stage2.logit_tau``) + weight * contrastive."""
-
-    weight: float | None = option(None, check.number(0.0, optional=True),
-                                  "lambda of the joint loss (null: 1.0 with schedule=joint; only for joint)")
-
-
-@dataclass
-class EvalConfig(_Section):
-    tta_views: int = option(0, check.integer(0), "test-time augmentation on val/test: softmax averaged over the clean "
-                            "image and this many views seeded by data.cache_seed (0: off)")
-
-
-@dataclass
-class TrainerConfig(_Section):
-    accelerator: str = option("cpu", check.choice("cpu", "gpu", "cuda", "mps", "auto"), "Lightning accelerator")
-    devices: Any = option(1, check.devices, "Lightning devices")
-    strategy: str = option("auto", check.choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
-                           "Lightning strategy")
-    precision: str = option("32-true", check.choice("32-true", "bf16-mixed", "16-mixed"), "Lightning precision")
-    deterministic: bool = option(True, check.boolean, "use deterministic algorithms")
-    channels_last: bool = option(False, check.boolean,
-                                 "channels_last memory format for images and the model (faster convolutions on GPUs)")
-    progress_bar: bool = option(True, check.boolean, "progress: bars on a terminal, one line per epoch otherwise")
-    num_threads: int | None = option(None, check.integer(1, optional=True), "torch CPU threads (null: torch's default)")
-    save_last: bool = option(True, check.boolean, "keep last.ckpt each epoch (false: best only; an interrupted stage restarts)")
-
-
-@dataclass
-class RunConfig(_Section):
-    """A whole, resolved run config (build it with :func:`resolve_config`)."""
-
-    method: str = option(PROPOSED, check.method, "a method of the registry (asymcl.training.methods): "
-                         + "; ".join(f"{m.name}: {m.display}" for m in REGISTRY.values()))
-    seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
-    schedule: str = option("two_stage", check.choice(*SCHEDULES),
-                           "two_stage (contrastive pre-training, then a linear probe) or joint (one stage: "
-                           "logit-adjusted CE + joint.weight * contrastive loss); contrastive methods only")
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    stage2: Stage2Config = field(default_factory=Stage2Config)
-    joint: JointConfig = field(default_factory=JointConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    @property
-    def method_spec(self):
-        """This run's :class:`asymcl.training.methods.Method`."""
-        return get_method(self.method)
-
-    @property
-    def stages(self) -> tuple[str, ...]:
-        return JOINT if self.schedule == "joint" else self.method_spec.stages
-
-    def stage_section(self, stage: str) -> Stage1Config | Stage2Config:
-        """The optimisation settings a stage trains with (stage 2's for ``stage2``, else stage 1's:
-        stage 1, the end-to-end baselines and the joint schedule)."""
-        return self.stage2 if stage == "stage2" else self.stage1
-
-    def stage_sampler(self, stage: str) -> str:
-        """The training batches' sampler of ``stage``: ``stage1.sampler`` for the contrastive stage
-        and the joint schedule, ``stage2.sampler`` for the classifier and the baselines."""
-        return self.stage1.sampler if stage in ("stage1", "joint") else self.stage2.sampler
-
-    def flat(self) -> dict[str, Any]:
-        """``{dotted key: value}`` for every key."""
-        return flatten(self.to_dict())
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if "check" not in f.metadata)
@@ -363,24 +166,6 @@ def load_config_file(path: str | Path) -> dict:
     return loaded
 
 
-def _check_backbone_options(flat: dict[str, Any]) -> None:
-    """model.pretrained, input_size, finetune and feature_layers against what model.backbone takes
-    (K and layer names from the model layer's own unit lists, before Lightning starts)."""
-    from asymcl.models import BUNDLED_WEIGHTS, check_encoder_options, check_joined_weights, has_bundled_weights
-
-    name, pretrained = flat["model.backbone"], flat["model.pretrained"]
-    if pretrained == "imagenet":
-        if not has_bundled_weights(name):
-            raise ConfigError(f"model.pretrained=imagenet: backbone {name} has no bundled "
-                              f"ImageNet weights; use model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several "
-                              "joined by '+'), or give model.pretrained a local weights file")
-    elif pretrained is not None:
-        check_joined_weights(name, pretrained)  # the model layer's rule, before anything runs
-        if not Path(pretrained).expanduser().is_file():
-            raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
-    check_encoder_options(name, flat["model.finetune"], flat["model.feature_layers"], flat["model.input_size"])
-
-
 def resolve_config(base: dict | RunConfig | None = None,
                    overrides: list[str] | dict | None = None) -> RunConfig:
     """Defaults <- ``base`` <- ``overrides``; validated and with method-specific values filled in.
@@ -400,29 +185,7 @@ def resolve_config(base: dict | RunConfig | None = None,
         except ValueError as exc:
             raise ConfigError(f"{key} {exc}; got {flat[key]!r} ({help_text})") from None
 
-    method = get_method(flat["method"])
-    loss = method.resolve_loss(
-        {name.split(".", 1)[1]: value for name, value in flat.items() if name.startswith("loss.")})
-    flat.update({f"loss.{name}": value for name, value in loss.items()})
-    check.resolve_levers(flat, method)
-
-    dataset = DATASETS[flat["data.dataset"]]
-    if dataset.needs_root:
-        root = flat["data.root"]
-        if root is None:
-            raise ConfigError(f"data.root is required for data.dataset={dataset.name} "
-                              "(the folder or file holding it)")
-        if not Path(root).expanduser().exists():
-            raise ConfigError(f"data.root {root} does not exist")
-    _check_backbone_options(flat)
-    if method.stages == PROBE and flat["model.pretrained"] is None:
-        raise ConfigError("method probe needs a pretrained encoder's features: set model.pretrained (e.g. "
-                          "imagenet with an efficientnet_lite backbone) or choose another method")
-    if flat["data.imbalance"] and flat["data.imbalance"].startswith("binary:"):
-        classes = flat["data.classes"]
-        if classes is not None and len(classes) != 2:
-            raise ConfigError(f"data.imbalance binary:* needs exactly two data.classes, got {classes}")
-    return _from_flat(flat)
+    return apply_rules(_from_flat(flat))
 
 
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values

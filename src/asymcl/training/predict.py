@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from asymcl.atomic import atomic_write_bytes
-from asymcl.data.spec import IMAGE_SUFFIXES
+from asymcl.data.spec import DATASETS, IMAGE_SUFFIXES, submission_formats
 from asymcl.errors import CheckpointError, DataError
 from asymcl.training.checkpoints import load_module_weights
 from asymcl.training.config import resolve_config
@@ -104,9 +104,14 @@ class RunModel:
         return int(self.config.eval.tta_views)
 
 
-#: What ``predict`` can write: ``asymcl`` (the default columns below) or ``isic2018`` (the ISIC 2018
-#: Task 3 submission format, for a run trained on the seven ISIC classes).
-FORMATS = ("asymcl", "isic2018")
+#: The format ``predict`` writes by default; a dataset with a submission format
+#: (``DatasetInfo.submission``, e.g. isic2018) is another (:func:`formats`).
+DEFAULT_FORMAT = "asymcl"
+
+
+def formats() -> list[str]:
+    """What ``predict`` can write: :data:`DEFAULT_FORMAT`, then the datasets' submission formats."""
+    return [DEFAULT_FORMAT, *submission_formats()]
 
 
 def _image_names(files: list[Path], images: Path) -> list[str]:
@@ -118,23 +123,23 @@ def _image_names(files: list[Path], images: Path) -> list[str]:
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = None,
-            batch_size: int = 256, fmt: str = "asymcl", tta: int | None = None) -> str:
+            batch_size: int = 256, fmt: str = DEFAULT_FORMAT, tta: int | None = None) -> str:
     """Predict every image; returns the CSV text and writes it atomically to ``out`` when given.
 
     ``fmt="asymcl"``: ``path,pred,pred_class,prob_<class>...,image`` with ``path`` the file as
     found, ``image`` its path relative to ``images`` (the file name for a single file).
-    ``fmt="isic2018"``: ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, ``image`` the file name without
-    its suffix (the ISIC image id), for the challenge's scorer. ``tta``: None or 0 off; ``N`` > 0
+    ``fmt=<dataset>``: that dataset's submission format (``DatasetInfo.submission``; isic2018:
+    ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``), the image ids being the file names without their
+    suffix (the ISIC image id), for the challenge's scorer. ``tta``: None or 0 off; ``N`` > 0
     averages over each image and N seeded views; -1 takes the run's ``eval.tta_views`` (the same
     views as the run's evaluation, so the same probabilities).
     """
-    if fmt not in FORMATS:
-        raise DataError(f"unknown predictions format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in formats():
+        raise DataError(f"unknown predictions format {fmt!r}; choose one of {', '.join(formats())}")
     model = RunModel(run_dir)
-    if fmt == "isic2018":
-        from asymcl.data.isic import submission_csv
-
-        submission_csv([], np.zeros((0, len(model.classes))), model.classes)  # a wrong run fails before any work
+    dataset = None if fmt == DEFAULT_FORMAT else DATASETS[fmt]
+    if dataset is not None:  # a run the format cannot score fails before any work
+        dataset.submission_csv([], np.zeros((0, len(model.classes))), model.classes)
     files = find_images(images)
     names = _image_names(files, Path(images))
     views = model.tta_views(tta)
@@ -152,13 +157,13 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = No
         probabilities.append(model.probabilities(
             arrays, views, None if fingerprints is None else fingerprints[start:start + batch_size]))
     probs = np.concatenate(probabilities)
-    if fmt == "isic2018":
+    if dataset is not None:
         stems = [f.stem for f in files]
         repeated = sorted(s for s, n in Counter(stems).items() if n > 1)
         if repeated:
             raise DataError(f"--images holds several files for image id(s) {', '.join(repeated[:5])}; "
-                            "an ISIC submission has one row per image")
-        text = submission_csv(stems, probs, model.classes)
+                            f"a {fmt} submission has one row per image")
+        text = dataset.submission_csv(stems, probs, model.classes)
     else:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

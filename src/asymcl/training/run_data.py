@@ -12,15 +12,14 @@ from asymcl.training.methods import stage_seed
 
 
 def data_spec(config: RunConfig):
-    """The data layer's :class:`~asymcl.data.DataSpec` for this run."""
-    from asymcl.data import DataSpec
+    """The data layer's :class:`~asymcl.data.DataSpec` for this run: the ``data`` section's
+    what-to-load fields (the same declaration, :class:`~asymcl.data.spec.DataFields`) and the run's
+    seed."""
+    from dataclasses import fields
 
-    data = config.data
-    return DataSpec(dataset=data.dataset, root=data.root, imbalance=data.imbalance,
-                    classes=data.classes, val_fraction=data.val_fraction,
-                    test_fraction=data.test_fraction, val_per_class=data.val_per_class, seed=config.seed,
-                    image_size=data.image_size, csv_path_column=data.csv_path_column,
-                    csv_label_column=data.csv_label_column)
+    from asymcl.data.spec import DataFields, DataSpec
+
+    return DataSpec(**{f.name: getattr(config.data, f.name) for f in fields(DataFields)}, seed=config.seed)
 
 
 class RunData:
