@@ -10,9 +10,9 @@ import yaml
 
 from asymcl.cli import main
 from asymcl.errors import ConfigError
-from asymcl.experiments.runs import flatten
 from asymcl.experiments.study import run_study
 from asymcl.experiments.sweep import expand, load_spec, parse_spec, run_sweep
+from asymcl.training.config import flatten
 
 
 class RecordingRunner:

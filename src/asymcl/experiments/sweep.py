@@ -59,12 +59,12 @@ from asymcl.experiments.runs import (
     METHOD_PARAMS,
     METHODS,
     fixed_loss_params,
-    flatten,
     is_complete,
 )
 from asymcl.experiments.sweep_settings import grid_values, parse_settings
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
 from asymcl.training import runlock
+from asymcl.training.config import flatten
 from asymcl.training.methods import get_method
 
 SPEC_KEYS = ("name", "description", "base", "grid", "search", "settings")

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from asymcl.errors import ConfigError
-from asymcl.experiments.runs import METHOD_KEY, METHODS, flatten
+from asymcl.experiments.runs import METHOD_KEY, METHODS
+from asymcl.training.config import flatten
 
 
 def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[[str, str], None],
