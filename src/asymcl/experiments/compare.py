@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from asymcl.errors import ConfigError, DataError
+from asymcl.experiments.preset_names import COMPARE_PROFILES as PROFILES
 from asymcl.experiments.reproduce import PAPER_TABLE, PRETRAINED_TRAINING, QUICK_TRAINING
 from asymcl.training.methods import PROPOSED
 
-PROFILES = ("quick", "pretrained")
 #: The methods of each profile's comparison (the probe needs a pretrained encoder).
 COMPARE_METHODS = {"quick": PAPER_TABLE, "pretrained": ("probe", *PAPER_TABLE)}
 #: Each profile's training: the presets' (10 + 10 epochs for quick, as the ISIC quick preset

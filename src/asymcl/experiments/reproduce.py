@@ -30,11 +30,9 @@ from typing import Any
 import yaml
 
 from asymcl.errors import ConfigError
+from asymcl.experiments.preset_names import PRESETS, PROFILES
 from asymcl.experiments.report import ReportResult, build_report
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
-
-PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
-PROFILES = ("quick", "full", "pretrained", "gpu")
 
 # Seeds: >= 3 per method.md; the sweep prints its own progress line, so progress bars are off.
 _SEEDS_QUICK = [0, 1, 2]
