@@ -46,7 +46,6 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ from asymcl.experiments.runs import (
     is_complete,
 )
 from asymcl.experiments.sweep_settings import grid_values, parse_settings
+from asymcl.experiments.sweep_types import Resolver, Runner, SweepPoint, SweepSpec  # noqa: F401  (public here too)
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
 from asymcl.training import runlock
 from asymcl.training.config import flatten
@@ -83,35 +83,9 @@ _NAME_ALIASES = {
 }
 _SCALAR_TYPES = (str, int, float, bool, type(None))
 
-Runner = Callable[[dict, Path], dict]
-Resolver = Callable[[dict], dict]
-
 
 # --------------------------------------------------------------------------------------------
 # The spec
-
-
-@dataclass
-class SweepSpec:
-    """A validated sweep file: ``base`` and ``grid`` hold dotted keys."""
-
-    name: str
-    base: dict[str, Any]
-    grid: dict[str, list[Any]]
-    search: dict[str, dict[str, Any]] = field(default_factory=dict)
-    description: str = ""
-    #: method -> its list of settings (dotted key -> value); empty: the methods come from ``grid``.
-    settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "base": self.base, "grid": self.grid}
-        if self.search:
-            out["search"] = self.search
-        if self.settings:
-            out["settings"] = self.settings
-        if self.description:
-            out["description"] = self.description
-        return out
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
@@ -237,18 +211,6 @@ def load_spec(path: str | os.PathLike, *, known: Mapping[str, Any] | None = None
 
 # --------------------------------------------------------------------------------------------
 # Points
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    """One run of a sweep: its directory name and the config values it sets on top of ``base``."""
-
-    name: str
-    values: tuple[tuple[str, Any], ...]
-
-    @property
-    def overrides(self) -> dict[str, Any]:
-        return dict(self.values)
 
 
 def _format_value(value: Any) -> str:
