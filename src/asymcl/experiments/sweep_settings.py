@@ -36,7 +36,7 @@ def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[
         for item in items:
             if not isinstance(item, Mapping):
                 raise ConfigError(f"sweep 'settings' of {method}: each setting is a mapping of config keys, got {item!r}")
-            flat = flatten(item)
+            flat = flatten(dict(item))
             for key, value in flat.items():
                 check_key(f"sweep 'settings' of {method}", key)
                 if key in grid or key == METHOD_KEY:
