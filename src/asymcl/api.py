@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Union
 from asymcl.errors import DataError
 
 if TYPE_CHECKING:
+    from asymcl.experiments.report_numbers import SettingNumbers
     from asymcl.training.config import RunConfig
 
 __all__ = ["train", "sweep", "compare", "report", "SplitMetrics", "TrainResult", "SweepSummary", "CompareSummary",
@@ -300,19 +301,17 @@ class ReportSummary:
         return self.settings[0].best_method
 
 
-def _setting_summary(numbers: Mapping[str, Any]) -> SettingSummary:
+def _setting_summary(numbers: SettingNumbers) -> SettingSummary:
     from asymcl.experiments.runs import row_display
 
     rows = {}
-    for row, entry in numbers["table"].items():
-        scores = {column: Score(float(entry[column]["mean"]), float(entry[column]["std"]), int(entry[column]["n"]))
-                  for column in numbers["columns"]}
-        rows[row] = ReportRow(row=row, display=row_display(row), params=dict(entry["params"]),
-                              seeds=tuple(entry["seeds"]), scores=scores)
+    for row, entry in numbers.table.items():
+        scores = {column: Score(float(score.mean), float(score.std), int(score.n)) for column, score in entry.scores.items()}
+        rows[row] = ReportRow(row=row, display=row_display(row), params=dict(entry.params),
+                              seeds=tuple(entry.seeds), scores=scores)
     scored = [row for row in rows if not math.isnan(rows[row].scores["val.ua"].mean)]
     best = max(scored, key=lambda row: rows[row].scores["val.ua"].mean, default=None)
-    return SettingSummary(label=numbers["label"], rows=rows, best_method=best,
-                          paper_claim=numbers["paper_claim"]["sentence"])
+    return SettingSummary(label=numbers.label, rows=rows, best_method=best, paper_claim=numbers.paper_claim.sentence)
 
 
 def report(runs: str | os.PathLike | SweepSummary, *, out: str | os.PathLike | None = None,
