@@ -93,7 +93,8 @@ def _check_trainer_options(config: RunConfig) -> None:
         ) from None
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is an interactive terminal (where progress bars belong)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -243,7 +244,7 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
                                        auto_insert_metric_name=False)] if trainer_cfg.save_last else []
     # Bars redraw with carriage returns: right on a terminal, noise in a log file, CI or `| tee`.
     # There the same progress_bar: true gives one line per epoch instead.
-    bars = trainer_cfg.progress_bar and _is_terminal(sys.stderr)
+    bars = trainer_cfg.progress_bar and is_terminal(sys.stderr)
     lines = [EpochLines(stage)] if trainer_cfg.progress_bar and not bars else []
     trainer = pl.Trainer(
         max_epochs=epochs,
