@@ -112,6 +112,67 @@ def test_the_cycle_check_sees_a_type_only_cycle(tmp_path):
     assert _cycles(graph(typing_only=True)) == [["asymcl.a", "asymcl.b", "asymcl.a"]]
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_uses(path: Path, module: str, files: set[str]) -> list[str]:
+    """Private names (``_x``) ``module`` takes from another asymcl module: ``from M import _x`` or
+    ``M._x`` on an imported module. A private *module* (``asymcl.losses._blockwise``) is private to
+    its package: its own package's modules may import it, no other."""
+    tree = ast.parse(path.read_text())
+    aliases: dict[str, str] = {}  # local name -> asymcl module it is bound to
+    found = []
+
+    def outside(owner: str) -> bool:
+        return not (module == owner or module.startswith(owner + "."))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asymcl"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if full in files:
+                    aliases[alias.asname or alias.name] = full
+                    if _private(alias.name) and outside(node.module):
+                        found.append(f"{module}: from {node.module} import {alias.name}")
+                elif _private(alias.name):
+                    found.append(f"{module}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                for i, part in enumerate(parts):
+                    if _private(part) and outside(".".join(parts[:i])):
+                        found.append(f"{module}: import {alias.name}")
+                if alias.asname and alias.name.startswith("asymcl"):
+                    aliases[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and _private(node.attr)):
+            owner = aliases[node.value.id]
+            if f"{owner}.{node.attr}" not in files or outside(owner):
+                found.append(f"{module}: {owner}.{node.attr}")
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name with a leading underscore is its module's own: another module that needs it gets a
+    public name (or the code moves). Private modules (``losses/_blockwise.py``) are their package's."""
+    files = {_module_name(p): p for p in SRC.rglob("*.py")}
+    used = [use for module, path in sorted(files.items()) for use in _private_uses(path, module, set(files))]
+    assert not used, used
+
+
+def test_the_private_name_check_sees_each_form(tmp_path):
+    files = {"asymcl.pkg.a", "asymcl.pkg._inner", "asymcl.other"}
+    (tmp_path / "b.py").write_text("from asymcl.pkg.a import _helper, public\nfrom asymcl.pkg import a, _inner\n"
+                                   "import asymcl.pkg._inner\nx = a._cache\n")
+    (tmp_path / "c.py").write_text("from asymcl.pkg import _inner\nfrom asymcl.pkg import a as _a\ny = _a.public\n")
+    assert _private_uses(tmp_path / "b.py", "asymcl.other", files) == [
+        "asymcl.other: from asymcl.pkg.a import _helper", "asymcl.other: from asymcl.pkg import _inner",
+        "asymcl.other: import asymcl.pkg._inner", "asymcl.other: asymcl.pkg.a._cache"]
+    assert _private_uses(tmp_path / "c.py", "asymcl.pkg.c", files) == []  # its own package's private module
+
+
 def test_every_source_file_is_under_500_lines():
     long = {name: n for p in SRC.rglob("*.py")
             if (name := str(p.relative_to(SRC))) and (n := len(p.read_text().splitlines())) >= 500}

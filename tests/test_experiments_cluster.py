@@ -67,7 +67,7 @@ class Trace(Callback):
 def runner(config, out_dir):
     return pipeline.run(config, out_dir, callbacks=[Trace(Path(out_dir).name)])
 
-sweep_module._default_runner = study_module._default_runner = lambda: runner
+sweep_module.default_runner = study_module.default_runner = lambda: runner
 sys.exit(main(sys.argv[1:]))
 '''
 

@@ -31,10 +31,10 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     if args.dry_run:
-        from asymcl.experiments.sweep import _default_resolver, resolve_points
+        from asymcl.experiments.sweep import default_resolver, resolve_points
 
         points = expand(spec)
-        resolve_points(spec, points, _default_resolver())  # a dry run also catches bad values
+        resolve_points(spec, points, default_resolver())  # a dry run also catches bad values
         for point in points:
             print(point.name)
         print(f"{len(points)} runs into {out}")

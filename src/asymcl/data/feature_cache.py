@@ -62,7 +62,7 @@ from asymcl.data.cache_store import borrow_clean as _borrow_clean
 from asymcl.data.cache_store import gather as _gather
 from asymcl.data.cache_store import read_shard as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
-from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
+from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, default_cache_dir
 from asymcl.errors import DataError
 
 _FORMAT = 1
@@ -72,7 +72,7 @@ SHARD_IMAGES = 2048
 
 
 def default_feature_cache_dir() -> Path:
-    return _default_cache_dir() / "features"
+    return default_cache_dir() / "features"
 
 
 def _log_stderr(message: str) -> None:

@@ -262,9 +262,9 @@ def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = 
     spec = parse_spec(raw)
     out = Path(out)
     if dry_run:
-        from asymcl.experiments.sweep import _default_resolver, expand, resolve_points
+        from asymcl.experiments.sweep import default_resolver, expand, resolve_points
 
-        resolve_points(spec, expand(spec), _default_resolver())
+        resolve_points(spec, expand(spec), default_resolver())
         print(yaml.safe_dump(raw, sort_keys=False).rstrip())
         print(f"# {len(expand(spec))} runs into {out}")
         return None

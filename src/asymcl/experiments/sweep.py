@@ -304,7 +304,7 @@ def expand(spec: SweepSpec, *, default_method: str | None = None) -> list[SweepP
 # Running
 
 
-def _default_runner() -> Runner:
+def default_runner() -> Runner:
     import functools
 
     from asymcl.training.pipeline import run
@@ -313,7 +313,7 @@ def _default_runner() -> Runner:
     return functools.partial(run, report_cache=False)
 
 
-def _default_resolver() -> Resolver:
+def default_resolver() -> Resolver:
     from asymcl.training.config import default_config, resolve_config
 
     # A plain nested dict: what a runner (the pipeline, or a user's own) receives, as before.
@@ -402,8 +402,8 @@ def run_sweep(
     if workers > 1 and runner is not None:
         raise ConfigError("workers > 1 runs the pipeline in worker processes; a custom runner cannot run there")
     out_dir = Path(out_dir)
-    runner = runner or _default_runner()
-    resolver = resolver or _default_resolver()
+    runner = runner or default_runner()
+    resolver = resolver or default_resolver()
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     known = _known_keys()
     points = expand(spec, default_method=None if known is None else known.get(METHOD_KEY))

@@ -168,7 +168,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     return module
 
 
-def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, report_reuse: bool = True) -> None:
+def attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, report_reuse: bool = True) -> None:
     """Build (or reuse) the run's feature caches when it trains from cached features."""
     from asymcl.training.encoder import build_feature_caches, cache_device, uses_feature_cache
     from asymcl.training.modules import augmentation_preset
@@ -204,7 +204,7 @@ def prepare_feature_caches(config: RunConfig | dict) -> bool:
     config = resolve_config(config)
     if not uses_feature_cache(config):
         return False
-    _attach_feature_caches(config, RunData(config), verbose=False)
+    attach_feature_caches(config, RunData(config), verbose=False)
     return True
 
 
@@ -395,7 +395,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         _check_trainer_options(config)
         build_module(stages_for(config)[0], config, data)
     # Before the run directory too: a failed extraction (e.g. a full disk) leaves nothing half-written.
-    _attach_feature_caches(config, data, verbose, report_reuse=report_cache)
+    attach_feature_caches(config, data, verbose, report_reuse=report_cache)
     if not (run_dir / "config.yaml").is_file():
         init_run_dir(config, run_dir)
     metrics = read_metrics(run_dir) or empty_metrics(config)
