@@ -156,8 +156,9 @@ def write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: 
         with atomic_file(directory, prefix=TEMP_PREFIX, suffix=".npz", file_mode=shared_file_mode(directory)) as pending:
             np.savez(pending.handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
             pending.handle.flush()
-            pending.target = directory / shard_name(hashlib.sha256(pending.temporary.read_bytes()).hexdigest())
-        return pending.target
+            final = directory / shard_name(hashlib.sha256(pending.temporary.read_bytes()).hexdigest())
+            pending.target = final
+        return final
     except OSError as exc:
         hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
         raise DataError(
