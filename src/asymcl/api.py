@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any, Union
 
 from asymcl.errors import DataError
 
+# The report's own cell type, not a copy; its module is torch-free, so this import stays light.
+from asymcl.experiments.report_numbers import Score
+
 if TYPE_CHECKING:
     from asymcl.experiments.report_numbers import SettingNumbers
     from asymcl.training.config import RunConfig
@@ -243,15 +246,6 @@ def _sweep_summary(result, spec, out_dir: Path) -> SweepSummary:
 
 
 @dataclass(frozen=True)
-class Score:
-    """Mean and sample standard deviation over seeds (fractions; ``std`` is NaN for one seed)."""
-
-    mean: float
-    std: float
-    n: int
-
-
-@dataclass(frozen=True)
 class ReportRow:
     """One row of a report table: a method (plus levers) at the hyperparameters chosen for it on
     validation UA. ``scores`` maps ``"<split>.<metric>"`` (``val.ua``, ``test.wa``, ``test.ua``,
@@ -306,9 +300,8 @@ def _setting_summary(numbers: SettingNumbers) -> SettingSummary:
 
     rows = {}
     for row, entry in numbers.table.items():
-        scores = {column: Score(float(score.mean), float(score.std), int(score.n)) for column, score in entry.scores.items()}
         rows[row] = ReportRow(row=row, display=row_display(row), params=dict(entry.params),
-                              seeds=tuple(entry.seeds), scores=scores)
+                              seeds=tuple(entry.seeds), scores=dict(entry.scores))
     scored = [row for row in rows if not math.isnan(rows[row].scores["val.ua"].mean)]
     best = max(scored, key=lambda row: rows[row].scores["val.ua"].mean, default=None)
     return SettingSummary(label=numbers.label, rows=rows, best_method=best, paper_claim=numbers.paper_claim.sentence)
