@@ -51,7 +51,7 @@ def _full_checkpoints():
         kwargs["save_weights_only"] = False
         original_init(self, *args, **kwargs)
 
-    with mock.patch.object(modules._Base, "checkpoint_references", lambda self: []), \
+    with mock.patch.object(modules.BaseModule, "checkpoint_references", lambda self: []), \
             mock.patch.object(modules.LinearProbeModule, "checkpoint_references", lambda self: []), \
             mock.patch.object(ModelCheckpoint, "__init__", init), \
             mock.patch.object(pipeline, "_finish_stage_checkpoints", lambda ckpt_dir, save_last: None):

@@ -388,7 +388,7 @@ def write_json(path, rows, args):
     if args.device == "cuda":
         setting["gpu"] = torch.cuda.get_device_name()
         setting["cuda"] = torch.version.cuda
-        setting["block_budget_bytes"] = _blockwise._GPU_BLOCK_BUDGET_BYTES
+        setting["block_budget_bytes"] = _blockwise.GPU_BLOCK_BUDGET_BYTES
     records = [{"n": n, "implementation": name, "median_s": median, "min_s": fastest, "peak_extra_bytes": peak,
                 "note": note} for n, name, median, fastest, peak, note in rows]
     with open(path, "w") as f:

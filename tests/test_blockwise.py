@@ -329,7 +329,7 @@ def test_no_tensor_of_the_whole_batch_is_ever_built():
 def test_automatic_block_size_fits_the_budget():
     rows = _blockwise.auto_block_size(32768, 32768, torch.device("cpu"), torch.float32)
     assert 1 <= rows < 32768
-    assert rows * 32768 * 4 * _blockwise._LIVE_BUFFERS <= _blockwise._CPU_BLOCK_BUDGET_BYTES
+    assert rows * 32768 * 4 * _blockwise.LIVE_BUFFERS <= _blockwise.CPU_BLOCK_BUDGET_BYTES
     assert _blockwise.auto_block_size(10, 10, torch.device("cpu"), torch.float32) == 10
 
 

@@ -10,7 +10,7 @@ from asymcl.data.feature_cache import image_fingerprints, render_views
 from asymcl.training.config import resolve_config
 from asymcl.training.methods import stage_seed
 from asymcl.training.modules import augmentation_preset
-from asymcl.training.pipeline import RunData, _attach_feature_caches, _check_cache_matches, build_module
+from asymcl.training.pipeline import RunData, _check_cache_matches, attach_feature_caches, build_module
 
 torch.set_num_threads(1)
 
@@ -30,7 +30,7 @@ def test_last_k_on_cached_maps_equals_the_live_backbone(tmp_path, stage, method,
         "stage2.augment": True, "trainer.progress_bar": False,
     })
     data = RunData(config)
-    _attach_feature_caches(config, data, verbose=False)
+    attach_feature_caches(config, data, verbose=False)
     # seeded as the pipeline seeds a stage, so the module's frozen weights are the cached ones
     pl.seed_everything(stage_seed(config.seed, stage), verbose=False)
     module = build_module(stage, config, data)

@@ -67,7 +67,7 @@ class Trace(Callback):
 def runner(config, out_dir):
     return pipeline.run(config, out_dir, callbacks=[Trace(Path(out_dir).name)])
 
-sweep_module._default_runner = study_module._default_runner = lambda: runner
+sweep_module.default_runner = study_module.default_runner = lambda: runner
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -359,7 +359,7 @@ def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
     report = build_report(out, tmp_path / "report", tsne_points=50, progress=lambda _: None)
     assert "4 finished runs under" in report.markdown.read_text()
     (setting,) = report.numbers
-    assert len(setting["candidates"]["afcl"]) == 4
+    assert len(setting.candidates["afcl"]) == 4
 
 
 def test_a_worker_waits_for_an_unreachable_database(tmp_path, postgres):

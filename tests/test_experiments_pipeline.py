@@ -71,16 +71,16 @@ def test_report_numbers_are_the_run_files_numbers(sweep_dir, tmp_path):
              for name in ("ce_s0", "ce_s1", "afcl_e5_s0", "afcl_e5_s1", "afcl_e30_s0", "afcl_e30_s1")}
     val = {eta: np.mean([final[f"afcl_e{eta}_s{s}"]["val"]["ua"] for s in (0, 1)]) for eta in (5, 30)}
     chosen_eta = max(val, key=val.get)
-    assert setting["table"]["afcl"]["params"]["loss.eta"] == float(chosen_eta)
+    assert setting.table["afcl"].params["loss.eta"] == float(chosen_eta)
     for method, prefix in (("ce", "ce"), ("afcl", f"afcl_e{chosen_eta}")):
         for split in ("test", "test_imbalanced"):
             for metric in ("wa", "ua"):
                 values = [final[f"{prefix}_s{s}"][split][metric] for s in (0, 1)]
-                cell = setting["table"][method][f"{split}.{metric}"]
-                assert cell["mean"] == pytest.approx(np.mean(values))
-                assert cell["std"] == pytest.approx(np.std(values, ddof=1))
+                cell = setting.table[method].scores[f"{split}.{metric}"]
+                assert cell.mean == pytest.approx(np.mean(values))
+                assert cell.std == pytest.approx(np.std(values, ddof=1))
     diff = [final[f"afcl_e{chosen_eta}_s{s}"]["test"]["ua"] - final[f"ce_s{s}"]["test"]["ua"] for s in (0, 1)]
-    assert setting["comparisons"]["ce"]["test.ua"]["mean"] == pytest.approx(np.mean(diff))
+    assert setting.comparisons["ce"].differences["test.ua"].mean == pytest.approx(np.mean(diff))
     text = result.markdown.read_text()
     assert f"{np.mean([final[f'ce_s{s}']['test']['ua'] for s in (0, 1)]) * 100:.1f}" in text
     # the class names of the digits dataset label the figures; every figure kind is there

@@ -99,37 +99,37 @@ def _load(run: Path):
 def test_selection_uses_validation_and_numbers_match_run_files(report):
     root, result = report
     (setting,) = result.numbers
-    table = setting["table"]
+    table = setting.table
     assert list(table) == ["ce", "supcon", "afcl"]
-    assert table["afcl"]["params"] == {"loss.gamma": 2.0, "loss.eta": 50.0, "loss.temperature": 0.1}
-    assert table["afcl"]["n_candidates"] == 4
+    assert table["afcl"].params == {"loss.gamma": 2.0, "loss.eta": 50.0, "loss.temperature": 0.1}
+    assert table["afcl"].n_candidates == 4
     for method, pattern in (("ce", "ce_s{}"), ("supcon", "supcon_s{}"), ("afcl", "afcl_g2_e50_s{}")):
         for split in ("val", "test", "test_imbalanced"):
             for metric in ("wa", "ua"):
                 key = f"{split}.{metric}"
-                if key not in table[method]:
+                if key not in table[method].scores:
                     assert key == "val.wa"
                     continue
                 values = [_load(root / pattern.format(s))[split][metric] for s in range(3)]
-                assert table[method][key]["mean"] == pytest.approx(np.mean(values))
-                assert table[method][key]["std"] == pytest.approx(np.std(values, ddof=1))
-                assert table[method][key]["n"] == 3
+                assert table[method].scores[key].mean == pytest.approx(np.mean(values))
+                assert table[method].scores[key].std == pytest.approx(np.std(values, ddof=1))
+                assert table[method].scores[key].n == 3
     # the unfinished run is not counted anywhere
-    assert all(9 not in row["seeds"] for row in table.values())
+    assert all(9 not in row.seeds for row in table.values())
 
 
 def test_paired_comparison_matches_scipy_t_interval(report):
     from scipy import stats
 
     root, result = report
-    comparison = result.numbers[0]["comparisons"]["ce"]["test.ua"]
+    comparison = result.numbers[0].comparisons["ce"].differences["test.ua"]
     afcl = [_load(root / f"afcl_g2_e50_s{s}")["test"]["ua"] for s in range(3)]
     ce = [_load(root / f"ce_s{s}")["test"]["ua"] for s in range(3)]
     diff = np.subtract(afcl, ce)
     low, high = stats.t.interval(0.95, 2, loc=diff.mean(), scale=stats.sem(diff))
-    assert comparison["mean"] == pytest.approx(diff.mean())
-    assert (comparison["low"], comparison["high"]) == pytest.approx((low, high))
-    assert set(result.numbers[0]["comparisons"]) == {"ce", "supcon"}
+    assert comparison.mean == pytest.approx(diff.mean())
+    assert (comparison.low, comparison.high) == pytest.approx((low, high))
+    assert set(result.numbers[0].comparisons) == {"ce", "supcon"}
 
 
 def test_markdown_and_html_show_the_numbers_and_mark_the_best(report):
@@ -211,8 +211,22 @@ def test_summary_table_over_several_settings(tmp_path):
     result = build_report(tmp_path / "runs", tmp_path / "rep", tsne_points=30, progress=lambda _: None)
     text = result.markdown.read_text()
     assert "## Summary: test UA per setting" in text
-    assert [n["label"] for n in result.numbers] == ["fashion-mnist, binary:10, classes [0, 6]",
+    assert [n.label for n in result.numbers] == ["fashion-mnist, binary:10, classes [0, 6]",
                                                     "fashion-mnist, binary:100, classes [0, 6]"]
     row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist, binary:100"))
-    afcl = result.numbers[1]["table"]["afcl"]["test.ua"]["mean"] * 100
-    assert row.endswith(f"**{afcl:.1f} ± {result.numbers[1]['table']['afcl']['test.ua']['std'] * 100:.1f}** |")
+    afcl = result.numbers[1].table["afcl"].scores["test.ua"].mean * 100
+    assert row.endswith(f"**{afcl:.1f} ± {result.numbers[1].table['afcl'].scores['test.ua'].std * 100:.1f}** |")
+
+
+def test_a_committed_report_rebuilds_from_its_runs_csv_to_the_same_numbers_and_tables(tmp_path):
+    """The typed numbers (report_numbers) print and serialise as the string-keyed dicts did: the
+    report committed under docs/results, made before, comes back the same from its runs.csv."""
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "fmnist-lt-quick-fair"
+    result = build_report(committed / "runs.csv", tmp_path, command="x", progress=lambda _: None)
+    before = json.loads((committed / "report.json").read_text())
+    after = json.loads(result.json.read_text())
+    assert after["settings"] == before["settings"] and after["family_size"] == before["family_size"]
+    assert after["settings"] == [numbers.to_dict() for numbers in result.numbers]
+    text = result.markdown.read_text()
+    rows = [line for line in (committed / "report.md").read_text().splitlines() if line.startswith(("|", "The paper's"))]
+    assert len(rows) > 20 and all(row in text for row in rows)

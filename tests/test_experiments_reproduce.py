@@ -11,7 +11,7 @@ import yaml
 from asymcl.cli import main
 from asymcl.errors import ConfigError
 from asymcl.experiments.reproduce import BUDGETS, PRESET_METHODS, PRESETS, SEEDS, preset_spec, reproduce
-from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
+from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
 
 @pytest.fixture()
@@ -28,7 +28,7 @@ def data_paths(tmp_path):
 def test_every_preset_resolves_to_valid_run_configs(preset, profile, data_paths):
     spec = parse_spec(preset_spec(preset, data_paths[preset], profile))
     points = expand(spec)
-    configs = resolve_points(spec, points, _default_resolver())
+    configs = resolve_points(spec, points, default_resolver())
     methods = {c["method"] for c in configs.values()}
     assert methods == set(PRESET_METHODS[profile])  # the profile's listed table
     seeds = {c["seed"] for c in configs.values()}
@@ -91,11 +91,8 @@ def test_cli_dry_run_prints_the_sweep(data_paths, capsys):
 
 @pytest.mark.parametrize("preset", ["isic2018", "fmnist-lt"])
 def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, data_paths, monkeypatch):
-    from asymcl.cli.experiments import PROFILES
-    from asymcl.experiments import reproduce as reproduce_module
     from asymcl.training import methods
 
-    assert PROFILES == reproduce_module.PROFILES  # the CLI's copy
     data = data_paths[preset]
     if preset == "isic2018":
         from data_fixtures import make_isic
@@ -108,7 +105,7 @@ def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, d
                                                                  search_space={"stage1.lr": (1e-3, 2e-3)}))
     spec = parse_spec(preset_spec(preset, data, "pretrained"))
     assert len(expand(spec)) == before
-    configs = resolve_points(spec, expand(spec), _default_resolver())
+    configs = resolve_points(spec, expand(spec), default_resolver())
     assert {c["method"] for c in configs.values()} == set(PRESET_METHODS["pretrained"]) and "probe" in PRESET_METHODS["pretrained"]
     assert {c["seed"] for c in configs.values()} == set(SEEDS["pretrained"])
     for c in configs.values():
@@ -131,7 +128,7 @@ def test_gpu_profile_resolves_for_the_gpu_script(tmp_path):
     """benchmarks/gpu/run.sh runs `reproduce isic2018|fmnist-lt --profile gpu`: both specs resolve
     (every point's config is valid) and ask for what the profile promises."""
     from asymcl.experiments.reproduce import preset_spec
-    from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
+    from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
     isic = tmp_path / "isic2018"
     isic.mkdir()
@@ -144,7 +141,7 @@ def test_gpu_profile_resolves_for_the_gpu_script(tmp_path):
         spec = parse_spec(raw)
         points = expand(spec)
         assert len(points) == 8
-        resolve_points(spec, points, _default_resolver())
+        resolve_points(spec, points, default_resolver())
     assert preset_spec("isic2018", isic, "gpu")["base"]["model.finetune"] == "all"
     with pytest.raises(ConfigError, match="profile gpu has presets"):
         preset_spec("fmnist-binary", fmnist, "gpu")

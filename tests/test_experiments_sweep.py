@@ -10,9 +10,9 @@ import yaml
 
 from asymcl.cli import main
 from asymcl.errors import ConfigError
-from asymcl.experiments.runs import flatten
 from asymcl.experiments.study import run_study
 from asymcl.experiments.sweep import expand, load_spec, parse_spec, run_sweep
+from asymcl.training.config import flatten
 
 
 class RecordingRunner:
@@ -198,9 +198,9 @@ def test_values_of_any_type_the_config_accepts_pass(tmp_path):
     # trainer.devices takes "auto" or a count; data.classes a list: the sweep must not second-guess.
     spec = parse_spec({"base": {"trainer.devices": "auto", "data.classes": [0, 6]},
                        "grid": {"trainer.devices": ["auto", 1], "seed": [0]}})
-    from asymcl.experiments.sweep import _default_resolver, resolve_points
+    from asymcl.experiments.sweep import default_resolver, resolve_points
 
-    configs = resolve_points(spec, expand(spec), _default_resolver())
+    configs = resolve_points(spec, expand(spec), default_resolver())
     assert sorted(str(c["trainer"]["devices"]) for c in configs.values()) == ["1", "auto"]
 
 

@@ -190,7 +190,7 @@ def test_joint_logit_adjustment_uses_the_prior_of_its_batches():
 
 
 def test_a_grid_over_method_and_levers_runs_each_baseline_once():
-    from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
+    from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
     spec = parse_spec({"name": "levers", "base": {"stage1.epochs": 1},
                        "grid": {"method": ["ce", "la", "afcl"], "schedule": ["two_stage", "joint"],
@@ -199,6 +199,6 @@ def test_a_grid_over_method_and_levers_runs_each_baseline_once():
     names = sorted(point.name for point in points)
     assert [n for n in names if not n.startswith("afcl")] == ["ce_s0", "la_s0"]
     assert len([n for n in names if n.startswith("afcl")]) == 4
-    configs = resolve_points(spec, points, _default_resolver())  # every point is a valid config
+    configs = resolve_points(spec, points, default_resolver())  # every point is a valid config
     assert {(c["method"], c["schedule"], c["stage1"]["sampler"]) for c in configs.values()} >= {
         ("la", "two_stage", "random"), ("afcl", "joint", "m_per_class")}

@@ -2,7 +2,7 @@
 
 The row-blocked path's analytic backward is first-order; these tests pin that every mode still
 gives the right number (or the reference path takes over) at sizes where impl="auto" picks each
-path on CPU (blockwise from _blockwise._CPU_MIN_ROWS rows on).
+path on CPU (blockwise from _blockwise.CPU_MIN_ROWS rows on).
 """
 
 from __future__ import annotations

@@ -45,25 +45,25 @@ def test_paper_claim_sentence(tmp_path, case):
         write(tmp_path, "fcl", "fcl", seed, 0.0)
         write(tmp_path, "afcl", "afcl", seed, gain)
     _, numbers = numbers_for(tmp_path)
-    claim = numbers["paper_claim"]
-    assert claim["verdict"] == VERDICTS[case], claim["sentence"]
-    assert claim["split"] == "test"
-    assert claim["sentence"].startswith("The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on the "
+    claim = numbers.paper_claim
+    assert claim.verdict == VERDICTS[case], claim.sentence
+    assert claim.split == "test"
+    assert claim.sentence.startswith("The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on the "
                                         f"test (balanced) set {VERDICTS[case]}")
     for opponent in ("cl", "fcl"):
-        d = numbers["comparisons"][opponent]["test.ua"]
-        assert (d["low"] > 0) == (case == "wins") and (d["high"] < 0) == (case == "loses")
+        d = numbers.comparisons[opponent].differences["test.ua"]
+        assert (d.low > 0) == (case == "wins") and (d.high < 0) == (case == "loses")
 
 
 def test_paper_claim_without_cl_or_with_one_seed_is_not_tested(tmp_path):
     write(tmp_path, "fcl", "fcl", 0, 0.0)
     write(tmp_path, "afcl", "afcl", 0, 0.1)
     _, numbers = numbers_for(tmp_path)
-    assert numbers["paper_claim"]["verdict"] == "not tested"
-    assert "no CL runs" in numbers["paper_claim"]["sentence"]
+    assert numbers.paper_claim.verdict == "not tested"
+    assert "no CL runs" in numbers.paper_claim.sentence
     write(tmp_path, "cl", "cl", 0, 0.0)
     _, numbers = numbers_for(tmp_path)
-    assert "fewer than 2 paired seeds" in numbers["paper_claim"]["sentence"]
+    assert "fewer than 2 paired seeds" in numbers.paper_claim.sentence
 
 
 def test_rows_keep_levers_and_old_logit_adjusted_ce_apart(tmp_path):
@@ -76,16 +76,16 @@ def test_rows_keep_levers_and_old_logit_adjusted_ce_apart(tmp_path):
         write(tmp_path, "cl", "cl", seed, 0.0)
         write(tmp_path, "fcl", "fcl", seed, 0.0)
     setting, numbers = numbers_for(tmp_path)
-    assert list(numbers["table"]) == ["ce", "la", "cl", "fcl", "afcl", "afcl+joint", "afcl+s1mpc"]
-    assert all(len(numbers["table"][row]["seeds"]) == 3 for row in numbers["table"])
-    assert set(numbers["comparisons"]) == {"ce", "la", "cl", "fcl", "afcl+joint", "afcl+s1mpc"}
+    assert list(numbers.table) == ["ce", "la", "cl", "fcl", "afcl", "afcl+joint", "afcl+s1mpc"]
+    assert all(len(numbers.table[row].seeds) == 3 for row in numbers.table)
+    assert set(numbers.comparisons) == {"ce", "la", "cl", "fcl", "afcl+joint", "afcl+s1mpc"}
     assert row_display("afcl+joint+s1mpc") == "AFCL (joint, S1 m-per-class)"
     assert row_key({"method": "ce", "stage2.loss": "logit_adjusted"}) == "la"
-    best = next(e for e in numbers["best_vs_baselines"] if e["baseline"] == "la")
-    assert best["row"] == "afcl+joint"  # highest validation UA among the contrastive rows
+    best = next(e for e in numbers.best_vs_baselines if e.baseline == "la")
+    assert best.row == "afcl+joint"  # highest validation UA among the contrastive rows
     la = {r.seed: r.split_metric("test", "ua") for r in setting.chosen["la"].runs}
     joint = {r.seed: r.split_metric("test", "ua") for r in setting.chosen["afcl+joint"].runs}
-    assert best["test.ua"]["mean"] == pytest.approx(sum(joint[s] - la[s] for s in la) / 3)
+    assert best.differences["test.ua"].mean == pytest.approx(sum(joint[s] - la[s] for s in la) / 3)
     result = build_report(tmp_path, tmp_path / "report", tsne_points=20, command="x", progress=lambda _: None)
     text = result.markdown.read_text()
     for label in ("| LA |", "| AFCL (joint) |", "| AFCL (S1 m-per-class) |", "The paper's claim",

@@ -270,3 +270,24 @@ def test_channels_last_trains_to_the_same_result(tmp_path):
     last = run(tiny("afcl", **{"trainer.channels_last": True}), tmp_path / "channels_last")
     for split in plain["final"]:
         assert last["final"][split]["ua"] == pytest.approx(plain["final"][split]["ua"], abs=0.02)
+
+
+@pytest.mark.parametrize(("env", "main"), [
+    ({}, True),
+    ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+    ({"RANK": "3", "LOCAL_RANK": "0"}, False),      # torchrun, second machine's first process
+    ({"LOCAL_RANK": "1"}, False),                   # Lightning's re-launched second process
+    ({"SLURM_PROCID": "2"}, False),                 # an srun task
+    ({"LOCAL_RANK": "0", "SLURM_PROCID": "2"}, True),  # SLURM that Lightning's launcher runs under
+])
+def test_one_rank_rule_the_one_lightning_uses(monkeypatch, env, main):
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    from asymcl.training.run_dir import RANK_VARIABLES, is_main_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_main_process() is main
+    assert ((_get_rank() or 0) == 0) is main  # the process whose loggers Lightning keeps

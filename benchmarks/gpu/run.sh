@@ -163,7 +163,7 @@ EOF
 }
 
 step_losses() {
-  # Crossover blockwise vs reference (prefer_blockwise's _CUDA_MIN_ROWS) and peak memory.
+  # Crossover blockwise vs reference (prefer_blockwise's CUDA_MIN_ROWS) and peak memory.
   if [[ "$SMOKE" == 1 ]]; then
     run_step losses "$T_LOSSES" "$PY" "$REPO/benchmarks/bench_losses.py" --device "$DEVICE" --threads 1 \
       --sizes 64 256 --repeats 2 --no-memory --json "$WORK/losses.json"
@@ -172,7 +172,7 @@ step_losses() {
       --sizes 256 512 1024 2048 4096 8192 16384 32768 --repeats 10 --memory-limit-gib 40 --json "$WORK/losses.json"
   fi
   cp "$WORK/logs/losses.out" "$WORK/losses.md" 2>/dev/null || true
-  # Block size (the GPU block budget, _GPU_BLOCK_BUDGET_BYTES): the blockwise core at fixed blocks.
+  # Block size (the GPU block budget, GPU_BLOCK_BUDGET_BYTES): the blockwise core at fixed blocks.
   if [[ "$SMOKE" == 1 ]]; then
     run_step loss-blocks "$T_BLOCKS" "$PY" "$REPO/benchmarks/bench_losses.py" --device "$DEVICE" --threads 1 \
       --sizes 256 --repeats 1 --no-memory --skip dense reference matmul --block-sizes 32 256 --json "$WORK/loss-blocks.json"

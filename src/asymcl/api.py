@@ -33,7 +33,11 @@ from typing import TYPE_CHECKING, Any, Union
 
 from asymcl.errors import DataError
 
+# The report's own cell type, not a copy; its module is torch-free, so this import stays light.
+from asymcl.experiments.report_numbers import Score
+
 if TYPE_CHECKING:
+    from asymcl.experiments.report_numbers import SettingNumbers
     from asymcl.training.config import RunConfig
 
 __all__ = ["train", "sweep", "compare", "report", "SplitMetrics", "TrainResult", "SweepSummary", "CompareSummary",
@@ -242,15 +246,6 @@ def _sweep_summary(result, spec, out_dir: Path) -> SweepSummary:
 
 
 @dataclass(frozen=True)
-class Score:
-    """Mean and sample standard deviation over seeds (fractions; ``std`` is NaN for one seed)."""
-
-    mean: float
-    std: float
-    n: int
-
-
-@dataclass(frozen=True)
 class ReportRow:
     """One row of a report table: a method (plus levers) at the hyperparameters chosen for it on
     validation UA. ``scores`` maps ``"<split>.<metric>"`` (``val.ua``, ``test.wa``, ``test.ua``,
@@ -300,19 +295,16 @@ class ReportSummary:
         return self.settings[0].best_method
 
 
-def _setting_summary(numbers: Mapping[str, Any]) -> SettingSummary:
+def _setting_summary(numbers: SettingNumbers) -> SettingSummary:
     from asymcl.experiments.runs import row_display
 
     rows = {}
-    for row, entry in numbers["table"].items():
-        scores = {column: Score(float(entry[column]["mean"]), float(entry[column]["std"]), int(entry[column]["n"]))
-                  for column in numbers["columns"]}
-        rows[row] = ReportRow(row=row, display=row_display(row), params=dict(entry["params"]),
-                              seeds=tuple(entry["seeds"]), scores=scores)
+    for row, entry in numbers.table.items():
+        rows[row] = ReportRow(row=row, display=row_display(row), params=dict(entry.params),
+                              seeds=tuple(entry.seeds), scores=dict(entry.scores))
     scored = [row for row in rows if not math.isnan(rows[row].scores["val.ua"].mean)]
     best = max(scored, key=lambda row: rows[row].scores["val.ua"].mean, default=None)
-    return SettingSummary(label=numbers["label"], rows=rows, best_method=best,
-                          paper_claim=numbers["paper_claim"]["sentence"])
+    return SettingSummary(label=numbers.label, rows=rows, best_method=best, paper_claim=numbers.paper_claim.sentence)
 
 
 def report(runs: str | os.PathLike | SweepSummary, *, out: str | os.PathLike | None = None,

@@ -32,32 +32,67 @@ def plain_file_mode() -> int:
     return _plain_file_mode()
 
 
+class AtomicFile:
+    """What :func:`atomic_file` yields: ``handle`` (open on ``temporary``) and ``target``, the name
+    the file gets when the block ends (may be set inside the block)."""
+
+    def __init__(self, handle: IO, temporary: Path, target: Path | None) -> None:
+        self.handle, self.temporary, self.target = handle, temporary, target
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", *, suffix: str = ".tmp") -> Iterator[IO]:
-    """``with atomic_open(path) as handle: handle.write(...)``: ``path`` appears, complete, only
-    when the block ends without an exception; otherwise the temporary file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+def atomic_file(directory: str | Path, mode: str = "wb", *, target: str | Path | None = None,
+                prefix: str = ".tmp-", suffix: str = ".tmp", file_mode: int | None = None) -> Iterator[AtomicFile]:
+    """The general form of :func:`atomic_open`, for the writers it does not fit:
+
+    - a file named by its content (the feature cache's shards, ``shard-<sha256>.npz``): write, then
+      set ``pending.target`` inside the block, e.g. from a hash of ``pending.temporary``;
+    - a writer that takes a file name, not a handle (``torch.onnx.export``): let it write to
+      ``pending.temporary`` (fsync at the end reaches the file's data whatever descriptor wrote it).
+
+    ``file_mode``: the new file's permission bits (default: what ``open(path, "w")`` would give; a
+    group-shared cache passes its own). The temporary is ``prefix + random + suffix`` in
+    ``directory``, so a folder's cleaner can recognise what a killed writer left.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, mode) as handle:
-            yield handle
+            pending = AtomicFile(handle, Path(tmp), None if target is None else Path(target))
+            yield pending
+            if pending.target is None:
+                raise ValueError("atomic_file: the block ended without setting the file's target")
             handle.flush()
-            os.fchmod(handle.fileno(), _plain_file_mode())
+            os.fchmod(handle.fileno(), _plain_file_mode() if file_mode is None else file_mode)
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, pending.target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", *, prefix: str | None = None, suffix: str = ".tmp",
+                file_mode: int | None = None) -> Iterator[IO]:
+    """``with atomic_open(path) as handle: handle.write(...)``: ``path`` appears, complete, only
+    when the block ends without an exception; otherwise the temporary file is removed. The
+    temporary is ``.<name>.<random>.tmp`` unless ``prefix`` says otherwise (see :func:`atomic_file`)."""
+    path = Path(path)
+    with atomic_file(path.parent, mode, target=path, prefix=f".{path.name}." if prefix is None else prefix,
+                     suffix=suffix, file_mode=file_mode) as pending:
+        yield pending.handle
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, prefix: str | None = None,
+                       file_mode: int | None = None) -> None:
+    """``data`` as the whole of ``path`` (``prefix``, ``file_mode``: as for :func:`atomic_file`)."""
+    with atomic_open(path, "wb", prefix=prefix, file_mode=file_mode) as handle:
         handle.write(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | Path, text: str, *, prefix: str | None = None, file_mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode(), prefix=prefix, file_mode=file_mode)
 
 
 def atomic_write_json(path: str | Path, obj: Any, *, default: Any = None) -> None:

@@ -8,11 +8,6 @@ from pathlib import Path
 
 from asymcl.errors import ConfigError
 
-PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
-# Copies of asymcl.experiments.reproduce's (the CLI imports layer 4 lazily); tests check they agree.
-PROFILES = ("quick", "full", "pretrained", "gpu")
-
-
 _WORKERS_HELP = ("run N worker processes on this machine, each with cores/N torch threads, after building "
                  "the feature caches with every core (default 1; on a 2-core CPU, 2 finishes small runs "
                  "about 1.7x sooner)")
@@ -36,10 +31,10 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     if args.dry_run:
-        from asymcl.experiments.sweep import _default_resolver, resolve_points
+        from asymcl.experiments.sweep import default_resolver, resolve_points
 
         points = expand(spec)
-        resolve_points(spec, points, _default_resolver())  # a dry run also catches bad values
+        resolve_points(spec, points, default_resolver())  # a dry run also catches bad values
         for point in points:
             print(point.name)
         print(f"{len(points)} runs into {out}")
@@ -160,6 +155,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from asymcl.experiments.preset_names import COMPARE_PROFILES, PRESETS, PROFILES  # torch-free: names only
+
     sweep = subparsers.add_parser(
         "sweep", help="run a grid of runs (or an Optuna study) from a sweep YAML file",
         description="Run every point of a sweep file's grid as a normal run directory. Run the same "
@@ -235,7 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="a config key, e.g. data.dataset=folder, data.root=PATH (repeatable)")
     compare.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config keys (before --set)")
-    compare.add_argument("--profile", choices=("quick", "pretrained"), default="quick",
+    compare.add_argument("--profile", choices=COMPARE_PROFILES, default="quick",
                          help="quick: a small CNN from scratch at 64 px; pretrained: frozen ImageNet EfficientNet-Lite0 "
                               "at 224 px + adapter from the feature cache, with the probe (default quick)")
     compare.add_argument("--methods", metavar="A,B,...", help="the methods to compare (default: the profile's table)")

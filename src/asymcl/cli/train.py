@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -46,15 +45,14 @@ def register(subparsers) -> None:
 def _train(args: argparse.Namespace) -> int:
     from asymcl.training.config import load_config_file, resolve_config
     from asymcl.training.pipeline import run
-    from asymcl.training.run_dir import default_run_dir
+    from asymcl.training.run_dir import default_run_dir, is_main_process
 
     base = load_config_file(args.config) if args.config else None
     config = resolve_config(base, args.overrides)
     out = args.out or default_run_dir(config)
     metrics = run(config, out)
-    # Under DDP Lightning re-launches this command once per extra process (RANK/LOCAL_RANK set);
-    # only the first process reports.
-    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+    # Under DDP Lightning re-launches this command once per extra process; only the first reports.
+    if not is_main_process():
         return 0
     print(f"run directory: {out}")
     for split, values in metrics["final"].items():

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from asymcl.data.cache_store import IN_USE, read_shard, try_hold_exclusive
-from asymcl.data.datasets import _default_cache_dir
+from asymcl.data.datasets import default_cache_dir
 from asymcl.errors import DataError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -34,11 +34,11 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The feature cache folder: ``cache_dir`` (as ``data.cache_dir``) or the default."""
-    return Path(cache_dir).expanduser() if cache_dir else _default_cache_dir() / "features"
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir() / "features"
 
 
 def decoded_root() -> Path:
-    return _default_cache_dir() / "decoded"
+    return default_cache_dir() / "decoded"
 
 
 def parse_age(text: str) -> float:

@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from asymcl.atomic import atomic_file, atomic_write_text
 from asymcl.errors import DataError
 
 
@@ -90,6 +90,9 @@ def make_entry_folder(directory: Path) -> None:
 
 
 IN_USE = ".in-use"
+# The name every temporary file of an entry starts with: what a killed writer leaves, removed by
+# the next builder under the entry's lock (asymcl.data.feature_cache).
+TEMP_PREFIX = ".tmp-"
 _HELD: dict[str, int] = {}  # an entry's .in-use path -> the descriptor whose shared lock this process holds
 
 
@@ -147,27 +150,21 @@ def try_hold_exclusive(directory: Path) -> int | None:
 
 
 def write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: np.ndarray, views: np.ndarray) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    """Write one shard, named by the sha256 of its bytes; a temporary ``.tmp-*.npz`` until complete
+    (what :mod:`asymcl.data.feature_cache` removes under the entry lock when a writer was killed)."""
     try:
-        os.fchmod(fd, shared_file_mode(directory))
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
-            handle.flush()
-            os.fsync(handle.fileno())
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        final = directory / shard_name(digest)
-        os.replace(tmp, final)
+        with atomic_file(directory, prefix=TEMP_PREFIX, suffix=".npz", file_mode=shared_file_mode(directory)) as pending:
+            np.savez(pending.handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
+            pending.handle.flush()
+            final = directory / shard_name(hashlib.sha256(pending.temporary.read_bytes()).hexdigest())
+            pending.target = final
         return final
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
-            raise DataError(
-                f"cannot write the feature cache in {directory}: {exc.strerror or exc}{hint}; free "
-                "space or set data.cache_dir to another folder, then rerun (nothing was left half-written)"
-            ) from None
-        raise
+    except OSError as exc:
+        hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+        raise DataError(
+            f"cannot write the feature cache in {directory}: {exc.strerror or exc}{hint}; free "
+            "space or set data.cache_dir to another folder, then rerun (nothing was left half-written)"
+        ) from None
 
 
 # Everything in a key that concerns only the views. Two entries whose keys agree on the rest hold
@@ -254,10 +251,8 @@ def write_info(directory: Path, describe: dict) -> None:
     path = directory / "info.json"
     if path.is_file():
         return
-    tmp = directory / f".tmp-info-{os.getpid()}.json"
     try:
-        tmp.write_text(json.dumps(describe, indent=1, sort_keys=True, default=str))
-        os.chmod(tmp, shared_file_mode(directory))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(describe, indent=1, sort_keys=True, default=str), prefix=TEMP_PREFIX,
+                          file_mode=shared_file_mode(directory))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

@@ -227,7 +227,7 @@ def decode_image(path: str, num_channels: int, size_hw: tuple[int, int]) -> np.n
     return array
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
     env = os.environ.get("ASYMCL_CACHE_DIR")
     if env:
         return Path(env)
@@ -289,7 +289,7 @@ class FileImageDataset(ImageDataset):
         for path in self.paths:
             stat = os.stat(path)
             digest.update(f"\n{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-        return _default_cache_dir() / "decoded" / f"{digest.hexdigest()[:32]}.npy"
+        return default_cache_dir() / "decoded" / f"{digest.hexdigest()[:32]}.npy"
 
     def _decode_all(self) -> np.ndarray:
         check_fits_in_memory(

@@ -48,13 +48,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from asymcl.atomic import atomic_write_text
 from asymcl.data.augment import build_augmentation
+from asymcl.data.cache_store import (
+    TEMP_PREFIX,
+    check_disk_space,
+    hold_in_use,
+    make_entry_folder,
+    shared_file_mode,
+    write_info,
+)
 from asymcl.data.cache_store import borrow_clean as _borrow_clean
-from asymcl.data.cache_store import check_disk_space, hold_in_use, make_entry_folder, shared_file_mode, write_info
 from asymcl.data.cache_store import gather as _gather
 from asymcl.data.cache_store import read_shard as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
-from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, _default_cache_dir
+from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, default_cache_dir
 from asymcl.errors import DataError
 
 _FORMAT = 1
@@ -64,7 +72,7 @@ SHARD_IMAGES = 2048
 
 
 def default_feature_cache_dir() -> Path:
-    return _default_cache_dir() / "features"
+    return default_cache_dir() / "features"
 
 
 def _log_stderr(message: str) -> None:
@@ -352,17 +360,14 @@ def _scan(job: _Job, clean_temporaries: bool = True) -> tuple[dict, dict]:
     """Under the entry lock: (found: fingerprint -> (arrays, row), missing: fingerprint -> index)."""
     directory, key, key_hash, log = job.directory, job.key, job.key_hash, job.log
     if clean_temporaries:
-        for stale in directory.glob(".tmp-*"):  # left by a killed writer: we hold the lock, no one writes
+        for stale in directory.glob(f"{TEMP_PREFIX}*"):  # left by a killed writer: we hold the lock, no one writes
             stale.unlink(missing_ok=True)
     key_file = directory / "key.json"
     if not key_file.is_file():  # for the user: what this entry holds
-        tmp = directory / ".tmp-key.json"
         try:
-            tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
-            os.chmod(tmp, shared_file_mode(directory))
-            os.replace(tmp, key_file)
+            atomic_write_text(key_file, json.dumps(key, indent=1, sort_keys=True, default=str), prefix=TEMP_PREFIX,
+                              file_mode=shared_file_mode(directory))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"cannot write {key_file}: {exc.strerror}; free space or set data.cache_dir") from None
     found: dict[str, tuple[dict, int]] = {}
     for shard in sorted(directory.glob("shard-*.npz")):

@@ -22,8 +22,16 @@ with the highest mean validation UA; the report compares it with ``la`` over pai
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
 
+from asymcl.experiments.report_numbers import (
+    Comparison,
+    Difference,
+    PaperClaim,
+    RecipeComparison,
+    SettingNumbers,
+    TableRow,
+)
 from asymcl.experiments.runs import row_display, row_method
 from asymcl.training.methods import PROPOSED, REGISTRY
 
@@ -32,80 +40,79 @@ CLAIM_METRICS = ("wa", "ua")
 CLAIM_TEXT = "AFCL > CL and AFCL > FCL, on WA and on UA"
 
 
-def _fmt(d: dict[str, Any]) -> str:
-    text = f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
-    if d.get("p_holm") is not None:
-        text += f", Holm p = {d['p_holm']:.3g}"
+def _fmt(d: Difference) -> str:
+    text = f"{d.mean * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}]"
+    if d.p_holm is not None:
+        text += f", Holm p = {d.p_holm:.3g}"
     return text
 
 
-def significant(d: dict[str, Any]) -> bool:
+def significant(d: Difference) -> bool:
     """The family's adjusted verdict when the comparison is in it, else the raw interval's."""
-    if d.get("n", 0) < 2:
+    if d.n < 2:
         return False
-    if "holm_significant" in d:
-        return bool(d["holm_significant"])
-    return bool(d["low"] > 0 or d["high"] < 0)
+    if d.holm_significant is not None:
+        return bool(d.holm_significant)
+    return bool(d.low > 0 or d.high < 0)
 
 
-def _holm_note(entries: dict) -> str:
-    return " after Holm's adjustment" if any("holm_significant" in d for d in entries.values()) else \
-        " (raw 95% interval)"
+def _holm_note(entries: Mapping[tuple[str, str], Difference]) -> str:
+    return " after Holm's adjustment" if any(d.in_family for d in entries.values()) else " (raw 95% interval)"
 
 
-def family_entries(numbers: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, entry) of every comparison of one setting that is in the report's family."""
-    main = numbers["paper_claim"].get("split")
+def family_entries(numbers: SettingNumbers) -> list[tuple[str, Difference]]:
+    """(label, difference) of every comparison of one setting that is in the report's family."""
+    main = numbers.paper_claim.split
     if main is None:
         return []
     out = []
-    for method, entry in numbers["comparisons"].items():
+    for method, comparison in numbers.comparisons.items():
         for metric in CLAIM_METRICS:
-            out.append((f"{numbers['label']}: AFCL - {row_display(method)} {metric.upper()}", entry[f"{main}.{metric}"]))
-    for entry in numbers.get("best_vs_baselines") or []:
+            out.append((f"{numbers.label}: AFCL - {row_display(method)} {metric.upper()}",
+                        comparison.differences[f"{main}.{metric}"]))
+    for entry in numbers.best_vs_baselines:
         for metric in CLAIM_METRICS:
-            out.append((f"{numbers['label']}: {entry['display']} - {row_display(entry['baseline'])} {metric.upper()}",
-                        entry[f"{main}.{metric}"]))
+            out.append((f"{numbers.label}: {entry.display} - {row_display(entry.baseline)} {metric.upper()}",
+                        entry.differences[f"{main}.{metric}"]))
     return out
 
 
-def adjust_family(all_numbers: list[dict[str, Any]], alpha: float = 0.05) -> int:
+def adjust_family(all_numbers: Sequence[SettingNumbers], alpha: float = 0.05) -> int:
     """Holm-adjust every family comparison of the report in place (``p_holm``, ``holm_significant``)
     and redo the claim sentences with the adjusted verdicts. Returns the family's size."""
     from asymcl.experiments.stats import holm
 
     members = [entry for numbers in all_numbers for _, entry in family_entries(numbers)
-               if entry.get("n", 0) >= 2 and entry.get("p") is not None]
-    reject, adjusted = holm([entry["p"] for entry in members], alpha)
+               if entry.n >= 2 and entry.p is not None]
+    reject, adjusted = holm([entry.p for entry in members], alpha)
     for entry, r, a in zip(members, reject, adjusted, strict=True):
-        entry["p_holm"], entry["holm_significant"] = a, r
+        entry.p_holm, entry.holm_significant = a, r
     for numbers in all_numbers:
-        claim = numbers["paper_claim"]
-        numbers["paper_claim"] = paper_claim(numbers, claim.get("split"), claim.get("title", ""))
+        claim = numbers.paper_claim
+        numbers.paper_claim = paper_claim(numbers.table, numbers.comparisons, claim.split, claim.title)
     return len(members)
 
 
-def paper_claim(numbers: dict[str, Any], split: str | None, title: str = "") -> dict[str, Any]:
-    """``{"verdict", "split", "sentence"}`` for one setting (see the module docstring): ``split``
-    is the main test split, ``title`` how the report names it."""
+def paper_claim(table: Mapping[str, TableRow], comparisons: Mapping[str, Comparison], split: str | None,
+                title: str = "") -> PaperClaim:
+    """The verdict for one setting (see the module docstring): ``split`` is the main test split,
+    ``title`` how the report names it."""
     if split is None:
-        return {"verdict": "not tested", "split": None, "title": title,
-                "sentence": f"The paper's claim ({CLAIM_TEXT}) could not be tested: no test split."}
+        return PaperClaim("not tested", None, title,
+                          f"The paper's claim ({CLAIM_TEXT}) could not be tested: no test split.")
     head = f"The paper's claim ({CLAIM_TEXT}) on the {title or split} set"
-    missing = [m.upper() for m in (PROPOSED, *CLAIM_OPPONENTS) if m not in numbers["table"]]
+    missing = [m.upper() for m in (PROPOSED, *CLAIM_OPPONENTS) if m not in table]
     if missing:
-        return {"verdict": "not tested", "split": split, "title": title,
-                "sentence": f"{head} could not be tested: no {' or '.join(missing)} runs."}
-    entries = {(opponent, metric): numbers["comparisons"][opponent][f"{split}.{metric}"]
+        return PaperClaim("not tested", split, title, f"{head} could not be tested: no {' or '.join(missing)} runs.")
+    entries = {(opponent, metric): comparisons[opponent].differences[f"{split}.{metric}"]
                for opponent in CLAIM_OPPONENTS for metric in CLAIM_METRICS}
-    if any(d["n"] < 2 for d in entries.values()):
-        return {"verdict": "not tested", "split": split, "title": title,
-                "sentence": f"{head} could not be tested: fewer than 2 paired seeds."}
+    if any(d.n < 2 for d in entries.values()):
+        return PaperClaim("not tested", split, title, f"{head} could not be tested: fewer than 2 paired seeds.")
 
     def listed(keys) -> str:
         return "; ".join(f"AFCL - {o.upper()} on {m.upper()} {_fmt(entries[(o, m)])}" for o, m in keys)
 
-    worse = [key for key, d in entries.items() if significant(d) and d["mean"] < 0]
+    worse = [key for key, d in entries.items() if significant(d) and d.mean < 0]
     unclear = [key for key, d in entries.items() if not significant(d)]
     if worse:
         verdict, detail = "did not hold", f"AFCL was measurably worse ({listed(worse)})"
@@ -113,29 +120,28 @@ def paper_claim(numbers: dict[str, Any], split: str | None, title: str = "") -> 
         verdict, detail = "could not be told apart", f"not significant{_holm_note(entries)} for {listed(unclear)}"
     else:
         verdict, detail = "held", f"all four paired differences are above 0{_holm_note(entries)} ({listed(entries)})"
-    return {"verdict": verdict, "split": split, "title": title, "sentence": f"{head} {verdict}: {detail}."}
+    return PaperClaim(verdict, split, title, f"{head} {verdict}: {detail}.")
 
 
-def best_contrastive_row(numbers: dict[str, Any]) -> str | None:
+def best_contrastive_row(table: Mapping[str, TableRow]) -> str | None:
     """The row of a contrastive method (any levers) with the highest mean validation UA."""
-    table = numbers["table"]
     rows = [row for row in table if REGISTRY.get(row_method(row)) is not None
-            and REGISTRY[row_method(row)].contrastive and table[row]["val.ua"]["n"]]
-    return max(rows, key=lambda row: table[row]["val.ua"]["mean"]) if rows else None
+            and REGISTRY[row_method(row)].contrastive and table[row].scores["val.ua"].n]
+    return max(rows, key=lambda row: table[row].scores["val.ua"].mean) if rows else None
 
 
-def best_recipe_sentence(entry: dict[str, Any] | None, split: str | None, title: str = "") -> str | None:
+def best_recipe_sentence(entry: RecipeComparison | None, split: str | None, title: str = "") -> str | None:
     """One sentence: the contrastive row validation chose against one baseline on ``split`` UA."""
     if entry is None or split is None:
         return None
-    d = entry[f"{split}.ua"]
-    name = row_display(entry["baseline"])
-    head = f"Best contrastive recipe on validation UA: {entry['display']}; against {name} on {title or split} UA"
-    if d["n"] < 2:
-        return f"{head} {d['mean'] * 100:+.1f} points (fewer than 2 paired seeds, no interval)."
+    d = entry.differences[f"{split}.ua"]
+    name = row_display(entry.baseline)
+    head = f"Best contrastive recipe on validation UA: {entry.display}; against {name} on {title or split} UA"
+    if d.n < 2:
+        return f"{head} {d.mean * 100:+.1f} points (fewer than 2 paired seeds, no interval)."
     verdict = "not separable"
     if significant(d):
-        verdict = "better" if d["mean"] > 0 else "worse"
-    holm = f", Holm p = {d['p_holm']:.3g}" if d.get("p_holm") is not None else ""
-    interval = f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
+        verdict = "better" if d.mean > 0 else "worse"
+    holm = f", Holm p = {d.p_holm:.3g}" if d.p_holm is not None else ""
+    interval = f"{d.mean * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}]"
     return f"{head}: {interval} points{holm} ({verdict})."

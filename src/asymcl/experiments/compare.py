@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from asymcl.errors import ConfigError, DataError
+from asymcl.experiments.preset_names import COMPARE_PROFILES as PROFILES
 from asymcl.experiments.reproduce import PAPER_TABLE, PRETRAINED_TRAINING, QUICK_TRAINING
 from asymcl.training.methods import PROPOSED
 
-PROFILES = ("quick", "pretrained")
 #: The methods of each profile's comparison (the probe needs a pretrained encoder).
 COMPARE_METHODS = {"quick": PAPER_TABLE, "pretrained": ("probe", *PAPER_TABLE)}
 #: Each profile's training: the presets' (10 + 10 epochs for quick, as the ISIC quick preset
@@ -161,7 +161,7 @@ def plan_comparison(overrides: Mapping[str, Any] | Sequence[str], out: str | Pat
     from asymcl.data import build_splits
     from asymcl.experiments.fair import comparison_spec
     from asymcl.experiments.runs import is_complete
-    from asymcl.experiments.sweep import _default_resolver, expand, parse_spec, resolve_points
+    from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
     from asymcl.training.config import parse_overrides, resolve_config
     from asymcl.training.run_data import data_spec
 
@@ -177,7 +177,7 @@ def plan_comparison(overrides: Mapping[str, Any] | Sequence[str], out: str | Pat
                           {"seed": list(range(seeds))})
     spec = parse_spec(raw)
     points = expand(spec)
-    resolve_points(spec, points, _default_resolver())  # every run's config is valid, before anything runs
+    resolve_points(spec, points, default_resolver())  # every run's config is valid, before anything runs
     first = resolve_config({**base, "method": methods[-1], "seed": 0})
     splits = build_splits(data_spec(first))
     counts = splits.counts()

@@ -11,8 +11,8 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from asymcl.experiments.report_numbers import Difference, SettingNumbers
 from asymcl.experiments.runs import row_display as display
 from asymcl.experiments.selection import format_params, method_order, split_title
 
@@ -24,7 +24,7 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)
 
 
-def _md(blocks: Iterable[tuple]) -> str:
+def to_markdown(blocks: Iterable[tuple]) -> str:
     out = []
     for kind, *payload in blocks:
         if kind.startswith("h"):
@@ -51,7 +51,7 @@ def _inline_html(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
 
 
-def _html(blocks: Iterable[tuple], title: str) -> str:
+def to_html(blocks: Iterable[tuple], title: str) -> str:
     out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
@@ -90,17 +90,17 @@ def _column_title(column: str, columns: Sequence[str]) -> str:
     return f"{split_title(split, any(c.startswith('test_imbalanced.') for c in columns))} {metric.upper()}"
 
 
-def _results_table(numbers: dict[str, Any]) -> Table:
-    header = ["method", "chosen hyperparameters", "seeds"] + [_column_title(c, numbers["columns"]) for c in numbers["columns"]]
+def results_table(numbers: SettingNumbers) -> Table:
+    header = ["method", "chosen hyperparameters", "seeds"] + [_column_title(c, numbers.columns) for c in numbers.columns]
     table = Table(header, [])
-    methods = list(numbers["table"])
+    methods = list(numbers.table)
     for method in methods:
-        row = numbers["table"][method]
-        cells = [display(method), format_params(row["params"]), str(len(row["seeds"]))]
-        cells += [_fmt_pct(row[c]["mean"], row[c]["std"], row[c]["n"]) for c in numbers["columns"]]
+        row = numbers.table[method]
+        cells = [display(method), format_params(row.params), str(len(row.seeds))]
+        cells += [_fmt_pct(row.scores[c].mean, row.scores[c].std, row.scores[c].n) for c in numbers.columns]
         table.rows.append(cells)
-    for j, column in enumerate(numbers["columns"]):
-        means = [numbers["table"][m][column]["mean"] for m in methods]
+    for j, column in enumerate(numbers.columns):
+        means = [numbers.table[m].scores[column].mean for m in methods]
         finite = [v for v in means if not math.isnan(v)]
         if not finite:
             continue
@@ -111,23 +111,24 @@ def _results_table(numbers: dict[str, Any]) -> Table:
     return table
 
 
-def _summary_table(all_numbers: Sequence[dict[str, Any]]) -> Table | None:
+def summary_table(all_numbers: Sequence[SettingNumbers]) -> Table | None:
     """One row per setting: each method's UA on the main test split (the first present)."""
-    methods = sorted({m for numbers in all_numbers for m in numbers["table"]}, key=method_order)
+    methods = sorted({m for numbers in all_numbers for m in numbers.table}, key=method_order)
     if not methods:
         return None
     table = Table(["setting", "test split"] + [display(m) for m in methods], [])
     for numbers in all_numbers:
-        tests = [c for c in numbers["columns"] if c.endswith(".ua") and not c.startswith("val.")]
+        tests = [c for c in numbers.columns if c.endswith(".ua") and not c.startswith("val.")]
         if not tests:
             continue
         column = tests[0]
-        cells = [numbers["label"], _column_title(column, numbers["columns"]).rsplit(" ", 1)[0]]
+        cells = [numbers.label, _column_title(column, numbers.columns).rsplit(" ", 1)[0]]
         means = []
         for method in methods:
-            cell = numbers["table"].get(method, {}).get(column)
-            means.append(float("nan") if cell is None else cell["mean"])
-            cells.append("–" if cell is None else _fmt_pct(cell["mean"], cell["std"], cell["n"]))
+            row = numbers.table.get(method)
+            cell = None if row is None else row.scores.get(column)
+            means.append(float("nan") if cell is None else cell.mean)
+            cells.append("–" if cell is None else _fmt_pct(cell.mean, cell.std, cell.n))
         table.rows.append(cells)
         finite = [m for m in means if not math.isnan(m)]
         if finite:
@@ -138,36 +139,36 @@ def _summary_table(all_numbers: Sequence[dict[str, Any]]) -> Table | None:
     return table if table.rows else None
 
 
-def _comparison_table(numbers: dict[str, Any]) -> Table | None:
+def _difference_text(d: Difference) -> str:
+    if d.n == 0:
+        return "n/a"
+    text = f"{d.mean * 100:+.1f}"
+    return text + (f" [{d.low * 100:+.1f}, {d.high * 100:+.1f}]" if d.n > 1 else " (no CI)")
+
+
+def _holm_p(d: Difference) -> str:
+    return f"{d.p_holm:.3g}" if d.p_holm is not None else "–"
+
+
+def comparison_table(numbers: SettingNumbers) -> Table | None:
     from asymcl.experiments.claims import significant
 
-    if not numbers["comparisons"]:
+    if not numbers.comparisons:
         return None
     table = Table(["AFCL vs", "split", "paired seeds", "Δ UA [raw 95% CI]", "Δ WA [raw 95% CI]", "Holm p (UA, WA)",
                    "on UA"], [])
-    for method, entry in numbers["comparisons"].items():
-        for split in [c.split(".")[0] for c in numbers["columns"] if c.endswith(".ua") and not c.startswith("val")]:
-            ua, wa = entry[f"{split}.ua"], entry[f"{split}.wa"]
-
-            def fmt(d: dict) -> str:
-                if d["n"] == 0:
-                    return "n/a"
-                text = f"{d['mean'] * 100:+.1f}"
-                return text + (f" [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]" if d["n"] > 1 else " (no CI)")
-
-            def holm_p(d: dict) -> str:
-                return f"{d['p_holm']:.3g}" if d.get("p_holm") is not None else "–"
-
-            in_family = "holm_significant" in ua
-            if ua["n"] < 2:
+    for method, comparison in numbers.comparisons.items():
+        for split in [c.split(".")[0] for c in numbers.columns if c.endswith(".ua") and not c.startswith("val")]:
+            ua, wa = comparison.differences[f"{split}.ua"], comparison.differences[f"{split}.wa"]
+            if ua.n < 2:
                 verdict = "too few seeds"
             elif significant(ua):
-                verdict = "AFCL better" if ua["mean"] > 0 else "AFCL worse"
+                verdict = "AFCL better" if ua.mean > 0 else "AFCL worse"
             else:
                 verdict = "no clear difference"
-            if not in_family and ua["n"] >= 2:
+            if not ua.in_family and ua.n >= 2:
                 verdict += " (raw)"
-            title = split_title(split, any(c.startswith("test_imbalanced.") for c in numbers["columns"]))
-            table.rows.append([display(method), title, str(ua["n"]), fmt(ua), fmt(wa),
-                               f"{holm_p(ua)}, {holm_p(wa)}" if in_family else "not in family", verdict])
+            title = split_title(split, any(c.startswith("test_imbalanced.") for c in numbers.columns))
+            table.rows.append([display(method), title, str(ua.n), _difference_text(ua), _difference_text(wa),
+                               f"{_holm_p(ua)}, {_holm_p(wa)}" if ua.in_family else "not in family", verdict])
     return table

@@ -29,13 +29,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from asymcl.atomic import atomic_write_text
 from asymcl.errors import DataError
 from asymcl.experiments.claims import best_recipe_sentence
 from asymcl.experiments.figures import figure_confusion, figure_curves, figure_heatmap, figure_recall, figure_tsne
-from asymcl.experiments.render import _comparison_table, _html, _md, _results_table, _summary_table
+from asymcl.experiments.render import comparison_table, results_table, summary_table, to_html, to_markdown
+from asymcl.experiments.report_numbers import SettingNumbers
 from asymcl.experiments.runs import Run, iter_run_dirs, load_run, run_status
 from asymcl.experiments.runs import row_display as display
 from asymcl.experiments.selection import Setting, group_settings, select, setting_numbers  # noqa: F401
@@ -71,7 +71,7 @@ class ReportResult:
     html: Path
     json: Path
     figures: list[Path]
-    numbers: list[dict[str, Any]]
+    numbers: list[SettingNumbers]
 
 
 def load_runs_or_table(runs_dir: Path) -> tuple[list[Run], int, bool]:
@@ -93,9 +93,9 @@ def load_runs_or_table(runs_dir: Path) -> tuple[list[Run], int, bool]:
     return runs, len(unfinished), False
 
 
-def _budget_sentence(numbers: dict[str, Any]) -> str:
+def _budget_sentence(numbers: SettingNumbers) -> str:
     """How many validation-scored settings each row had (a fair table gives all the same number)."""
-    counts = {row: entry["n_candidates"] for row, entry in numbers["table"].items()}
+    counts = {row: entry.n_candidates for row, entry in numbers.table.items()}
     if len(set(counts.values())) == 1:
         n = next(iter(counts.values()))
         return (f"Budget: {n} validation-scored setting(s) per method, the same for every row "
@@ -119,8 +119,8 @@ def _shared_views_sentence(setting: Setting) -> str | None:
             "one view extraction per seed.")
 
 
-def _validation_sentence(numbers: dict[str, Any]) -> str | None:
-    counts = next((entry["val_counts"] for entry in numbers["table"].values() if entry.get("val_counts")), None)
+def _validation_sentence(numbers: SettingNumbers) -> str | None:
+    counts = next((entry.val_counts for entry in numbers.table.values() if entry.val_counts), None)
     if not counts:
         return None
     text = "Validation images per class (model selection rests on these): " + ", ".join(
@@ -175,13 +175,13 @@ def build_report(
                    "setting, on the main test split, AFCL against every other row and the contrastive row chosen on "
                    "validation against every baseline row (probe, CE, LA), each on UA and on WA. Comparisons on "
                    "other splits are raw."))
-    summary = _summary_table(all_numbers)
+    summary = summary_table(all_numbers)
     if summary is not None and len(settings) > 1:
         blocks.append(("h2", "Summary: test UA per setting (chosen hyperparameters)"))
         blocks.append(("table", summary))
     for setting, numbers in zip(settings, all_numbers, strict=True):
         blocks.append(("h2", setting.label))
-        blocks.append(("table", _results_table(numbers)))
+        blocks.append(("table", results_table(numbers)))
         blocks.append(("p", _budget_sentence(numbers)))
         shared = _shared_views_sentence(setting)
         if shared:
@@ -198,13 +198,13 @@ def build_report(
                                     f"best of {n} settings)")
         if choice_lines:
             blocks.append(("p", "Chosen on validation UA: " + "; ".join(choice_lines) + "."))
-        comparison = _comparison_table(numbers)
+        comparison = comparison_table(numbers)
         if comparison is not None:
             blocks.append(("h3", "AFCL against each other row (paired over seeds, percentage points)"))
             blocks.append(("table", comparison))
-        blocks.append(("p", numbers["paper_claim"]["sentence"]))
-        for entry in numbers["best_vs_baselines"]:
-            best = best_recipe_sentence(entry, entry["split"], entry["split_title"])
+        blocks.append(("p", numbers.paper_claim.sentence))
+        for entry in numbers.best_vs_baselines:
+            best = best_recipe_sentence(entry, entry.split, entry.split_title)
             if best:
                 blocks.append(("p", best))
         if from_csv:
@@ -244,7 +244,8 @@ def build_report(
     blocks.append(("pre", _versions_text(runs)))
 
     md_path, html_path, json_path = out_dir / "report.md", out_dir / "report.html", out_dir / "report.json"
-    atomic_write_text(md_path, _md(blocks))
-    atomic_write_text(html_path, _html(blocks, f"asymcl report: {title}"))
-    write_json_atomic(json_path, {"runs_dir": str(runs_dir), "family_size": family, "settings": all_numbers})
+    atomic_write_text(md_path, to_markdown(blocks))
+    atomic_write_text(html_path, to_html(blocks, f"asymcl report: {title}"))
+    write_json_atomic(json_path, {"runs_dir": str(runs_dir), "family_size": family,
+                                  "settings": [numbers.to_dict() for numbers in all_numbers]})
     return ReportResult(md_path, html_path, json_path, figures, all_numbers)

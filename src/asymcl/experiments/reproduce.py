@@ -30,11 +30,9 @@ from typing import Any
 import yaml
 
 from asymcl.errors import ConfigError
+from asymcl.experiments.preset_names import PRESETS, PROFILES
 from asymcl.experiments.report import ReportResult, build_report
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
-
-PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
-PROFILES = ("quick", "full", "pretrained", "gpu")
 
 # Seeds: >= 3 per method.md; the sweep prints its own progress line, so progress bars are off.
 _SEEDS_QUICK = [0, 1, 2]
@@ -264,9 +262,9 @@ def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = 
     spec = parse_spec(raw)
     out = Path(out)
     if dry_run:
-        from asymcl.experiments.sweep import _default_resolver, expand, resolve_points
+        from asymcl.experiments.sweep import default_resolver, expand, resolve_points
 
-        resolve_points(spec, expand(spec), _default_resolver())
+        resolve_points(spec, expand(spec), default_resolver())
         print(yaml.safe_dump(raw, sort_keys=False).rstrip())
         print(f"# {len(expand(spec))} runs into {out}")
         return None

@@ -18,7 +18,7 @@ import yaml
 
 from asymcl.errors import CheckpointError, DataError
 from asymcl.training import methods as _methods
-from asymcl.training.config import fill_missing_keys
+from asymcl.training.config import fill_missing_keys, flatten
 
 #: Methods in the order tables list them (baselines first, the proposed loss last) and the loss
 #: hyperparameters each one uses, both from the method registry: a grid value for a key that a
@@ -84,21 +84,6 @@ def row_display(row: str) -> str:
 
 TEST_SPLITS = ("test", "test_imbalanced")
 COMPLETE = "complete"
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> one level of dotted keys (``{"loss": {"eta": 1}}`` -> ``{"loss.eta": 1}``).
-
-    Already-dotted keys pass through, so a config written either way reads the same.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def run_status(run_dir: Path) -> str | None:

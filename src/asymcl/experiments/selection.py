@@ -21,6 +21,15 @@ import numpy as np
 
 from asymcl.data.spec import DATASETS
 from asymcl.experiments.claims import best_contrastive_row, paper_claim
+from asymcl.experiments.report_numbers import (
+    CandidateScore,
+    Comparison,
+    Difference,
+    RecipeComparison,
+    Score,
+    SettingNumbers,
+    TableRow,
+)
 from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_display, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
 from asymcl.training.methods import PROPOSED
@@ -195,7 +204,7 @@ def metric_values(candidate: Candidate, split: str, metric: str) -> dict[Any, fl
     return out
 
 
-def _paired(setting: Setting, first: str, second: str) -> dict[str, Any]:
+def _paired(setting: Setting, first: str, second: str) -> dict[str, Difference]:
     """Row ``first`` minus row ``second`` over the seeds both have, per test split and metric."""
     entry = {}
     for split in setting.test_splits:
@@ -204,8 +213,7 @@ def _paired(setting: Setting, first: str, second: str) -> dict[str, Any]:
             theirs = metric_values(setting.chosen[second], split, metric)
             seeds = [s for s in mine if s in theirs]
             diff = paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
-            entry[f"{split}.{metric}"] = {"mean": diff.mean, "low": diff.low, "high": diff.high,
-                                          "n": diff.n, "seeds": seeds, "p": diff.p}
+            entry[f"{split}.{metric}"] = Difference(diff.mean, diff.low, diff.high, diff.n, seeds, diff.p)
     return entry
 
 
@@ -226,36 +234,33 @@ def is_baseline_row(row: str) -> bool:
     return method is not None and not method.contrastive
 
 
-def setting_numbers(setting: Setting) -> dict[str, Any]:
+def setting_numbers(setting: Setting) -> SettingNumbers:
     """The table and the paired comparisons of one setting, unrounded (what report.json holds)."""
     columns = [("val", "ua")] + [(split, metric) for split in setting.test_splits for metric in ("wa", "ua")]
     table = {}
     for method in setting.methods:
         candidate = setting.chosen[method]
-        row = {"params": candidate.params, "seeds": [run.seed for run in candidate.runs],
-               "n_candidates": len(setting.candidates[method]),
-               "val_counts": validation_counts(candidate.runs)}
+        scores = {}
         for split, metric in columns:
             stats = mean_std(list(metric_values(candidate, split, metric).values()))
-            row[f"{split}.{metric}"] = {"mean": stats.mean, "std": stats.std, "n": stats.n}
-        table[method] = row
+            scores[f"{split}.{metric}"] = Score(stats.mean, stats.std, stats.n)
+        table[method] = TableRow(candidate.params, [run.seed for run in candidate.runs],
+                                 len(setting.candidates[method]), validation_counts(candidate.runs), scores)
     comparisons = {}
     if PROPOSED in setting.chosen:
         for method in setting.methods:
             if method != PROPOSED:
-                comparisons[method] = _paired(setting, PROPOSED, method)
-    numbers: dict[str, Any] = {"label": setting.label, "columns": [f"{s}.{m}" for s, m in columns], "table": table,
-               "comparisons": comparisons}
+                comparisons[method] = Comparison(PROPOSED, method, _paired(setting, PROPOSED, method))
     main = setting.test_splits[0] if setting.test_splits else None
     title = split_title(main, "test_imbalanced" in setting.test_splits) if main else ""
-    numbers["paper_claim"] = paper_claim(numbers, main, title)
-    best = best_contrastive_row(numbers)
+    best = best_contrastive_row(table)
     # The contrastive row validation chose, against every baseline row of the table (the probe, CE,
     # LA: the methods without a contrastive loss, plain rows only).
-    numbers["best_vs_baselines"] = [
-        {"row": best, "baseline": baseline, "display": row_display(best), "split": main, "split_title": title,
-         **_paired(setting, best, baseline)}
+    best_vs_baselines = [
+        RecipeComparison(best, baseline, _paired(setting, best, baseline), display=row_display(best), split=main,
+                         split_title=title)
         for baseline in setting.methods if best is not None and is_baseline_row(baseline)]
-    return {**numbers,
-            "candidates": {m: [{"params": c.params, "val_ua": c.val_ua, "n": len(c.runs)}
-                               for c in cands] for m, cands in setting.candidates.items()}}
+    candidates = {m: [CandidateScore(c.params, c.val_ua, len(c.runs)) for c in cands]
+                  for m, cands in setting.candidates.items()}
+    return SettingNumbers(setting.label, [f"{s}.{m}" for s, m in columns], table, comparisons,
+                          paper_claim(table, comparisons, main, title), best_vs_baselines, candidates)

@@ -30,8 +30,8 @@ from asymcl.experiments.sweep import (
     Resolver,
     Runner,
     SweepSpec,
-    _default_resolver,
-    _default_runner,
+    default_resolver,
+    default_runner,
     make_point,
     point_name,
     record_command,
@@ -147,8 +147,8 @@ def run_study(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out_dir / 'optuna.db').resolve()}"
-    runner = runner or _default_runner()
-    resolver = resolver or _default_resolver()
+    runner = runner or default_runner()
+    resolver = resolver or default_resolver()
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     space = search_space(spec)
     groups = study_groups(spec, space)

@@ -46,7 +46,6 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,13 @@ from asymcl.experiments.runs import (
     METHOD_PARAMS,
     METHODS,
     fixed_loss_params,
-    flatten,
     is_complete,
 )
 from asymcl.experiments.sweep_settings import grid_values, parse_settings
+from asymcl.experiments.sweep_types import Resolver, Runner, SweepPoint, SweepSpec  # noqa: F401  (public here too)
 from asymcl.experiments.workers import SweepResult, run_points  # noqa: F401  (public here too)
 from asymcl.training import runlock
+from asymcl.training.config import flatten
 from asymcl.training.methods import get_method
 
 SPEC_KEYS = ("name", "description", "base", "grid", "search", "settings")
@@ -83,35 +83,9 @@ _NAME_ALIASES = {
 }
 _SCALAR_TYPES = (str, int, float, bool, type(None))
 
-Runner = Callable[[dict, Path], dict]
-Resolver = Callable[[dict], dict]
-
 
 # --------------------------------------------------------------------------------------------
 # The spec
-
-
-@dataclass
-class SweepSpec:
-    """A validated sweep file: ``base`` and ``grid`` hold dotted keys."""
-
-    name: str
-    base: dict[str, Any]
-    grid: dict[str, list[Any]]
-    search: dict[str, dict[str, Any]] = field(default_factory=dict)
-    description: str = ""
-    #: method -> its list of settings (dotted key -> value); empty: the methods come from ``grid``.
-    settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "base": self.base, "grid": self.grid}
-        if self.search:
-            out["search"] = self.search
-        if self.settings:
-            out["settings"] = self.settings
-        if self.description:
-            out["description"] = self.description
-        return out
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
@@ -239,18 +213,6 @@ def load_spec(path: str | os.PathLike, *, known: Mapping[str, Any] | None = None
 # Points
 
 
-@dataclass(frozen=True)
-class SweepPoint:
-    """One run of a sweep: its directory name and the config values it sets on top of ``base``."""
-
-    name: str
-    values: tuple[tuple[str, Any], ...]
-
-    @property
-    def overrides(self) -> dict[str, Any]:
-        return dict(self.values)
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, bool):
         text = str(value).lower()
@@ -342,7 +304,7 @@ def expand(spec: SweepSpec, *, default_method: str | None = None) -> list[SweepP
 # Running
 
 
-def _default_runner() -> Runner:
+def default_runner() -> Runner:
     import functools
 
     from asymcl.training.pipeline import run
@@ -351,7 +313,7 @@ def _default_runner() -> Runner:
     return functools.partial(run, report_cache=False)
 
 
-def _default_resolver() -> Resolver:
+def default_resolver() -> Resolver:
     from asymcl.training.config import default_config, resolve_config
 
     # A plain nested dict: what a runner (the pipeline, or a user's own) receives, as before.
@@ -440,8 +402,8 @@ def run_sweep(
     if workers > 1 and runner is not None:
         raise ConfigError("workers > 1 runs the pipeline in worker processes; a custom runner cannot run there")
     out_dir = Path(out_dir)
-    runner = runner or _default_runner()
-    resolver = resolver or _default_resolver()
+    runner = runner or default_runner()
+    resolver = resolver or default_resolver()
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     known = _known_keys()
     points = expand(spec, default_method=None if known is None else known.get(METHOD_KEY))

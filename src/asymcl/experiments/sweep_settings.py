@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from asymcl.errors import ConfigError
-from asymcl.experiments.runs import METHOD_KEY, METHODS, flatten
+from asymcl.experiments.runs import METHOD_KEY, METHODS
+from asymcl.training.config import flatten
 
 
 def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[[str, str], None],
@@ -35,7 +36,7 @@ def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[
         for item in items:
             if not isinstance(item, Mapping):
                 raise ConfigError(f"sweep 'settings' of {method}: each setting is a mapping of config keys, got {item!r}")
-            flat = flatten(item)
+            flat = flatten(dict(item))
             for key, value in flat.items():
                 check_key(f"sweep 'settings' of {method}", key)
                 if key in grid or key == METHOD_KEY:

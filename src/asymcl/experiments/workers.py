@@ -16,14 +16,12 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asymcl.errors import RunLockedError
 from asymcl.experiments.runs import METHOD_KEY, is_complete
+from asymcl.experiments.sweep_types import Runner, SweepPoint, SweepSpec
 from asymcl.training import runlock
-
-if TYPE_CHECKING:
-    from asymcl.experiments.sweep import Runner, SweepPoint, SweepSpec
 
 
 def _format_duration(seconds: float) -> str:

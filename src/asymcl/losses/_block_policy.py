@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-# Memory for one block's temporaries. The backward holds about _LIVE_BUFFERS float (B, M) buffers at
+# Memory for one block's temporaries. The backward holds about LIVE_BUFFERS float (B, M) buffers at
 # once (similarities/log p, p, log q, focal weight u, ratio r, the gradient block, masks).
 # On CPU each (B, M) buffer of a 64 MiB budget is 8 MiB, within the last-level cache of the machine
 # this was tuned on, and B = 512 rows at N = 4096. At N = 4096 (benchmarks/bench_losses.py
@@ -16,20 +16,20 @@ import torch
 # small blocks (many short parallel regions) were up to several times slower, so not smaller.
 # On a GPU a larger block amortises kernel launches; 512 MiB is untested here (no GPU in the
 # session that wrote this) but small next to any training GPU's memory.
-_LIVE_BUFFERS = 8
-_CPU_BLOCK_BUDGET_BYTES = 64 * 2**20
-_GPU_BLOCK_BUDGET_BYTES = 512 * 2**20
+LIVE_BUFFERS = 8
+CPU_BLOCK_BUDGET_BYTES = 64 * 2**20
+GPU_BLOCK_BUDGET_BYTES = 512 * 2**20
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def auto_block_size(n_anchors: int, n_contrast: int, device: torch.device, dtype: torch.dtype) -> int:
     """Anchor rows per block so that one block's temporaries fit the per-device memory budget."""
-    budget = _GPU_BLOCK_BUDGET_BYTES if device.type == "cuda" else _CPU_BLOCK_BUDGET_BYTES
-    itemsize = torch.empty((), dtype=_compute_dtype(dtype)).element_size()
-    rows = budget // (_LIVE_BUFFERS * max(n_contrast, 1) * itemsize)
+    budget = GPU_BLOCK_BUDGET_BYTES if device.type == "cuda" else CPU_BLOCK_BUDGET_BYTES
+    itemsize = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    rows = budget // (LIVE_BUFFERS * max(n_contrast, 1) * itemsize)
     return int(min(max(rows, 1), max(n_anchors, 1)))
 
 
@@ -46,14 +46,14 @@ def prefer_blockwise(n_rows: int, device: torch.device) -> bool:
     so the crossover is at about 128 rows (per-block Python overhead against N^2 temporaries).
     CUDA: not measured (no GPU where this was written). The reference is a dozen large kernels
     there and its N x N temporaries only start to matter (hundreds of MiB) from a few thousand
-    rows; the blockwise path is chosen from _CUDA_MIN_ROWS on. Measure with
+    rows; the blockwise path is chosen from CUDA_MIN_ROWS on. Measure with
     ``python benchmarks/bench_losses.py --device cuda`` and adjust.
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return n_rows >= _CUDA_MIN_ROWS
-    return n_rows >= _CPU_MIN_ROWS
+        return n_rows >= CUDA_MIN_ROWS
+    return n_rows >= CPU_MIN_ROWS
 
 
-_CPU_MIN_ROWS = 192
-_CUDA_MIN_ROWS = 2048
+CPU_MIN_ROWS = 192
+CUDA_MIN_ROWS = 2048

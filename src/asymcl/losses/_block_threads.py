@@ -13,12 +13,12 @@ import torch
 
 # With ATen's OpenMP backend, torch.set_num_threads called in a thread sets that thread's own
 # OpenMP team size only (checked: the calling thread keeps its count).
-_PER_THREAD_NUM_THREADS = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+PER_THREAD_NUM_THREADS = "parallel backend: OpenMP" in torch.__config__.parallel_info()
 _NUM_THREADS_LOCK = threading.Lock()
-_THREAD_BLOCKS_FROM = 2**20  # anchor x contrast pairs
+THREAD_BLOCKS_FROM = 2**20  # anchor x contrast pairs
 
 
-def _block_workers(n_anchors: int, block_size: int, device: torch.device) -> int:
+def block_workers(n_anchors: int, block_size: int, device: torch.device) -> int:
     """How many CPU threads take blocks in parallel (1: blocks in turn, intra-op threads).
 
     A block is ~15 elementwise passes of a few MiB each. Splitting every pass over the intra-op
@@ -27,13 +27,13 @@ def _block_workers(n_anchors: int, block_size: int, device: torch.device) -> int
     the blockwise loss ran 8x slower than with 1 thread. Giving each thread whole blocks (its ops
     single-threaded) has no joins inside a block, so it degrades only in proportion to the load.
     """
-    if device.type != "cpu" or not _PER_THREAD_NUM_THREADS:
+    if device.type != "cpu" or not PER_THREAD_NUM_THREADS:
         return 1
     n_blocks = -(-n_anchors // block_size)
     return max(1, min(torch.get_num_threads(), n_blocks))
 
 
-def _for_each_block(n_anchors: int, block_size: int, n_workers: int,
+def for_each_block(n_anchors: int, block_size: int, n_workers: int,
                     work: Callable[[int, int, int], None]) -> None:
     """work(start, stop, worker) for every block; worker w takes blocks w, w + n_workers, ..."""
     starts = list(range(0, n_anchors, block_size))

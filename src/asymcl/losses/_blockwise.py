@@ -50,16 +50,16 @@ from torch import Tensor
 
 from asymcl.losses import _deferred, _reference
 from asymcl.losses._block_policy import (  # noqa: F401 (re-exported: the policy's old home)
-    _CPU_BLOCK_BUDGET_BYTES,
-    _CPU_MIN_ROWS,
-    _CUDA_MIN_ROWS,
-    _GPU_BLOCK_BUDGET_BYTES,
-    _LIVE_BUFFERS,
-    _compute_dtype,
+    CPU_BLOCK_BUDGET_BYTES,
+    CPU_MIN_ROWS,
+    CUDA_MIN_ROWS,
+    GPU_BLOCK_BUDGET_BYTES,
+    LIVE_BUFFERS,
     auto_block_size,
+    compute_dtype,
     prefer_blockwise,
 )
-from asymcl.losses._block_threads import _PER_THREAD_NUM_THREADS, _THREAD_BLOCKS_FROM, _block_workers, _for_each_block
+from asymcl.losses._block_threads import PER_THREAD_NUM_THREADS, THREAD_BLOCKS_FROM, block_workers, for_each_block
 from asymcl.losses._validation import check_core_arguments
 
 __all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]
@@ -304,7 +304,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
             if grads_in_forward:
                 unit_grad_anchors = torch.empty_like(anchors)
                 unit_grad_contrast = torch.zeros_like(contrast)
-            n_workers = _block_workers(n_anchors, block_size, device)
+            n_workers = block_workers(n_anchors, block_size, device)
             contrast_grads = [unit_grad_contrast] + [
                 torch.zeros_like(contrast) if grads_in_forward else None
                 for _ in range(n_workers - 1)]
@@ -327,7 +327,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
                     _accumulate_input_grads(grad_s, state, block, unit_grad_anchors,
                                             contrast_grads[worker])
 
-            _for_each_block(n_anchors, block_size, n_workers, forward_block)
+            for_each_block(n_anchors, block_size, n_workers, forward_block)
             if grads_in_forward:
                 for extra in contrast_grads[1:]:
                     unit_grad_contrast.add_(extra)
@@ -377,7 +377,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
             grad_anchors = torch.empty_like(anchors) if need_anchors else None
             grad_contrast = torch.zeros_like(contrast) if need_contrast else None
             n_anchors = anchors.shape[0]
-            n_workers = _block_workers(n_anchors, block_size, anchors.device)
+            n_workers = block_workers(n_anchors, block_size, anchors.device)
             contrast_grads = [grad_contrast] + [
                 torch.zeros_like(contrast) if need_contrast else None
                 for _ in range(n_workers - 1)]
@@ -390,7 +390,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
                     neg_scale[start:stop, None])
                 _accumulate_input_grads(grad_s, state, block, grad_anchors, contrast_grads[worker])
 
-            _for_each_block(n_anchors, block_size, n_workers, backward_block)
+            for_each_block(n_anchors, block_size, n_workers, backward_block)
             for extra in contrast_grads[1:]:
                 if extra is not None:
                     grad_contrast.add_(extra)
@@ -452,15 +452,15 @@ def per_anchor_loss(
     """
     check_core_arguments(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma,
                   eta, temperature, normalization, n_total, block_size)
-    dtype = _compute_dtype(anchors.dtype)
+    dtype = compute_dtype(anchors.dtype)
     anchors_c = anchors.to(dtype)
     contrast_c = anchors_c if contrast is anchors else contrast.to(dtype)
     if block_size is None:
         block_size = auto_block_size(anchors.shape[0], contrast.shape[0], anchors.device, dtype)
-        if (anchors.device.type == "cpu" and _PER_THREAD_NUM_THREADS
-                and anchors.shape[0] * contrast.shape[0] >= _THREAD_BLOCKS_FROM):
+        if (anchors.device.type == "cpu" and PER_THREAD_NUM_THREADS
+                and anchors.shape[0] * contrast.shape[0] >= THREAD_BLOCKS_FROM):
             # At least one block per thread, so that every thread gets whole blocks (see
-            # _block_workers) even when the batch fits one block. Not for small batches, where
+            # block_workers) even when the batch fits one block. Not for small batches, where
             # starting the worker threads (~1 ms) costs more than the whole loss.
             block_size = max(1, min(block_size, -(-anchors.shape[0] // torch.get_num_threads())))
     if anchors.shape[0] == 0:

@@ -55,7 +55,7 @@ def build_caches(config) -> Path | None:
     """Extract (or check) the feature caches of ``config``: the cache folder on the first process,
     None on the others."""
     from asymcl.training.encoder import uses_feature_cache
-    from asymcl.training.pipeline import RunData, _attach_feature_caches
+    from asymcl.training.pipeline import RunData, attach_feature_caches
 
     if not uses_feature_cache(config):
         raise ConfigError("cache build: this config trains without cached features; set model.finetune "
@@ -66,7 +66,7 @@ def build_caches(config) -> Path | None:
 
         first = not dist.is_initialized() or dist.get_rank() == 0
         data = RunData(config)
-        _attach_feature_caches(config, data, verbose=False)
+        attach_feature_caches(config, data, verbose=False)
         return data.feature_caches["train"].path.parent if first else None
     finally:
         if started:

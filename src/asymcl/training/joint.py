@@ -22,10 +22,10 @@ from torch import Tensor
 
 from asymcl.models import LinearClassifier, ProjectionHead
 from asymcl.training.encoder import build_encoder
-from asymcl.training.modules import ClassificationLoss, _Base
+from asymcl.training.modules import BaseModule, ClassificationLoss
 
 
-class JointModule(_Base):
+class JointModule(BaseModule):
     """Encoder + projection head + linear classifier, trained on LA-CE + lambda * contrastive."""
 
     stage = "joint"

@@ -12,7 +12,7 @@ parameter-free probe of how separable the classes are, so the best stage-1 encod
 the same criterion as everything else.
 
 Cached features (``data.cache=auto`` with a frozen encoder part, :mod:`asymcl.training.encoder`):
-after :meth:`_Base.use_feature_caches` the batches hold image indices instead of images; stage 1
+after :meth:`BaseModule.use_feature_caches` the batches hold image indices instead of images; stage 1
 trains the encoder's trainable rest on two cached views per image (a function of (seed, epoch)),
 stage 2 and evaluation read the clean features, an end-to-end method one cached view per image.
 
@@ -109,7 +109,7 @@ def metrics_to_python(values: dict[str, Tensor]) -> dict[str, Any]:
     return out
 
 
-class _Base(pl.LightningModule):
+class BaseModule(pl.LightningModule):
     stage = "base"
 
     def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
@@ -224,7 +224,7 @@ class _Base(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-class ContrastiveModule(_Base):
+class ContrastiveModule(BaseModule):
     """Stage 1: encoder -> projection head -> contrastive loss on two augmented views.
 
     Batch (B images) -> views (2B, C, H, W) -> z (B, 2, proj_dim), L2-normalised -> loss.
@@ -285,7 +285,7 @@ class ContrastiveModule(_Base):
         return self._optimizer(self.parameters(), self.config.stage1)
 
 
-class LinearProbeModule(_Base):
+class LinearProbeModule(BaseModule):
     """Stage 2: frozen encoder (eval mode, batch norm included) -> linear classifier."""
 
     stage = "stage2"
@@ -367,7 +367,7 @@ class LinearProbeModule(_Base):
         return self._optimizer(self.classifier.parameters(), self.config.stage2)
 
 
-class EndToEndModule(_Base):
+class EndToEndModule(BaseModule):
     """The baselines: encoder + linear classifier trained together with ``stage2.loss`` on one
     augmented view per image, with the optimisation settings of ``stage1`` (``ce``; ``la`` is the
     same with ``stage2.loss`` fixed at ``logit_adjusted``)."""

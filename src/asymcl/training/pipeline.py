@@ -93,7 +93,8 @@ def _check_trainer_options(config: RunConfig) -> None:
         ) from None
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is an interactive terminal (where progress bars belong)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -167,7 +168,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     return module
 
 
-def _attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, report_reuse: bool = True) -> None:
+def attach_feature_caches(config: RunConfig, data: RunData, verbose: bool, report_reuse: bool = True) -> None:
     """Build (or reuse) the run's feature caches when it trains from cached features."""
     from asymcl.training.encoder import build_feature_caches, cache_device, uses_feature_cache
     from asymcl.training.modules import augmentation_preset
@@ -203,7 +204,7 @@ def prepare_feature_caches(config: RunConfig | dict) -> bool:
     config = resolve_config(config)
     if not uses_feature_cache(config):
         return False
-    _attach_feature_caches(config, RunData(config), verbose=False)
+    attach_feature_caches(config, RunData(config), verbose=False)
     return True
 
 
@@ -243,7 +244,7 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
                                        auto_insert_metric_name=False)] if trainer_cfg.save_last else []
     # Bars redraw with carriage returns: right on a terminal, noise in a log file, CI or `| tee`.
     # There the same progress_bar: true gives one line per epoch instead.
-    bars = trainer_cfg.progress_bar and _is_terminal(sys.stderr)
+    bars = trainer_cfg.progress_bar and is_terminal(sys.stderr)
     lines = [EpochLines(stage)] if trainer_cfg.progress_bar and not bars else []
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -394,7 +395,7 @@ def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = 
         _check_trainer_options(config)
         build_module(stages_for(config)[0], config, data)
     # Before the run directory too: a failed extraction (e.g. a full disk) leaves nothing half-written.
-    _attach_feature_caches(config, data, verbose, report_reuse=report_cache)
+    attach_feature_caches(config, data, verbose, report_reuse=report_cache)
     if not (run_dir / "config.yaml").is_file():
         init_run_dir(config, run_dir)
     metrics = read_metrics(run_dir) or empty_metrics(config)

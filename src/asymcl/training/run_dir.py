@@ -22,9 +22,26 @@ from asymcl.atomic import atomic_write_json, atomic_write_yaml
 from asymcl.errors import CheckpointError, ConfigError
 from asymcl.training.config import RunConfig, config_differences, resolve_config, run_identity
 
+# Where a launcher puts this process's rank, in the order Lightning reads them for its own
+# rank_zero_only (lightning.fabric.utilities.rank_zero._get_rank), so the process that writes the
+# run's files is the one whose loggers Lightning keeps. Read on every call, not once at import as
+# Lightning does: a sweep worker or test may set them later in the same process.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher (torchrun, Lightning's DDP re-launch, SLURM)
+    set it in the environment; 0 when none did."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None:
+            return int(value)
+    return 0
+
 
 def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+    """The process that writes the run directory and prints results: rank 0 (:func:`launch_rank`)."""
+    return launch_rank() == 0
 
 
 def default_run_dir(config: RunConfig) -> str:
