@@ -3,7 +3,7 @@
 Why processes: the runs of a CPU preset are small (a 256-wide adapter on cached features, or a
 3-conv CNN on 28 px images), and their tensors use torch's intra-op threads poorly. On 2 cores, two
 workers of one thread each finished the levers sweeps about 1.7x sooner than one worker with two
-threads (docs/results.md). Lightning's multi-process strategies split one run, not a grid, so the
+threads (docs/results-archive.md). Lightning's multi-process strategies split one run, not a grid, so the
 grid is split here, on top of the run locks that already let any number of workers share one sweep
 directory (:func:`asymcl.experiments.workers.run_points`).
 

@@ -69,7 +69,7 @@ _FULL_TRAINING = {
 # image and data.cache_views augmented views per training image, extracted once, shared by all runs:
 # the cache seed is not the run seed). ISIC uses Lite2 and Lite0 side by side at 260 px, features
 # concatenated: of the three encoders run through this whole preset (Lite2, Lite0, both; 3 seeds,
-# docs/results.md "Choosing the ISIC encoder"), it has the best validation UA averaged over the seven
+# docs/results-archive.md "Choosing the ISIC encoder"), it has the best validation UA averaged over the seven
 # methods (62.8 against 61.4 and 61.1), the rule fixed before the comparison. On an idle 2-core
 # machine its one-time extraction takes about 29 min and the preset's training about 9 min with
 # --workers 2. (A linear probe on seed 0's split alone had picked Lite2: benchmarks/README.md.)
