@@ -112,7 +112,7 @@ def test_missing_or_other_frozen_weights_are_one_clear_error(tmp_path, weights_f
     run(frozen_config(tmp_path, weights_file, method="ce", **{"stage1.epochs": 1}), out)
     state = torch.load(weights_file)
     weights_file.unlink()
-    with pytest.raises(CheckpointError, match=r"best.ckpt stores the frozen small_cnn weights .*does not exist"):
+    with pytest.raises(CheckpointError, match=r"best.ckpt stores the frozen small_cnn weights .*is not a file"):
         load_checkpoint(out / "checkpoints/baseline/best.ckpt")
     with pytest.raises(AsymclError, match=str(weights_file)):  # predict/export: the config names it first
         RunModel(out)
