@@ -155,8 +155,7 @@ class Stage2Config(OptimisationConfig):
 class ProbeConfig(Section):
     """``method=probe``: LogisticRegression(class_weight="balanced") on the frozen encoder's features."""
 
-    c: float = option(0.003, check.number(0.0, exclusive=True),
-                      "inverse regularisation strength C of the probe (on standardised features)")
+    c: float = option(1.0, check.number(0.0, exclusive=True), "inverse regularisation strength C of the probe")
     max_iter: int = option(2000, check.integer(10), "L-BFGS iterations of the probe")
 
 

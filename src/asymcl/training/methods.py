@@ -186,9 +186,11 @@ class Method:
 _ALL = (
     Method("probe", "Probe", PROBE, "class-weighted logistic regression (scikit-learn) on the frozen pretrained "
            "encoder's clean features; probe.c is its inverse regularisation",
-           # Default first: on 1,280-2,688 standardised ImageNet features and a few thousand images,
+           # The first point, which every comparison scores: on 1,280-2,688 standardised ImageNet features and a few thousand images,
            # validation chose C = 0.001-0.003 (benchmarks/isic_linear_probe.py, 3 seeds); scikit-learn's
-           # 1.0 is a few-feature default and left the probe 6 points short on ISIC at a budget of 2.
+           # 1.0 is a few-feature default and left the probe 4.5 points short on ISIC at a budget of 2.
+           # (probe.c's own default stays 1.0: it is part of every run's config hash, and changing it
+           # would rename and refuse to resume every run directory made before.)
            search_space={"probe.c": (0.003, 0.01, 0.001, 0.03, 0.0003, 0.1, 0.3, 1.0, 3.0, 10.0)}),
     Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)",
            search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2)}),
