@@ -145,11 +145,11 @@ PRESET_METHODS: dict[str, tuple[str, ...]] = {
 
 # The budget: validation-scored settings per method, the same for every method of a table
 # (experiments/fair.py draws them from each method's own search space). Sized from the per-run
-# times of the last measured runs (docs/results.md): on 2 cores a quick table of 7 methods x 2
-# settings x 3 seeds is 42 runs (fmnist-lt quick ran 27 runs in 17 min with --workers 2), and the
-# pretrained ISIC table of 7 trained methods x 2 settings x 5 seeds is 70 runs of about 17 s (36
-# took 10 min) plus 10 probe fits of seconds, after the 29-min extraction. A table that does not
-# fit gets fewer settings for every method, never fewer for some.
+# times measured under this protocol (docs/results.md, 2 cores, --workers 2): a quick table of 7
+# methods x 2 settings x 3 seeds is 42 runs, 31-34 min; the pretrained ISIC table of 8 methods x 2
+# settings x 5 seeds is 80 runs, 18 min of training after a 43-min one-time extraction (62 min in
+# all, on a shared machine). A table that does not fit gets fewer settings for every method, never
+# fewer for some.
 BUDGETS = {"quick": 2, "full": 8, "pretrained": 2, "gpu": 1}
 SEEDS = {"quick": _SEEDS_QUICK, "full": _SEEDS_FULL, "pretrained": _SEEDS_FULL, "gpu": [0, 1]}
 
