@@ -7,7 +7,7 @@ Every value is a fraction (0.85, not 85), unrounded. ``to_dict()`` gives the lay
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -20,7 +20,7 @@ class Score:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n}
+        return asdict(self)  # every field, in declaration order: report.json's layout
 
 
 @dataclass
@@ -102,7 +102,7 @@ class PaperClaim:
     sentence: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "split": self.split, "title": self.title, "sentence": self.sentence}
+        return asdict(self)  # every field, in declaration order: report.json's layout
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class CandidateScore:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "val_ua": self.val_ua, "n": self.n}
+        return asdict(self)  # every field, in declaration order: report.json's layout
 
 
 @dataclass
