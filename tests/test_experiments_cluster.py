@@ -157,6 +157,73 @@ def test_duplicate_proposals_defer_to_the_finished_or_lower_numbered_trial():
     assert duplicate_of(study, first, {"g": 5.0}, _round) is None  # a failed trial does not count
 
 
+def test_the_last_place_in_the_budget_goes_to_a_retry_then_to_the_lower_number():
+    import optuna
+
+    from asymcl.experiments.shared_study import over_budget
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.1, 10)
+    study.add_trial(optuna.create_trial(params={"g": 1.0}, distributions={"g": dist}, value=0.5))  # 0
+    study.add_trial(optuna.create_trial(params={"g": 2.0}, distributions={"g": dist},
+                                        state=optuna.trial.TrialState.FAIL))  # 1: never counts
+    # Two workers both counted 1 COMPLETE + 0 RUNNING < 2 and created a trial each.
+    first, second = study.ask(), study.ask()  # 2 and 3
+    assert not over_budget(study, first.number, 2)  # the lower number takes the last place
+    assert over_budget(study, second.number, 2)
+    assert not over_budget(study, second.number, 3)  # with room for both, both go on
+    # A retry of a dead trial (created later, so with a higher number) comes before fresh trials:
+    # it resumes half-trained run folders that nothing else would finish.
+    study.enqueue_trial({"g": 4.0}, user_attrs={})
+    retry = study.ask()  # 4
+    study._storage.set_trial_system_attr(retry._trial_id, "failed_trial", 1)
+    assert not over_budget(study, retry.number, 2)
+    assert over_budget(study, first.number, 2)
+
+
+def test_a_trial_over_budget_trains_nothing_and_is_not_counted(monkeypatch):
+    """Two workers both saw room for the last trial; the one with the higher number stops before
+    training, ends FAIL (not counted), and this worker then waits for the other's trial."""
+    import optuna
+
+    from asymcl.experiments import shared_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.1, 10)
+    study.add_trial(optuna.create_trial(params={"g": 1.0}, distributions={"g": dist}, value=0.5))  # 0
+    trained, lines, rival = [], [], []
+    optimize = study.optimize
+
+    def other_worker_first(*args, **kwargs):
+        if not rival:  # another worker creates its trial between this worker's count and its ask
+            rival.append(study.ask())
+        return optimize(*args, **kwargs)
+
+    monkeypatch.setattr(study, "optimize", other_worker_first)
+
+    def objective(trial):
+        trial.suggest_float("g", 0.1, 10)
+        if shared_study.over_budget(study, trial.number, 2):
+            trial.set_user_attr(shared_study.OVER_BUDGET_ATTR, True)
+            raise shared_study.OverBudget(2)
+        trained.append(trial.number)
+        return 1.0
+
+    def progress(line):
+        lines.append(line)
+        if "waiting for them" in line:
+            study.tell(rival[0], 0.7)  # the other worker finishes
+
+    retry = shared_study.DbRetry("memory", 0, lines.append)
+    shared_study.run_trials(study, objective, 2, retry=retry, progress=progress, label="x", poll_seconds=0)
+    assert trained == []
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert study.trials[2].user_attrs == {shared_study.OVER_BUDGET_ATTR: True}
+    assert any("1/2 trials complete, 1 running" in line for line in lines)
+
+
 def _start_workers(tmp_path: Path, args: list[str], n: int, hang: str) -> tuple[list[subprocess.Popen], Path]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -342,8 +409,8 @@ def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
     folders = sorted(p.name for p in iter_run_dirs(out))
     assert sorted(trial_runs) == folders and all(is_complete(out / f) for f in folders)  # 1 seed: 1 folder a trial
     failed = [t for t in study.trials if t.state.name == "FAIL"]
-    killed = [t for t in failed if "duplicate_of" not in t.user_attrs]
-    assert len(killed) == 1  # the victim's trial; every other FAIL is a duplicate proposal
+    killed = [t for t in failed if "duplicate_of" not in t.user_attrs and "over_budget" not in t.user_attrs]
+    assert len(killed) == 1  # the victim's trial; every other FAIL is a duplicate or over the budget
     trials = [(t.number, t.state.name, t.params, t.user_attrs, t.system_attrs) for t in study.trials]
     # The killed run folder is finished by exactly one counted trial: usually the retry of the
     # killed trial; but a worker that proposes the same point after the dead trial is failed and
@@ -354,7 +421,7 @@ def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
     assert len(retries) == 1, trials
     assert finisher[0].number in (retries[0].number, retries[0].user_attrs.get("duplicate_of")), trials
-    assert all(t.user_attrs["duplicate_of"] != t.number for t in failed if t not in killed)
+    assert all(t.user_attrs.get("duplicate_of") != t.number for t in failed if t not in killed)
     _assert_each_stage_trained_once(log, procs[0].pid, killed_run, out)
     report = build_report(out, tmp_path / "report", tsne_points=50, progress=lambda _: None)
     assert "4 finished runs under" in report.markdown.read_text()

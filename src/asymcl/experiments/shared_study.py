@@ -16,7 +16,13 @@ Used by :func:`asymcl.experiments.study.run_study`. What each piece is for:
   COMPLETE trials = distinct points evaluated, and each has one run folder per seed.
 - **The budget** ``n_trials`` counts COMPLETE trials over all workers. A worker starts a new
   trial only while COMPLETE + RUNNING + WAITING trials are fewer than ``n_trials``; otherwise it
-  waits (polling) until the running ones finish, or picks up the retry of one that died.
+  waits (polling) until the running ones finish, or picks up the retry of one that died. That
+  count and the trial's creation are two database calls, so two workers can both see room for
+  one more; hence the trial itself checks again before it trains (:func:`over_budget`): it goes
+  ahead only if the COMPLETE trials plus the live trials that precede it (retries of dead trials
+  first, then lower numbers) leave room. Otherwise it ends as FAIL with the user attribute
+  ``over_budget`` and trains nothing. Trial numbers are handed out by the database, so the
+  workers agree on that order without a lock.
 - **Database briefly unreachable**: every database call of the worker loop is retried with
   exponential backoff (1 s, 2 s, ... up to 60 s between tries) and a progress line, for up to
   ``db_wait`` seconds; the heartbeat thread keeps beating through errors instead of dying; a
@@ -46,6 +52,16 @@ MAX_DUPLICATES_IN_A_ROW = 25
 _PERMANENT = ("authentication failed", "does not exist", "no password supplied", "role ")
 
 
+OVER_BUDGET_ATTR = "over_budget"
+
+
+class OverBudget(Exception):
+    """Live trials that precede this one already fill the study's budget."""
+
+    def __init__(self, n_trials: int):
+        super().__init__(f"the budget of {n_trials} trials is taken by earlier trials")
+
+
 class DuplicatePoint(Exception):
     """The trial's rounded point is evaluated by another (lower-numbered or finished) trial."""
 
@@ -58,7 +74,7 @@ def _drop_duplicate_warnings(record: logging.LogRecord) -> bool:
     """Optuna logs every caught exception as "Trial N failed"; for a duplicate that is misleading
     (the point is evaluated, by another trial), and the worker prints its own line."""
     exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, DuplicatePoint)
+    return not isinstance(exc, (DuplicatePoint, OverBudget))
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -175,6 +191,37 @@ def duplicate_of(study, trial, proposal: dict[str, float], rounding: Callable[[f
     return None
 
 
+def _is_retry(trial) -> bool:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) is not None
+
+
+def over_budget(study, number: int, n_trials: int) -> bool:
+    """Whether trial ``number`` would go past ``n_trials``: the COMPLETE trials plus the RUNNING or
+    WAITING trials that precede it already make ``n_trials``.
+
+    Precedence: a retry of a dead trial comes before any fresh trial (it resumes run folders that
+    are already half-trained, and skipping it would leave them orphaned), then the lower number.
+    Every worker reads the same trials, so two workers racing for the last place agree on which of
+    them takes it. Trials marked as duplicates or over budget are FAIL, so they never count.
+    """
+    import optuna
+
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    me = next(t for t in trials if t.number == number)
+
+    def rank(trial) -> tuple[int, int]:
+        return (0 if _is_retry(trial) else 1, trial.number)
+
+    complete = sum(t.state == states.COMPLETE for t in trials)
+    ahead = sum(t.state in (states.RUNNING, states.WAITING) and rank(t) < rank(me) for t in trials)
+    return complete + ahead >= n_trials
+
+
 class _Teller:
     """Remembers an objective value until Optuna has stored it (see :func:`run_trials`)."""
 
@@ -187,8 +234,8 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
                label: str, poll_seconds: float = 5.0) -> None:
     """Run trials of ``study`` in this worker until it has ``n_trials`` COMPLETE trials.
 
-    ``objective(trial) -> float`` may raise :class:`DuplicatePoint` (the trial ends FAIL and is
-    not counted) or RuntimeError (a failed trial, logged by Optuna).
+    ``objective(trial) -> float`` may raise :class:`DuplicatePoint` or :class:`OverBudget` (the
+    trial ends FAIL and is not counted) or RuntimeError (a failed trial, logged by Optuna).
     """
     import optuna
 
@@ -235,7 +282,7 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
             try:
                 # Not inside retry(): after a lost connection the next step is to store this trial's
                 # result (top of the loop), not to start another trial.
-                study.optimize(remembering, n_trials=1, catch=(RuntimeError, DuplicatePoint))
+                study.optimize(remembering, n_trials=1, catch=(RuntimeError, DuplicatePoint, OverBudget))
                 teller.pending = None
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Its heartbeat lapsed (e.g. the database was away) and another worker failed and

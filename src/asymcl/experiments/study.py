@@ -174,12 +174,17 @@ def run_study(
             sampler=optuna.samplers.TPESampler(seed=sampler_seed),
         ))
 
-        def objective(trial: optuna.Trial, group: StudyGroup = group) -> float:
+        def objective(trial: optuna.Trial, group: StudyGroup = group, study: optuna.Study = study) -> float:
             proposal = {}
             for key in group.searched:
                 bounds = space[key]
                 proposal[key] = _round(trial.suggest_float(key, bounds["low"], bounds["high"], log=bounds["log"]))
             check_duplicate(trial, proposal, after_training=False)
+            if retry("checking the budget", lambda: shared_study.over_budget(study, trial.number, n_trials)):
+                retry("marking a trial over budget", lambda: trial.set_user_attr(shared_study.OVER_BUDGET_ATTR, True))
+                progress(f"[optuna] trial {trial.number} {group.label}: earlier trials already fill the "
+                         f"budget of {n_trials}; not counted, nothing trained")
+                raise shared_study.OverBudget(n_trials)
             method = group.values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
             points = []
             for seed in group.seeds:
