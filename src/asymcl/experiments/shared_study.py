@@ -22,7 +22,8 @@ Used by :func:`asymcl.experiments.study.run_study`. What each piece is for:
   ahead only if the COMPLETE trials plus the live trials that precede it (retries of dead trials
   first, then lower numbers) leave room. Otherwise it ends as FAIL with the user attribute
   ``over_budget`` and trains nothing. Trial numbers are handed out by the database, so the
-  workers agree on that order without a lock.
+  workers agree on that order without a lock. Left open: Optuna marks a dead trial FAIL and then
+  enqueues its retry in two calls; a fresh trial created between them does not see the retry.
 - **Database briefly unreachable**: every database call of the worker loop is retried with
   exponential backoff (1 s, 2 s, ... up to 60 s between tries) and a progress line, for up to
   ``db_wait`` seconds; the heartbeat thread keeps beating through errors instead of dying; a
