@@ -10,7 +10,7 @@ import yaml
 
 from asymcl.cli import main
 from asymcl.errors import ConfigError
-from asymcl.experiments.reproduce import BUDGETS, PRESET_METHODS, PRESETS, SEEDS, preset_spec, reproduce
+from asymcl.experiments.reproduce import PRESET_METHODS, PRESETS, SEEDS, preset_budget, preset_spec, reproduce
 from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
 
@@ -36,7 +36,7 @@ def test_every_preset_resolves_to_valid_run_configs(preset, profile, data_paths)
     # the same budget for every method, and every method's own search space used
     settings = {m: {json.dumps({k: v for k, v in p.overrides.items() if k != "seed" and not k.startswith("data.")},
                                sort_keys=True) for p in points if p.overrides["method"] == m} for m in methods}
-    assert {len(s) for s in settings.values()} == {BUDGETS[profile]}
+    assert {len(s) for s in settings.values()} == {preset_budget(preset, profile)}
     runs = {m: len([p for p in points if p.overrides["method"] == m]) for m in methods}
     assert len(set(runs.values())) == 1
     assert all(c["stage2"]["augment"] is False for c in configs.values())  # one classifier input for all
@@ -73,9 +73,9 @@ def test_reproduce_runs_the_sweep_then_writes_the_report(tmp_path, data_paths):
     assert written["grid"] == {"seed": SEEDS["quick"]} and set(written["settings"]) == set(PRESET_METHODS["quick"])
     text = result.report.markdown.read_text()
     assert "asymcl reproduce isic2018 --data x" in text and "| AFCL |" in text
-    assert "Budget: 2 validation-scored setting(s) per method, the same for every row" in text
+    assert "Budget: 1 validation-scored setting(s) per method, the same for every row" in text
     table = json.loads(result.report.json.read_text())["settings"][0]["table"]
-    assert {row["n_candidates"] for row in table.values()} == {BUDGETS["quick"]}
+    assert {row["n_candidates"] for row in table.values()} == {preset_budget("isic2018", "quick")}
     assert (result.report.markdown.parent / "runs.csv").is_file()
     # again: nothing is re-run
     again = RecordingRunner()

@@ -14,7 +14,7 @@ import torch
 from asymcl.cli import main
 from asymcl.errors import ConfigError, DataError
 from asymcl.experiments import fair
-from asymcl.experiments.reproduce import BUDGETS, PRESET_METHODS, PRESETS, PROFILES, preset_spec
+from asymcl.experiments.reproduce import PRESET_METHODS, PRESETS, PROFILES, preset_budget, preset_spec
 from asymcl.experiments.stats import holm, min_detectable_difference, paired_difference
 from asymcl.experiments.sweep import expand, parse_spec
 from asymcl.training import methods
@@ -50,7 +50,7 @@ def test_every_preset_gives_every_method_the_same_number_of_settings(preset, pro
         return
     counts = _settings_per_method(raw)
     assert set(counts) == set(PRESET_METHODS[profile])
-    assert set(counts.values()) == {BUDGETS[profile]}, counts
+    assert set(counts.values()) == {preset_budget(preset, profile)}, counts
 
 
 def test_settings_come_from_each_methods_own_space_default_first():

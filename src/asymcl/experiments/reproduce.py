@@ -151,6 +151,16 @@ PRESET_METHODS: dict[str, tuple[str, ...]] = {
 # all, on a shared machine). A table that does not fit gets fewer settings for every method, never
 # fewer for some.
 BUDGETS = {"quick": 2, "full": 8, "pretrained": 2, "gpu": 1}
+# ISIC quick at 2 settings was measured at 4-5 min per run per worker (10 + 10 epochs on about 4,800
+# images at 28 px): 42 runs, about 85 min on 2 cores, over the quick profile's 45 min. So every
+# method of that table gets 1 setting (its space's default), decided before its results were read:
+# 21 runs, about 45 min.
+_PRESET_BUDGETS = {("isic2018", "quick"): 1}
+
+
+def preset_budget(preset: str, profile: str) -> int:
+    """Validation-scored settings per method in ``reproduce PRESET --profile PROFILE``."""
+    return _PRESET_BUDGETS.get((preset, profile), BUDGETS[profile])
 SEEDS = {"quick": _SEEDS_QUICK, "full": _SEEDS_FULL, "pretrained": _SEEDS_FULL, "gpu": [0, 1]}
 
 # The shared grid of each preset (what every method runs over besides its own settings and seeds).
@@ -227,7 +237,8 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick", *,
         grid = copy.deepcopy(GRIDS[preset][profile])
     grid["seed"] = list(SEEDS[profile])
     return comparison_spec(f"{preset}-{profile}", f"asymcl reproduce {preset} --profile {profile}", base,
-                           list(methods or PRESET_METHODS[profile]), budget or BUDGETS[profile], grid)
+                           list(methods or PRESET_METHODS[profile]),
+                           budget or preset_budget(preset, profile), grid)
 
 
 def _official_layout(profile: str, preset: str, data: Path, training: dict[str, Any],
