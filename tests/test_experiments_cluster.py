@@ -105,6 +105,20 @@ def test_a_point_held_by_another_worker_is_put_aside_then_resumed_or_counted(tmp
     assert "3/3 runs complete (1 by other workers)" in lines[-1]
 
 
+def test_a_worker_process_that_dies_is_named_and_its_runs_finished_by_the_others(tmp_path, monkeypatch, capsys):
+    from asymcl.cli import main
+    from asymcl.experiments import parallel
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "base": TINY, "grid": {"method": ["ce"], "seed": [0]}}))
+    dies = [sys.executable, "-c", "raise SystemExit(3)"]
+    monkeypatch.setattr(parallel, "spawn_workers", lambda *a, **k: [subprocess.Popen(dies)])
+    out = tmp_path / "runs"
+    assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2"]) == 0
+    assert is_complete(out / "ce_s0")
+    assert "worker 2 exited with status 3; the other workers finished its runs" in capsys.readouterr().err
+
+
 def test_database_errors_are_retried_with_backoff_then_a_clear_error():
     import sqlalchemy.exc as sa
 

@@ -428,8 +428,13 @@ def run_sweep(
     try:
         result = run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
                             poll_seconds=poll_seconds, label="worker 1")
-        for child in children:
-            child.wait()
+        for number, child in enumerate(children, start=2):
+            # A worker that died left its runs to the others (result says whether all finished);
+            # its exit status is still worth a line, since its own output may have scrolled away.
+            if child.wait() != 0:
+                progress(f"[{label}] worker {number} exited with status {child.returncode}; "
+                         + ("the other workers finished its runs" if result.complete else
+                            "see its output above; run the same command again to resume"))
     finally:
         torch.set_num_threads(before)
         parallel.stop_workers(children)
