@@ -94,3 +94,11 @@ def test_the_claim_grid_arms(tmp_path):
     for a, b in zip(small["settings"]["afcl"], large["settings"]["afcl"], strict=True):
         assert b["loss.eta"] == pytest.approx(16 * a["loss.eta"], rel=1e-3)  # eta follows N
     assert small["base"]["stage1.batch_size"] == 32
+
+
+def test_the_cli_offers_exactly_the_claim_grids_profiles():
+    from asymcl.experiments.claim_presets import GRIDS
+    from asymcl.experiments.preset_names import CLAIM_PROFILES
+
+    assert tuple(GRIDS) == CLAIM_PROFILES
+

@@ -373,3 +373,12 @@ def test_the_report_says_when_seeds_share_one_draw_of_views(tmp_path):
             write(tmp_path, method, method, seed, 0.01 if method == "afcl" else 0.0, **{"model.finetune": "frozen"})
     result = build_report(tmp_path, tmp_path / "report", command="x", progress=lambda _: None)
     assert "Every seed trained on one draw of cached augmented views (data.cache_seed=0)" in result.markdown.read_text()
+
+
+def test_compare_names_its_default_folder_after_the_data():
+    from asymcl.experiments.compare import default_out
+    from asymcl.training.config import SCHEMA
+
+    assert default_out(["data.root=/x/my_lesions.csv"], "quick").name == "compare-my_lesions-quick"
+    assert default_out({"data.dataset": "fashion-mnist"}, "pretrained").name == "compare-fashion-mnist-pretrained"
+    assert default_out([], "quick").name == f"compare-{SCHEMA['data.dataset'][0]}-quick"  # the config's default

@@ -155,7 +155,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from asymcl.experiments.preset_names import COMPARE_PROFILES, PRESETS, PROFILES  # torch-free: names only
+    from asymcl.experiments.preset_names import (  # torch-free: names only
+        CLAIM_PROFILES,
+        COMPARE_PROFILES,
+        PRESETS,
+        PROFILES,
+    )
 
     sweep = subparsers.add_parser(
         "sweep", help="run a grid of runs (or an Optuna study) from a sweep YAML file",
@@ -263,7 +268,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "batch 32 and 512, 10 seeds; arms: every method tuned with the same budget, the authors' advice "
                     "fixed (gamma 10, eta 300), and eta scaled with the batch size. Resumable.")
     grid.add_argument("--data", required=True, metavar="PATH", help="the Fashion-MNIST IDX folder")
-    grid.add_argument("--profile", choices=("pretrained", "quick"), default="pretrained",
+    grid.add_argument("--profile", choices=CLAIM_PROFILES, default=CLAIM_PROFILES[0],
                       help="pretrained: frozen Lite0 from the feature cache (default); quick: small CNN from scratch, "
                            "rho 1 and 100 only")
     grid.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default 10)")

@@ -260,8 +260,8 @@ def compare(overrides: Mapping[str, Any] | Sequence[str], out: str | Path, *, pr
 
 def default_out(overrides: Mapping[str, Any] | Sequence[str], profile: str) -> Path:
     """``runs/compare-<dataset or root name>-<profile>``."""
-    from asymcl.training.config import parse_overrides
+    from asymcl.training.config import SCHEMA, parse_overrides
 
     flat = parse_overrides(dict(overrides) if isinstance(overrides, Mapping) else list(overrides))
-    name = Path(str(flat["data.root"])).stem if flat.get("data.root") else str(flat.get("data.dataset", "digits"))
+    name = Path(str(flat["data.root"])).stem if flat.get("data.root") else str(flat.get("data.dataset", SCHEMA["data.dataset"][0]))
     return Path("runs") / f"compare-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{profile}"

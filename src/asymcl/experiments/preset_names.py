@@ -13,3 +13,5 @@ PRESETS = ("fmnist-binary", "fmnist-lt", "isic2018")
 PROFILES = ("quick", "full", "pretrained", "gpu")
 #: ``asymcl compare --profile``.
 COMPARE_PROFILES = ("quick", "pretrained")
+#: ``asymcl claim-grid --profile`` (the first is the default).
+CLAIM_PROFILES = ("pretrained", "quick")
