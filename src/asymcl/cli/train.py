@@ -22,10 +22,10 @@ def register(subparsers) -> None:
     predict.add_argument("--images", required=True, help="an image file or a folder of images")
     predict.add_argument("--out", help="CSV file to write (default: print the CSV)")
     # Checked by asymcl.training.predict (formats()): no torch import just to build --help.
-    from asymcl.data.spec import submission_formats  # torch-free: the dataset table only
+    from asymcl.data.spec import DEFAULT_PREDICTIONS_FORMAT, submission_formats  # torch-free: the dataset table only
 
-    predict.add_argument("--format", default="asymcl",
-                         help="asymcl: path,pred,pred_class,prob_<class>...,image (default); or the submission "
+    predict.add_argument("--format", default=DEFAULT_PREDICTIONS_FORMAT,
+                         help=f"{DEFAULT_PREDICTIONS_FORMAT}: path,pred,pred_class,prob_<class>...,image (default); or the submission "
                          f"format of a dataset that has one: {', '.join(submission_formats()) or 'none'}")
     predict.add_argument("--tta", nargs="?", type=int, const=-1, default=None, metavar="N",
                          help="average the probabilities over each image and N augmented views seeded as the run's "

@@ -119,6 +119,11 @@ def downloadable() -> list[str]:
     return [name for name, info in DATASETS.items() if info.download is not None]
 
 
+#: The format ``asymcl predict`` writes by default (its own CSV); the datasets' submission formats
+#: (:func:`submission_formats`) are the others.
+DEFAULT_PREDICTIONS_FORMAT = "asymcl"
+
+
 def submission_formats() -> list[str]:
     """The datasets whose own predictions format ``asymcl predict --format`` can write."""
     return [name for name, info in DATASETS.items() if info.submission is not None]

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from asymcl.atomic import atomic_write_bytes
-from asymcl.data.spec import DATASETS, IMAGE_SUFFIXES, submission_formats
+from asymcl.data.spec import DATASETS, DEFAULT_PREDICTIONS_FORMAT, IMAGE_SUFFIXES, submission_formats
 from asymcl.errors import CheckpointError, DataError
 from asymcl.training.checkpoints import load_module_weights
 from asymcl.training.config import resolve_config
@@ -106,7 +106,7 @@ class RunModel:
 
 #: The format ``predict`` writes by default; a dataset with a submission format
 #: (``DatasetInfo.submission``, e.g. isic2018) is another (:func:`formats`).
-DEFAULT_FORMAT = "asymcl"
+DEFAULT_FORMAT = DEFAULT_PREDICTIONS_FORMAT
 
 
 def formats() -> list[str]:
