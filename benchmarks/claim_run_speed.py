@@ -17,8 +17,13 @@ may extract the feature cache, and imports and warms everything) is not counted.
 run's wall, then per batch size the median before, after, and their ratio, and whether the two
 variants' metrics.json (final, history, best) and predictions.csv are identical.
 
+``--extraction N`` then times the one-time extraction of a seed's training entry (N of its training
+images, clean + 4 views): alone, and beside seed 0's entry of the same images, whose clean features
+it takes (issue 22: only the views are computed); the views must come out identical.
+
     python benchmarks/claim_run_speed.py --data /work/shared/datasets/fashion-mnist \\
-        [--cache-dir DIR] [--rho 200] [--method afcl] [--batches 32 512] [--repeats 2] [--threads 1]
+        [--cache-dir DIR] [--rho 200] [--method afcl] [--batches 32 512] [--repeats 2] [--threads 1] \\
+        [--extraction N] [--extraction-threads 2]
 """
 
 from __future__ import annotations
@@ -71,6 +76,42 @@ def _outputs(run_dir: Path) -> tuple:
     return {k: metrics[k] for k in ("final", "history", "best")}, (run_dir / "predictions.csv").read_bytes()
 
 
+def _extraction(config: dict, images: int, threads: int) -> None:
+    """Seconds to build seed 1's training entry (clean + views) of ``images`` training images, alone
+    (an empty cache folder) and beside seed 0's entry of the same images (its clean features are
+    taken, only the views are computed), alternating, in fresh temporary folders."""
+    from asymcl.data.feature_cache import build_feature_cache
+    from asymcl.training.config import resolve_config
+    from asymcl.training.encoder import build_encoder
+    from asymcl.training.modules import augmentation_preset
+    from asymcl.training.run_data import RunData
+
+    torch.set_num_threads(threads)
+    config = resolve_config(config)
+    data = RunData(config)
+    dataset = data.splits["train"].subset(range(images))
+    frozen = build_encoder(config, data.channels, data.image_hw).frozen_input().eval()
+    kwargs = dict(augmentation=augmentation_preset(config, data.dataset_name, data.channels),
+                  views=config.data.cache_views, precision="fp32", view_precision=config.data.cache_precision,
+                  progress=False, log=lambda message: None)
+    times: dict[str, float] = {}
+    built = {}
+    with tempfile.TemporaryDirectory(prefix="claim-extraction-") as tmp:
+        shared = Path(tmp) / "shared"
+        build_feature_cache(dataset, frozen, seed=0, cache_dir=shared, **kwargs)  # seed 0's entry, not timed
+        for variant in ("alone", "beside seed 0"):
+            start = time.perf_counter()
+            folder = Path(tmp) / "alone" if variant == "alone" else shared
+            built[variant] = build_feature_cache(dataset, frozen, seed=1, cache_dir=folder, **kwargs)
+            times[variant] = time.perf_counter() - start
+    same_views = torch.equal(built["alone"].views, built["beside seed 0"].views)
+    clean = (built["alone"].clean.float() - built["beside seed 0"].clean.float()).abs().max().item()
+    print(f"\nseed 1's training entry, {images} images x (clean + {config.data.cache_views} views), {threads} thread(s):")
+    print(f"  alone {times['alone']:.1f} s, beside seed 0's entry {times['beside seed 0']:.1f} s "
+          f"(ratio {times['beside seed 0'] / times['alone']:.2f}); views identical: {'yes' if same_views else 'NO'}; "
+          f"clean features' largest difference {clean:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the Fashion-MNIST folder (four IDX files)")
@@ -78,14 +119,24 @@ def main() -> None:
     parser.add_argument("--rho", type=float, default=200)
     parser.add_argument("--method", default="afcl")
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 512])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant and batch size (0: none)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--extraction", type=int, default=0, metavar="N",
+                        help="also time seed 1's training entry of N images alone and beside seed 0's "
+                             "(the clean features taken), with --extraction-threads threads")
+    parser.add_argument("--extraction-threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    configs = _configs(args.data, args.rho, args.method, args.batches, args.cache_dir)
+    if args.repeats:
+        _runs(configs, args)
+    if args.extraction:
+        _extraction(configs[args.batches[0]], args.extraction, args.extraction_threads)
 
+
+def _runs(configs: dict[int, dict], args: argparse.Namespace) -> None:
     from asymcl.training.pipeline import run
 
-    configs = _configs(args.data, args.rho, args.method, args.batches, args.cache_dir)
     walls: dict[tuple[int, str], list[float]] = {}
     outputs: dict[tuple[int, str], tuple] = {}
     with tempfile.TemporaryDirectory(prefix="claim-run-speed-") as tmp:
