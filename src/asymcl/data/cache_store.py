@@ -60,7 +60,6 @@ def read_shard(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-
 # Shards already read and checked by this process, by file identity: a sweep worker trains one run
 # after another from the same entries, and reading and hashing them again was about 1.5 s of each
 # pretrained Fashion-MNIST run (benchmarks/claim_run_speed.py). A shard is named by the SHA-256 of
@@ -91,7 +90,7 @@ def read_shard_memo(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
             array.setflags(write=False)
         _MEMO[identity] = arrays
         while sum(a.nbytes for held in _MEMO.values() for a in held.values()) > _MEMO_BYTES:
-            _MEMO.popitem(last=False)
+            _MEMO.popitem(last=False)  # the least recently used
     return arrays
 
 
