@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import stat
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +57,40 @@ def read_shard(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
         return None
     if str(arrays["key"]) != key_hash or len(arrays["fingerprints"]) != len(arrays["clean"]):
         return None
+    return arrays
+
+
+# Shards already read and checked by this process, by file identity: a sweep worker trains one run
+# after another from the same entries, and reading and hashing them again was about 1.5 s of each
+# pretrained Fashion-MNIST run (benchmarks/claim_run_speed.py). A shard is named by the SHA-256 of
+# its bytes and only ever replaced by a rename (a new inode), so the same (inode, size, mtime) is
+# the same bytes. The arrays are read-only: every reader shares them. Bounded, least recently used
+# first out, so a cache of large maps (model.finetune=last:K) is simply read each time.
+_MEMO_BYTES = 1 << 30
+_MEMO: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+
+
+def read_shard_memo(path: Path, key_hash: str) -> dict[str, np.ndarray] | None:
+    """:func:`read_shard`, kept in memory (read-only arrays) for this process's next reads."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    identity = (str(path), info.st_ino, info.st_size, info.st_mtime_ns, key_hash)
+    arrays = _MEMO.get(identity)
+    if arrays is not None:
+        _MEMO.move_to_end(identity)
+        return arrays
+    arrays = read_shard(path, key_hash)
+    if arrays is None:
+        return None
+    size = sum(array.nbytes for array in arrays.values())
+    if size <= _MEMO_BYTES:
+        for array in arrays.values():
+            array.setflags(write=False)
+        _MEMO[identity] = arrays
+        while sum(a.nbytes for held in _MEMO.values() for a in held.values()) > _MEMO_BYTES:
+            _MEMO.popitem(last=False)  # the least recently used
     return arrays
 
 
@@ -168,9 +203,12 @@ def write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: 
 
 
 # Everything in a key that concerns only the views. Two entries whose keys agree on the rest hold
-# the same clean features, so an entry without views (validation, test) takes what an entry with
-# views (training) already computed: with a seeded split, most of one seed's validation images are
-# another seed's training images (ISIC: 1,725 of 2,709 clean passes, about 2 min, saved per preset).
+# the same clean features, so an entry takes the clean features another one already computed: one
+# without views (validation, test) as a shard of its own (with a seeded split, most of one seed's
+# validation images are another seed's training images; ISIC: 1,725 of 2,709 clean passes, about
+# 2 min, saved per preset), one with views (another seed's or preset's training split) while it
+# computes only the views (asymcl.data.feature_cache; the clean pass, in float32, was about a third
+# of a training entry's extraction).
 _VIEW_FIELDS = ("augmentation", "augmentation_params", "views", "seed", "view_precision")
 
 
@@ -179,9 +217,9 @@ def _clean_identity(key: dict) -> str:
     return json.dumps({name: value for name, value in plain.items() if name not in _VIEW_FIELDS}, sort_keys=True)
 
 
-def borrow_clean(directory: Path, key: dict, key_hash: str, wanted: set[str], log) -> dict | None:
-    """Clean features of ``wanted`` images found in sibling entries with the same clean identity,
-    written into this entry as one shard (so the next read finds them here); None if none found."""
+def find_clean(directory: Path, key: dict, wanted: set[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Clean features (fingerprint -> (*S) float16 row) of the ``wanted`` images that sibling
+    entries with the same clean identity hold, and the names of those entries. Reads only."""
     identity = _clean_identity(key)
     rows: dict[str, np.ndarray] = {}
     sources = []
@@ -197,7 +235,7 @@ def borrow_clean(directory: Path, key: dict, key_hash: str, wanted: set[str], lo
         # A sibling's shards are complete files (atomic renames) checked against their hash, so
         # reading them without the sibling's lock is safe; one removed meanwhile is skipped.
         for shard in sorted(sibling.glob("shard-*.npz")):
-            arrays = read_shard(shard, sibling.name)
+            arrays = read_shard_memo(shard, sibling.name)
             if arrays is None:
                 continue
             for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
@@ -207,6 +245,13 @@ def borrow_clean(directory: Path, key: dict, key_hash: str, wanted: set[str], lo
             sources.append(sibling.name)
         if len(rows) == len(wanted):
             break
+    return rows, sources
+
+
+def borrow_clean(directory: Path, key: dict, key_hash: str, wanted: set[str], log) -> dict | None:
+    """Clean features of ``wanted`` images found in sibling entries with the same clean identity,
+    written into this entry as one shard (so the next read finds them here); None if none found."""
+    rows, sources = find_clean(directory, key, wanted)
     if not rows:
         return None
     names = list(rows)

@@ -14,7 +14,12 @@ the extraction precision, and whatever the caller adds in ``extra_key``.
 
 Storage. ``<cache_dir>/<key hash>/shard-<sha256>.npz``: per image its fingerprint (a hash of the
 file's bytes, or of the pixels for in-memory arrays), the clean features and the V views, found by
-fingerprint, so any split reuses what another computed. An image's views are drawn from a generator
+fingerprint, so any split reuses what another computed. The clean features depend only on the
+encoder, the images and the precision, not on the views' seed or augmentation: an entry takes those
+that another entry of the same encoder already holds (a seed's training views then cost only the
+views' passes; :func:`asymcl.data.cache_store.find_clean`). A process keeps the shards it read in
+memory (bounded; :func:`asymcl.data.cache_store.read_shard_memo`), so a sweep worker's next run does
+not read them again. An image's views are drawn from a generator
 seeded by (cache seed, fingerprint). Features are float16 (half of float32's disk, a rounding far
 below the bf16 extraction error; an overflow is an error); the disk space is checked first.
 
@@ -35,12 +40,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,6 +54,9 @@ from torch import Tensor, nn
 
 from asymcl.atomic import atomic_write_text
 from asymcl.data.augment import build_augmentation
+from asymcl.data.cache_compute import compute_outputs as _compute
+from asymcl.data.cache_compute import output_shape as _output_shape
+from asymcl.data.cache_compute import render_views  # noqa: F401  (public here: asymcl.training.tta)
 from asymcl.data.cache_store import (
     TEMP_PREFIX,
     check_disk_space,
@@ -59,8 +66,9 @@ from asymcl.data.cache_store import (
     write_info,
 )
 from asymcl.data.cache_store import borrow_clean as _borrow_clean
+from asymcl.data.cache_store import find_clean as _find_clean
 from asymcl.data.cache_store import gather as _gather
-from asymcl.data.cache_store import read_shard as _read_shard
+from asymcl.data.cache_store import read_shard_memo as _read_shard
 from asymcl.data.cache_store import write_shard as _write_shard
 from asymcl.data.datasets import ArrayImageDataset, FileImageDataset, ImageDataset, default_cache_dir
 from asymcl.errors import DataError
@@ -133,33 +141,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
 
 
-def _view_seed(seed: int, fingerprint: str) -> int:
-    return int(hashlib.sha256(f"{seed}:{fingerprint}".encode()).hexdigest()[:15], 16)
-
-
-def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int,
-                 threads: int | None = 1) -> Tensor:
-    """(n, C, H, W) in [0, 1] -> (n, 1 + views, C, H, W): the clean image, then its views, each
-    image's views drawn from a generator seeded by (seed, its fingerprint). ``threads``: torch CPU
-    threads while augmenting (None: unchanged)."""
-    out = [images[:, None]]
-    if views:
-        drawn = []
-        # One CPU thread for these many small kernels: with two, thread hand-offs cost more than the
-        # work (benchmarks/bench_cache_augment.py).
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads or before)
-        try:
-            for image, fingerprint in zip(images, fingerprints, strict=True):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_view_seed(seed, fingerprint))
-                    drawn.append(augment(image[None].expand(views, -1, -1, -1).contiguous()))
-        finally:
-            torch.set_num_threads(before)
-        out.append(torch.stack(drawn))
-    return torch.cat(out, dim=1)
-
-
 class FeatureCache:
     """Cached outputs for one dataset, in the dataset's order.
 
@@ -209,23 +190,6 @@ def _progress(total: int, enabled: bool | None):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", desc="extracting features", file=sys.stderr)
-
-
-def _load_images(dataset: ImageDataset, indices: Sequence[int]) -> Tensor:
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        return torch.stack(list(pool.map(lambda i: dataset[int(i)][0], indices)))
-
-
-def _extract(frozen: nn.Module, batch: Tensor, precision: str, channels_last: bool, device: torch.device) -> Tensor:
-    batch = batch.to(device)
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    )
-    with torch.inference_mode(), autocast:
-        out = frozen(batch)
-    return out.float().cpu()
 
 
 def build_feature_cache(
@@ -401,13 +365,20 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     estimate = check_disk_space(job.directory, shape, len(todo), views)
     log(f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}, "
         f"about {estimate / 2**20:.0f} MB")
+    # The clean images' features do not depend on the views' seed or augmentation: another entry
+    # of the same encoder and images (another seed's training split) may hold them already.
+    known = _find_clean(job.directory, job.key, {fp for fp, _ in todo})[0] if views else {}
+    if known:
+        log(f"feature cache{part}: {len(known)} of these images' clean features taken from other entries of the "
+            "same encoder and images; only their views are computed")
     bar = _progress(len(todo), job.progress)
     start = time.perf_counter()
     try:
         # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
         for offset in range(0, len(todo), SHARD_IMAGES):
             arrays = _compute(job.dataset, job.frozen, job.augment, todo[offset : offset + SHARD_IMAGES], views,
-                              job.seed, job.batch_size, job.precisions, job.channels_last, job.device, bar)
+                              job.seed, job.batch_size, job.precisions, job.channels_last, job.device, bar,
+                              known_clean=known)
             _write_shard(job.directory, job.key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
             for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
                 found[fingerprint] = (arrays, row)
@@ -421,7 +392,7 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    rate = len(todo) * (1 + views) / max(seconds, 1e-9)
+    rate = (len(todo) * (1 + views) - len(known)) / max(seconds, 1e-9)
     clean_p, view_p = job.precisions
     used = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
     log(f"feature cache{part}: extracted {len(todo)} images x {1 + views} (clean + views) in {seconds:.1f} s "
@@ -436,57 +407,3 @@ def _finish(job: _Job, found: dict, computed_rows: int, report_reuse: bool, log:
         job.log(f"feature cache {job.directory}: {len(job.fingerprints)} images ({computed_rows} computed, "
                 f"{len(set(job.fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
     return FeatureCache(job.directory, job.key, clean, stacked)
-
-
-def _compute(dataset, frozen, augment, todo, views, seed, batch_size, precisions, channels_last, device,
-             bar) -> dict[str, np.ndarray]:
-    was_training = frozen.training
-    frozen.eval()
-    per_chunk = max(1, batch_size // (1 + views))
-    clean_out: list[np.ndarray] = []
-    views_out: list[np.ndarray] = []
-    clean_precision, view_precision = precisions
-
-    def run(batch: Tensor, precision: str) -> Tensor:
-        return torch.cat([_extract(frozen, batch[i : i + batch_size], precision, channels_last, device)
-                          for i in range(0, len(batch), batch_size)])
-
-    try:
-        for offset in range(0, len(todo), per_chunk):
-            chunk = todo[offset : offset + per_chunk]
-            images = _load_images(dataset, [index for _, index in chunk])
-            rendered = render_views(images, [fp for fp, _ in chunk], augment, views, seed)
-            outputs = run(rendered[:, 0], clean_precision)[:, None]
-            if views:
-                viewed = run(rendered[:, 1:].flatten(0, 1), view_precision)
-                outputs = torch.cat([outputs, viewed.view(len(chunk), views, *viewed.shape[1:])], dim=1)
-            half = outputs.half()
-            if not torch.isfinite(half).all():
-                raise DataError(
-                    "feature cache: the frozen part's outputs exceed the float16 range; cache the "
-                    "pooled features (model.finetune=frozen) or train more blocks"
-                )
-            clean_out.append(half[:, 0].numpy())
-            views_out.append(half[:, 1:].numpy())
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        frozen.train(was_training)
-    return {
-        "fingerprints": np.array([fp for fp, _ in todo]),
-        "clean": np.concatenate(clean_out),
-        "views": np.concatenate(views_out),
-    }
-
-
-def _output_shape(frozen: nn.Module, image: Tensor, device: torch.device) -> tuple[int, ...]:
-    """``frozen``'s output shape (without the batch axis) for ``image`` (1, C, H, W), found on a copy
-    on the meta device (shapes only: no arithmetic, no memory), else by one real forward pass."""
-    import copy
-
-    try:
-        probe = copy.deepcopy(frozen).to("meta")
-        with torch.no_grad():
-            return tuple(probe(image.to("meta")).shape[1:])
-    except (NotImplementedError, RuntimeError):  # an operation without a meta kernel
-        return tuple(_extract(frozen, image, "fp32", False, device).shape[1:])

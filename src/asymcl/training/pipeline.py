@@ -360,7 +360,10 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
     writer.writerows(rows)
     atomic_write_bytes(run_dir / "predictions.csv", text.getvalue().encode())
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    # Not savez_compressed: float32 features hardly compress (a pretrained Fashion-MNIST run's 64 MB
+    # became 59 MB) and deflating them took about 1.8 s of every run (benchmarks/claim_run_speed.py).
+    # np.load reads either form.
+    np.savez(buffer, **arrays)
     atomic_write_bytes(run_dir / "embeddings.npz", buffer.getvalue())
     return final, single
 
