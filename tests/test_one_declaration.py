@@ -219,7 +219,9 @@ def test_an_old_run_directory_still_loads_resumes_and_keeps_its_name(tmp_path: P
     old = yaml.safe_load(_OLD_CONFIG_YAML)
     config = resolve_config(None, ["method=fcl", "data.classes=0,6", "data.imbalance=binary:10",
                                    "stage1.sampler=class_balanced", "data.val_fraction=0.25"])
-    assert config.to_dict() == old  # every key, value and spelling as it was written
+    # every key, value and spelling as it was written; keys added since hold their defaults
+    added = {"eval": {**old["eval"], "embeddings": None}}
+    assert config.to_dict() == {**old, **added}
     assert check_run_dir(config, run_dir) is None  # the same run: it resumes
     # The directory name is a hash of the config: the one the run was written under (asymcl 0.1.0).
     assert default_run_dir(config).endswith("fcl-digits-c1a09f9f")

@@ -80,6 +80,27 @@ def test_two_stage_run_writes_the_run_directory(tmp_path):
     assert embeddings["test_labels"].tolist() == [int(r["label"]) for r in test_rows]
 
 
+def test_eval_embeddings_keeps_a_seeded_sample_or_none_and_changes_no_number(tmp_path):
+    full = run(tiny("ce"), tmp_path / "all")
+    sample = run(tiny("ce", **{"eval.embeddings": 7}), tmp_path / "sample")
+    none = run(tiny("ce", **{"eval.embeddings": 0}), tmp_path / "none")
+    assert full["final"] == sample["final"] == none["final"]
+    assert not (tmp_path / "none" / "embeddings.npz").exists()
+    assert (tmp_path / "none" / "predictions.csv").read_bytes() == (tmp_path / "all" / "predictions.csv").read_bytes()
+    every, kept = np.load(tmp_path / "all" / "embeddings.npz"), np.load(tmp_path / "sample" / "embeddings.npz")
+    for split in ("test", "test_imbalanced"):
+        assert len(kept[f"{split}_ids"]) == 7
+        rows = [every[f"{split}_ids"].tolist().index(i) for i in kept[f"{split}_ids"].tolist()]
+        assert rows == sorted(rows)  # the same images, in the split's order, with their own rows
+        for name in ("features", "labels", "preds"):
+            np.testing.assert_array_equal(kept[f"{split}_{name}"], every[f"{split}_{name}"][rows])
+    # An output choice, not a result: a finished run is found again whatever it says.
+    again = run(tiny("ce", **{"eval.embeddings": 0}), tmp_path / "all")
+    assert again == full
+    with pytest.raises(ConfigError, match="eval.embeddings"):
+        run(tiny("ce", **{"eval.embeddings": -1}), tmp_path / "bad")
+
+
 @pytest.mark.parametrize("method", ["supcon", "cl", "fcl", "acl"])
 def test_each_contrastive_loss_trains(tmp_path, method):
     metrics = run(tiny(method), tmp_path / method)

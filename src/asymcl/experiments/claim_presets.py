@@ -35,11 +35,14 @@ AUTHORS = {"fcl": {"loss.gamma": 10.0}, "acl": {"loss.eta": 300.0}, "afcl": {"lo
            "cl": {}}
 ETA_REFERENCE_BATCH = 256
 #: Per profile: imbalance ratios, stage-1 batch sizes, seeds, budget, head cap, training.
+# eval.embeddings 0: the claim is read from metrics alone, and 2,200 runs' embeddings.npz (about
+# 96 MB each: 2 x 10,000 test images x 1,280 features) would not fit a disk.
+_OUTPUTS = {"eval.embeddings": 0}
 GRIDS: dict[str, dict[str, Any]] = {
     "pretrained": {"rhos": (1, 10, 50, 100, 200), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
-                   "training": {**PRETRAINED_TRAINING, "data.cache_seed": None}},
+                   "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **_OUTPUTS}},
     "quick": {"rhos": (1, 100), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
-              "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10}},
+              "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10, **_OUTPUTS}},
 }
 
 

@@ -193,7 +193,7 @@ def resolve_config(base: dict | RunConfig | None = None,
 # data.cache_dir: a cache moved elsewhere holds the same numbers (its key is in the folder name).
 # trainer.save_last: which checkpoints are kept, not what they hold.
 NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers", "data.cache_dir",
-                   "trainer.save_last")
+                   "trainer.save_last", "eval.embeddings")
 
 
 def result_config(config: dict | RunConfig) -> dict:

@@ -171,6 +171,9 @@ class JointConfig(Section):
 class EvalConfig(Section):
     tta_views: int = option(0, check.integer(0), "test-time augmentation on val/test: softmax averaged over the clean "
                             "image and this many views seeded by data.cache_seed (0: off)")
+    embeddings: int | None = option(None, check.integer(0, optional=True),
+                                    "rows per test split kept in embeddings.npz (null: all; N: a seeded sample of "
+                                    "N, enough for the report's t-SNE; 0: no embeddings.npz)")
 
 
 @dataclass(frozen=True)

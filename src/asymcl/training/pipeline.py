@@ -10,7 +10,7 @@
                                                  or joint (schedule=joint)
     predictions.csv    split,index,label,pred,prob_<class>...,image for the test splits
     embeddings.npz     encoder features of the test splits (``{split}_features``, ``_labels``, ``_preds``,
-                       ``_ids``)
+                       ``_ids``); all rows, or a seeded sample of ``eval.embeddings`` rows, or none (0)
     submission_isic2018_test.csv   isic2018 runs on all classes with the official test set: the
                        challenge's submission format (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC)
     logs/csv/{stage}/metrics.csv   Lightning's CSV logger (curves; metrics.json stays the contract)
@@ -319,6 +319,15 @@ def _finish_stage_checkpoints(ckpt_dir: Path, save_last: bool) -> None:
         keep_weights_only(last)
 
 
+def _embedding_rows(n: int, limit: int | None) -> np.ndarray:
+    """Indices (ascending) of the rows of an ``n``-row split that embeddings.npz keeps: all, or a
+    sample of ``limit`` seeded by 0, so every run of a sweep keeps the same images (a grid of
+    thousands of runs at 1,280 features per test image would otherwise need hundreds of GB)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=limit, replace=False))
+
+
 def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate the best final model on val and the test splits; write predictions and embeddings.
     Returns (final, single-view) metrics per split: with ``eval.tta_views`` the first are the
@@ -344,10 +353,11 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
         ids = data.splits[split].ids
         for index, (label, pred, p, image) in enumerate(zip(out["labels"], preds, probs, ids, strict=True)):
             rows.append([split, index, int(label), int(pred), *(f"{x:.6g}" for x in p), image])
-        arrays[f"{split}_features"] = out["features"].astype(np.float32)
-        arrays[f"{split}_labels"] = out["labels"].astype(np.int64)
-        arrays[f"{split}_preds"] = preds.astype(np.int64)
-        arrays[f"{split}_ids"] = np.asarray(ids, dtype=str)
+        kept = _embedding_rows(len(ids), config.eval.embeddings)
+        arrays[f"{split}_features"] = out["features"][kept].astype(np.float32)
+        arrays[f"{split}_labels"] = out["labels"][kept].astype(np.int64)
+        arrays[f"{split}_preds"] = preds[kept].astype(np.int64)
+        arrays[f"{split}_ids"] = np.asarray(ids, dtype=str)[kept]
         # The dataset entry declares its extra files (isic2018: the challenge submission).
         extra = DATASETS[data.dataset_name].extra_outputs(
             split=split, official=split in data.splits.official, ids=ids, probs=probs, classes=list(data.classes))
@@ -359,6 +369,8 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
     writer.writerow(["split", "index", "label", "pred", *(f"prob_{c}" for c in data.classes), "image"])
     writer.writerows(rows)
     atomic_write_bytes(run_dir / "predictions.csv", text.getvalue().encode())
+    if config.eval.embeddings == 0:
+        return final, single
     buffer = io.BytesIO()
     # Not savez_compressed: float32 features hardly compress (a pretrained Fashion-MNIST run's 64 MB
     # became 59 MB) and deflating them took about 1.8 s of every run (benchmarks/claim_run_speed.py).
