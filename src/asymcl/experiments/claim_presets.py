@@ -35,9 +35,11 @@ AUTHORS = {"fcl": {"loss.gamma": 10.0}, "acl": {"loss.eta": 300.0}, "afcl": {"lo
            "cl": {}}
 ETA_REFERENCE_BATCH = 256
 #: Per profile: imbalance ratios, stage-1 batch sizes, seeds, budget, head cap, training.
-# eval.embeddings 0: the claim is read from metrics alone, and 2,200 runs' embeddings.npz (about
-# 96 MB each: 2 x 10,000 test images x 1,280 features) would not fit a disk.
-_OUTPUTS = {"eval.embeddings": 0}
+# What a grid of 2,200 runs keeps on disk. eval.embeddings 0: the claim is read from metrics alone,
+# and every run's embeddings.npz (about 96 MB: 2 x 10,000 test images x 1,280 features) would not
+# fit a disk. trainer.save_last false: no last.ckpt beside each best.ckpt (12 -> 6 MB a run); a run
+# of 15-60 s that is interrupted restarts its stage instead of resuming mid-stage.
+_OUTPUTS = {"eval.embeddings": 0, "trainer.save_last": False}
 GRIDS: dict[str, dict[str, Any]] = {
     "pretrained": {"rhos": (1, 10, 50, 100, 200), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
                    "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **_OUTPUTS}},
