@@ -65,7 +65,10 @@ def build_distributed(job, report_reuse: bool, *, entry_lock, scan, extract, fin
 
     from asymcl.data.cache_store import hold_in_use
 
-    rank, size = world()
+    here = world()
+    if here is None:  # the caller checks world() first; a lone process has nothing to share
+        raise RuntimeError("build_distributed needs a process group of more than one process")
+    rank, size = here
     # The missing list is rank 0's indices into its dataset: every rank must hold the same images
     # (in the same order) and compute the same key.
     images = hashlib.sha256("\n".join(job.fingerprints).encode()).hexdigest()

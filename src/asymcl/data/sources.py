@@ -41,6 +41,13 @@ def load_source(spec: DataSpec) -> SourceData:
     return DATASETS[spec.dataset].load(spec)
 
 
+def _root(spec: DataSpec) -> Path:
+    """The file or folder a loader reads; DataSpec's checks require one for every such dataset."""
+    if spec.root in (None, ""):
+        raise DataError(f"dataset={spec.dataset} needs a root: set data.root to the folder or file to read")
+    return Path(str(spec.root))
+
+
 def _array_source(
     images: np.ndarray, targets: np.ndarray, classes: list[str], spec: DataSpec
 ) -> ArrayImageDataset:
@@ -69,7 +76,7 @@ def load_digits(spec: DataSpec) -> SourceData:
 def load_fashion_mnist(spec: DataSpec) -> SourceData:
     from asymcl.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
 
-    root = Path(spec.root)
+    root = _root(spec)
     pools = {}
     for split in ("train", "test"):
         images, labels = load_fashion_mnist_arrays(root, split)
@@ -84,7 +91,7 @@ def load_npz(spec: DataSpec) -> SourceData:
     without it the test and validation sets are carved), ``lesion_id`` (group ids: a validation
     split carved from training keeps each group on one side; "" = no group).
     """
-    path = Path(spec.root)
+    path = _root(spec)
     if not path.is_file():
         state = "is a folder, not a file" if path.exists() else "does not exist"
         raise DataError(f"npz file {path} {state}; --root takes the .npz file itself")
@@ -180,7 +187,7 @@ def _file_pools(
 def load_isic2018(spec: DataSpec) -> SourceData:
     from asymcl.data.isic import ISIC_CLASSES, find_isic_parts, read_ground_truth, read_lesion_ids
 
-    root = Path(spec.root)
+    root = _root(spec)
     parts = find_isic_parts(root)
     rows: dict[str, tuple[list[str], np.ndarray]] = {}
     ids: dict[str, list[str]] = {}
@@ -217,7 +224,7 @@ def load_folder(spec: DataSpec) -> SourceData:
     optional) those are the splits; otherwise test and validation are carved, stratified.
     An empty class folder is an error.
     """
-    root = Path(spec.root)
+    root = _root(spec)
     if not root.is_dir():
         state = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {state}; --root takes a folder with one sub-folder per class")
@@ -286,7 +293,7 @@ def load_csv(spec: DataSpec) -> SourceData:
     names are sorted. An optional ``split`` column (train / val / test) fixes the splits;
     without it test and validation are carved, stratified.
     """
-    path = Path(spec.root)
+    path = _root(spec)
     if not path.is_file():
         state = "is a folder, not a file" if path.exists() else "does not exist"
         raise DataError(f"CSV file {path} {state}; --root takes the CSV file itself")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -361,6 +361,7 @@ class SourceData:
     """
 
     classes: list[str]
-    pools: dict[str, ImageDataset]
+    # Mapping: a loader's dict of one dataset class (dict[str, FileImageDataset]) is one of these too
+    pools: Mapping[str, ImageDataset]
     groups: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

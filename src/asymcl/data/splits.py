@@ -143,14 +143,14 @@ def stratified_holdout(
             keep, holdout = _grouped_first_fold(n_splits, random_state, np.ascontiguousarray(targets).tobytes(),
                                                 str(targets.dtype), tuple(groups.tolist()))
             return _every_class_on_both_sides(targets, groups, keep.copy(), holdout.copy(), rng)
-    holdout = []
+    per_class: list[np.ndarray] = []
     for c in np.unique(targets):
         members = rng.permutation(np.flatnonzero(targets == c))
         if members.size < 2:
             continue
         n_hold = min(max(int(round(fraction * members.size)), 1), members.size - 1)
-        holdout.append(members[:n_hold])
-    holdout = np.sort(np.concatenate(holdout)) if holdout else np.zeros(0, dtype=np.int64)
+        per_class.append(members[:n_hold])
+    holdout = np.sort(np.concatenate(per_class)) if per_class else np.zeros(0, dtype=np.int64)
     keep = np.setdiff1d(np.arange(n), holdout)
     return keep, holdout
 
