@@ -149,6 +149,7 @@ def check_references(
             f"move it with .to(features.device)"
         )
     ref_rows, n_refs, n_views = check_features(ref_features, name="ref_features", data_checks=data_checks)
+    assert isinstance(ref_features, torch.Tensor)  # check_features refuses anything else
     if ref_rows.shape[1] != rows.shape[1]:
         raise ValueError(
             f"ref_features must have the feature dimension of features, D = {rows.shape[1]}, "

@@ -48,6 +48,13 @@ class ContrastiveMemory(nn.Module):
       already has all of them). Without ``gather_distributed`` each rank keeps its own rows.
     """
 
+    # Buffers (registered when memory_size > 0): declared for the type checker, which cannot see
+    # through register_buffer.
+    queue_features: Tensor
+    queue_labels: Tensor
+    queue_filled: Tensor
+    queue_pointer: Tensor
+
     def __init__(self, loss: AsymmetricFocalContrastiveLoss, memory_size: int) -> None:
         super().__init__()
         if not isinstance(loss, AsymmetricFocalContrastiveLoss):
