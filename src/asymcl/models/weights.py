@@ -29,7 +29,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
+            state: object = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure of a user file is a user error
