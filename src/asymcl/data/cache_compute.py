@@ -18,11 +18,11 @@ from asymcl.data.datasets import ImageDataset
 from asymcl.errors import DataError
 
 
-def view_seed(seed: int, fingerprint: str) -> int:
+def view_seed(seed: int | None, fingerprint: str) -> int:
     return int(hashlib.sha256(f"{seed}:{fingerprint}".encode()).hexdigest()[:15], 16)
 
 
-def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int,
+def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int | None,
                  threads: int | None = 1) -> Tensor:
     """(n, C, H, W) in [0, 1] -> (n, 1 + views, C, H, W): the clean image, then its views, each
     image's views drawn from a generator seeded by (seed, its fingerprint). ``threads``: torch CPU

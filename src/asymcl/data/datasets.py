@@ -246,7 +246,7 @@ class FileImageDataset(ImageDataset):
 
     def __init__(
         self,
-        paths: Sequence[str] | np.ndarray,
+        paths: Sequence[str | os.PathLike[str]] | np.ndarray,
         targets: np.ndarray,
         classes: Sequence[str],
         num_channels: int,

@@ -45,7 +45,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ _SCALAR_TYPES = (str, int, float, bool, type(None))
 # The spec
 
 
-def _suggest(key: str, known: Sequence[str]) -> str:
+def _suggest(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -241,7 +241,8 @@ def _key_order(keys: Sequence[str]) -> list[str]:
 
 def point_name(values: Mapping[str, Any], grid_keys: Sequence[str]) -> str:
     """``<data tokens>__<method>_g.._e.._t.._<other>_s<seed>`` from the grid keys the point sets."""
-    data_tokens, tokens = [], []
+    data_tokens: list[str] = []
+    tokens: list[str] = []
     for key in _key_order(grid_keys):
         if key not in values:
             continue
@@ -278,7 +279,7 @@ def _unused(method: str) -> frozenset[str]:
 def make_point(values: Mapping[str, Any], method: str | None, grid_keys: Sequence[str]) -> SweepPoint:
     """The point for grid ``values``: the method rule applied; the name shows only what varies for it."""
     applied = _apply_method_rule(values, method)
-    unused = _unused(method) if method in METHOD_PARAMS else frozenset()
+    unused = _unused(method) if method is not None and method in METHOD_PARAMS else frozenset()
     name_values = {k: v for k, v in applied.items() if k in values and k not in unused}
     return SweepPoint(point_name(name_values, grid_keys), tuple(applied.items()))
 

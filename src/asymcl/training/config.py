@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,17 @@ def _nest(flat: dict[str, Any]) -> dict:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if "check" not in f.metadata)
-_SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if "check" not in f.metadata}
+
+
+def _section_type(f: dataclasses.Field) -> type[_Section]:
+    """A section field's dataclass: its default_factory (RunConfig's sections are built that way)."""
+    factory = f.default_factory
+    if not (isinstance(factory, type) and issubclass(factory, _Section)):
+        raise TypeError(f"RunConfig.{f.name}: a section's default_factory must be its Section class")
+    return factory
+
+
+_SECTION_TYPES = {f.name: _section_type(f) for f in dataclasses.fields(RunConfig) if "check" not in f.metadata}
 
 
 def _schema() -> dict[str, tuple[Any, Callable[[Any], Any], str]]:
@@ -84,11 +95,12 @@ def default_config() -> dict:
 
 def _from_flat(flat: dict[str, Any]) -> RunConfig:
     nested = _nest(flat)
-    sections = {name: _SECTION_TYPES[name](**nested.pop(name)) for name in SECTIONS}
+    # Any: each name has its own section class, a pairing a dict's value type cannot state
+    sections: dict[str, Any] = {name: _SECTION_TYPES[name](**nested.pop(name)) for name in SECTIONS}
     return RunConfig(**nested, **sections)
 
 
-def flatten(config: dict | RunConfig, prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any] | RunConfig, prefix: str = "") -> dict[str, Any]:
     """Nested (or partly dotted) dict, or a :class:`RunConfig` -> {dotted key: value}."""
     if isinstance(config, _Section):
         config = config.to_dict()
@@ -120,7 +132,7 @@ def _unknown_key_error(key: str, source: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r} ({source}); {hint}")
 
 
-def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
+def parse_overrides(overrides: Sequence[str] | dict | None) -> dict[str, Any]:
     """``["loss.gamma=2", "data.classes=[0,6]"]`` or a dict -> flat dict; values parsed as YAML."""
     if overrides is None:
         return {}
@@ -140,7 +152,7 @@ def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
     return flat
 
 
-def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+def read_yaml_file(path: str | os.PathLike[str], what: str = "config file") -> Any:
     """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
@@ -156,7 +168,7 @@ def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
                           "(keys as `section: {key: value}` or dotted `section.key: value`)") from exc
 
 
-def load_config_file(path: str | Path) -> dict:
+def load_config_file(path: str | os.PathLike[str]) -> dict:
     """Read a YAML config file (nested sections and/or dotted keys)."""
     loaded = read_yaml_file(path)
     if loaded is None:
@@ -166,8 +178,8 @@ def load_config_file(path: str | Path) -> dict:
     return loaded
 
 
-def resolve_config(base: dict | RunConfig | None = None,
-                   overrides: list[str] | dict | None = None) -> RunConfig:
+def resolve_config(base: Mapping[str, Any] | RunConfig | None = None,
+                   overrides: Sequence[str] | dict | None = None) -> RunConfig:
     """Defaults <- ``base`` <- ``overrides``; validated and with method-specific values filled in.
 
     Raises :class:`ConfigError` naming the key and what is allowed on an unknown key, a wrong type,

@@ -81,7 +81,7 @@ class IndexBatchSampler(Sampler[list[int]]):
     def _global_order(self) -> np.ndarray:
         if self.order == "shuffle":
             return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
-        if self.order == "base":
+        if self.base is not None:  # order "base": __init__ takes a base sampler with it only
             if hasattr(self.base, "global_draw"):  # the same draw on every rank; we shard below
                 return np.asarray(self.base.global_draw())
             return np.fromiter(iter(self.base), dtype=np.int64)

@@ -67,7 +67,9 @@ def build_caches(config) -> Path | None:
         first = not dist.is_initialized() or dist.get_rank() == 0
         data = RunData(config)
         attach_feature_caches(config, data, verbose=False)
-        return data.feature_caches["train"].path.parent if first else None
+        caches = data.feature_caches
+        assert caches is not None  # uses_feature_cache: attach_feature_caches has set them
+        return caches["train"].path.parent if first else None
     finally:
         if started:
             import torch.distributed as dist

@@ -23,7 +23,7 @@ exactly the same augmentations as in an uninterrupted run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,12 +45,15 @@ from asymcl.training.data_module import to_float_images
 from asymcl.training.encoder import build_encoder
 from asymcl.training.methods import STAGE_OFFSETS
 
+if TYPE_CHECKING:
+    from asymcl.training.config import RunConfig
+
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + STAGE_OFFSETS[stage] * 10_007 + epoch) % (2**63 - 1)
 
 
-def augmentation_preset(config: dict, dataset_name: str, channels: int) -> str:
+def augmentation_preset(config: RunConfig, dataset_name: str, channels: int) -> str:
     preset = config.data.augment
     if preset != "auto":
         return preset

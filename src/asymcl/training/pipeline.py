@@ -382,7 +382,7 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
 
 # One writer per run directory (training/runlock.py): a second process gets RunLockedError at once.
 @locked_run(when=is_main_process)
-def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = (),
+def run(config: RunConfig | dict | None, out_dir: str | Path, *, callbacks: Sequence = (),
         verbose: bool | None = None, report_cache: bool = True) -> dict[str, Any]:
     """Train and evaluate one run into ``out_dir``; returns the metrics dict of metrics.json.
 

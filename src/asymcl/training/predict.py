@@ -81,6 +81,8 @@ class RunModel:
         ``fingerprints`` (asymcl.training.tta), as the run's own evaluation with ``eval.tta_views``."""
         batch = torch.as_tensor(images).float().div_(255.0)
         if tta_views:
+            if fingerprints is None:  # they seed each image's views
+                raise ValueError("tta_views needs the images' fingerprints")
             from asymcl.data.augment import build_augmentation
             from asymcl.training.modules import augmentation_preset
             from asymcl.training.tta import image_tta_probabilities

@@ -64,7 +64,7 @@ class RunData:
         data.splits, data.cache, data.in_memory, data.feature_caches = None, {}, False, None
         data._on_device = {}
         data.classes = [str(k) for k in range(num_classes)]
-        data.num_classes, data.channels, data.image_hw = num_classes, channels, tuple(image_hw)
+        data.num_classes, data.channels, data.image_hw = num_classes, channels, (image_hw[0], image_hw[1])
         data.dataset_name = dataset_name
         data.class_counts = torch.ones(num_classes, dtype=torch.long)
         return data
@@ -107,9 +107,12 @@ class SplitsDataModule(pl.LightningDataModule):
         return images, labels
 
     def _loader(self, split: str, train: bool, sampler: str = "random"):
+        trainer = self.trainer
+        if trainer is None:  # Lightning attaches the trainer before it asks for a loader
+            raise RuntimeError("SplitsDataModule builds its loaders for a Trainer; attach it to one first")
         return self.data.loader(split, self.batch_size, train=train, seed=self.seed, sampler=sampler,
-                                num_workers=self.num_workers, rank=self.trainer.global_rank,
-                                world_size=self.trainer.world_size, device=self.trainer.strategy.root_device)
+                                num_workers=self.num_workers, rank=trainer.global_rank,
+                                world_size=trainer.world_size, device=trainer.strategy.root_device)
 
     def train_dataloader(self):
         return self._loader("train", True, self.sampler)

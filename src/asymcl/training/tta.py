@@ -32,9 +32,11 @@ def _mean_probabilities(module, stacked: Tensor, from_frozen: bool) -> Tensor:
 
 
 @torch.no_grad()
-def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int,
-                            batch_size: int = 64) -> np.ndarray:
-    """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here."""
+def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str], augment, views: int,
+                            seed: int | None, batch_size: int = 64) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here.
+
+    ``seed`` is ``data.cache_seed`` as configured; null seeds the views as the text "None" does."""
     from asymcl.data.feature_cache import render_views
 
     module.eval()
