@@ -55,10 +55,10 @@ def _sweep(args: argparse.Namespace) -> int:
         command = _command("sweep", config=args.config, out=out, optuna=args.optuna,
                            storage=args.storage and hide_password(args.storage),
                            sampler_seed=args.sampler_seed, heartbeat=args.heartbeat)
-        result = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed,
-                           command=command, heartbeat=args.heartbeat, db_wait=args.db_wait)
-        print(f"optuna storage: {result.storage}")
-        for name, best in result.studies.items():
+        study = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed,
+                          command=command, heartbeat=args.heartbeat, db_wait=args.db_wait)
+        print(f"optuna storage: {study.storage}")
+        for name, best in study.studies.items():
             if best["params"] is None:
                 print(f"{name}: no finished trial")
             else:

@@ -34,6 +34,7 @@ Used by :func:`asymcl.experiments.study.run_study`. What each piece is for:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -263,7 +264,7 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
         while True:
             if teller.pending is not None:  # the objective finished but its value was not stored
                 number, value = teller.pending
-                retry("storing a trial's result", lambda n=number, v=value: study.tell(n, v, skip_if_finished=True))
+                retry("storing a trial's result", functools.partial(study.tell, number, value, skip_if_finished=True))
                 teller.pending = None
             retry("checking for trials of dead workers", lambda: optuna.storages.fail_stale_trials(study))
             trials = retry("counting trials", lambda: study.get_trials(deepcopy=False))

@@ -15,6 +15,7 @@ without losing or repeating a trial (heartbeats, retries, duplicates, database o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -101,7 +102,7 @@ def study_groups(spec: SweepSpec, space: Mapping[str, Any]) -> list[StudyGroup]:
     for combination in itertools.product(*(spec.grid[k] for k in fixed_keys)):
         values = dict(zip(fixed_keys, combination, strict=True))
         method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
-        used = [k for k in space if method in METHOD_PARAMS and k in METHOD_PARAMS[method]]
+        used = [k for k in space if method is not None and method in METHOD_PARAMS and k in METHOD_PARAMS[method]]
         if not used:
             continue
         groups.append(StudyGroup(point_name(values, list(spec.grid)), values, list(seeds), used))
@@ -169,10 +170,14 @@ def run_study(
     result = StudyResult(label)
     for group in groups:
         study_name = f"{spec.name}:{group.label}"
-        study = retry("opening the study", lambda study_name=study_name: optuna.create_study(
-            study_name=study_name, storage=storage_obj, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-        ))
+
+        def open_study(study_name: str = study_name) -> optuna.Study:  # a fresh sampler for each try
+            return optuna.create_study(
+                study_name=study_name, storage=storage_obj, direction="maximize", load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+            )
+
+        study = retry("opening the study", open_study)
 
         def objective(trial: optuna.Trial, group: StudyGroup = group, study: optuna.Study = study) -> float:
             proposal = {}
@@ -194,8 +199,8 @@ def run_study(
                                  progress=progress, label=f"trial {trial.number} {group.label}")
             if outcome.failed:
                 raise RuntimeError(f"runs failed: {', '.join(outcome.failed)}")
-            scores = [load_run(out_dir / p.name).val_ua for p in points]
-            if any(score is None for score in scores):
+            scores = [score for p in points if (score := load_run(out_dir / p.name).val_ua) is not None]
+            if len(scores) < len(points):
                 raise RuntimeError("a finished run has no validation UA in metrics.json")
             # Again after training: two workers that proposed the point at the same moment may both
             # have got here (the run lock kept them from training it twice); only one trial counts.
@@ -215,13 +220,17 @@ def run_study(
                          + ("" if after_training else ", nothing trained"))
                 raise shared_study.DuplicatePoint(other)
 
-        finished = len(retry("counting trials", lambda study=study: study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
+        finished = len(retry("counting trials", functools.partial(
+            study.get_trials, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
         progress(f"[optuna] study {study_name}: {finished}/{n_trials} trials finished")
         shared_study.run_trials(study, objective, n_trials, retry=retry, progress=progress,
                                 label=f"study {study_name}", poll_seconds=poll_seconds)
+
+        def best_trial(study: optuna.Study = study) -> optuna.trial.FrozenTrial:
+            return study.best_trial
+
         try:
-            best = retry("reading the best trial", lambda study=study: study.best_trial)
+            best = retry("reading the best trial", best_trial)
             result.studies[study_name] = {"params": best.params, "val_ua": best.value,
                                           "runs": best.user_attrs.get("runs", [])}
             progress(f"[optuna] {study_name}: best val UA {best.value:.4f} at "
