@@ -115,7 +115,7 @@ def metrics_to_python(values: dict[str, Tensor]) -> dict[str, Any]:
 class BaseModule(pl.LightningModule):
     stage = "base"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str):
         super().__init__()
         self.config = config
@@ -239,7 +239,7 @@ class ContrastiveModule(BaseModule):
 
     stage = "stage1"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, gather_distributed: bool = False, load_pretrained: bool = True):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
@@ -293,7 +293,7 @@ class LinearProbeModule(BaseModule):
 
     stage = "stage2"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, class_counts: Tensor):
         super().__init__(config, num_classes, in_channels,
                          image_hw, augment_preset if config.stage2.augment else "none")
@@ -377,7 +377,7 @@ class EndToEndModule(BaseModule):
 
     stage = "baseline"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
+    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
                  augment_preset: str, class_counts: Tensor, load_pretrained: bool = True):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)

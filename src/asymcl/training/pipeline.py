@@ -108,10 +108,10 @@ def stage_loggers(run_dir: Path, stage: str) -> list:
     folder it reuses, so a resumed stage gets the next version and the earlier curves stay."""
     import importlib.util
 
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
     logs = Path(run_dir) / "logs"
-    loggers = [CSVLogger(logs / "csv", name=stage)]
+    loggers: list[Logger] = [CSVLogger(logs / "csv", name=stage)]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(logs / "tensorboard", name=stage, default_hp_metric=False))
     return loggers
@@ -137,6 +137,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
     """The Lightning module that trains ``stage`` (public: predict builds the final stage's layout
     from :meth:`RunData.shape_only` and loads the weights into it)."""
     from asymcl.training.modules import (
+        BaseModule,
         ContrastiveModule,
         EndToEndModule,
         LinearProbeModule,
@@ -145,6 +146,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
 
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     common = (config, data.num_classes, data.channels, data.image_hw, preset)
+    module: BaseModule
     if stage == "stage1":
         module = ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
     elif stage == "stage2":
@@ -213,10 +215,12 @@ def _check_cache_matches(module, data: RunData) -> None:
     without an error is the worst bug)."""
     from asymcl.data.feature_cache import weights_digest
 
-    cached = data.feature_caches["train"].key["weights_sha256"]
+    caches = data.feature_caches
+    assert caches is not None  # called for runs from cached features only
+    cached = caches["train"].key["weights_sha256"]
     if weights_digest(module.encoder.frozen_input()) != cached:
         raise CheckpointError(
-            f"the feature cache {data.feature_caches['train'].path} holds features of other frozen weights "
+            f"the feature cache {caches['train'].path} holds features of other frozen weights "
             "than this run's model; rerun with data.cache=off, or report this as a bug")
 
 
@@ -375,7 +379,8 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
     # Not savez_compressed: float32 features hardly compress (a pretrained Fashion-MNIST run's 64 MB
     # became 59 MB) and deflating them took about 1.8 s of every run (benchmarks/claim_run_speed.py).
     # np.load reads either form.
-    np.savez(buffer, **arrays)
+    # numpy's stub lets a **dict's values be allow_pickle (a bool), so a dict of arrays does not fit it
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(run_dir / "embeddings.npz", buffer.getvalue())
     return final, single
 
