@@ -35,6 +35,7 @@ from torch import nn
 from asymcl.data.datasets import decode_image
 from asymcl.models import apply_finetune, build_backbone
 
+
 def load_images(root: Path, n: int) -> torch.Tensor:
     files = sorted((root / "ISIC2018_Task3_Training_Input").glob("*.jpg"))[:n]
     if not files:
@@ -112,7 +113,7 @@ def main() -> None:
                            "x_fp32": [], "x_bf16": [], "read": [], **{m: [] for m in modes}}
                 extract(frozen, images[:8], bf16=False)  # warm-up
             for _ in range(args.rounds):
-                for k, row in rows.items():
+                for row in rows.values():
                     maps, rate = extract(row["frozen"], images, bf16=False)
                     row["x_fp32"].append(rate)
                     row["x_bf16"].append(extract(row["frozen"], images, bf16=True)[1])

@@ -54,8 +54,9 @@ def main() -> None:
         generator = torch.Generator().manual_seed(n)
         features = torch.randn(n, 2, 128, generator=generator)
         labels = torch.randint(0, 10, (n,), generator=generator)
-        calls = {"afcl_loss": lambda: afcl_loss(features, labels, **settings),
-                 "module": lambda: checked(features, labels), "unchecked": lambda: unchecked(features, labels)}
+        calls = {"afcl_loss": lambda x=features, y=labels: afcl_loss(x, y, **settings),
+                 "module": lambda x=features, y=labels: checked(x, y),
+                 "unchecked": lambda x=features, y=labels: unchecked(x, y)}
         for fn in calls.values():  # warm-up
             fn()
         rounds = {name: [] for name in calls}

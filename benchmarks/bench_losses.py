@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -320,7 +319,7 @@ def memory_runs(args):
             values = peaks[name]
             ratio = ""
             if name != "blockwise" and "blockwise" in peaks:
-                paired = [a / b for a, b in zip(values, peaks["blockwise"])]
+                paired = [a / b for a, b in zip(values, peaks["blockwise"], strict=True)]
                 ratio = f"{statistics.median(paired):.1f}x ({min(paired):.1f}x to {max(paired):.1f}x)"
             print(f"| {n} | {name} | {fmt_bytes(statistics.median(values))} | "
                   f"{fmt_bytes(min(values))} to {fmt_bytes(max(values))} | {ratio} |", flush=True)
