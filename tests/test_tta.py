@@ -21,30 +21,48 @@ torch.set_num_threads(1)
 
 def _probabilities(text, classes):
     """{image path: probabilities} from predict's CSV text."""
-    return {row["path"]: np.array([float(row[f"prob_{c}"]) for c in classes])
-            for row in csv.DictReader(text.splitlines())}
+    return {
+        row["path"]: np.array([float(row[f"prob_{c}"]) for c in classes]) for row in csv.DictReader(text.splitlines())
+    }
 
 
-@pytest.mark.parametrize("model, atol", [
-    # cached: the run reads float16-stored views, predict computes them in float32
-    ({"model.finetune": "last:1", "data.cache_views": 2}, 5e-3),
-    ({"model.finetune": "all", "data.cache": "off"}, 1e-5),  # live views on both sides
-], ids=["cached-last1", "live"])
+@pytest.mark.parametrize(
+    "model, atol",
+    [
+        # cached: the run reads float16-stored views, predict computes them in float32
+        ({"model.finetune": "last:1", "data.cache_views": 2}, 5e-3),
+        ({"model.finetune": "all", "data.cache": "off"}, 1e-5),  # live views on both sides
+    ],
+    ids=["cached-last1", "live"],
+)
 def test_tta_in_the_run_equals_predict_tta_on_the_same_images(tmp_path, model, atol, capsys):
     root = _noisy_jpeg_folder(tmp_path / "images")
-    config = resolve_config(None, {
-        "method": "ce", "data.dataset": "folder", "data.root": str(root), "data.image_size": 16, **model,
-        "data.cache_dir": str(tmp_path / "cache"), "data.cache_seed": 5, "eval.tta_views": 3,
-        "stage1.epochs": 2, "stage1.batch_size": 16, "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": "ce",
+            "data.dataset": "folder",
+            "data.root": str(root),
+            "data.image_size": 16,
+            **model,
+            "data.cache_dir": str(tmp_path / "cache"),
+            "data.cache_seed": 5,
+            "eval.tta_views": 3,
+            "stage1.epochs": 2,
+            "stage1.batch_size": 16,
+            "trainer.progress_bar": False,
+        },
+    )
     run_dir = tmp_path / "run"
     metrics = run(config, run_dir)
     assert set(metrics["final_single_view"]) == set(metrics["final"]) == {"val", "test"}
     test_split = build_splits(data_spec(config)).splits["test"]
     classes = test_split.classes
 
-    assert main(["predict", "--run", str(run_dir), "--images", str(root), "--tta", "--out",
-                 str(tmp_path / "tta.csv")]) == 0
+    assert (
+        main(["predict", "--run", str(run_dir), "--images", str(root), "--tta", "--out", str(tmp_path / "tta.csv")])
+        == 0
+    )
     with_tta = _probabilities((tmp_path / "tta.csv").read_text(), classes)
     single = _probabilities(predict(run_dir, root), classes)
     saved = [row for row in csv.DictReader((run_dir / "predictions.csv").open()) if row["split"] == "test"]
@@ -66,8 +84,15 @@ def test_tta_in_the_run_equals_predict_tta_on_the_same_images(tmp_path, model, a
 
 def test_predict_tta_without_a_number_needs_a_run_with_views(tmp_path):
     root = _noisy_jpeg_folder(tmp_path / "images", per_class=6)
-    config = {"method": "ce", "data.dataset": "folder", "data.root": str(root), "data.image_size": 16,
-              "stage1.epochs": 1, "stage1.batch_size": 16, "trainer.progress_bar": False}
+    config = {
+        "method": "ce",
+        "data.dataset": "folder",
+        "data.root": str(root),
+        "data.image_size": 16,
+        "stage1.epochs": 1,
+        "stage1.batch_size": 16,
+        "trainer.progress_bar": False,
+    }
     run(config, tmp_path / "run")
     with pytest.raises(DataError, match="eval.tta_views, which is 0"):
         predict(tmp_path / "run", root, tta=-1)

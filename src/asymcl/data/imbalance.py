@@ -112,8 +112,7 @@ def parse_imbalance(text: str | ImbalanceProfile | None) -> ImbalanceProfile | N
         raise DataError(f"imbalance ratio {parts[1]!r} in {raw!r} is not a number") from None
     if not math.isfinite(ratio) or ratio < 1:
         raise DataError(
-            f"imbalance ratio {parts[1]} in {raw!r} must be a finite number >= 1 "
-            "(majority count / minority count)"
+            f"imbalance ratio {parts[1]} in {raw!r} must be a finite number >= 1 (majority count / minority count)"
         )
     n_max = None
     if len(parts) == 3:
@@ -126,9 +125,7 @@ def parse_imbalance(text: str | ImbalanceProfile | None) -> ImbalanceProfile | N
     return ImbalanceProfile(kind, ratio, n_max)
 
 
-def imbalanced_indices(
-    targets: np.ndarray, counts: Sequence[int] | np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def imbalanced_indices(targets: np.ndarray, counts: Sequence[int] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of a seeded subset with exactly ``counts[c]`` images of class c."""
     chosen = []
     for c, n in enumerate(counts):

@@ -48,9 +48,7 @@ def _root(spec: DataSpec) -> Path:
     return Path(str(spec.root))
 
 
-def _array_source(
-    images: np.ndarray, targets: np.ndarray, classes: list[str], spec: DataSpec
-) -> ArrayImageDataset:
+def _array_source(images: np.ndarray, targets: np.ndarray, classes: list[str], spec: DataSpec) -> ArrayImageDataset:
     if images.ndim == 3:
         images = images[:, :, :, None]
     images = resize_array(np.ascontiguousarray(images), normalize_image_size(spec.image_size))
@@ -128,9 +126,7 @@ def load_npz(spec: DataSpec) -> SourceData:
     if "classes" in arrays:
         classes = [str(c) for c in np.asarray(arrays["classes"]).reshape(-1)]
         if y.size and y.max() >= len(classes):
-            raise DataError(
-                f"npz file {path}: y holds label {y.max()} but classes names only {len(classes)}"
-            )
+            raise DataError(f"npz file {path}: y holds label {y.max()} but classes names only {len(classes)}")
     else:
         classes = [str(c) for c in range(int(y.max()) + 1 if y.size else 0)]
     groups = None
@@ -151,9 +147,7 @@ def load_npz(spec: DataSpec) -> SourceData:
         raise DataError(f"npz file {path}: split has shape {split.shape}, y has {y.shape}")
     unknown = sorted(set(split.tolist()) - set(_SPLIT_NAMES))
     if unknown:
-        raise DataError(
-            f"npz file {path}: split holds {', '.join(map(repr, unknown))}; use train, val or test"
-        )
+        raise DataError(f"npz file {path}: split holds {', '.join(map(repr, unknown))}; use train, val or test")
     canonical = np.vectorize(_SPLIT_NAMES.get, otypes=[str])(split) if split.size else split
     pools, pool_groups = {}, {}
     for name in ("train", "val", "test"):
@@ -168,7 +162,10 @@ def load_npz(spec: DataSpec) -> SourceData:
 
 
 def _file_pools(
-    rows: dict[str, tuple[list[str], np.ndarray]], classes: list[str], spec: DataSpec, what: str,
+    rows: dict[str, tuple[list[str], np.ndarray]],
+    classes: list[str],
+    spec: DataSpec,
+    what: str,
     ids: dict[str, list[str]],
 ) -> dict[str, FileImageDataset]:
     """All splits share one channel count and one image size (the first training image's).
@@ -208,8 +205,7 @@ def load_isic2018(spec: DataSpec) -> SourceData:
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 
@@ -252,9 +248,7 @@ def load_folder(spec: DataSpec) -> SourceData:
             folder = base / name
             files = _list_images(folder) if folder.is_dir() else []
             if not files and split == "train":
-                raise DataError(
-                    f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-                )
+                raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(str(p) for p in files)
             labels.extend([label] * len(files))
         rows[split] = (paths, np.asarray(labels, dtype=np.int64))
@@ -301,12 +295,8 @@ def load_csv(spec: DataSpec) -> SourceData:
     header = [h.strip() for h in next(rows_in, (0, []))[1]]
     if not header:
         raise DataError(f"CSV file {path} is empty")
-    path_col = _pick_column(
-        header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path
-    )
-    label_col = _pick_column(
-        header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path
-    )
+    path_col = _pick_column(header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path)
+    label_col = _pick_column(header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path)
     lowered = [h.lower() for h in header]
     split_col = lowered.index("split") if "split" in lowered else None
     records: list[tuple[str, str, str]] = []

@@ -23,8 +23,7 @@ _EXP_SAFE = {torch.float32: 80.0, torch.float64: 700.0}
 class State:
     """Inputs shared by forward and backward (plain attributes, no autograd)."""
 
-    def __init__(self, anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
-                 gamma, eta, temperature):
+    def __init__(self, anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma, eta, temperature):
         self.anchors = anchors
         self.contrast = contrast
         self.anchor_index = anchor_index
@@ -140,9 +139,16 @@ def block_forward(state: State, block: Block):
     return pos, neg, lse, argmax, lse_without_max, positive.sum(dim=1), log_p
 
 
-def block_gradient(state: State, block: Block, lse: Tensor, argmax: Tensor,
-                    lse_without_max: Tensor, pos_scale: Tensor, neg_scale: Tensor,
-                    log_p: Tensor | None = None) -> Tensor:
+def block_gradient(
+    state: State,
+    block: Block,
+    lse: Tensor,
+    argmax: Tensor,
+    lse_without_max: Tensor,
+    pos_scale: Tensor,
+    neg_scale: Tensor,
+    log_p: Tensor | None = None,
+) -> Tensor:
     """d loss / d s for one block, (B, M), already scaled by w(i) * upstream grad / tau.
 
     Off the argmax column m (where p <= 1/2, so 1 - p and p / (1 - p) are accurate) the closed
@@ -172,8 +178,7 @@ def block_gradient(state: State, block: Block, lse: Tensor, argmax: Tensor,
         w_pos_part = -pos_scale
     else:
         # -w_pos u = w_pos (1 - p)^gamma (gamma r log p - 1)
-        w_pos_part = torch.addcmul(torch.ones((), dtype=p.dtype, device=p.device).neg_(),
-                                   r, log_p, value=gamma)
+        w_pos_part = torch.addcmul(torch.ones((), dtype=p.dtype, device=p.device).neg_(), r, log_p, value=gamma)
         w_pos_part.mul_(q.pow_(gamma)).mul_(pos_scale)
     del q
     if eta != 0.0:

@@ -63,6 +63,7 @@ from asymcl.losses._validation import check_core_arguments
 
 __all__ = ["per_anchor_loss", "prefer_blockwise", "auto_block_size"]
 
+
 class _BlockwiseAFCL(torch.autograd.Function):
     """forward(anchors, contrast, ...) -> (A,) per-anchor loss; analytic, row-blocked backward.
 
@@ -76,12 +77,27 @@ class _BlockwiseAFCL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
-                gamma, eta, temperature, normalization, n_total, block_size, grads_in_forward,
-                uniform_upstream):
+    def forward(
+        ctx,
+        anchors,
+        contrast,
+        anchor_index,
+        anchor_labels,
+        contrast_labels,
+        mask,
+        gamma,
+        eta,
+        temperature,
+        normalization,
+        n_total,
+        block_size,
+        grads_in_forward,
+        uniform_upstream,
+    ):
         with torch.autocast(device_type=anchors.device.type, enabled=False):
-            state = State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
-                           gamma, eta, temperature)
+            state = State(
+                anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma, eta, temperature
+            )
             n_anchors, n_contrast = anchors.shape[0], contrast.shape[0]
             dtype, device = anchors.dtype, anchors.device
             lse = anchors.new_empty(n_anchors)
@@ -96,26 +112,29 @@ class _BlockwiseAFCL(torch.autograd.Function):
                 unit_grad_contrast = torch.zeros_like(contrast)
             n_workers = block_workers(n_anchors, block_size, device)
             contrast_grads = [unit_grad_contrast] + [
-                torch.zeros_like(contrast) if grads_in_forward else None
-                for _ in range(n_workers - 1)]
+                torch.zeros_like(contrast) if grads_in_forward else None for _ in range(n_workers - 1)
+            ]
 
             def forward_block(start: int, stop: int, worker: int) -> None:
                 block = Block(state, start, stop)
-                b_pos, b_neg, b_lse, b_argmax, b_lse_wo, b_n_pos, b_log_p = block_forward(
-                    state, block)
+                b_pos, b_neg, b_lse, b_argmax, b_lse_wo, b_n_pos, b_log_p = block_forward(state, block)
                 pos[start:stop], lse[start:stop], argmax[start:stop] = b_pos, b_lse, b_argmax
                 lse_without_max[start:stop], n_positive[start:stop] = b_lse_wo, b_n_pos
                 if b_neg is not None:
                     neg[start:stop] = b_neg
                 if grads_in_forward:
-                    b_w_pos, b_w_neg = row_weights(normalization, b_n_pos,
-                                                (n_contrast - 1) - b_n_pos, n_total, dtype)
+                    b_w_pos, b_w_neg = row_weights(normalization, b_n_pos, (n_contrast - 1) - b_n_pos, n_total, dtype)
                     grad_s = block_gradient(
-                        state, block, b_lse, b_argmax, b_lse_wo,
+                        state,
+                        block,
+                        b_lse,
+                        b_argmax,
+                        b_lse_wo,
                         (b_w_pos * state.inv_temperature)[:, None],
-                        (b_w_neg * (state.inv_temperature * state.eta))[:, None], log_p=b_log_p)
-                    _accumulate_input_grads(grad_s, state, block, unit_grad_anchors,
-                                            contrast_grads[worker])
+                        (b_w_neg * (state.inv_temperature * state.eta))[:, None],
+                        log_p=b_log_p,
+                    )
+                    _accumulate_input_grads(grad_s, state, block, unit_grad_anchors, contrast_grads[worker])
 
             for_each_block(n_anchors, block_size, n_workers, forward_block)
             if grads_in_forward:
@@ -126,8 +145,19 @@ class _BlockwiseAFCL(torch.autograd.Function):
             out = w_pos * pos
             if state.eta != 0.0:
                 out = out + state.eta * w_neg * neg
-        ctx.save_for_backward(anchors, contrast, anchor_index, anchor_labels, contrast_labels,
-                              mask, lse, argmax, lse_without_max, w_pos, w_neg)
+        ctx.save_for_backward(
+            anchors,
+            contrast,
+            anchor_index,
+            anchor_labels,
+            contrast_labels,
+            mask,
+            lse,
+            argmax,
+            lse_without_max,
+            w_pos,
+            w_neg,
+        )
         ctx.settings = (gamma, eta, temperature, block_size, normalization, n_total)
         ctx.unit_grads = (unit_grad_anchors, unit_grad_contrast)
         ctx.uniform_upstream = uniform_upstream
@@ -145,8 +175,7 @@ class _BlockwiseAFCL(torch.autograd.Function):
         unit_grad_anchors, unit_grad_contrast = ctx.unit_grads
         # The caller's promise that every anchor gets the same upstream gradient spares the
         # comparison, a host sync on CUDA.
-        if unit_grad_anchors is not None and (
-                ctx.uniform_upstream or bool((grad_out == grad_out[0]).all())):
+        if unit_grad_anchors is not None and (ctx.uniform_upstream or bool((grad_out == grad_out[0]).all())):
             # Out of place: a second backward through a retained graph gets the very same result.
             g = grad_out[0].to(unit_grad_anchors.dtype)
             grad_anchors = unit_grad_anchors * g if need_anchors else None
@@ -154,12 +183,24 @@ class _BlockwiseAFCL(torch.autograd.Function):
             return (grad_anchors, grad_contrast) + (None,) * 12
         del unit_grad_anchors, unit_grad_contrast
 
-        (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, lse, argmax,
-         lse_without_max, w_pos, w_neg) = ctx.saved_tensors
+        (
+            anchors,
+            contrast,
+            anchor_index,
+            anchor_labels,
+            contrast_labels,
+            mask,
+            lse,
+            argmax,
+            lse_without_max,
+            w_pos,
+            w_neg,
+        ) = ctx.saved_tensors
         gamma, eta, temperature, block_size, _, _ = ctx.settings
         with torch.autocast(device_type=anchors.device.type, enabled=False):
-            state = State(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask,
-                           gamma, eta, temperature)
+            state = State(
+                anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma, eta, temperature
+            )
             # Fold the upstream gradient and 1/tau into the per-row weights.
             scale = grad_out.to(anchors.dtype) * state.inv_temperature
             pos_scale = w_pos * scale
@@ -169,15 +210,20 @@ class _BlockwiseAFCL(torch.autograd.Function):
             n_anchors = anchors.shape[0]
             n_workers = block_workers(n_anchors, block_size, anchors.device)
             contrast_grads = [grad_contrast] + [
-                torch.zeros_like(contrast) if need_contrast else None
-                for _ in range(n_workers - 1)]
+                torch.zeros_like(contrast) if need_contrast else None for _ in range(n_workers - 1)
+            ]
 
             def backward_block(start: int, stop: int, worker: int) -> None:
                 block = Block(state, start, stop)
                 grad_s = block_gradient(
-                    state, block, lse[start:stop], argmax[start:stop],
-                    lse_without_max[start:stop], pos_scale[start:stop, None],
-                    neg_scale[start:stop, None])
+                    state,
+                    block,
+                    lse[start:stop],
+                    argmax[start:stop],
+                    lse_without_max[start:stop],
+                    pos_scale[start:stop, None],
+                    neg_scale[start:stop, None],
+                )
                 _accumulate_input_grads(grad_s, state, block, grad_anchors, contrast_grads[worker])
 
             for_each_block(n_anchors, block_size, n_workers, backward_block)
@@ -192,15 +238,27 @@ def _differentiable_backward(ctx, grad_out: Tensor, need_anchors: bool, need_con
     gamma, eta, temperature, _, normalization, n_total = ctx.settings
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         grad_anchors, grad_contrast = _reference.differentiable_vjp(
-            anchors, contrast, grad_out.to(anchors.dtype), need_anchors, need_contrast,
-            anchor_index=anchor_index, anchor_labels=anchor_labels, contrast_labels=contrast_labels,
-            mask=mask, gamma=gamma, eta=eta, temperature=temperature, normalization=normalization,
-            n_total=n_total)
+            anchors,
+            contrast,
+            grad_out.to(anchors.dtype),
+            need_anchors,
+            need_contrast,
+            anchor_index=anchor_index,
+            anchor_labels=anchor_labels,
+            contrast_labels=contrast_labels,
+            mask=mask,
+            gamma=gamma,
+            eta=eta,
+            temperature=temperature,
+            normalization=normalization,
+            n_total=n_total,
+        )
     return (grad_anchors, grad_contrast) + (None,) * 12
 
 
-def _accumulate_input_grads(grad_s: Tensor, state: State, block: Block,
-                            grad_anchors: Tensor | None, grad_contrast: Tensor | None) -> None:
+def _accumulate_input_grads(
+    grad_s: Tensor, state: State, block: Block, grad_anchors: Tensor | None, grad_contrast: Tensor | None
+) -> None:
     """d/d a_i = sum_k G_ik c_k and d/d c_k += sum_i G_ik a_i (1/tau is already in G)."""
     if grad_anchors is not None:
         torch.mm(grad_s, state.contrast, out=grad_anchors[block.rows])
@@ -240,15 +298,30 @@ def per_anchor_loss(
     every anchor (``.sum() / n``, ``.mean()``); the backward then skips checking that (a host sync
     on CUDA). A wrong promise gives wrong gradients: leave it False unless that holds by construction.
     """
-    check_core_arguments(anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma,
-                  eta, temperature, normalization, n_total, block_size)
+    check_core_arguments(
+        anchors,
+        contrast,
+        anchor_index,
+        anchor_labels,
+        contrast_labels,
+        mask,
+        gamma,
+        eta,
+        temperature,
+        normalization,
+        n_total,
+        block_size,
+    )
     dtype = compute_dtype(anchors.dtype)
     anchors_c = anchors.to(dtype)
     contrast_c = anchors_c if contrast is anchors else contrast.to(dtype)
     if block_size is None:
         block_size = auto_block_size(anchors.shape[0], contrast.shape[0], anchors.device, dtype)
-        if (anchors.device.type == "cpu" and PER_THREAD_NUM_THREADS
-                and anchors.shape[0] * contrast.shape[0] >= THREAD_BLOCKS_FROM):
+        if (
+            anchors.device.type == "cpu"
+            and PER_THREAD_NUM_THREADS
+            and anchors.shape[0] * contrast.shape[0] >= THREAD_BLOCKS_FROM
+        ):
             # At least one block per thread, so that every thread gets whole blocks (see
             # block_workers) even when the batch fits one block. Not for small batches, where
             # starting the worker threads (~1 ms) costs more than the whole loss.
@@ -257,6 +330,18 @@ def per_anchor_loss(
         return anchors_c.new_zeros(0) + 0.0 * anchors_c.sum()
     grads_in_forward = torch.is_grad_enabled() and (anchors_c.requires_grad or contrast_c.requires_grad)
     return _BlockwiseAFCL.apply(
-        anchors_c, contrast_c, anchor_index, anchor_labels, contrast_labels, mask,
-        float(gamma), float(eta), float(temperature), normalization, n_total, int(block_size),
-        grads_in_forward, bool(uniform_upstream))
+        anchors_c,
+        contrast_c,
+        anchor_index,
+        anchor_labels,
+        contrast_labels,
+        mask,
+        float(gamma),
+        float(eta),
+        float(temperature),
+        normalization,
+        n_total,
+        int(block_size),
+        grads_in_forward,
+        bool(uniform_upstream),
+    )

@@ -118,9 +118,19 @@ def afcl_loss(
         an unknown normalization or impl.
     """
     loss, _ = loss_and_batch(
-        features, labels, mask=mask, ref_features=ref_features, ref_labels=ref_labels, gamma=gamma,
-        eta=eta, temperature=temperature, normalization=normalization, normalize=normalize, impl=impl,
-        gather_distributed=gather_distributed, block_size=block_size,
+        features,
+        labels,
+        mask=mask,
+        ref_features=ref_features,
+        ref_labels=ref_labels,
+        gamma=gamma,
+        eta=eta,
+        temperature=temperature,
+        normalization=normalization,
+        normalize=normalize,
+        impl=impl,
+        gather_distributed=gather_distributed,
+        block_size=block_size,
     )
     return loss
 
@@ -179,7 +189,13 @@ def loss_and_batch(
     else:
         local_error: Exception | None = None
         n_images = n_views = dim = mask_cols = 0
-        mode = distributed.MODE_LABELS if labels is not None else distributed.MODE_MASK if mask is not None else distributed.MODE_VIEWS_ONLY
+        mode = (
+            distributed.MODE_LABELS
+            if labels is not None
+            else distributed.MODE_MASK
+            if mask is not None
+            else distributed.MODE_VIEWS_ONLY
+        )
         try:
             _deferred.raise_ready()  # through the exchange below, so that no rank is left waiting
             rows, n_images, n_views, label_ids, image_mask, refs = _check_local_inputs(

@@ -71,8 +71,13 @@ class _BackboneNames(Sequence):
 
     def _names(self) -> tuple[str, ...]:
         builtin = [n for n in REGISTRY if n in _BUILTIN]
-        return (*builtin, *_LITE_VARIANTS, "timm:<name>", "efficientnet_liteA+efficientnet_liteB",
-                *(n for n in REGISTRY if n not in _BUILTIN))
+        return (
+            *builtin,
+            *_LITE_VARIANTS,
+            "timm:<name>",
+            "efficientnet_liteA+efficientnet_liteB",
+            *(n for n in REGISTRY if n not in _BUILTIN),
+        )
 
     def __getitem__(self, index):
         return self._names()[index]
@@ -98,9 +103,11 @@ def _join_problem(name: str) -> str | None:
     unknown = [m for m in members if m not in _LITE_VARIANTS]
     if not unknown and len(set(members)) == len(members):
         return None
-    return (f"must be distinct EfficientNet-Lite variants when '+' joins them ({', '.join(_LITE_VARIANTS)}), "
-            "e.g. efficientnet_lite2+efficientnet_lite0"
-            + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once"))
+    return (
+        f"must be distinct EfficientNet-Lite variants when '+' joins them ({', '.join(_LITE_VARIANTS)}), "
+        "e.g. efficientnet_lite2+efficientnet_lite0"
+        + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once")
+    )
 
 
 def lite_members(name: str) -> tuple[str, ...]:
@@ -123,11 +130,14 @@ def backbone_name(name: object) -> str:
         if problem is not None:
             raise ValueError(problem)
         return name
-    if isinstance(name, str) and (name in REGISTRY or name in _LITE_VARIANTS
-                                  or (name.startswith("timm:") and len(name) > 5)):
+    if isinstance(name, str) and (
+        name in REGISTRY or name in _LITE_VARIANTS or (name.startswith("timm:") and len(name) > 5)
+    ):
         return name
-    raise ValueError(f"must be one of {', '.join(BACKBONES)} (a '+' joins distinct EfficientNet-Lite "
-                     "variants, e.g. efficientnet_lite2+efficientnet_lite0)")
+    raise ValueError(
+        f"must be one of {', '.join(BACKBONES)} (a '+' joins distinct EfficientNet-Lite "
+        "variants, e.g. efficientnet_lite2+efficientnet_lite0)"
+    )
 
 
 def check_backbone_name(name: object) -> str:
@@ -162,9 +172,11 @@ def check_pretrained(name: str, pretrained: str | Path | None) -> None:
         return
     if str(pretrained) == "imagenet":
         if not has_bundled_weights(name):
-            raise ConfigError(f"model.pretrained=imagenet: backbone {name} has no bundled ImageNet weights; use "
-                              f"model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several joined by '+'), or give "
-                              "model.pretrained a local weights file")
+            raise ConfigError(
+                f"model.pretrained=imagenet: backbone {name} has no bundled ImageNet weights; use "
+                f"model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several joined by '+'), or give "
+                "model.pretrained a local weights file"
+            )
         return
     check_joined_weights(name, pretrained)
     if not Path(pretrained).expanduser().is_file():
@@ -175,8 +187,10 @@ def check_input_size(name: str, input_size: object) -> None:
     """ConfigError when an input size is given to a backbone that is not EfficientNet-Lite (only
     those resize inside the model)."""
     if input_size is not None and not lite_members(name):
-        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {name} "
-                          "takes images as loaded (set data.image_size instead)")
+        raise ConfigError(
+            f"model.input_size is an EfficientNet-Lite option; backbone {name} "
+            "takes images as loaded (set data.image_size instead)"
+        )
 
 
 def default_input_size(native_hw: tuple[int, int]) -> tuple[int, int] | None:
@@ -353,8 +367,9 @@ def register_backbone(backbone: Backbone) -> Backbone:
         raise ConfigError(f"register_backbone takes an asymcl.Backbone, got {type(backbone).__name__}")
     name = backbone.name
     if not isinstance(name, str) or not name or "+" in name or ":" in name or not callable(backbone.build):
-        raise ConfigError(f"backbone {name!r}: a name without '+' or ':' and a callable build(in_channels) "
-                          "are required")
+        raise ConfigError(
+            f"backbone {name!r}: a name without '+' or ':' and a callable build(in_channels) are required"
+        )
     from asymcl.plugins import claim_name
 
     if not claim_name("backbone", name, backbone, REGISTRY, {*_BUILTIN, *_LITE_VARIANTS}):

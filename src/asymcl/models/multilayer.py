@@ -108,8 +108,9 @@ def set_feature_layers(encoder: nn.Module, names: Sequence[str]) -> nn.Module:
         return encoder
     available = unit_names(encoder)
     if available is None:
-        raise ConfigError(f"model.feature_layers: backbone {type(encoder).__name__} has no named layers; "
-                          "remove model.feature_layers")
+        raise ConfigError(
+            f"model.feature_layers: backbone {type(encoder).__name__} has no named layers; remove model.feature_layers"
+        )
     indices = _resolve(names, available, type(encoder).__name__)
     layers = encoder_layers(encoder)
     assert layers is not None  # unit_names found units, so the encoder has layers()
@@ -121,8 +122,13 @@ def set_feature_layers(encoder: nn.Module, names: Sequence[str]) -> nn.Module:
     return encoder
 
 
-def check_encoder_options(backbone: str, finetune: str, feature_layers: Sequence[str] | None,
-                          input_size: int | None = None, pretrained: str | None = None) -> None:
+def check_encoder_options(
+    backbone: str,
+    finetune: str,
+    feature_layers: Sequence[str] | None,
+    input_size: int | None = None,
+    pretrained: str | None = None,
+) -> None:
     """One-line ConfigError, before anything is built or trained, when ``pretrained``, ``finetune``
     (``last:K``), ``feature_layers`` or ``input_size`` does not fit ``backbone``: weights it cannot
     load (:func:`~asymcl.models.backbones.check_pretrained`), K beyond its units, ``last:K`` on a
@@ -134,15 +140,18 @@ def check_encoder_options(backbone: str, finetune: str, feature_layers: Sequence
     check_input_size(backbone, input_size)
     mode, _ = parse_finetune(finetune)
     if "+" in backbone and mode == "last":
-        raise ConfigError(f"model.finetune={finetune}: last:K cuts the blocks of one network; "
-                          f"backbone {backbone} joins several, so use frozen or all")
+        raise ConfigError(
+            f"model.finetune={finetune}: last:K cuts the blocks of one network; "
+            f"backbone {backbone} joins several, so use frozen or all"
+        )
     if mode != "last" and not feature_layers:
         return
     names = backbone_unit_names(backbone)
     check_finetune_fits(finetune, backbone, None if names is None else names[0], bool(feature_layers))
     if feature_layers:
         if names is None:
-            raise ConfigError(f"model.feature_layers: backbone {backbone} has no named layers; "
-                              "remove model.feature_layers")
+            raise ConfigError(
+                f"model.feature_layers: backbone {backbone} has no named layers; remove model.feature_layers"
+            )
         common = [n for n in names[0] if all(n in other for other in names[1:])]
         _resolve(list(feature_layers), common, backbone)

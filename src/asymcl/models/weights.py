@@ -80,7 +80,8 @@ def load_weights_strict(model: nn.Module, state: Mapping[str, Tensor], source: s
                 shown = ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
                 parts.append(f"{len(items)} {label} ({shown})")
         raise CheckpointError(
-            f"weights in {source} do not fit this model ({type(model).__name__}): " + "; ".join(parts)
+            f"weights in {source} do not fit this model ({type(model).__name__}): "
+            + "; ".join(parts)
             + ". Was it saved from another backbone, class count or number of input channels?"
         )
     model.load_state_dict(state, strict=True)

@@ -58,8 +58,10 @@ def build_caches(config) -> Path | None:
     from asymcl.training.pipeline import RunData, attach_feature_caches
 
     if not uses_feature_cache(config):
-        raise ConfigError("cache build: this config trains without cached features; set model.finetune "
-                          "frozen or last:K (with data.cache auto) for a cache to build")
+        raise ConfigError(
+            "cache build: this config trains without cached features; set model.finetune "
+            "frozen or last:K (with data.cache auto) for a cache to build"
+        )
     started = _start_process_group(config)
     try:
         import torch.distributed as dist

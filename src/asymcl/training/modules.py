@@ -115,8 +115,9 @@ def metrics_to_python(values: dict[str, Tensor]) -> dict[str, Any]:
 class BaseModule(pl.LightningModule):
     stage = "base"
 
-    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str):
+    def __init__(
+        self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int], augment_preset: str
+    ):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
@@ -217,8 +218,7 @@ class BaseModule(pl.LightningModule):
     def _optimizer(self, params, section: dict):
         params = [p for p in params if p.requires_grad]  # frozen encoder parts never train
         if section.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9,
-                                        weight_decay=section.weight_decay)
+            optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9, weight_decay=section.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
         if section.scheduler == "none":
@@ -239,12 +239,19 @@ class ContrastiveModule(BaseModule):
 
     stage = "stage1"
 
-    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, gather_distributed: bool = False, load_pretrained: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        gather_distributed: bool = False,
+        load_pretrained: bool = True,
+    ):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
-        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim,
-                                   config.model.proj_dim)
+        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim, config.model.proj_dim)
         self.criterion = config.method_spec.build_loss(config.loss, gather_distributed)
         self.class_means: Tensor | None = None
 
@@ -293,10 +300,18 @@ class LinearProbeModule(BaseModule):
 
     stage = "stage2"
 
-    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, class_counts: Tensor):
-        super().__init__(config, num_classes, in_channels,
-                         image_hw, augment_preset if config.stage2.augment else "none")
+    def __init__(
+        self,
+        config: RunConfig,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        class_counts: Tensor,
+    ):
+        super().__init__(
+            config, num_classes, in_channels, image_hw, augment_preset if config.stage2.augment else "none"
+        )
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained=False)
         self.encoder.requires_grad_(False)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
@@ -339,8 +354,10 @@ class LinearProbeModule(BaseModule):
         table = self._feature_tables.get(split)
         if table is None or table[0] != stamp:
             with torch.no_grad():
-                rows = [self.encoder.from_frozen(cache.clean_features(chunk).to(self.device))
-                        for chunk in torch.arange(len(cache)).split(1024)]
+                rows = [
+                    self.encoder.from_frozen(cache.clean_features(chunk).to(self.device))
+                    for chunk in torch.arange(len(cache)).split(1024)
+                ]
             table = self._feature_tables[split] = (stamp, torch.cat(rows))
         return table[1][inputs.to(table[1].device)]
 
@@ -377,8 +394,16 @@ class EndToEndModule(BaseModule):
 
     stage = "baseline"
 
-    def __init__(self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, class_counts: Tensor, load_pretrained: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        class_counts: Tensor,
+        load_pretrained: bool = True,
+    ):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)

@@ -32,8 +32,9 @@ def _mean_probabilities(module, stacked: Tensor, from_frozen: bool) -> Tensor:
 
 
 @torch.no_grad()
-def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str], augment, views: int,
-                            seed: int | None, batch_size: int = 64) -> np.ndarray:
+def image_tta_probabilities(
+    module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int | None, batch_size: int = 64
+) -> np.ndarray:
     """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here.
 
     ``seed`` is ``data.cache_seed`` as configured; null seeds the views as the text "None" does."""
@@ -44,8 +45,8 @@ def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str],
     out = []
     per_chunk = max(1, batch_size // (1 + views))
     for start in range(0, len(images), per_chunk):
-        chunk = images[start:start + per_chunk].float()
-        stacked = render_views(chunk, fingerprints[start:start + per_chunk], augment, views, seed)
+        chunk = images[start : start + per_chunk].float()
+        stacked = render_views(chunk, fingerprints[start : start + per_chunk], augment, views, seed)
         out.append(_mean_probabilities(module, stacked.to(device), from_frozen=False).cpu())
     return torch.cat(out).numpy()
 
@@ -75,7 +76,14 @@ def split_tta_probabilities(module, config, data, split: str) -> np.ndarray:
 
     dataset = data.splits[split]
     images = data.cache[split][0] if split in data.cache else dataset.load_all()[0]
-    augment = build_augmentation(augmentation_preset(config, data.dataset_name, data.channels),
-                                 data.image_hw, data.channels)
-    return image_tta_probabilities(module, images.float().div(255.0), image_fingerprints(dataset), augment,
-                                   config.eval.tta_views, config.data.cache_seed)
+    augment = build_augmentation(
+        augmentation_preset(config, data.dataset_name, data.channels), data.image_hw, data.channels
+    )
+    return image_tta_probabilities(
+        module,
+        images.float().div(255.0),
+        image_fingerprints(dataset),
+        augment,
+        config.eval.tta_views,
+        config.data.cache_seed,
+    )
