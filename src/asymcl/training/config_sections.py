@@ -171,7 +171,7 @@ class Stage2Config(OptimisationConfig):
 
     epochs: int = _redeclare("epochs", 30, "epochs of the linear classifier")
     loss: str = option(
-        "ce",
+        "ce",  # not a method name: the loss
         check.choice("ce", "focal", "logit_adjusted"),  # not a method name: the loss
         "classification loss (also the baseline's)",
     )
