@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from asymcl.models import (
     Adapter,
+    FinetuneParts,
     apply_finetune,
     build_backbone,
     default_input_size,
@@ -37,6 +38,7 @@ from asymcl.models import (
     parse_finetune,
     set_feature_layers,
 )
+from asymcl.models.backbones import feature_dim_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +46,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Standardise(nn.Module):
     """(x - mean) / std per channel; the constants come from the config (not in checkpoints)."""
+
+    mean: Tensor  # buffers (register_buffer), which nn.Module would type as Tensor | Module
+    std: Tensor
 
     def __init__(self, mean: Tensor, std: Tensor):
         super().__init__()
@@ -85,6 +90,10 @@ class Encoder(nn.Module):
     outputs never change); :meth:`from_frozen` is the rest, the part that trains.
     """
 
+    # Set with object.__setattr__, not registered (see __init__): declared for the type checker,
+    # which would otherwise take it for one of nn.Module's Tensor | Module attributes.
+    _parts: FinetuneParts
+
     def __init__(
         self,
         backbone: str,
@@ -101,7 +110,7 @@ class Encoder(nn.Module):
         super().__init__()
         size = None
         if lite_members(backbone):
-            size = (input_size, input_size) if input_size else default_input_size(tuple(image_hw))
+            size = (input_size, input_size) if input_size else default_input_size((int(image_hw[0]), int(image_hw[1])))
         # load_pretrained=False: same layout, weights to come from a checkpoint
         self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None, input_size=size)
         # What rebuilds the backbone's weights without a checkpoint (see frozen_reference).
@@ -115,7 +124,7 @@ class Encoder(nn.Module):
         }
         if feature_layers:  # pooled outputs of several units (asymcl.models.multilayer); frozen only
             set_feature_layers(self.backbone, feature_layers)
-        self.feature_dim = int(self.backbone.feature_dim)
+        self.feature_dim = feature_dim_of(self.backbone)
         self.standardise = _standardise(backbone, in_channels, pretrained)
         parts = apply_finetune(self.backbone, finetune)
         # Not registered: they share the backbone's sub-modules (registering them would give every
@@ -125,7 +134,7 @@ class Encoder(nn.Module):
         self.train(True)
 
     @property
-    def parts(self):
+    def parts(self) -> FinetuneParts:
         return self._parts
 
     @property
@@ -143,7 +152,7 @@ class Encoder(nn.Module):
         if self._backbone_source["pretrained"] is None:
             return None
         frozen = {id(p) for p in self._parts.frozen.parameters()}
-        tensors = {name: p for name, p in self.backbone.named_parameters() if id(p) in frozen}
+        tensors: dict[str, Tensor] = {name: p for name, p in self.backbone.named_parameters() if id(p) in frozen}
         return (dict(self._backbone_source), tensors) if tensors else None
 
     def frozen_input(self) -> nn.Module:
