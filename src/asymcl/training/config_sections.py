@@ -210,8 +210,8 @@ class EvalConfig(Section):
     tta_views: int = option(
         0,
         check.integer(0),
-        "test-time augmentation on val/test: softmax averaged over the clean "
-        "image and this many views seeded by data.cache_seed (0: off)",
+        "test-time augmentation on val/test: softmax averaged over the clean image and this many "
+        "views seeded like the cached views (data.cache_seed, or the run seed when null; 0: off)",
     )
     embeddings: int | None = option(
         None,

@@ -6,11 +6,14 @@ For an image x with views v_1..v_V the prediction is the mean of the softmax pro
 
 with g the final model (encoder + classifier). The views are the feature cache's own
 (:func:`asymcl.data.feature_cache.render_views`): the run's augmentation preset at the images'
-size, drawn per image from a generator seeded by (``data.cache_seed``, the image's fingerprint:
-the bytes of its file, or of its pixels for in-memory data). So the same image and seed give the
-same views whether they come from the run's cache (val/test entries with V views, extracted in
-float32 like the clean images), are rendered live (a run without the cache), or are rendered by
-``predict --tta`` from the image file. The exported model stays single-view (one forward pass).
+size, drawn per image from a generator seeded by (the views' seed, the image's fingerprint: the
+bytes of its file, or of its pixels for in-memory data). The views' seed is that of the run's
+cached training views, :func:`asymcl.training.encoder.views_seed`: ``data.cache_seed``, or the
+run's seed when that is null, so that each seed then evaluates on its own draw of views too. So the
+same image and seed give the same views whether they come from the run's cache (val/test entries
+with V views, extracted in float32 like the clean images, keyed by that seed), are rendered live
+(a run without the cache), or are rendered by ``predict --tta`` from the image file. The exported
+model stays single-view (one forward pass).
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ def _mean_probabilities(module, stacked: Tensor, from_frozen: bool) -> Tensor:
 
 @torch.no_grad()
 def image_tta_probabilities(
-    module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int | None, batch_size: int = 64
+    module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int, batch_size: int = 64
 ) -> np.ndarray:
     """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here.
 
-    ``seed`` is ``data.cache_seed`` as configured; null seeds the views as the text "None" does."""
+    ``seed``: the run's views seed, :func:`asymcl.training.encoder.views_seed` (``data.cache_seed``,
+    or the run's seed when that is null), the seed its cached val/test views are drawn and keyed by."""
     from asymcl.data.feature_cache import render_views
 
     module.eval()
@@ -72,6 +76,7 @@ def split_tta_probabilities(module, config, data, split: str) -> np.ndarray:
         return cached_tta_probabilities(module, data.feature_caches[split])
     from asymcl.data.augment import build_augmentation
     from asymcl.data.feature_cache import image_fingerprints
+    from asymcl.training.encoder import views_seed
     from asymcl.training.modules import augmentation_preset
 
     dataset = data.splits[split]
@@ -85,5 +90,5 @@ def split_tta_probabilities(module, config, data, split: str) -> np.ndarray:
         image_fingerprints(dataset),
         augment,
         config.eval.tta_views,
-        config.data.cache_seed,
+        views_seed(config),
     )
