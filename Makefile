@@ -29,9 +29,11 @@ test: $(STAMP)
 examples: $(STAMP)
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 examples
 
-# ruff (lint) and mypy, both configured in pyproject.toml; CI runs it.
+# ruff (lint and format) and mypy, configured in pyproject.toml; CI runs it.
+LINT_PATHS := src tests benchmarks examples/*.py
 lint: $(LINT_STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 docs: $(DOCS_STAMP)

@@ -30,8 +30,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; {args.size} px, {args.views} views, ms per image")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}; {args.size} px, {args.views} views, ms per image"
+    )
     images = torch.rand(args.images, 3, args.size, args.size)
     fingerprints = [str(i) for i in range(args.images)]
     settings = [(preset, threads) for preset in ("dermoscopy", "dermoscopy_lite") for threads in (None, 1)]

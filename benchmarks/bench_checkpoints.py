@@ -32,8 +32,10 @@ import torch
 
 
 def _sizes(run_dir: Path) -> tuple[dict[str, int], int]:
-    ckpts = {str(p.relative_to(run_dir / "checkpoints")): p.stat().st_size
-             for p in sorted((run_dir / "checkpoints").rglob("*.ckpt"))}
+    ckpts = {
+        str(p.relative_to(run_dir / "checkpoints")): p.stat().st_size
+        for p in sorted((run_dir / "checkpoints").rglob("*.ckpt"))
+    }
     total = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
     return ckpts, total
 
@@ -51,10 +53,12 @@ def _full_checkpoints():
         kwargs["save_weights_only"] = False
         original_init(self, *args, **kwargs)
 
-    with mock.patch.object(modules.BaseModule, "checkpoint_references", lambda self: []), \
-            mock.patch.object(modules.LinearProbeModule, "checkpoint_references", lambda self: []), \
-            mock.patch.object(ModelCheckpoint, "__init__", init), \
-            mock.patch.object(pipeline, "_finish_stage_checkpoints", lambda ckpt_dir, save_last: None):
+    with (
+        mock.patch.object(modules.BaseModule, "checkpoint_references", lambda self: []),
+        mock.patch.object(modules.LinearProbeModule, "checkpoint_references", lambda self: []),
+        mock.patch.object(ModelCheckpoint, "__init__", init),
+        mock.patch.object(pipeline, "_finish_stage_checkpoints", lambda ckpt_dir, save_last: None),
+    ):
         yield
 
 
@@ -88,14 +92,23 @@ def main() -> None:
     from asymcl.training.pipeline import prepare_feature_caches, run
 
     work = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
-    config = {"method": args.method, "model.backbone": args.backbone, "model.pretrained": "imagenet",
-              "model.finetune": "frozen", "model.adapter": args.adapter, "stage1.epochs": args.epochs,
-              "stage2.epochs": args.epochs, "trainer.progress_bar": False,
-              "data.cache_dir": args.cache_dir or str(work / "cache")}
+    config = {
+        "method": args.method,
+        "model.backbone": args.backbone,
+        "model.pretrained": "imagenet",
+        "model.finetune": "frozen",
+        "model.adapter": args.adapter,
+        "stage1.epochs": args.epochs,
+        "stage2.epochs": args.epochs,
+        "trainer.progress_bar": False,
+        "data.cache_dir": args.cache_dir or str(work / "cache"),
+    }
     torch.set_num_threads(torch.get_num_threads())
     prepare_feature_caches(config)
-    print(f"{args.method}, frozen {args.backbone} (ImageNet), adapter {args.adapter}, {args.epochs} + "
-          f"{args.epochs} epochs, digits; torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.method}, frozen {args.backbone} (ImageNet), adapter {args.adapter}, {args.epochs} + "
+        f"{args.epochs} epochs, digits; torch threads {torch.get_num_threads()}"
+    )
     try:
         for variant in ("full", "slim"):
             writes, walls, shown = [], [], None
@@ -116,10 +129,12 @@ def main() -> None:
             load_checkpoint(final)
             load = time.perf_counter() - start
             ckpts, total = shown
-            print(f"\n{variant}: run directory {total / 2**20:.1f} MB, checkpoints "
-                  f"{sum(ckpts.values()) / 2**20:.1f} MB; checkpoint writes {sorted(writes)[len(writes) // 2]:.2f} s "
-                  f"of a {sorted(walls)[len(walls) // 2]:.1f} s run (median of {args.repeats}); "
-                  f"loading {final.parent.name}/best.ckpt {load:.2f} s")
+            print(
+                f"\n{variant}: run directory {total / 2**20:.1f} MB, checkpoints "
+                f"{sum(ckpts.values()) / 2**20:.1f} MB; checkpoint writes {sorted(writes)[len(writes) // 2]:.2f} s "
+                f"of a {sorted(walls)[len(walls) // 2]:.1f} s run (median of {args.repeats}); "
+                f"loading {final.parent.name}/best.ckpt {load:.2f} s"
+            )
             for name, size in ckpts.items():
                 print(f"  {name:<20} {size / 2**20:8.2f} MB")
     finally:

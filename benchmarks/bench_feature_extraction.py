@@ -41,13 +41,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, bf16 native: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}, bf16 native: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}"
+    )
     encoder = build_backbone(args.backbone, 3, "imagenet")
     frozen, _ = apply_finetune(encoder, "frozen")
     settings = [(bf16, cl) for bf16 in (False, True) for cl in (False, True)]
     print(f"{args.backbone}, batch {args.batch}, median of {args.rounds} rounds, images/s (ratio to fp32 contiguous)")
-    print(f"{'size':>5} " + " ".join(f"{('bf16' if b else 'fp32') + (' ch-last' if c else ''):>20}" for b, c in settings))
+    print(
+        f"{'size':>5} " + " ".join(f"{('bf16' if b else 'fp32') + (' ch-last' if c else ''):>20}" for b, c in settings)
+    )
     for size in args.sizes:
         images = torch.rand(args.batch, 3, size, size)
         for bf16, cl in settings:  # warm-up: oneDNN picks its kernels on the first call

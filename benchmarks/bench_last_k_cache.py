@@ -35,6 +35,7 @@ from torch import nn
 from asymcl.data.datasets import decode_image
 from asymcl.models import apply_finetune, build_backbone
 
+
 def load_images(root: Path, n: int) -> torch.Tensor:
     files = sorted((root / "ISIC2018_Task3_Training_Input").glob("*.jpg"))[:n]
     if not files:
@@ -53,8 +54,9 @@ def extract(frozen: nn.Module, images: torch.Tensor, bf16: bool, batch: int = 32
     return torch.cat(out), len(images) / (time.perf_counter() - start)
 
 
-def step_time(trainable: nn.Module, head: nn.Module, optimizer, cached: torch.Tensor, batch: int,
-              mode: str) -> tuple[float, float]:
+def step_time(
+    trainable: nn.Module, head: nn.Module, optimizer, cached: torch.Tensor, batch: int, mode: str
+) -> tuple[float, float]:
     """(seconds of the batched read, seconds of forward + backward + step) for one batch of 2B rows."""
     rows = torch.randint(0, len(cached), (2 * batch,))
     labels = torch.randint(0, 7, (2 * batch,))
@@ -79,8 +81,12 @@ def relative_error(maps: torch.Tensor, dtype: torch.dtype) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/datasets/isic2018"),
-                        help="the ISIC 2018 folder in the official layout")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("../shared/datasets/isic2018"),
+        help="the ISIC 2018 folder in the official layout",
+    )
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
@@ -94,10 +100,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = load_images(args.root, args.images)
-    print(f"{len(images)} ISIC 2018 training images (224 px files), {torch.get_num_threads()} threads, "
-          f"batch {args.batch} images x 2 views, {args.views} views cached per image")
-    print("encoder            px  K  map (C,h,w)     KB/img  MB/1k img  fp16 err  bf16 err  "
-          "extract fp32  bf16 img/s  read ms  step ms fp32  ch-last  bf16")
+    print(
+        f"{len(images)} ISIC 2018 training images (224 px files), {torch.get_num_threads()} threads, "
+        f"batch {args.batch} images x 2 views, {args.views} views cached per image"
+    )
+    print(
+        "encoder            px  K  map (C,h,w)     KB/img  MB/1k img  fp16 err  bf16 err  "
+        "extract fp32  bf16 img/s  read ms  step ms fp32  ch-last  bf16"
+    )
     modes = ("contiguous", "channels_last", "bf16")
     for name in args.encoders:
         for size in args.sizes:
@@ -108,11 +118,19 @@ def main() -> None:
                 trainable.train()
                 head = nn.Linear(encoder.feature_dim, 7)
                 optimizer = torch.optim.AdamW([*trainable.parameters(), *head.parameters()], lr=1e-4)
-                rows[k] = {"frozen": frozen, "trainable": trainable, "head": head, "optimizer": optimizer,
-                           "x_fp32": [], "x_bf16": [], "read": [], **{m: [] for m in modes}}
+                rows[k] = {
+                    "frozen": frozen,
+                    "trainable": trainable,
+                    "head": head,
+                    "optimizer": optimizer,
+                    "x_fp32": [],
+                    "x_bf16": [],
+                    "read": [],
+                    **{m: [] for m in modes},
+                }
                 extract(frozen, images[:8], bf16=False)  # warm-up
             for _ in range(args.rounds):
-                for k, row in rows.items():
+                for row in rows.values():
                     maps, rate = extract(row["frozen"], images, bf16=False)
                     row["x_fp32"].append(rate)
                     row["x_bf16"].append(extract(row["frozen"], images, bf16=True)[1])
@@ -120,8 +138,9 @@ def main() -> None:
                     cached = maps.half()
                     for mode in modes:
                         step_time(row["trainable"], row["head"], row["optimizer"], cached, args.batch, mode)  # warm
-                        read, seconds = step_time(row["trainable"], row["head"], row["optimizer"], cached,
-                                                  args.batch, mode)
+                        read, seconds = step_time(
+                            row["trainable"], row["head"], row["optimizer"], cached, args.batch, mode
+                        )
                         row[mode].append(seconds)
                         row["read"].append(read)
             for k, row in rows.items():
@@ -129,13 +148,15 @@ def main() -> None:
                 shape = tuple(maps.shape[1:])
                 per_image = (1 + args.views) * maps[0].numel() * 2
                 med = {key: statistics.median(row[key]) for key in ("x_fp32", "x_bf16", "read", *modes)}
-                print(f"{name:<18} {size:>3} {k:>2}  {str(shape):<15} {per_image / 1024:>6.0f}"
-                      f"  {per_image * 1000 / 2**20:>9.0f}"
-                      f"  {relative_error(maps, torch.float16):>8.1e}  {relative_error(maps, torch.bfloat16):>8.1e}"
-                      f"  {med['x_fp32']:>12.1f}  {med['x_bf16']:>10.1f}  {med['read'] * 1e3:>7.1f}"
-                      f"  {med['contiguous'] * 1e3:>12.0f}  {med['channels_last'] * 1e3:>7.0f}"
-                      f"  {med['bf16'] * 1e3:>5.0f}",
-                      flush=True)
+                print(
+                    f"{name:<18} {size:>3} {k:>2}  {str(shape):<15} {per_image / 1024:>6.0f}"
+                    f"  {per_image * 1000 / 2**20:>9.0f}"
+                    f"  {relative_error(maps, torch.float16):>8.1e}  {relative_error(maps, torch.bfloat16):>8.1e}"
+                    f"  {med['x_fp32']:>12.1f}  {med['x_bf16']:>10.1f}  {med['read'] * 1e3:>7.1f}"
+                    f"  {med['contiguous'] * 1e3:>12.0f}  {med['channels_last'] * 1e3:>7.0f}"
+                    f"  {med['bf16'] * 1e3:>5.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

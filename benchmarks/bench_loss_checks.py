@@ -45,8 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = dict(gamma=2.0, eta=50.0, temperature=0.1)
     checked = AsymmetricFocalContrastiveLoss(settings["gamma"], settings["eta"], temperature=0.1)
-    unchecked = AsymmetricFocalContrastiveLoss(settings["gamma"], settings["eta"], temperature=0.1,
-                                               validate_args=False)
+    unchecked = AsymmetricFocalContrastiveLoss(settings["gamma"], settings["eta"], temperature=0.1, validate_args=False)
     hyper = _median_us(lambda: check_hyperparameters(normalization="batch", **settings), args.repeats * 10)
     print(f"one hyperparameter check: {hyper:.1f} us   (torch {torch.__version__}, {args.threads} thread(s))")
     print(f"{'N':>6} {'afcl_loss':>12} {'module':>12} {'validate_args=F':>16}   (median us per forward call)")
@@ -54,8 +53,11 @@ def main() -> None:
         generator = torch.Generator().manual_seed(n)
         features = torch.randn(n, 2, 128, generator=generator)
         labels = torch.randint(0, 10, (n,), generator=generator)
-        calls = {"afcl_loss": lambda: afcl_loss(features, labels, **settings),
-                 "module": lambda: checked(features, labels), "unchecked": lambda: unchecked(features, labels)}
+        calls = {
+            "afcl_loss": lambda x=features, y=labels: afcl_loss(x, y, **settings),
+            "module": lambda x=features, y=labels: checked(x, y),
+            "unchecked": lambda x=features, y=labels: unchecked(x, y),
+        }
         for fn in calls.values():  # warm-up
             fn()
         rounds = {name: [] for name in calls}

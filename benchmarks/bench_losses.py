@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -76,21 +75,35 @@ def dense_autograd_afcl(features, labels, gamma, eta, temperature):
 
 def asymcl_afcl(impl):
     def loss(features, labels, gamma, eta, temperature):
-        return afcl_loss(features, labels, gamma=gamma, eta=eta, temperature=temperature,
-                         normalization=NORMALIZATION, impl=impl)
+        return afcl_loss(
+            features, labels, gamma=gamma, eta=eta, temperature=temperature, normalization=NORMALIZATION, impl=impl
+        )
+
     return loss
 
 
 def blockwise_with_block_size(block_size):
     """asymcl's blockwise core with a fixed block size (for --block-sizes sweeps)."""
+
     def loss(features, labels, gamma, eta, temperature):
         z = F.normalize(features, dim=1)
         n = z.shape[0]
         per_anchor = _blockwise.per_anchor_loss(
-            z, z, torch.arange(n, device=z.device), anchor_labels=labels, contrast_labels=labels,
-            mask=None, gamma=gamma, eta=eta, temperature=temperature,
-            normalization=NORMALIZATION, n_total=n, block_size=block_size)
+            z,
+            z,
+            torch.arange(n, device=z.device),
+            anchor_labels=labels,
+            contrast_labels=labels,
+            mask=None,
+            gamma=gamma,
+            eta=eta,
+            temperature=temperature,
+            normalization=NORMALIZATION,
+            n_total=n,
+            block_size=block_size,
+        )
         return per_anchor.sum() / n
+
     return loss
 
 
@@ -100,9 +113,9 @@ def blocked_matmuls(features, block):
     grad = torch.zeros_like(z)
     grad_rows = torch.empty_like(z)
     for start in range(0, z.shape[0], block):
-        rows = z[start:start + block]
+        rows = z[start : start + block]
         s = rows @ z.T
-        torch.mm(s, z, out=grad_rows[start:start + block])
+        torch.mm(s, z, out=grad_rows[start : start + block])
         grad.addmm_(s.T, rows)
     return grad
 
@@ -127,7 +140,7 @@ def matmul_block(n, device):
 
 def implementation(name):
     if name.startswith("blockwise[b="):
-        return blockwise_with_block_size(int(name[len("blockwise[b="):-1]))
+        return blockwise_with_block_size(int(name[len("blockwise[b=") : -1]))
     return IMPLEMENTATIONS[name]
 
 
@@ -222,8 +235,19 @@ def measure_memory_in_subprocess(name, n, args):
         except torch.OutOfMemoryError as error:
             torch.cuda.empty_cache()
             return None, f"out of memory: {str(error).splitlines()[0]}"
-    cmd = [sys.executable, __file__, "--_memory-of", name, str(n), "--dim", str(args.dim),
-           "--device", args.device, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_memory-of",
+        name,
+        str(n),
+        "--dim",
+        str(args.dim),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"
@@ -242,8 +266,7 @@ def fmt_bytes(n_bytes):
 
 def run(args):
     device = args.device
-    names = [name for name in ["dense", "reference", "blockwise", "matmul"]
-             if name not in args.skip]
+    names = [name for name in ["dense", "reference", "blockwise", "matmul"] if name not in args.skip]
     names += [f"blockwise[b={block_size}]" for block_size in args.block_sizes]
     limit = args.memory_limit_gib * 2**30
     rows = []
@@ -292,18 +315,24 @@ def run(args):
             if name in skipped:
                 note.append(skipped[name])
             rows.append((n, name, median[name], fastest[name], memory.get(name), "; ".join(note)))
-            print(f"  N={n} {name}: {fmt_time(median[name])} (min {fmt_time(fastest[name])}, "
-                  f"n={len(times[name])}), "
-                  f"peak {fmt_bytes(memory.get(name))}", file=sys.stderr, flush=True)
+            print(
+                f"  N={n} {name}: {fmt_time(median[name])} (min {fmt_time(fastest[name])}, "
+                f"n={len(times[name])}), "
+                f"peak {fmt_bytes(memory.get(name))}",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
 def memory_runs(args):
     """Peak extra memory of each implementation in --memory-runs fresh processes per size."""
     names = args.memory_impls
-    print(f"device={args.device} threads={args.threads} D={args.dim} gamma={GAMMA} eta={ETA} "
-          f"tau={TEMPERATURE} normalization={NORMALIZATION} torch={torch.__version__} "
-          f"fresh processes per (implementation, N)={args.memory_runs}")
+    print(
+        f"device={args.device} threads={args.threads} D={args.dim} gamma={GAMMA} eta={ETA} "
+        f"tau={TEMPERATURE} normalization={NORMALIZATION} torch={torch.__version__} "
+        f"fresh processes per (implementation, N)={args.memory_runs}"
+    )
     print()
     print("| N | implementation | peak extra memory, median | range | ratio to blockwise, median (range) |")
     print("|---:|---|---:|---:|---:|")
@@ -320,15 +349,20 @@ def memory_runs(args):
             values = peaks[name]
             ratio = ""
             if name != "blockwise" and "blockwise" in peaks:
-                paired = [a / b for a, b in zip(values, peaks["blockwise"])]
+                paired = [a / b for a, b in zip(values, peaks["blockwise"], strict=True)]
                 ratio = f"{statistics.median(paired):.1f}x ({min(paired):.1f}x to {max(paired):.1f}x)"
-            print(f"| {n} | {name} | {fmt_bytes(statistics.median(values))} | "
-                  f"{fmt_bytes(min(values))} to {fmt_bytes(max(values))} | {ratio} |", flush=True)
+            print(
+                f"| {n} | {name} | {fmt_bytes(statistics.median(values))} | "
+                f"{fmt_bytes(min(values))} to {fmt_bytes(max(values))} | {ratio} |",
+                flush=True,
+            )
 
 
 def print_table(rows, args):
-    print(f"device={args.device} threads={args.threads} D={args.dim} gamma={GAMMA} eta={ETA} "
-          f"tau={TEMPERATURE} normalization={NORMALIZATION} torch={torch.__version__}")
+    print(
+        f"device={args.device} threads={args.threads} D={args.dim} gamma={GAMMA} eta={ETA} "
+        f"tau={TEMPERATURE} normalization={NORMALIZATION} torch={torch.__version__}"
+    )
     print()
     print("| N | implementation | fwd+bwd median | min | peak extra memory | ratios (medians) / notes |")
     print("|---:|---|---:|---:|---:|---|")
@@ -345,20 +379,42 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--single-repeat-above", type=int, default=8192,
-                        help="sizes above this are timed once after the warm-up (they take long)")
-    parser.add_argument("--memory-limit-gib", type=float, default=6.0,
-                        help="skip an N x N implementation whose estimated peak exceeds this")
+    parser.add_argument(
+        "--single-repeat-above",
+        type=int,
+        default=8192,
+        help="sizes above this are timed once after the warm-up (they take long)",
+    )
+    parser.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        default=6.0,
+        help="skip an N x N implementation whose estimated peak exceeds this",
+    )
     parser.add_argument("--no-memory", action="store_true", help="time only")
-    parser.add_argument("--block-sizes", type=int, nargs="*", default=[],
-                        help="also time the blockwise core at these fixed block sizes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["dense", "reference", "blockwise", "matmul"],
-                        help="implementations to leave out")
-    parser.add_argument("--memory-runs", type=int, default=0,
-                        help="memory only: measure each (implementation, N) in this many fresh processes")
-    parser.add_argument("--memory-impls", nargs="+", default=["dense", "blockwise"],
-                        choices=["dense", "reference", "blockwise", "matmul"],
-                        help="implementations for --memory-runs")
+    parser.add_argument(
+        "--block-sizes", type=int, nargs="*", default=[], help="also time the blockwise core at these fixed block sizes"
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["dense", "reference", "blockwise", "matmul"],
+        help="implementations to leave out",
+    )
+    parser.add_argument(
+        "--memory-runs",
+        type=int,
+        default=0,
+        help="memory only: measure each (implementation, N) in this many fresh processes",
+    )
+    parser.add_argument(
+        "--memory-impls",
+        nargs="+",
+        default=["dense", "blockwise"],
+        choices=["dense", "reference", "blockwise", "matmul"],
+        help="implementations for --memory-runs",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--_memory-of", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -382,15 +438,25 @@ def main(argv=None):
 
 def write_json(path, rows, args):
     """The table's figures, machine-readable (seconds and bytes), with the setting they were taken in."""
-    setting = {"device": args.device, "threads": args.threads, "dim": args.dim, "gamma": GAMMA, "eta": ETA,
-               "temperature": TEMPERATURE, "normalization": NORMALIZATION, "torch": torch.__version__,
-               "repeats": args.repeats}
+    setting = {
+        "device": args.device,
+        "threads": args.threads,
+        "dim": args.dim,
+        "gamma": GAMMA,
+        "eta": ETA,
+        "temperature": TEMPERATURE,
+        "normalization": NORMALIZATION,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+    }
     if args.device == "cuda":
         setting["gpu"] = torch.cuda.get_device_name()
         setting["cuda"] = torch.version.cuda
         setting["block_budget_bytes"] = _blockwise.GPU_BLOCK_BUDGET_BYTES
-    records = [{"n": n, "implementation": name, "median_s": median, "min_s": fastest, "peak_extra_bytes": peak,
-                "note": note} for n, name, median, fastest, peak, note in rows]
+    records = [
+        {"n": n, "implementation": name, "median_s": median, "min_s": fastest, "peak_extra_bytes": peak, "note": note}
+        for n, name, median, fastest, peak, note in rows
+    ]
     with open(path, "w") as f:
         json.dump({"setting": setting, "rows": records}, f, indent=1)
 

@@ -38,8 +38,18 @@ from asymcl.models import ProjectionHead, build_backbone
 PRECISIONS = ("fp32", "bf16", "bf16-cl", "bf16-cl-compile")
 
 
-def bench(backbone: str, device: str, precision: str, batch: int, steps: int, *, size: int = 28,
-          channels: int = 1, augment: str = "grey28", pretrained: str | None = None) -> dict:
+def bench(
+    backbone: str,
+    device: str,
+    precision: str,
+    batch: int,
+    steps: int,
+    *,
+    size: int = 28,
+    channels: int = 1,
+    augment: str = "grey28",
+    pretrained: str | None = None,
+) -> dict:
     torch.manual_seed(0)
     dtype = None if precision == "fp32" else torch.bfloat16
     channels_last = "-cl" in precision
@@ -95,8 +105,12 @@ def bench(backbone: str, device: str, precision: str, batch: int, steps: int, *,
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    return {"images_per_s": batch * steps / elapsed, "step_ms": 1e3 * elapsed / steps, "peak_mb": peak_mb,
-            "warmup_s": warmup_s}
+    return {
+        "images_per_s": batch * steps / elapsed,
+        "step_ms": 1e3 * elapsed / steps,
+        "peak_mb": peak_mb,
+        "warmup_s": warmup_s,
+    }
 
 
 def main() -> None:
@@ -125,18 +139,37 @@ def main() -> None:
     if "cuda" in devices and not torch.cuda.is_available():
         parser.error("--devices cuda: torch.cuda.is_available() is False on this machine")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    print(f"stage-1 step, {args.size}x{args.size}x{args.channels} ({args.augment}), batch {args.batch} (2 views), "
-          f"AFCL, AdamW, {args.steps} timed steps; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {gpu}" if gpu else ""))
-    print(f"{'backbone':<18} {'device':<6} {'precision':<16} {'images/s':>10} {'step ms':>9} {'peak MB':>9} "
-          f"{'warm-up s':>9}")
+    print(
+        f"stage-1 step, {args.size}x{args.size}x{args.channels} ({args.augment}), batch {args.batch} (2 views), "
+        f"AFCL, AdamW, {args.steps} timed steps; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {gpu}" if gpu else "")
+    )
+    print(
+        f"{'backbone':<18} {'device':<6} {'precision':<16} {'images/s':>10} {'step ms':>9} {'peak MB':>9} "
+        f"{'warm-up s':>9}"
+    )
     records = []
     for backbone in args.backbones:
         for device in devices:
             for precision in args.precisions:
-                command = [sys.executable, __file__, "--one", backbone, device, precision, "--batch", str(args.batch),
-                           "--steps", str(args.steps), "--size", str(args.size), "--channels", str(args.channels),
-                           "--augment", args.augment]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    backbone,
+                    device,
+                    precision,
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                    "--size",
+                    str(args.size),
+                    "--channels",
+                    str(args.channels),
+                    "--augment",
+                    args.augment,
+                ]
                 if args.pretrained:
                     command += ["--pretrained", args.pretrained]
                 if args.threads:
@@ -149,13 +182,25 @@ def main() -> None:
                     print(f"{backbone:<18} {device:<6} {precision:<16} FAILED: {error}", flush=True)
                 else:
                     record.update(json.loads(result.stdout.strip().splitlines()[-1]))
-                    print(f"{backbone:<18} {device:<6} {precision:<16} {record['images_per_s']:>10.1f} "
-                          f"{record['step_ms']:>9.1f} {record['peak_mb']:>9.0f} {record['warmup_s']:>9.1f}", flush=True)
+                    print(
+                        f"{backbone:<18} {device:<6} {precision:<16} {record['images_per_s']:>10.1f} "
+                        f"{record['step_ms']:>9.1f} {record['peak_mb']:>9.0f} {record['warmup_s']:>9.1f}",
+                        flush=True,
+                    )
                 records.append(record)
     if args.json:
-        setting = {"batch": args.batch, "steps": args.steps, "size": args.size, "channels": args.channels,
-                   "augment": args.augment, "pretrained": args.pretrained, "torch": torch.__version__,
-                   "cuda": torch.version.cuda, "gpu": gpu, "threads": torch.get_num_threads()}
+        setting = {
+            "batch": args.batch,
+            "steps": args.steps,
+            "size": args.size,
+            "channels": args.channels,
+            "augment": args.augment,
+            "pretrained": args.pretrained,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "gpu": gpu,
+            "threads": torch.get_num_threads(),
+        }
         with open(args.json, "w") as f:
             json.dump({"setting": setting, "rows": records}, f, indent=1)
     if any("error" in r for r in records):

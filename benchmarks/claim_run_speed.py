@@ -65,9 +65,12 @@ def _before():
     from asymcl.data import cache_store, idx
     from asymcl.training import pipeline
 
-    with mock.patch.object(cache_store, "_MEMO", OrderedDict()), mock.patch.object(cache_store, "_MEMO_BYTES", 0), \
-            mock.patch.object(idx, "_read_idx_kept", idx._read_idx_kept.__wrapped__), \
-            mock.patch.object(pipeline.np, "savez", np.savez_compressed):
+    with (
+        mock.patch.object(cache_store, "_MEMO", OrderedDict()),
+        mock.patch.object(cache_store, "_MEMO_BYTES", 0),
+        mock.patch.object(idx, "_read_idx_kept", idx._read_idx_kept.__wrapped__),
+        mock.patch.object(pipeline.np, "savez", np.savez_compressed),
+    ):
         yield
 
 
@@ -91,9 +94,14 @@ def _extraction(config: dict, images: int, threads: int) -> None:
     data = RunData(config)
     dataset = data.splits["train"].subset(range(images))
     frozen = build_encoder(config, data.channels, data.image_hw).frozen_input().eval()
-    kwargs = dict(augmentation=augmentation_preset(config, data.dataset_name, data.channels),
-                  views=config.data.cache_views, precision="fp32", view_precision=config.data.cache_precision,
-                  progress=False, log=lambda message: None)
+    kwargs = dict(
+        augmentation=augmentation_preset(config, data.dataset_name, data.channels),
+        views=config.data.cache_views,
+        precision="fp32",
+        view_precision=config.data.cache_precision,
+        progress=False,
+        log=lambda message: None,
+    )
     times: dict[str, float] = {}
     built = {}
     with tempfile.TemporaryDirectory(prefix="claim-extraction-") as tmp:
@@ -106,10 +114,14 @@ def _extraction(config: dict, images: int, threads: int) -> None:
             times[variant] = time.perf_counter() - start
     same_views = torch.equal(built["alone"].views, built["beside seed 0"].views)
     clean = (built["alone"].clean.float() - built["beside seed 0"].clean.float()).abs().max().item()
-    print(f"\nseed 1's training entry, {images} images x (clean + {config.data.cache_views} views), {threads} thread(s):")
-    print(f"  alone {times['alone']:.1f} s, beside seed 0's entry {times['beside seed 0']:.1f} s "
-          f"(ratio {times['beside seed 0'] / times['alone']:.2f}); views identical: {'yes' if same_views else 'NO'}; "
-          f"clean features' largest difference {clean:.2e}")
+    print(
+        f"\nseed 1's training entry, {images} images x (clean + {config.data.cache_views} views), {threads} thread(s):"
+    )
+    print(
+        f"  alone {times['alone']:.1f} s, beside seed 0's entry {times['beside seed 0']:.1f} s "
+        f"(ratio {times['beside seed 0'] / times['alone']:.2f}); views identical: {'yes' if same_views else 'NO'}; "
+        f"clean features' largest difference {clean:.2e}"
+    )
 
 
 def main() -> None:
@@ -121,9 +133,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 512])
     parser.add_argument("--repeats", type=int, default=2, help="runs per variant and batch size (0: none)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--extraction", type=int, default=0, metavar="N",
-                        help="also time seed 1's training entry of N images alone and beside seed 0's "
-                             "(the clean features taken), with --extraction-threads threads")
+    parser.add_argument(
+        "--extraction",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time seed 1's training entry of N images alone and beside seed 0's "
+        "(the clean features taken), with --extraction-threads threads",
+    )
     parser.add_argument("--extraction-threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,7 +173,9 @@ def _runs(configs: dict[int, dict], args: argparse.Namespace) -> None:
                     outputs.setdefault((batch, variant), _outputs(folder))
                     print(f"  stage-1 batch {batch:4d}  {variant:6s}  {wall:6.1f} s", flush=True)
                     shutil.rmtree(folder)
-    print(f"\n{args.method}, rho {args.rho:g}, {args.threads} torch thread(s), {args.repeats} run(s) each, median wall:")
+    print(
+        f"\n{args.method}, rho {args.rho:g}, {args.threads} torch thread(s), {args.repeats} run(s) each, median wall:"
+    )
     print(f"{'stage-1 batch':>14} {'before s':>9} {'after s':>9} {'after/before':>13}  same numbers")
     for batch in args.batches:
         before = statistics.median(walls[(batch, "before")])

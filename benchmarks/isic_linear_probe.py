@@ -36,8 +36,11 @@ C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 def clean_features(backbone: str, splits, size: int, precision: str, cache_dir) -> dict[str, np.ndarray]:
     frozen = Encoder(backbone, 3, (size, size), pretrained="imagenet", finetune="frozen").frozen_input().eval()
     return {
-        name: build_feature_cache(dataset, frozen, augmentation="none", views=0, seed=0, cache_dir=cache_dir,
-                                  precision=precision).clean.float().numpy()
+        name: build_feature_cache(
+            dataset, frozen, augmentation="none", views=0, seed=0, cache_dir=cache_dir, precision=precision
+        )
+        .clean.float()
+        .numpy()
         for name, dataset in splits.splits.items()
     }
 
@@ -64,12 +67,19 @@ def probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
-    parser.add_argument("--backbone", action="append", help="repeat to probe several and their concatenation "
-                        "(default: efficientnet_lite0)")
+    parser.add_argument(
+        "--backbone",
+        action="append",
+        help="repeat to probe several and their concatenation (default: efficientnet_lite0)",
+    )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--precision", default="fp32", choices=["auto", "bf16", "fp32"],
-                        help="fp32: the pipeline's clean-image precision, which shares its cache")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["auto", "bf16", "fp32"],
+        help="fp32: the pipeline's clean-image precision, which shares its cache",
+    )
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
     backbones = args.backbone or ["efficientnet_lite0"]
@@ -82,20 +92,26 @@ def main() -> None:
         labels = {name: np.asarray(ds.targets) for name, ds in splits.splits.items()}
         start = time.perf_counter()
         features = {b: clean_features(b, splits, args.size, args.precision, args.cache_dir) for b in backbones}
-        print(f"seed {seed}: {({k: len(v) for k, v in labels.items()})}, features in "
-              f"{time.perf_counter() - start:.1f} s (decoding included)")
+        print(
+            f"seed {seed}: { ({k: len(v) for k, v in labels.items()}) }, features in "
+            f"{time.perf_counter() - start:.1f} s (decoding included)"
+        )
         if len(backbones) > 1:
             features[arms[-1]] = {s: np.concatenate([features[b][s] for b in backbones], 1) for s in labels}
         for arm in arms:
             row = probe(features[arm], labels)
             results[arm].append(row)
-            print(f"  {arm} {args.size}px: C={row['C']}, val UA {row['val UA']:.1f} / WA {row['val WA']:.1f}; "
-                  f"test UA {row['test UA']:.1f} / WA {row['test WA']:.1f}")
+            print(
+                f"  {arm} {args.size}px: C={row['C']}, val UA {row['val UA']:.1f} / WA {row['val WA']:.1f}; "
+                f"test UA {row['test UA']:.1f} / WA {row['test WA']:.1f}"
+            )
     print(f"mean over seeds {args.seeds}:")
     for arm, rows in results.items():
         mean = {k: np.mean([r[k] for r in rows]) for k in ("val UA", "val WA", "test UA", "test WA")}
-        print(f"  {arm} {args.size}px: val UA {mean['val UA']:.1f} / WA {mean['val WA']:.1f}; "
-              f"test UA {mean['test UA']:.1f} / WA {mean['test WA']:.1f}")
+        print(
+            f"  {arm} {args.size}px: val UA {mean['val UA']:.1f} / WA {mean['val WA']:.1f}; "
+            f"test UA {mean['test UA']:.1f} / WA {mean['test WA']:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,20 +51,27 @@ def compare(sweep_dir: Path) -> str:
         groups[arm][int(run.seed)] = run
     arms = sorted(groups, key=lambda a: (a[0] == "afcl", a[0], a[1], a[2]))
     classes = runs[0].metrics.get("classes") or []
-    lines = [f"## {sweep_dir.name}", "",
-             f"rarest class (minority recall): {classes[-1] if classes else '?'}", ""]
+    lines = [f"## {sweep_dir.name}", "", f"rarest class (minority recall): {classes[-1] if classes else '?'}", ""]
     for split, title in SPLITS.items():
         if split not in runs[0].metrics["final"]:
             continue
-        lines += [f"### {title}", "", "| method | memory_size | eta | seeds | UA | WA | minority recall |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {title}",
+            "",
+            "| method | memory_size | eta | seeds | UA | WA | minority recall |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for arm in arms:
             members = groups[arm]
             values = [_values(r, split) for _, r in sorted(members.items())]
             cells = [mean_std([v[m] for v in values]).format() for m in ("ua", "wa", "minority")]
             lines.append(f"| {_label(arm)} | {len(members)} | " + " | ".join(cells) + " |")
-        lines += ["", "| method | memory_size | eta | vs | paired seeds | Δ UA [95% CI] | Δ WA [95% CI] | "
-                  "Δ minority recall [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| method | memory_size | eta | vs | paired seeds | Δ UA [95% CI] | Δ WA [95% CI] | "
+            "Δ minority recall [95% CI] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for arm in arms:
             bases = [a for a in arms if a[0] == arm[0] and a[1] == 0]
             if arm[1] == 0 or not bases:
@@ -73,25 +80,32 @@ def compare(sweep_dir: Path) -> str:
             seeds = sorted(set(base) & set(other))
             cells = []
             for metric in ("ua", "wa", "minority"):
-                diff = paired_difference([_values(other[s], split)[metric] for s in seeds],
-                                         [_values(base[s], split)[metric] for s in seeds])
+                diff = paired_difference(
+                    [_values(other[s], split)[metric] for s in seeds], [_values(base[s], split)[metric] for s in seeds]
+                )
                 cells.append(diff.format() + (" *" if diff.significant else ""))
             vs = "K=0" if arm[0] == "supcon" else f"K=0, eta {bases[0][2]:g}"
             lines.append(f"| {_label(arm)} | {vs} | {len(seeds)} | " + " | ".join(cells) + " |")
         lines += ["", "(* the 95% interval excludes 0)", ""]
     # Did stage 1 learn? Its nearest-class-mean probe's validation UA (the checkpoint it keeps) and
     # its training loss, first and last epoch; and each run's wall time.
-    lines += ["### stage 1 and wall time", "",
-              "| method | memory_size | eta | stage-1 probe val UA (best) | stage-1 loss first -> last epoch | "
-              "wall s median [min, max] |", "|---|---|---|---|---|---|"]
+    lines += [
+        "### stage 1 and wall time",
+        "",
+        "| method | memory_size | eta | stage-1 probe val UA (best) | stage-1 loss first -> last epoch | "
+        "wall s median [min, max] |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm in arms:
         members = list(groups[arm].values())
         probe = mean_std([r.metrics["best"]["stage1"]["val_ua"] for r in members])
         first = mean_std([r.metrics["history"]["stage1"][0]["train_loss"] for r in members])
         last = mean_std([r.metrics["history"]["stage1"][-1]["train_loss"] for r in members])
         times = [_wall_seconds(r) for r in members]
-        lines.append(f"| {_label(arm)} | {probe.format()} | {first.format(1, 2)} -> "
-                     f"{last.format(1, 2)} | {statistics.median(times):.0f} [{min(times):.0f}, {max(times):.0f}] |")
+        lines.append(
+            f"| {_label(arm)} | {probe.format()} | {first.format(1, 2)} -> "
+            f"{last.format(1, 2)} | {statistics.median(times):.0f} [{min(times):.0f}, {max(times):.0f}] |"
+        )
     return "\n".join(lines) + "\n"
 
 

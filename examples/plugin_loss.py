@@ -18,7 +18,8 @@ def build(loss, gather_distributed):  # loss: the run config's `loss` section
     return FocalSupConLoss(loss.gamma, temperature=loss.temperature, gather_distributed=gather_distributed)
 
 
+# Kept compact by hand: tests/test_plugins.py holds this worked example under 30 lines.
 asymcl.register_method(asymcl.Method(
     "example_loss", "FocalSupCon", TWO_STAGE, "focal SupCon (examples/plugin_loss.py)",
     loss_factory=build, fixed={"eta": 0.0, "normalization": "pairs"}, free=("gamma", "temperature"),
-))
+))  # fmt: skip

@@ -211,5 +211,6 @@ def naive_afcl_from_batch(
     row_labels = [int(labels[r // n_views]) for r in range(n_images * n_views)]
     row_labels += [int(ref_labels[r // ref_views]) for r in range(ref_shape[0] * ref_views)]
     everything = [[r != c and row_labels[r] == row_labels[c] for c in range(len(rows))] for r in range(len(rows))]
-    return naive_afcl(rows, everything, gamma, eta, temperature, normalization, exact=exact,
-                      n_anchors=n_images * n_views)
+    return naive_afcl(
+        rows, everything, gamma, eta, temperature, normalization, exact=exact, n_anchors=n_images * n_views
+    )

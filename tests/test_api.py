@@ -24,10 +24,12 @@ def _final(run_dir: Path) -> dict:
 
 
 def test_the_api_is_reached_from_the_package_without_importing_torch_first():
-    code = ("import sys, asymcl; light = 'torch' not in sys.modules and 'asymcl.api' not in sys.modules; "
-            "names = {'train', 'sweep', 'report', 'TrainResult'} <= set(dir(asymcl)); "
-            "from asymcl import train; import asymcl.api; "
-            "print(light, names, train is asymcl.api.train, 'torch' in sys.modules)")
+    code = (
+        "import sys, asymcl; light = 'torch' not in sys.modules and 'asymcl.api' not in sys.modules; "
+        "names = {'train', 'sweep', 'report', 'TrainResult'} <= set(dir(asymcl)); "
+        "from asymcl import train; import asymcl.api; "
+        "print(light, names, train is asymcl.api.train, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # asymcl.api itself imports the pipeline only when a function is called
     assert out.stdout.split() == ["True", "True", "True", "False"]
@@ -141,8 +143,13 @@ def test_compare_plans_runs_and_reports_the_fair_comparison(tmp_path):
     from data_fixtures import make_class_folder
 
     folder = make_class_folder(tmp_path / "images", {"cat": 20, "dog": 10, "fox": 8})
-    data = {"data.dataset": "folder", "data.root": str(folder), "data.image_size": 12,
-            "stage1.epochs": 1, "stage2.epochs": 1}
+    data = {
+        "data.dataset": "folder",
+        "data.root": str(folder),
+        "data.image_size": 12,
+        "stage1.epochs": 1,
+        "stage2.epochs": 1,
+    }
     plan = asymcl.compare(data, out=tmp_path / "cmp", methods=["la", "afcl"], settings=1, seeds=2, dry_run=True)
     assert plan.runs == 4 and plan.sweep is None and plan.report is None and not (tmp_path / "cmp").exists()
     with pytest.raises(ConfigError, match="pass --yes"):

@@ -31,9 +31,13 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool, bool]]:
     tree = ast.parse(path.read_text())
     top_level = {id(node) for node in tree.body}
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-                   for stmt in node.body for inner in ast.walk(stmt)}
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -41,7 +45,9 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool, bool]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             # `from asymcl.training import methods` imports the sub-module asymcl.training.methods
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
@@ -57,14 +63,21 @@ def _graph(*, typing_only: bool = False) -> dict[str, list[tuple[str, bool]]]:
     imports included (they never run, so they are no dependency, but a cycle through one is still
     two modules that cannot be understood apart)."""
     files = {_module_name(p): p for p in SRC.rglob("*.py")}
-    return {module: [(name, top) for name, top, typed in _imports(path, module)
-                     if name in files and (typing_only or not typed)]
-            for module, path in files.items()}
+    return {
+        module: [
+            (name, top) for name, top, typed in _imports(path, module) if name in files and (typing_only or not typed)
+        ]
+        for module, path in files.items()
+    }
 
 
 def test_no_layer_imports_a_higher_one():
-    wrong = [f"{module} -> {name}" for module, names in _graph().items() for name, _ in names
-             if _layer(name) > _layer(module)]
+    wrong = [
+        f"{module} -> {name}"
+        for module, names in _graph().items()
+        for name, _ in names
+        if _layer(name) > _layer(module)
+    ]
     assert not wrong, wrong
 
 
@@ -77,7 +90,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -93,20 +106,26 @@ def test_no_import_cycles():
     """Lazy imports inside functions count too: a cycle hidden in a function is still a cycle. So
     do ``if TYPE_CHECKING:`` imports (sweep.py <-> workers.py was one: the types now have their own
     module)."""
-    graph = {module: {name for name, _ in names if name != module}
-             for module, names in _graph(typing_only=True).items()}
+    graph = {
+        module: {name for name, _ in names if name != module} for module, names in _graph(typing_only=True).items()
+    }
     cycles = _cycles(graph)
     assert not cycles, cycles
 
 
 def test_the_cycle_check_sees_a_type_only_cycle(tmp_path):
     (tmp_path / "a.py").write_text("from asymcl.b import run\n")
-    (tmp_path / "b.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
-                                   "    from asymcl.a import Spec\n")
+    (tmp_path / "b.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from asymcl.a import Spec\n"
+    )
 
     def graph(typing_only: bool) -> dict[str, set[str]]:
-        return {f"asymcl.{m}": {name for name, _, typed in _imports(tmp_path / f"{m}.py", f"asymcl.{m}")
-                                if typing_only or not typed} for m in "ab"}
+        return {
+            f"asymcl.{m}": {
+                name for name, _, typed in _imports(tmp_path / f"{m}.py", f"asymcl.{m}") if typing_only or not typed
+            }
+            for m in "ab"
+        }
 
     assert _cycles(graph(typing_only=False)) == []
     assert _cycles(graph(typing_only=True)) == [["asymcl.a", "asymcl.b", "asymcl.a"]]
@@ -146,8 +165,12 @@ def _private_uses(path: Path, module: str, files: set[str]) -> list[str]:
                 if alias.asname and alias.name.startswith("asymcl"):
                     aliases[alias.asname] = alias.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and _private(node.attr)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and _private(node.attr)
+        ):
             owner = aliases[node.value.id]
             if f"{owner}.{node.attr}" not in files or outside(owner):
                 found.append(f"{module}: {owner}.{node.attr}")
@@ -164,18 +187,26 @@ def test_no_private_name_is_imported_across_modules():
 
 def test_the_private_name_check_sees_each_form(tmp_path):
     files = {"asymcl.pkg.a", "asymcl.pkg._inner", "asymcl.other"}
-    (tmp_path / "b.py").write_text("from asymcl.pkg.a import _helper, public\nfrom asymcl.pkg import a, _inner\n"
-                                   "import asymcl.pkg._inner\nx = a._cache\n")
+    (tmp_path / "b.py").write_text(
+        "from asymcl.pkg.a import _helper, public\nfrom asymcl.pkg import a, _inner\n"
+        "import asymcl.pkg._inner\nx = a._cache\n"
+    )
     (tmp_path / "c.py").write_text("from asymcl.pkg import _inner\nfrom asymcl.pkg import a as _a\ny = _a.public\n")
     assert _private_uses(tmp_path / "b.py", "asymcl.other", files) == [
-        "asymcl.other: from asymcl.pkg.a import _helper", "asymcl.other: from asymcl.pkg import _inner",
-        "asymcl.other: import asymcl.pkg._inner", "asymcl.other: asymcl.pkg.a._cache"]
+        "asymcl.other: from asymcl.pkg.a import _helper",
+        "asymcl.other: from asymcl.pkg import _inner",
+        "asymcl.other: import asymcl.pkg._inner",
+        "asymcl.other: asymcl.pkg.a._cache",
+    ]
     assert _private_uses(tmp_path / "c.py", "asymcl.pkg.c", files) == []  # its own package's private module
 
 
 def test_every_source_file_is_under_500_lines():
-    long = {name: n for p in SRC.rglob("*.py")
-            if (name := str(p.relative_to(SRC))) and (n := len(p.read_text().splitlines())) >= 500}
+    long = {
+        name: n
+        for p in SRC.rglob("*.py")
+        if (name := str(p.relative_to(SRC))) and (n := len(p.read_text().splitlines())) >= 500
+    }
     assert not long, long
 
 

@@ -6,8 +6,10 @@ from asymcl.data.augment import PRESETS, build_augmentation
 torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("preset,channels,size", [("grey28", 1, (28, 28)), ("grey28", 1, (8, 8)),
-                                                   ("dermoscopy", 3, (32, 32)), ("dermoscopy", 1, (28, 28))])
+@pytest.mark.parametrize(
+    "preset,channels,size",
+    [("grey28", 1, (28, 28)), ("grey28", 1, (8, 8)), ("dermoscopy", 3, (32, 32)), ("dermoscopy", 1, (28, 28))],
+)
 def test_preset_shapes_range_and_randomness(preset, channels, size):
     augment = build_augmentation(preset, size, channels)
     images = torch.rand(16, channels, *size)

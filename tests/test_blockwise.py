@@ -19,8 +19,7 @@ from naive_afcl import naive_afcl
 torch.set_num_threads(2)
 
 
-def loop_per_anchor_loss(anchors, contrast, anchor_index, positive, gamma, eta, temperature,
-                         normalization, n_total):
+def loop_per_anchor_loss(anchors, contrast, anchor_index, positive, gamma, eta, temperature, normalization, n_total):
     """method.md section 1 by plain loops; positive[i][j] says whether j is in P(i) (self ignored)."""
     losses = []
     for i in range(anchors.shape[0]):
@@ -79,12 +78,19 @@ def test_matches_loops_with_labels_on_anchor_subset(normalization, gamma, eta):
     kw = dict(gamma=gamma, eta=eta, temperature=0.3, normalization=normalization, n_total=12)
 
     def fast(a, c):
-        return per_anchor_loss(a, c, anchor_index, anchor_labels=labels[anchor_index],
-                               contrast_labels=labels, mask=None, block_size=3, **kw)
+        return per_anchor_loss(
+            a,
+            c,
+            anchor_index,
+            anchor_labels=labels[anchor_index],
+            contrast_labels=labels,
+            mask=None,
+            block_size=3,
+            **kw,
+        )
 
     def loops(a, c):
-        return loop_per_anchor_loss(a, c, anchor_index,
-                                    label_positive(labels[anchor_index], labels), **kw)
+        return loop_per_anchor_loss(a, c, anchor_index, label_positive(labels[anchor_index], labels), **kw)
 
     got = both_grads(fast, anchors, contrast, weights)
     want = both_grads(loops, anchors, contrast, weights)
@@ -110,8 +116,9 @@ def test_matches_loops_with_mask_and_shared_tensor(normalization, gamma, eta):
     weights = torch.arange(1, n + 1, dtype=torch.float64)
 
     z_fast = z.clone().requires_grad_()
-    out = per_anchor_loss(z_fast, z_fast, index, anchor_labels=None, contrast_labels=None,
-                          mask=mask, block_size=4, **kw)
+    out = per_anchor_loss(
+        z_fast, z_fast, index, anchor_labels=None, contrast_labels=None, mask=mask, block_size=4, **kw
+    )
     (out * weights).sum().backward()
     z_loop = z.clone().requires_grad_()
     want = loop_per_anchor_loss(z_loop, z_loop, index, mask.tolist(), **kw)
@@ -128,14 +135,22 @@ def test_block_size_does_not_change_the_result(block_size):
     labels = torch.arange(23) % 4
     anchor_index = torch.arange(0, 23, 3)  # 8 anchors: 3 and 7 do not divide it
     anchors = contrast[anchor_index]
-    kw = dict(anchor_labels=labels[anchor_index], contrast_labels=labels, mask=None, gamma=1.5,
-              eta=3.0, temperature=0.2, normalization="pairs", n_total=23)
+    kw = dict(
+        anchor_labels=labels[anchor_index],
+        contrast_labels=labels,
+        mask=None,
+        gamma=1.5,
+        eta=3.0,
+        temperature=0.2,
+        normalization="pairs",
+        n_total=23,
+    )
     weights = torch.rand(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    got = both_grads(lambda a, c: per_anchor_loss(a, c, anchor_index, block_size=block_size, **kw),
-                     anchors, contrast, weights)
-    want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, anchor_index, **kw),
-                      anchors, contrast, weights)
+    got = both_grads(
+        lambda a, c: per_anchor_loss(a, c, anchor_index, block_size=block_size, **kw), anchors, contrast, weights
+    )
+    want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, anchor_index, **kw), anchors, contrast, weights)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
 
@@ -147,8 +162,16 @@ def test_float32_equals_reference_to_1e5_relative(normalization):
     labels = torch.randint(0, 7, (n,), generator=torch.Generator().manual_seed(6))
     labels[0] = 99  # lone minority sample
     index = torch.arange(n)
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=2.0, eta=50.0,
-              temperature=0.07, normalization=normalization, n_total=n)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=2.0,
+        eta=50.0,
+        temperature=0.07,
+        normalization=normalization,
+        n_total=n,
+    )
     weights = torch.full((n,), 1.0 / n)
 
     got = both_grads(lambda a, c: per_anchor_loss(a, c, index, block_size=37, **kw), z, z, weights)
@@ -159,8 +182,9 @@ def test_float32_equals_reference_to_1e5_relative(normalization):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * w.abs().max().item())
 
 
-@pytest.mark.parametrize(("gamma", "eta", "normalization"),
-                         [(0.5, 2.0, "batch"), (2.0, 1.0, "pairs"), (0.0, 0.0, "pairs")])
+@pytest.mark.parametrize(
+    ("gamma", "eta", "normalization"), [(0.5, 2.0, "batch"), (2.0, 1.0, "pairs"), (0.0, 0.0, "pairs")]
+)
 def test_gradcheck_float64(gamma, eta, normalization):
     contrast = unit_rows(9, 4, seed=7).requires_grad_()
     anchors = unit_rows(5, 4, seed=8).requires_grad_()
@@ -168,10 +192,20 @@ def test_gradcheck_float64(gamma, eta, normalization):
     anchor_index = torch.tensor([0, 2, 4, 8, 5])
 
     def fn(a, c):
-        return per_anchor_loss(a, c, anchor_index, anchor_labels=labels[anchor_index],
-                               contrast_labels=labels, mask=None, gamma=gamma, eta=eta,
-                               temperature=0.4, normalization=normalization, n_total=9,
-                               block_size=2)
+        return per_anchor_loss(
+            a,
+            c,
+            anchor_index,
+            anchor_labels=labels[anchor_index],
+            contrast_labels=labels,
+            mask=None,
+            gamma=gamma,
+            eta=eta,
+            temperature=0.4,
+            normalization=normalization,
+            n_total=9,
+            block_size=2,
+        )
 
     assert torch.autograd.gradcheck(fn, (anchors, contrast))
 
@@ -183,8 +217,12 @@ def near_duplicate_views(n_images, d, *, seed, noise):
     g = torch.Generator().manual_seed(seed)
     centre = torch.nn.functional.normalize(torch.randn(d, generator=g, dtype=torch.float64), dim=0)
     half = n_images // 2
-    base = torch.cat([centre + 0.05 * torch.randn(half, d, generator=g, dtype=torch.float64),
-                      torch.randn(n_images - half, d, generator=g, dtype=torch.float64)])
+    base = torch.cat(
+        [
+            centre + 0.05 * torch.randn(half, d, generator=g, dtype=torch.float64),
+            torch.randn(n_images - half, d, generator=g, dtype=torch.float64),
+        ]
+    )
     base = torch.nn.functional.normalize(base, dim=1)
     jitter = noise[:, None] * torch.randn(n_images, d, generator=g, dtype=torch.float64)
     views = torch.cat([base, base + jitter])
@@ -199,14 +237,20 @@ def test_low_temperature_near_duplicates_float32_matches_float64(gamma):
     z32 = z64.float()
     n, tau = 32, 0.01
     index = torch.arange(n)
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=gamma, eta=5.0,
-              temperature=tau, normalization="batch", n_total=n)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=gamma,
+        eta=5.0,
+        temperature=tau,
+        normalization="batch",
+        n_total=n,
+    )
     weights = torch.full((n,), 1 / n, dtype=torch.float64)
     # float64 on the very same (float32-rounded) inputs, so only the arithmetic differs.
-    want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, index, **kw),
-                      z32.double(), z32.double(), weights)
-    got = both_grads(lambda a, c: per_anchor_loss(a, c, index, block_size=5, **kw),
-                     z32, z32, weights.float())
+    want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, index, **kw), z32.double(), z32.double(), weights)
+    got = both_grads(lambda a, c: per_anchor_loss(a, c, index, block_size=5, **kw), z32, z32, weights.float())
     # Gradients are O(1 / (tau * n)) where the loss is not saturated; float32 resolves p to ~1e-7
     # of that scale (a saturated p = 1 - 1e-30 is 1 in float32, its 1e-30 gradient is rounding).
     grad_scale = 1.0 / (tau * n)
@@ -223,17 +267,25 @@ def test_argmax_negative_where_the_rest_underflows():
     # others are exp(-60) below it, so p = 1 - 9e-27 and a naive log(1 - p) is log(0) = -inf.
     anchor = torch.tensor([1.0, 0.0, 0.0])
     near = anchor.clone()
-    others = torch.tensor([[0.4, math.sqrt(1 - 0.16), 0.0], [0.4, 0.0, math.sqrt(1 - 0.16)],
-                           [0.3, -math.sqrt(1 - 0.09), 0.0]])
+    others = torch.tensor(
+        [[0.4, math.sqrt(1 - 0.16), 0.0], [0.4, 0.0, math.sqrt(1 - 0.16)], [0.3, -math.sqrt(1 - 0.09), 0.0]]
+    )
     z64 = torch.cat([anchor[None], near[None], others]).double()
     labels = torch.tensor([0, 1, 2, 2, 0])  # row 4 (a positive of anchor 0) is far away
     index = torch.arange(5)
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=0.5, eta=1.0,
-              temperature=0.01, normalization="pairs", n_total=5)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=0.5,
+        eta=1.0,
+        temperature=0.01,
+        normalization="pairs",
+        n_total=5,
+    )
     weights = torch.ones(5)
     got = both_grads(lambda a, c: per_anchor_loss(a, c, index, **kw), z64.float(), z64.float(), weights)
-    want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, index, **kw), z64, z64,
-                      weights.double())
+    want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, index, **kw), z64, z64, weights.double())
     # s = (100, 40, 40, 30) over rows 1..4; row 4 is the only positive, rows 1..3 negatives.
     lse = math.log(math.exp(100) + 2 * math.exp(40) + math.exp(30))
     pos = -((1 - math.exp(30 - lse)) ** 0.5) * (30 - lse)
@@ -249,8 +301,16 @@ def test_half_precision_inputs_are_computed_in_float32(dtype):
     z64, labels = near_duplicate_views(20, 16, seed=10, noise=torch.logspace(-3, -0.5, 20))
     z_half = z64.to(dtype)
     index = torch.arange(40)
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=2.0, eta=10.0,
-              temperature=0.07, normalization="batch", n_total=40)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=2.0,
+        eta=10.0,
+        temperature=0.07,
+        normalization="batch",
+        n_total=40,
+    )
     z = z_half.clone().requires_grad_()
     out = per_anchor_loss(z, z, index, **kw)
     assert out.dtype == torch.float32
@@ -261,15 +321,22 @@ def test_half_precision_inputs_are_computed_in_float32(dtype):
     want = _reference.per_anchor_loss(w, w, index, **kw)
     want.mean().backward()
     torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(z.grad.double(), w.grad, rtol=1e-2,
-                               atol=1e-2 * w.grad.abs().max().item())
+    torch.testing.assert_close(z.grad.double(), w.grad, rtol=1e-2, atol=1e-2 * w.grad.abs().max().item())
 
 
 def test_autocast_does_not_lower_the_precision():
     z = unit_rows(50, 16, seed=11, dtype=torch.float32)
     labels = torch.arange(50) % 5
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=1.0, eta=2.0,
-              temperature=0.1, normalization="pairs", n_total=50)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=1.0,
+        eta=2.0,
+        temperature=0.1,
+        normalization="pairs",
+        n_total=50,
+    )
     plain = per_anchor_loss(z, z, torch.arange(50), **kw)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = per_anchor_loss(z, z, torch.arange(50), **kw)
@@ -281,13 +348,33 @@ def test_two_row_batch_negative_is_infinite_not_nan():
     # M = 2: the single other row has p = 1 exactly; as a positive it costs 0, as a negative inf.
     z = unit_rows(2, 3, seed=12)
     index = torch.arange(2)
-    same = per_anchor_loss(z, z, index, anchor_labels=torch.tensor([0, 0]),
-                           contrast_labels=torch.tensor([0, 0]), mask=None, gamma=0.5, eta=1.0,
-                           temperature=0.1, normalization="batch", n_total=2)
+    same = per_anchor_loss(
+        z,
+        z,
+        index,
+        anchor_labels=torch.tensor([0, 0]),
+        contrast_labels=torch.tensor([0, 0]),
+        mask=None,
+        gamma=0.5,
+        eta=1.0,
+        temperature=0.1,
+        normalization="batch",
+        n_total=2,
+    )
     assert torch.equal(same, torch.zeros(2, dtype=torch.float64))
-    differ = per_anchor_loss(z, z, index, anchor_labels=torch.tensor([0, 1]),
-                             contrast_labels=torch.tensor([0, 1]), mask=None, gamma=0.5, eta=1.0,
-                             temperature=0.1, normalization="batch", n_total=2)
+    differ = per_anchor_loss(
+        z,
+        z,
+        index,
+        anchor_labels=torch.tensor([0, 1]),
+        contrast_labels=torch.tensor([0, 1]),
+        mask=None,
+        gamma=0.5,
+        eta=1.0,
+        temperature=0.1,
+        normalization="batch",
+        n_total=2,
+    )
     assert torch.isposinf(differ).all()
 
 
@@ -310,8 +397,16 @@ def test_no_tensor_of_the_whole_batch_is_ever_built():
     n, d, block = 200, 8, 16
     z = unit_rows(n, d, seed=13, dtype=torch.float32).requires_grad_()
     labels = torch.arange(n) % 9
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=2.0, eta=5.0,
-              temperature=0.1, normalization="pairs", n_total=n)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=2.0,
+        eta=5.0,
+        temperature=0.1,
+        normalization="pairs",
+        n_total=n,
+    )
     # One thread: a dispatch mode sees the ops of its own thread only.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -337,16 +432,22 @@ def test_automatic_block_size_fits_the_budget():
 def test_blocks_on_parallel_threads_give_the_same_result(threads):
     z = unit_rows(50, 6, seed=18, dtype=torch.float32)
     labels = torch.arange(50) % 4
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=0.5, eta=3.0,
-              temperature=0.1, normalization="pairs", n_total=50)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=0.5,
+        eta=3.0,
+        temperature=0.1,
+        normalization="pairs",
+        n_total=50,
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for weights in (torch.full((50,), 0.02), torch.linspace(0.0, 1.0, 50)):
-            got = both_grads(lambda a, c: per_anchor_loss(a, c, torch.arange(50), block_size=7, **kw),
-                             z, z, weights)
-            want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, torch.arange(50), **kw),
-                              z, z, weights)
+            got = both_grads(lambda a, c: per_anchor_loss(a, c, torch.arange(50), block_size=7, **kw), z, z, weights)
+            want = both_grads(lambda a, c: _reference.per_anchor_loss(a, c, torch.arange(50), **kw), z, z, weights)
             for g, w in zip(got, want, strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
         assert torch.get_num_threads() == threads  # the caller's setting survives the worker pool
@@ -365,32 +466,43 @@ def test_prefer_blockwise_answers_a_bool():
 def _call(**overrides):
     z = unit_rows(6, 3, seed=14)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=1.0, eta=1.0,
-              temperature=0.1, normalization="batch", n_total=6)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=1.0,
+        eta=1.0,
+        temperature=0.1,
+        normalization="batch",
+        n_total=6,
+    )
     args = dict(anchors=z, contrast=z, anchor_index=torch.arange(6))
     for key, value in overrides.items():
         (args if key in args else kw)[key] = value
     return per_anchor_loss(args["anchors"], args["contrast"], args["anchor_index"], **kw)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    (dict(block_size=0), "block_size"),
-    (dict(block_size=-3), "block_size"),
-    (dict(block_size=2.5), "block_size"),
-    (dict(block_size=True), "block_size"),
-    (dict(normalization="mean"), "normalization"),
-    (dict(temperature=0.0), "temperature"),
-    (dict(gamma=-1.0), "gamma"),
-    (dict(eta=float("nan")), "eta"),
-    (dict(n_total=0), "n_total"),
-    (dict(mask=torch.ones(6, 6, dtype=torch.bool)), "exactly one"),
-    (dict(anchor_labels=None, contrast_labels=None, mask=torch.ones(6, 5, dtype=torch.bool)), "mask"),
-    (dict(anchor_labels=None, contrast_labels=None, mask=torch.ones(6, 6)), "mask"),
-    (dict(anchor_index=torch.tensor([0, 1, 2, 3, 4, 6])), "anchor_index"),
-    (dict(anchor_index=torch.arange(5)), "anchor_index"),
-    (dict(anchor_labels=torch.zeros(5, dtype=torch.int64)), "anchor_labels"),
-    (dict(contrast=unit_rows(6, 4, seed=0)), "feature dimension"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (dict(block_size=0), "block_size"),
+        (dict(block_size=-3), "block_size"),
+        (dict(block_size=2.5), "block_size"),
+        (dict(block_size=True), "block_size"),
+        (dict(normalization="mean"), "normalization"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(gamma=-1.0), "gamma"),
+        (dict(eta=float("nan")), "eta"),
+        (dict(n_total=0), "n_total"),
+        (dict(mask=torch.ones(6, 6, dtype=torch.bool)), "exactly one"),
+        (dict(anchor_labels=None, contrast_labels=None, mask=torch.ones(6, 5, dtype=torch.bool)), "mask"),
+        (dict(anchor_labels=None, contrast_labels=None, mask=torch.ones(6, 6)), "mask"),
+        (dict(anchor_index=torch.tensor([0, 1, 2, 3, 4, 6])), "anchor_index"),
+        (dict(anchor_index=torch.arange(5)), "anchor_index"),
+        (dict(anchor_labels=torch.zeros(5, dtype=torch.int64)), "anchor_labels"),
+        (dict(contrast=unit_rows(6, 4, seed=0)), "feature dimension"),
+    ],
+)
 def test_bad_arguments_name_themselves(override, message):
     with pytest.raises(ValueError, match=message):
         _call(**override)
@@ -401,8 +513,9 @@ def test_float_labels_are_a_type_error():
         _call(anchor_labels=torch.zeros(6), contrast_labels=torch.zeros(6))
 
 
-@pytest.mark.parametrize(("gamma", "eta", "normalization"),
-                         [(0.0, 0.0, "batch"), (0.5, 50.0, "pairs"), (2.0, 1.0, "batch")])
+@pytest.mark.parametrize(
+    ("gamma", "eta", "normalization"), [(0.0, 0.0, "batch"), (0.5, 50.0, "pairs"), (2.0, 1.0, "batch")]
+)
 def test_uniform_upstream_gradient_takes_the_forward_computed_gradients(gamma, eta, normalization):
     # loss = per_anchor.sum() * c: the backward only scales the gradients the forward computed.
     contrast = unit_rows(12, 5, seed=15)
@@ -412,12 +525,27 @@ def test_uniform_upstream_gradient_takes_the_forward_computed_gradients(gamma, e
     kw = dict(gamma=gamma, eta=eta, temperature=0.3, normalization=normalization, n_total=12)
     uniform = torch.full((7,), -0.7, dtype=torch.float64)
 
-    got = both_grads(lambda a, c: per_anchor_loss(
-        a, c, anchor_index, anchor_labels=labels[anchor_index], contrast_labels=labels,
-        mask=None, block_size=3, **kw), anchors, contrast, uniform)
-    want = both_grads(lambda a, c: loop_per_anchor_loss(
-        a, c, anchor_index, label_positive(labels[anchor_index], labels), **kw),
-        anchors, contrast, uniform)
+    got = both_grads(
+        lambda a, c: per_anchor_loss(
+            a,
+            c,
+            anchor_index,
+            anchor_labels=labels[anchor_index],
+            contrast_labels=labels,
+            mask=None,
+            block_size=3,
+            **kw,
+        ),
+        anchors,
+        contrast,
+        uniform,
+    )
+    want = both_grads(
+        lambda a, c: loop_per_anchor_loss(a, c, anchor_index, label_positive(labels[anchor_index], labels), **kw),
+        anchors,
+        contrast,
+        uniform,
+    )
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
@@ -425,16 +553,25 @@ def test_uniform_upstream_gradient_takes_the_forward_computed_gradients(gamma, e
 def test_forward_without_grad_needs_no_backward_state():
     z = unit_rows(30, 4, seed=16)
     labels = torch.arange(30) % 3
-    kw = dict(anchor_labels=labels, contrast_labels=labels, mask=None, gamma=1.0, eta=1.0,
-              temperature=0.2, normalization="batch", n_total=30)
+    kw = dict(
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=1.0,
+        eta=1.0,
+        temperature=0.2,
+        normalization="batch",
+        n_total=30,
+    )
     with torch.no_grad():
         out = per_anchor_loss(z.clone().requires_grad_(), z, torch.arange(30), **kw)
     assert out.grad_fn is None
     torch.testing.assert_close(out, per_anchor_loss(z, z, torch.arange(30), **kw))
 
 
-@pytest.mark.parametrize(("gamma", "eta", "normalization"),
-                         [(0.5, 50.0, "batch"), (2.0, 1.0, "pairs"), (0.0, 0.0, "pairs")])
+@pytest.mark.parametrize(
+    ("gamma", "eta", "normalization"), [(0.5, 50.0, "batch"), (2.0, 1.0, "pairs"), (0.0, 0.0, "pairs")]
+)
 def test_total_equals_the_shared_naive_oracle_in_exact_arithmetic(gamma, eta, normalization):
     # tests/naive_afcl.py (the loss layer's oracle) in 60-digit decimals: exact even where the
     # partner view has p within 1e-20 of 1 (tau = 0.01, duplicates and near-duplicates).
@@ -443,18 +580,41 @@ def test_total_equals_the_shared_naive_oracle_in_exact_arithmetic(gamma, eta, no
     n = z.shape[0]
     positive = label_positive(labels, labels)
     want = naive_afcl(z, positive, gamma, eta, 0.01, normalization, exact=True)
-    got = per_anchor_loss(z, z, torch.arange(n), anchor_labels=labels, contrast_labels=labels,
-                          mask=None, gamma=gamma, eta=eta, temperature=0.01,
-                          normalization=normalization, n_total=n).sum() / n
+    got = (
+        per_anchor_loss(
+            z,
+            z,
+            torch.arange(n),
+            anchor_labels=labels,
+            contrast_labels=labels,
+            mask=None,
+            gamma=gamma,
+            eta=eta,
+            temperature=0.01,
+            normalization=normalization,
+            n_total=n,
+        ).sum()
+        / n
+    )
     assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-300)
 
 
 def test_backward_through_a_retained_graph_is_repeatable():
     z = unit_rows(9, 3, seed=19).requires_grad_()
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2])
-    out = per_anchor_loss(z, z, torch.arange(9), anchor_labels=labels, contrast_labels=labels,
-                          mask=None, gamma=1.0, eta=2.0, temperature=0.3, normalization="batch",
-                          n_total=9).sum()
+    out = per_anchor_loss(
+        z,
+        z,
+        torch.arange(9),
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=1.0,
+        eta=2.0,
+        temperature=0.3,
+        normalization="batch",
+        n_total=9,
+    ).sum()
     (first,) = torch.autograd.grad(out, z, retain_graph=True)
     (second,) = torch.autograd.grad(out, z)
     assert torch.equal(first, second)

@@ -33,11 +33,22 @@ def built(tmp_path):
     torch.manual_seed(3)
     torch.save(SmallCNN(1).state_dict(), tmp_path / "w.pth")
     cache = tmp_path / "cache"
-    sets = [f"model.pretrained={tmp_path / 'w.pth'}", "model.finetune=frozen", f"data.cache_dir={cache}",
-            "data.classes=[0,1,2]", "trainer.progress_bar=false", "data.cache_views=2"]
+    sets = [
+        f"model.pretrained={tmp_path / 'w.pth'}",
+        "model.finetune=frozen",
+        f"data.cache_dir={cache}",
+        "data.classes=[0,1,2]",
+        "trainer.progress_bar=false",
+        "data.cache_views=2",
+    ]
     args = [a for s in sets for a in ("--set", s)]
-    done = subprocess.run([sys.executable, "-m", "asymcl", "cache", "build", *args], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "asymcl", "cache", "build", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert f"feature caches ready in {cache}" in done.stderr
     return cache, args
@@ -99,9 +110,17 @@ def test_prune_by_age_and_key_keeps_entries_in_use(built, capsys, tmp_path):
 
     # A job that has read the entry holds it until it exits: prune keeps it, then deletes it.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from asymcl.data.cache_store import hold_in_use; "
-         f"hold_in_use({recent.path!r}); print('held', flush=True); sys.stdin.read()"],
-        env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from asymcl.data.cache_store import hold_in_use; "
+            f"hold_in_use({recent.path!r}); print('held', flush=True); sys.stdin.read()",
+        ],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         code, out = _cli(capsys, "cache", "prune", "--key", recent.key[:8], "--cache-dir", str(cache))
@@ -122,8 +141,13 @@ def test_a_pruned_entry_is_extracted_again_by_the_next_build(built):
     cache, args = built
     for entry in list_entries(cache):
         assert main(["cache", "prune", "--key", entry.key, "--cache-dir", str(cache)]) == 0
-    done = subprocess.run([sys.executable, "-m", "asymcl", "cache", "build", *args], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "asymcl", "cache", "build", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "extracting" in done.stderr
     assert len(list_entries(cache)) == 2
 

@@ -19,17 +19,37 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _sets(tmp_path, cache):
-    return {"model.pretrained": str(tmp_path / "w.pth"), "model.finetune": "frozen", "data.cache_dir": str(cache),
-            "data.classes": [0, 1, 2], "data.cache_views": 2, "trainer.progress_bar": False}
+    return {
+        "model.pretrained": str(tmp_path / "w.pth"),
+        "model.finetune": "frozen",
+        "data.cache_dir": str(cache),
+        "data.classes": [0, 1, 2],
+        "data.cache_views": 2,
+        "trainer.progress_bar": False,
+    }
 
 
 def _torchrun(sets: dict) -> str:
     args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "asymcl", "cache", "build", *args],
-        env=env, capture_output=True, text=True, timeout=400)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "asymcl",
+            "cache",
+            "build",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -70,7 +90,7 @@ def test_two_process_extraction_equals_one_process_and_each_reuses_the_other(tmp
 
     # A rank killed mid-extraction leaves finished shards and a temporary file: the next build (on
     # any number of processes) removes the file and extracts only what is missing.
-    entry = next(p for p in two.iterdir() if (p / "key.json").is_file() and "views\": 2" in (p / "key.json").read_text())
+    entry = next(p for p in two.iterdir() if (p / "key.json").is_file() and 'views": 2' in (p / "key.json").read_text())
     shards = sorted(entry.glob("shard-*.npz"))
     lost = len(read_shard(shards[0], entry.name)["fingerprints"])
     shards[0].unlink()
@@ -80,7 +100,7 @@ def test_two_process_extraction_equals_one_process_and_each_reuses_the_other(tmp
     assert set(_contents(two)) == set(b)
 
 
-KILLER = '''
+KILLER = """
 import os, sys
 import asymcl.data.feature_cache as fc
 fc.SHARD_IMAGES = 100
@@ -97,7 +117,7 @@ def write_then_die(directory, *args):
 fc._write_shard = write_then_die
 from asymcl.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def test_a_rank_killed_mid_extraction_loses_only_its_unfinished_part(tmp_path, capfd):
@@ -109,8 +129,23 @@ def test_a_rank_killed_mid_extraction_loses_only_its_unfinished_part(tmp_path, c
     script.write_text(KILLER)
     args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), "cache", "build", *args], env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            "cache",
+            "build",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode != 0
     entry = next(p for p in cache.iterdir() if (p / "key.json").is_file())
     assert list(entry.glob(".tmp-*"))  # the dead rank's half-written file ...
@@ -134,8 +169,9 @@ def test_lightning_launcher_with_trainer_devices_splits_the_extraction_too(tmp_p
     args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("RANK", None)
-    done = subprocess.run([sys.executable, "-m", "asymcl", "cache", "build", *args], env=env,
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "asymcl", "cache", "build", *args], env=env, capture_output=True, text=True, timeout=400
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(rank 0 of 2): extracting" in done.stderr and "(rank 1 of 2): extracting" in done.stderr
     assert done.stderr.count("feature caches ready in") == 1  # reported once, by the first process

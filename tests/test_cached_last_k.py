@@ -21,14 +21,24 @@ def _grads(module):
 
 @pytest.mark.parametrize("stage, method, k", [("baseline", "ce", 1), ("baseline", "la", 3), ("stage1", "afcl", 2)])
 def test_last_k_on_cached_maps_equals_the_live_backbone(tmp_path, stage, method, k):
-    config = resolve_config({
-        "method": method, "data.dataset": "digits", "data.classes": [0, 1], "data.augment": "grey28",
-        "model.backbone": "efficientnet_lite0", "model.pretrained": "imagenet", "model.input_size": 48,
-        "model.finetune": f"last:{k}",
-        "data.cache_dir": str(tmp_path), "data.cache_views": 3, "data.cache_precision": "fp32",
-        # the baselines' classifier reads one cached view per image (not the clean features)
-        "stage2.augment": True, "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        {
+            "method": method,
+            "data.dataset": "digits",
+            "data.classes": [0, 1],
+            "data.augment": "grey28",
+            "model.backbone": "efficientnet_lite0",
+            "model.pretrained": "imagenet",
+            "model.input_size": 48,
+            "model.finetune": f"last:{k}",
+            "data.cache_dir": str(tmp_path),
+            "data.cache_views": 3,
+            "data.cache_precision": "fp32",
+            # the baselines' classifier reads one cached view per image (not the clean features)
+            "stage2.augment": True,
+            "trainer.progress_bar": False,
+        }
+    )
     data = RunData(config)
     attach_feature_caches(config, data, verbose=False)
     # seeded as the pipeline seeds a stage, so the module's frozen weights are the cached ones
@@ -49,8 +59,9 @@ def test_last_k_on_cached_maps_equals_the_live_backbone(tmp_path, stage, method,
     # Live: the same views rendered from the images, through the whole backbone.
     images = torch.stack([train[i][0] for i in rows.tolist()])
     fingerprints = [image_fingerprints(train)[i] for i in rows.tolist()]
-    augment = build_augmentation(augmentation_preset(config, data.dataset_name, data.channels), data.image_hw,
-                                 data.channels)
+    augment = build_augmentation(
+        augmentation_preset(config, data.dataset_name, data.channels), data.image_hw, data.channels
+    )
     rendered = render_views(images, fingerprints, augment, 3, config.data.cache_seed)
     pairs = cache.view_pairs(0, module._view_seed())[rows]
     first = rendered[torch.arange(12), 1 + pairs[:, 0]]
@@ -117,14 +128,16 @@ def test_a_cache_that_would_not_fit_the_disk_fails_before_extraction(tmp_path, m
     monkeypatch.setattr(cache_store.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
     extracted = []
     monkeypatch.setattr(feature_cache, "_compute", lambda *a, **k: extracted.append(1))
-    with pytest.raises(DataError, match=rf"{len(split)} images x 3 outputs of shape \(64, 2, 2\) need about "
-                       r".* GB in .*, but only .* GB are free; free space, set data.cache_dir") as info:
+    with pytest.raises(
+        DataError,
+        match=rf"{len(split)} images x 3 outputs of shape \(64, 2, 2\) need about "
+        r".* GB in .*, but only .* GB are free; free space, set data.cache_dir",
+    ) as info:
         feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0, cache_dir=tmp_path)
     assert "\n" not in str(info.value) and not extracted and not list(tmp_path.glob("*/shard-*"))
     monkeypatch.setattr(cache_store.shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
     monkeypatch.undo()
-    cache = feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0,
-                                              cache_dir=tmp_path)
+    cache = feature_cache.build_feature_cache(split, frozen, augmentation="grey28", views=2, seed=0, cache_dir=tmp_path)
     assert f"about {need / 2**20:.0f} MB" in capfd.readouterr().err
     # the estimate is the shards' size up to the archive's own bytes
     assert sum(p.stat().st_size for p in cache.path.glob("shard-*")) == pytest.approx(need, rel=0.01)

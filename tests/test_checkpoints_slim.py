@@ -34,11 +34,22 @@ def weights_file(tmp_path):
 
 
 def frozen_config(tmp_path, weights_file, **overrides):
-    config = {"method": "afcl", "data.classes": [0, 1, 2], "data.imbalance": "exp:4",
-              "model.pretrained": str(weights_file), "model.finetune": "frozen", "model.adapter": 32,
-              "model.proj_hidden_dim": 32, "model.proj_dim": 16, "stage1.epochs": 3, "stage1.batch_size": 32,
-              "stage2.epochs": 2, "stage2.batch_size": 32, "trainer.progress_bar": False,
-              "data.cache_dir": str(tmp_path / "cache")}
+    config = {
+        "method": "afcl",
+        "data.classes": [0, 1, 2],
+        "data.imbalance": "exp:4",
+        "model.pretrained": str(weights_file),
+        "model.finetune": "frozen",
+        "model.adapter": 32,
+        "model.proj_hidden_dim": 32,
+        "model.proj_dim": 16,
+        "stage1.epochs": 3,
+        "stage1.batch_size": 32,
+        "stage2.epochs": 2,
+        "stage2.batch_size": 32,
+        "trainer.progress_bar": False,
+        "data.cache_dir": str(tmp_path / "cache"),
+    }
     return {**config, **overrides}
 
 
@@ -68,8 +79,11 @@ def test_slim_checkpoints_hold_what_trains_and_resume_and_predict_identically(tm
     assert "optimizer_states" not in stage1  # best.ckpt: weights only
     stage2 = _read(tmp_path / "a/checkpoints/stage2/best.ckpt")
     assert set(stage2["state_dict"]) == {"classifier.fc.weight", "classifier.fc.bias"}
-    assert stage2[REFERENCES][0]["source"] == {"kind": "checkpoint", "path": "../stage1/best.ckpt",
-                                               "prefix": "encoder."}
+    assert stage2[REFERENCES][0]["source"] == {
+        "kind": "checkpoint",
+        "path": "../stage1/best.ckpt",
+        "prefix": "encoder.",
+    }
     # A finished stage's last.ckpt keeps its weights, not the optimizer state.
     assert "optimizer_states" not in _read(tmp_path / "a/checkpoints/stage1/last.ckpt")
     # Restored on load: the full encoder, equal to the weights file's frozen part.
@@ -151,8 +165,7 @@ def test_save_last_false_keeps_best_only_and_restarts_an_interrupted_stage(tmp_p
     assert not list(out.rglob("last.ckpt"))
 
 
-def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, weights_file,
-                                                                                    monkeypatch):
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, weights_file, monkeypatch):
     import asymcl.training.checkpoints as checkpoints
 
     config = frozen_config(tmp_path, weights_file, method="ce")

@@ -21,9 +21,14 @@ def _grid(root, effect: dict[str, float], seeds: int = 6):
         for batch in (32, 512):
             for seed in range(seeds):
                 for method, bonus in (("cl", 0.0), ("fcl", 0.0), ("acl", 0.0), ("afcl", gain)):
-                    write(root / "tuned", f"{profile.replace(':', '')}_b{batch}_{method}", method, seed,
-                          bonus + 0.003 * ((seed * 7 + batch) % 5),
-                          **{"data.imbalance": profile, "stage1.batch_size": batch})
+                    write(
+                        root / "tuned",
+                        f"{profile.replace(':', '')}_b{batch}_{method}",
+                        method,
+                        seed,
+                        bonus + 0.003 * ((seed * 7 + batch) % 5),
+                        **{"data.imbalance": profile, "stage1.batch_size": batch},
+                    )
 
 
 def test_intervals_power_and_holm_of_the_grid(tmp_path):
@@ -37,8 +42,12 @@ def test_intervals_power_and_holm_of_the_grid(tmp_path):
     assert len(rows) == 2 * 2 * 3 * 2  # cells x comparisons x metrics
     for row in rows:
         assert row["arm"] == "tuned"
-        cell = [r for r in runs if r.config["data.imbalance"] == row["data.imbalance"]
-                and r.config["stage1.batch_size"] == row["stage1.batch_size"]]
+        cell = [
+            r
+            for r in runs
+            if r.config["data.imbalance"] == row["data.imbalance"]
+            and r.config["stage1.batch_size"] == row["stage1.batch_size"]
+        ]
         first = {r.seed: r.split_metric(row["split"], row["metric"]) for r in cell if r.method == row["first"]}
         second = {r.seed: r.split_metric(row["split"], row["metric"]) for r in cell if r.method == row["second"]}
         seeds = sorted(first)
@@ -49,7 +58,9 @@ def test_intervals_power_and_holm_of_the_grid(tmp_path):
             effect = TTestPower().solve_power(nobs=len(seeds), alpha=0.05, power=0.8, alternative="two-sided")
             assert row["mdd"] == pytest.approx(effect * np.std(np.subtract(a, b), ddof=1))
     finite = [r for r in rows if not np.isnan(r["p"])]
-    assert [r["p_holm"] for r in finite] == pytest.approx(list(multipletests([r["p"] for r in finite], method="holm")[1]))
+    assert [r["p_holm"] for r in finite] == pytest.approx(
+        list(multipletests([r["p"] for r in finite], method="holm")[1])
+    )
     # the known effect: AFCL beats CL at rho 100 on UA in both batch sizes, not at rho 10
     for row in rows:
         if row["first"] == "afcl" and row["second"] == "cl" and row["metric"] == "ua":
@@ -101,4 +112,3 @@ def test_the_cli_offers_exactly_the_claim_grids_profiles():
     from asymcl.experiments.preset_names import CLAIM_PROFILES
 
     assert tuple(GRIDS) == CLAIM_PROFILES
-

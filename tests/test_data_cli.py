@@ -36,8 +36,20 @@ def _run(capsys, *argv):
 def test_summary_json_after_imbalance(tmp_path, capsys):
     root = make_fashion_mnist(tmp_path / "fm", train_per_class=20, test_per_class=10)
     code, out, err = _run(
-        capsys, "data", "summary", "--dataset", "fashion-mnist", "--root", str(root),
-        "--imbalance", "binary:5", "--classes", "0,6", "--seed", "0", "--json",
+        capsys,
+        "data",
+        "summary",
+        "--dataset",
+        "fashion-mnist",
+        "--root",
+        str(root),
+        "--imbalance",
+        "binary:5",
+        "--classes",
+        "0,6",
+        "--seed",
+        "0",
+        "--json",
     )
     assert code == 0, err
     payload = json.loads(out)  # exactly one JSON object
@@ -94,7 +106,9 @@ def test_summary_corrupt_idx_no_traceback(tmp_path):
     write_idx(root / "train-images-idx3-ubyte", np.zeros((3, 28, 28)), magic=b"\x08\x08\x08\x03")
     proc = subprocess.run(
         [sys.executable, "-m", "asymcl", "data", "summary", "--dataset", "fashion-mnist", "--root", str(root)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -174,7 +188,10 @@ def test_download_corrupt_file_leaves_nothing(tmp_path, served_fashion_mnist):
     served, url, table = served_fashion_mnist
     (served / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(b"tampered")
     dest = tmp_path / "dest"
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz is corrupt: md5 \w+, expected " + table["train-labels-idx1-ubyte.gz"]):
+    with pytest.raises(
+        DataError,
+        match=r"train-labels-idx1-ubyte.gz is corrupt: md5 \w+, expected " + table["train-labels-idx1-ubyte.gz"],
+    ):
         download_module.download_fashion_mnist(dest, base_url=url + "/fm")
     assert not (dest / "train-labels-idx1-ubyte.gz").exists()
     assert not list(dest.glob(".*part"))  # no half-finished temp file left behind
@@ -182,9 +199,13 @@ def test_download_corrupt_file_leaves_nothing(tmp_path, served_fashion_mnist):
 
 def test_download_server_errors(tmp_path, capsys, served_fashion_mnist):
     _, url, _ = served_fashion_mnist
-    code, _, err = _run(capsys, "data", "download", "fashion-mnist", "--root", str(tmp_path / "d"), "--base-url", url + "/error")
+    code, _, err = _run(
+        capsys, "data", "download", "fashion-mnist", "--root", str(tmp_path / "d"), "--base-url", url + "/error"
+    )
     assert code == 2 and "HTTP 500" in err
-    code, _, err = _run(capsys, "data", "download", "fashion-mnist", "--root", str(tmp_path / "d"), "--base-url", url + "/missing")
+    code, _, err = _run(
+        capsys, "data", "download", "fashion-mnist", "--root", str(tmp_path / "d"), "--base-url", url + "/missing"
+    )
     assert code == 2 and "HTTP 404" in err and "/missing/t10k-images-idx3-ubyte.gz" in err
     assert not [p for p in (tmp_path / "d").iterdir()]
 
@@ -210,9 +231,7 @@ def test_download_killed_midway_never_looks_complete(tmp_path, served_fashion_mn
         "import sys; from pathlib import Path; from asymcl.data.download import download_file; "
         "download_file(sys.argv[1], Path(sys.argv[2]), sys.argv[3])"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, f"{url}/stall/{name}", str(dest / name), table[name]]
-    )
+    proc = subprocess.Popen([sys.executable, "-c", script, f"{url}/stall/{name}", str(dest / name), table[name]])
     try:
         deadline = time.monotonic() + 60
         while not list(dest.glob(".*.part")) and time.monotonic() < deadline:
@@ -249,7 +268,9 @@ def test_download_table_matches_shared_readme():
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/datasets is not present")
 def test_real_datasets_match_the_readme(capsys):
-    code, out, _ = _run(capsys, "data", "summary", "--dataset", "fashion-mnist", "--root", str(SHARED / "fashion-mnist"), "--json")
+    code, out, _ = _run(
+        capsys, "data", "summary", "--dataset", "fashion-mnist", "--root", str(SHARED / "fashion-mnist"), "--json"
+    )
     fm = json.loads(out)["splits"]
     assert code == 0
     assert sum(fm["train"].values()) + sum(fm["val"].values()) == 60_000
@@ -285,7 +306,10 @@ def test_summary_csv_column_names_from_the_command_line(tmp_path, capsys):
     assert sum(sum(split.values()) for split in payload["splits"].values()) == 8
 
 
-@pytest.mark.parametrize("dataset,kind", [("fashion-mnist", "file"), ("isic2018", "file"), ("folder", "file"), ("npz", "dir"), ("csv", "dir")])
+@pytest.mark.parametrize(
+    "dataset,kind",
+    [("fashion-mnist", "file"), ("isic2018", "file"), ("folder", "file"), ("npz", "dir"), ("csv", "dir")],
+)
 def test_summary_root_of_the_wrong_kind(tmp_path, capsys, dataset, kind):
     root = tmp_path / "root"
     root.mkdir() if kind == "dir" else root.write_text("x")

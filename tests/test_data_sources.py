@@ -88,7 +88,10 @@ def test_idx_wrong_dimensions(tmp_path):
 def test_fashion_mnist_count_mismatch(tmp_path):
     root = make_fashion_mnist(tmp_path / "fm", train_per_class=3, test_per_class=2)
     write_idx(root / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz has 20 images but .*t10k-labels.* has 7 labels.*asymcl data download fashion-mnist --root"):
+    with pytest.raises(
+        DataError,
+        match=r"t10k-images-idx3-ubyte.gz has 20 images but .*t10k-labels.* has 7 labels.*asymcl data download fashion-mnist --root",
+    ):
         build_splits(DataSpec(dataset="fashion-mnist", root=root))
 
 
@@ -106,7 +109,11 @@ def test_fashion_mnist_missing_file_and_folder(tmp_path):
 
 @pytest.mark.parametrize(
     "order,floats",
-    [(ISIC_CLASSES, True), (list(reversed(ISIC_CLASSES)), False), (["NV", "VASC", "MEL", "DF", "BKL", "AKIEC", "BCC"], True)],
+    [
+        (ISIC_CLASSES, True),
+        (list(reversed(ISIC_CLASSES)), False),
+        (["NV", "VASC", "MEL", "DF", "BKL", "AKIEC", "BCC"], True),
+    ],
 )
 def test_isic_columns_by_name_in_any_order(tmp_path, order, floats):
     written = make_isic(tmp_path / "isic", order=order, floats=floats)
@@ -167,9 +174,7 @@ def test_isic_official_validation_folder_used(tmp_path):
 def test_isic_non_one_hot_row_named(tmp_path):
     path = tmp_path / "gt.csv"
     path.write_text(
-        "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\n"
-        "ISIC_1,0.0,1.0,0.0,0.0,0.0,0.0,0.0\n"
-        "ISIC_2,1.0,1.0,0.0,0.0,0.0,0.0,0.0\n"
+        "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_1,0.0,1.0,0.0,0.0,0.0,0.0,0.0\nISIC_2,1.0,1.0,0.0,0.0,0.0,0.0,0.0\n"
     )
     with pytest.raises(DataError, match=r"line 3 \(ISIC_2\).*not one-hot"):
         read_ground_truth(path)

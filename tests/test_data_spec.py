@@ -25,7 +25,9 @@ def test_every_dataset_has_its_loader_and_the_config_offers_exactly_these():
 
 
 def test_data_summary_offers_every_spec_field_with_metadata():
-    summary = build_parser()._subparsers._group_actions[0].choices["data"]._subparsers._group_actions[0].choices["summary"]
+    summary = (
+        build_parser()._subparsers._group_actions[0].choices["data"]._subparsers._group_actions[0].choices["summary"]
+    )
     options = {action.dest: action for action in summary._actions}
     for spec_field in fields(DataSpec):
         assert (spec_field.name in options) == ("cli" in spec_field.metadata), spec_field.name
@@ -36,6 +38,10 @@ def test_predict_reads_every_suffix_a_folder_source_trains_on(tmp_path):
     from asymcl.training.predict import find_images
 
     for index, suffix in enumerate(IMAGE_SUFFIXES):
-        Image.fromarray(np.full((4, 4), index * 10, np.uint8)).save(tmp_path / f"im{index}{suffix}",
-                                                                    format={".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".pgm": "PPM", ".ppm": "PPM"}.get(suffix))
+        Image.fromarray(np.full((4, 4), index * 10, np.uint8)).save(
+            tmp_path / f"im{index}{suffix}",
+            format={".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".pgm": "PPM", ".ppm": "PPM"}.get(
+                suffix
+            ),
+        )
     assert sorted(p.suffix for p in find_images(tmp_path)) == sorted(IMAGE_SUFFIXES)

@@ -42,8 +42,7 @@ def _train_plus_val(splits):
 
 
 def test_exp_profile_exact_counts(balanced_npz):
-    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10", seed=0,
-                                   val_fraction=0.1))
+    splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="exp:10", seed=0, val_fraction=0.1))
     # n_c = floor(100 * 10 ** (-c / 9)), worked out by hand
     assert list(_train_plus_val(splits)) == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
     # the test set cut to the same profile with n_max = 30
@@ -188,7 +187,10 @@ def test_sampler_epochs_and_seeds():
 def test_sampler_ranks_take_disjoint_shares_of_one_draw(num_replicas, num_samples):
     targets = np.array([0] * 50 + [1] * 7 + [2] * 3)
     single = ClassBalancedSampler(targets, num_samples=num_samples, seed=2, num_replicas=1, rank=0)
-    ranks = [ClassBalancedSampler(targets, num_samples=num_samples, seed=2, num_replicas=num_replicas, rank=r) for r in range(num_replicas)]
+    ranks = [
+        ClassBalancedSampler(targets, num_samples=num_samples, seed=2, num_replicas=num_replicas, rank=r)
+        for r in range(num_replicas)
+    ]
     for s in ranks + [single]:
         s.set_epoch(4)
     shares = [list(s) for s in ranks]
@@ -254,7 +256,10 @@ def test_grouped_holdout_keeps_every_class_on_both_sides():
         assert {0, 1, 2} <= set(targets[held])  # every class with two or more lesions is validated
         assert 3 not in set(targets[held])  # a single lesion stays in training
     again = stratified_holdout(targets, 0.1, np.random.default_rng(5), groups)
-    assert all(np.array_equal(a, b) for a, b in zip(again, stratified_holdout(targets, 0.1, np.random.default_rng(5), groups), strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(again, stratified_holdout(targets, 0.1, np.random.default_rng(5), groups), strict=True)
+    )
 
 
 def test_grouped_holdout_is_remembered_and_callers_cannot_change_it():

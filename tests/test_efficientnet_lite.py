@@ -122,12 +122,15 @@ def test_concatenated_backbone_is_its_members_side_by_side():
         apply_finetune(both, "last:1")
 
 
-@pytest.mark.parametrize("name, pretrained, match", [
-    ("efficientnet_lite0+resnet18", None, "distinct EfficientNet-Lite variants.*not 'resnet18'"),
-    ("efficientnet_lite0+efficientnet_lite0", None, "each at most once"),
-    ("efficientnet_lite0+", None, "not ''"),
-    ("efficientnet_lite2+efficientnet_lite0", "weights.pth", "one weights file cannot hold several"),
-])
+@pytest.mark.parametrize(
+    "name, pretrained, match",
+    [
+        ("efficientnet_lite0+resnet18", None, "distinct EfficientNet-Lite variants.*not 'resnet18'"),
+        ("efficientnet_lite0+efficientnet_lite0", None, "each at most once"),
+        ("efficientnet_lite0+", None, "not ''"),
+        ("efficientnet_lite2+efficientnet_lite0", "weights.pth", "one weights file cannot hold several"),
+    ],
+)
 def test_bad_concatenated_backbones(name, pretrained, match):
     with pytest.raises(ConfigError, match=match):
         build_backbone(name, 3, pretrained)

@@ -30,12 +30,19 @@ from asymcl.experiments.runs import is_complete, iter_run_dirs
 pytest.importorskip("asymcl.training.pipeline", reason="the training pipeline is not installed")
 
 TINY = {
-    "data.dataset": "digits", "data.imbalance": "exp:5", "stage1.epochs": 1, "stage2.epochs": 1,
-    "stage1.batch_size": 128, "stage2.batch_size": 128, "model.proj_hidden_dim": 32,
-    "model.proj_dim": 16, "trainer.progress_bar": False, "trainer.num_threads": 1,
+    "data.dataset": "digits",
+    "data.imbalance": "exp:5",
+    "stage1.epochs": 1,
+    "stage2.epochs": 1,
+    "stage1.batch_size": 128,
+    "stage2.batch_size": 128,
+    "model.proj_hidden_dim": 32,
+    "model.proj_dim": 16,
+    "trainer.progress_bar": False,
+    "trainer.num_threads": 1,
 }
 
-WORKER = r'''
+WORKER = r"""
 import os, sys, time
 from pathlib import Path
 from lightning.pytorch.callbacks import Callback
@@ -69,7 +76,7 @@ def runner(config, out_dir):
 
 sweep_module.default_runner = study_module.default_runner = lambda: runner
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 # ------------------------------------------------------------------ the pieces, without processes
@@ -97,8 +104,15 @@ def test_a_point_held_by_another_worker_is_put_aside_then_resumed_or_counted(tmp
         (out_dir / "metrics.json").write_text('{"status": "complete"}')
 
     lines: list[str] = []
-    result = run_points(spec, points, tmp_path, runner=runner, configs={p.name: {} for p in points},
-                        progress=lines.append, poll_seconds=0)
+    result = run_points(
+        spec,
+        points,
+        tmp_path,
+        runner=runner,
+        configs={p.name: {} for p in points},
+        progress=lines.append,
+        poll_seconds=0,
+    )
     assert attempts == ["ce_s0", "ce_s1", "ce_s2", "ce_s0", "ce_s0"]
     assert result.ran == ["ce_s2", "ce_s0"] and result.others == ["ce_s1"] and result.complete
     assert any("waiting for 1 run(s) that other workers are training (ce_s0)" in line for line in lines)
@@ -158,8 +172,9 @@ def test_duplicate_proposals_defer_to_the_finished_or_lower_numbered_trial():
     study = optuna.create_study(direction="maximize")
     dist = optuna.distributions.FloatDistribution(0.1, 10)
     study.add_trial(optuna.create_trial(params={"g": 2.0004}, distributions={"g": dist}, value=0.5))  # 0
-    study.add_trial(optuna.create_trial(params={"g": 5.0}, distributions={"g": dist},
-                                        state=optuna.trial.TrialState.FAIL))  # 1: e.g. a killed worker's
+    study.add_trial(
+        optuna.create_trial(params={"g": 5.0}, distributions={"g": dist}, state=optuna.trial.TrialState.FAIL)
+    )  # 1: e.g. a killed worker's
     study.enqueue_trial({"g": 3.0})
     study.enqueue_trial({"g": 3.0})
     first, second = study.ask(), study.ask()  # 2 and 3 propose the same point at once
@@ -180,8 +195,9 @@ def test_the_last_place_in_the_budget_goes_to_a_retry_then_to_the_lower_number()
     study = optuna.create_study(direction="maximize")
     dist = optuna.distributions.FloatDistribution(0.1, 10)
     study.add_trial(optuna.create_trial(params={"g": 1.0}, distributions={"g": dist}, value=0.5))  # 0
-    study.add_trial(optuna.create_trial(params={"g": 2.0}, distributions={"g": dist},
-                                        state=optuna.trial.TrialState.FAIL))  # 1: never counts
+    study.add_trial(
+        optuna.create_trial(params={"g": 2.0}, distributions={"g": dist}, state=optuna.trial.TrialState.FAIL)
+    )  # 1: never counts
     # Two workers both counted 1 COMPLETE + 0 RUNNING < 2 and created a trial each.
     first, second = study.ask(), study.ask()  # 2 and 3
     assert not over_budget(study, first.number, 2)  # the lower number takes the last place
@@ -247,16 +263,24 @@ def _start_workers(tmp_path: Path, args: list[str], n: int, hang: str) -> tuple[
         env = {**os.environ, "TRACE_LOG": str(log), "PYTHONPATH": os.pathsep.join(sys.path)}
         if index == 0:
             env["TRACE_HANG"] = hang
-        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), *args],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return procs, log
 
 
 def _trace(log: Path) -> list[tuple[int, str, str, str]]:
     if not log.is_file():
         return []
-    return [(int(p), run, stage, event) for p, run, stage, event in
-            (line.split() for line in log.read_text().splitlines())]
+    return [
+        (int(p), run, stage, event) for p, run, stage, event in (line.split() for line in log.read_text().splitlines())
+    ]
 
 
 def _kill_victim_when_it_hangs(victim: subprocess.Popen, log: Path, timeout: float = 180) -> str:
@@ -302,8 +326,15 @@ def _assert_each_stage_trained_once(log: Path, victim_pid: int, killed_run: str,
 
 def test_three_grid_workers_on_one_folder_train_each_point_once(tmp_path):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({"name": "tiny", "base": TINY,
-                                    "grid": {"method": ["ce", "afcl"], "loss.eta": [5.0, 30.0], "seed": [0, 1, 2]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "base": TINY,
+                "grid": {"method": ["ce", "afcl"], "loss.eta": [5.0, 30.0], "seed": [0, 1, 2]},
+            }
+        )
+    )
     out = tmp_path / "runs"
     procs, log = _start_workers(tmp_path, ["sweep", "--config", str(spec), "--out", str(out)], 3, hang="any")
     killed_run = _kill_victim_when_it_hangs(procs[0], log)
@@ -396,10 +427,19 @@ def postgres():
 
 def _optuna_spec(tmp_path: Path) -> Path:
     spec = tmp_path / "study.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "pg", "base": TINY, "grid": {"method": ["afcl"], "seed": [0]},
-        "search": {"loss.gamma": {"low": 0.5, "high": 4.0}, "loss.eta": {"low": 5.0, "high": 100.0, "log": True}},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "pg",
+                "base": TINY,
+                "grid": {"method": ["afcl"], "seed": [0]},
+                "search": {
+                    "loss.gamma": {"low": 0.5, "high": 4.0},
+                    "loss.eta": {"low": 5.0, "high": 100.0, "log": True},
+                },
+            }
+        )
+    )
     return spec
 
 
@@ -409,8 +449,21 @@ def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
     out = tmp_path / "runs"
     # The same sampler seed in every worker: their first proposals coincide, so the duplicate rule
     # is exercised too (a real user should give each worker its own seed).
-    args = ["sweep", "--config", str(_optuna_spec(tmp_path)), "--out", str(out), "--optuna", "4",
-            "--storage", postgres.url, "--heartbeat", "1", "--sampler-seed", "0"]
+    args = [
+        "sweep",
+        "--config",
+        str(_optuna_spec(tmp_path)),
+        "--out",
+        str(out),
+        "--optuna",
+        "4",
+        "--storage",
+        postgres.url,
+        "--heartbeat",
+        "1",
+        "--sampler-seed",
+        "0",
+    ]
     procs, log = _start_workers(tmp_path, args, 3, hang="stage2")
     killed_run = _kill_victim_when_it_hangs(procs[0], log)
     _finish(procs[1:])
@@ -446,8 +499,21 @@ def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
 def test_a_worker_waits_for_an_unreachable_database(tmp_path, postgres):
     postgres.stop()
     out = tmp_path / "runs"
-    args = ["sweep", "--config", str(_optuna_spec(tmp_path)), "--out", str(out), "--optuna", "1",
-            "--storage", postgres.url, "--heartbeat", "1", "--db-wait", "120"]
+    args = [
+        "sweep",
+        "--config",
+        str(_optuna_spec(tmp_path)),
+        "--out",
+        str(out),
+        "--optuna",
+        "1",
+        "--storage",
+        postgres.url,
+        "--heartbeat",
+        "1",
+        "--db-wait",
+        "120",
+    ]
     (proc,), _ = _start_workers(tmp_path, args, 1, hang="none")
     seen = []
     for line in proc.stdout:

@@ -19,16 +19,20 @@ from data_fixtures import TINY_RUN as TINY
 pytest.importorskip("asymcl.training.pipeline", reason="the training pipeline (issue 4) is not installed")
 
 
-
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sweep")
     spec_path = root / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "tiny", "base": TINY,
-        "grid": {"method": ["ce", "afcl"], "loss.eta": [5.0, 30.0], "seed": [0, 1]},
-    }))
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "base": TINY,
+                "grid": {"method": ["ce", "afcl"], "loss.eta": [5.0, 30.0], "seed": [0, 1]},
+            }
+        )
+    )
     out = root / "runs"
     spec = load_spec(spec_path)
 
@@ -67,8 +71,10 @@ def test_report_numbers_are_the_run_files_numbers(sweep_dir, tmp_path):
     out, _ = sweep_dir
     result = build_report(out, tmp_path / "report", tsne_points=100, progress=lambda _: None)
     (setting,) = result.numbers
-    final = {name: json.loads((out / name / "metrics.json").read_text())["final"]
-             for name in ("ce_s0", "ce_s1", "afcl_e5_s0", "afcl_e5_s1", "afcl_e30_s0", "afcl_e30_s1")}
+    final = {
+        name: json.loads((out / name / "metrics.json").read_text())["final"]
+        for name in ("ce_s0", "ce_s1", "afcl_e5_s0", "afcl_e5_s1", "afcl_e30_s0", "afcl_e30_s1")
+    }
     val = {eta: np.mean([final[f"afcl_e{eta}_s{s}"]["val"]["ua"] for s in (0, 1)]) for eta in (5, 30)}
     chosen_eta = max(val, key=val.get)
     assert setting.table["afcl"].params["loss.eta"] == float(chosen_eta)

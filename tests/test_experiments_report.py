@@ -34,22 +34,47 @@ def _split_metrics(matrix):
     recall = matrix.diagonal() / matrix.sum(axis=1)
     precision = matrix.diagonal() / np.maximum(matrix.sum(axis=0), 1)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
-    return {"wa": float(matrix.trace() / matrix.sum()), "ua": float(recall.mean()),
-            "macro_f1": float(f1.mean()), "per_class_recall": recall.tolist(),
-            "confusion_matrix": matrix.tolist()}
+    return {
+        "wa": float(matrix.trace() / matrix.sum()),
+        "ua": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class_recall": recall.tolist(),
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
-def write_run(root: Path, name: str, *, method: str, seed: int, gamma=None, eta=None, imbalance="binary:10",
-              val_bonus=0.0, test_bonus=0.0, status="complete"):
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    method: str,
+    seed: int,
+    gamma=None,
+    eta=None,
+    imbalance="binary:10",
+    val_bonus=0.0,
+    test_bonus=0.0,
+    status="complete",
+):
     """A run directory in exactly the layout of docs/architecture.md, Layer 3."""
     rng = np.random.default_rng(abs(hash((name, seed))) % 2**32)
     run = root / name
     run.mkdir(parents=True)
-    config = {"method": method, "seed": seed,
-              "data": {"dataset": "fashion-mnist", "root": "/data/fmnist", "imbalance": imbalance,
-                       "classes": [0, 6], "val_fraction": 0.2},
-              "loss": {"gamma": gamma, "eta": eta, "temperature": 0.1, "normalization": "batch"},
-              "stage1": {"epochs": 2}, "stage2": {"epochs": 2}, "trainer": {"accelerator": "cpu"}}
+    config = {
+        "method": method,
+        "seed": seed,
+        "data": {
+            "dataset": "fashion-mnist",
+            "root": "/data/fmnist",
+            "imbalance": imbalance,
+            "classes": [0, 6],
+            "val_fraction": 0.2,
+        },
+        "loss": {"gamma": gamma, "eta": eta, "temperature": 0.1, "normalization": "batch"},
+        "stage1": {"epochs": 2},
+        "stage2": {"epochs": 2},
+        "trainer": {"accelerator": "cpu"},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "versions.json").write_text(json.dumps({"python": "3.11", "torch": "2.13.0", "asymcl": "0.1.0"}))
     base = 0.6 + 0.02 * seed
@@ -58,16 +83,21 @@ def write_run(root: Path, name: str, *, method: str, seed: int, gamma=None, eta=
         "test": _split_metrics(_confusion([0.9, base + test_bonus], [100, 100], rng)),
         "test_imbalanced": _split_metrics(_confusion([0.9, base + test_bonus], [100, 10], rng)),
     }
-    history = {"stage1": [{"epoch": e, "train_loss": 3.0 - e} for e in range(2)],
-               "stage2": [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_ua": 0.6 + 0.05 * e} for e in range(2)]}
-    metrics = {"status": status, "final": final if status == "complete" else {}, "history": history,
-               "best": {"stage2": {"epoch": 1, "val_ua": final["val"]["ua"]}}}
+    history = {
+        "stage1": [{"epoch": e, "train_loss": 3.0 - e} for e in range(2)],
+        "stage2": [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_ua": 0.6 + 0.05 * e} for e in range(2)],
+    }
+    metrics = {
+        "status": status,
+        "final": final if status == "complete" else {},
+        "history": history,
+        "best": {"stage2": {"epoch": 1, "val_ua": final["val"]["ua"]}},
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "predictions.csv").write_text("split,index,label,pred," + ",".join(f"prob_{c}" for c in CLASSES) + "\n")
     labels = rng.integers(0, 2, 60)
     features = rng.normal(size=(60, 8)) + labels[:, None] * 3.0
-    np.savez(run / "embeddings.npz", features=features.astype(np.float32), labels=labels,
-             split=np.array(["test"] * 60))
+    np.savez(run / "embeddings.npz", features=features.astype(np.float32), labels=labels, split=np.array(["test"] * 60))
     return run
 
 
@@ -82,14 +112,26 @@ def report(tmp_path_factory):
                 # Validation favours gamma=2, eta=50; the test set would favour gamma=0, eta=0. The
                 # report must follow validation.
                 chosen = gamma == 2.0 and eta == 50.0
-                write_run(root, f"afcl_g{gamma:g}_e{eta:g}_s{seed}", method="afcl", seed=seed, gamma=gamma,
-                          eta=eta, val_bonus=0.2 if chosen else 0.05 * gamma / 2,
-                          test_bonus=0.1 + 0.01 * seed if chosen else (0.3 if gamma == 0 and eta == 0 else 0.0))
+                write_run(
+                    root,
+                    f"afcl_g{gamma:g}_e{eta:g}_s{seed}",
+                    method="afcl",
+                    seed=seed,
+                    gamma=gamma,
+                    eta=eta,
+                    val_bonus=0.2 if chosen else 0.05 * gamma / 2,
+                    test_bonus=0.1 + 0.01 * seed if chosen else (0.3 if gamma == 0 and eta == 0 else 0.0),
+                )
     write_run(root, "afcl_unfinished", method="afcl", seed=9, gamma=9.0, eta=9.0, status="running")
-    (root / "sweep.json").write_text(json.dumps({"commands": [{"command": "asymcl sweep --config s.yaml --out runs",
-                                                               "cwd": "/x", "started": "2026-01-01"}]}))
+    (root / "sweep.json").write_text(
+        json.dumps(
+            {"commands": [{"command": "asymcl sweep --config s.yaml --out runs", "cwd": "/x", "started": "2026-01-01"}]}
+        )
+    )
     out = tmp_path_factory.mktemp("report")
-    return root, build_report(root, out, tsne_points=40, command="asymcl report runs --out rep", progress=lambda _: None)
+    return root, build_report(
+        root, out, tsne_points=40, command="asymcl report runs --out rep", progress=lambda _: None
+    )
 
 
 def _load(run: Path):
@@ -206,13 +248,23 @@ def test_summary_table_over_several_settings(tmp_path):
     for imbalance in ("binary:10", "binary:100"):
         for seed in range(2):
             write_run(tmp_path / "runs", f"{imbalance[-3:]}_ce_{seed}", method="ce", seed=seed, imbalance=imbalance)
-            write_run(tmp_path / "runs", f"{imbalance[-3:]}_afcl_{seed}", method="afcl", seed=seed, gamma=1.0,
-                      eta=30.0, imbalance=imbalance, test_bonus=0.1)
+            write_run(
+                tmp_path / "runs",
+                f"{imbalance[-3:]}_afcl_{seed}",
+                method="afcl",
+                seed=seed,
+                gamma=1.0,
+                eta=30.0,
+                imbalance=imbalance,
+                test_bonus=0.1,
+            )
     result = build_report(tmp_path / "runs", tmp_path / "rep", tsne_points=30, progress=lambda _: None)
     text = result.markdown.read_text()
     assert "## Summary: test UA per setting" in text
-    assert [n.label for n in result.numbers] == ["fashion-mnist, binary:10, classes [0, 6]",
-                                                    "fashion-mnist, binary:100, classes [0, 6]"]
+    assert [n.label for n in result.numbers] == [
+        "fashion-mnist, binary:10, classes [0, 6]",
+        "fashion-mnist, binary:100, classes [0, 6]",
+    ]
     row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist, binary:100"))
     afcl = result.numbers[1].table["afcl"].scores["test.ua"].mean * 100
     assert row.endswith(f"**{afcl:.1f} ± {result.numbers[1].table['afcl'].scores['test.ua'].std * 100:.1f}** |")
@@ -228,5 +280,7 @@ def test_a_committed_report_rebuilds_from_its_runs_csv_to_the_same_numbers_and_t
     assert after["settings"] == before["settings"] and after["family_size"] == before["family_size"]
     assert after["settings"] == [numbers.to_dict() for numbers in result.numbers]
     text = result.markdown.read_text()
-    rows = [line for line in (committed / "report.md").read_text().splitlines() if line.startswith(("|", "The paper's"))]
+    rows = [
+        line for line in (committed / "report.md").read_text().splitlines() if line.startswith(("|", "The paper's"))
+    ]
     assert len(rows) > 20 and all(row in text for row in rows)

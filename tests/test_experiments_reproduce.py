@@ -34,8 +34,16 @@ def test_every_preset_resolves_to_valid_run_configs(preset, profile, data_paths)
     seeds = {c["seed"] for c in configs.values()}
     assert len(seeds) >= 3
     # the same budget for every method, and every method's own search space used
-    settings = {m: {json.dumps({k: v for k, v in p.overrides.items() if k != "seed" and not k.startswith("data.")},
-                               sort_keys=True) for p in points if p.overrides["method"] == m} for m in methods}
+    settings = {
+        m: {
+            json.dumps(
+                {k: v for k, v in p.overrides.items() if k != "seed" and not k.startswith("data.")}, sort_keys=True
+            )
+            for p in points
+            if p.overrides["method"] == m
+        }
+        for m in methods
+    }
     assert {len(s) for s in settings.values()} == {preset_budget(preset, profile)}
     runs = {m: len([p for p in points if p.overrides["method"] == m]) for m in methods}
     assert len(set(runs.values())) == 1
@@ -66,8 +74,14 @@ def test_reproduce_runs_the_sweep_then_writes_the_report(tmp_path, data_paths):
     from test_experiments_sweep import RecordingRunner
 
     runner = RecordingRunner()
-    result = reproduce("isic2018", data_paths["isic2018"], tmp_path / "out", runner=runner,
-                       progress=lambda _: None, command="asymcl reproduce isic2018 --data x")
+    result = reproduce(
+        "isic2018",
+        data_paths["isic2018"],
+        tmp_path / "out",
+        runner=runner,
+        progress=lambda _: None,
+        command="asymcl reproduce isic2018 --data x",
+    )
     assert len(runner.calls) == len(expand(parse_spec(preset_spec("isic2018", data_paths["isic2018"]))))
     written = yaml.safe_load(result.spec_path.read_text())
     assert written["grid"] == {"seed": SEEDS["quick"]} and set(written["settings"]) == set(PRESET_METHODS["quick"])
@@ -101,12 +115,17 @@ def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, d
         make_isic(data)
     before = len(expand(parse_spec(preset_spec(preset, data, "pretrained"))))
     # registering a method (a plugin's, say) changes no preset: a user adds it by name
-    monkeypatch.setitem(methods.REGISTRY, "extra", methods.Method("extra", "Extra", methods.BASELINE, "test",
-                                                                 search_space={"stage1.lr": (1e-3, 2e-3)}))
+    monkeypatch.setitem(
+        methods.REGISTRY,
+        "extra",
+        methods.Method("extra", "Extra", methods.BASELINE, "test", search_space={"stage1.lr": (1e-3, 2e-3)}),
+    )
     spec = parse_spec(preset_spec(preset, data, "pretrained"))
     assert len(expand(spec)) == before
     configs = resolve_points(spec, expand(spec), default_resolver())
-    assert {c["method"] for c in configs.values()} == set(PRESET_METHODS["pretrained"]) and "probe" in PRESET_METHODS["pretrained"]
+    assert {c["method"] for c in configs.values()} == set(PRESET_METHODS["pretrained"]) and "probe" in PRESET_METHODS[
+        "pretrained"
+    ]
     assert {c["seed"] for c in configs.values()} == set(SEEDS["pretrained"])
     for c in configs.values():
         backbone = {"isic2018": "efficientnet_lite2+efficientnet_lite0", "fmnist-lt": "efficientnet_lite0"}[preset]
@@ -117,7 +136,9 @@ def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, d
     if preset == "fmnist-lt":
         assert {c["data"]["imbalance"] for c in configs.values()} == {"exp:100"}
     else:
-        assert {c["data"]["image_size"] for c in configs.values()} == {260}  # Lite2's native size (Lite0 gains from it too)
+        assert {c["data"]["image_size"] for c in configs.values()} == {
+            260
+        }  # Lite2's native size (Lite0 gains from it too)
     with_extra = parse_spec(preset_spec(preset, data, "pretrained", methods=["probe", "extra", "afcl"], budget=2))
     assert {p.overrides["method"] for p in expand(with_extra)} == {"probe", "extra", "afcl"}
     with pytest.raises(ConfigError, match="profile pretrained has presets"):

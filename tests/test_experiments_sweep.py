@@ -34,8 +34,7 @@ class RecordingRunner:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config))
         loss = config["loss"]
         ua = 0.5 + 0.01 * (loss["gamma"] or 0) + 0.001 * (loss["eta"] or 0) + 0.001 * config["seed"]
-        split = {"wa": ua, "ua": ua, "macro_f1": ua, "per_class_recall": [ua, ua],
-                 "confusion_matrix": [[1, 0], [0, 1]]}
+        split = {"wa": ua, "ua": ua, "macro_f1": ua, "per_class_recall": [ua, ua], "confusion_matrix": [[1, 0], [0, 1]]}
         metrics = {"status": "complete", "final": {"val": split, "test": split}, "history": {}, "best": {}}
         (out_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
@@ -47,8 +46,12 @@ def _write(tmp_path: Path, spec: dict, name: str = "sweep.yaml") -> Path:
     return path
 
 
-GRID = {"method": ["ce", "supcon", "fcl", "acl", "afcl"], "loss.gamma": [0.0, 2.0],
-        "loss.eta": [0.0, 50.0], "seed": [0, 1]}
+GRID = {
+    "method": ["ce", "supcon", "fcl", "acl", "afcl"],
+    "loss.gamma": [0.0, 2.0],
+    "loss.eta": [0.0, 50.0],
+    "seed": [0, 1],
+}
 
 
 def test_grid_varies_gamma_eta_only_for_methods_that_use_them():
@@ -64,15 +67,29 @@ def test_grid_varies_gamma_eta_only_for_methods_that_use_them():
 
 
 def test_run_names_are_stable_and_readable():
-    spec = parse_spec({"grid": {"data.imbalance": ["exp:10", "exp:100"], "method": ["afcl"],
-                                "loss.eta": [1.5], "stage1.lr": [0.001], "seed": [3]}})
+    spec = parse_spec(
+        {
+            "grid": {
+                "data.imbalance": ["exp:10", "exp:100"],
+                "method": ["afcl"],
+                "loss.eta": [1.5],
+                "stage1.lr": [0.001],
+                "seed": [3],
+            }
+        }
+    )
     names = [p.name for p in expand(spec)]
     assert names == ["exp10__afcl_e1.5_stage1.lr=0.001_s3", "exp100__afcl_e1.5_stage1.lr=0.001_s3"]
 
 
 def test_sweep_runs_every_point_resumes_after_interrupt_and_skips_finished(tmp_path):
-    spec = parse_spec({"name": "t", "base": {"stage1.epochs": 1},
-                       "grid": {"method": ["ce", "afcl"], "loss.gamma": [0.0, 1.0], "seed": [0, 1]}})
+    spec = parse_spec(
+        {
+            "name": "t",
+            "base": {"stage1.epochs": 1},
+            "grid": {"method": ["ce", "afcl"], "loss.gamma": [0.0, 1.0], "seed": [0, 1]},
+        }
+    )
     all_names = {p.name for p in expand(spec)}
     assert len(all_names) == 6
     interrupted = RecordingRunner(interrupt_at=3)
@@ -131,7 +148,10 @@ def test_a_failing_run_is_recorded_and_the_rest_still_run(tmp_path):
         ({"grid": {"seed": [0]}, "bsae": {}}, "unknown top-level key 'bsae'; did you mean 'base'"),
         ({"grid": {"seed": [0]}, "base": {"stage1.epochs": "two"}}, "stage1.epochs"),
         ({"grid": {"seed": [0, 0]}}, "repeated values"),
-        ({"grid": {"seed": [0]}, "search": {"loss.eta": {"low": 0, "high": 10, "log": True}}}, "log scale needs low > 0"),
+        (
+            {"grid": {"seed": [0]}, "search": {"loss.eta": {"low": 0, "high": 10, "log": True}}},
+            "log scale needs low > 0",
+        ),
     ],
 )
 def test_bad_sweep_files_name_the_key_before_anything_runs(tmp_path, spec, message):
@@ -169,9 +189,14 @@ def test_cli_dry_run_lists_the_runs(tmp_path, capsys):
 def test_optuna_study_maximises_validation_ua_and_resumes(tmp_path):
     import optuna
 
-    spec = parse_spec({"name": "s", "base": {"stage1.epochs": 1},
-                       "grid": {"method": ["afcl", "ce"], "seed": [0, 1]},
-                       "search": {"loss.gamma": {"low": 0, "high": 4}, "loss.eta": {"low": 1, "high": 100, "log": True}}})
+    spec = parse_spec(
+        {
+            "name": "s",
+            "base": {"stage1.epochs": 1},
+            "grid": {"method": ["afcl", "ce"], "seed": [0, 1]},
+            "search": {"loss.gamma": {"low": 0, "high": 4}, "loss.eta": {"low": 1, "high": 100, "log": True}},
+        }
+    )
     runner = RecordingRunner()
     result = run_study(spec, tmp_path, 3, runner=runner, progress=lambda _: None, command="asymcl sweep --optuna 3")
     assert result.storage == f"sqlite:///{(tmp_path / 'optuna.db').resolve()}"
@@ -182,8 +207,9 @@ def test_optuna_study_maximises_validation_ua_and_resumes(tmp_path):
     assert len(trials) == 3 and len(runner.calls) == 6  # 3 trials x 2 seeds
     best = result.studies[name]
     # the objective is the mean validation UA over the seeds of the trial's runs (from the run files)
-    expected = sum(json.loads((tmp_path / r / "metrics.json").read_text())["final"]["val"]["ua"]
-                   for r in best["runs"]) / 2
+    expected = (
+        sum(json.loads((tmp_path / r / "metrics.json").read_text())["final"]["val"]["ua"] for r in best["runs"]) / 2
+    )
     assert best["val_ua"] == pytest.approx(expected)
     assert all(r.startswith("afcl_g") and "_e" in r for r in best["runs"])
     # running the same command again does not add trials beyond the budget
@@ -196,8 +222,12 @@ def test_optuna_study_maximises_validation_ua_and_resumes(tmp_path):
 
 def test_values_of_any_type_the_config_accepts_pass(tmp_path):
     # trainer.devices takes "auto" or a count; data.classes a list: the sweep must not second-guess.
-    spec = parse_spec({"base": {"trainer.devices": "auto", "data.classes": [0, 6]},
-                       "grid": {"trainer.devices": ["auto", 1], "seed": [0]}})
+    spec = parse_spec(
+        {
+            "base": {"trainer.devices": "auto", "data.classes": [0, 6]},
+            "grid": {"trainer.devices": ["auto", 1], "seed": [0]},
+        }
+    )
     from asymcl.experiments.sweep import default_resolver, resolve_points
 
     configs = resolve_points(spec, expand(spec), default_resolver())

@@ -18,10 +18,17 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A tiny real two-stage run on long-tailed digits."""
-    config = resolve_config(None, {
-        "method": "supcon", "data.imbalance": "exp:5", "stage1.epochs": 1, "stage2.epochs": 1,
-        "stage1.batch_size": 64, "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": "supcon",
+            "data.imbalance": "exp:5",
+            "stage1.epochs": 1,
+            "stage2.epochs": 1,
+            "stage1.batch_size": 64,
+            "trainer.progress_bar": False,
+        },
+    )
     run_dir = tmp_path_factory.mktemp("export") / "run"
     run(config, run_dir)
     test = build_splits(data_spec(config)).splits["test"]
@@ -35,6 +42,7 @@ def finished_run(tmp_path_factory):
 
 def test_onnx_file_gives_the_runs_own_predictions(finished_run, tmp_path):
     import onnxruntime as ort  # in the test extra: never skipped
+
     run_dir, images, probs, preds = finished_run
     out = tmp_path / "model.onnx"
     assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out)]) == 0

@@ -81,9 +81,20 @@ def test_a_one_sided_lever_is_refused(lever):
 
 
 def test_a_registered_method_inherits_the_rule(monkeypatch):
-    monkeypatch.setitem(methods.REGISTRY, "mine", methods.Method(
-        "mine", "Mine", methods.TWO_STAGE, "test", methods.REGISTRY["afcl"].loss_factory, {}, ("gamma",),
-        search_space={"loss.gamma": (1.0, 3.0, 5.0)}))
+    monkeypatch.setitem(
+        methods.REGISTRY,
+        "mine",
+        methods.Method(
+            "mine",
+            "Mine",
+            methods.TWO_STAGE,
+            "test",
+            methods.REGISTRY["afcl"].loss_factory,
+            {},
+            ("gamma",),
+            search_space={"loss.gamma": (1.0, 3.0, 5.0)},
+        ),
+    )
     settings = fair.fair_settings(["ce", "mine"], 3, {})
     assert len(settings["mine"]) == len(settings["ce"]) == 3
 
@@ -127,8 +138,13 @@ def test_minimum_detectable_difference_has_the_stated_power():
 def _fake_runs(root: Path):
     from test_report_claims import write
 
-    gains = {"afcl": [0.10, 0.11, 0.12, 0.10], "cl": [0.0] * 4, "fcl": [0.01, -0.01, 0.0, 0.02], "ce": [0.0] * 4,
-             "la": [0.02, 0.0, 0.01, 0.03]}
+    gains = {
+        "afcl": [0.10, 0.11, 0.12, 0.10],
+        "cl": [0.0] * 4,
+        "fcl": [0.01, -0.01, 0.0, 0.02],
+        "ce": [0.0] * 4,
+        "la": [0.02, 0.0, 0.01, 0.03],
+    }
     for method, values in gains.items():
         for seed, bonus in enumerate(values):
             write(root, method, method, seed, bonus + 0.001 * seed)
@@ -228,8 +244,16 @@ def test_probe_equals_scikit_learn_called_by_hand(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "cnn.pt"
     torch.save(build_backbone("small_cnn", 1).state_dict(), weights)
-    config = resolve_config({"method": "probe", "data.dataset": "digits", "data.imbalance": "exp:5",
-                             "model.pretrained": str(weights), "probe.c": 0.3, "trainer.progress_bar": False})
+    config = resolve_config(
+        {
+            "method": "probe",
+            "data.dataset": "digits",
+            "data.imbalance": "exp:5",
+            "model.pretrained": str(weights),
+            "probe.c": 0.3,
+            "trainer.progress_bar": False,
+        }
+    )
     metrics = run(config, tmp_path / "run")
     assert metrics["status"] == "complete" and metrics["best"]["probe"]["epoch"] == 0
 
@@ -238,7 +262,8 @@ def test_probe_equals_scikit_learn_called_by_hand(tmp_path):
     train, test = evaluate(module, data, "train"), evaluate(module, data, "test")
     scaler = StandardScaler().fit(train["features"].astype(np.float64))
     by_hand = LogisticRegression(C=0.3, class_weight="balanced", max_iter=2000).fit(
-        scaler.transform(train["features"].astype(np.float64)), train["labels"])
+        scaler.transform(train["features"].astype(np.float64)), train["labels"]
+    )
     expected = by_hand.predict_proba(scaler.transform(test["features"].astype(np.float64)))
     rows = [r for r in csv.DictReader((tmp_path / "run" / "predictions.csv").open()) if r["split"] == "test"]
     probs = np.array([[float(r[f"prob_{c}"]) for c in metrics["classes"]] for r in rows])
@@ -256,12 +281,20 @@ def test_a_frozen_probe_stores_its_classifier_and_a_reference_to_the_weights(tmp
     torch.manual_seed(0)
     weights = tmp_path / "cnn.pt"
     torch.save(build_backbone("small_cnn", 1).state_dict(), weights)
-    config = {"method": "probe", "data.dataset": "digits", "model.pretrained": str(weights), "model.finetune": "frozen",
-              "data.cache_dir": str(tmp_path / "cache"), "data.cache_views": 2, "trainer.progress_bar": False}
+    config = {
+        "method": "probe",
+        "data.dataset": "digits",
+        "model.pretrained": str(weights),
+        "model.finetune": "frozen",
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.cache_views": 2,
+        "trainer.progress_bar": False,
+    }
     metrics = run(config, tmp_path / "run")
     raw = _read(tmp_path / "run" / "checkpoints" / "probe" / "best.ckpt")
-    assert raw[REFERENCES] and not any(k.startswith("encoder.backbone.") and "weight" in k and "bn" not in k
-                                       for k in raw["state_dict"] if "conv" in k)
+    assert raw[REFERENCES] and not any(
+        k.startswith("encoder.backbone.") and "weight" in k and "bn" not in k for k in raw["state_dict"] if "conv" in k
+    )
     # loading puts the referenced weights back, checked against their digest
     from asymcl.training.checkpoints import load_checkpoint
 
@@ -301,9 +334,28 @@ def folder(tmp_path):
 
 
 def _compare_args(folder: Path, out: Path, *extra: str) -> list[str]:
-    return ["compare", "--set", "data.dataset=folder", "--set", f"data.root={folder}", "--set", "data.image_size=12",
-            "--set", "stage1.epochs=1", "--set", "stage2.epochs=1", "--methods", "la,afcl", "--settings", "2",
-            "--seeds", "2", "--out", str(out), *extra]
+    return [
+        "compare",
+        "--set",
+        "data.dataset=folder",
+        "--set",
+        f"data.root={folder}",
+        "--set",
+        "data.image_size=12",
+        "--set",
+        "stage1.epochs=1",
+        "--set",
+        "stage2.epochs=1",
+        "--methods",
+        "la,afcl",
+        "--settings",
+        "2",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_compare_on_a_folder_end_to_end_and_resumes(folder, tmp_path, capsys):
@@ -331,7 +383,10 @@ def test_compare_refuses_bad_input_before_training(folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [
         (["compare", "--set", "data.dataset=folder", "--set", f"data.root={one}"], "a comparison needs at least two"),
-        (["compare", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'empty'}"], "no class sub-folders"),
+        (
+            ["compare", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'empty'}"],
+            "no class sub-folders",
+        ),
         (_compare_args(folder, tmp_path / "o1", "--budget", "1s"), "too small for one run per method"),
         (_compare_args(folder, tmp_path / "o2", "--budget", "20s", "--seeds", "9"), "pass --yes to run it anyway"),
         (_compare_args(folder, tmp_path / "o3", "--budget", "soon"), "give a duration such as 30m"),

@@ -78,8 +78,7 @@ def test_a_clean_only_entry_takes_clean_features_from_an_entry_with_views(tmp_pa
     train = _build(dataset.subset(list(range(8))), frozen, tmp_path)
     assert frozen.images == 8 * 4
     lines = []
-    val = _build(dataset.subset(list(range(4, 12))), frozen, tmp_path, views=0, augmentation="none",
-                 log=lines.append)
+    val = _build(dataset.subset(list(range(4, 12))), frozen, tmp_path, views=0, augmentation="none", log=lines.append)
     assert frozen.images == 8 * 4 + 4  # images 4-7 taken from the training entry, 8-11 computed
     assert any("taken from" in line for line in lines)
     assert torch.equal(val.clean[:4], train.clean[4:8])
@@ -131,8 +130,9 @@ def test_changed_weights_or_image_files_recompute(tmp_path):
     copied.mkdir()
     for path in paths:
         (copied / os.path.basename(path)).write_bytes(open(path, "rb").read())
-    moved = FileImageDataset([str(copied / os.path.basename(p)) for p in paths], np.zeros(4), ["a"], 1, (16, 16),
-                             cache=False)
+    moved = FileImageDataset(
+        [str(copied / os.path.basename(p)) for p in paths], np.zeros(4), ["a"], 1, (16, 16), cache=False
+    )
     assert image_fingerprints(moved) == image_fingerprints(files)
     _build(files, frozen, tmp_path)
     _build(moved, frozen, tmp_path)
@@ -261,14 +261,17 @@ def _child(tmp_path, body: str) -> subprocess.Popen:
 
 
 def test_killed_writer_leaves_a_cache_the_next_run_repairs(tmp_path):
-    child = _child(tmp_path, f"""
+    child = _child(
+        tmp_path,
+        f"""
         def stuck(handle, **arrays):
             handle.write(b"half a shard")
             handle.flush()
             import time; time.sleep(600)
         fc.np.savez = stuck
         fc.build_feature_cache(ds, frozen, augmentation="grey28", views=3, seed=0, cache_dir={str(tmp_path)!r}, precision="fp32")
-    """)
+    """,
+    )
     deadline = time.time() + 120
     while not list(tmp_path.glob("*/.tmp-*.npz")):
         assert child.poll() is None, child.stdout.read()

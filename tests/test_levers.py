@@ -23,9 +23,19 @@ torch.set_num_threads(1)
 
 
 def tiny(method="afcl", **overrides):
-    config = {"method": method, "seed": 0, "data.classes": [0, 1, 2], "data.imbalance": "exp:4",
-              "stage1.epochs": 1, "stage1.batch_size": 32, "stage2.epochs": 1, "stage2.batch_size": 32,
-              "model.proj_hidden_dim": 32, "model.proj_dim": 16, "trainer.progress_bar": False}
+    config = {
+        "method": method,
+        "seed": 0,
+        "data.classes": [0, 1, 2],
+        "data.imbalance": "exp:4",
+        "stage1.epochs": 1,
+        "stage1.batch_size": 32,
+        "stage2.epochs": 1,
+        "stage2.batch_size": 32,
+        "model.proj_hidden_dim": 32,
+        "model.proj_dim": 16,
+        "trainer.progress_bar": False,
+    }
     config.update(overrides)
     return config
 
@@ -84,8 +94,13 @@ def test_logit_adjustment_shift_matches_its_formula():
 def test_joint_loss_is_the_weighted_sum_of_its_parts():
     from asymcl.training.joint import JointModule
 
-    config = resolve_config(tiny("afcl", schedule="joint", **{"joint.weight": 0.3, "loss.gamma": 2.0,
-                                                              "loss.eta": 7.0, "stage2.logit_tau": 0.5}))
+    config = resolve_config(
+        tiny(
+            "afcl",
+            schedule="joint",
+            **{"joint.weight": 0.3, "loss.gamma": 2.0, "loss.eta": 7.0, "stage2.logit_tau": 0.5},
+        )
+    )
     counts = torch.tensor([40, 10, 3])
     torch.manual_seed(0)
     module = JointModule(config, 3, 1, (8, 8), "none", class_counts=counts)
@@ -192,13 +207,24 @@ def test_joint_logit_adjustment_uses_the_prior_of_its_batches():
 def test_a_grid_over_method_and_levers_runs_each_baseline_once():
     from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
-    spec = parse_spec({"name": "levers", "base": {"stage1.epochs": 1},
-                       "grid": {"method": ["ce", "la", "afcl"], "schedule": ["two_stage", "joint"],
-                                "stage1.sampler": ["random", "m_per_class"], "seed": [0]}})
+    spec = parse_spec(
+        {
+            "name": "levers",
+            "base": {"stage1.epochs": 1},
+            "grid": {
+                "method": ["ce", "la", "afcl"],
+                "schedule": ["two_stage", "joint"],
+                "stage1.sampler": ["random", "m_per_class"],
+                "seed": [0],
+            },
+        }
+    )
     points = expand(spec)
     names = sorted(point.name for point in points)
     assert [n for n in names if not n.startswith("afcl")] == ["ce_s0", "la_s0"]
     assert len([n for n in names if n.startswith("afcl")]) == 4
     configs = resolve_points(spec, points, default_resolver())  # every point is a valid config
     assert {(c["method"], c["schedule"], c["stage1"]["sampler"]) for c in configs.values()} >= {
-        ("la", "two_stage", "random"), ("afcl", "joint", "m_per_class")}
+        ("la", "two_stage", "random"),
+        ("afcl", "joint", "m_per_class"),
+    }

@@ -61,8 +61,14 @@ def test_value_matches_naive(impl, normalization, gamma, eta, temperature, posit
     mask = _image_mask(7, seed=1) if positives.startswith("mask") else None
 
     got = afcl_loss(
-        features, labels, mask=mask, gamma=gamma, eta=eta, temperature=temperature,
-        normalization=normalization, impl=impl,
+        features,
+        labels,
+        mask=mask,
+        gamma=gamma,
+        eta=eta,
+        temperature=temperature,
+        normalization=normalization,
+        impl=impl,
     )
     expected = naive_afcl_from_batch(
         features, labels, mask=mask, gamma=gamma, eta=eta, temperature=temperature, normalization=normalization
@@ -80,20 +86,28 @@ def test_anchors_without_positive_or_negative(impl, normalization):
     labels = torch.tensor([1, 1, 1, 1, 1, 2])  # anchor 5 has no positive; anchors 0-4 have 1 negative
     for gamma, eta in [(0.0, 5.0), (1.5, 5.0)]:
         got = afcl_loss(features, labels, gamma=gamma, eta=eta, temperature=0.3, normalization=normalization, impl=impl)
-        expected = naive_afcl_from_batch(features, labels, gamma=gamma, eta=eta, temperature=0.3, normalization=normalization)
+        expected = naive_afcl_from_batch(
+            features, labels, gamma=gamma, eta=eta, temperature=0.3, normalization=normalization
+        )
         assert got.item() == pytest.approx(expected, rel=1e-6)
 
     # All one class: no anchor has a negative, so eta changes nothing.
     same = torch.zeros(6, dtype=torch.long)
-    assert afcl_loss(features, same, gamma=1.0, eta=100.0, temperature=0.3, normalization=normalization, impl=impl).item() == pytest.approx(
-        afcl_loss(features, same, gamma=1.0, eta=0.0, temperature=0.3, normalization=normalization, impl=impl).item(), rel=1e-12
+    assert afcl_loss(
+        features, same, gamma=1.0, eta=100.0, temperature=0.3, normalization=normalization, impl=impl
+    ).item() == pytest.approx(
+        afcl_loss(features, same, gamma=1.0, eta=0.0, temperature=0.3, normalization=normalization, impl=impl).item(),
+        rel=1e-12,
     )
     # All different classes: pos_i = 0 for every anchor; only the eta term is left, and it is > 0.
     distinct = torch.arange(6)
-    only_negative = afcl_loss(features, distinct, gamma=1.0, eta=2.0, temperature=0.3, normalization=normalization, impl=impl)
+    only_negative = afcl_loss(
+        features, distinct, gamma=1.0, eta=2.0, temperature=0.3, normalization=normalization, impl=impl
+    )
     assert only_negative.item() > 0
     assert only_negative.item() == pytest.approx(
-        naive_afcl_from_batch(features, distinct, gamma=1.0, eta=2.0, temperature=0.3, normalization=normalization), rel=1e-6
+        naive_afcl_from_batch(features, distinct, gamma=1.0, eta=2.0, temperature=0.3, normalization=normalization),
+        rel=1e-6,
     )
     assert afcl_loss(features, distinct, eta=0.0, impl=impl).item() == 0.0  # truly nothing to pull together
 
@@ -104,7 +118,9 @@ def test_normalize_false_uses_rows_as_given():
     got = afcl_loss(features, labels, gamma=1.0, eta=2.0, temperature=5.0, normalize=False, impl="reference")
     positive = row_positive_mask(5, 1, labels=labels)
     assert got.item() == pytest.approx(naive_afcl(features, positive, 1.0, 2.0, 5.0, "batch"), rel=1e-6)
-    assert got.item() != pytest.approx(afcl_loss(features, labels, gamma=1.0, eta=2.0, temperature=5.0).item(), rel=1e-3)
+    assert got.item() != pytest.approx(
+        afcl_loss(features, labels, gamma=1.0, eta=2.0, temperature=5.0).item(), rel=1e-3
+    )
 
 
 def test_labels_of_any_integer_dtype():
@@ -112,7 +128,9 @@ def test_labels_of_any_integer_dtype():
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
     reference = afcl_loss(features, labels, gamma=1.0, eta=1.0)
     for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
-        assert afcl_loss(features, labels.to(dtype), gamma=1.0, eta=1.0).item() == pytest.approx(reference.item(), rel=1e-12)
+        assert afcl_loss(features, labels.to(dtype), gamma=1.0, eta=1.0).item() == pytest.approx(
+            reference.item(), rel=1e-12
+        )
 
 
 # --------------------------------------------------------------------------- special cases
@@ -184,7 +202,9 @@ def test_gradcheck_float64(impl, gamma, eta, normalization, positives):
     mask = _image_mask(5, seed=2) if positives == "mask" else None
 
     def loss(x):
-        return afcl_loss(x, labels, mask=mask, gamma=gamma, eta=eta, temperature=0.3, normalization=normalization, impl=impl)
+        return afcl_loss(
+            x, labels, mask=mask, gamma=gamma, eta=eta, temperature=0.3, normalization=normalization, impl=impl
+        )
 
     assert torch.autograd.gradcheck(loss, (features,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -226,10 +246,24 @@ def test_near_duplicates_at_tiny_temperature_float64_match_exact_naive(impl, nor
     # p of the near-duplicate is 1 - O(1e-30): float64 "1 - p" would be 0, log(1 - p) = -inf.
     features = _near_duplicates(torch.float64, seed=10)
     for gamma, eta in [(0.0, 1.0), (2.0, 5.0), (0.3, 1.0)]:
-        got = afcl_loss(features, NEAR_DUPLICATE_LABELS, gamma=gamma, eta=eta, temperature=0.01,
-                        normalization=normalization, impl=impl)
-        expected = naive_afcl_from_batch(features, NEAR_DUPLICATE_LABELS, gamma=gamma, eta=eta, temperature=0.01,
-                                         normalization=normalization, exact=True)
+        got = afcl_loss(
+            features,
+            NEAR_DUPLICATE_LABELS,
+            gamma=gamma,
+            eta=eta,
+            temperature=0.01,
+            normalization=normalization,
+            impl=impl,
+        )
+        expected = naive_afcl_from_batch(
+            features,
+            NEAR_DUPLICATE_LABELS,
+            gamma=gamma,
+            eta=eta,
+            temperature=0.01,
+            normalization=normalization,
+            exact=True,
+        )
         assert math.isfinite(got.item()) and expected > 1.0
         assert got.item() == pytest.approx(expected, rel=1e-6)
 
@@ -241,7 +275,9 @@ def test_near_duplicates_at_tiny_temperature_float64_match_exact_naive(impl, nor
 def test_low_precision_inputs_give_finite_accurate_loss_and_gradients(impl, dtype, temperature, duplicates):
     features = _near_duplicates(dtype, seed=11).requires_grad_(True)
     # "positives": each near-duplicate pair shares a class with one unrelated pair (hard positives).
-    labels = NEAR_DUPLICATE_LABELS if duplicates == "near-duplicate negatives" else torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    labels = (
+        NEAR_DUPLICATE_LABELS if duplicates == "near-duplicate negatives" else torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    )
     value = afcl_loss(features, labels, gamma=0.5, eta=20.0, temperature=temperature, impl=impl)
     assert value.dtype == torch.float32  # computed in float32 whatever the input precision
     value.backward()
@@ -249,8 +285,9 @@ def test_low_precision_inputs_give_finite_accurate_loss_and_gradients(impl, dtyp
     assert torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
 
     # Same inputs (already rounded to `dtype`) in exact arithmetic: float32 accuracy expected.
-    expected = naive_afcl_from_batch(features.detach().double(), labels, gamma=0.5, eta=20.0,
-                                     temperature=temperature, exact=True)
+    expected = naive_afcl_from_batch(
+        features.detach().double(), labels, gamma=0.5, eta=20.0, temperature=temperature, exact=True
+    )
     assert value.item() == pytest.approx(expected, rel=2e-3)
 
     # Gradients agree with the float64 computation on the same rounded inputs.
@@ -264,7 +301,9 @@ def test_low_precision_inputs_give_finite_accurate_loss_and_gradients(impl, dtyp
 def test_focal_power_below_one_has_finite_gradient_when_p_is_one(impl):
     # Two near-duplicate positives among far-away negatives at tau = 0.01: p ~ 1, and the
     # derivative of (1 - p)^0.3 in p is unbounded; the derivative in the features must not be.
-    features = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1e-4, 0.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    features = torch.tensor(
+        [[1.0, 0.0, 0.0], [1.0, 1e-4, 0.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64, requires_grad=True
+    )
     labels = torch.tensor([0, 0, 1, 2])
     value = afcl_loss(features, labels, gamma=0.3, eta=1.0, temperature=0.01, impl=impl)
     value.backward()
@@ -301,7 +340,9 @@ def test_impl_dispatch():
     features = _batch(6, 2, 4, seed=14)
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
     reference = afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="reference")
-    assert afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="auto").item() == pytest.approx(reference.item(), rel=1e-9)
+    assert afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="auto").item() == pytest.approx(
+        reference.item(), rel=1e-9
+    )
     blockwise = afcl_loss(features, labels, gamma=1.0, eta=2.0, impl="blockwise")
     assert blockwise.item() == pytest.approx(reference.item(), rel=1e-9)
 
@@ -325,34 +366,109 @@ GOOD_LABELS = torch.tensor([0, 0, 1, 1])
     ("kwargs", "error", "message"),
     [
         (dict(features=torch.randn(1, 3), labels=torch.tensor([0])), ValueError, r"at least 2 rows .* got 1"),
-        (dict(features=torch.randn(0, 2, 3), labels=torch.zeros(0, dtype=torch.long)), ValueError, r"at least 2 rows .* got 0"),
+        (
+            dict(features=torch.randn(0, 2, 3), labels=torch.zeros(0, dtype=torch.long)),
+            ValueError,
+            r"at least 2 rows .* got 0",
+        ),
         (dict(features=GOOD_FEATURES, labels=torch.tensor([0, 1, 1])), ValueError, r"labels must have shape \(4,\)"),
-        (dict(features=GOOD_FEATURES, labels=torch.zeros(4, 2, dtype=torch.long)), ValueError, r"labels must have shape \(4,\)"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, mask=torch.eye(4, dtype=torch.bool)), ValueError, "labels or mask, not both"),
+        (
+            dict(features=GOOD_FEATURES, labels=torch.zeros(4, 2, dtype=torch.long)),
+            ValueError,
+            r"labels must have shape \(4,\)",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, mask=torch.eye(4, dtype=torch.bool)),
+            ValueError,
+            "labels or mask, not both",
+        ),
         (dict(features=GOOD_FEATURES, labels=GOOD_LABELS.float()), TypeError, "labels must be integer class ids"),
         (dict(features=GOOD_FEATURES, labels=GOOD_LABELS.bool()), TypeError, "labels must be integer class ids"),
         (dict(features=GOOD_FEATURES, labels=[0, 0, 1, 1]), TypeError, "labels must be a torch.Tensor"),
         (dict(features=GOOD_FEATURES, mask=torch.eye(4)), TypeError, "mask must have dtype torch.bool"),
-        (dict(features=GOOD_FEATURES, mask=torch.eye(3, dtype=torch.bool)), ValueError, r"mask must have shape \(4, 4\)"),
+        (
+            dict(features=GOOD_FEATURES, mask=torch.eye(3, dtype=torch.bool)),
+            ValueError,
+            r"mask must have shape \(4, 4\)",
+        ),
         (dict(features=torch.randn(4, 3)), ValueError, r"V >= 2 views.*labels="),
         (dict(features=torch.randn(4, 1, 3)), ValueError, r"V >= 2 views"),
-        (dict(features=GOOD_FEATURES.clone().index_put_((torch.tensor([1]),), torch.tensor(float("nan"))), labels=GOOD_LABELS), ValueError, "features contains .* NaN or infinite"),
-        (dict(features=torch.full((4, 3), float("inf")), labels=GOOD_LABELS), ValueError, "features contains 12 NaN or infinite"),
-        (dict(features=GOOD_LABELS[:, None].expand(4, 3), labels=GOOD_LABELS), TypeError, "features must be a floating-point tensor"),
-        (dict(features=[[0.0, 1.0], [1.0, 0.0]], labels=torch.tensor([0, 1])), TypeError, r"features must be a torch.Tensor of shape \(N, D\)"),
-        (dict(features=torch.randn(4), labels=GOOD_LABELS), ValueError, r"features must have shape \(N, D\) or \(N, V, D\)"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature=0.0), ValueError, "temperature must be a finite number > 0"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature=-0.1), ValueError, "temperature must be a finite number > 0"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature=float("nan")), ValueError, "temperature must be a finite number > 0"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature="0.1"), TypeError, "temperature must be a finite number"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, gamma=-1.0), ValueError, "gamma must be a finite number >= 0"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, gamma=float("inf")), ValueError, "gamma must be a finite number >= 0"),
+        (
+            dict(
+                features=GOOD_FEATURES.clone().index_put_((torch.tensor([1]),), torch.tensor(float("nan"))),
+                labels=GOOD_LABELS,
+            ),
+            ValueError,
+            "features contains .* NaN or infinite",
+        ),
+        (
+            dict(features=torch.full((4, 3), float("inf")), labels=GOOD_LABELS),
+            ValueError,
+            "features contains 12 NaN or infinite",
+        ),
+        (
+            dict(features=GOOD_LABELS[:, None].expand(4, 3), labels=GOOD_LABELS),
+            TypeError,
+            "features must be a floating-point tensor",
+        ),
+        (
+            dict(features=[[0.0, 1.0], [1.0, 0.0]], labels=torch.tensor([0, 1])),
+            TypeError,
+            r"features must be a torch.Tensor of shape \(N, D\)",
+        ),
+        (
+            dict(features=torch.randn(4), labels=GOOD_LABELS),
+            ValueError,
+            r"features must have shape \(N, D\) or \(N, V, D\)",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature=0.0),
+            ValueError,
+            "temperature must be a finite number > 0",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature=-0.1),
+            ValueError,
+            "temperature must be a finite number > 0",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature=float("nan")),
+            ValueError,
+            "temperature must be a finite number > 0",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, temperature="0.1"),
+            TypeError,
+            "temperature must be a finite number",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, gamma=-1.0),
+            ValueError,
+            "gamma must be a finite number >= 0",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, gamma=float("inf")),
+            ValueError,
+            "gamma must be a finite number >= 0",
+        ),
         (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, eta=-0.5), ValueError, "eta must be a finite number >= 0"),
         (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, eta=None), TypeError, "eta must be a finite number >= 0"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, normalization="mean"), ValueError, "normalization must be one of 'batch', 'pairs', got 'mean'"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, impl="fast"), ValueError, "impl must be one of 'auto', 'reference', 'blockwise'"),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, normalization="mean"),
+            ValueError,
+            "normalization must be one of 'batch', 'pairs', got 'mean'",
+        ),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, impl="fast"),
+            ValueError,
+            "impl must be one of 'auto', 'reference', 'blockwise'",
+        ),
         (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, normalize=1), TypeError, "normalize must be True or False"),
-        (dict(features=GOOD_FEATURES, labels=GOOD_LABELS, gather_distributed="yes"), TypeError, "gather_distributed must be True or False"),
+        (
+            dict(features=GOOD_FEATURES, labels=GOOD_LABELS, gather_distributed="yes"),
+            TypeError,
+            "gather_distributed must be True or False",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(kwargs, error, message):
@@ -391,7 +507,9 @@ def test_module_repr_and_forward_forms():
     by_mask = module(features, mask=mask)
     by_labels = module(features, torch.tensor([0, 0, 1, 2]))
     assert by_mask.item() == pytest.approx(by_labels.item(), rel=1e-12)
-    assert module(features).item() == pytest.approx(afcl_loss(features, gamma=2.0, eta=50.0, temperature=0.1, normalization="pairs").item(), rel=1e-12)
+    assert module(features).item() == pytest.approx(
+        afcl_loss(features, gamma=2.0, eta=50.0, temperature=0.1, normalization="pairs").item(), rel=1e-12
+    )
 
 
 def test_importing_losses_needs_only_torch():
@@ -422,7 +540,9 @@ def test_gradient_at_near_duplicates_matches_exact_finite_difference(impl, dupli
     # log-space (a p / (1 - p) ratio overflows and cancels). Reference for the directional
     # derivative: a central difference of the 60-digit naive loss.
     features = _near_duplicates(torch.float64, seed=17).requires_grad_(True)
-    labels = NEAR_DUPLICATE_LABELS if duplicates == "near-duplicate negatives" else torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    labels = (
+        NEAR_DUPLICATE_LABELS if duplicates == "near-duplicate negatives" else torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    )
     settings = dict(gamma=0.5, eta=5.0, temperature=0.01)
     value = afcl_loss(features, labels, impl=impl, **settings)
     (grad,) = torch.autograd.grad(value, features)

@@ -43,11 +43,14 @@ def test_forward_does_not_check_the_hyperparameters_again(monkeypatch):
         afcl_loss(_features(), LABELS)  # the functional form has no construction: it keeps its checks
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(gamma=-1.0), "gamma must be a finite number >= 0 (0 disables the focal weight), got -1.0"),
-    (dict(eta=float("inf")), "eta must be a finite number >= 0 (0 disables the negative term), got inf"),
-    (dict(temperature=0.0), "temperature must be a finite number > 0, e.g. 0.07, got 0.0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(gamma=-1.0), "gamma must be a finite number >= 0 (0 disables the focal weight), got -1.0"),
+        (dict(eta=float("inf")), "eta must be a finite number >= 0 (0 disables the negative term), got inf"),
+        (dict(temperature=0.0), "temperature must be a finite number > 0, e.g. 0.07, got 0.0"),
+    ],
+)
 def test_one_wording_from_every_entry_point(kwargs, message):
     """The module, the functional form and the internal core's argument check say the same."""
     settings = dict(gamma=1.0, eta=1.0, temperature=0.1, normalization="batch") | kwargs
@@ -57,9 +60,17 @@ def test_one_wording_from_every_entry_point(kwargs, message):
         afcl_loss(_features(), LABELS, **settings)
     rows = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
     with pytest.raises(ValueError) as core:
-        _validation.check_core_arguments(rows, rows, torch.arange(4), torch.zeros(4, dtype=torch.long),
-                                         torch.zeros(4, dtype=torch.long), None, n_total=4, block_size=None,
-                                         **settings)
+        _validation.check_core_arguments(
+            rows,
+            rows,
+            torch.arange(4),
+            torch.zeros(4, dtype=torch.long),
+            torch.zeros(4, dtype=torch.long),
+            None,
+            n_total=4,
+            block_size=None,
+            **settings,
+        )
     assert str(built.value) == str(called.value) == str(core.value) == message
 
 
@@ -82,14 +93,22 @@ def test_validate_args_false_skips_the_nan_check_only():
 def test_subclasses_pass_keywords_to_the_base():
     acl = AsymmetricContrastiveLoss(4.0, temperature=0.2, normalization="pairs", validate_args=False, block_size=4)
     assert (acl.gamma, acl.eta, acl.temperature, acl.normalization, acl.validate_args, acl.block_size) == (
-        0.0, 4.0, 0.2, "pairs", False, 4)
+        0.0,
+        4.0,
+        0.2,
+        "pairs",
+        False,
+        4,
+    )
     fcl = FocalContrastiveLoss(gamma=2.0, impl="reference")
     assert (fcl.gamma, fcl.eta, fcl.impl) == (2.0, 0.0, "reference")
     supcon = SupConLoss(temperature=0.5, normalize=False)
     assert (supcon.normalization, supcon.temperature, supcon.normalize) == ("pairs", 0.5, False)
     features = _features(4)
-    assert torch.equal(acl(features, LABELS), AsymmetricFocalContrastiveLoss(
-        0.0, 4.0, temperature=0.2, normalization="pairs")(features, LABELS))
+    assert torch.equal(
+        acl(features, LABELS),
+        AsymmetricFocalContrastiveLoss(0.0, 4.0, temperature=0.2, normalization="pairs")(features, LABELS),
+    )
     with pytest.raises(TypeError, match="FocalContrastiveLoss fixes eta = 0.0; use AsymmetricFocalContrastiveLoss"):
         FocalContrastiveLoss(1.0, eta=3.0)
     with pytest.raises(TypeError, match="SupConLoss fixes normalization = 'pairs'"):

@@ -79,8 +79,16 @@ def test_deferred_reference_rows_and_module_and_memory(deferred_on_cpu):
 def test_deferred_anchor_index_range_of_the_core(deferred_on_cpu):
     z = FEATURES[:, 0].double()
     labels = LABELS
-    kw = dict(anchor_labels=labels[:2], contrast_labels=labels, mask=None, gamma=1.0, eta=1.0,
-              temperature=0.1, normalization="batch", n_total=8)
+    kw = dict(
+        anchor_labels=labels[:2],
+        contrast_labels=labels,
+        mask=None,
+        gamma=1.0,
+        eta=1.0,
+        temperature=0.1,
+        normalization="batch",
+        n_total=8,
+    )
     per_anchor_loss(z[:2], z, torch.tensor([0, 1]), **kw)
     raise_pending_input_errors()
     with pytest.raises((ValueError, IndexError, RuntimeError)):
@@ -105,9 +113,21 @@ def saturated_batch(dtype):
 
 def core_values_and_grads(z, labels, weights, **extra):
     a = z.clone().requires_grad_()
-    out = per_anchor_loss(a, a, torch.arange(z.shape[0]), anchor_labels=labels, contrast_labels=labels,
-                          mask=None, gamma=2.0, eta=50.0, temperature=0.01, normalization="pairs",
-                          n_total=z.shape[0], block_size=5, **extra)
+    out = per_anchor_loss(
+        a,
+        a,
+        torch.arange(z.shape[0]),
+        anchor_labels=labels,
+        contrast_labels=labels,
+        mask=None,
+        gamma=2.0,
+        eta=50.0,
+        temperature=0.01,
+        normalization="pairs",
+        n_total=z.shape[0],
+        block_size=5,
+        **extra,
+    )
     (out * weights).sum().backward()
     return out.detach(), a.grad
 
@@ -135,9 +155,19 @@ def test_sync_free_blockwise_equals_the_cpu_path_where_rows_saturate(monkeypatch
 def test_sync_free_blockwise_two_rows(deferred_on_cpu):
     z = torch.nn.functional.normalize(torch.randn(2, 3, generator=torch.Generator().manual_seed(1)), dim=1)
     z.requires_grad_()
-    out = per_anchor_loss(z, z, torch.arange(2), anchor_labels=torch.tensor([0, 0]),
-                          contrast_labels=torch.tensor([0, 0]), mask=None, gamma=0.5, eta=1.0,
-                          temperature=0.1, normalization="batch", n_total=2)
+    out = per_anchor_loss(
+        z,
+        z,
+        torch.arange(2),
+        anchor_labels=torch.tensor([0, 0]),
+        contrast_labels=torch.tensor([0, 0]),
+        mask=None,
+        gamma=0.5,
+        eta=1.0,
+        temperature=0.1,
+        normalization="batch",
+        n_total=2,
+    )
     out.sum().backward()
     assert torch.equal(out.detach(), torch.zeros(2)) and torch.equal(z.grad, torch.zeros_like(z))
 

@@ -62,13 +62,22 @@ def _memory_steps():
     """Per step: the global inputs (sum IMAGES_PER_RANK, V, D_IN) and labels."""
     generator = torch.Generator().manual_seed(3)
     n_images = sum(IMAGES_PER_RANK)
-    return [(torch.randn(n_images, N_VIEWS, D_IN, generator=generator, dtype=torch.float64),
-             torch.randint(0, 3, (n_images,), generator=generator)) for _ in range(MEMORY_STEPS)]
+    return [
+        (
+            torch.randn(n_images, N_VIEWS, D_IN, generator=generator, dtype=torch.float64),
+            torch.randint(0, 3, (n_images,), generator=generator),
+        )
+        for _ in range(MEMORY_STEPS)
+    ]
 
 
 def _memory_module():
-    return ContrastiveMemory(AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"],
-                             temperature=SETTINGS["temperature"], gather_distributed=True), MEMORY_SIZE)
+    return ContrastiveMemory(
+        AsymmetricFocalContrastiveLoss(
+            SETTINGS["gamma"], SETTINGS["eta"], temperature=SETTINGS["temperature"], gather_distributed=True
+        ),
+        MEMORY_SIZE,
+    )
 
 
 def _loss_inputs(case, labels, image_mask, rows):
@@ -100,13 +109,22 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             extra = _loss_inputs(case, labels, image_mask, rows)
             if case == "labels-batch":  # the module form
                 criterion = AsymmetricFocalContrastiveLoss(
-                    SETTINGS["gamma"], SETTINGS["eta"], temperature=SETTINGS["temperature"],
-                    normalization=spec["normalization"], gather_distributed=True,
+                    SETTINGS["gamma"],
+                    SETTINGS["eta"],
+                    temperature=SETTINGS["temperature"],
+                    normalization=spec["normalization"],
+                    gather_distributed=True,
                 )
                 loss = criterion(embeddings, extra.get("labels"))
             else:
-                loss = afcl_loss(embeddings, **extra, **SETTINGS, normalization=spec["normalization"],
-                                 impl=spec.get("impl", "auto"), gather_distributed=True)
+                loss = afcl_loss(
+                    embeddings,
+                    **extra,
+                    **SETTINGS,
+                    normalization=spec["normalization"],
+                    impl=spec.get("impl", "auto"),
+                    gather_distributed=True,
+                )
             loss.backward()
             results[case] = dict(
                 value=loss.detach().clone(),
@@ -120,10 +138,14 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             model.zero_grad()
             loss = memory(model(step_inputs[rows]), step_labels[rows])
             loss.backward()
-            results["memory"].append(dict(
-                value=loss.detach().clone(), queue=memory.queue_features.clone(),
-                queue_labels=memory.queue_labels.clone(),
-                grads={name: p.grad.detach().clone() for name, p in model.module.named_parameters()}))
+            results["memory"].append(
+                dict(
+                    value=loss.detach().clone(),
+                    queue=memory.queue_features.clone(),
+                    queue_labels=memory.queue_labels.clone(),
+                    grads={name: p.grad.detach().clone() for name, p in model.module.named_parameters()},
+                )
+            )
 
         # A bad input on one rank makes every rank raise, instead of leaving the other waiting.
         bad_labels = labels[rows].float() if rank == 1 else labels[rows]
@@ -189,16 +211,23 @@ def _single_process(case):
     model = _projection()
     spec = CASES[case]
     everything = slice(0, sum(IMAGES_PER_RANK))
-    loss = afcl_loss(model(inputs), **_loss_inputs(case, labels, image_mask, everything), **SETTINGS,
-                     normalization=spec["normalization"], impl="reference")
+    loss = afcl_loss(
+        model(inputs),
+        **_loss_inputs(case, labels, image_mask, everything),
+        **SETTINGS,
+        normalization=spec["normalization"],
+        impl="reference",
+    )
     loss.backward()
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
 def test_memory_under_ddp_equals_one_process_on_the_concatenated_batches(rank_results):
     model = _projection()
-    memory = ContrastiveMemory(AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"],
-                               temperature=SETTINGS["temperature"]), MEMORY_SIZE)
+    memory = ContrastiveMemory(
+        AsymmetricFocalContrastiveLoss(SETTINGS["gamma"], SETTINGS["eta"], temperature=SETTINGS["temperature"]),
+        MEMORY_SIZE,
+    )
     for step, (inputs, labels) in enumerate(_memory_steps()):
         model.zero_grad()
         loss = memory(model(inputs), labels)
@@ -209,7 +238,9 @@ def test_memory_under_ddp_equals_one_process_on_the_concatenated_batches(rank_re
             torch.testing.assert_close(got["queue"], memory.queue_features, rtol=1e-12, atol=1e-14)
             assert torch.equal(got["queue_labels"], memory.queue_labels)
             for name, p in model.named_parameters():
-                torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-9, atol=1e-12, msg=f"rank {rank}, {name}")
+                torch.testing.assert_close(
+                    got["grads"][name], p.grad, rtol=1e-9, atol=1e-12, msg=f"rank {rank}, {name}"
+                )
     assert memory.filled == MEMORY_SIZE
 
 

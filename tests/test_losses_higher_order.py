@@ -51,8 +51,9 @@ def test_gradient_penalty_matches_finite_differences(impl, n_rows, normalization
     step = 1e-5
 
     def at(shift):
-        return _penalty((features + shift * direction).requires_grad_(True), labels, "reference",
-                        normalization=normalization).item()
+        return _penalty(
+            (features + shift * direction).requires_grad_(True), labels, "reference", normalization=normalization
+        ).item()
 
     numeric = (at(step) - at(-step)) / (2 * step)
     assert abs(numeric) > 1e-8
@@ -66,8 +67,16 @@ def test_gradgradcheck_through_the_blockwise_path(block_size):
     refs, ref_labels = _inputs(4, seed=4)
 
     def loss(x):
-        return afcl_loss(x, labels, ref_features=refs, ref_labels=ref_labels, impl="blockwise",
-                         block_size=block_size, normalization="pairs", **SETTINGS)
+        return afcl_loss(
+            x,
+            labels,
+            ref_features=refs,
+            ref_labels=ref_labels,
+            impl="blockwise",
+            block_size=block_size,
+            normalization="pairs",
+            **SETTINGS,
+        )
 
     x = features.clone().requires_grad_(True)
     assert torch.autograd.gradgradcheck(loss, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -125,8 +134,9 @@ def test_torch_func_hessian_matches_double_backward():
     x = features.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(afcl_loss(x, labels, impl="blockwise", **SETTINGS), x, create_graph=True)
     rows = [torch.autograd.grad(g, x, retain_graph=True)[0] for g in grad.reshape(-1)]
-    torch.testing.assert_close(hessian.reshape(features.numel(), -1), torch.stack(rows).reshape(features.numel(), -1),
-                               rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(
+        hessian.reshape(features.numel(), -1), torch.stack(rows).reshape(features.numel(), -1), rtol=1e-9, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("n_rows", [SMALL, LARGE])

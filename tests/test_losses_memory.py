@@ -34,7 +34,9 @@ REF_LABELS = torch.tensor([7, 0, 4, 4, 2])
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("normalization", ["batch", "pairs"])
-@pytest.mark.parametrize(("gamma", "eta", "temperature"), [(0.0, 0.0, 0.1), (2.0, 0.0, 0.2), (0.0, 30.0, 0.5), (0.5, 3.0, 0.3)])
+@pytest.mark.parametrize(
+    ("gamma", "eta", "temperature"), [(0.0, 0.0, 0.1), (2.0, 0.0, 0.2), (0.0, 30.0, 0.5), (0.5, 3.0, 0.3)]
+)
 @pytest.mark.parametrize(("views", "ref_views"), [(0, 0), (2, 0), (2, 2)])
 def test_reference_rows_match_the_naive_oracle(impl, normalization, gamma, eta, temperature, views, ref_views):
     features = _randn(*((6, views) if views else (6,)), 5, seed=1)
@@ -54,8 +56,13 @@ def test_no_reference_rows_is_exactly_the_loss_without_them(impl, normalization)
     settings = dict(gamma=1.5, eta=4.0, temperature=0.2, normalization=normalization, impl=impl)
     plain = afcl_loss(features, BATCH_LABELS, **settings)
     (grad_plain,) = torch.autograd.grad(plain, features)
-    empty = afcl_loss(features, BATCH_LABELS, ref_features=torch.zeros(0, 4, dtype=torch.float64),
-                      ref_labels=torch.zeros(0, dtype=torch.long), **settings)
+    empty = afcl_loss(
+        features,
+        BATCH_LABELS,
+        ref_features=torch.zeros(0, 4, dtype=torch.float64),
+        ref_labels=torch.zeros(0, dtype=torch.long),
+        **settings,
+    )
     (grad_empty,) = torch.autograd.grad(empty, features)
     assert torch.equal(plain, empty) and torch.equal(grad_plain, grad_empty)
 
@@ -67,8 +74,9 @@ def test_blockwise_equals_reference_with_references(normalization, gamma, eta):
     labels = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(5))
     refs = _randn(25, 8, seed=6)
     ref_labels = torch.randint(0, 6, (25,), generator=torch.Generator().manual_seed(7))
-    settings = dict(gamma=gamma, eta=eta, temperature=0.1, normalization=normalization,
-                    ref_features=refs, ref_labels=ref_labels)
+    settings = dict(
+        gamma=gamma, eta=eta, temperature=0.1, normalization=normalization, ref_features=refs, ref_labels=ref_labels
+    )
     reference = afcl_loss(features, labels, impl="reference", **settings)
     (grad_reference,) = torch.autograd.grad(reference, features)
     for block_size in (7, 1000):
@@ -84,8 +92,17 @@ def test_gradcheck_with_references(impl):
     refs = _randn(5, 3, seed=9)
 
     def loss(x):
-        return afcl_loss(x, BATCH_LABELS, ref_features=refs, ref_labels=REF_LABELS, gamma=1.0, eta=3.0,
-                         temperature=0.3, normalization="pairs", impl=impl)
+        return afcl_loss(
+            x,
+            BATCH_LABELS,
+            ref_features=refs,
+            ref_labels=REF_LABELS,
+            gamma=1.0,
+            eta=3.0,
+            temperature=0.3,
+            normalization="pairs",
+            impl=impl,
+        )
 
     assert torch.autograd.gradcheck(loss, (features,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -102,8 +119,9 @@ def test_no_gradient_reaches_the_references(impl):
 def test_one_batch_row_with_references():
     features, refs = _randn(1, 4, seed=12), _randn(3, 4, seed=13)
     got = afcl_loss(features, torch.tensor([1]), ref_features=refs, ref_labels=torch.tensor([1, 0, 2]), eta=2.0)
-    expected = naive_afcl_from_batch(features, torch.tensor([1]), ref_features=refs,
-                                     ref_labels=torch.tensor([1, 0, 2]), eta=2.0)
+    expected = naive_afcl_from_batch(
+        features, torch.tensor([1]), ref_features=refs, ref_labels=torch.tensor([1, 0, 2]), eta=2.0
+    )
     assert got.item() == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="at least 3 rows or eta=0"):  # one other row, a negative
         afcl_loss(features, torch.tensor([1]), ref_features=refs[:1], ref_labels=torch.tensor([0]), eta=2.0)
@@ -121,9 +139,16 @@ def test_modules_take_references():
     features, refs = _randn(6, 2, 4, seed=16), _randn(5, 4, seed=17)
     for module in (AsymmetricFocalContrastiveLoss(1.0, 2.0), FocalContrastiveLoss(2.0), SupConLoss()):
         got = module(features, BATCH_LABELS, ref_features=refs, ref_labels=REF_LABELS)
-        expected = naive_afcl_from_batch(features, BATCH_LABELS, ref_features=refs, ref_labels=REF_LABELS,
-                                         gamma=module.gamma, eta=module.eta, temperature=module.temperature,
-                                         normalization=module.normalization)
+        expected = naive_afcl_from_batch(
+            features,
+            BATCH_LABELS,
+            ref_features=refs,
+            ref_labels=REF_LABELS,
+            gamma=module.gamma,
+            eta=module.eta,
+            temperature=module.temperature,
+            normalization=module.normalization,
+        )
         assert got.item() == pytest.approx(expected, rel=1e-9)
 
 
@@ -136,16 +161,46 @@ X, Y = torch.randn(4, 2, 3), torch.tensor([0, 0, 1, 1])
     [
         (dict(ref_features=REFS), ValueError, "give ref_features and ref_labels together"),
         (dict(ref_labels=REF_Y), ValueError, "give ref_features and ref_labels together"),
-        (dict(labels=None, mask=torch.eye(4, dtype=torch.bool), ref_features=REFS, ref_labels=REF_Y), ValueError, "pass labels=... with ref_features"),
+        (
+            dict(labels=None, mask=torch.eye(4, dtype=torch.bool), ref_features=REFS, ref_labels=REF_Y),
+            ValueError,
+            "pass labels=... with ref_features",
+        ),
         (dict(labels=None, ref_features=REFS, ref_labels=REF_Y), ValueError, "pass labels=... with ref_features"),
-        (dict(ref_features=torch.randn(5, 4), ref_labels=REF_Y), ValueError, r"ref_features must have the feature dimension of features, D = 3"),
-        (dict(ref_features=REF_Y[:, None].expand(5, 3), ref_labels=REF_Y), TypeError, "ref_features must be a floating-point tensor"),
+        (
+            dict(ref_features=torch.randn(5, 4), ref_labels=REF_Y),
+            ValueError,
+            r"ref_features must have the feature dimension of features, D = 3",
+        ),
+        (
+            dict(ref_features=REF_Y[:, None].expand(5, 3), ref_labels=REF_Y),
+            TypeError,
+            "ref_features must be a floating-point tensor",
+        ),
         (dict(ref_features=REFS.tolist(), ref_labels=REF_Y), TypeError, "ref_features must be a torch.Tensor"),
-        (dict(ref_features=torch.randn(5), ref_labels=REF_Y), ValueError, r"ref_features must have shape \(N, D\) or \(N, V, D\)"),
-        (dict(ref_features=REFS, ref_labels=REF_Y[:4]), ValueError, r"ref_labels must have shape \(5,\) to match ref_features"),
+        (
+            dict(ref_features=torch.randn(5), ref_labels=REF_Y),
+            ValueError,
+            r"ref_features must have shape \(N, D\) or \(N, V, D\)",
+        ),
+        (
+            dict(ref_features=REFS, ref_labels=REF_Y[:4]),
+            ValueError,
+            r"ref_labels must have shape \(5,\) to match ref_features",
+        ),
         (dict(ref_features=REFS, ref_labels=REF_Y.float()), TypeError, "ref_labels must be integer class ids"),
-        (dict(ref_features=REFS.clone().index_put_((torch.tensor([2]),), torch.tensor(float("nan"))), ref_labels=REF_Y), ValueError, "ref_features contains 3 NaN or infinite"),
-        (dict(ref_features=REFS.to("meta"), ref_labels=REF_Y), ValueError, "ref_features must be on the device of features"),
+        (
+            dict(
+                ref_features=REFS.clone().index_put_((torch.tensor([2]),), torch.tensor(float("nan"))), ref_labels=REF_Y
+            ),
+            ValueError,
+            "ref_features contains 3 NaN or infinite",
+        ),
+        (
+            dict(ref_features=REFS.to("meta"), ref_labels=REF_Y),
+            ValueError,
+            "ref_features must be on the device of features",
+        ),
     ],
 )
 def test_bad_references_raise_a_clear_error(kwargs, error, message):
@@ -159,8 +214,13 @@ def test_bad_references_raise_a_clear_error(kwargs, error, message):
 
 def _steps(n_steps, n_images=4, views=2, dim=5, seed=20):
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n_images, views, dim, generator=generator, dtype=torch.float64),
-             torch.randint(0, 3, (n_images,), generator=generator)) for _ in range(n_steps)]
+    return [
+        (
+            torch.randn(n_images, views, dim, generator=generator, dtype=torch.float64),
+            torch.randint(0, 3, (n_images,), generator=generator),
+        )
+        for _ in range(n_steps)
+    ]
 
 
 SETTINGS = dict(gamma=1.0, eta=5.0, temperature=0.2)
@@ -187,8 +247,9 @@ def test_memory_contrasts_each_batch_with_the_rows_before_it(normalization):
         else:
             queued = torch.cat(seen_rows)[-12:]
             queued_labels = torch.cat(seen_labels)[-12:]
-            expected = naive_afcl_from_batch(features, labels, ref_features=queued, ref_labels=queued_labels,
-                                             normalization=normalization, **SETTINGS)
+            expected = naive_afcl_from_batch(
+                features, labels, ref_features=queued, ref_labels=queued_labels, normalization=normalization, **SETTINGS
+            )
             assert got.item() == pytest.approx(expected, rel=1e-9)
         seen_rows.append(features.reshape(-1, 5))
         seen_labels.append(labels.repeat_interleave(2))
@@ -210,7 +271,8 @@ def test_queue_equal_to_the_batch_is_the_concatenated_batch_with_non_anchor_copi
     expected = naive_afcl_from_batch(features, labels, ref_features=features, ref_labels=labels, **SETTINGS)
     assert got.item() == pytest.approx(expected, rel=1e-9)
     assert got.item() == pytest.approx(
-        afcl_loss(features, labels, ref_features=features, ref_labels=labels, **SETTINGS).item(), rel=1e-12)
+        afcl_loss(features, labels, ref_features=features, ref_labels=labels, **SETTINGS).item(), rel=1e-12
+    )
 
 
 def test_a_batch_larger_than_the_memory_keeps_its_last_rows():
@@ -245,7 +307,8 @@ def test_eval_mode_reads_the_memory_without_filling_it():
     value = memory(second, y2)
     assert memory.filled == 8
     assert value.item() == pytest.approx(
-        afcl_loss(second, y2, ref_features=first, ref_labels=y1, **SETTINGS).item(), rel=1e-12)
+        afcl_loss(second, y2, ref_features=first, ref_labels=y1, **SETTINGS).item(), rel=1e-12
+    )
     memory(second, y2, enqueue=True)
     assert memory.filled == 16
     memory.reset()
@@ -280,15 +343,38 @@ def test_memory_follows_the_module_dtype_and_rows_of_2d_input():
 @pytest.mark.parametrize(
     ("make", "call", "error", "message"),
     [
-        (lambda: ContrastiveMemory(torch.nn.MSELoss(), 4), None, TypeError, "loss must be one of asymcl.losses' loss modules"),
+        (
+            lambda: ContrastiveMemory(torch.nn.MSELoss(), 4),
+            None,
+            TypeError,
+            "loss must be one of asymcl.losses' loss modules",
+        ),
         (lambda: ContrastiveMemory(SupConLoss(), -1), None, ValueError, "memory_size must be an int >= 0"),
         (lambda: ContrastiveMemory(SupConLoss(), 2.5), None, ValueError, "memory_size must be an int >= 0"),
-        (lambda: ContrastiveMemory(SupConLoss(), 4), lambda m: m(X, None), ValueError, "ContrastiveMemory needs labels"),
-        (lambda: ContrastiveMemory(SupConLoss(), 4), lambda m: m(X, Y, enqueue=1), TypeError, "enqueue must be True, False or None"),
-        (lambda: ContrastiveMemory(SupConLoss(), 16), lambda m: (m(X, Y), m(torch.randn(4, 2, 7), Y)), ValueError,
-         "features have dimension 7 but the memory holds rows of dimension 3"),
-        (lambda: ContrastiveMemory(SupConLoss(), 16), lambda m: (m(X, Y), m(torch.full((4, 3), float("nan")), Y)), ValueError,
-         "features contains 12 NaN"),
+        (
+            lambda: ContrastiveMemory(SupConLoss(), 4),
+            lambda m: m(X, None),
+            ValueError,
+            "ContrastiveMemory needs labels",
+        ),
+        (
+            lambda: ContrastiveMemory(SupConLoss(), 4),
+            lambda m: m(X, Y, enqueue=1),
+            TypeError,
+            "enqueue must be True, False or None",
+        ),
+        (
+            lambda: ContrastiveMemory(SupConLoss(), 16),
+            lambda m: (m(X, Y), m(torch.randn(4, 2, 7), Y)),
+            ValueError,
+            "features have dimension 7 but the memory holds rows of dimension 3",
+        ),
+        (
+            lambda: ContrastiveMemory(SupConLoss(), 16),
+            lambda m: (m(X, Y), m(torch.full((4, 3), float("nan")), Y)),
+            ValueError,
+            "features contains 12 NaN",
+        ),
     ],
 )
 def test_memory_bad_input(make, call, error, message):

@@ -74,7 +74,9 @@ def test_invariant_to_renaming_the_classes(impl, batch, offset):
     renamed_ids = shuffled * 7 + offset  # any injective renaming, negative ids included
     renamed = renamed_ids[torch.searchsorted(classes, labels)]
     original = afcl_loss(features, labels, impl=impl, **hyper)
-    assert afcl_loss(features, renamed, impl=impl, **hyper).item() == pytest.approx(original.item(), rel=1e-12, abs=1e-15)
+    assert afcl_loss(features, renamed, impl=impl, **hyper).item() == pytest.approx(
+        original.item(), rel=1e-12, abs=1e-15
+    )
 
 
 @settings(max_examples=15, deadline=None)

@@ -13,8 +13,15 @@ from asymcl.training.methods import BUILTIN
 SRC = Path(asymcl.__file__).resolve().parent
 #: Where naming methods is the point: the registry, and the tables that list methods on purpose
 #: (the benchmark presets, compare's profiles, the claim's comparisons and grid, the demo's table).
-ALLOWED = {"training/methods.py", "experiments/reproduce.py", "experiments/compare.py", "experiments/claims.py",
-           "experiments/claim_grid.py", "experiments/claim_presets.py", "training/demo.py"}
+ALLOWED = {
+    "training/methods.py",
+    "experiments/reproduce.py",
+    "experiments/compare.py",
+    "experiments/claims.py",
+    "experiments/claim_grid.py",
+    "experiments/claim_presets.py",
+    "training/demo.py",
+}
 #: A string that is a method's name by coincidence says so on its line.
 MARKER = "# not a method name"
 _LISTED = re.compile(r"\b(supcon|fcl|acl|afcl)\b")

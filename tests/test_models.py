@@ -18,7 +18,9 @@ torch.set_num_threads(1)
 
 def torchvision_resnet18_keys() -> list[str]:
     """The state_dict keys of torchvision.models.resnet18(), written out from its known layout."""
-    keys = ["conv1.weight"] + [f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    keys = ["conv1.weight"] + [
+        f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     for layer in range(1, 5):
         for block in range(2):

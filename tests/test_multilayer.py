@@ -63,8 +63,17 @@ def test_a_joined_backbone_taps_every_member_and_resnet_names_its_blocks():
     assert out.shape == (2, 2 * (24 + 1280)) and joined.feature_dim == out.shape[1]
     torch.testing.assert_close(out, torch.cat(parts, dim=1))
     resnet = build_backbone("resnet18", 3).eval()
-    assert unit_names(resnet) == ["stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1",
-                                  "layer4.0", "layer4.1"]
+    assert unit_names(resnet) == [
+        "stem",
+        "layer1.0",
+        "layer1.1",
+        "layer2.0",
+        "layer2.1",
+        "layer3.0",
+        "layer3.1",
+        "layer4.0",
+        "layer4.1",
+    ]
     set_feature_layers(resnet, ["layer3.1", "layer4.1"])
     with torch.no_grad():
         assert resnet(torch.rand(1, 3, 64, 64)).shape == (1, 256 + 512)
@@ -77,8 +86,16 @@ def test_feature_layers_go_through_the_cache_and_are_part_of_its_key(tmp_path):
     for layers in (None, ["block0", "block2"]):
         encoder = Encoder("small_cnn", 1, (8, 8), finetune="frozen", feature_layers=layers)
         frozen = encoder.frozen_input().eval()
-        caches[str(layers)] = cache = build_feature_cache(small, frozen, augmentation="none", views=0, seed=0,
-                                                          precision="fp32", cache_dir=tmp_path, log=lambda m: None)
+        caches[str(layers)] = cache = build_feature_cache(
+            small,
+            frozen,
+            augmentation="none",
+            views=0,
+            seed=0,
+            precision="fp32",
+            cache_dir=tmp_path,
+            log=lambda m: None,
+        )
         images = torch.stack([small[i][0] for i in range(len(small))])
         with torch.no_grad():
             torch.testing.assert_close(cache.clean.float(), encoder(images), rtol=2e-3, atol=2e-3)  # float16 storage
@@ -88,28 +105,55 @@ def test_feature_layers_go_through_the_cache_and_are_part_of_its_key(tmp_path):
 
 
 def test_a_run_with_feature_layers_trains_a_classifier_on_them(tmp_path):
-    config = {"method": "ce", "data.dataset": "digits", "data.classes": [0, 1, 2], "model.finetune": "frozen",
-              "model.feature_layers": "block1,block2", "stage1.epochs": 2, "stage1.batch_size": 64,
-              "data.cache_dir": str(tmp_path / "cache"), "trainer.progress_bar": False}
+    config = {
+        "method": "ce",
+        "data.dataset": "digits",
+        "data.classes": [0, 1, 2],
+        "model.finetune": "frozen",
+        "model.feature_layers": "block1,block2",
+        "stage1.epochs": 2,
+        "stage1.batch_size": 64,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "trainer.progress_bar": False,
+    }
     metrics = run(config, tmp_path / "run")
     assert metrics["status"] == "complete" and metrics["final"]["test"]["ua"] > 0.4
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"model.backbone": "efficientnet_lite0", "model.finetune": "last:99"},
-     r"model.finetune=last:99: backbone efficientnet_lite0 has 18 blocks \(stem ... head\), so K must be 1..18"),
-    ({"model.backbone": "efficientnet_lite2", "model.finetune": "last:24"}, "has 23 blocks"),
-    ({"model.backbone": "efficientnet_lite2+efficientnet_lite0", "model.finetune": "last:1"},
-     "last:K cuts the blocks of one network"),
-    ({"model.backbone": "timm:resnet18", "model.finetune": "last:1"}, "has no block list"),
-    ({"model.backbone": "efficientnet_lite0", "model.finetune": "frozen", "model.feature_layers": ["block3", "blok4"]},
-     r"has no layer 'blok4'; valid names: stem, block0, .*block15, head$"),
-    ({"model.backbone": "efficientnet_lite2+efficientnet_lite0", "model.finetune": "frozen",
-      "model.feature_layers": ["block17"]}, r"has no layer 'block17'; valid names: stem, .*block15, head$"),
-    ({"model.finetune": "last:1", "model.feature_layers": ["block1"]}, "set model.finetune=frozen"),
-    ({"model.finetune": "frozen", "model.feature_layers": []}, "must be null or a non-empty list"),
-    ({"model.finetune": "frozen", "model.feature_layers": ["block1", "block1"]}, "must not repeat"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            {"model.backbone": "efficientnet_lite0", "model.finetune": "last:99"},
+            r"model.finetune=last:99: backbone efficientnet_lite0 has 18 blocks \(stem ... head\), so K must be 1..18",
+        ),
+        ({"model.backbone": "efficientnet_lite2", "model.finetune": "last:24"}, "has 23 blocks"),
+        (
+            {"model.backbone": "efficientnet_lite2+efficientnet_lite0", "model.finetune": "last:1"},
+            "last:K cuts the blocks of one network",
+        ),
+        ({"model.backbone": "timm:resnet18", "model.finetune": "last:1"}, "has no block list"),
+        (
+            {
+                "model.backbone": "efficientnet_lite0",
+                "model.finetune": "frozen",
+                "model.feature_layers": ["block3", "blok4"],
+            },
+            r"has no layer 'blok4'; valid names: stem, block0, .*block15, head$",
+        ),
+        (
+            {
+                "model.backbone": "efficientnet_lite2+efficientnet_lite0",
+                "model.finetune": "frozen",
+                "model.feature_layers": ["block17"],
+            },
+            r"has no layer 'block17'; valid names: stem, .*block15, head$",
+        ),
+        ({"model.finetune": "last:1", "model.feature_layers": ["block1"]}, "set model.finetune=frozen"),
+        ({"model.finetune": "frozen", "model.feature_layers": []}, "must be null or a non-empty list"),
+        ({"model.finetune": "frozen", "model.feature_layers": ["block1", "block1"]}, "must not repeat"),
+    ],
+)
 def test_bad_finetune_or_feature_layers_are_one_line_at_config_time(overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
         resolve_config(overrides)

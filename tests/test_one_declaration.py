@@ -32,8 +32,11 @@ def test_the_data_fields_are_declared_once():
         config_field = DataConfig.__dataclass_fields__[spec_field.name]
         data_field = DataSpec.__dataclass_fields__[spec_field.name]
         assert config_field.metadata is data_field.metadata is spec_field.metadata
-        assert SCHEMA[f"data.{spec_field.name}"] == (spec_field.default, spec_field.metadata["check"],
-                                                      spec_field.metadata["help"])
+        assert SCHEMA[f"data.{spec_field.name}"] == (
+            spec_field.default,
+            spec_field.metadata["check"],
+            spec_field.metadata["help"],
+        )
     # The two caches have two names: data.cache is the feature cache, DataSpec's the decoded images'.
     assert "cache" in DataConfig.__dataclass_fields__ and "cache" not in DataSpec.__dataclass_fields__
     assert "decoded_cache" in DataSpec.__dataclass_fields__ and "data.decoded_cache" not in SCHEMA
@@ -56,19 +59,22 @@ def _spec_error(kwargs: dict) -> str | None:
 
 
 # Values one entry point used to accept and the other refuse (or check differently).
-@pytest.mark.parametrize("overrides,kwargs,refused", [
-    (["data.classes=[zero, six]"], {"classes": ["zero", "six"]}, False),  # names: DataSpec only, before
-    (["data.classes=-1,2"], {"classes": "-1,2"}, True),
-    (["data.val_fraction=0"], {"val_fraction": 0}, False),  # DataSpec only, before
-    (["data.test_fraction=0"], {"test_fraction": 0.0}, False),
-    (["data.val_fraction=1.0"], {"val_fraction": 1.0}, True),
-    (["data.image_size=[24, 32]"], {"image_size": (24, 32)}, False),  # a pair: DataSpec only, before
-    (["data.image_size=2"], {"image_size": 2}, True),  # DataSpec took any positive size
-    (["data.root=/some/folder"], {"root": "/some/folder"}, True),  # digits reads no root: the config took it
-    (["data.dataset=npz"], {"dataset": "npz"}, True),
-    (["data.dataset=mnist"], {"dataset": "mnist"}, True),
-    (["data.imbalance=binary:10", "data.classes=0,1,2"], {"imbalance": "binary:10", "classes": [0, 1, 2]}, True),
-])
+@pytest.mark.parametrize(
+    "overrides,kwargs,refused",
+    [
+        (["data.classes=[zero, six]"], {"classes": ["zero", "six"]}, False),  # names: DataSpec only, before
+        (["data.classes=-1,2"], {"classes": "-1,2"}, True),
+        (["data.val_fraction=0"], {"val_fraction": 0}, False),  # DataSpec only, before
+        (["data.test_fraction=0"], {"test_fraction": 0.0}, False),
+        (["data.val_fraction=1.0"], {"val_fraction": 1.0}, True),
+        (["data.image_size=[24, 32]"], {"image_size": (24, 32)}, False),  # a pair: DataSpec only, before
+        (["data.image_size=2"], {"image_size": 2}, True),  # DataSpec took any positive size
+        (["data.root=/some/folder"], {"root": "/some/folder"}, True),  # digits reads no root: the config took it
+        (["data.dataset=npz"], {"dataset": "npz"}, True),
+        (["data.dataset=mnist"], {"dataset": "mnist"}, True),
+        (["data.imbalance=binary:10", "data.classes=0,1,2"], {"imbalance": "binary:10", "classes": [0, 1, 2]}, True),
+    ],
+)
 def test_both_entry_points_give_the_same_answer(overrides, kwargs, refused):
     from_config, from_spec = _config_error(overrides), _spec_error(kwargs)
     assert (from_config is not None, from_spec is not None) == (refused, refused)
@@ -79,8 +85,12 @@ def test_both_entry_points_give_the_same_answer(overrides, kwargs, refused):
 def test_the_config_takes_class_names_and_a_spec_built_from_it_selects_them(tmp_path):
     path = tmp_path / "named.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, x=rng.integers(0, 255, (60, 8, 8), dtype=np.uint8), y=np.repeat(np.arange(3), 20),
-             classes=np.array(["cat", "dog", "owl"]))
+    np.savez(
+        path,
+        x=rng.integers(0, 255, (60, 8, 8), dtype=np.uint8),
+        y=np.repeat(np.arange(3), 20),
+        classes=np.array(["cat", "dog", "owl"]),
+    )
     config = resolve_config(None, ["data.dataset=npz", f"data.root={path}", "data.classes=owl,cat"])
     assert config.data.classes == ["owl", "cat"]
     splits = build_splits(data_spec(config))
@@ -117,23 +127,34 @@ def test_the_stages_share_their_optimisation_fields():
     for stage in (Stage1Config, Stage2Config):
         assert issubclass(stage, OptimisationConfig)
         for name in ("optimizer", "scheduler", "lr", "weight_decay", "epochs"):
-            assert stage.__dataclass_fields__[name].metadata["check"] is \
-                OptimisationConfig.__dataclass_fields__[name].metadata["check"]
+            assert (
+                stage.__dataclass_fields__[name].metadata["check"]
+                is OptimisationConfig.__dataclass_fields__[name].metadata["check"]
+            )
     # Same keys and defaults as before the base existed.
-    assert (SCHEMA["stage1.batch_size"][0], SCHEMA["stage1.lr"][0], SCHEMA["stage1.weight_decay"][0]) == (128, 2e-3, 1e-4)
+    assert (SCHEMA["stage1.batch_size"][0], SCHEMA["stage1.lr"][0], SCHEMA["stage1.weight_decay"][0]) == (
+        128,
+        2e-3,
+        1e-4,
+    )
     assert (SCHEMA["stage2.batch_size"][0], SCHEMA["stage2.lr"][0], SCHEMA["stage2.weight_decay"][0]) == (64, 1e-2, 0.0)
     with pytest.raises(ConfigError, match="stage1.batch_size must be >= 2"):
         resolve_config(None, ["stage1.batch_size=1"])
     assert resolve_config(None, ["stage2.batch_size=1"]).stage2.batch_size == 1
 
 
-@pytest.mark.parametrize("overrides,build", [
-    (["model.backbone=resnet18", "model.pretrained=imagenet"], {"name": "resnet18", "pretrained": "imagenet"}),
-    (["model.pretrained=/no/weights.pth"], {"name": "small_cnn", "pretrained": "/no/weights.pth"}),
-    (["model.input_size=64"], {"name": "small_cnn", "input_size": (64, 64)}),
-    (["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.pretrained=pyproject.toml"],
-     {"name": "efficientnet_lite2+efficientnet_lite0", "pretrained": "pyproject.toml"}),
-])
+@pytest.mark.parametrize(
+    "overrides,build",
+    [
+        (["model.backbone=resnet18", "model.pretrained=imagenet"], {"name": "resnet18", "pretrained": "imagenet"}),
+        (["model.pretrained=/no/weights.pth"], {"name": "small_cnn", "pretrained": "/no/weights.pth"}),
+        (["model.input_size=64"], {"name": "small_cnn", "input_size": (64, 64)}),
+        (
+            ["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.pretrained=pyproject.toml"],
+            {"name": "efficientnet_lite2+efficientnet_lite0", "pretrained": "pyproject.toml"},
+        ),
+    ],
+)
 def test_the_backbone_checks_are_the_model_layers(overrides, build):
     """The config (before anything runs) and build_backbone ask the same rule: the same line."""
     from asymcl.models import build_backbone
@@ -217,8 +238,16 @@ def test_an_old_run_directory_still_loads_resumes_and_keeps_its_name(tmp_path: P
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(_OLD_CONFIG_YAML)
     old = yaml.safe_load(_OLD_CONFIG_YAML)
-    config = resolve_config(None, ["method=fcl", "data.classes=0,6", "data.imbalance=binary:10",
-                                   "stage1.sampler=class_balanced", "data.val_fraction=0.25"])
+    config = resolve_config(
+        None,
+        [
+            "method=fcl",
+            "data.classes=0,6",
+            "data.imbalance=binary:10",
+            "stage1.sampler=class_balanced",
+            "data.val_fraction=0.25",
+        ],
+    )
     # every key, value and spelling as it was written; keys added since hold their defaults
     added = {"eval": {**old["eval"], "embeddings": None}}
     assert config.to_dict() == {**old, **added}

@@ -28,7 +28,7 @@ REPO = SRC.parent
 # A plugin as a user writes it: a loss subclass as a method, an .npy-pair dataset with every fact a
 # dataset entry declares (its reader, augmentation, label-by-root, download, an extra run output),
 # and a small encoder as a backbone.
-PLUGIN = '''
+PLUGIN = """
 import numpy as np
 import torch
 from torch import nn
@@ -91,20 +91,41 @@ class TinyEncoder(nn.Module):
 
 
 asymcl.register_backbone(asymcl.Backbone("plugin_tiny", TinyEncoder, "a one-conv encoder"))
-'''
+"""
 
-TINY = ["--set", "stage1.epochs=1", "--set", "stage2.epochs=1", "--set", "trainer.progress_bar=false",
-        "--set", "model.proj_hidden_dim=16", "--set", "model.proj_dim=8", "--set", "stage1.batch_size=32"]
+TINY = [
+    "--set",
+    "stage1.epochs=1",
+    "--set",
+    "stage2.epochs=1",
+    "--set",
+    "trainer.progress_bar=false",
+    "--set",
+    "model.proj_hidden_dim=16",
+    "--set",
+    "model.proj_dim=8",
+    "--set",
+    "stage1.batch_size=32",
+]
 
 
 @pytest.fixture(autouse=True)
 def restore_registries():
     """Plugins change process-wide tables; every test here leaves them as it found them."""
-    saved = (dict(methods.REGISTRY), dict(data_spec.DATASETS), dict(backbones.REGISTRY), dict(plugins._LOADED),
-             dict(plugins._HANDOVER), plugins._ENTRY_POINTS_LOADED)
+    saved = (
+        dict(methods.REGISTRY),
+        dict(data_spec.DATASETS),
+        dict(backbones.REGISTRY),
+        dict(plugins._LOADED),
+        dict(plugins._HANDOVER),
+        plugins._ENTRY_POINTS_LOADED,
+    )
     yield
-    for table, old in zip((methods.REGISTRY, data_spec.DATASETS, backbones.REGISTRY, plugins._LOADED,
-                           plugins._HANDOVER), saved[:-1], strict=True):
+    for table, old in zip(
+        (methods.REGISTRY, data_spec.DATASETS, backbones.REGISTRY, plugins._LOADED, plugins._HANDOVER),
+        saved[:-1],
+        strict=True,
+    ):
         table.clear()
         table.update(old)
     plugins._ENTRY_POINTS_LOADED = saved[-1]
@@ -122,8 +143,9 @@ def _write(folder: Path, name: str, text: str) -> Path:
 def _cli(*argv: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """The real command in a fresh process: nothing registered in this one leaks into it."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "ASYMCL_CACHE_DIR": str((cwd or REPO) / ".cache")}
-    done = subprocess.run([sys.executable, "-m", "asymcl", *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "asymcl", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -138,8 +160,19 @@ def test_a_plugin_method_dataset_and_backbone_train_sweep_report_and_export(tmp_
     assert "0 low" in capsys.readouterr().out
 
     run = tmp_path / "runs" / "one"
-    common = ["--set", "method=plugin_focal", "--set", "data.dataset=plugin_npy", "--set", f"data.root={data}",
-              "--set", "model.backbone=plugin_tiny", "--set", "loss.gamma=1.5", *TINY]
+    common = [
+        "--set",
+        "method=plugin_focal",
+        "--set",
+        "data.dataset=plugin_npy",
+        "--set",
+        f"data.root={data}",
+        "--set",
+        "model.backbone=plugin_tiny",
+        "--set",
+        "loss.gamma=1.5",
+        *TINY,
+    ]
     assert main(["train", "--plugin", plugin, *common, "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "complete" and metrics["stages_complete"] == ["stage1", "stage2"]
@@ -153,22 +186,39 @@ def test_a_plugin_method_dataset_and_backbone_train_sweep_report_and_export(tmp_
 
     assert augmentation_preset(resolve_config(config), "plugin_npy", 1) == "grey28"
 
-    sweep = _write(tmp_path, "sweep.yaml", f"""
+    sweep = _write(
+        tmp_path,
+        "sweep.yaml",
+        f"""
         name: plugin-sweep
         base: {json.dumps({"data.dataset": "plugin_npy", "data.root": str(data), "model.backbone": "plugin_tiny"})}
         grid:
           method: [plugin_focal, afcl]
           loss.gamma: [1.0, 2.0]
           loss.temperature: [0.1]
-        """)
+        """,
+    )
     capsys.readouterr()
     assert main(["sweep", "--dry-run", "--config", str(sweep), "--plugin", plugin]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed[-1].startswith("4 runs into")
     assert [line for line in listed if line.startswith("pluginfocal")] == ["pluginfocal_g1_t0.1", "pluginfocal_g2_t0.1"]
 
-    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--tsne-points", "50",
-                 "--plugin", plugin]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "report"),
+                "--tsne-points",
+                "50",
+                "--plugin",
+                plugin,
+            ]
+        )
+        == 0
+    )
     report = (tmp_path / "report" / "report.md").read_text()
     assert "PluginFocal" in report and "plugin_npy npy-set" in report  # display name; labelled by root
 
@@ -187,19 +237,33 @@ def test_a_plugin_method_dataset_and_backbone_train_sweep_report_and_export(tmp_
     assert len(err.splitlines()) == 1 and "got 'plugin_focal'" in err and "--plugin" in err
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ("import asymcl\nfrom asymcl.training.methods import REGISTRY\n"
-     "asymcl.register_method(REGISTRY['afcl'])\n", "method name 'afcl' clashes with asymcl's built-in method"),
-    ("import asymcl\nasymcl.register_dataset(asymcl.DatasetInfo('digits', 'mine', lambda spec: None))\n",
-     "dataset name 'digits' clashes with asymcl's built-in dataset"),
-    ("import asymcl, torch\nasymcl.register_backbone(asymcl.Backbone('resnet18', torch.nn.Identity))\n",
-     "backbone name 'resnet18' clashes with asymcl's built-in backbone"),
-    ("import asymcl, torch\nasymcl.register_backbone(asymcl.Backbone('efficientnet_lite0', torch.nn.Identity))\n",
-     "backbone name 'efficientnet_lite0' clashes"),
-    ("import not_a_real_package_xyz\n", "failed to import (ModuleNotFoundError: No module named 'not_a_real_package_xyz')"),
-    ("def broken(:\n", "failed to import (SyntaxError: "),
-    ("raise RuntimeError('needs a GPU')\n", "failed to import (RuntimeError: needs a GPU); fix the plugin"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "import asymcl\nfrom asymcl.training.methods import REGISTRY\nasymcl.register_method(REGISTRY['afcl'])\n",
+            "method name 'afcl' clashes with asymcl's built-in method",
+        ),
+        (
+            "import asymcl\nasymcl.register_dataset(asymcl.DatasetInfo('digits', 'mine', lambda spec: None))\n",
+            "dataset name 'digits' clashes with asymcl's built-in dataset",
+        ),
+        (
+            "import asymcl, torch\nasymcl.register_backbone(asymcl.Backbone('resnet18', torch.nn.Identity))\n",
+            "backbone name 'resnet18' clashes with asymcl's built-in backbone",
+        ),
+        (
+            "import asymcl, torch\nasymcl.register_backbone(asymcl.Backbone('efficientnet_lite0', torch.nn.Identity))\n",
+            "backbone name 'efficientnet_lite0' clashes",
+        ),
+        (
+            "import not_a_real_package_xyz\n",
+            "failed to import (ModuleNotFoundError: No module named 'not_a_real_package_xyz')",
+        ),
+        ("def broken(:\n", "failed to import (SyntaxError: "),
+        ("raise RuntimeError('needs a GPU')\n", "failed to import (RuntimeError: needs a GPU); fix the plugin"),
+    ],
+)
 def test_clashes_and_import_failures_are_one_line(tmp_path, capsys, body, expected):
     plugin = _write(tmp_path, "bad_plugin.py", body)
     assert main(["train", "--plugin", str(plugin), "--set", "stage1.epochs=1"]) == 2
@@ -214,24 +278,34 @@ def test_missing_plugins_and_a_second_registration(tmp_path, capsys):
     assert main(["sweep", "--config", "x.yaml", "--plugin", str(tmp_path / "gone.py")]) == 2
     assert "gone.py: no such file" in capsys.readouterr().err
 
-    plugin = _write(tmp_path, "twice.py", "import asymcl\nfrom asymcl.training.methods import REGISTRY, TWO_STAGE\n"
-                    "asymcl.register_method(asymcl.Method('twice', 'Twice', TWO_STAGE, 'x', "
-                    "REGISTRY['afcl'].loss_factory))\n")
+    plugin = _write(
+        tmp_path,
+        "twice.py",
+        "import asymcl\nfrom asymcl.training.methods import REGISTRY, TWO_STAGE\n"
+        "asymcl.register_method(asymcl.Method('twice', 'Twice', TWO_STAGE, 'x', "
+        "REGISTRY['afcl'].loss_factory))\n",
+    )
     asymcl.load_plugins([str(plugin), str(plugin)])  # imported once: no clash with itself
     assert "twice" in methods.METHODS and plugins.loaded() == [str(plugin.resolve())]
     other = _write(tmp_path / "b", "twice.py", plugin.read_text())
     with pytest.raises(ConfigError, match="'twice' is already registered"):
         asymcl.load_plugins([str(other)])
     with pytest.raises(ConfigError, match="use lower-case letters"):
-        asymcl.register_method(methods.Method("Bad Name", "B", methods.TWO_STAGE, "x", methods.REGISTRY["afcl"].loss_factory))
+        asymcl.register_method(
+            methods.Method("Bad Name", "B", methods.TWO_STAGE, "x", methods.REGISTRY["afcl"].loss_factory)
+        )
 
 
 def test_entry_point_plugins_load_in_every_command(tmp_path, monkeypatch, capsys):
     """An installed package names its plugin in the asymcl.plugins group; no --plugin needed."""
     site = tmp_path / "site"
-    _write(site, "ep_plugin.py", "import asymcl\nfrom asymcl.training.methods import REGISTRY, TWO_STAGE\n"
-           "def register():\n    asymcl.register_method(asymcl.Method('ep_method', 'EP', TWO_STAGE, 'x', "
-           "REGISTRY['afcl'].loss_factory, free=('temperature',)))\n")
+    _write(
+        site,
+        "ep_plugin.py",
+        "import asymcl\nfrom asymcl.training.methods import REGISTRY, TWO_STAGE\n"
+        "def register():\n    asymcl.register_method(asymcl.Method('ep_method', 'EP', TWO_STAGE, 'x', "
+        "REGISTRY['afcl'].loss_factory, free=('temperature',)))\n",
+    )
     _write(site / "ep_plugin-1.0.dist-info", "METADATA", "Metadata-Version: 2.1\nName: ep-plugin\nVersion: 1.0\n")
     _write(site / "ep_plugin-1.0.dist-info", "entry_points.txt", "[asymcl.plugins]\nmine = ep_plugin:register\n")
     monkeypatch.syspath_prepend(str(site))
@@ -247,14 +321,35 @@ def test_sweep_workers_load_the_same_plugins(tmp_path):
     plugin = _write(tmp_path / "user", "my_plugin.py", PLUGIN)
     data = tmp_path / "npy"
     _cli("data", "download", "plugin_npy", "--root", str(data), "--plugin", str(plugin), cwd=tmp_path)
-    base = {"data.dataset": "plugin_npy", "data.root": str(data), "model.backbone": "plugin_tiny",
-            "stage1.epochs": 1, "stage2.epochs": 1, "trainer.progress_bar": False, "model.proj_hidden_dim": 16,
-            "model.proj_dim": 8, "loss.temperature": 0.1}
-    _write(tmp_path, "sweep.yaml", yaml.safe_dump({"name": "w", "base": base,
-                                                   "grid": {"method": ["plugin_focal"], "seed": [0, 1, 2, 3]}}))
+    base = {
+        "data.dataset": "plugin_npy",
+        "data.root": str(data),
+        "model.backbone": "plugin_tiny",
+        "stage1.epochs": 1,
+        "stage2.epochs": 1,
+        "trainer.progress_bar": False,
+        "model.proj_hidden_dim": 16,
+        "model.proj_dim": 8,
+        "loss.temperature": 0.1,
+    }
+    _write(
+        tmp_path,
+        "sweep.yaml",
+        yaml.safe_dump({"name": "w", "base": base, "grid": {"method": ["plugin_focal"], "seed": [0, 1, 2, 3]}}),
+    )
     # A relative plugin path: the workers get it absolute, so a worker in another folder finds it too.
-    done = _cli("sweep", "--config", "sweep.yaml", "--out", "out", "--workers", "2", "--plugin", "user/my_plugin.py",
-                cwd=tmp_path)
+    done = _cli(
+        "sweep",
+        "--config",
+        "sweep.yaml",
+        "--out",
+        "out",
+        "--workers",
+        "2",
+        "--plugin",
+        "user/my_plugin.py",
+        cwd=tmp_path,
+    )
     assert "4/4 runs complete" in done.stdout
     assert not (tmp_path / "out" / "failures.log").exists()
     # Worker 2 resolves every point's config before it looks for work: without the plugin it would
@@ -280,12 +375,31 @@ def test_the_worked_example_trains_and_sweeps_as_the_docs_say(tmp_path, capsys):
     assert len(example.read_text().splitlines()) < 30
     run = tmp_path / "run"
     # docs/extending.md: asymcl train --plugin examples/plugin_loss.py --set method=example_loss
-    assert main(["train", "--plugin", str(example), "--set", "method=example_loss", "--set", "data.classes=[0,1]",
-                 *TINY, "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--plugin",
+                str(example),
+                "--set",
+                "method=example_loss",
+                "--set",
+                "data.classes=[0,1]",
+                *TINY,
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["loss"]["eta"] == 0.0 and config["loss"]["normalization"] == "pairs"
     loss = methods.get_method("example_loss").build_loss(SimpleNamespace(gamma=3.0, temperature=0.2, memory_size=0))
-    assert type(loss).__name__ == "FocalSupConLoss" and (loss.gamma, loss.eta, loss.normalization) == (3.0, 0.0, "pairs")
+    assert type(loss).__name__ == "FocalSupConLoss" and (loss.gamma, loss.eta, loss.normalization) == (
+        3.0,
+        0.0,
+        "pairs",
+    )
     capsys.readouterr()
     sweep = REPO / "examples" / "plugin_sweep.yaml"
     assert main(["sweep", "--plugin", str(example), "--config", str(sweep), "--dry-run"]) == 0
@@ -293,4 +407,5 @@ def test_the_worked_example_trains_and_sweeps_as_the_docs_say(tmp_path, capsys):
     # supcon: 3 seeds (gamma is not its hyperparameter); afcl and example_loss: 2 gammas x 3 seeds
     assert names[-1].startswith("15 runs into")
     assert sorted(name for name in names if name.startswith("exampleloss")) == [
-        f"exampleloss_g{g}_s{s}" for g in (1, 2) for s in (0, 1, 2)]
+        f"exampleloss_g{g}_s{s}" for g in (1, 2) for s in (0, 1, 2)
+    ]

@@ -16,8 +16,9 @@ LOSS = {"supcon": (0.0, 0.0), "cl": (0.0, 0.0), "fcl": (2.0, 0.0), "acl": (0.0, 
 
 def write(root, name, method, seed, bonus, **extra):
     gamma, eta = LOSS.get(method, (None, None))
-    run = write_run(root, f"{name}_s{seed}", method=method, seed=seed, gamma=gamma, eta=eta,
-                    test_bonus=bonus, val_bonus=bonus)
+    run = write_run(
+        root, f"{name}_s{seed}", method=method, seed=seed, gamma=gamma, eta=eta, test_bonus=bonus, val_bonus=bonus
+    )
     config = yaml.safe_load((run / "config.yaml").read_text())
     for key, value in extra.items():
         section, _, field = key.rpartition(".")
@@ -48,8 +49,9 @@ def test_paper_claim_sentence(tmp_path, case):
     claim = numbers.paper_claim
     assert claim.verdict == VERDICTS[case], claim.sentence
     assert claim.split == "test"
-    assert claim.sentence.startswith("The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on the "
-                                        f"test (balanced) set {VERDICTS[case]}")
+    assert claim.sentence.startswith(
+        f"The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on the test (balanced) set {VERDICTS[case]}"
+    )
     for opponent in ("cl", "fcl"):
         d = numbers.comparisons[opponent].differences["test.ua"]
         assert (d.low > 0) == (case == "wins") and (d.high < 0) == (case == "loses")
@@ -88,8 +90,13 @@ def test_rows_keep_levers_and_old_logit_adjusted_ce_apart(tmp_path):
     assert best.differences["test.ua"].mean == pytest.approx(sum(joint[s] - la[s] for s in la) / 3)
     result = build_report(tmp_path, tmp_path / "report", tsne_points=20, command="x", progress=lambda _: None)
     text = result.markdown.read_text()
-    for label in ("| LA |", "| AFCL (joint) |", "| AFCL (S1 m-per-class) |", "The paper's claim",
-                  "Best contrastive recipe on validation UA: AFCL (joint); against LA on test (balanced) UA"):
+    for label in (
+        "| LA |",
+        "| AFCL (joint) |",
+        "| AFCL (S1 m-per-class) |",
+        "The paper's claim",
+        "Best contrastive recipe on validation UA: AFCL (joint); against LA on test (balanced) UA",
+    ):
         assert label in text, label
 
 

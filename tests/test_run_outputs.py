@@ -32,11 +32,20 @@ def isic_run(tmp_path_factory):
     """A ce run on a tiny ISIC 2018 layout with its official test set."""
     base = tmp_path_factory.mktemp("isic")
     written = make_isic(base / "data")
-    config = resolve_config(None, {
-        "method": "ce", "data.dataset": "isic2018", "data.root": str(base / "data"),
-        "data.image_size": 16, "data.imbalance": "exp:3", "data.augment": "none",
-        "stage1.epochs": 1, "stage1.batch_size": 8, "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": "ce",
+            "data.dataset": "isic2018",
+            "data.root": str(base / "data"),
+            "data.image_size": 16,
+            "data.imbalance": "exp:3",
+            "data.augment": "none",
+            "stage1.epochs": 1,
+            "stage1.batch_size": 8,
+            "trainer.progress_bar": False,
+        },
+    )
     run(config, base / "run")
     return base / "run", base / "data", written, config
 
@@ -71,8 +80,10 @@ def test_predict_isic2018_format_on_the_test_folder_gives_the_runs_submission(is
     run_dir, data, _, _ = isic_run
     out = tmp_path / "sub.csv"
     folder = data / "ISIC2018_Task3_Test_Input"
-    assert main(["predict", "--run", str(run_dir), "--images", str(folder), "--format", "isic2018",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["predict", "--run", str(run_dir), "--images", str(folder), "--format", "isic2018", "--out", str(out)])
+        == 0
+    )
     ours = {r["image"]: r for r in _rows(out)}
     saved = _rows(run_dir / ISIC_SUBMISSION)
     assert out.read_text().splitlines()[0] == (run_dir / ISIC_SUBMISSION).read_text().splitlines()[0]
@@ -89,25 +100,49 @@ def test_predict_isic2018_format_on_the_test_folder_gives_the_runs_submission(is
 
 def test_no_submission_without_all_classes_and_predict_refuses_the_format(tmp_path, capsys):
     make_isic(tmp_path / "data")
-    config = resolve_config(None, {
-        "method": "ce", "data.dataset": "isic2018", "data.root": str(tmp_path / "data"),
-        "data.classes": "1,0", "data.image_size": 8, "stage1.epochs": 1, "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": "ce",
+            "data.dataset": "isic2018",
+            "data.root": str(tmp_path / "data"),
+            "data.classes": "1,0",
+            "data.image_size": 8,
+            "stage1.epochs": 1,
+            "trainer.progress_bar": False,
+        },
+    )
     run(config, tmp_path / "run")
     assert (tmp_path / "run" / "predictions.csv").is_file()
     assert not (tmp_path / "run" / ISIC_SUBMISSION).exists()
-    code = main(["predict", "--run", str(tmp_path / "run"), "--images",
-                 str(tmp_path / "data" / "ISIC2018_Task3_Test_Input"), "--format", "isic2018"])
+    code = main(
+        [
+            "predict",
+            "--run",
+            str(tmp_path / "run"),
+            "--images",
+            str(tmp_path / "data" / "ISIC2018_Task3_Test_Input"),
+            "--format",
+            "isic2018",
+        ]
+    )
     assert code == 2
     assert "needs probabilities for all of MEL,NV,BCC" in capsys.readouterr().err
-    assert main(["predict", "--run", str(tmp_path / "run"), "--images", str(tmp_path / "data"),
-                 "--format", "kaggle"]) == 2
+    assert (
+        main(["predict", "--run", str(tmp_path / "run"), "--images", str(tmp_path / "data"), "--format", "kaggle"]) == 2
+    )
     assert "unknown predictions format 'kaggle'; choose one of asymcl, isic2018" in capsys.readouterr().err
 
 
 def test_off_a_terminal_one_line_per_epoch_curves_in_csv_and_tensorboard(tmp_path, capfd):
-    config = {"method": "ce", "data.classes": [0, 1, 2], "data.imbalance": "exp:4", "stage1.epochs": 3,
-              "stage1.batch_size": 32, "trainer.progress_bar": True}
+    config = {
+        "method": "ce",
+        "data.classes": [0, 1, 2],
+        "data.imbalance": "exp:4",
+        "stage1.epochs": 3,
+        "stage1.batch_size": 32,
+        "trainer.progress_bar": True,
+    }
     filters = list(warnings.filters)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -117,8 +152,12 @@ def test_off_a_terminal_one_line_per_epoch_curves_in_csv_and_tensorboard(tmp_pat
 
     err = capfd.readouterr().err
     assert "\r" not in err  # no bar redraws: pytest's capture is not a terminal
-    lines = re.findall(r"^\[asymcl\] baseline epoch (\d)/3  train_loss \d+\.\d{4}  val UA (\d+\.\d\d)%  "
-                       r"WA \d+\.\d\d%  \d+\.\ds$", err, flags=re.M)
+    lines = re.findall(
+        r"^\[asymcl\] baseline epoch (\d)/3  train_loss \d+\.\d{4}  val UA (\d+\.\d\d)%  "
+        r"WA \d+\.\d\d%  \d+\.\ds$",
+        err,
+        flags=re.M,
+    )
     # Epochs 1-2 in the first attempt, the re-run epoch 3 in the second: one line each.
     assert [int(epoch) for epoch, _ in lines] == [1, 2, 3]
     history = metrics["history"]["baseline"]
@@ -147,8 +186,7 @@ def test_off_a_terminal_one_line_per_epoch_curves_in_csv_and_tensorboard(tmp_pat
 
 
 def test_progress_bar_false_prints_nothing_per_epoch(tmp_path, capfd):
-    run({"method": "ce", "data.classes": [0, 1], "stage1.epochs": 2, "trainer.progress_bar": False},
-        tmp_path / "run")
+    run({"method": "ce", "data.classes": [0, 1], "stage1.epochs": 2, "trainer.progress_bar": False}, tmp_path / "run")
     assert "epoch" not in capfd.readouterr().err
 
 

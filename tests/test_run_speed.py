@@ -14,10 +14,21 @@ from asymcl.training.pipeline import run
 
 torch.set_num_threads(1)
 
-TINY = {"data.dataset": "digits", "data.classes": [0, 1, 2], "stage1.epochs": 2, "stage1.batch_size": 16,
-        "stage2.epochs": 2, "stage2.batch_size": 32, "trainer.progress_bar": False, "method": "afcl",
-        "loss.gamma": 1.0, "loss.eta": 10.0, "model.finetune": "frozen", "model.adapter": 16,
-        "data.cache_views": 2}
+TINY = {
+    "data.dataset": "digits",
+    "data.classes": [0, 1, 2],
+    "stage1.epochs": 2,
+    "stage1.batch_size": 16,
+    "stage2.epochs": 2,
+    "stage2.batch_size": 32,
+    "trainer.progress_bar": False,
+    "method": "afcl",
+    "loss.gamma": 1.0,
+    "loss.eta": 10.0,
+    "model.finetune": "frozen",
+    "model.adapter": 16,
+    "data.cache_views": 2,
+}
 
 
 def _outputs(run_dir):
@@ -25,9 +36,11 @@ def _outputs(run_dir):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     embeddings = np.load(run_dir / "embeddings.npz")
-    return ({key: metrics[key] for key in ("final", "history", "best")},
-            (run_dir / "predictions.csv").read_bytes(),
-            {name: embeddings[name] for name in embeddings.files})
+    return (
+        {key: metrics[key] for key in ("final", "history", "best")},
+        (run_dir / "predictions.csv").read_bytes(),
+        {name: embeddings[name] for name in embeddings.files},
+    )
 
 
 def test_a_run_from_shards_held_in_memory_equals_one_read_from_disk(tmp_path, monkeypatch):

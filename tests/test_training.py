@@ -221,10 +221,13 @@ def test_predict_matches_the_runs_own_test_predictions(tmp_path):
         predict(tmp_path, folder)
 
 
-@pytest.mark.parametrize("overrides,error", [
-    ({"data.classes": [0, 99]}, DataError),  # a data error
-    ({"trainer.accelerator": "mps"}, ConfigError),  # a device Lightning cannot find (never on Linux)
-])
+@pytest.mark.parametrize(
+    "overrides,error",
+    [
+        ({"data.classes": [0, 99]}, DataError),  # a data error
+        ({"trainer.accelerator": "mps"}, ConfigError),  # a device Lightning cannot find (never on Linux)
+    ],
+)
 def test_user_errors_before_training_leave_no_run_directory(tmp_path, overrides, error):
     # Otherwise the half-made directory would refuse the corrected command as "another config".
     out = tmp_path / "run"
@@ -265,17 +268,21 @@ def test_resume_may_change_display_options_only(tmp_path):
     first = run(tiny("ce"), out)
     again = run(tiny("ce", **{"trainer.progress_bar": True, "trainer.num_threads": 1}), out)
     assert again == first  # finished: returned, not redone nor refused
-    assert (default_run_dir(resolve_config(tiny("ce")))
-            == default_run_dir(resolve_config(tiny("ce", **{"trainer.progress_bar": True}))))
+    assert default_run_dir(resolve_config(tiny("ce"))) == default_run_dir(
+        resolve_config(tiny("ce", **{"trainer.progress_bar": True}))
+    )
     with pytest.raises(ConfigError, match="different config"):
         run(tiny("ce", **{"stage2.lr": 0.5}), out)
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ({}, "runs/afcl-digits-3ee2ee45"),
-    ({"method": "ce", "data.imbalance": "exp:10"}, "runs/ce-digits-2ec67328"),
-    ({"method": "fcl", "loss.gamma": 2, "stage1.epochs": 3}, "runs/fcl-digits-26a0dcc2"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, "runs/afcl-digits-3ee2ee45"),
+        ({"method": "ce", "data.imbalance": "exp:10"}, "runs/ce-digits-2ec67328"),
+        ({"method": "fcl", "loss.gamma": 2, "stage1.epochs": 3}, "runs/fcl-digits-26a0dcc2"),
+    ],
+)
 def test_default_run_dir_is_the_one_asymcl_0_1_wrote(overrides, expected):
     """Keys added after 0.1.0 hold their defaults here: the directory an old command wrote is
     found again (expected names computed with asymcl 0.1.0, commit f726922)."""
@@ -293,14 +300,17 @@ def test_channels_last_trains_to_the_same_result(tmp_path):
         assert last["final"][split]["ua"] == pytest.approx(plain["final"][split]["ua"], abs=0.02)
 
 
-@pytest.mark.parametrize(("env", "main"), [
-    ({}, True),
-    ({"RANK": "0", "LOCAL_RANK": "0"}, True),
-    ({"RANK": "3", "LOCAL_RANK": "0"}, False),      # torchrun, second machine's first process
-    ({"LOCAL_RANK": "1"}, False),                   # Lightning's re-launched second process
-    ({"SLURM_PROCID": "2"}, False),                 # an srun task
-    ({"LOCAL_RANK": "0", "SLURM_PROCID": "2"}, True),  # SLURM that Lightning's launcher runs under
-])
+@pytest.mark.parametrize(
+    ("env", "main"),
+    [
+        ({}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+        ({"RANK": "3", "LOCAL_RANK": "0"}, False),  # torchrun, second machine's first process
+        ({"LOCAL_RANK": "1"}, False),  # Lightning's re-launched second process
+        ({"SLURM_PROCID": "2"}, False),  # an srun task
+        ({"LOCAL_RANK": "0", "SLURM_PROCID": "2"}, True),  # SLURM that Lightning's launcher runs under
+    ],
+)
 def test_one_rank_rule_the_one_lightning_uses(monkeypatch, env, main):
     from lightning.fabric.utilities.rank_zero import _get_rank
 

@@ -7,8 +7,18 @@ from asymcl.cli import main
 
 torch.set_num_threads(1)
 
-TINY = ["--set", "data.classes=[0,1]", "--set", "stage1.epochs=1", "--set", "stage2.epochs=1",
-        "--set", "trainer.progress_bar=false", "--set", "model.proj_hidden_dim=16"]
+TINY = [
+    "--set",
+    "data.classes=[0,1]",
+    "--set",
+    "stage1.epochs=1",
+    "--set",
+    "stage2.epochs=1",
+    "--set",
+    "trainer.progress_bar=false",
+    "--set",
+    "model.proj_hidden_dim=16",
+]
 
 
 def test_train_then_predict_then_rerun(tmp_path, capsys):

@@ -13,9 +13,15 @@ def test_defaults_cover_every_key_and_resolve():
     assert resolve_config(default_config(), ["method=ce"])["method"] == "ce"
 
 
-@pytest.mark.parametrize("method,fixed", [("supcon", {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}),
-                                          ("cl", {"gamma": 0.0, "eta": 0.0}), ("fcl", {"eta": 0.0}),
-                                          ("acl", {"gamma": 0.0})])
+@pytest.mark.parametrize(
+    "method,fixed",
+    [
+        ("supcon", {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}),
+        ("cl", {"gamma": 0.0, "eta": 0.0}),
+        ("fcl", {"eta": 0.0}),
+        ("acl", {"gamma": 0.0}),
+    ],
+)
 def test_methods_fix_their_loss_parameters(method, fixed):
     loss = resolve_config(None, [f"method={method}"])["loss"]
     for key, value in fixed.items():
@@ -23,8 +29,16 @@ def test_methods_fix_their_loss_parameters(method, fixed):
 
 
 def test_overrides_parse_as_yaml_and_nested_files(tmp_path):
-    config = resolve_config(None, ["loss.gamma=2", "data.classes=0,6", "data.imbalance=binary:50",
-                                   "trainer.devices=[0, 1]", "stage2.augment=true"])
+    config = resolve_config(
+        None,
+        [
+            "loss.gamma=2",
+            "data.classes=0,6",
+            "data.imbalance=binary:50",
+            "trainer.devices=[0, 1]",
+            "stage2.augment=true",
+        ],
+    )
     assert config["loss"]["gamma"] == 2.0 and config["data"]["classes"] == [0, 6]
     assert config["trainer"]["devices"] == [0, 1] and config["stage2"]["augment"] is True
     path = tmp_path / "c.yaml"
@@ -55,11 +69,18 @@ def test_overrides_parse_as_yaml_and_nested_files(tmp_path):
         (["data.dataset=fashion-mnist", "data.root=/no/such/folder"], r"data.root /no/such/folder does not exist"),
         (["model.pretrained=/no/weights.pth"], r"model.pretrained /no/weights.pth is not a file"),
         (["model.backbone=vgg16"], r"model.backbone must be one of small_cnn"),
-        (["model.backbone=efficientnet_lite0+small_cnn"], r"model.backbone must be distinct EfficientNet-Lite variants.*not 'small_cnn'"),
-        (["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.finetune=last:2"],
-         r"last:K cuts the blocks of one network.*use frozen or all"),
-        (["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.pretrained=pyproject.toml"],
-         r"one weights file cannot hold several networks"),
+        (
+            ["model.backbone=efficientnet_lite0+small_cnn"],
+            r"model.backbone must be distinct EfficientNet-Lite variants.*not 'small_cnn'",
+        ),
+        (
+            ["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.finetune=last:2"],
+            r"last:K cuts the blocks of one network.*use frozen or all",
+        ),
+        (
+            ["model.backbone=efficientnet_lite2+efficientnet_lite0", "model.pretrained=pyproject.toml"],
+            r"one weights file cannot hold several networks",
+        ),
         (["model.backbone=small_cnn+efficientnet_lite0", "model.pretrained=imagenet"], r"model.backbone must be"),
         (["model.backbone=resnet18", "model.pretrained=imagenet"], r"no bundled ImageNet weights"),
         (["method=fcl", "loss.eta=3"], r"contradicts method fcl"),
@@ -87,8 +108,15 @@ def test_bad_config_files(tmp_path):
 
 
 def test_concatenated_lite_backbones_take_imagenet_and_an_input_size():
-    config = resolve_config(None, ["model.backbone=efficientnet_lite2+efficientnet_lite0",
-                                   "model.pretrained=imagenet", "model.finetune=frozen", "model.input_size=96"])
+    config = resolve_config(
+        None,
+        [
+            "model.backbone=efficientnet_lite2+efficientnet_lite0",
+            "model.pretrained=imagenet",
+            "model.finetune=frozen",
+            "model.input_size=96",
+        ],
+    )
     assert config["model"]["backbone"] == "efficientnet_lite2+efficientnet_lite0"
 
 
@@ -105,6 +133,7 @@ def test_data_defaults_agree_with_the_data_layer():
     spec = data_spec(resolve_config(None, []))
     assert spec.val_fraction == DataSpec().val_fraction
     assert spec.test_fraction == DataSpec().test_fraction
-    custom = data_spec(resolve_config(None, ["data.csv_path_column=file", "data.csv_label_column=dx",
-                                             "data.test_fraction=0.3"]))
+    custom = data_spec(
+        resolve_config(None, ["data.csv_path_column=file", "data.csv_label_column=dx", "data.test_fraction=0.3"])
+    )
     assert (custom.csv_path_column, custom.csv_label_column, custom.test_fraction) == ("file", "dx", 0.3)

@@ -15,15 +15,22 @@ from asymcl.training.pipeline import run
 
 torch.set_num_threads(1)
 
-QUEUE_KEYS = {"criterion.queue_features", "criterion.queue_labels", "criterion.queue_filled",
-              "criterion.queue_pointer"}
+QUEUE_KEYS = {"criterion.queue_features", "criterion.queue_labels", "criterion.queue_filled", "criterion.queue_pointer"}
 
 
 def tiny(method="afcl", **overrides):
     config = {
-        "method": method, "seed": 0, "data.classes": [0, 1, 2], "data.imbalance": "exp:4",
-        "stage1.epochs": 2, "stage1.batch_size": 16, "stage2.epochs": 1, "stage2.batch_size": 32,
-        "model.proj_hidden_dim": 32, "model.proj_dim": 16, "trainer.progress_bar": False,
+        "method": method,
+        "seed": 0,
+        "data.classes": [0, 1, 2],
+        "data.imbalance": "exp:4",
+        "stage1.epochs": 2,
+        "stage1.batch_size": 16,
+        "stage2.epochs": 1,
+        "stage2.batch_size": 32,
+        "model.proj_hidden_dim": 32,
+        "model.proj_dim": 16,
+        "trainer.progress_bar": False,
         "loss.memory_size": 40,
     }
     config.update(overrides)
@@ -53,14 +60,19 @@ def test_memory_size_is_a_config_key_off_by_default():
     assert type(inner) is AsymmetricFocalContrastiveLoss and inner.eta == 7.0
 
 
-@pytest.mark.parametrize("overrides, error", [
-    (["method=ce", "loss.memory_size=128"],
-     r"^loss.memory_size has no effect with method ce \(no contrastive loss\); choose a method among supcon"),
-    (["loss.memory_size=-1"], r"^loss.memory_size must be >= 0; got -1"),
-    (["loss.memory_size=2.5"], r"^loss.memory_size must be an integer; got 2.5"),
-    (["loss.memory_size=true"], r"^loss.memory_size must be an integer"),
-    (["loss.memory_sise=4"], r"did you mean loss.memory_size"),
-])
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (
+            ["method=ce", "loss.memory_size=128"],
+            r"^loss.memory_size has no effect with method ce \(no contrastive loss\); choose a method among supcon",
+        ),
+        (["loss.memory_size=-1"], r"^loss.memory_size must be >= 0; got -1"),
+        (["loss.memory_size=2.5"], r"^loss.memory_size must be an integer; got 2.5"),
+        (["loss.memory_size=true"], r"^loss.memory_size must be an integer"),
+        (["loss.memory_sise=4"], r"did you mean loss.memory_size"),
+    ],
+)
 def test_memory_size_config_errors(overrides, error):
     with pytest.raises(ConfigError, match=error) as info:
         resolve_config(None, overrides)

@@ -39,8 +39,14 @@ def test_loss_factory_builds_the_configured_loss(name):
     labels = torch.tensor([0, 0, 1, 1, 2, 0, 1, 2])
     from asymcl.losses import afcl_loss
 
-    expected = afcl_loss(views, labels, gamma=config.loss.gamma, eta=config.loss.eta, temperature=0.2,
-                         normalization=config.loss.normalization)
+    expected = afcl_loss(
+        views,
+        labels,
+        gamma=config.loss.gamma,
+        eta=config.loss.eta,
+        temperature=0.2,
+        normalization=config.loss.normalization,
+    )
     torch.testing.assert_close(loss(views, labels), expected)
 
 
@@ -53,8 +59,15 @@ def test_ce_has_no_contrastive_loss():
 
 def test_a_new_method_is_one_entry(monkeypatch):
     """Config validation, sweeps and reports pick up a registry entry without other edits."""
-    entry = methods.Method("hcl", "HCL", methods.TWO_STAGE, "test-only", methods.REGISTRY["afcl"].loss_factory,
-                           {"eta": 0.0, "normalization": "pairs"}, ("gamma",))
+    entry = methods.Method(
+        "hcl",
+        "HCL",
+        methods.TWO_STAGE,
+        "test-only",
+        methods.REGISTRY["afcl"].loss_factory,
+        {"eta": 0.0, "normalization": "pairs"},
+        ("gamma",),
+    )
     monkeypatch.setitem(methods.REGISTRY, "hcl", entry)
     config = resolve_config(None, ["method=hcl", "loss.gamma=3"])
     assert (config.loss.gamma, config.loss.eta, config.loss.normalization) == (3.0, 0.0, "pairs")

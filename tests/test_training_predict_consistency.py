@@ -31,11 +31,19 @@ def _noisy_jpeg_folder(root, classes=("cat", "dog", "owl"), per_class=14, side=4
 
 def test_predict_matches_the_runs_own_test_predictions(tmp_path):
     root = _noisy_jpeg_folder(tmp_path / "images")
-    config = resolve_config(None, {
-        "method": "ce", "data.dataset": "folder", "data.root": str(root), "data.image_size": 16,
-        "data.augment": "none", "stage1.epochs": 1, "stage1.batch_size": 16,
-        "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": "ce",
+            "data.dataset": "folder",
+            "data.root": str(root),
+            "data.image_size": 16,
+            "data.augment": "none",
+            "stage1.epochs": 1,
+            "stage1.batch_size": 16,
+            "trainer.progress_bar": False,
+        },
+    )
     run_dir = tmp_path / "run"
     run(config, run_dir)
 

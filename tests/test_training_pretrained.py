@@ -20,8 +20,15 @@ from test_training_predict_consistency import _noisy_jpeg_folder
 
 torch.set_num_threads(1)
 
-TINY = {"data.dataset": "digits", "data.classes": [0, 1, 2], "stage1.epochs": 1, "stage1.batch_size": 64,
-        "stage2.epochs": 1, "stage2.batch_size": 64, "trainer.progress_bar": False}
+TINY = {
+    "data.dataset": "digits",
+    "data.classes": [0, 1, 2],
+    "stage1.epochs": 1,
+    "stage1.batch_size": 64,
+    "stage2.epochs": 1,
+    "stage2.batch_size": 64,
+    "trainer.progress_bar": False,
+}
 
 
 @pytest.fixture
@@ -40,7 +47,7 @@ def weights_file(tmp_path):
 
 def _final_state(run_dir, stage):
     state = load_checkpoint(run_dir / "checkpoints" / stage / "best.ckpt")["state_dict"]
-    return {k[len("encoder.backbone."):]: v for k, v in state.items() if k.startswith("encoder.backbone.")}, state
+    return {k[len("encoder.backbone.") :]: v for k, v in state.items() if k.startswith("encoder.backbone.")}, state
 
 
 def _block(name: str) -> int:
@@ -49,15 +56,24 @@ def _block(name: str) -> int:
     return 1 if index < 4 else 2 if index < 8 else 3
 
 
-@pytest.mark.parametrize("finetune, cache, moved", [
-    ("all", "auto", {1, 2, 3}),
-    ("frozen", "auto", set()),
-    ("last:1", "auto", {3}),
-    ("last:2", "off", {2, 3}),
-])
+@pytest.mark.parametrize(
+    "finetune, cache, moved",
+    [
+        ("all", "auto", {1, 2, 3}),
+        ("frozen", "auto", set()),
+        ("last:1", "auto", {3}),
+        ("last:2", "off", {2, 3}),
+    ],
+)
 def test_finetune_trains_exactly_its_parameters(tmp_path, weights_file, finetune, cache, moved):
-    config = {**TINY, "method": "ce", "model.pretrained": str(weights_file), "model.finetune": finetune,
-              "data.cache": cache, "data.cache_dir": str(tmp_path / "cache")}
+    config = {
+        **TINY,
+        "method": "ce",
+        "model.pretrained": str(weights_file),
+        "model.finetune": finetune,
+        "data.cache": cache,
+        "data.cache_dir": str(tmp_path / "cache"),
+    }
     run(config, tmp_path / "run")
     trained, state = _final_state(tmp_path / "run", "baseline")
     initial = torch.load(weights_file)
@@ -77,8 +93,7 @@ def test_finetune_trains_exactly_its_parameters(tmp_path, weights_file, finetune
 
 def test_cache_is_shared_by_runs_and_reused(tmp_path, weights_file, monkeypatch, capfd):
     cache_dir = tmp_path / "cache"
-    base = {**TINY, "model.finetune": "frozen", "data.cache_dir": str(cache_dir),
-            "model.pretrained": str(weights_file)}
+    base = {**TINY, "model.finetune": "frozen", "data.cache_dir": str(cache_dir), "model.pretrained": str(weights_file)}
     first = run({**base, "method": "ce"}, tmp_path / "ce")
     entries = sorted(p.name for p in cache_dir.iterdir())
     shards = sorted(p.name for p in cache_dir.rglob("shard-*.npz"))
@@ -90,9 +105,18 @@ def test_cache_is_shared_by_runs_and_reused(tmp_path, weights_file, monkeypatch,
 
     monkeypatch.setattr(feature_cache, "_compute", no_extraction)
     capfd.readouterr()
-    second = run({**base, "method": "afcl", "loss.gamma": 1.0, "loss.eta": 10.0, "trainer.progress_bar": True,
-                  "stage1.epochs": 3, "stage2.epochs": 15},
-                 tmp_path / "afcl")
+    second = run(
+        {
+            **base,
+            "method": "afcl",
+            "loss.gamma": 1.0,
+            "loss.eta": 10.0,
+            "trainer.progress_bar": True,
+            "stage1.epochs": 3,
+            "stage2.epochs": 15,
+        },
+        tmp_path / "afcl",
+    )
     err = capfd.readouterr().err
     assert "0 computed" in err and str(cache_dir) in err and "MB on disk" in err  # location and size shown
     assert sorted(p.name for p in cache_dir.rglob("shard-*.npz")) == shards
@@ -131,15 +155,18 @@ def test_truncated_shard_and_full_disk_are_repaired_by_a_rerun(tmp_path, monkeyp
     assert shard.name in {p.name for p in cache_dir.rglob("shard-*.npz")}
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"model.finetune": "some"}, "model.finetune must be all, frozen or last:K"),
-    ({"model.finetune": "last:0"}, "model.finetune must be all, frozen or last:K"),
-    ({"model.backbone": "wide_resnet"}, "model.backbone must be one of"),
-    ({"model.pretrained": "imagenet"}, "backbone small_cnn has no bundled ImageNet weights"),
-    ({"model.input_size": 128}, "model.input_size is an EfficientNet-Lite option"),
-    ({"data.cache": "yes"}, "data.cache must be one of auto, off"),
-    ({"data.cache_views": 1}, "data.cache_views must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"model.finetune": "some"}, "model.finetune must be all, frozen or last:K"),
+        ({"model.finetune": "last:0"}, "model.finetune must be all, frozen or last:K"),
+        ({"model.backbone": "wide_resnet"}, "model.backbone must be one of"),
+        ({"model.pretrained": "imagenet"}, "backbone small_cnn has no bundled ImageNet weights"),
+        ({"model.input_size": 128}, "model.input_size is an EfficientNet-Lite option"),
+        ({"data.cache": "yes"}, "data.cache must be one of auto, off"),
+        ({"data.cache_views": 1}, "data.cache_views must be >= 2"),
+    ],
+)
 def test_bad_pretrained_options_are_one_line_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
         resolve_config({**TINY, **overrides})
@@ -152,20 +179,39 @@ def test_last_k_beyond_the_blocks_fails_before_the_run_directory(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("model", [
-    {"model.finetune": "last:1"},
-    # two ImageNet networks side by side, frozen: the cache holds their concatenated features
-    {"model.backbone": "efficientnet_lite1+efficientnet_lite0", "model.pretrained": "imagenet",
-     "model.finetune": "frozen", "model.input_size": 32},
-], ids=["small_cnn-last1", "lite1+lite0-frozen"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"model.finetune": "last:1"},
+        # two ImageNet networks side by side, frozen: the cache holds their concatenated features
+        {
+            "model.backbone": "efficientnet_lite1+efficientnet_lite0",
+            "model.pretrained": "imagenet",
+            "model.finetune": "frozen",
+            "model.input_size": 32,
+        },
+    ],
+    ids=["small_cnn-last1", "lite1+lite0-frozen"],
+)
 def test_predict_and_export_of_a_cached_run_match_its_predictions(tmp_path, model):
     root = _noisy_jpeg_folder(tmp_path / "images")
-    config = resolve_config(None, {
-        "method": "afcl", "data.dataset": "folder", "data.root": str(root), "data.image_size": 16, **model,
-        "data.cache_dir": str(tmp_path / "cache"), "data.cache_views": 2,
-        "stage1.epochs": 1, "stage1.batch_size": 16, "stage2.epochs": 2, "stage2.batch_size": 16,
-        "trainer.progress_bar": False,
-    })
+    config = resolve_config(
+        None,
+        {
+            "method": "afcl",
+            "data.dataset": "folder",
+            "data.root": str(root),
+            "data.image_size": 16,
+            **model,
+            "data.cache_dir": str(tmp_path / "cache"),
+            "data.cache_views": 2,
+            "stage1.epochs": 1,
+            "stage1.batch_size": 16,
+            "stage2.epochs": 2,
+            "stage2.batch_size": 16,
+            "trainer.progress_bar": False,
+        },
+    )
     run_dir = tmp_path / "run"
     run(config, run_dir)
     test_split = build_splits(data_spec(config)).splits["test"]
@@ -190,11 +236,17 @@ def test_predict_and_export_of_a_cached_run_match_its_predictions(tmp_path, mode
 
 def test_joint_schedule_and_la_train_from_the_cache(tmp_path, weights_file):
     """The levers work on cached features too: joint (two cached views per image) and la."""
-    base = {**TINY, "model.finetune": "frozen", "data.cache_dir": str(tmp_path / "cache"),
-            "model.pretrained": str(weights_file), "stage1.epochs": 10}
+    base = {
+        **TINY,
+        "model.finetune": "frozen",
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.pretrained": str(weights_file),
+        "stage1.epochs": 10,
+    }
     # Random conv features of 322 images learn slowly: 10 epochs, and a bar well above chance (1/3).
-    joint = run({**base, "method": "afcl", "schedule": "joint", "loss.gamma": 1.0, "loss.eta": 10.0},
-                tmp_path / "joint")
+    joint = run(
+        {**base, "method": "afcl", "schedule": "joint", "loss.gamma": 1.0, "loss.eta": 10.0}, tmp_path / "joint"
+    )
     assert joint["stages_complete"] == ["joint"] and joint["final"]["test"]["ua"] > 0.5
     la = run({**base, "method": "la"}, tmp_path / "la")
     assert la["stages_complete"] == ["baseline"] and la["final"]["test"]["ua"] > 0.5
@@ -211,12 +263,19 @@ def test_sweep_workers_build_the_cache_first_then_share_the_grid(tmp_path, weigh
     from asymcl.experiments.runs import is_complete
 
     cache_dir = tmp_path / "cache"
-    base = {**TINY, "model.backbone": "small_cnn", "model.pretrained": str(weights_file),
-            "model.finetune": "frozen", "model.adapter": 16, "data.cache_dir": str(cache_dir),
-            "data.cache_views": 2}
+    base = {
+        **TINY,
+        "model.backbone": "small_cnn",
+        "model.pretrained": str(weights_file),
+        "model.finetune": "frozen",
+        "model.adapter": 16,
+        "data.cache_dir": str(cache_dir),
+        "data.cache_views": 2,
+    }
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({"name": "tiny", "base": base,
-                                    "grid": {"method": ["ce", "cl", "supcon"], "seed": [0, 1]}}))
+    spec.write_text(
+        yaml.safe_dump({"name": "tiny", "base": base, "grid": {"method": ["ce", "cl", "supcon"], "seed": [0, 1]}})
+    )
     out = tmp_path / "runs"
     order = []
     real = feature_cache._compute
@@ -229,15 +288,15 @@ def test_sweep_workers_build_the_cache_first_then_share_the_grid(tmp_path, weigh
     from asymcl.experiments import parallel
 
     spawn = parallel.spawn_workers
-    monkeypatch.setattr(parallel, "spawn_workers",
-                        lambda *a, **k: (order.append("spawn"), spawn(*a, **k))[1])
+    monkeypatch.setattr(parallel, "spawn_workers", lambda *a, **k: (order.append("spawn"), spawn(*a, **k))[1])
     assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2"]) == 0
     assert order[0] == "extract" and order[-1] == "spawn"  # both seeds' caches before the workers
     names = [f"{m}_s{s}" for m in ("ce", "cl", "supcon") for s in (0, 1)]
     assert all(is_complete(out / name) for name in names)
     manifest = json.loads((out / "sweep.json").read_text())
-    assert any("--worker-label" in entry["command"] or WORKER_SPEC in entry["command"]
-               for entry in manifest["commands"])  # the child worker started and ran the sweep
+    assert any(
+        "--worker-label" in entry["command"] or WORKER_SPEC in entry["command"] for entry in manifest["commands"]
+    )  # the child worker started and ran the sweep
     order.clear()  # a finished sweep again: nothing to extract, no worker process started
     assert main(["sweep", "--config", str(spec), "--out", str(out), "--workers", "2"]) == 0
     assert order == []
@@ -260,16 +319,22 @@ def test_stage2_reads_encoder_outputs_from_a_table_that_follows_the_weights(tmp_
         for p in module.encoder.adapter.parameters():
             p.normal_()
     dim = module.encoder.feature_dim
-    caches = {split: FeatureCache(tmp_path, {}, torch.randn(n, dim).half(), torch.zeros(n, 0, dim).half())
-              for split, n in (("train", 50), ("val", 20))}
+    caches = {
+        split: FeatureCache(tmp_path, {}, torch.randn(n, dim).half(), torch.zeros(n, 0, dim).half())
+        for split, n in (("train", 50), ("val", 20))
+    }
     module.use_feature_caches(caches)
     rows = torch.tensor([3, 0, 49, 3])
     direct = module.encoder.from_frozen(caches["train"].clean_features(rows))
     close = dict(atol=1e-4, rtol=1e-4)  # another batch size, another summation order
     torch.testing.assert_close(module.encode(rows, "train"), direct, **close)
-    torch.testing.assert_close(module.encode(torch.tensor([19]), "val"),
-                               module.encoder.from_frozen(caches["val"].clean_features([19])), **close)
+    torch.testing.assert_close(
+        module.encode(torch.tensor([19]), "val"),
+        module.encoder.from_frozen(caches["val"].clean_features([19])),
+        **close,
+    )
     module.encoder.adapter.load_state_dict({k: v + 1 for k, v in module.encoder.adapter.state_dict().items()})
-    torch.testing.assert_close(module.encode(rows, "train"),
-                               module.encoder.from_frozen(caches["train"].clean_features(rows)), **close)
+    torch.testing.assert_close(
+        module.encode(rows, "train"), module.encoder.from_frozen(caches["train"].clean_features(rows)), **close
+    )
     assert not torch.allclose(module.encode(rows, "train"), direct)

@@ -79,9 +79,15 @@ def main() -> int:
     if total > budget:
         raise SystemExit(f"quality {chosen} gives {total / 2**20:.1f} MiB of images, over the budget")
     original = sum(p.stat().st_size for p in images)
-    report = {"source": str(args.src), "images": len(images), "jpeg_quality": chosen,
-              "original_mib": round(original / 2**20, 1), "packed_mib": round((total + fixed) / 2**20, 1),
-              "psnr_db_median": round(float(np.median(psnr)), 2), "psnr_db_min": round(float(np.min(psnr)), 2)}
+    report = {
+        "source": str(args.src),
+        "images": len(images),
+        "jpeg_quality": chosen,
+        "original_mib": round(original / 2**20, 1),
+        "packed_mib": round((total + fixed) / 2**20, 1),
+        "psnr_db_median": round(float(np.median(psnr)), 2),
+        "psnr_db_min": round(float(np.min(psnr)), 2),
+    }
     (args.dst / "PACKING.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
     return 0

@@ -31,12 +31,20 @@ __version__ = "0.1.0"
 # cheap (no torch), and the package root may name any layer only through this lazy lookup.
 # The docs' reference page is built from this table (docs/tools/gen_pages.py).
 _EXPORTS = {
-    "register_method": "asymcl.training.methods", "Method": "asymcl.training.methods",
-    "register_dataset": "asymcl.data.spec", "DatasetInfo": "asymcl.data.spec",
-    "register_backbone": "asymcl.models.backbones", "Backbone": "asymcl.models.backbones",
+    "register_method": "asymcl.training.methods",
+    "Method": "asymcl.training.methods",
+    "register_dataset": "asymcl.data.spec",
+    "DatasetInfo": "asymcl.data.spec",
+    "register_backbone": "asymcl.models.backbones",
+    "Backbone": "asymcl.models.backbones",
     "load_plugins": "asymcl.plugins",
-    "train": "asymcl.api", "sweep": "asymcl.api", "compare": "asymcl.api", "report": "asymcl.api",
-    "TrainResult": "asymcl.api", "SweepSummary": "asymcl.api", "CompareSummary": "asymcl.api",
+    "train": "asymcl.api",
+    "sweep": "asymcl.api",
+    "compare": "asymcl.api",
+    "report": "asymcl.api",
+    "TrainResult": "asymcl.api",
+    "SweepSummary": "asymcl.api",
+    "CompareSummary": "asymcl.api",
     "ReportSummary": "asymcl.api",
 }
 

@@ -40,8 +40,20 @@ if TYPE_CHECKING:
     from asymcl.experiments.report_numbers import SettingNumbers
     from asymcl.training.config import RunConfig
 
-__all__ = ["train", "sweep", "compare", "report", "SplitMetrics", "TrainResult", "SweepSummary", "CompareSummary",
-           "Score", "ReportRow", "SettingSummary", "ReportSummary"]
+__all__ = [
+    "train",
+    "sweep",
+    "compare",
+    "report",
+    "SplitMetrics",
+    "TrainResult",
+    "SweepSummary",
+    "CompareSummary",
+    "Score",
+    "ReportRow",
+    "SettingSummary",
+    "ReportSummary",
+]
 
 #: What a config argument may be: a mapping of dotted or nested keys, a YAML file, or a RunConfig.
 ConfigLike = Union[Mapping[str, Any], str, os.PathLike, "RunConfig"]
@@ -70,9 +82,13 @@ class SplitMetrics:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SplitMetrics:
-        return cls(wa=float(values["wa"]), ua=float(values["ua"]), macro_f1=float(values["macro_f1"]),
-                   per_class_recall=tuple(float(v) for v in values["per_class_recall"]),
-                   confusion_matrix=tuple(tuple(int(v) for v in row) for row in values["confusion_matrix"]))
+        return cls(
+            wa=float(values["wa"]),
+            ua=float(values["ua"]),
+            macro_f1=float(values["macro_f1"]),
+            per_class_recall=tuple(float(v) for v in values["per_class_recall"]),
+            confusion_matrix=tuple(tuple(int(v) for v in row) for row in values["confusion_matrix"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -120,8 +136,10 @@ class TrainResult:
 
         metrics = read_metrics(run_dir) if (run_dir / "config.yaml").is_file() else None
         if metrics is None or metrics.get("status") != "complete":
-            raise DataError(f"{run_dir} is not a finished run directory (no config.yaml, or metrics.json "
-                            "without status 'complete'); train it first, e.g. asymcl.train(config, out=...)")
+            raise DataError(
+                f"{run_dir} is not a finished run directory (no config.yaml, or metrics.json "
+                "without status 'complete'); train it first, e.g. asymcl.train(config, out=...)"
+            )
         if config is None:
             config = resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
         return cls(
@@ -144,9 +162,14 @@ def _resolve(config: ConfigLike | None, overrides: Overrides | None) -> RunConfi
     return resolve_config(config, dict(overrides) if isinstance(overrides, Mapping) else overrides)
 
 
-def train(config: ConfigLike | None = None, *, out: str | os.PathLike | None = None,
-          overrides: Overrides | None = None, callbacks: Sequence = (),
-          verbose: bool | None = None) -> TrainResult | None:
+def train(
+    config: ConfigLike | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    overrides: Overrides | None = None,
+    callbacks: Sequence = (),
+    verbose: bool | None = None,
+) -> TrainResult | None:
     """Train and evaluate one run, as ``asymcl train --config CONFIG --set ... --out OUT``.
 
     ``config``: the run's keys (a mapping, a YAML path or a RunConfig; None: every default, AFCL on
@@ -207,8 +230,9 @@ def _call(function: str, *args: Any, **options: Any) -> str:
     return f"asymcl.{function}({', '.join(words)})"
 
 
-def sweep(spec: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike | None = None,
-          workers: int = 1) -> SweepSummary:
+def sweep(
+    spec: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike | None = None, workers: int = 1
+) -> SweepSummary:
     """Run (or continue) a grid sweep, as ``asymcl sweep --config SPEC --out OUT``.
 
     ``spec``: a sweep file's path or its mapping (``base``: a run config in the keys of ``--set``;
@@ -236,9 +260,14 @@ def _sweep_summary(result, spec, out_dir: Path) -> SweepSummary:
     """A :class:`SweepSummary` of what ``run_sweep`` returned for ``spec`` (a parsed sweep)."""
     from asymcl.experiments.sweep import expand
 
-    return SweepSummary(out_dir=out_dir, runs={point.name: out_dir / point.name for point in expand(spec)},
-                        ran=tuple(result.ran), skipped=tuple(result.skipped), others=tuple(result.others),
-                        failed=dict(result.failed))
+    return SweepSummary(
+        out_dir=out_dir,
+        runs={point.name: out_dir / point.name for point in expand(spec)},
+        ran=tuple(result.ran),
+        skipped=tuple(result.skipped),
+        others=tuple(result.others),
+        failed=dict(result.failed),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,8 +319,7 @@ class ReportSummary:
         several settings names one per setting: read ``settings[i].best_method``."""
         if len(self.settings) != 1:
             labels = ", ".join(setting.label for setting in self.settings)
-            raise ValueError(f"the report has {len(self.settings)} settings ({labels}); "
-                             "read settings[i].best_method")
+            raise ValueError(f"the report has {len(self.settings)} settings ({labels}); read settings[i].best_method")
         return self.settings[0].best_method
 
 
@@ -300,15 +328,21 @@ def _setting_summary(numbers: SettingNumbers) -> SettingSummary:
 
     rows = {}
     for row, entry in numbers.table.items():
-        rows[row] = ReportRow(row=row, display=row_display(row), params=dict(entry.params),
-                              seeds=tuple(entry.seeds), scores=dict(entry.scores))
+        rows[row] = ReportRow(
+            row=row,
+            display=row_display(row),
+            params=dict(entry.params),
+            seeds=tuple(entry.seeds),
+            scores=dict(entry.scores),
+        )
     scored = [row for row in rows if not math.isnan(rows[row].scores["val.ua"].mean)]
     best = max(scored, key=lambda row: rows[row].scores["val.ua"].mean, default=None)
     return SettingSummary(label=numbers.label, rows=rows, best_method=best, paper_claim=numbers.paper_claim.sentence)
 
 
-def report(runs: str | os.PathLike | SweepSummary, *, out: str | os.PathLike | None = None,
-           tsne_points: int | None = None) -> ReportSummary:
+def report(
+    runs: str | os.PathLike | SweepSummary, *, out: str | os.PathLike | None = None, tsne_points: int | None = None
+) -> ReportSummary:
     """Write the report of every finished run under ``runs``, as ``asymcl report RUNS --out OUT``.
 
     ``runs``: a folder searched recursively for run directories, or a :class:`SweepSummary`.
@@ -321,16 +355,22 @@ def report(runs: str | os.PathLike | SweepSummary, *, out: str | os.PathLike | N
     runs_dir = runs.out_dir if isinstance(runs, SweepSummary) else Path(runs)
     out_dir = Path(out) if out is not None else runs_dir / "report"
     options = {} if tsne_points is None else {"tsne_points": tsne_points}
-    result = build_report(runs_dir, out_dir, command=_call("report", str(runs_dir), out=str(out_dir), **options),
-                          **options)
+    result = build_report(
+        runs_dir, out_dir, command=_call("report", str(runs_dir), out=str(out_dir), **options), **options
+    )
     return _report_summary(result, out_dir)
 
 
 def _report_summary(result, out_dir: Path) -> ReportSummary:
     """A :class:`ReportSummary` of what ``build_report`` returned."""
-    return ReportSummary(out_dir=out_dir, markdown=result.markdown, html=result.html, json=result.json,
-                         figures=tuple(result.figures),
-                         settings=tuple(_setting_summary(numbers) for numbers in result.numbers))
+    return ReportSummary(
+        out_dir=out_dir,
+        markdown=result.markdown,
+        html=result.html,
+        json=result.json,
+        figures=tuple(result.figures),
+        settings=tuple(_setting_summary(numbers) for numbers in result.numbers),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,9 +400,19 @@ class CompareSummary:
         return None if self.report is None else self.report.best_method
 
 
-def compare(data: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike | None = None,
-            profile: str = "quick", methods: Sequence[str] | None = None, settings: int = 2, seeds: int = 3,
-            budget: str | float = "30m", yes: bool = False, dry_run: bool = False, workers: int = 1) -> CompareSummary:
+def compare(
+    data: Mapping[str, Any] | str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    profile: str = "quick",
+    methods: Sequence[str] | None = None,
+    settings: int = 2,
+    seeds: int = 3,
+    budget: str | float = "30m",
+    yes: bool = False,
+    dry_run: bool = False,
+    workers: int = 1,
+) -> CompareSummary:
     """The fair comparison of every method on a dataset, as ``asymcl compare``
     (docs/usage-experiments.md, "Fair comparisons").
 
@@ -379,11 +429,25 @@ def compare(data: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLi
 
     overrides = load_config_file(Path(data)) if isinstance(data, (str, os.PathLike)) else parse_overrides(dict(data))
     out_dir = Path(out) if out is not None else default_out(overrides, profile)
-    options = {"profile": profile, "settings": settings, "seeds": seeds,
-               **({"methods": list(methods)} if methods else {})}
-    result = run_compare(overrides, out_dir, methods=methods, budget=budget, yes=yes, dry_run=dry_run,
-                         workers=workers, command=_call("compare", dict(overrides), out=str(out_dir), **options),
-                         profile=profile, settings=settings, seeds=seeds)
+    options = {
+        "profile": profile,
+        "settings": settings,
+        "seeds": seeds,
+        **({"methods": list(methods)} if methods else {}),
+    }
+    result = run_compare(
+        overrides,
+        out_dir,
+        methods=methods,
+        budget=budget,
+        yes=yes,
+        dry_run=dry_run,
+        workers=workers,
+        command=_call("compare", dict(overrides), out=str(out_dir), **options),
+        profile=profile,
+        settings=settings,
+        seeds=seeds,
+    )
     plan = result.plan
     sweep_summary = report_summary = None
     if result.sweep is not None:
@@ -392,6 +456,13 @@ def compare(data: Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLi
         sweep_summary = _sweep_summary(result.sweep, parse_spec(plan.spec), out_dir)
     if result.report is not None:
         report_summary = _report_summary(result.report, out_dir / "report")
-    return CompareSummary(out_dir=out_dir, methods=tuple(plan.methods), settings=plan.settings,
-                          seeds=tuple(plan.seeds), runs=plan.runs, eta_s=plan.eta_s, sweep=sweep_summary,
-                          report=report_summary)
+    return CompareSummary(
+        out_dir=out_dir,
+        methods=tuple(plan.methods),
+        settings=plan.settings,
+        seeds=tuple(plan.seeds),
+        runs=plan.runs,
+        eta_s=plan.eta_s,
+        sweep=sweep_summary,
+        report=report_summary,
+    )

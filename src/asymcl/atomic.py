@@ -41,8 +41,15 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_file(directory: str | Path, mode: str = "wb", *, target: str | Path | None = None,
-                prefix: str = ".tmp-", suffix: str = ".tmp", file_mode: int | None = None) -> Iterator[AtomicFile]:
+def atomic_file(
+    directory: str | Path,
+    mode: str = "wb",
+    *,
+    target: str | Path | None = None,
+    prefix: str = ".tmp-",
+    suffix: str = ".tmp",
+    file_mode: int | None = None,
+) -> Iterator[AtomicFile]:
     """The general form of :func:`atomic_open`, for the writers it does not fit:
 
     - a file named by its content (the feature cache's shards, ``shard-<sha256>.npz``): write, then
@@ -73,19 +80,27 @@ def atomic_file(directory: str | Path, mode: str = "wb", *, target: str | Path |
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", *, prefix: str | None = None, suffix: str = ".tmp",
-                file_mode: int | None = None) -> Iterator[IO]:
+def atomic_open(
+    path: str | Path, mode: str = "wb", *, prefix: str | None = None, suffix: str = ".tmp", file_mode: int | None = None
+) -> Iterator[IO]:
     """``with atomic_open(path) as handle: handle.write(...)``: ``path`` appears, complete, only
     when the block ends without an exception; otherwise the temporary file is removed. The
     temporary is ``.<name>.<random>.tmp`` unless ``prefix`` says otherwise (see :func:`atomic_file`)."""
     path = Path(path)
-    with atomic_file(path.parent, mode, target=path, prefix=f".{path.name}." if prefix is None else prefix,
-                     suffix=suffix, file_mode=file_mode) as pending:
+    with atomic_file(
+        path.parent,
+        mode,
+        target=path,
+        prefix=f".{path.name}." if prefix is None else prefix,
+        suffix=suffix,
+        file_mode=file_mode,
+    ) as pending:
         yield pending.handle
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | memoryview, *, prefix: str | None = None,
-                       file_mode: int | None = None) -> None:
+def atomic_write_bytes(
+    path: str | Path, data: bytes | memoryview, *, prefix: str | None = None, file_mode: int | None = None
+) -> None:
     """``data`` as the whole of ``path`` (``prefix``, ``file_mode``: as for :func:`atomic_file`)."""
     with atomic_open(path, "wb", prefix=prefix, file_mode=file_mode) as handle:
         handle.write(data)

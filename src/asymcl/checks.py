@@ -18,6 +18,7 @@ from typing import Any
 
 def choice(*allowed: str | None) -> Callable[[Any], Any]:
     """One of ``allowed`` (``None`` may be one of them)."""
+
     def check(value: Any) -> Any:
         if value not in allowed:
             raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
@@ -29,6 +30,7 @@ def choice(*allowed: str | None) -> Callable[[Any], Any]:
 def integer(minimum: int | None = None, optional: bool = False) -> Callable[[Any], Any]:
     """An int >= ``minimum`` (a float with an integral value is taken: YAML's ``2.0``); with
     ``optional`` also None. A bool is not an integer here."""
+
     def check(value: Any) -> Any:
         if value is None and optional:
             return None
@@ -45,10 +47,13 @@ def integer(minimum: int | None = None, optional: bool = False) -> Callable[[Any
 
 
 def number(
-    minimum: float | None = None, exclusive: bool = False, maximum: float | None = None,
+    minimum: float | None = None,
+    exclusive: bool = False,
+    maximum: float | None = None,
     optional: bool = False,
 ) -> Callable[[Any], Any]:
     """A finite float >= ``minimum`` (> with ``exclusive``) and < ``maximum``; ints are taken."""
+
     def check(value: Any) -> Any:
         if value is None and optional:
             return None

@@ -42,4 +42,4 @@ def user_message(exc: AsymclError) -> str:
         return text
     last = [line for line in text.splitlines() if line.strip()][-1]
     prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last

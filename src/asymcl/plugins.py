@@ -70,8 +70,10 @@ def _failure(what: str, exc: BaseException) -> ConfigError:
     if isinstance(exc, AsymclError):  # the plugin's own registration error: already one clear line
         return ConfigError(f"plugin {what}: {exc}")
     first = str(exc).splitlines()[0] if str(exc) else ""
-    return ConfigError(f"plugin {what} failed to import ({type(exc).__name__}: {first}); fix the plugin, "
-                       "or run with --debug for the traceback")
+    return ConfigError(
+        f"plugin {what} failed to import ({type(exc).__name__}: {first}); fix the plugin, "
+        "or run with --debug for the traceback"
+    )
 
 
 def load_plugin(value: str, *, debug: bool = False) -> ModuleType:
@@ -93,8 +95,10 @@ def load_plugin(value: str, *, debug: bool = False) -> ModuleType:
             except ModuleNotFoundError as exc:
                 if exc.name is None or not (value == exc.name or value.startswith(exc.name + ".")):
                     raise  # the plugin exists but imports something missing: a failed import
-                raise ConfigError(f"plugin {value}: no module named {value!r} on the Python path, and no file; "
-                                  "give a module name (pip install its package) or the path of a .py file") from None
+                raise ConfigError(
+                    f"plugin {value}: no module named {value!r} on the Python path, and no file; "
+                    "give a module name (pip install its package) or the path of a .py file"
+                ) from None
     except ConfigError as exc:
         if debug or str(exc).startswith(f"plugin {value}"):
             raise

@@ -35,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Asymmetric focal contrastive learning for class-imbalanced image data.",
     )
     parser.add_argument("--version", action="version", version=f"asymcl {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback for user errors too"
-    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback for user errors too")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -51,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PLUGIN_HELP = ("import user code that registers methods, datasets or backbones first: a module name or a "
-                ".py file (repeatable; see docs/extending.md)")
+_PLUGIN_HELP = (
+    "import user code that registers methods, datasets or backbones first: a module name or a "
+    ".py file (repeatable; see docs/extending.md)"
+)
 
 
 def _add_plugin_option(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +60,9 @@ def _add_plugin_option(subparsers: argparse._SubParsersAction) -> None:
     the parser was built; here it is only documented and accepted)."""
     for command in set(subparsers.choices.values()):
         if "--plugin" not in command._option_string_actions:
-            command.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE.py",
-                                 help=_PLUGIN_HELP)
+            command.add_argument(
+                "--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_FILE.py", help=_PLUGIN_HELP
+            )
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _add_plugin_option(action)

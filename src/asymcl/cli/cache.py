@@ -7,16 +7,20 @@ import json
 import sys
 import time
 
-_WHERE = ("feature cache folder (default: data.cache_dir of a config, else $ASYMCL_CACHE_DIR/features, "
-          "else ~/.cache/asymcl/features)")
+_WHERE = (
+    "feature cache folder (default: data.cache_dir of a config, else $ASYMCL_CACHE_DIR/features, "
+    "else ~/.cache/asymcl/features)"
+)
 
 
 def register(subparsers) -> None:
     cache = subparsers.add_parser(
-        "cache", help="list, verify, prune or fill the feature cache",
+        "cache",
+        help="list, verify, prune or fill the feature cache",
         description="The feature cache holds a frozen encoder's outputs (clean images and augmented "
         "views), shared by every run with the same key. Move it by moving the folder and setting "
-        "ASYMCL_CACHE_DIR (or data.cache_dir).")
+        "ASYMCL_CACHE_DIR (or data.cache_dir).",
+    )
     sub = cache.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
     cache.set_defaults(func=lambda args: (cache.print_help(), 2)[1])
 
@@ -33,13 +37,21 @@ def register(subparsers) -> None:
     size = sub.add_parser("size", help="bytes on disk: feature entries and decoded images")
     size.set_defaults(func=_size)
     build = sub.add_parser(
-        "build", help="extract the feature caches a run config needs, without training",
+        "build",
+        help="extract the feature caches a run config needs, without training",
         description="Fill the cache before a sweep. Under torchrun (or srun with the torch environment) "
         "every process extracts its own part: torchrun --nproc_per_node=N --no-python asymcl cache build "
-        "--set ...; with trainer.devices=N (N > 1) Lightning's launcher starts the N processes itself.")
+        "--set ...; with trainer.devices=N (N > 1) Lightning's launcher starts the N processes itself.",
+    )
     build.add_argument("--config", help="YAML config file (nested sections or dotted keys)")
-    build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key (repeatable), as for asymcl train")
+    build.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), as for asymcl train",
+    )
     build.set_defaults(func=_build)
     for parser in (listing, check, prune, size):
         parser.add_argument("--cache-dir", help=_WHERE)
@@ -75,8 +87,10 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no feature cache entries in {root}")
         return 0
     rows = [("key", "encoder", "image", "views", "dataset", "images", "size", "last use")]
-    rows += [(e.key, e.encoder, e.image_size, str(e.views), e.dataset, str(e.images), _mb(e.bytes),
-              _ago(e.last_used)) for e in entries]
+    rows += [
+        (e.key, e.encoder, e.image_size, str(e.views), e.dataset, str(e.images), _mb(e.bytes), _ago(e.last_used))
+        for e in entries
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -105,8 +119,10 @@ def _prune(args: argparse.Namespace) -> int:
     chosen = select(root, parse_age(args.older_than) if args.older_than else None, args.key)
     if args.dry_run:
         for entry in chosen:
-            print(f"would delete {entry.key} ({entry.encoder}, {entry.dataset}, {_mb(entry.bytes)}, "
-                  f"last used {_ago(entry.last_used)})")
+            print(
+                f"would delete {entry.key} ({entry.encoder}, {entry.dataset}, {_mb(entry.bytes)}, "
+                f"last used {_ago(entry.last_used)})"
+            )
         return 0
     removed, skipped = prune(chosen)
     for entry in removed:

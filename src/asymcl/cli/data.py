@@ -80,10 +80,7 @@ def run_summary(args: argparse.Namespace) -> int:
         return 0
     first = next(iter(splits.splits.values()))
     print(f"dataset: {args.dataset}" + (f"  root: {args.root}" if args.root else ""))
-    print(
-        f"imbalance: {splits.profile or 'none'}  seed: {args.seed}  "
-        f"image shape (C,H,W): {first.image_shape}"
-    )
+    print(f"imbalance: {splits.profile or 'none'}  seed: {args.seed}  image shape (C,H,W): {first.image_shape}")
     for note in splits.notes:
         print(f"  {note}")
     names = list(counts)

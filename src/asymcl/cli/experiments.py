@@ -8,9 +8,11 @@ from pathlib import Path
 
 from asymcl.errors import ConfigError
 
-_WORKERS_HELP = ("run N worker processes on this machine, each with cores/N torch threads, after building "
-                 "the feature caches with every core (default 1; on a 2-core CPU, 2 finishes small runs "
-                 "about 1.7x sooner)")
+_WORKERS_HELP = (
+    "run N worker processes on this machine, each with cores/N torch threads, after building "
+    "the feature caches with every core (default 1; on a 2-core CPU, 2 finishes small runs "
+    "about 1.7x sooner)"
+)
 
 
 def _command(*parts: object, **options: object) -> str:
@@ -49,16 +51,32 @@ def _sweep(args: argparse.Namespace) -> int:
         from asymcl.experiments.study import hide_password, run_study
 
         if args.workers != 1:
-            raise ConfigError("--workers splits a grid; for an Optuna study start several `asymcl sweep --optuna` "
-                              "processes on the same --storage instead (each with --threads)")
+            raise ConfigError(
+                "--workers splits a grid; for an Optuna study start several `asymcl sweep --optuna` "
+                "processes on the same --storage instead (each with --threads)"
+            )
 
-        command = _command("sweep", config=args.config, out=out, optuna=args.optuna,
-                           storage=args.storage and hide_password(args.storage),
-                           sampler_seed=args.sampler_seed, heartbeat=args.heartbeat)
-        result = run_study(spec, out, args.optuna, storage=args.storage, sampler_seed=args.sampler_seed,
-                           command=command, heartbeat=args.heartbeat, db_wait=args.db_wait)
-        print(f"optuna storage: {result.storage}")
-        for name, best in result.studies.items():
+        command = _command(
+            "sweep",
+            config=args.config,
+            out=out,
+            optuna=args.optuna,
+            storage=args.storage and hide_password(args.storage),
+            sampler_seed=args.sampler_seed,
+            heartbeat=args.heartbeat,
+        )
+        study = run_study(
+            spec,
+            out,
+            args.optuna,
+            storage=args.storage,
+            sampler_seed=args.sampler_seed,
+            command=command,
+            heartbeat=args.heartbeat,
+            db_wait=args.db_wait,
+        )
+        print(f"optuna storage: {study.storage}")
+        for name, best in study.studies.items():
             if best["params"] is None:
                 print(f"{name}: no finished trial")
             else:
@@ -67,12 +85,19 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"runs in {out}; next: asymcl report {out} --out {out / 'report'}")
         return 0
     if args.worker_label:  # started by another `asymcl sweep/reproduce --workers N`: it reports
-        run_sweep(spec, out, command=_command("sweep", config=args.config, out=out, threads=args.threads),
-                  label=args.worker_label)
+        run_sweep(
+            spec,
+            out,
+            command=_command("sweep", config=args.config, out=out, threads=args.threads),
+            label=args.worker_label,
+        )
         return 0
-    result = run_sweep(spec, out, command=_command("sweep", config=args.config, out=out,
-                                                   workers=args.workers if args.workers != 1 else None),
-                       workers=args.workers)
+    result = run_sweep(
+        spec,
+        out,
+        command=_command("sweep", config=args.config, out=out, workers=args.workers if args.workers != 1 else None),
+        workers=args.workers,
+    )
     print(f"{result.n_complete}/{result.total} runs complete in {out}")
     if result.failed:
         print(f"{len(result.failed)} failed (see {out / 'failures.log'}):")
@@ -97,10 +122,27 @@ def _reproduce(args: argparse.Namespace) -> int:
     from asymcl.experiments.reproduce import reproduce
 
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}-{args.profile}"
-    command = _command("reproduce", args.preset, data=args.data, profile=args.profile, out=out,
-                       methods=args.methods, settings=args.settings, workers=args.workers if args.workers != 1 else None)
-    result = reproduce(args.preset, args.data, out, profile=args.profile, dry_run=args.dry_run, command=command,
-                       workers=args.workers, methods=_methods_list(args.methods), budget=args.settings)
+    command = _command(
+        "reproduce",
+        args.preset,
+        data=args.data,
+        profile=args.profile,
+        out=out,
+        methods=args.methods,
+        settings=args.settings,
+        workers=args.workers if args.workers != 1 else None,
+    )
+    result = reproduce(
+        args.preset,
+        args.data,
+        out,
+        profile=args.profile,
+        dry_run=args.dry_run,
+        command=command,
+        workers=args.workers,
+        methods=_methods_list(args.methods),
+        budget=args.settings,
+    )
     return 0 if args.dry_run else _finished(result)
 
 
@@ -125,11 +167,27 @@ def _claim_grid(args: argparse.Namespace) -> int:
     from asymcl.experiments.claim_presets import run_claim_grid
 
     out = Path(args.out) if args.out else Path("runs") / f"claim-grid-{args.profile}"
-    command = _command("claim-grid", data=args.data, profile=args.profile, seeds=args.seeds, settings=args.settings,
-                       arms=args.arms, out=out, workers=args.workers if args.workers != 1 else None)
-    result = run_claim_grid(args.data, out, profile=args.profile, seeds=args.seeds, budget=args.settings,
-                            arms=_methods_list(args.arms), dry_run=args.dry_run, workers=args.workers,
-                            command=command)
+    command = _command(
+        "claim-grid",
+        data=args.data,
+        profile=args.profile,
+        seeds=args.seeds,
+        settings=args.settings,
+        arms=args.arms,
+        out=out,
+        workers=args.workers if args.workers != 1 else None,
+    )
+    result = run_claim_grid(
+        args.data,
+        out,
+        profile=args.profile,
+        seeds=args.seeds,
+        budget=args.settings,
+        arms=_methods_list(args.arms),
+        dry_run=args.dry_run,
+        workers=args.workers,
+        command=command,
+    )
     if not args.dry_run:
         print(f"claim: {result['claim']['md']}")
     return 0
@@ -145,12 +203,30 @@ def _compare(args: argparse.Namespace) -> int:
 
     overrides = {**(load_config_file(args.config) if args.config else {}), **parse_overrides(args.set or [])}
     out = Path(args.out) if args.out else default_out(overrides, args.profile)
-    command = _command("compare", *[f"--set={item}" for item in args.set or []], config=args.config,
-                       profile=args.profile, methods=args.methods, settings=args.settings, seeds=args.seeds,
-                       out=out, workers=args.workers if args.workers != 1 else None)
-    result = compare(overrides, out, profile=args.profile, methods=_methods_list(args.methods), settings=args.settings,
-                     seeds=args.seeds, budget=args.budget, yes=args.yes, dry_run=args.dry_run,
-                     workers=args.workers, command=command)
+    command = _command(
+        "compare",
+        *[f"--set={item}" for item in args.set or []],
+        config=args.config,
+        profile=args.profile,
+        methods=args.methods,
+        settings=args.settings,
+        seeds=args.seeds,
+        out=out,
+        workers=args.workers if args.workers != 1 else None,
+    )
+    result = compare(
+        overrides,
+        out,
+        profile=args.profile,
+        methods=_methods_list(args.methods),
+        settings=args.settings,
+        seeds=args.seeds,
+        budget=args.budget,
+        yes=args.yes,
+        dry_run=args.dry_run,
+        workers=args.workers,
+        command=command,
+    )
     return 0 if args.dry_run else _finished(result)
 
 
@@ -163,89 +239,155 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     sweep = subparsers.add_parser(
-        "sweep", help="run a grid of runs (or an Optuna study) from a sweep YAML file",
+        "sweep",
+        help="run a grid of runs (or an Optuna study) from a sweep YAML file",
         description="Run every point of a sweep file's grid as a normal run directory. Run the same "
-                    "command again to continue an interrupted sweep: finished runs are skipped.",
+        "command again to continue an interrupted sweep: finished runs are skipped.",
     )
-    sweep.add_argument("--config", required=True, metavar="SWEEP.yaml",
-                       help="sweep file: base (a run config) and grid (dotted key -> list of values)")
+    sweep.add_argument(
+        "--config",
+        required=True,
+        metavar="SWEEP.yaml",
+        help="sweep file: base (a run config) and grid (dotted key -> list of values)",
+    )
     sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/<sweep name>)")
-    sweep.add_argument("--optuna", type=int, metavar="N_TRIALS",
-                       help="instead of the grid, run N_TRIALS TPE trials per method/setting over gamma/eta "
-                            "(the total across machines sharing --storage)")
-    sweep.add_argument("--storage", metavar="URL",
-                       help="Optuna storage URL (default: sqlite:///DIR/optuna.db); share it between machines")
-    sweep.add_argument("--sampler-seed", type=int, default=0, metavar="SEED",
-                       help="TPE sampler seed (give each machine of a shared study a different one)")
-    sweep.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
-                       help="with --optuna: a running trial's heartbeat interval; a trial silent for 4 "
-                            "heartbeats (its worker died) is retried by another worker (default 30)")
-    sweep.add_argument("--db-wait", type=float, default=600.0, metavar="SECONDS",
-                       help="with --optuna: how long to keep retrying an unreachable database before "
-                            "stopping (default 600)")
-    sweep.add_argument("--workers", type=int, default=1, metavar="N",
-                       help=_WORKERS_HELP)
-    sweep.add_argument("--threads", type=int, metavar="K",
-                       help="torch CPU threads of this process (default: torch's, one per core)")
+    sweep.add_argument(
+        "--optuna",
+        type=int,
+        metavar="N_TRIALS",
+        help="instead of the grid, run N_TRIALS TPE trials per method/setting over gamma/eta "
+        "(the total across machines sharing --storage)",
+    )
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (default: sqlite:///DIR/optuna.db); share it between machines",
+    )
+    sweep.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=0,
+        metavar="SEED",
+        help="TPE sampler seed (give each machine of a shared study a different one)",
+    )
+    sweep.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="with --optuna: a running trial's heartbeat interval; a trial silent for 4 "
+        "heartbeats (its worker died) is retried by another worker (default 30)",
+    )
+    sweep.add_argument(
+        "--db-wait",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="with --optuna: how long to keep retrying an unreachable database before stopping (default 600)",
+    )
+    sweep.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    sweep.add_argument(
+        "--threads", type=int, metavar="K", help="torch CPU threads of this process (default: torch's, one per core)"
+    )
     sweep.add_argument("--worker-label", help=argparse.SUPPRESS)
     sweep.add_argument("--dry-run", action="store_true", help="list the run names and stop")
     sweep.set_defaults(func=_sweep)
 
     report = subparsers.add_parser(
-        "report", help="tables, paired comparisons and figures from finished runs",
+        "report",
+        help="tables, paired comparisons and figures from finished runs",
         description="Write report.md, report.html, report.json and PNG figures for every finished "
-                    "run under RUNS_DIR. Hyperparameters are chosen per method on validation UA.",
+        "run under RUNS_DIR. Hyperparameters are chosen per method on validation UA.",
     )
     report.add_argument("runs_dir", metavar="RUNS_DIR", help="directory holding run directories (searched recursively)")
     report.add_argument("--out", metavar="DIR", help="report directory (default: RUNS_DIR/report)")
-    report.add_argument("--tsne-points", type=int, default=1000, metavar="N",
-                        help="test points per t-SNE panel (subsampled; default 1000)")
+    report.add_argument(
+        "--tsne-points",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="test points per t-SNE panel (subsampled; default 1000)",
+    )
     report.set_defaults(func=_report)
 
     reproduce = subparsers.add_parser(
-        "reproduce", help="run a benchmark protocol (sweep + report) on real data",
+        "reproduce",
+        help="run a benchmark protocol (sweep + report) on real data",
         description="Run the protocol of the benchmark (docs/usage-experiments.md lists the grids), "
-                    "then the report. Re-run the same command to continue after an interruption.",
+        "then the report. Re-run the same command to continue after an interruption.",
     )
     reproduce.add_argument("preset", choices=PRESETS)
-    reproduce.add_argument("--data", required=True, metavar="PATH",
-                           help="Fashion-MNIST IDX folder; for isic2018 the official folder or a .npz")
-    reproduce.add_argument("--profile", choices=PROFILES, default="quick",
-                           help="quick: a small grid on CPU (< 45 min on 2 cores); full: the whole grid, for a GPU; "
-                                "pretrained: frozen ImageNet EfficientNet-Lite (Lite2+Lite0 at 260 px for isic2018, Lite0 for "
-                                "fmnist-lt) + adapter from the feature cache, every method, on CPU (isic2018 official "
-                                "folder, fmnist-lt; with --workers 2 on 2 cores: ~60 min for isic2018 with the extraction, ~20 min after); "
-                                "gpu: one short GPU window (benchmarks/gpu/run.sh): Lite0 fine-tuned at 224 px, "
-                                "CE/LA/SupCon/AFCL, 2 seeds (isic2018 official folder, fmnist-lt)")
+    reproduce.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="Fashion-MNIST IDX folder; for isic2018 the official folder or a .npz",
+    )
+    reproduce.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="quick",
+        help="quick: a small grid on CPU (< 45 min on 2 cores); full: the whole grid, for a GPU; "
+        "pretrained: frozen ImageNet EfficientNet-Lite (Lite2+Lite0 at 260 px for isic2018, Lite0 for "
+        "fmnist-lt) + adapter from the feature cache, every method, on CPU (isic2018 official "
+        "folder, fmnist-lt; with --workers 2 on 2 cores: ~60 min for isic2018 with the extraction, ~20 min after); "
+        "gpu: one short GPU window (benchmarks/gpu/run.sh): Lite0 fine-tuned at 224 px, "
+        "CE/LA/SupCon/AFCL, 2 seeds (isic2018 official folder, fmnist-lt)",
+    )
     reproduce.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce-PRESET-PROFILE)")
     reproduce.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
-    reproduce.add_argument("--methods", metavar="A,B,...",
-                           help="the methods to compare instead of the profile's table (a plugin's method by name)")
-    reproduce.add_argument("--settings", type=int, metavar="N",
-                           help="validation-scored settings per method instead of the profile's budget (the same for all)")
+    reproduce.add_argument(
+        "--methods",
+        metavar="A,B,...",
+        help="the methods to compare instead of the profile's table (a plugin's method by name)",
+    )
+    reproduce.add_argument(
+        "--settings",
+        type=int,
+        metavar="N",
+        help="validation-scored settings per method instead of the profile's budget (the same for all)",
+    )
     reproduce.add_argument("--dry-run", action="store_true", help="print the sweep file and stop")
     reproduce.set_defaults(func=_reproduce)
 
     compare = subparsers.add_parser(
-        "compare", help="the fair comparison of every method on your own data (sweep + report)",
+        "compare",
+        help="the fair comparison of every method on your own data (sweep + report)",
         description="Compare every method on a dataset given with the usual --set data.* keys, under the "
-                    "protocol of the benchmark presets: the same number of validation-scored settings, the same "
-                    "classifier input, epochs and levers for every method, the practitioner's baselines as rows, "
-                    "Holm-adjusted verdicts. Prints the run count and an estimated time first; re-run the same "
-                    "command to continue after an interruption.",
+        "protocol of the benchmark presets: the same number of validation-scored settings, the same "
+        "classifier input, epochs and levers for every method, the practitioner's baselines as rows, "
+        "Holm-adjusted verdicts. Prints the run count and an estimated time first; re-run the same "
+        "command to continue after an interruption.",
     )
-    compare.add_argument("--set", action="append", metavar="KEY=VALUE",
-                         help="a config key, e.g. data.dataset=folder, data.root=PATH (repeatable)")
+    compare.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a config key, e.g. data.dataset=folder, data.root=PATH (repeatable)",
+    )
     compare.add_argument("--config", metavar="FILE.yaml", help="a YAML file of config keys (before --set)")
-    compare.add_argument("--profile", choices=COMPARE_PROFILES, default="quick",
-                         help="quick: a small CNN from scratch at 64 px; pretrained: frozen ImageNet EfficientNet-Lite0 "
-                              "at 224 px + adapter from the feature cache, with the probe (default quick)")
+    compare.add_argument(
+        "--profile",
+        choices=COMPARE_PROFILES,
+        default="quick",
+        help="quick: a small CNN from scratch at 64 px; pretrained: frozen ImageNet EfficientNet-Lite0 "
+        "at 224 px + adapter from the feature cache, with the probe (default quick)",
+    )
     compare.add_argument("--methods", metavar="A,B,...", help="the methods to compare (default: the profile's table)")
-    compare.add_argument("--settings", type=int, default=2, metavar="N",
-                         help="validation-scored settings per method, the same for every method (default 2)")
+    compare.add_argument(
+        "--settings",
+        type=int,
+        default=2,
+        metavar="N",
+        help="validation-scored settings per method, the same for every method (default 2)",
+    )
     compare.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds, each its own split (default 3)")
-    compare.add_argument("--budget", default="30m", metavar="DURATION",
-                         help="time budget, e.g. 30m or 2h: a plan estimated over it needs --yes (default 30m)")
+    compare.add_argument(
+        "--budget",
+        default="30m",
+        metavar="DURATION",
+        help="time budget, e.g. 30m or 2h: a plan estimated over it needs --yes (default 30m)",
+    )
     compare.add_argument("--yes", action="store_true", help="run even when the estimate is over --budget")
     compare.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-NAME-PROFILE)")
     compare.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
@@ -253,24 +395,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.set_defaults(func=_compare)
 
     claim = subparsers.add_parser(
-        "claim", help="the paper's claim across a grid: AFCL - CL, AFCL - FCL, ACL - CL per cell, with power",
+        "claim",
+        help="the paper's claim across a grid: AFCL - CL, AFCL - FCL, ACL - CL per cell, with power",
         description="For every cell (imbalance profile x stage-1 batch size x arm, the arm being the folder a "
-                    "run sits in under RUNS_DIR), choose each method's setting on validation, pair the seeds, and "
-                    "write the differences with 95%% intervals, Holm-adjusted verdicts over the grid, the minimum "
-                    "detectable difference at 80%% power, and a figure against rho.")
+        "run sits in under RUNS_DIR), choose each method's setting on validation, pair the seeds, and "
+        "write the differences with 95%% intervals, Holm-adjusted verdicts over the grid, the minimum "
+        "detectable difference at 80%% power, and a figure against rho.",
+    )
     claim.add_argument("runs_dir", metavar="RUNS_DIR", help="the grid's runs (searched recursively), or a runs.csv")
     claim.add_argument("--out", metavar="DIR", help="output folder (default: RUNS_DIR/claim)")
     claim.set_defaults(func=_claim)
 
     grid = subparsers.add_parser(
-        "claim-grid", help="run the grid that answers the paper's claim on Fashion-MNIST, then `asymcl claim`",
+        "claim-grid",
+        help="run the grid that answers the paper's claim on Fashion-MNIST, then `asymcl claim`",
         description="Fashion-MNIST with exp profiles rho in {1, 10, 50, 100, 200} (head capped at 1,000), stage-1 "
-                    "batch 32 and 512, 10 seeds; arms: every method tuned with the same budget, the authors' advice "
-                    "fixed (gamma 10, eta 300), and eta scaled with the batch size. Resumable.")
+        "batch 32 and 512, 10 seeds; arms: every method tuned with the same budget, the authors' advice "
+        "fixed (gamma 10, eta 300), and eta scaled with the batch size. Resumable.",
+    )
     grid.add_argument("--data", required=True, metavar="PATH", help="the Fashion-MNIST IDX folder")
-    grid.add_argument("--profile", choices=CLAIM_PROFILES, default=CLAIM_PROFILES[0],
-                      help="pretrained: frozen Lite0 from the feature cache (default); quick: small CNN from scratch, "
-                           "rho 1 and 100 only")
+    grid.add_argument(
+        "--profile",
+        choices=CLAIM_PROFILES,
+        default=CLAIM_PROFILES[0],
+        help="pretrained: frozen Lite0 from the feature cache (default); quick: small CNN from scratch, "
+        "rho 1 and 100 only",
+    )
     grid.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default 10)")
     grid.add_argument("--settings", type=int, metavar="N", help="settings per method in the tuned arms (default 2)")
     grid.add_argument("--arms", metavar="A,B", help="only these arms (tuned, authors, eta-scaled-b32, ...)")

@@ -7,12 +7,14 @@ import argparse
 
 def register(subparsers) -> None:
     export = subparsers.add_parser(
-        "export", help="write a finished run's model (preprocessing included) as ONNX or TorchScript",
+        "export",
+        help="write a finished run's model (preprocessing included) as ONNX or TorchScript",
         description="Write the run's best final model (encoder + classifier, with the input scaling "
         "inside) for deployment. Input: uint8 images (batch, channels, height, width) at the run's "
         "size; output: class probabilities in the order of metrics.json's classes. The model is single-view "
         "(one pass per image, no test-time augmentation): it reproduces metrics.json's final_single_view "
-        "of a run with eval.tta_views; asymcl predict --tta gives the augmented predictions.")
+        "of a run with eval.tta_views; asymcl predict --tta gives the augmented predictions.",
+    )
     export.add_argument("run", metavar="RUN_DIR", help="run directory made by asymcl train")
     # No argparse choices: they would need torch imported for `asymcl --help`; export_run checks.
     export.add_argument("--format", default="onnx", help="onnx (default) or torchscript")

@@ -8,12 +8,20 @@ import sys
 
 def register(subparsers) -> None:
     train = subparsers.add_parser(
-        "train", help="train one run (two-stage or ce baseline) into a run directory",
+        "train",
+        help="train one run (two-stage or ce baseline) into a run directory",
         description="Train and evaluate one run. Every option has a default: with no config this "
-        "trains AFCL on the bundled digits dataset. Run the same command again to resume.")
+        "trains AFCL on the bundled digits dataset. Run the same command again to resume.",
+    )
     train.add_argument("--config", help="YAML config file (nested sections or dotted keys)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key, e.g. --set loss.gamma=2 (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set loss.gamma=2 (repeatable)",
+    )
     train.add_argument("--out", help="run directory (default: runs/<method>-<config hash>)")
     train.set_defaults(func=_train)
 
@@ -24,16 +32,25 @@ def register(subparsers) -> None:
     # Checked by asymcl.training.predict (formats()): no torch import just to build --help.
     from asymcl.data.spec import DEFAULT_PREDICTIONS_FORMAT, submission_formats  # torch-free: the dataset table only
 
-    predict.add_argument("--format", default=DEFAULT_PREDICTIONS_FORMAT,
-                         help=f"{DEFAULT_PREDICTIONS_FORMAT}: path,pred,pred_class,prob_<class>...,image (default); or the submission "
-                         f"format of a dataset that has one: {', '.join(submission_formats()) or 'none'}")
-    predict.add_argument("--tta", nargs="?", type=int, const=-1, default=None, metavar="N",
-                         help="average the probabilities over each image and N augmented views seeded as the run's "
-                         "(without N: the run's eval.tta_views), as the run's own evaluation with eval.tta_views")
+    predict.add_argument(
+        "--format",
+        default=DEFAULT_PREDICTIONS_FORMAT,
+        help=f"{DEFAULT_PREDICTIONS_FORMAT}: path,pred,pred_class,prob_<class>...,image (default); or the submission "
+        f"format of a dataset that has one: {', '.join(submission_formats()) or 'none'}",
+    )
+    predict.add_argument(
+        "--tta",
+        nargs="?",
+        type=int,
+        const=-1,
+        default=None,
+        metavar="N",
+        help="average the probabilities over each image and N augmented views seeded as the run's "
+        "(without N: the run's eval.tta_views), as the run's own evaluation with eval.tta_views",
+    )
     predict.set_defaults(func=_predict)
 
-    demo = subparsers.add_parser(
-        "demo", help="CE vs SupCon vs AFCL on long-tailed digits (offline, a few CPU minutes)")
+    demo = subparsers.add_parser("demo", help="CE vs SupCon vs AFCL on long-tailed digits (offline, a few CPU minutes)")
     demo.add_argument("--out", default="runs/demo", help="folder for the three run directories")
     demo.add_argument("--imbalance", default="exp:20", help="training imbalance profile (default exp:20)")
     demo.add_argument("--seed", type=int, default=0)
@@ -56,8 +73,10 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(f"run directory: {out}")
     for split, values in metrics["final"].items():
-        print(f"  {split:<16} WA {values['wa'] * 100:6.2f}%   UA {values['ua'] * 100:6.2f}%   "
-              f"macro-F1 {values['macro_f1'] * 100:6.2f}%")
+        print(
+            f"  {split:<16} WA {values['wa'] * 100:6.2f}%   UA {values['ua'] * 100:6.2f}%   "
+            f"macro-F1 {values['macro_f1'] * 100:6.2f}%"
+        )
     return 0
 
 
@@ -77,6 +96,5 @@ def _demo(args: argparse.Namespace) -> int:
     from asymcl.training.demo import run_demo
 
     resolve_config(None, {"data.imbalance": args.imbalance, "stage1.epochs": args.epochs})  # early check
-    run_demo(args.out, imbalance=args.imbalance, seed=args.seed, epochs=args.epochs,
-             progress_bar=not args.quiet)
+    run_demo(args.out, imbalance=args.imbalance, seed=args.seed, epochs=args.epochs, progress_bar=not args.quiet)
     return 0

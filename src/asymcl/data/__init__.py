@@ -14,11 +14,19 @@ import importlib
 # Exported names -> the module defining them, imported on first use (PEP 562): the CLI reads
 # asymcl.data.spec to build its options without importing torch.
 _EXPORTS = {
-    "ArrayImageDataset": "datasets", "FileImageDataset": "datasets", "ImageDataset": "datasets",
-    "ImbalanceProfile": "imbalance", "parse_imbalance": "imbalance",
-    "ClassBalancedSampler": "samplers", "MPerClassBatchSampler": "samplers",
-    "DATASETS": "spec", "IMAGE_SUFFIXES": "spec", "DataSpec": "spec",
-    "Splits": "splits", "build_splits": "splits", "resolve_classes": "splits",
+    "ArrayImageDataset": "datasets",
+    "FileImageDataset": "datasets",
+    "ImageDataset": "datasets",
+    "ImbalanceProfile": "imbalance",
+    "parse_imbalance": "imbalance",
+    "ClassBalancedSampler": "samplers",
+    "MPerClassBatchSampler": "samplers",
+    "DATASETS": "spec",
+    "IMAGE_SUFFIXES": "spec",
+    "DataSpec": "spec",
+    "Splits": "splits",
+    "build_splits": "splits",
+    "resolve_classes": "splits",
 }
 
 

@@ -39,7 +39,7 @@ def build_augmentation(preset: str, image_size: tuple[int, int], channels: int) 
     if preset == "none":
         return _Identity()
     if preset == "grey28":
-        ops: list[nn.Module] = [
+        ops: list[K.AugmentationBase2D] = [
             K.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.75, 1.333)),
             K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), p=0.8),
             K.ColorJiggle(brightness=0.3, contrast=0.3, p=0.8),

@@ -130,9 +130,19 @@ def list_entries(root: Path) -> list[Entry]:
             info = json.loads((folder / "info.json").read_text())
         except (OSError, ValueError):
             info = {}
-        out.append(Entry(folder.name, str(folder), _encoder_words(key, info), _image_words(key, info),
-                         int(key.get("views", 0)), str(info.get("dataset") or "?"), _images(folder),
-                         _folder_bytes(folder), _last_used(folder)))
+        out.append(
+            Entry(
+                folder.name,
+                str(folder),
+                _encoder_words(key, info),
+                _image_words(key, info),
+                int(key.get("views", 0)),
+                str(info.get("dataset") or "?"),
+                _images(folder),
+                _folder_bytes(folder),
+                _last_used(folder),
+            )
+        )
     return sorted(out, key=lambda e: -e.last_used)
 
 
@@ -143,12 +153,19 @@ def verify(root: Path) -> tuple[int, list[tuple[str, str]]]:
         for shard in sorted(Path(entry.path).glob("shard-*.npz")):
             checked += 1
             if read_shard(shard, entry.key) is None:
-                damaged.append((str(shard), "its bytes do not match its name (truncated or altered), or it "
-                                "holds another key; the next run that needs it removes it and recomputes its images"))
+                damaged.append(
+                    (
+                        str(shard),
+                        "its bytes do not match its name (truncated or altered), or it "
+                        "holds another key; the next run that needs it removes it and recomputes its images",
+                    )
+                )
     return checked, damaged
 
 
-def select(root: Path, older_than: float | None = None, key: str | None = None, now: float | None = None) -> list[Entry]:
+def select(
+    root: Path, older_than: float | None = None, key: str | None = None, now: float | None = None
+) -> list[Entry]:
     """Entries last used more than ``older_than`` seconds ago and/or whose key starts with ``key``."""
     now = time.time() if now is None else now
     entries = list_entries(root)
@@ -197,5 +214,7 @@ def sizes(root: Path) -> dict[str, int]:
     """Bytes on disk: ``features`` (every entry under ``root``) and ``decoded`` (decoded images)."""
     features = sum(_folder_bytes(p) for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
     decoded = decoded_root()
-    return {"features": features,
-            "decoded": sum(p.stat().st_size for p in decoded.iterdir() if p.is_file()) if decoded.is_dir() else 0}
+    return {
+        "features": features,
+        "decoded": sum(p.stat().st_size for p in decoded.iterdir() if p.is_file()) if decoded.is_dir() else 0,
+    }

@@ -18,12 +18,18 @@ from asymcl.data.datasets import ImageDataset
 from asymcl.errors import DataError
 
 
-def view_seed(seed: int, fingerprint: str) -> int:
+def view_seed(seed: int | None, fingerprint: str) -> int:
     return int(hashlib.sha256(f"{seed}:{fingerprint}".encode()).hexdigest()[:15], 16)
 
 
-def render_views(images: Tensor, fingerprints: Sequence[str], augment: nn.Module, views: int, seed: int,
-                 threads: int | None = 1) -> Tensor:
+def render_views(
+    images: Tensor,
+    fingerprints: Sequence[str],
+    augment: nn.Module,
+    views: int,
+    seed: int | None,
+    threads: int | None = 1,
+) -> Tensor:
     """(n, C, H, W) in [0, 1] -> (n, 1 + views, C, H, W): the clean image, then its views, each
     image's views drawn from a generator seeded by (seed, its fingerprint). ``threads``: torch CPU
     threads while augmenting (None: unchanged)."""
@@ -54,16 +60,26 @@ def extract(frozen: nn.Module, batch: Tensor, precision: str, channels_last: boo
     batch = batch.to(device)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    )
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     with torch.inference_mode(), autocast:
         out = frozen(batch)
     return out.float().cpu()
 
 
-def compute_outputs(dataset, frozen, augment, todo, views, seed, batch_size, precisions, channels_last, device,
-                    bar, known_clean: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def compute_outputs(
+    dataset,
+    frozen,
+    augment,
+    todo,
+    views,
+    seed,
+    batch_size,
+    precisions,
+    channels_last,
+    device,
+    bar,
+    known_clean: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Outputs of ``frozen`` for ``todo`` [(fingerprint, index into dataset)]: ``fingerprints``
     (n,), ``clean`` (n, *S) and ``views`` (n, V, *S), float16. ``known_clean``: fingerprint -> (*S)
     float16 clean outputs already computed (another entry's, same encoder and images): those images
@@ -77,8 +93,12 @@ def compute_outputs(dataset, frozen, augment, todo, views, seed, batch_size, pre
     clean_precision, view_precision = precisions
 
     def run(batch: Tensor, precision: str) -> Tensor:
-        return torch.cat([extract(frozen, batch[i : i + batch_size], precision, channels_last, device)
-                          for i in range(0, len(batch), batch_size)])
+        return torch.cat(
+            [
+                extract(frozen, batch[i : i + batch_size], precision, channels_last, device)
+                for i in range(0, len(batch), batch_size)
+            ]
+        )
 
     try:
         for offset in range(0, len(todo), per_chunk):
@@ -88,8 +108,12 @@ def compute_outputs(dataset, frozen, augment, todo, views, seed, batch_size, pre
             rendered = render_views(images, fingerprints, augment, views, seed)
             needed = [row for row, fp in enumerate(fingerprints) if fp not in known]
             computed = dict(zip(needed, run(rendered[needed, 0], clean_precision), strict=True)) if needed else {}
-            outputs = torch.stack([computed[row] if row in computed else torch.tensor(known[fp], dtype=torch.float32)
-                                   for row, fp in enumerate(fingerprints)])[:, None]
+            outputs = torch.stack(
+                [
+                    computed[row] if row in computed else torch.tensor(known[fp], dtype=torch.float32)
+                    for row, fp in enumerate(fingerprints)
+                ]
+            )[:, None]
             if views:
                 viewed = run(rendered[:, 1:].flatten(0, 1), view_precision)
                 outputs = torch.cat([outputs, viewed.view(len(chunk), views, *viewed.shape[1:])], dim=1)

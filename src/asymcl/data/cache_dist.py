@@ -65,15 +65,20 @@ def build_distributed(job, report_reuse: bool, *, entry_lock, scan, extract, fin
 
     from asymcl.data.cache_store import hold_in_use
 
-    rank, size = world()
+    here = world()
+    if here is None:  # the caller checks world() first; a lone process has nothing to share
+        raise RuntimeError("build_distributed needs a process group of more than one process")
+    rank, size = here
     # The missing list is rank 0's indices into its dataset: every rank must hold the same images
     # (in the same order) and compute the same key.
     images = hashlib.sha256("\n".join(job.fingerprints).encode()).hexdigest()
     keys = _all_gather((job.key_hash, images))
     if len(set(keys)) > 1:  # e.g. nodes whose CPUs differ on bf16, other weights or data on one node
-        raise DataError(f"feature cache: the ranks computed {len(set(keys))} different cache keys or image lists; "
-                        "their frozen weights, images or precision differ: give every node the same weights and "
-                        "data, and set data.cache_precision to bf16 or fp32 rather than auto")
+        raise DataError(
+            f"feature cache: the ranks computed {len(set(keys))} different cache keys or image lists; "
+            "their frozen weights, images or precision differ: give every node the same weights and "
+            "data, and set data.cache_precision to bf16 or fp32 rather than auto"
+        )
     with entry_lock(job.directory, job.log) if rank == 0 else nullcontext():
         hold_in_use(job.directory)
         todo, error = None, None
@@ -86,7 +91,7 @@ def build_distributed(job, report_reuse: bool, *, entry_lock, scan, extract, fin
         if error is not None:
             raise DataError(error)
         share = math.ceil(len(todo) / size) if todo else 0
-        mine = todo[rank * share:(rank + 1) * share]
+        mine = todo[rank * share : (rank + 1) * share]
         computed, failure = 0, None
         try:
             computed = extract(job, mine, {}, part=f" (rank {rank} of {size})")
@@ -95,12 +100,16 @@ def build_distributed(job, report_reuse: bool, *, entry_lock, scan, extract, fin
         results = _all_gather((computed, failure))
         failures = [f for _, f in results if f]
         if failures:
-            raise DataError(f"feature cache: distributed extraction failed on {failures[0]}"
-                            + (f" (and {len(failures) - 1} more ranks)" if len(failures) > 1 else ""))
+            raise DataError(
+                f"feature cache: distributed extraction failed on {failures[0]}"
+                + (f" (and {len(failures) - 1} more ranks)" if len(failures) > 1 else "")
+            )
         # Every rank has finished writing: nothing is half-written, so no temporary file is removed.
         found, missing = scan(job, clean_temporaries=False)
         if missing:
-            raise DataError(f"feature cache: {len(missing)} images are still missing from {job.directory} after "
-                            "every rank extracted its part; is the folder shared by all the ranks (one file system)?")
+            raise DataError(
+                f"feature cache: {len(missing)} images are still missing from {job.directory} after "
+                "every rank extracted its part; is the folder shared by all the ranks (one file system)?"
+            )
         dist.barrier()  # rank 0 keeps the lock until every rank has read the entry
     return finish(job, found, sum(n for n, _ in results), report_reuse, log=rank == 0)

@@ -188,8 +188,12 @@ def write_shard(directory: Path, key_hash: str, fingerprints: list[str], clean: 
     """Write one shard, named by the sha256 of its bytes; a temporary ``.tmp-*.npz`` until complete
     (what :mod:`asymcl.data.feature_cache` removes under the entry lock when a writer was killed)."""
     try:
-        with atomic_file(directory, prefix=TEMP_PREFIX, suffix=".npz", file_mode=shared_file_mode(directory)) as pending:
-            np.savez(pending.handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views)
+        with atomic_file(
+            directory, prefix=TEMP_PREFIX, suffix=".npz", file_mode=shared_file_mode(directory)
+        ) as pending:
+            np.savez(
+                pending.handle, key=np.array(key_hash), fingerprints=np.array(fingerprints), clean=clean, views=views
+            )
             pending.handle.flush()
             final = directory / shard_name(hashlib.sha256(pending.temporary.read_bytes()).hexdigest())
             pending.target = final
@@ -258,8 +262,10 @@ def borrow_clean(directory: Path, key: dict, key_hash: str, wanted: set[str], lo
     clean = np.stack([rows[name] for name in names])
     views = np.empty((len(names), 0, *clean.shape[1:]), dtype=clean.dtype)
     write_shard(directory, key_hash, names, clean, views)
-    log(f"feature cache: {len(names)} images' clean features taken from {', '.join(sources)} (the same "
-        "encoder and images; not recomputed)")
+    log(
+        f"feature cache: {len(names)} images' clean features taken from {', '.join(sources)} (the same "
+        "encoder and images; not recomputed)"
+    )
     return {"fingerprints": np.array(names), "clean": clean, "views": views}
 
 
@@ -297,7 +303,11 @@ def write_info(directory: Path, describe: dict) -> None:
     if path.is_file():
         return
     try:
-        atomic_write_text(path, json.dumps(describe, indent=1, sort_keys=True, default=str), prefix=TEMP_PREFIX,
-                          file_mode=shared_file_mode(directory))
+        atomic_write_text(
+            path,
+            json.dumps(describe, indent=1, sort_keys=True, default=str),
+            prefix=TEMP_PREFIX,
+            file_mode=shared_file_mode(directory),
+        )
     except OSError:
         pass

@@ -41,9 +41,7 @@ def normalize_image_size(image_size: int | Sequence[int] | None) -> tuple[int, i
     elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
         size = (int(image_size[0]), int(image_size[1]))
     else:
-        raise DataError(
-            f"image_size={image_size!r} is not valid: give an int (square) or (height, width)"
-        )
+        raise DataError(f"image_size={image_size!r} is not valid: give an int (square) or (height, width)")
     if min(size) < 1:
         raise DataError(f"image_size={image_size!r} must be positive")
     return size
@@ -106,10 +104,7 @@ class ImageDataset(Dataset):
         return out
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, "
-            f"image_shape={self.image_shape})"
-        )
+        return f"{type(self).__name__}(n={len(self)}, classes={len(self.classes)}, image_shape={self.image_shape})"
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
@@ -122,8 +117,13 @@ def _writable(array: np.ndarray) -> np.ndarray:
 class ArrayImageDataset(ImageDataset):
     """Images held in memory as a uint8 array (N, H, W, C)."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-                 ids: Sequence[str] | np.ndarray | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        classes: Sequence[str],
+        ids: Sequence[str] | np.ndarray | None = None,
+    ):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
         self.images = images
@@ -146,8 +146,7 @@ class ArrayImageDataset(ImageDataset):
         return images, torch.from_numpy(self.targets.copy())
 
     def _take(self, indices: np.ndarray) -> ArrayImageDataset:
-        return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes,
-                                 self.ids[indices])
+        return ArrayImageDataset(self.images[indices], self.targets[indices], self.classes, self.ids[indices])
 
 
 def _as_ids(ids: Sequence[str] | np.ndarray | None, n: int) -> np.ndarray:
@@ -194,9 +193,7 @@ def resize_array(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray
         resized = torch.nn.functional.interpolate(
             chunk, size=size, mode="bilinear", align_corners=False, antialias=True
         )
-        out[start : start + _RESIZE_CHUNK] = (
-            resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        )
+        out[start : start + _RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
 
 
@@ -246,7 +243,7 @@ class FileImageDataset(ImageDataset):
 
     def __init__(
         self,
-        paths: Sequence[str] | np.ndarray,
+        paths: Sequence[str | os.PathLike[str]] | np.ndarray,
         targets: np.ndarray,
         classes: Sequence[str],
         num_channels: int,
@@ -292,9 +289,7 @@ class FileImageDataset(ImageDataset):
         return default_cache_dir() / "decoded" / f"{digest.hexdigest()[:32]}.npy"
 
     def _decode_all(self) -> np.ndarray:
-        check_fits_in_memory(
-            len(self), self.size_hw, self.num_channels, " (or decode per batch: data.in_memory false)"
-        )
+        check_fits_in_memory(len(self), self.size_hw, self.num_channels, " (or decode per batch: data.in_memory false)")
         out = np.empty((len(self), *self.size_hw, self.num_channels), dtype=np.uint8)
         failures: list[str] = []
 
@@ -310,8 +305,7 @@ class FileImageDataset(ImageDataset):
         if failures:
             failures.sort()
             raise DataError(
-                f"{len(failures)} of {len(self)} images are missing or cannot be decoded: "
-                f"{_name_first_few(failures)}"
+                f"{len(failures)} of {len(self)} images are missing or cannot be decoded: {_name_first_few(failures)}"
             )
         return out
 
@@ -352,8 +346,7 @@ def check_files_exist(paths: Sequence[str], what: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise DataError(
-            f"{len(missing)} of {len(paths)} images listed in {what} are missing: "
-            f"{_name_first_few(missing)}"
+            f"{len(missing)} of {len(paths)} images listed in {what} are missing: {_name_first_few(missing)}"
         )
 
 

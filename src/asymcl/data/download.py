@@ -72,9 +72,7 @@ def download_file(url: str, destination: Path, md5: str, timeout: float = 60.0) 
             raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or repr(exc)
-            raise DataError(
-                f"download of {url} failed: {reason}; nothing was written, run the command again"
-            ) from None
+            raise DataError(f"download of {url} failed: {reason}; nothing was written, run the command again") from None
         if expected_size is not None and received != expected_size:
             raise DataError(
                 f"download of {url} ended after {received} of {expected_size} bytes (the connection "

@@ -236,8 +236,10 @@ def build_feature_cache(
         raise DataError(f"feature cache views must be >= 0, got {views}")
     if len(dataset) == 0:
         raise DataError("feature cache: the dataset is empty")
-    device = torch.device(device) if device is not None else next(
-        (p.device for p in frozen.parameters()), torch.device("cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else next((p.device for p in frozen.parameters()), torch.device("cpu"))
     )
     precision = resolve_precision(precision, device)
     view_precision = resolve_precision(view_precision or precision, device) if views else precision
@@ -263,17 +265,35 @@ def build_feature_cache(
     try:
         make_entry_folder(directory)
     except OSError as exc:
-        raise DataError(f"cannot create the feature cache folder {directory}: {exc.strerror}; set data.cache_dir") from None
+        raise DataError(
+            f"cannot create the feature cache folder {directory}: {exc.strerror}; set data.cache_dir"
+        ) from None
     fingerprints = image_fingerprints(dataset)
     if describe:
         write_info(directory, describe)
-    job = _Job(dataset, frozen, augment, key, key_hash, directory, fingerprints, views, seed, batch_size,
-               (precision, view_precision), channels_last, device, progress, log)
+    job = _Job(
+        dataset,
+        frozen,
+        augment,
+        key,
+        key_hash,
+        directory,
+        fingerprints,
+        views,
+        seed,
+        batch_size,
+        (precision, view_precision),
+        channels_last,
+        device,
+        progress,
+        log,
+    )
     from asymcl.data.cache_dist import build_distributed, world
 
     if world() is not None:  # torch.distributed: every rank extracts its part (cache_dist.py)
-        cache = build_distributed(job, report_reuse, entry_lock=entry_lock, scan=_scan,
-                                  extract=_extract_missing, finish=_finish)
+        cache = build_distributed(
+            job, report_reuse, entry_lock=entry_lock, scan=_scan, extract=_extract_missing, finish=_finish
+        )
     else:
         with entry_lock(directory, log):
             hold_in_use(directory)  # under the lock: a prune cannot come between our read and this
@@ -329,15 +349,21 @@ def _scan(job: _Job, clean_temporaries: bool = True) -> tuple[dict, dict]:
     key_file = directory / "key.json"
     if not key_file.is_file():  # for the user: what this entry holds
         try:
-            atomic_write_text(key_file, json.dumps(key, indent=1, sort_keys=True, default=str), prefix=TEMP_PREFIX,
-                              file_mode=shared_file_mode(directory))
+            atomic_write_text(
+                key_file,
+                json.dumps(key, indent=1, sort_keys=True, default=str),
+                prefix=TEMP_PREFIX,
+                file_mode=shared_file_mode(directory),
+            )
         except OSError as exc:
             raise DataError(f"cannot write {key_file}: {exc.strerror}; free space or set data.cache_dir") from None
     found: dict[str, tuple[dict, int]] = {}
     for shard in sorted(directory.glob("shard-*.npz")):
         arrays = _read_shard(shard, key_hash)
         if arrays is None:
-            log(f"feature cache: {shard} is truncated, damaged or from another key; removing it, its images are recomputed")
+            log(
+                f"feature cache: {shard} is truncated, damaged or from another key; removing it, its images are recomputed"
+            )
             shard.unlink(missing_ok=True)
             continue
         for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
@@ -363,22 +389,37 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     log, views = job.log, job.views
     shape = _output_shape(job.frozen, job.dataset[int(todo[0][1])][0][None], job.device)
     estimate = check_disk_space(job.directory, shape, len(todo), views)
-    log(f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}, "
-        f"about {estimate / 2**20:.0f} MB")
+    log(
+        f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}, "
+        f"about {estimate / 2**20:.0f} MB"
+    )
     # The clean images' features do not depend on the views' seed or augmentation: another entry
     # of the same encoder and images (another seed's training split) may hold them already.
     known = _find_clean(job.directory, job.key, {fp for fp, _ in todo})[0] if views else {}
     if known:
-        log(f"feature cache{part}: {len(known)} of these images' clean features taken from other entries of the "
-            "same encoder and images; only their views are computed")
+        log(
+            f"feature cache{part}: {len(known)} of these images' clean features taken from other entries of the "
+            "same encoder and images; only their views are computed"
+        )
     bar = _progress(len(todo), job.progress)
     start = time.perf_counter()
     try:
         # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
         for offset in range(0, len(todo), SHARD_IMAGES):
-            arrays = _compute(job.dataset, job.frozen, job.augment, todo[offset : offset + SHARD_IMAGES], views,
-                              job.seed, job.batch_size, job.precisions, job.channels_last, job.device, bar,
-                              known_clean=known)
+            arrays = _compute(
+                job.dataset,
+                job.frozen,
+                job.augment,
+                todo[offset : offset + SHARD_IMAGES],
+                views,
+                job.seed,
+                job.batch_size,
+                job.precisions,
+                job.channels_last,
+                job.device,
+                bar,
+                known_clean=known,
+            )
             _write_shard(job.directory, job.key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
             for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
                 found[fingerprint] = (arrays, row)
@@ -386,8 +427,10 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
             if bar is None and done < len(todo):
                 # Without a bar (sweeps, logs) a long extraction still says how far it is.
                 elapsed = time.perf_counter() - start
-                log(f"feature cache{part}: {done}/{len(todo)} images in {elapsed:.0f} s, "
-                    f"about {elapsed * (len(todo) - done) / done:.0f} s left")
+                log(
+                    f"feature cache{part}: {done}/{len(todo)} images in {elapsed:.0f} s, "
+                    f"about {elapsed * (len(todo) - done) / done:.0f} s left"
+                )
     finally:
         if bar is not None:
             bar.close()
@@ -395,8 +438,10 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     rate = (len(todo) * (1 + views) - len(known)) / max(seconds, 1e-9)
     clean_p, view_p = job.precisions
     used = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
-    log(f"feature cache{part}: extracted {len(todo)} images x {1 + views} (clean + views) in {seconds:.1f} s "
-        f"({rate:.1f} images/s, {used})")
+    log(
+        f"feature cache{part}: extracted {len(todo)} images x {1 + views} (clean + views) in {seconds:.1f} s "
+        f"({rate:.1f} images/s, {used})"
+    )
     return len(todo)
 
 
@@ -404,6 +449,8 @@ def _finish(job: _Job, found: dict, computed_rows: int, report_reuse: bool, log:
     clean, stacked = _gather(found, job.fingerprints)
     if log and (computed_rows or report_reuse):
         size = sum(p.stat().st_size for p in job.directory.glob("shard-*.npz"))
-        job.log(f"feature cache {job.directory}: {len(job.fingerprints)} images ({computed_rows} computed, "
-                f"{len(set(job.fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk")
+        job.log(
+            f"feature cache {job.directory}: {len(job.fingerprints)} images ({computed_rows} computed, "
+            f"{len(set(job.fingerprints)) - computed_rows} reused), {size / 2**20:.1f} MB on disk"
+        )
     return FeatureCache(job.directory, job.key, clean, stacked)

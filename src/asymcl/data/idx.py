@@ -119,7 +119,5 @@ def load_fashion_mnist_arrays(root: str | Path, split: str) -> tuple[np.ndarray,
             f"labels: they are not a matching pair; {_REFETCH.format(root=root)}"
         )
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise DataError(
-            f"{label_path} holds label {labels.max()}; Fashion-MNIST labels are 0..9"
-        )
+        raise DataError(f"{label_path} holds label {labels.max()}; Fashion-MNIST labels are 0..9")
     return images, labels

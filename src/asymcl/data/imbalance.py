@@ -55,36 +55,36 @@ class ImbalanceProfile:
         n_majority = num_classes - num_classes // 2
         return np.where(positions < n_majority, 1.0, 1.0 / self.ratio)
 
-    def counts(self, available: Sequence[int], names: Sequence[str] | None = None) -> np.ndarray:
+    def counts(self, available: Sequence[int] | np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
         """(K,) int64: exact per-class counts for a pool with ``available[c]`` images of class c.
 
         ``names`` (the class names in profile order) only make the error messages name the class.
         """
-        available = np.asarray(available, dtype=np.int64)
-        fractions = self.fractions(len(available))
+        pool = np.asarray(available, dtype=np.int64)
+        fractions = self.fractions(len(pool))
 
         def label(c: int) -> str:
             return f"class {names[c]!r} (position {c})" if names is not None else f"class position {c}"
 
         if self.n_max is not None:
             counts = _profile_counts(self.n_max, fractions)
-            short = np.flatnonzero(counts > available)
+            short = np.flatnonzero(counts > pool)
             if short.size:
                 c = int(short[0])
                 raise DataError(
                     f"imbalance {self} asks for {counts[c]} images of {label(c)} but the "
-                    f"pool has only {available[c]}; lower NMAX or leave it out"
+                    f"pool has only {pool[c]}; lower NMAX or leave it out"
                 )
             return counts
-        if np.any(available < 1):
-            c = int(np.flatnonzero(available < 1)[0])
+        if np.any(pool < 1):
+            c = int(np.flatnonzero(pool < 1)[0])
             raise DataError(f"{label(c)} has no images to build imbalance {self} from")
-        # The largest n_max with floor(n_max * f_c) <= available_c for every class.
-        n_max = int(np.min(np.floor(available / fractions + _FLOOR_EPS)))
-        n_max = min(n_max, int(available[0]))
-        while n_max > 1 and np.any(_profile_counts(n_max, fractions) > available):
+        # The largest n_max with floor(n_max * f_c) <= pool_c for every class.
+        n_max = int(np.min(np.floor(pool / fractions + _FLOOR_EPS)))
+        n_max = min(n_max, int(pool[0]))
+        while n_max > 1 and np.any(_profile_counts(n_max, fractions) > pool):
             n_max -= 1
-        return np.minimum(_profile_counts(max(n_max, 1), fractions), available)
+        return np.minimum(_profile_counts(max(n_max, 1), fractions), pool)
 
 
 def _profile_counts(n_max: int, fractions: np.ndarray) -> np.ndarray:
@@ -112,8 +112,7 @@ def parse_imbalance(text: str | ImbalanceProfile | None) -> ImbalanceProfile | N
         raise DataError(f"imbalance ratio {parts[1]!r} in {raw!r} is not a number") from None
     if not math.isfinite(ratio) or ratio < 1:
         raise DataError(
-            f"imbalance ratio {parts[1]} in {raw!r} must be a finite number >= 1 "
-            "(majority count / minority count)"
+            f"imbalance ratio {parts[1]} in {raw!r} must be a finite number >= 1 (majority count / minority count)"
         )
     n_max = None
     if len(parts) == 3:
@@ -126,9 +125,7 @@ def parse_imbalance(text: str | ImbalanceProfile | None) -> ImbalanceProfile | N
     return ImbalanceProfile(kind, ratio, n_max)
 
 
-def imbalanced_indices(
-    targets: np.ndarray, counts: Sequence[int], rng: np.random.Generator
-) -> np.ndarray:
+def imbalanced_indices(targets: np.ndarray, counts: Sequence[int] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of a seeded subset with exactly ``counts[c]`` images of class c."""
     chosen = []
     for c, n in enumerate(counts):

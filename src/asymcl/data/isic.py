@@ -41,8 +41,7 @@ def read_csv_rows(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{what} {path} line {line} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-            "save it as UTF-8 CSV"
+            f"{what} {path} line {line} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV"
         ) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     while True:
@@ -146,8 +145,9 @@ def submission_csv(image_ids: Sequence[str], probabilities: np.ndarray, classes:
 SUBMISSION_FILE = "submission_isic2018_test.csv"
 
 
-def submission_outputs(*, split: str, official: bool, ids: Sequence[str], probs: np.ndarray,
-                       classes: Sequence[str]) -> dict[str, bytes]:
+def submission_outputs(
+    *, split: str, official: bool, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str]
+) -> dict[str, bytes]:
     """The isic2018 entry's extra run output (``DatasetInfo.outputs``): the challenge submission
     file, for the official test split of a run on all seven classes (nothing otherwise)."""
     if split != "test" or not official or sorted(map(str, classes)) != sorted(ISIC_CLASSES):
@@ -168,9 +168,7 @@ def read_lesion_ids(path: Path) -> dict[str, str]:
     rows = read_csv_rows(path, "metadata file")
     fields = [f.strip() for f in next(rows, (0, []))[1]]
     if "image_id" not in fields or "lesion_id" not in fields:
-        raise DataError(
-            f"metadata file {path} needs columns image_id and lesion_id (has {','.join(fields) or 'none'})"
-        )
+        raise DataError(f"metadata file {path} needs columns image_id and lesion_id (has {','.join(fields) or 'none'})")
     image_col, lesion_col = fields.index("image_id"), fields.index("lesion_id")
     lesions: dict[str, str] = {}
     for line, row in rows:
@@ -193,8 +191,7 @@ def find_isic_parts(root: Path) -> dict[str, tuple[Path, Path]]:
         truth = _ground_truth_path(root, part)
         if folder.is_dir() and truth is None:
             raise DataError(
-                f"{folder} exists but its ground truth ISIC2018_Task3_{part}_GroundTruth.csv is "
-                f"missing in {root}"
+                f"{folder} exists but its ground truth ISIC2018_Task3_{part}_GroundTruth.csv is missing in {root}"
             )
         if truth is not None and not folder.is_dir():
             raise DataError(f"{truth} exists but the image folder {folder} is missing")

@@ -112,8 +112,10 @@ class MPerClassBatchSampler(Sampler[list[int]]):
     def __init__(self, targets, m: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
         labels = _label_array(targets, "MPerClassBatchSampler")
         if int(m) < 1:
-            raise DataError(f"m-per-class sampling needs m >= 1 image of each class per batch, got m={m} "
-                            "(raise the batch size to at least the number of classes)")
+            raise DataError(
+                f"m-per-class sampling needs m >= 1 image of each class per batch, got m={m} "
+                "(raise the batch size to at least the number of classes)"
+            )
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in range for world_size={world_size}")
         self.classes = np.unique(labels)
@@ -133,13 +135,14 @@ class MPerClassBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = []
         for _ in range(self.per_rank * self.world_size):
-            parts = [members[rng.choice(members.size, self.m, replace=members.size < self.m)]
-                     for members in self.members]
+            parts = [
+                members[rng.choice(members.size, self.m, replace=members.size < self.m)] for members in self.members
+            ]
             batches.append(np.concatenate(parts))
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches()[self.rank::self.world_size]:
+        for batch in self.global_batches()[self.rank :: self.world_size]:
             yield batch.tolist()
 
     def __len__(self) -> int:

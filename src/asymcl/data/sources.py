@@ -41,9 +41,14 @@ def load_source(spec: DataSpec) -> SourceData:
     return DATASETS[spec.dataset].load(spec)
 
 
-def _array_source(
-    images: np.ndarray, targets: np.ndarray, classes: list[str], spec: DataSpec
-) -> ArrayImageDataset:
+def _root(spec: DataSpec) -> Path:
+    """The file or folder a loader reads; DataSpec's checks require one for every such dataset."""
+    if spec.root in (None, ""):
+        raise DataError(f"dataset={spec.dataset} needs a root: set data.root to the folder or file to read")
+    return Path(str(spec.root))
+
+
+def _array_source(images: np.ndarray, targets: np.ndarray, classes: list[str], spec: DataSpec) -> ArrayImageDataset:
     if images.ndim == 3:
         images = images[:, :, :, None]
     images = resize_array(np.ascontiguousarray(images), normalize_image_size(spec.image_size))
@@ -69,7 +74,7 @@ def load_digits(spec: DataSpec) -> SourceData:
 def load_fashion_mnist(spec: DataSpec) -> SourceData:
     from asymcl.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
 
-    root = Path(spec.root)
+    root = _root(spec)
     pools = {}
     for split in ("train", "test"):
         images, labels = load_fashion_mnist_arrays(root, split)
@@ -84,7 +89,7 @@ def load_npz(spec: DataSpec) -> SourceData:
     without it the test and validation sets are carved), ``lesion_id`` (group ids: a validation
     split carved from training keeps each group on one side; "" = no group).
     """
-    path = Path(spec.root)
+    path = _root(spec)
     if not path.is_file():
         state = "is a folder, not a file" if path.exists() else "does not exist"
         raise DataError(f"npz file {path} {state}; --root takes the .npz file itself")
@@ -121,9 +126,7 @@ def load_npz(spec: DataSpec) -> SourceData:
     if "classes" in arrays:
         classes = [str(c) for c in np.asarray(arrays["classes"]).reshape(-1)]
         if y.size and y.max() >= len(classes):
-            raise DataError(
-                f"npz file {path}: y holds label {y.max()} but classes names only {len(classes)}"
-            )
+            raise DataError(f"npz file {path}: y holds label {y.max()} but classes names only {len(classes)}")
     else:
         classes = [str(c) for c in range(int(y.max()) + 1 if y.size else 0)]
     groups = None
@@ -144,9 +147,7 @@ def load_npz(spec: DataSpec) -> SourceData:
         raise DataError(f"npz file {path}: split has shape {split.shape}, y has {y.shape}")
     unknown = sorted(set(split.tolist()) - set(_SPLIT_NAMES))
     if unknown:
-        raise DataError(
-            f"npz file {path}: split holds {', '.join(map(repr, unknown))}; use train, val or test"
-        )
+        raise DataError(f"npz file {path}: split holds {', '.join(map(repr, unknown))}; use train, val or test")
     canonical = np.vectorize(_SPLIT_NAMES.get, otypes=[str])(split) if split.size else split
     pools, pool_groups = {}, {}
     for name in ("train", "val", "test"):
@@ -161,7 +162,10 @@ def load_npz(spec: DataSpec) -> SourceData:
 
 
 def _file_pools(
-    rows: dict[str, tuple[list[str], np.ndarray]], classes: list[str], spec: DataSpec, what: str,
+    rows: dict[str, tuple[list[str], np.ndarray]],
+    classes: list[str],
+    spec: DataSpec,
+    what: str,
     ids: dict[str, list[str]],
 ) -> dict[str, FileImageDataset]:
     """All splits share one channel count and one image size (the first training image's).
@@ -180,7 +184,7 @@ def _file_pools(
 def load_isic2018(spec: DataSpec) -> SourceData:
     from asymcl.data.isic import ISIC_CLASSES, find_isic_parts, read_ground_truth, read_lesion_ids
 
-    root = Path(spec.root)
+    root = _root(spec)
     parts = find_isic_parts(root)
     rows: dict[str, tuple[list[str], np.ndarray]] = {}
     ids: dict[str, list[str]] = {}
@@ -201,8 +205,7 @@ def load_isic2018(spec: DataSpec) -> SourceData:
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 
@@ -217,7 +220,7 @@ def load_folder(spec: DataSpec) -> SourceData:
     optional) those are the splits; otherwise test and validation are carved, stratified.
     An empty class folder is an error.
     """
-    root = Path(spec.root)
+    root = _root(spec)
     if not root.is_dir():
         state = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {state}; --root takes a folder with one sub-folder per class")
@@ -245,9 +248,7 @@ def load_folder(spec: DataSpec) -> SourceData:
             folder = base / name
             files = _list_images(folder) if folder.is_dir() else []
             if not files and split == "train":
-                raise DataError(
-                    f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
-                )
+                raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(str(p) for p in files)
             labels.extend([label] * len(files))
         rows[split] = (paths, np.asarray(labels, dtype=np.int64))
@@ -286,7 +287,7 @@ def load_csv(spec: DataSpec) -> SourceData:
     names are sorted. An optional ``split`` column (train / val / test) fixes the splits;
     without it test and validation are carved, stratified.
     """
-    path = Path(spec.root)
+    path = _root(spec)
     if not path.is_file():
         state = "is a folder, not a file" if path.exists() else "does not exist"
         raise DataError(f"CSV file {path} {state}; --root takes the CSV file itself")
@@ -294,12 +295,8 @@ def load_csv(spec: DataSpec) -> SourceData:
     header = [h.strip() for h in next(rows_in, (0, []))[1]]
     if not header:
         raise DataError(f"CSV file {path} is empty")
-    path_col = _pick_column(
-        header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path
-    )
-    label_col = _pick_column(
-        header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path
-    )
+    path_col = _pick_column(header, spec.csv_path_column, _PATH_COLUMNS, "image path", "csv_path_column", path)
+    label_col = _pick_column(header, spec.csv_label_column, _LABEL_COLUMNS, "label", "csv_label_column", path)
     lowered = [h.lower() for h in header]
     split_col = lowered.index("split") if "split" in lowered else None
     records: list[tuple[str, str, str]] = []

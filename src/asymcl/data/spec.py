@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +70,7 @@ class DatasetInfo:
     def fetch(self, root: str | Path, **options: Any) -> list[tuple[str, str]]:
         """Download the dataset's files into ``root`` (``asymcl data download``)."""
         if self.download is None:
-            raise DataError(f"dataset {self.name} has no download; "
-                            f"downloadable: {', '.join(downloadable()) or 'none'}")
+            raise DataError(f"dataset {self.name} has no download; downloadable: {', '.join(downloadable()) or 'none'}")
         return _resolve(self.download)(root, **options)
 
     def extra_outputs(self, **test_split: Any) -> dict[str, bytes]:
@@ -81,8 +80,10 @@ class DatasetInfo:
     def submission_csv(self, image_ids: Any, probs: Any, classes: Any) -> str:
         """The predictions in the dataset's own format (``asymcl predict --format``); see :attr:`submission`."""
         if self.submission is None:
-            raise DataError(f"dataset {self.name} has no submission format; "
-                            f"those that have one: {', '.join(submission_formats()) or 'none'}")
+            raise DataError(
+                f"dataset {self.name} has no submission format; "
+                f"those that have one: {', '.join(submission_formats()) or 'none'}"
+            )
         return str(_resolve(self.submission)(image_ids, probs, classes))
 
 
@@ -95,17 +96,38 @@ def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
 
 
 _DATASETS = (
-    DatasetInfo("digits", "scikit-learn's bundled 8x8 digits (offline, no root)", "asymcl.data.sources:load_digits",
-                needs_root=False),
-    DatasetInfo("fashion-mnist", "Fashion-MNIST, the four official IDX files in a folder",
-                "asymcl.data.sources:load_fashion_mnist", download="asymcl.data.download:download_fashion_mnist"),
-    DatasetInfo("isic2018", "ISIC 2018 Task 3 (HAM10000) in the official layout", "asymcl.data.sources:load_isic2018",
-                augmentation="dermoscopy", outputs="asymcl.data.isic:submission_outputs",
-                submission="asymcl.data.isic:submission_csv"),
-    DatasetInfo("npz", "an .npz file of images and labels (optionally split)", "asymcl.data.sources:load_npz",
-                labelled_by_root=True),
-    DatasetInfo("folder", "a folder of class sub-folders (optionally under train/val/test)",
-                "asymcl.data.sources:load_folder", labelled_by_root=True),
+    DatasetInfo(
+        "digits",
+        "scikit-learn's bundled 8x8 digits (offline, no root)",
+        "asymcl.data.sources:load_digits",
+        needs_root=False,
+    ),
+    DatasetInfo(
+        "fashion-mnist",
+        "Fashion-MNIST, the four official IDX files in a folder",
+        "asymcl.data.sources:load_fashion_mnist",
+        download="asymcl.data.download:download_fashion_mnist",
+    ),
+    DatasetInfo(
+        "isic2018",
+        "ISIC 2018 Task 3 (HAM10000) in the official layout",
+        "asymcl.data.sources:load_isic2018",
+        augmentation="dermoscopy",
+        outputs="asymcl.data.isic:submission_outputs",
+        submission="asymcl.data.isic:submission_csv",
+    ),
+    DatasetInfo(
+        "npz",
+        "an .npz file of images and labels (optionally split)",
+        "asymcl.data.sources:load_npz",
+        labelled_by_root=True,
+    ),
+    DatasetInfo(
+        "folder",
+        "a folder of class sub-folders (optionally under train/val/test)",
+        "asymcl.data.sources:load_folder",
+        labelled_by_root=True,
+    ),
     DatasetInfo("csv", "a CSV file of image paths and labels", "asymcl.data.sources:load_csv", labelled_by_root=True),
 )
 #: name -> :class:`DatasetInfo`; iterating gives the names. Built-ins first, then registered ones.
@@ -147,20 +169,30 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
     for name in ("loader", "download", "outputs", "submission"):
         value = getattr(info, name)
         if value is not None and not callable(value) and not (isinstance(value, str) and ":" in value):
-            raise ConfigError(f"dataset {info.name}: {name} must be a callable or 'package.module:function', "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"dataset {info.name}: {name} must be a callable or 'package.module:function', got {value!r}"
+            )
     if info.augmentation is not None:
         from asymcl.data.augment import PRESETS
 
         if info.augmentation not in PRESETS:
-            raise ConfigError(f"dataset {info.name}: augmentation {info.augmentation!r} is not one of "
-                              f"{', '.join(PRESETS)}")
+            raise ConfigError(
+                f"dataset {info.name}: augmentation {info.augmentation!r} is not one of {', '.join(PRESETS)}"
+            )
     DATASETS[info.name] = info
     return info
 
 
-def data_field(default: Any, check: Callable[[Any], Any], help: str, *, cli: bool = True, metavar: str | None = None,
-               type: Any = None, required: bool = False) -> Any:
+def data_field(
+    default: Any,
+    check: Callable[[Any], Any],
+    help: str,
+    *,
+    cli: bool = True,
+    metavar: str | None = None,
+    type: Any = None,
+    required: bool = False,
+) -> Any:
     """A data field, declared once for :class:`DataSpec` and the run config's ``data`` section:
     its default, ``check(value) -> normalised value`` (ValueError saying what is allowed; see
     :mod:`asymcl.checks`) and help text, and (``cli``) how ``asymcl data summary`` offers it."""
@@ -203,12 +235,20 @@ def _classes(value: Any) -> list[int | str] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = [int(part) if part.lstrip("-").isdigit() else part for part in (p.strip() for p in value.split(",")) if part]
+        value = [
+            int(part) if part.lstrip("-").isdigit() else part for part in (p.strip() for p in value.split(",")) if part
+        ]
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(
-            (isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0) or (isinstance(v, str) and v.strip())
-            for v in value):
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(
+            (isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0)
+            or (isinstance(v, str) and v.strip())
+            for v in value
+        )
+    ):
         raise ValueError("must be a non-empty list of class ids >= 0 or class names, e.g. [0, 6] or 0,6")
     value = [v.strip() if isinstance(v, str) else int(v) for v in value]
     if len(set(value)) != len(value):
@@ -262,28 +302,51 @@ class DataFields:
     """
 
     dataset: str = data_field("digits", _dataset, "data source", required=True)
-    root: str | None = data_field(None, checks.optional_str,
-                                  "dataset folder (fashion-mnist, isic2018, folder) or file (npz, csv); not needed "
-                                  "for digits")
-    imbalance: str | None = data_field(None, _imbalance, "training-set imbalance profile: exp:RHO, step:RHO or "
-                                       "binary:RHO, optionally :NMAX (e.g. exp:100, binary:50)", metavar="PROFILE")
-    classes: list[int | str] | None = data_field(None, _classes, "class ids or names to keep, majority first "
-                                                 "(e.g. [0, 6] or 0,6)", metavar="IDS")
-    val_fraction: float = data_field(0.2, _FRACTION, "validation share of the training pool when the source has no "
-                                     "validation split (0: none; then val_per_class)", type=float)
-    test_fraction: float = data_field(0.25, _FRACTION, "test share carved from the pool when the source has no "
-                                      "test split", type=float)
+    root: str | None = data_field(
+        None,
+        checks.optional_str,
+        "dataset folder (fashion-mnist, isic2018, folder) or file (npz, csv); not needed for digits",
+    )
+    imbalance: str | None = data_field(
+        None,
+        _imbalance,
+        "training-set imbalance profile: exp:RHO, step:RHO or binary:RHO, optionally :NMAX (e.g. exp:100, binary:50)",
+        metavar="PROFILE",
+    )
+    classes: list[int | str] | None = data_field(
+        None, _classes, "class ids or names to keep, majority first (e.g. [0, 6] or 0,6)", metavar="IDS"
+    )
+    val_fraction: float = data_field(
+        0.2,
+        _FRACTION,
+        "validation share of the training pool when the source has no validation split (0: none; then val_per_class)",
+        type=float,
+    )
+    test_fraction: float = data_field(
+        0.25, _FRACTION, "test share carved from the pool when the source has no test split", type=float
+    )
     val_per_class: int | None = data_field(
-        None, checks.integer(1, optional=True), "balanced validation: N images per class held out before the "
-        "imbalance profile (null: val_fraction)", type=int, metavar="N")
+        None,
+        checks.integer(1, optional=True),
+        "balanced validation: N images per class held out before the imbalance profile (null: val_fraction)",
+        type=int,
+        metavar="N",
+    )
     csv_path_column: str | None = data_field(
-        None, checks.optional_str, "image-path column of a csv source (null: the first of path, image, file, "
-        "filename, ...)", metavar="NAME")
+        None,
+        checks.optional_str,
+        "image-path column of a csv source (null: the first of path, image, file, filename, ...)",
+        metavar="NAME",
+    )
     csv_label_column: str | None = data_field(
-        None, checks.optional_str, "label column of a csv source (null: the first of label, class, target, y, "
-        "category)", metavar="NAME")
-    image_size: int | list[int] | None = data_field(None, _image_size, "resize images to this side, or "
-                                                    "[height, width] (null: native)", type=int)
+        None,
+        checks.optional_str,
+        "label column of a csv source (null: the first of label, class, target, y, category)",
+        metavar="NAME",
+    )
+    image_size: int | list[int] | None = data_field(
+        None, _image_size, "resize images to this side, or [height, width] (null: native)", type=int
+    )
 
     def source_problem(self, prefix: str = "") -> str | None:
         """What is wrong with these fields together (None: nothing), keys written with ``prefix``
@@ -298,11 +361,17 @@ class DataFields:
             return f"{prefix}root {self.root} does not exist"
         if not info.needs_root and self.root not in (None, ""):
             # A root given with digits is almost surely a forgotten dataset: say so, do not ignore it.
-            return (f"{prefix}dataset={self.dataset} reads no root ({info.help}); got {prefix}root={self.root}: drop "
-                    f"it, or name the dataset it holds "
-                    f"({', '.join(d for d, other in DATASETS.items() if other.needs_root)})")
-        if self.imbalance and self.imbalance.startswith("binary:") and self.classes is not None \
-                and len(self.classes) != 2:
+            return (
+                f"{prefix}dataset={self.dataset} reads no root ({info.help}); got {prefix}root={self.root}: drop "
+                f"it, or name the dataset it holds "
+                f"({', '.join(d for d, other in DATASETS.items() if other.needs_root)})"
+            )
+        if (
+            self.imbalance
+            and self.imbalance.startswith("binary:")
+            and self.classes is not None
+            and len(self.classes) != 2
+        ):
             return f"{prefix}imbalance binary:* needs exactly two {prefix}classes, got {self.classes}"
         return None
 
@@ -361,6 +430,7 @@ class SourceData:
     """
 
     classes: list[str]
-    pools: dict[str, ImageDataset]
+    # Mapping: a loader's dict of one dataset class (dict[str, FileImageDataset]) is one of these too
+    pools: Mapping[str, ImageDataset]
     groups: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

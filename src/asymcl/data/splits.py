@@ -87,8 +87,7 @@ def resolve_classes(requested: Sequence[int | str] | str | None, names: Sequence
             class_id = list(names).index(item)
         else:
             raise DataError(
-                f"class {item!r} is not known; give ids 0..{len(names) - 1} or names from "
-                f"{', '.join(names)}"
+                f"class {item!r} is not known; give ids 0..{len(names) - 1} or names from {', '.join(names)}"
             )
         if not 0 <= class_id < len(names):
             raise DataError(
@@ -140,17 +139,22 @@ def stratified_holdout(
         n_splits = min(max(2, int(round(1.0 / fraction))), n_groups, largest_class)
         if n_splits >= 2:
             random_state = int(rng.integers(2**31 - 1))
-            keep, holdout = _grouped_first_fold(n_splits, random_state, np.ascontiguousarray(targets).tobytes(),
-                                                str(targets.dtype), tuple(groups.tolist()))
+            keep, holdout = _grouped_first_fold(
+                n_splits,
+                random_state,
+                np.ascontiguousarray(targets).tobytes(),
+                str(targets.dtype),
+                tuple(groups.tolist()),
+            )
             return _every_class_on_both_sides(targets, groups, keep.copy(), holdout.copy(), rng)
-    holdout = []
+    per_class: list[np.ndarray] = []
     for c in np.unique(targets):
         members = rng.permutation(np.flatnonzero(targets == c))
         if members.size < 2:
             continue
         n_hold = min(max(int(round(fraction * members.size)), 1), members.size - 1)
-        holdout.append(members[:n_hold])
-    holdout = np.sort(np.concatenate(holdout)) if holdout else np.zeros(0, dtype=np.int64)
+        per_class.append(members[:n_hold])
+    holdout = np.sort(np.concatenate(per_class)) if per_class else np.zeros(0, dtype=np.int64)
     keep = np.setdiff1d(np.arange(n), holdout)
     return keep, holdout
 
@@ -159,8 +163,9 @@ def stratified_holdout(
 # and sklearn's StratifiedGroupKFold takes about 1.8 s on ISIC's 5,984 images (a Python loop over
 # the lesions), a tenth of a short pretrained run.
 @functools.lru_cache(maxsize=16)
-def _grouped_first_fold(n_splits: int, random_state: int, targets: bytes, dtype: str,
-                        groups: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _grouped_first_fold(
+    n_splits: int, random_state: int, targets: bytes, dtype: str, groups: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.frombuffer(targets, dtype=dtype)
@@ -202,8 +207,13 @@ def _every_class_on_both_sides(
     return np.flatnonzero(~in_holdout), np.flatnonzero(in_holdout)
 
 
-def balanced_holdout(targets: np.ndarray, per_class: int, rng: np.random.Generator,
-                     groups: np.ndarray | None = None, classes: Sequence[str] | None = None) -> np.ndarray:
+def balanced_holdout(
+    targets: np.ndarray,
+    per_class: int,
+    rng: np.random.Generator,
+    groups: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+) -> np.ndarray:
     """Sorted indices of ``per_class`` images of every class (seeded). With ``groups``, whole groups
     are taken in a random order until the class has ``per_class`` images (so a lesion is never on
     both sides; the class may then get a few more). A class that cannot spare ``per_class`` images
@@ -217,7 +227,8 @@ def balanced_holdout(targets: np.ndarray, per_class: int, rng: np.random.Generat
             raise DataError(
                 f"class {name} has {members.size} training image(s), too few to hold out a balanced validation set "
                 f"of {per_class} per class and keep some for training; lower data.val_per_class or leave it unset "
-                "(data.val_fraction)")
+                "(data.val_fraction)"
+            )
         if groups is None:
             held.append(rng.choice(members, per_class, replace=False))
             continue
@@ -232,8 +243,10 @@ def balanced_holdout(targets: np.ndarray, per_class: int, rng: np.random.Generat
             count += chosen.size
         chosen = np.concatenate(taken)
         if chosen.size >= members.size:
-            raise DataError(f"class {name}: holding out {per_class} validation images by lesion leaves none for "
-                            "training; lower data.val_per_class")
+            raise DataError(
+                f"class {name}: holding out {per_class} validation images by lesion leaves none for "
+                "training; lower data.val_per_class"
+            )
         held.append(chosen)
     return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
 
@@ -277,9 +290,7 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
             train.targets, spec.test_fraction, _rng(spec.seed, _STREAM_TEST), groups.get("train")
         )
         if held.size == 0:
-            raise DataError(
-                f"{spec.dataset} has no test split and test_fraction={spec.test_fraction} carves none"
-            )
+            raise DataError(f"{spec.dataset} has no test split and test_fraction={spec.test_fraction} carves none")
         pools["test"] = train.subset(held)
         train = train.subset(keep)
         if "train" in groups:
@@ -291,15 +302,19 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
         )
 
     if spec.val_per_class is not None and "val" not in pools:
-        held = balanced_holdout(train.targets, spec.val_per_class, _rng(spec.seed, _STREAM_VAL),
-                                groups.get("train"), classes)
+        held = balanced_holdout(
+            train.targets, spec.val_per_class, _rng(spec.seed, _STREAM_VAL), groups.get("train"), classes
+        )
         keep = np.setdiff1d(np.arange(len(train)), held)
         pools["val"] = train.subset(held)
         train = train.subset(keep)
         if "train" in groups:
             groups["train"] = groups["train"][keep]
-        notes.append(f"val: {spec.val_per_class} images per class held out of the pool before the profile"
-                     + (", grouped by lesion" if "train" in groups else "") + f", seed {spec.seed}")
+        notes.append(
+            f"val: {spec.val_per_class} images per class held out of the pool before the profile"
+            + (", grouped by lesion" if "train" in groups else "")
+            + f", seed {spec.seed}"
+        )
 
     if profile is not None:
         counts = profile.counts(train.class_counts(), classes)
@@ -311,8 +326,10 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
 
     if "val" not in pools:
         if spec.val_fraction == 0:  # models are chosen on validation: a run without one cannot select
-            raise DataError(f"{spec.dataset} has no validation split and val_fraction=0 carves none; "
-                            "set val_fraction > 0 or val_per_class")
+            raise DataError(
+                f"{spec.dataset} has no validation split and val_fraction=0 carves none; "
+                "set val_fraction > 0 or val_per_class"
+            )
         keep, held = stratified_holdout(
             train.targets, spec.val_fraction, _rng(spec.seed, _STREAM_VAL), groups.get("train")
         )
@@ -336,5 +353,11 @@ def build_splits(spec: DataSpec | None = None) -> Splits:
         counts = test_profile.counts(available, classes)
         chosen = imbalanced_indices(test.targets, counts, _rng(spec.seed, _STREAM_TEST_IMBALANCE))
         out["test_imbalanced"] = test.subset(chosen)
-    return Splits(classes=classes, splits=out, spec=spec, profile=profile, notes=notes,
-                  official=tuple(name for name in ("train", "val", "test") if name in source.pools))
+    return Splits(
+        classes=classes,
+        splits=out,
+        spec=spec,
+        profile=profile,
+        notes=notes,
+        official=tuple(name for name in ("train", "val", "test") if name in source.pools),
+    )

@@ -61,7 +61,7 @@ def imbalance_ratio(profile: Any) -> float:
 @dataclass
 class Cell:
     arm: str
-    values: tuple[Any, ...]          # one per axis
+    values: tuple[Any, ...]  # one per axis
     runs: list[Run]
 
     @property
@@ -116,13 +116,26 @@ def cell_rows(cell: Cell) -> list[dict[str, Any]]:
             b = [theirs[s] for s in seeds]
             diff = paired_difference(a, b)
             sd = float(np.std(np.subtract(a, b), ddof=1)) if len(seeds) > 1 else float("nan")
-            rows.append({
-                "arm": cell.arm, **{axis: value for axis, value in zip(AXES, cell.values, strict=True)}, "rho": cell.rho,
-                "comparison": f"{row_display(first)} - {row_display(second)}", "first": first, "second": second,
-                "metric": metric, "split": split, "n": diff.n, "mean": diff.mean, "low": diff.low,
-                "high": diff.high, "p": diff.p, "sd": sd, "mdd": min_detectable_difference(sd, diff.n),
-                "settings": {first: setting.chosen[first].params, second: setting.chosen[second].params},
-            })
+            rows.append(
+                {
+                    "arm": cell.arm,
+                    **{axis: value for axis, value in zip(AXES, cell.values, strict=True)},
+                    "rho": cell.rho,
+                    "comparison": f"{row_display(first)} - {row_display(second)}",
+                    "first": first,
+                    "second": second,
+                    "metric": metric,
+                    "split": split,
+                    "n": diff.n,
+                    "mean": diff.mean,
+                    "low": diff.low,
+                    "high": diff.high,
+                    "p": diff.p,
+                    "sd": sd,
+                    "mdd": min_detectable_difference(sd, diff.n),
+                    "settings": {first: setting.chosen[first].params, second: setting.chosen[second].params},
+                }
+            )
     return rows
 
 
@@ -161,8 +174,17 @@ def figure(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         for i, metric in enumerate(METRICS):
             ax = axes[i][j]
             for k, name in enumerate(comparisons):
-                points = sorted((r for r in rows if r["arm"] == arm and r["stage1.batch_size"] == batch
-                                 and r["metric"] == metric and r["comparison"] == name), key=lambda r: r["rho"])
+                points = sorted(
+                    (
+                        r
+                        for r in rows
+                        if r["arm"] == arm
+                        and r["stage1.batch_size"] == batch
+                        and r["metric"] == metric
+                        and r["comparison"] == name
+                    ),
+                    key=lambda r: r["rho"],
+                )
                 if not points:
                     continue
                 x = np.array([r["rho"] for r in points]) * (1 + 0.04 * (k - 1))  # side by side on a log axis
@@ -187,8 +209,23 @@ def figure(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-_CSV_COLUMNS = ("arm", *AXES, "rho", "comparison", "metric", "split", "n", "mean", "low", "high", "p", "p_holm",
-                "sd", "mdd", "verdict")
+_CSV_COLUMNS = (
+    "arm",
+    *AXES,
+    "rho",
+    "comparison",
+    "metric",
+    "split",
+    "n",
+    "mean",
+    "low",
+    "high",
+    "p",
+    "p_holm",
+    "sd",
+    "mdd",
+    "verdict",
+)
 
 
 def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -201,35 +238,54 @@ def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     root = runs_dir.parent if from_csv else runs_dir
     rows = analyse(runs, root)
     if not rows:
-        raise DataError(f"no cell under {runs_dir} has both rows of any of "
-                        + ", ".join(f"{a.upper()} - {b.upper()}" for a, b in COMPARISONS))
+        raise DataError(
+            f"no cell under {runs_dir} has both rows of any of "
+            + ", ".join(f"{a.upper()} - {b.upper()}" for a, b in COMPARISONS)
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    paths = {"csv": out_dir / "claim.csv", "json": out_dir / "claim.json", "md": out_dir / "claim.md",
-             "figure": out_dir / "claim.png"}
+    paths = {
+        "csv": out_dir / "claim.csv",
+        "json": out_dir / "claim.json",
+        "md": out_dir / "claim.md",
+        "figure": out_dir / "claim.png",
+    }
     atomic_write_text(paths["csv"], text.getvalue())
-    atomic_write_text(paths["json"], json.dumps({"runs_dir": str(runs_dir), "family_size": sum(r["n"] >= 2 for r in rows),
-                                                  "rows": rows}, indent=1, default=str))
+    atomic_write_text(
+        paths["json"],
+        json.dumps(
+            {"runs_dir": str(runs_dir), "family_size": sum(r["n"] >= 2 for r in rows), "rows": rows},
+            indent=1,
+            default=str,
+        ),
+    )
     if not from_csv:
         write_runs_csv(out_dir / "runs.csv", [(c.label, c.runs) for c in cells(runs, root)], root=root)
     figure(rows, paths["figure"])
-    lines = ["# The paper's claim across the grid", "",
-             f"{len(runs)} runs, {len({(r['arm'], r['data.imbalance'], r['stage1.batch_size']) for r in rows})} cells. "
-             "Per cell each method's setting is chosen on validation UA; differences are paired over seeds on "
-             f"the main test split, with scipy's 95% t interval (raw) and a verdict Holm-adjusted over all "
-             f"{sum(r['n'] >= 2 for r in rows)} comparisons of the grid. MDD: the true difference these seeds "
-             "would detect with 80% power at 5% (paired t, statsmodels), given the observed spread.", "",
-             "![ΔUA and ΔWA against rho](claim.png)", "",
-             "| arm | batch | rho | comparison | metric | seeds | Δ [95% CI] | Holm p | verdict | MDD |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# The paper's claim across the grid",
+        "",
+        f"{len(runs)} runs, {len({(r['arm'], r['data.imbalance'], r['stage1.batch_size']) for r in rows})} cells. "
+        "Per cell each method's setting is chosen on validation UA; differences are paired over seeds on "
+        f"the main test split, with scipy's 95% t interval (raw) and a verdict Holm-adjusted over all "
+        f"{sum(r['n'] >= 2 for r in rows)} comparisons of the grid. MDD: the true difference these seeds "
+        "would detect with 80% power at 5% (paired t, statsmodels), given the observed spread.",
+        "",
+        "![ΔUA and ΔWA against rho](claim.png)",
+        "",
+        "| arm | batch | rho | comparison | metric | seeds | Δ [95% CI] | Holm p | verdict | MDD |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         interval = f"{_pct(row['mean'])} [{_pct(row['low'])}, {_pct(row['high'])}]"
         p_holm = "–" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.3g}"
         mdd = "–" if math.isnan(row["mdd"]) else f"{row['mdd'] * 100:.1f}"
-        lines.append(f"| {row['arm'] or '–'} | {row['stage1.batch_size']} | {row['rho']:g} | {row['comparison']} | "
-                     f"{row['metric'].upper()} | {row['n']} | {interval} | {p_holm} | {row['verdict']} | {mdd} |")
+        lines.append(
+            f"| {row['arm'] or '–'} | {row['stage1.batch_size']} | {row['rho']:g} | {row['comparison']} | "
+            f"{row['metric'].upper()} | {row['n']} | {interval} | {p_holm} | {row['verdict']} | {mdd} |"
+        )
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     return paths

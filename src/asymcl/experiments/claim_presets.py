@@ -31,8 +31,12 @@ from asymcl.experiments.fair import comparison_spec
 from asymcl.experiments.reproduce import PRETRAINED_TRAINING, QUICK_TRAINING
 
 CLAIM_METHODS = ("supcon", "cl", "fcl", "acl", "afcl")
-AUTHORS = {"fcl": {"loss.gamma": 10.0}, "acl": {"loss.eta": 300.0}, "afcl": {"loss.gamma": 10.0, "loss.eta": 300.0},
-           "cl": {}}
+AUTHORS = {
+    "fcl": {"loss.gamma": 10.0},
+    "acl": {"loss.eta": 300.0},
+    "afcl": {"loss.gamma": 10.0, "loss.eta": 300.0},
+    "cl": {},
+}
 ETA_REFERENCE_BATCH = 256
 #: Per profile: imbalance ratios, stage-1 batch sizes, seeds, budget, head cap, training.
 # What a grid of 2,200 runs keeps on disk. eval.embeddings 0: the claim is read from metrics alone,
@@ -41,16 +45,34 @@ ETA_REFERENCE_BATCH = 256
 # of 15-60 s that is interrupted restarts its stage instead of resuming mid-stage.
 _OUTPUTS = {"eval.embeddings": 0, "trainer.save_last": False}
 GRIDS: dict[str, dict[str, Any]] = {
-    "pretrained": {"rhos": (1, 10, 50, 100, 200), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
-                   "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **_OUTPUTS}},
-    "quick": {"rhos": (1, 100), "batches": (32, 512), "seeds": 10, "budget": 2, "head": 1000,
-              "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10, **_OUTPUTS}},
+    "pretrained": {
+        "rhos": (1, 10, 50, 100, 200),
+        "batches": (32, 512),
+        "seeds": 10,
+        "budget": 2,
+        "head": 1000,
+        "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **_OUTPUTS},
+    },
+    "quick": {
+        "rhos": (1, 100),
+        "batches": (32, 512),
+        "seeds": 10,
+        "budget": 2,
+        "head": 1000,
+        "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10, **_OUTPUTS},
+    },
 }
 
 
-def claim_specs(data: str | Path, profile: str = "pretrained", *, seeds: int | None = None,
-                budget: int | None = None, rhos: Sequence[float] | None = None,
-                batches: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+def claim_specs(
+    data: str | Path,
+    profile: str = "pretrained",
+    *,
+    seeds: int | None = None,
+    budget: int | None = None,
+    rhos: Sequence[float] | None = None,
+    batches: Sequence[int] | None = None,
+) -> dict[str, dict[str, Any]]:
     """``{arm: sweep mapping}`` of the grid (see the module docstring)."""
     if profile not in GRIDS:
         raise ConfigError(f"unknown profile {profile!r} for the claim grid (allowed: {', '.join(GRIDS)})")
@@ -63,19 +85,39 @@ def claim_specs(data: str | Path, profile: str = "pretrained", *, seeds: int | N
     rhos = tuple(rhos or grid["rhos"])
     batches = tuple(batches or grid["batches"])
     base = {**grid["training"], "data.dataset": "fashion-mnist", "data.root": str(data), "data.val_per_class": 200}
-    shared: dict[str, list[Any]] = {"data.imbalance": [f"exp:{rho:g}:{grid['head']}" for rho in rhos], "seed": list(range(seeds))}
+    shared: dict[str, list[Any]] = {
+        "data.imbalance": [f"exp:{rho:g}:{grid['head']}" for rho in rhos],
+        "seed": list(range(seeds)),
+    }
     specs: dict[str, dict[str, Any]] = {}
-    specs["tuned"] = comparison_spec(f"claim-{profile}-tuned", "issue 22: every method tuned, the same budget", base,
-                                     CLAIM_METHODS, budget, {**shared, "stage1.batch_size": list(batches)})
-    authors = comparison_spec(f"claim-{profile}-authors", "issue 22: the authors' advice, fixed", base,
-                              tuple(AUTHORS), 1, {**shared, "stage1.batch_size": list(batches)})
+    specs["tuned"] = comparison_spec(
+        f"claim-{profile}-tuned",
+        "issue 22: every method tuned, the same budget",
+        base,
+        CLAIM_METHODS,
+        budget,
+        {**shared, "stage1.batch_size": list(batches)},
+    )
+    authors = comparison_spec(
+        f"claim-{profile}-authors",
+        "issue 22: the authors' advice, fixed",
+        base,
+        tuple(AUTHORS),
+        1,
+        {**shared, "stage1.batch_size": list(batches)},
+    )
     for method, fixed in AUTHORS.items():
         authors["settings"][method] = [{**authors["settings"][method][0], **fixed}]
     specs["authors"] = authors
     for batch in batches:
-        scaled = comparison_spec(f"claim-{profile}-eta-scaled-b{batch}",
-                                 f"issue 22: eta x {batch}/{ETA_REFERENCE_BATCH} for batch {batch}",
-                                 {**base, "stage1.batch_size": batch}, ("cl", "fcl", "acl", "afcl"), budget, shared)
+        scaled = comparison_spec(
+            f"claim-{profile}-eta-scaled-b{batch}",
+            f"issue 22: eta x {batch}/{ETA_REFERENCE_BATCH} for batch {batch}",
+            {**base, "stage1.batch_size": batch},
+            ("cl", "fcl", "acl", "afcl"),
+            budget,
+            shared,
+        )
         for method in ("acl", "afcl"):
             for setting in scaled["settings"][method]:
                 setting["loss.eta"] = float(f"{setting['loss.eta'] * batch / ETA_REFERENCE_BATCH:.4g}")
@@ -83,10 +125,19 @@ def claim_specs(data: str | Path, profile: str = "pretrained", *, seeds: int | N
     return specs
 
 
-def run_claim_grid(data: str | Path, out: str | Path, *, profile: str = "pretrained", seeds: int | None = None,
-                   budget: int | None = None, arms: Sequence[str] | None = None, dry_run: bool = False,
-                   workers: int = 1, progress: Callable[[str], None] | None = None,
-                   command: str | None = None) -> dict[str, Any]:
+def run_claim_grid(
+    data: str | Path,
+    out: str | Path,
+    *,
+    profile: str = "pretrained",
+    seeds: int | None = None,
+    budget: int | None = None,
+    arms: Sequence[str] | None = None,
+    dry_run: bool = False,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Run every arm's sweep into ``out/<arm>`` (resumable), then the analysis into ``out/claim``."""
     import yaml
 
@@ -112,7 +163,8 @@ def run_claim_grid(data: str | Path, out: str | Path, *, profile: str = "pretrai
     for arm, raw in specs.items():
         (out / arm).mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / arm / "sweep.yaml", yaml.safe_dump(raw, sort_keys=False))
-        results[arm] = run_sweep(parse_spec(raw), out / arm, progress=progress, command=command, workers=workers,
-                                 label=f"claim {arm}")
+        results[arm] = run_sweep(
+            parse_spec(raw), out / arm, progress=progress, command=command, workers=workers, label=f"claim {arm}"
+        )
     paths = write_claim(out, out / "claim")
     return {"runs": counts, "sweeps": results, "claim": paths}

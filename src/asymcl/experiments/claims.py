@@ -68,12 +68,20 @@ def family_entries(numbers: SettingNumbers) -> list[tuple[str, Difference]]:
     out = []
     for method, comparison in numbers.comparisons.items():
         for metric in CLAIM_METRICS:
-            out.append((f"{numbers.label}: AFCL - {row_display(method)} {metric.upper()}",
-                        comparison.differences[f"{main}.{metric}"]))
+            out.append(
+                (
+                    f"{numbers.label}: AFCL - {row_display(method)} {metric.upper()}",
+                    comparison.differences[f"{main}.{metric}"],
+                )
+            )
     for entry in numbers.best_vs_baselines:
         for metric in CLAIM_METRICS:
-            out.append((f"{numbers.label}: {entry.display} - {row_display(entry.baseline)} {metric.upper()}",
-                        entry.differences[f"{main}.{metric}"]))
+            out.append(
+                (
+                    f"{numbers.label}: {entry.display} - {row_display(entry.baseline)} {metric.upper()}",
+                    entry.differences[f"{main}.{metric}"],
+                )
+            )
     return out
 
 
@@ -82,8 +90,9 @@ def adjust_family(all_numbers: Sequence[SettingNumbers], alpha: float = 0.05) ->
     and redo the claim sentences with the adjusted verdicts. Returns the family's size."""
     from asymcl.experiments.stats import holm
 
-    members = [entry for numbers in all_numbers for _, entry in family_entries(numbers)
-               if entry.n >= 2 and entry.p is not None]
+    members = [
+        entry for numbers in all_numbers for _, entry in family_entries(numbers) if entry.n >= 2 and entry.p is not None
+    ]
     reject, adjusted = holm([entry.p for entry in members], alpha)
     for entry, r, a in zip(members, reject, adjusted, strict=True):
         entry.p_holm, entry.holm_significant = a, r
@@ -93,19 +102,24 @@ def adjust_family(all_numbers: Sequence[SettingNumbers], alpha: float = 0.05) ->
     return len(members)
 
 
-def paper_claim(table: Mapping[str, TableRow], comparisons: Mapping[str, Comparison], split: str | None,
-                title: str = "") -> PaperClaim:
+def paper_claim(
+    table: Mapping[str, TableRow], comparisons: Mapping[str, Comparison], split: str | None, title: str = ""
+) -> PaperClaim:
     """The verdict for one setting (see the module docstring): ``split`` is the main test split,
     ``title`` how the report names it."""
     if split is None:
-        return PaperClaim("not tested", None, title,
-                          f"The paper's claim ({CLAIM_TEXT}) could not be tested: no test split.")
+        return PaperClaim(
+            "not tested", None, title, f"The paper's claim ({CLAIM_TEXT}) could not be tested: no test split."
+        )
     head = f"The paper's claim ({CLAIM_TEXT}) on the {title or split} set"
     missing = [m.upper() for m in (PROPOSED, *CLAIM_OPPONENTS) if m not in table]
     if missing:
         return PaperClaim("not tested", split, title, f"{head} could not be tested: no {' or '.join(missing)} runs.")
-    entries = {(opponent, metric): comparisons[opponent].differences[f"{split}.{metric}"]
-               for opponent in CLAIM_OPPONENTS for metric in CLAIM_METRICS}
+    entries = {
+        (opponent, metric): comparisons[opponent].differences[f"{split}.{metric}"]
+        for opponent in CLAIM_OPPONENTS
+        for metric in CLAIM_METRICS
+    }
     if any(d.n < 2 for d in entries.values()):
         return PaperClaim("not tested", split, title, f"{head} could not be tested: fewer than 2 paired seeds.")
 
@@ -125,8 +139,13 @@ def paper_claim(table: Mapping[str, TableRow], comparisons: Mapping[str, Compari
 
 def best_contrastive_row(table: Mapping[str, TableRow]) -> str | None:
     """The row of a contrastive method (any levers) with the highest mean validation UA."""
-    rows = [row for row in table if REGISTRY.get(row_method(row)) is not None
-            and REGISTRY[row_method(row)].contrastive and table[row].scores["val.ua"].n]
+    rows = [
+        row
+        for row in table
+        if REGISTRY.get(row_method(row)) is not None
+        and REGISTRY[row_method(row)].contrastive
+        and table[row].scores["val.ua"].n
+    ]
     return max(rows, key=lambda row: table[row].scores["val.ua"].mean) if rows else None
 
 

@@ -82,23 +82,25 @@ def format_duration(seconds: float) -> str:
 class ComparisonPlan:
     """What a comparison will run, and what it is expected to cost."""
 
-    spec: dict[str, Any]              # the sweep mapping (base, grid, settings)
+    spec: dict[str, Any]  # the sweep mapping (base, grid, settings)
     runs: int
-    pending: int                      # runs not yet complete in ``out``
+    pending: int  # runs not yet complete in ``out``
     methods: list[str]
     settings: int
     seeds: list[int]
     counts: dict[str, dict[str, int]]  # the first seed's images per split and class
-    extraction_s: float               # one-time feature extraction (pretrained), 0 when cached or quick
+    extraction_s: float  # one-time feature extraction (pretrained), 0 when cached or quick
     per_method_run_s: dict[str, float]
     eta_s: float
 
     def summary(self) -> str:
         classes = len(next(iter(self.counts.values())))
         sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in self.counts.items())
-        return (f"{self.runs} runs ({len(self.methods)} methods x {self.settings} settings x {len(self.seeds)} seeds; "
-                f"{self.pending} to run): {classes} classes, {sizes} images; about {format_duration(self.eta_s)}"
-                + (f" (of which feature extraction {format_duration(self.extraction_s)})" if self.extraction_s else ""))
+        return (
+            f"{self.runs} runs ({len(self.methods)} methods x {self.settings} settings x {len(self.seeds)} seeds; "
+            f"{self.pending} to run): {classes} classes, {sizes} images; about {format_duration(self.eta_s)}"
+            + (f" (of which feature extraction {format_duration(self.extraction_s)})" if self.extraction_s else "")
+        )
 
 
 def _profile_base(overrides: Mapping[str, Any], profile: str) -> dict[str, Any]:
@@ -113,18 +115,23 @@ def _profile_base(overrides: Mapping[str, Any], profile: str) -> dict[str, Any]:
 def _check_splits(counts: Mapping[str, Mapping[str, int]], where: str) -> None:
     train = counts.get("train", {})
     if len(train) < 2:
-        raise DataError(f"{where} has {len(train)} class(es); a comparison needs at least two (one folder of "
-                        "images per class, or a label column with two or more values)")
+        raise DataError(
+            f"{where} has {len(train)} class(es); a comparison needs at least two (one folder of "
+            "images per class, or a label column with two or more values)"
+        )
     val = counts.get("val", {})
     missing = [name for name in train if val.get(name, 0) == 0]
     if missing:
         raise DataError(
             f"the validation split has no image of {', '.join(missing)} ({sum(val.values())} validation images "
             f"for {len(train)} classes): choices made on validation would ignore them; add images, raise "
-            "data.val_fraction, or set data.val_per_class")
+            "data.val_fraction, or set data.val_per_class"
+        )
 
 
-def _estimate(config, counts: Mapping[str, Mapping[str, int]], profile: str, cached: bool) -> tuple[float, dict[str, float]]:
+def _estimate(
+    config, counts: Mapping[str, Mapping[str, int]], profile: str, cached: bool
+) -> tuple[float, dict[str, float]]:
     """(one-time extraction s, {method: s per run}) from the throughputs above."""
     from asymcl.training.methods import PROBE, get_method
 
@@ -154,9 +161,16 @@ def _estimate(config, counts: Mapping[str, Mapping[str, int]], profile: str, cac
     return 0.0, per_method
 
 
-def plan_comparison(overrides: Mapping[str, Any] | Sequence[str], out: str | Path, *, profile: str = "quick",
-                    methods: Sequence[str] | None = None, settings: int = DEFAULT_SETTINGS,
-                    seeds: int = DEFAULT_SEEDS, workers: int = 1) -> ComparisonPlan:
+def plan_comparison(
+    overrides: Mapping[str, Any] | Sequence[str],
+    out: str | Path,
+    *,
+    profile: str = "quick",
+    methods: Sequence[str] | None = None,
+    settings: int = DEFAULT_SETTINGS,
+    seeds: int = DEFAULT_SEEDS,
+    workers: int = 1,
+) -> ComparisonPlan:
     """Resolve, check and cost the comparison (nothing is trained or written)."""
     from asymcl.data import build_splits
     from asymcl.experiments.fair import comparison_spec
@@ -167,14 +181,22 @@ def plan_comparison(overrides: Mapping[str, Any] | Sequence[str], out: str | Pat
 
     overrides = parse_overrides(dict(overrides)) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
     if "method" in overrides or "seed" in overrides:
-        raise ConfigError("compare runs every method over its seeds itself: use --methods and --seeds instead of "
-                          "--set method=... or --set seed=...")
+        raise ConfigError(
+            "compare runs every method over its seeds itself: use --methods and --seeds instead of "
+            "--set method=... or --set seed=..."
+        )
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     methods = list(methods or COMPARE_METHODS[profile])
     base = _profile_base(overrides, profile)
-    raw = comparison_spec(f"compare-{profile}", f"asymcl compare --profile {profile}", base, methods, settings,
-                          {"seed": list(range(seeds))})
+    raw = comparison_spec(
+        f"compare-{profile}",
+        f"asymcl compare --profile {profile}",
+        base,
+        methods,
+        settings,
+        {"seed": list(range(seeds))},
+    )
     spec = parse_spec(raw)
     points = expand(spec)
     resolve_points(spec, points, default_resolver())  # every run's config is valid, before anything runs
@@ -191,8 +213,18 @@ def plan_comparison(overrides: Mapping[str, Any] | Sequence[str], out: str | Pat
     pending_cost = sum(per_method[p.overrides.get("method", methods[-1])] for p in pending)
     speedup = min(max(workers, 1), 2) * 0.85 if workers > 1 else 1.0
     eta = extraction + pending_cost / speedup
-    return ComparisonPlan(raw, len(points), len(pending), methods, settings, list(range(seeds)), counts,
-                          extraction, {m: per_method[m] for m in methods}, eta if pending else 0.0)
+    return ComparisonPlan(
+        raw,
+        len(points),
+        len(pending),
+        methods,
+        settings,
+        list(range(seeds)),
+        counts,
+        extraction,
+        {m: per_method[m] for m in methods},
+        eta if pending else 0.0,
+    )
 
 
 def check_budget(plan: ComparisonPlan, budget_s: float, yes: bool) -> None:
@@ -201,12 +233,14 @@ def check_budget(plan: ComparisonPlan, budget_s: float, yes: bool) -> None:
     if plan.pending and one_each > budget_s:
         raise ConfigError(
             f"a budget of {format_duration(budget_s)} is too small for one run per method (about "
-            f"{format_duration(one_each)} for {len(plan.methods)} methods); raise --budget or compare fewer --methods")
+            f"{format_duration(one_each)} for {len(plan.methods)} methods); raise --budget or compare fewer --methods"
+        )
     if plan.eta_s > budget_s and not yes:
         raise ConfigError(
             f"the comparison needs about {format_duration(plan.eta_s)}, over the budget of {format_duration(budget_s)}; "
             "pass --yes to run it anyway, raise --budget, or lower --settings or --seeds (every method keeps the "
-            "same number)")
+            "same number)"
+        )
 
 
 @dataclass
@@ -217,11 +251,22 @@ class CompareResult:
     report: Any
 
 
-def compare(overrides: Mapping[str, Any] | Sequence[str], out: str | Path, *, profile: str = "quick",
-            methods: Sequence[str] | None = None, settings: int = DEFAULT_SETTINGS, seeds: int = DEFAULT_SEEDS,
-            budget: str | float = "30m", yes: bool = False, dry_run: bool = False, workers: int = 1,
-            progress: Callable[[str], None] | None = None, command: str | None = None,
-            tsne_points: int = 1000) -> CompareResult:
+def compare(
+    overrides: Mapping[str, Any] | Sequence[str],
+    out: str | Path,
+    *,
+    profile: str = "quick",
+    methods: Sequence[str] | None = None,
+    settings: int = DEFAULT_SETTINGS,
+    seeds: int = DEFAULT_SEEDS,
+    budget: str | float = "30m",
+    yes: bool = False,
+    dry_run: bool = False,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+    command: str | None = None,
+    tsne_points: int = 1000,
+) -> CompareResult:
     """Plan, check and run the fair comparison into ``out`` (resumable), then write ``out/report``."""
     import sys
 
@@ -235,8 +280,9 @@ def compare(overrides: Mapping[str, Any] | Sequence[str], out: str | Path, *, pr
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     budget_s = parse_duration(budget)
     out = Path(out)
-    plan = plan_comparison(overrides, out, profile=profile, methods=methods, settings=settings, seeds=seeds,
-                           workers=workers)
+    plan = plan_comparison(
+        overrides, out, profile=profile, methods=methods, settings=settings, seeds=seeds, workers=workers
+    )
     if dry_run:
         print(yaml.safe_dump(plan.spec, sort_keys=False).rstrip())
         for point in expand(parse_spec(plan.spec)):
@@ -250,8 +296,7 @@ def compare(overrides: Mapping[str, Any] | Sequence[str], out: str | Path, *, pr
 
     atomic_write_text(out / "sweep.yaml", yaml.safe_dump(plan.spec, sort_keys=False))
     command = command or current_command()
-    sweep = run_sweep(parse_spec(plan.spec), out, progress=progress, command=command, workers=workers,
-                      label="compare")
+    sweep = run_sweep(parse_spec(plan.spec), out, progress=progress, command=command, workers=workers, label="compare")
     report = None
     if sweep.ran or sweep.skipped:
         report = build_report(out, out / "report", command=command, progress=progress, tsne_points=tsne_points)
@@ -263,5 +308,9 @@ def default_out(overrides: Mapping[str, Any] | Sequence[str], profile: str) -> P
     from asymcl.training.config import SCHEMA, parse_overrides
 
     flat = parse_overrides(dict(overrides) if isinstance(overrides, Mapping) else list(overrides))
-    name = Path(str(flat["data.root"])).stem if flat.get("data.root") else str(flat.get("data.dataset", SCHEMA["data.dataset"][0]))
+    name = (
+        Path(str(flat["data.root"])).stem
+        if flat.get("data.root")
+        else str(flat.get("data.dataset", SCHEMA["data.dataset"][0]))
+    )
     return Path("runs") / f"compare-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-{profile}"

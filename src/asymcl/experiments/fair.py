@@ -59,8 +59,6 @@ def method_space(method: str, base: Mapping[str, Any]) -> dict[str, tuple[Any, .
     return space
 
 
-
-
 def method_settings(method: str, budget: int, base: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``budget`` distinct settings of ``method``: the space's default first, then a draw seeded by
     the method's name. A space smaller than the budget is a :class:`ConfigError` (giving that
@@ -69,11 +67,16 @@ def method_settings(method: str, budget: int, base: Mapping[str, Any]) -> list[d
         raise ConfigError(f"a comparison's budget is the number of settings per method, at least 1; got {budget}")
     space = method_space(method, base)
     keys = list(space)
-    points = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))] if keys else [{}]
+    points = (
+        [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))]
+        if keys
+        else [{}]
+    )
     if len(points) < budget:
         raise ConfigError(
             f"method {method} has {len(points)} setting(s) in its search space, fewer than the budget of {budget} per "
-            f"method; lower the budget to {len(points)} or leave {method} out (every method gets the same number)")
+            f"method; lower the budget to {len(points)} or leave {method} out (every method gets the same number)"
+        )
     rng = np.random.default_rng(zlib.crc32(method.encode()))
     rest = [points[i] for i in 1 + rng.permutation(len(points) - 1)]
     return [points[0], *rest][:budget]
@@ -85,7 +88,8 @@ def check_levers(base: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"{key}={base[key]!r} in a comparison's base config applies to the contrastive methods only, "
                 "which would give them a lever the baselines lack; compare levers with `asymcl sweep` "
-                f"instead, or remove {key}")
+                f"instead, or remove {key}"
+            )
 
 
 def equal_epochs(method: str, base: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,16 +107,27 @@ def fair_settings(methods: Sequence[str], budget: int, base: Mapping[str, Any]) 
     if len(set(methods)) != len(methods):
         raise ConfigError(f"a method is listed twice in {list(methods)}")
     check_levers(base)
-    return {method: [{**setting, **equal_epochs(method, base)} for setting in method_settings(method, budget, base)]
-            for method in methods}
+    return {
+        method: [{**setting, **equal_epochs(method, base)} for setting in method_settings(method, budget, base)]
+        for method in methods
+    }
 
 
-
-
-def comparison_spec(name: str, description: str, base: Mapping[str, Any], methods: Sequence[str], budget: int,
-                    grid: Mapping[str, list[Any]]) -> dict[str, Any]:
+def comparison_spec(
+    name: str,
+    description: str,
+    base: Mapping[str, Any],
+    methods: Sequence[str],
+    budget: int,
+    grid: Mapping[str, list[Any]],
+) -> dict[str, Any]:
     """A sweep mapping (base, shared grid, per-method settings) that compares ``methods`` fairly."""
     if "method" in grid:
         raise ConfigError("a comparison's methods come from its method list, not from a grid key 'method'")
-    return {"name": name, "description": description, "base": dict(base), "grid": {k: list(v) for k, v in grid.items()},
-            "settings": fair_settings(list(methods), budget, base)}
+    return {
+        "name": name,
+        "description": description,
+        "base": dict(base),
+        "grid": {k: list(v) for k, v in grid.items()},
+        "settings": fair_settings(list(methods), budget, base),
+    }

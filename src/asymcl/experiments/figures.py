@@ -38,21 +38,36 @@ def figure_recall(setting: Setting, split: str, path: Path) -> bool:
     if not methods:
         return False
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) * max(1, len(methods) / 3) + 2), 4.6),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.9 * len(names) * max(1, len(methods) / 3) + 2), 4.6), layout="constrained"
+    )
     x = np.arange(len(names))
     cmap = plt.get_cmap("tab10")
     for index, method in enumerate(methods):
         recalls = np.stack(_per_class(setting.chosen[method], split, "per_class_recall"))
         mean = recalls.mean(axis=0)
         err = recalls.std(axis=0, ddof=1) if len(recalls) > 1 else None
-        ax.bar(x + (index - (len(methods) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
-               label=f"{display(method)} (n={len(recalls)})", color=cmap(index % 10))
-    ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 6 else 0, ha="right" if max(len(n) for n in names) > 6 else "center")
+        ax.bar(
+            x + (index - (len(methods) - 1) / 2) * width,
+            mean,
+            width,
+            yerr=err,
+            capsize=2,
+            label=f"{display(method)} (n={len(recalls)})",
+            color=cmap(index % 10),
+        )
+    ax.set_xticks(
+        x,
+        names,
+        rotation=30 if max(len(n) for n in names) > 6 else 0,
+        ha="right" if max(len(n) for n in names) > 6 else "center",
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall (mean ± std over seeds)")
-    ax.set_title(f"Per-class recall, {split_title(split, 'test_imbalanced' in setting.test_splits)}\n"
-                 f"{setting.label}", fontsize=10)
+    ax.set_title(
+        f"Per-class recall, {split_title(split, 'test_imbalanced' in setting.test_splits)}\n{setting.label}",
+        fontsize=10,
+    )
     fig.legend(fontsize=8, ncol=min(len(methods), 6), loc="outside lower center", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=110)
@@ -69,9 +84,14 @@ def figure_confusion(setting: Setting, split: str, path: Path) -> bool:
     cols = min(3, len(methods))
     rows = math.ceil(len(methods) / cols)
     size = 1.2 + 0.42 * len(names)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * max(3.6, size) + 1.0, rows * max(3.4, size) + 0.6),
-                             squeeze=False, layout="constrained")
-    for ax in axes.flat[len(methods):]:
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(cols * max(3.6, size) + 1.0, rows * max(3.4, size) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat[len(methods) :]:
         ax.axis("off")
     for index, (ax, method) in enumerate(zip(axes.flat, methods, strict=False)):
         counts = np.sum(_per_class(setting.chosen[method], split, "confusion_matrix"), axis=0)
@@ -81,8 +101,15 @@ def figure_confusion(setting: Setting, split: str, path: Path) -> bool:
         if len(names) <= 12:
             for i in range(len(names)):
                 for j in range(len(names)):
-                    ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if normalised[i, j] > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{normalised[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if normalised[i, j] > 0.6 else "black",
+                    )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("predicted")
@@ -90,9 +117,11 @@ def figure_confusion(setting: Setting, split: str, path: Path) -> bool:
             ax.set_ylabel("true class")
         ax.set_title(f"{display(method)} ({len(setting.chosen[method].runs)} seeds summed)", fontsize=10)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="fraction of the true class")
-    fig.suptitle(f"Confusion matrices (row-normalised), "
-                 f"{split_title(split, 'test_imbalanced' in setting.test_splits)}\n{setting.label}",
-                 fontsize=10)
+    fig.suptitle(
+        f"Confusion matrices (row-normalised), "
+        f"{split_title(split, 'test_imbalanced' in setting.test_splits)}\n{setting.label}",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -109,9 +138,12 @@ def load_embeddings(run: Run, split: str = "test") -> tuple[np.ndarray, np.ndarr
         return None
     with np.load(path, allow_pickle=False) as data:
         keys = set(data.files)
-        for feat_key, label_key in ((f"{split}_features", f"{split}_labels"),
-                                    (f"{split}_embeddings", f"{split}_labels"),
-                                    ("features", "labels"), ("embeddings", "labels")):
+        for feat_key, label_key in (
+            (f"{split}_features", f"{split}_labels"),
+            (f"{split}_embeddings", f"{split}_labels"),
+            ("features", "labels"),
+            ("embeddings", "labels"),
+        ):
             if feat_key in keys and label_key in keys:
                 features, labels = data[feat_key], data[label_key]
                 if "split" in keys and feat_key in ("features", "embeddings"):
@@ -138,7 +170,7 @@ def figure_tsne(setting: Setting, path: Path, max_points: int = 1000, seed: int 
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 4.2, rows * 4.0), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     rng = np.random.default_rng(seed)
@@ -150,8 +182,14 @@ def figure_tsne(setting: Setting, path: Path, max_points: int = 1000, seed: int 
         coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
         for cls in np.unique(labels):
             mask = labels == cls
-            ax.scatter(coords[mask, 0], coords[mask, 1], s=6, alpha=0.7, color=cmap(int(cls) % cmap.N),
-                       label=names[cls] if cls < len(names) else str(cls))
+            ax.scatter(
+                coords[mask, 0],
+                coords[mask, 1],
+                s=6,
+                alpha=0.7,
+                color=cmap(int(cls) % cmap.N),
+                label=names[cls] if cls < len(names) else str(cls),
+            )
         ax.set_title(f"{display(method)} (seed {run.seed}, {len(labels)} test points)", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -173,8 +211,11 @@ def figure_heatmap(setting: Setting, path: Path) -> bool:
         if "loss.gamma" not in chosen.params and "loss.eta" not in chosen.params:
             continue
         others = {k: v for k, v in chosen.params.items() if k not in ("loss.gamma", "loss.eta")}
-        cands = [c for c in setting.candidates[method]
-                 if all(hashable(c.params.get(k)) == hashable(v) for k, v in others.items())]
+        cands = [
+            c
+            for c in setting.candidates[method]
+            if all(hashable(c.params.get(k)) == hashable(v) for k, v in others.items())
+        ]
         gammas = sorted({float(c.params.get("loss.gamma", 0) or 0) for c in cands})
         etas = sorted({float(c.params.get("loss.eta", 0) or 0) for c in cands})
         if len(gammas) * len(etas) < 2:
@@ -182,9 +223,13 @@ def figure_heatmap(setting: Setting, path: Path) -> bool:
         panels.append((method, chosen, cands, gammas, etas))
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(sum(1.6 + 0.75 * len(p[3]) for p in panels) + 1.5,
-                                                      2.2 + 0.45 * max(len(p[4]) for p in panels)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(sum(1.6 + 0.75 * len(p[3]) for p in panels) + 1.5, 2.2 + 0.45 * max(len(p[4]) for p in panels)),
+        squeeze=False,
+        layout="constrained",
+    )
     values = [c.val_ua * 100 for p in panels for c in p[2] if not math.isnan(c.val_ua)]
     vmin, vmax = min(values), max(values)
     if vmax - vmin < 1e-4:
@@ -192,12 +237,22 @@ def figure_heatmap(setting: Setting, path: Path) -> bool:
     for ax, (method, chosen, cands, gammas, etas) in zip(axes.flat, panels, strict=False):
         if len(cands) < 0.5 * len(gammas) * len(etas):
             # Scattered proposals (an Optuna study) fill too few cells of a grid: plot the points.
-            points = [(float(c.params.get("loss.gamma", 0) or 0), float(c.params.get("loss.eta", 0) or 0),
-                       c.val_ua * 100) for c in cands if not math.isnan(c.val_ua)]
+            points = [
+                (float(c.params.get("loss.gamma", 0) or 0), float(c.params.get("loss.eta", 0) or 0), c.val_ua * 100)
+                for c in cands
+                if not math.isnan(c.val_ua)
+            ]
             xs, ys, zs = zip(*points, strict=True)
             image = ax.scatter(xs, ys, c=zs, cmap="viridis", vmin=vmin, vmax=vmax, s=40, edgecolors="k")
-            ax.scatter([float(chosen.params.get("loss.gamma", 0) or 0)], [float(chosen.params.get("loss.eta", 0) or 0)],
-                       marker="*", s=250, facecolors="none", edgecolors="red", label="chosen")
+            ax.scatter(
+                [float(chosen.params.get("loss.gamma", 0) or 0)],
+                [float(chosen.params.get("loss.eta", 0) or 0)],
+                marker="*",
+                s=250,
+                facecolors="none",
+                edgecolors="red",
+                label="chosen",
+            )
             if min(ys) > 0 and max(ys) / min(ys) >= 10:
                 ax.set_yscale("log")
             ax.set_xlabel("γ (focusing)")
@@ -207,17 +262,28 @@ def figure_heatmap(setting: Setting, path: Path) -> bool:
             continue
         grid = np.full((len(etas), len(gammas)), np.nan)
         for c in cands:
-            grid[etas.index(float(c.params.get("loss.eta", 0) or 0)),
-                 gammas.index(float(c.params.get("loss.gamma", 0) or 0))] = c.val_ua * 100
+            grid[
+                etas.index(float(c.params.get("loss.eta", 0) or 0)),
+                gammas.index(float(c.params.get("loss.gamma", 0) or 0)),
+            ] = c.val_ua * 100
         image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
         for i in range(len(etas)):
             for j in range(len(gammas)):
                 if not math.isnan(grid[i, j]):
-                    is_chosen = (float(chosen.params.get("loss.eta", 0) or 0) == etas[i]
-                                 and float(chosen.params.get("loss.gamma", 0) or 0) == gammas[j])
-                    ax.text(j, i, f"{grid[i, j]:.1f}" + ("*" if is_chosen else ""), ha="center",
-                            va="center", fontsize=8, fontweight="bold" if is_chosen else "normal",
-                            color="black" if grid[i, j] > (vmin + vmax) / 2 else "white")
+                    is_chosen = (
+                        float(chosen.params.get("loss.eta", 0) or 0) == etas[i]
+                        and float(chosen.params.get("loss.gamma", 0) or 0) == gammas[j]
+                    )
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.1f}" + ("*" if is_chosen else ""),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        fontweight="bold" if is_chosen else "normal",
+                        color="black" if grid[i, j] > (vmin + vmax) / 2 else "white",
+                    )
         ax.set_xticks(range(len(gammas)), [f"{g:g}" for g in gammas])
         ax.set_yticks(range(len(etas)), [f"{e:g}" for e in etas])
         ax.set_xlabel("γ (focusing)")
@@ -263,9 +329,8 @@ def figure_curves(setting: Setting, path: Path) -> bool:
         return False
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.8, rows * 3.1 + 0.4), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[len(panels):]:
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.8, rows * 3.1 + 0.4), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     cmap = plt.get_cmap("tab10")
     for ax, (stage, key) in zip(axes.flat, panels, strict=False):
@@ -279,7 +344,14 @@ def figure_curves(setting: Setting, path: Path) -> bool:
                 continue
             mean = [np.mean([s[e] for s in series]) for e in epochs]
             # Lightning counts epochs from 0; people count from 1.
-            ax.plot([e + 1 for e in epochs], mean, marker="o", markersize=3, label=display(method), color=cmap(METHODS.index(method) % 10 if method in METHODS else index))
+            ax.plot(
+                [e + 1 for e in epochs],
+                mean,
+                marker="o",
+                markersize=3,
+                label=display(method),
+                color=cmap(METHODS.index(method) % 10 if method in METHODS else index),
+            )
         ax.set_title(f"{stage}: {key.replace('_', ' ')}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation UA" if key == "val_ua" else key.replace("_", " "))

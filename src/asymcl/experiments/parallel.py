@@ -57,9 +57,16 @@ def check_workers(workers: int) -> None:
 def _cache_identity(config: Mapping) -> str:
     """What decides the caches a run reads: its data (the split depends on the seed) and model, and
     where extraction runs."""
-    return json.dumps({"data": config.get("data"), "model": config.get("model"), "seed": config.get("seed"),
-                       "accelerator": (config.get("trainer") or {}).get("accelerator")},
-                      sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "data": config.get("data"),
+            "model": config.get("model"),
+            "seed": config.get("seed"),
+            "accelerator": (config.get("trainer") or {}).get("accelerator"),
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def warm_feature_caches(configs: Mapping[str, dict], progress: Callable[[str], None], label: str = "sweep") -> int:
@@ -74,8 +81,10 @@ def warm_feature_caches(configs: Mapping[str, dict], progress: Callable[[str], N
         if uses_feature_cache(resolve_config(config)):
             groups.setdefault(_cache_identity(config), config)
     for index, config in enumerate(groups.values(), start=1):
-        progress(f"[{label}] feature caches {index}/{len(groups)} (seed {config.get('seed')}): building or "
-                 f"checking them before the workers start, with {available_cores()} core(s)")
+        progress(
+            f"[{label}] feature caches {index}/{len(groups)} (seed {config.get('seed')}): building or "
+            f"checking them before the workers start, with {available_cores()} core(s)"
+        )
         prepare_feature_caches(config)
     return len(groups)
 
@@ -90,8 +99,21 @@ def spawn_workers(spec_dict: dict, out_dir: Path, count: int, threads: int) -> l
     plugin_options = [word for value in plugins.loaded() for word in ("--plugin", value)]
     children = []
     for number in range(2, count + 2):
-        command = [sys.executable, "-m", "asymcl", "sweep", "--config", str(spec_path), "--out", str(out_dir),
-                   "--threads", str(threads), "--worker-label", f"worker {number}", *plugin_options]
+        command = [
+            sys.executable,
+            "-m",
+            "asymcl",
+            "sweep",
+            "--config",
+            str(spec_path),
+            "--out",
+            str(out_dir),
+            "--threads",
+            str(threads),
+            "--worker-label",
+            f"worker {number}",
+            *plugin_options,
+        ]
         children.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
     return children
 

@@ -52,11 +52,13 @@ def _inline_html(text: str) -> str:
 
 
 def to_html(blocks: Iterable[tuple], title: str) -> str:
-    out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
-           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-           "pre{background:#f4f4f4;padding:.6em;overflow-x:auto}</style></head><body>"]
+    out = [
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "pre{background:#f4f4f4;padding:.6em;overflow-x:auto}</style></head><body>",
+    ]
     for kind, *payload in blocks:
         if kind.startswith("h"):
             out.append(f"<{kind}>{html.escape(payload[0])}</{kind}>")
@@ -72,7 +74,8 @@ def to_html(blocks: Iterable[tuple], title: str) -> str:
             for i, row in enumerate(table.rows):
                 cells = "".join(
                     f"<td><b>{html.escape(c)}</b></td>" if (i, j) in table.bold else f"<td>{html.escape(c)}</td>"
-                    for j, c in enumerate(row))
+                    for j, c in enumerate(row)
+                )
                 out.append(f"<tr>{cells}</tr>")
             out.append("</table>")
     out.append("</body></html>")
@@ -91,7 +94,9 @@ def _column_title(column: str, columns: Sequence[str]) -> str:
 
 
 def results_table(numbers: SettingNumbers) -> Table:
-    header = ["method", "chosen hyperparameters", "seeds"] + [_column_title(c, numbers.columns) for c in numbers.columns]
+    header = ["method", "chosen hyperparameters", "seeds"] + [
+        _column_title(c, numbers.columns) for c in numbers.columns
+    ]
     table = Table(header, [])
     methods = list(numbers.table)
     for method in methods:
@@ -155,8 +160,9 @@ def comparison_table(numbers: SettingNumbers) -> Table | None:
 
     if not numbers.comparisons:
         return None
-    table = Table(["AFCL vs", "split", "paired seeds", "Δ UA [raw 95% CI]", "Δ WA [raw 95% CI]", "Holm p (UA, WA)",
-                   "on UA"], [])
+    table = Table(
+        ["AFCL vs", "split", "paired seeds", "Δ UA [raw 95% CI]", "Δ WA [raw 95% CI]", "Holm p (UA, WA)", "on UA"], []
+    )
     for method, comparison in numbers.comparisons.items():
         for split in [c.split(".")[0] for c in numbers.columns if c.endswith(".ua") and not c.startswith("val")]:
             ua, wa = comparison.differences[f"{split}.ua"], comparison.differences[f"{split}.wa"]
@@ -169,6 +175,15 @@ def comparison_table(numbers: SettingNumbers) -> Table | None:
             if not ua.in_family and ua.n >= 2:
                 verdict += " (raw)"
             title = split_title(split, any(c.startswith("test_imbalanced.") for c in numbers.columns))
-            table.rows.append([display(method), title, str(ua.n), _difference_text(ua), _difference_text(wa),
-                               f"{_holm_p(ua)}, {_holm_p(wa)}" if ua.in_family else "not in family", verdict])
+            table.rows.append(
+                [
+                    display(method),
+                    title,
+                    str(ua.n),
+                    _difference_text(ua),
+                    _difference_text(wa),
+                    f"{_holm_p(ua)}, {_holm_p(wa)}" if ua.in_family else "not in family",
+                    verdict,
+                ]
+            )
     return table

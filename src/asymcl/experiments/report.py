@@ -98,38 +98,52 @@ def _budget_sentence(numbers: SettingNumbers) -> str:
     counts = {row: entry.n_candidates for row, entry in numbers.table.items()}
     if len(set(counts.values())) == 1:
         n = next(iter(counts.values()))
-        return (f"Budget: {n} validation-scored setting(s) per method, the same for every row "
-                "(each drawn from the method's own search space).")
+        return (
+            f"Budget: {n} validation-scored setting(s) per method, the same for every row "
+            "(each drawn from the method's own search space)."
+        )
     listed = ", ".join(f"{display(row)} {n}" for row, n in counts.items())
-    return (f"Unequal budgets: validation-scored settings per row were {listed}. Rows with more settings had more "
-            "chances on validation; read the comparisons with that in mind (`asymcl compare` and "
-            "`asymcl reproduce` give every method the same number).")
+    return (
+        f"Unequal budgets: validation-scored settings per row were {listed}. Rows with more settings had more "
+        "chances on validation; read the comparisons with that in mind (`asymcl compare` and "
+        "`asymcl reproduce` give every method the same number)."
+    )
 
 
 def _shared_views_sentence(setting: Setting) -> str | None:
     """Runs trained from one draw of cached views share it across seeds: say what the intervals miss."""
-    cached = [run for run in setting.runs if run.config.get("data.cache") == "auto"
-              and str(run.config.get("model.finetune", "all")) != "all"]
+    cached = [
+        run
+        for run in setting.runs
+        if run.config.get("data.cache") == "auto" and str(run.config.get("model.finetune", "all")) != "all"
+    ]
     draws = {run.config.get("data.cache_seed") for run in cached}
     if not cached or None in draws or len(draws) != 1:
         return None
-    return (f"Every seed trained on one draw of cached augmented views (data.cache_seed={draws.pop()}): the spread "
-            "over seeds, and so every interval, leaves out the variance of that draw (once measured here, a second "
-            "draw moved a paired difference by 4 points). data.cache_seed=null gives each seed its own views, at "
-            "one view extraction per seed.")
+    return (
+        f"Every seed trained on one draw of cached augmented views (data.cache_seed={draws.pop()}): the spread "
+        "over seeds, and so every interval, leaves out the variance of that draw (once measured here, a second "
+        "draw moved a paired difference by 4 points). data.cache_seed=null gives each seed its own views, at "
+        "one view extraction per seed."
+    )
 
 
 def _validation_sentence(numbers: SettingNumbers) -> str | None:
     counts = next((entry.val_counts for entry in numbers.table.values() if entry.val_counts), None)
     if not counts:
         return None
-    text = "Validation images per class (model selection rests on these): " + ", ".join(
-        f"{name} {n}" for name, n in counts.items()) + "."
+    text = (
+        "Validation images per class (model selection rests on these): "
+        + ", ".join(f"{name} {n}" for name, n in counts.items())
+        + "."
+    )
     smallest = min(counts.values())
     if smallest < 20:
-        text += (f" The smallest class has {smallest}: one image moves its recall by {100 / smallest:.0f} points, "
-                 "so choices made on validation are noisy here (a balanced validation set, data.val_per_class, "
-                 "or a larger data.val_fraction helps where the data allow).")
+        text += (
+            f" The smallest class has {smallest}: one image moves its recall by {100 / smallest:.0f} points, "
+            "so choices made on validation are noisy here (a balanced validation set, data.val_per_class, "
+            "or a larger data.val_fraction helps where the data allow)."
+        )
     return text
 
 
@@ -158,23 +172,38 @@ def build_report(
     title = runs_dir.parent.name if from_csv else runs_dir.name
     blocks: list[tuple] = [("h1", f"asymcl report: {title}")]
     source = f"from the per-run table `{runs_dir}`" if from_csv else f"under `{runs_dir}`"
-    blocks.append(("p", f"{len(runs)} finished runs {source} in {len(settings)} setting(s)"
-                   + (f"; {unfinished} unfinished runs ignored." if unfinished else ".")))
-    blocks.append(("p", "Model selection: for each setting and method, the hyperparameters (γ, η, τ and any other "
-                   "swept key) with the highest validation UA, averaged over seeds, are chosen; the test splits "
-                   "play no part. Numbers are percent, mean ± sample standard deviation over seeds; the best mean "
-                   "of each column is bold. Paired comparisons use the seeds both methods have: mean difference "
-                   "and a two-sided t-based 95% confidence interval (raw, not adjusted)."))
+    blocks.append(
+        (
+            "p",
+            f"{len(runs)} finished runs {source} in {len(settings)} setting(s)"
+            + (f"; {unfinished} unfinished runs ignored." if unfinished else "."),
+        )
+    )
+    blocks.append(
+        (
+            "p",
+            "Model selection: for each setting and method, the hyperparameters (γ, η, τ and any other "
+            "swept key) with the highest validation UA, averaged over seeds, are chosen; the test splits "
+            "play no part. Numbers are percent, mean ± sample standard deviation over seeds; the best mean "
+            "of each column is bold. Paired comparisons use the seeds both methods have: mean difference "
+            "and a two-sided t-based 95% confidence interval (raw, not adjusted).",
+        )
+    )
     figures: list[Path] = []
     for setting in settings:
         select(setting)
     settings = [setting for setting in settings if setting.chosen]
     all_numbers = [setting_numbers(setting) for setting in settings]
     family = adjust_family(all_numbers)
-    blocks.append(("p", f"Verdicts are Holm-adjusted at 5% over the report's family of {family} comparisons: in every "
-                   "setting, on the main test split, AFCL against every other row and the contrastive row chosen on "
-                   "validation against every baseline row (probe, CE, LA), each on UA and on WA. Comparisons on "
-                   "other splits are raw."))
+    blocks.append(
+        (
+            "p",
+            f"Verdicts are Holm-adjusted at 5% over the report's family of {family} comparisons: in every "
+            "setting, on the main test split, AFCL against every other row and the contrastive row chosen on "
+            "validation against every baseline row (probe, CE, LA), each on UA and on WA. Comparisons on "
+            "other splits are raw.",
+        )
+    )
     summary = summary_table(all_numbers)
     if summary is not None and len(settings) > 1:
         blocks.append(("h2", "Summary: test UA per setting (chosen hyperparameters)"))
@@ -194,8 +223,10 @@ def build_report(
             chosen = setting.chosen[method]
             n = len(setting.candidates[method])
             if n > 1:
-                choice_lines.append(f"{display(method)}: {chosen.label()} (validation UA {chosen.val_ua * 100:.1f}, "
-                                    f"best of {n} settings)")
+                choice_lines.append(
+                    f"{display(method)}: {chosen.label()} (validation UA {chosen.val_ua * 100:.1f}, "
+                    f"best of {n} settings)"
+                )
         if choice_lines:
             blocks.append(("p", "Chosen on validation UA: " + "; ".join(choice_lines) + "."))
         comparison = comparison_table(numbers)
@@ -210,15 +241,35 @@ def build_report(
         if from_csv:
             continue
         progress(f"[report] figures for {setting.label}")
-        plots = [(f"recall_{setting.slug}.png", "Per-class recall", lambda p, s=setting: figure_recall(s, "test", p)),
-                 (f"confusion_{setting.slug}.png", "Confusion matrices", lambda p, s=setting: figure_confusion(s, "test", p))]
+        plots = [
+            (f"recall_{setting.slug}.png", "Per-class recall", lambda p, s=setting: figure_recall(s, "test", p)),
+            (
+                f"confusion_{setting.slug}.png",
+                "Confusion matrices",
+                lambda p, s=setting: figure_confusion(s, "test", p),
+            ),
+        ]
         if "test_imbalanced" in setting.test_splits:
-            plots.append((f"recall-imbalanced_{setting.slug}.png", "Per-class recall on the imbalanced test set",
-                          lambda p, s=setting: figure_recall(s, "test_imbalanced", p)))
-        plots += [(f"heatmap_{setting.slug}.png", "Validation UA over gamma and eta", lambda p, s=setting: figure_heatmap(s, p)),
-                  (f"curves_{setting.slug}.png", "Training curves", lambda p, s=setting: figure_curves(s, p)),
-                  (f"tsne_{setting.slug}.png", "t-SNE of test embeddings",
-                   lambda p, s=setting: figure_tsne(s, p, max_points=tsne_points))]
+            plots.append(
+                (
+                    f"recall-imbalanced_{setting.slug}.png",
+                    "Per-class recall on the imbalanced test set",
+                    lambda p, s=setting: figure_recall(s, "test_imbalanced", p),
+                )
+            )
+        plots += [
+            (
+                f"heatmap_{setting.slug}.png",
+                "Validation UA over gamma and eta",
+                lambda p, s=setting: figure_heatmap(s, p),
+            ),
+            (f"curves_{setting.slug}.png", "Training curves", lambda p, s=setting: figure_curves(s, p)),
+            (
+                f"tsne_{setting.slug}.png",
+                "t-SNE of test embeddings",
+                lambda p, s=setting: figure_tsne(s, p, max_points=tsne_points),
+            ),
+        ]
         for filename, title_text, make in plots:
             path = figures_dir / filename
             if make(path):
@@ -229,15 +280,31 @@ def build_report(
     runs_csv = out_dir / "runs.csv"
     if not (from_csv and runs_dir.resolve() == runs_csv.resolve()):
         write_runs_csv(runs_csv, [(setting.label, setting.runs) for setting in settings], root=runs_dir)
-    blocks.append(("p", f"Every run's numbers: `runs.csv` ({len(runs)} runs, one row per run and split); "
-                   "`asymcl report runs.csv --out DIR` rebuilds every number of this report from it."))
+    blocks.append(
+        (
+            "p",
+            f"Every run's numbers: `runs.csv` ({len(runs)} runs, one row per run and split); "
+            "`asymcl report runs.csv --out DIR` rebuilds every number of this report from it.",
+        )
+    )
     blocks.append(("h2", "How these results were made"))
     commands = [] if from_csv else _commands(runs_dir, runs)
-    blocks.append(("p", "Sweep commands recorded in the run directories:" if commands else
-                   "No sweep.json found; each run can be repeated with `asymcl train --config RUN/config.yaml --out RUN`."))
+    blocks.append(
+        (
+            "p",
+            "Sweep commands recorded in the run directories:"
+            if commands
+            else "No sweep.json found; each run can be repeated with `asymcl train --config RUN/config.yaml --out RUN`.",
+        )
+    )
     if commands:
         blocks.append(("pre", "\n".join(commands)))
-    blocks.append(("p", "One run alone: `asymcl train --config RUN_DIR/config.yaml --out RUN_DIR` (the config is fully resolved)."))
+    blocks.append(
+        (
+            "p",
+            "One run alone: `asymcl train --config RUN_DIR/config.yaml --out RUN_DIR` (the config is fully resolved).",
+        )
+    )
     blocks.append(("p", "This report:"))
     blocks.append(("pre", command if command is not None else current_command()))
     blocks.append(("h3", "Versions"))
@@ -246,6 +313,8 @@ def build_report(
     md_path, html_path, json_path = out_dir / "report.md", out_dir / "report.html", out_dir / "report.json"
     atomic_write_text(md_path, to_markdown(blocks))
     atomic_write_text(html_path, to_html(blocks, f"asymcl report: {title}"))
-    write_json_atomic(json_path, {"runs_dir": str(runs_dir), "family_size": family,
-                                  "settings": [numbers.to_dict() for numbers in all_numbers]})
+    write_json_atomic(
+        json_path,
+        {"runs_dir": str(runs_dir), "family_size": family, "settings": [numbers.to_dict() for numbers in all_numbers]},
+    )
     return ReportResult(md_path, html_path, json_path, figures, all_numbers)

@@ -72,8 +72,14 @@ class RecipeComparison(Comparison):
     split_title: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "baseline": self.baseline, "display": self.display, "split": self.split,
-                "split_title": self.split_title, **super().to_dict()}
+        return {
+            "row": self.row,
+            "baseline": self.baseline,
+            "display": self.display,
+            "split": self.split,
+            "split_title": self.split_title,
+            **super().to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,13 @@ class TableRow:
     scores: dict[str, Score]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "seeds": self.seeds, "n_candidates": self.n_candidates,
-                "val_counts": self.val_counts, **{column: score.to_dict() for column, score in self.scores.items()}}
+        return {
+            "params": self.params,
+            "seeds": self.seeds,
+            "n_candidates": self.n_candidates,
+            "val_counts": self.val_counts,
+            **{column: score.to_dict() for column, score in self.scores.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -132,9 +143,12 @@ class SettingNumbers:
 
     def to_dict(self) -> dict[str, Any]:
         """The setting's entry of ``report.json``."""
-        return {"label": self.label, "columns": self.columns,
-                "table": {row: entry.to_dict() for row, entry in self.table.items()},
-                "comparisons": {row: comparison.to_dict() for row, comparison in self.comparisons.items()},
-                "paper_claim": self.paper_claim.to_dict(),
-                "best_vs_baselines": [entry.to_dict() for entry in self.best_vs_baselines],
-                "candidates": {row: [c.to_dict() for c in items] for row, items in self.candidates.items()}}
+        return {
+            "label": self.label,
+            "columns": self.columns,
+            "table": {row: entry.to_dict() for row, entry in self.table.items()},
+            "comparisons": {row: comparison.to_dict() for row, comparison in self.comparisons.items()},
+            "paper_claim": self.paper_claim.to_dict(),
+            "best_vs_baselines": [entry.to_dict() for entry in self.best_vs_baselines],
+            "candidates": {row: [c.to_dict() for c in items] for row, items in self.candidates.items()},
+        }

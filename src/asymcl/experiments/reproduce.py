@@ -101,8 +101,11 @@ PRETRAINED_TRAINING = {
 _PRETRAINED_DATA: dict[str, dict[str, Any]] = {
     # ISIC shares one draw of views over its seeds: a draw per seed costs 23 min of extraction each at
     # 260 px with both networks, past the time budget; the report says the intervals leave that draw out.
-    "isic2018": {"data.image_size": 260, "model.backbone": "efficientnet_lite2+efficientnet_lite0",
-                 "data.augment": "dermoscopy_lite"},
+    "isic2018": {
+        "data.image_size": 260,
+        "model.backbone": "efficientnet_lite2+efficientnet_lite0",
+        "data.augment": "dermoscopy_lite",
+    },
     # the full 60,000-image pool; Lite upsamples 28 -> 128 px. Each seed draws its own cached views
     # (its 4 views of about 15,000 images cost minutes at 128 px), so the intervals include that draw.
     "fmnist-lt": {"data.imbalance": "exp:100", "data.cache_seed": None},
@@ -124,11 +127,25 @@ _GPU_TRAINING = {
     "stage2.sampler": "class_balanced",
 }
 _GPU_DATA = {
-    "isic2018": {"data.image_size": 224, "model.backbone": "efficientnet_lite0", "model.pretrained": "imagenet",
-                 "model.finetune": "all", "stage1.epochs": 8, "stage1.batch_size": 128, "stage1.lr": 3e-4,
-                 "stage2.epochs": 4, "stage2.batch_size": 256},
-    "fmnist-lt": {"data.imbalance": "exp:100", "model.backbone": "small_cnn", "stage1.epochs": 15,
-                  "stage1.batch_size": 512, "stage2.epochs": 5, "stage2.batch_size": 512},
+    "isic2018": {
+        "data.image_size": 224,
+        "model.backbone": "efficientnet_lite0",
+        "model.pretrained": "imagenet",
+        "model.finetune": "all",
+        "stage1.epochs": 8,
+        "stage1.batch_size": 128,
+        "stage1.lr": 3e-4,
+        "stage2.epochs": 4,
+        "stage2.batch_size": 256,
+    },
+    "fmnist-lt": {
+        "data.imbalance": "exp:100",
+        "model.backbone": "small_cnn",
+        "stage1.epochs": 15,
+        "stage1.batch_size": 512,
+        "stage2.epochs": 5,
+        "stage2.batch_size": 512,
+    },
 }
 
 # The methods of each profile's table, listed here, not taken from the registry: registering a
@@ -161,14 +178,18 @@ _PRESET_BUDGETS = {("isic2018", "quick"): 1}
 def preset_budget(preset: str, profile: str) -> int:
     """Validation-scored settings per method in ``reproduce PRESET --profile PROFILE``."""
     return _PRESET_BUDGETS.get((preset, profile), BUDGETS[profile])
+
+
 SEEDS = {"quick": _SEEDS_QUICK, "full": _SEEDS_FULL, "pretrained": _SEEDS_FULL, "gpu": [0, 1]}
 
 # The shared grid of each preset (what every method runs over besides its own settings and seeds).
 # Quick binary keeps rho = 100, the hard end, so that every method gets two settings within budget
 # (the rho axis is the power study's, docs/results.md).
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
-    "fmnist-binary": {"quick": {"data.imbalance": ["binary:100"]},
-                      "full": {"data.imbalance": ["binary:10", "binary:50", "binary:100"]}},
+    "fmnist-binary": {
+        "quick": {"data.imbalance": ["binary:100"]},
+        "full": {"data.imbalance": ["binary:10", "binary:50", "binary:100"]},
+    },
     "fmnist-lt": {"quick": {"data.imbalance": ["exp:100:1000"]}, "full": {"data.imbalance": ["exp:10", "exp:100"]}},
     "isic2018": {"quick": {}, "full": {}},
 }
@@ -204,13 +225,22 @@ def _data_base(preset: str, data: Path, profile: str) -> dict[str, Any]:
     if data.is_file() and data.suffix == ".npz":
         return {"data.dataset": "npz", "data.root": str(data)}
     if data.is_dir():
-        return {"data.dataset": "isic2018", "data.root": str(data),
-                "data.image_size": 28 if profile == "quick" else 224}
+        return {
+            "data.dataset": "isic2018",
+            "data.root": str(data),
+            "data.image_size": 28 if profile == "quick" else 224,
+        }
     raise ConfigError(f"--data {data}: expected the ISIC 2018 folder (official layout) or an .npz file")
 
 
-def preset_spec(preset: str, data: str | Path, profile: str = "quick", *,
-                methods: Sequence[str] | None = None, budget: int | None = None) -> dict[str, Any]:
+def preset_spec(
+    preset: str,
+    data: str | Path,
+    profile: str = "quick",
+    *,
+    methods: Sequence[str] | None = None,
+    budget: int | None = None,
+) -> dict[str, Any]:
     """The sweep file (as a mapping) that ``reproduce PRESET --profile PROFILE`` runs: the preset's
     base config, its shared grid (with the seeds) and every method's equal share of settings
     (:func:`asymcl.experiments.fair.comparison_spec`). ``methods``/``budget``: instead of the
@@ -236,13 +266,19 @@ def preset_spec(preset: str, data: str | Path, profile: str = "quick", *,
             base["model.backbone"] = "resnet18"
         grid = copy.deepcopy(GRIDS[preset][profile])
     grid["seed"] = list(SEEDS[profile])
-    return comparison_spec(f"{preset}-{profile}", f"asymcl reproduce {preset} --profile {profile}", base,
-                           list(methods or PRESET_METHODS[profile]),
-                           budget or preset_budget(preset, profile), grid)
+    return comparison_spec(
+        f"{preset}-{profile}",
+        f"asymcl reproduce {preset} --profile {profile}",
+        base,
+        list(methods or PRESET_METHODS[profile]),
+        budget or preset_budget(preset, profile),
+        grid,
+    )
 
 
-def _official_layout(profile: str, preset: str, data: Path, training: dict[str, Any],
-                     per_preset: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _official_layout(
+    profile: str, preset: str, data: Path, training: dict[str, Any], per_preset: dict[str, dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A profile that reads ISIC from its official folder (the pretrained encoders need the images,
     not the 28 px .npz) and has its own training settings per preset."""
     if preset not in per_preset:
@@ -259,10 +295,21 @@ class ReproduceResult:
     report: ReportResult | None
 
 
-def reproduce(preset: str, data: str | Path, out: str | Path, *, profile: str = "quick",
-              dry_run: bool = False, runner=None, progress=None, command: str | None = None,
-              tsne_points: int = 1000, workers: int = 1, methods: Sequence[str] | None = None,
-              budget: int | None = None) -> ReproduceResult | None:
+def reproduce(
+    preset: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    profile: str = "quick",
+    dry_run: bool = False,
+    runner=None,
+    progress=None,
+    command: str | None = None,
+    tsne_points: int = 1000,
+    workers: int = 1,
+    methods: Sequence[str] | None = None,
+    budget: int | None = None,
+) -> ReproduceResult | None:
     """Run (or continue) the preset's sweep into ``out`` and write the report to ``out/report``.
 
     ``workers``: worker processes on this machine (:func:`asymcl.experiments.sweep.run_sweep`)."""

@@ -44,8 +44,7 @@ METHOD_KEY = "method"
 #: ``{config key: {value: (row-key token, label)}}``. A key's default value has no token.
 LEVERS: Mapping[str, Mapping[Any, tuple[str, str]]] = {
     "schedule": {"joint": ("joint", "joint")},
-    "stage1.sampler": {"class_balanced": ("s1cb", "S1 class-balanced"),
-                       "m_per_class": ("s1mpc", "S1 m-per-class")},
+    "stage1.sampler": {"class_balanced": ("s1cb", "S1 class-balanced"), "m_per_class": ("s1mpc", "S1 m-per-class")},
 }
 _LEVER_LABELS = {token: label for values in LEVERS.values() for token, label in values.values()}
 
@@ -58,7 +57,11 @@ def base_method(config: Mapping[str, Any]) -> str:
     if spec is not None and spec.end_to_end and spec.classification_loss is None:
         # the end-to-end method that fixes this run's classification loss (la: logit_adjusted)
         for other in _methods.REGISTRY.values():
-            if other.end_to_end and other.classification_loss and other.classification_loss == config.get("stage2.loss"):
+            if (
+                other.end_to_end
+                and other.classification_loss
+                and other.classification_loss == config.get("stage2.loss")
+            ):
                 return other.name
     return method
 
@@ -159,7 +162,7 @@ class Run:
         if predictions.is_file():
             with predictions.open(newline="") as handle:
                 header = next(csv.reader(handle), [])
-            names = [column[len("prob_"):] for column in header if column.startswith("prob_")]
+            names = [column[len("prob_") :] for column in header if column.startswith("prob_")]
             if names:
                 return names
         return None

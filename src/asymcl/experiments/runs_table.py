@@ -30,8 +30,23 @@ from asymcl.errors import DataError
 from asymcl.experiments.runs import Run
 from asymcl.training.config import SCHEMA, fill_missing_keys
 
-COLUMNS = ("run", "setting", "row", "method", "settings", "seed", "split", "n_images", "wa", "ua", "macro_f1",
-           "classes", "per_class_recall", "per_class_count", "config")
+COLUMNS = (
+    "run",
+    "setting",
+    "row",
+    "method",
+    "settings",
+    "seed",
+    "split",
+    "n_images",
+    "wa",
+    "ua",
+    "macro_f1",
+    "classes",
+    "per_class_recall",
+    "per_class_count",
+    "config",
+)
 SPLITS = ("val", "test", "test_imbalanced")
 
 
@@ -59,16 +74,25 @@ def run_rows(run: Run, setting_label: str, root: Path | None = None) -> list[dic
         if not final:
             continue
         per_class_count = [int(counts.get(split, {}).get(name, 0)) for name in classes] if counts.get(split) else []
-        rows.append({
-            "run": _relative(run.path, root), "setting": setting_label, "row": run.row, "method": run.method,
-            "settings": json.dumps(_tuned(run), sort_keys=True), "seed": run.seed, "split": split,
-            "n_images": sum(per_class_count) if per_class_count else "",
-            "wa": repr(float(final["wa"])), "ua": repr(float(final["ua"])),
-            "macro_f1": repr(float(final["macro_f1"])) if final.get("macro_f1") is not None else "",
-            "classes": json.dumps(classes), "per_class_recall": json.dumps(final.get("per_class_recall", [])),
-            "per_class_count": json.dumps(per_class_count),
-            "config": json.dumps(_non_default(run.config), sort_keys=True, default=str),
-        })
+        rows.append(
+            {
+                "run": _relative(run.path, root),
+                "setting": setting_label,
+                "row": run.row,
+                "method": run.method,
+                "settings": json.dumps(_tuned(run), sort_keys=True),
+                "seed": run.seed,
+                "split": split,
+                "n_images": sum(per_class_count) if per_class_count else "",
+                "wa": repr(float(final["wa"])),
+                "ua": repr(float(final["ua"])),
+                "macro_f1": repr(float(final["macro_f1"])) if final.get("macro_f1") is not None else "",
+                "classes": json.dumps(classes),
+                "per_class_recall": json.dumps(final.get("per_class_recall", [])),
+                "per_class_count": json.dumps(per_class_count),
+                "config": json.dumps(_non_default(run.config), sort_keys=True, default=str),
+            }
+        )
     return rows
 
 
@@ -116,9 +140,12 @@ def load_runs_csv(path: str | Path) -> list[Run]:
             classes = json.loads(members[0]["classes"])
             final, counts = {}, {}
             for row in members:
-                final[row["split"]] = {"wa": float(row["wa"]), "ua": float(row["ua"]),
-                                       "macro_f1": float(row["macro_f1"]) if row["macro_f1"] else None,
-                                       "per_class_recall": json.loads(row["per_class_recall"])}
+                final[row["split"]] = {
+                    "wa": float(row["wa"]),
+                    "ua": float(row["ua"]),
+                    "macro_f1": float(row["macro_f1"]) if row["macro_f1"] else None,
+                    "per_class_recall": json.loads(row["per_class_recall"]),
+                }
                 per_class_count = json.loads(row["per_class_count"])
                 if per_class_count:
                     counts[row["split"]] = dict(zip(classes, per_class_count, strict=True))

@@ -36,8 +36,16 @@ from asymcl.training.methods import PROPOSED
 
 #: Keys that never distinguish hyperparameter settings (seeds are what we average over; paths and
 #: devices do not change the method).
-IGNORED_KEYS = {"seed", "data.seed", METHOD_KEY, "loss.name", "data.root", "data.in_memory", "data.num_workers",
-                *LEVERS}  # the levers are part of the row (runs.row_key), not a hyperparameter to choose
+IGNORED_KEYS = {
+    "seed",
+    "data.seed",
+    METHOD_KEY,
+    "loss.name",
+    "data.root",
+    "data.in_memory",
+    "data.num_workers",
+    *LEVERS,
+}  # the levers are part of the row (runs.row_key), not a hyperparameter to choose
 IGNORED_SECTIONS = ("trainer.",)
 SETTING_KEYS = ("data.dataset", "data.imbalance", "data.classes")
 _SYMBOLS = {"loss.gamma": "γ", "loss.eta": "η", "loss.temperature": "τ"}
@@ -79,7 +87,7 @@ class Candidate:
     """All seeds of one method at one hyperparameter setting."""
 
     method: str
-    params: dict[str, Any]            # the distinguishing keys (loss.* the method uses + varied keys)
+    params: dict[str, Any]  # the distinguishing keys (loss.* the method uses + varied keys)
     runs: list[Run]
 
     @property
@@ -169,17 +177,22 @@ def select(setting: Setting) -> None:
         by_method[run.row].append(run)
     for method, runs in by_method.items():
         keys = sorted({k for run in runs for k in run.config} - {k for k in SETTING_KEYS})
-        varied = [k for k in keys if not _ignored(k)
-                  and len({hashable(run.config.get(k)) for run in runs}) > 1]
-        shown = [k for k in ("loss.gamma", "loss.eta", "loss.temperature")
-                 if k in METHOD_PARAMS.get(row_method(method), ()) or k in varied]
+        varied = [k for k in keys if not _ignored(k) and len({hashable(run.config.get(k)) for run in runs}) > 1]
+        shown = [
+            k
+            for k in ("loss.gamma", "loss.eta", "loss.temperature")
+            if k in METHOD_PARAMS.get(row_method(method), ()) or k in varied
+        ]
         shown += [k for k in varied if k not in shown]
         groups: dict[tuple, list[Run]] = defaultdict(list)
         for run in runs:
             groups[tuple(hashable(run.config.get(k)) for k in shown)].append(run)
         candidates = [
-            Candidate(method, {k: members[0].config.get(k) for k in shown},
-                      sorted(members, key=lambda r: _natural_key(str(r.seed))))
+            Candidate(
+                method,
+                {k: members[0].config.get(k) for k in shown},
+                sorted(members, key=lambda r: _natural_key(str(r.seed))),
+            )
             for _, members in sorted(groups.items(), key=lambda item: [_natural_key(str(v)) for v in item[0]])
         ]
         setting.candidates[method] = candidates
@@ -244,8 +257,13 @@ def setting_numbers(setting: Setting) -> SettingNumbers:
         for split, metric in columns:
             stats = mean_std(list(metric_values(candidate, split, metric).values()))
             scores[f"{split}.{metric}"] = Score(stats.mean, stats.std, stats.n)
-        table[method] = TableRow(candidate.params, [run.seed for run in candidate.runs],
-                                 len(setting.candidates[method]), validation_counts(candidate.runs), scores)
+        table[method] = TableRow(
+            candidate.params,
+            [run.seed for run in candidate.runs],
+            len(setting.candidates[method]),
+            validation_counts(candidate.runs),
+            scores,
+        )
     comparisons = {}
     if PROPOSED in setting.chosen:
         for method in setting.methods:
@@ -257,10 +275,21 @@ def setting_numbers(setting: Setting) -> SettingNumbers:
     # The contrastive row validation chose, against every baseline row of the table (the probe, CE,
     # LA: the methods without a contrastive loss, plain rows only).
     best_vs_baselines = [
-        RecipeComparison(best, baseline, _paired(setting, best, baseline), display=row_display(best), split=main,
-                         split_title=title)
-        for baseline in setting.methods if best is not None and is_baseline_row(baseline)]
-    candidates = {m: [CandidateScore(c.params, c.val_ua, len(c.runs)) for c in cands]
-                  for m, cands in setting.candidates.items()}
-    return SettingNumbers(setting.label, [f"{s}.{m}" for s, m in columns], table, comparisons,
-                          paper_claim(table, comparisons, main, title), best_vs_baselines, candidates)
+        RecipeComparison(
+            best, baseline, _paired(setting, best, baseline), display=row_display(best), split=main, split_title=title
+        )
+        for baseline in setting.methods
+        if best is not None and is_baseline_row(baseline)
+    ]
+    candidates = {
+        m: [CandidateScore(c.params, c.val_ua, len(c.runs)) for c in cands] for m, cands in setting.candidates.items()
+    }
+    return SettingNumbers(
+        setting.label,
+        [f"{s}.{m}" for s, m in columns],
+        table,
+        comparisons,
+        paper_claim(table, comparisons, main, title),
+        best_vs_baselines,
+        candidates,
+    )

@@ -34,6 +34,7 @@ Used by :func:`asymcl.experiments.study.run_study`. What each piece is for:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -108,8 +109,13 @@ class DbRetry:
     """Call a database operation, retrying lost connections with backoff for up to ``give_up_after``
     seconds, then raise a ConfigError that says the finished runs are kept."""
 
-    def __init__(self, storage_label: str, give_up_after: float, progress: Callable[[str], None],
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        storage_label: str,
+        give_up_after: float,
+        progress: Callable[[str], None],
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.storage_label = storage_label
         self.give_up_after = give_up_after
         self.progress = progress
@@ -131,8 +137,10 @@ class DbRetry:
                         f"{_duration(waited)} ({_short(exc)}); finished runs are kept: run the same "
                         "command again when it is back"
                     ) from exc
-                self.progress(f"[optuna] database unreachable while {what} ({_short(exc)}); "
-                              f"retrying in {delay:.0f} s (giving up after {_duration(self.give_up_after)})")
+                self.progress(
+                    f"[optuna] database unreachable while {what} ({_short(exc)}); "
+                    f"retrying in {delay:.0f} s (giving up after {_duration(self.give_up_after)})"
+                )
                 self.sleep(delay)
                 delay = min(2 * delay, 60.0)
 
@@ -161,7 +169,9 @@ def open_storage(url: str, *, heartbeat: int, retry: DbRetry):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return PatientStorage(
-                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat,
                 grace_period=GRACE_HEARTBEATS * heartbeat,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
             )
@@ -231,8 +241,16 @@ class _Teller:
         self.duplicate = False
 
 
-def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, progress: Callable[[str], None],
-               label: str, poll_seconds: float = 5.0) -> None:
+def run_trials(
+    study,
+    objective: Callable,
+    n_trials: int,
+    *,
+    retry: DbRetry,
+    progress: Callable[[str], None],
+    label: str,
+    poll_seconds: float = 5.0,
+) -> None:
     """Run trials of ``study`` in this worker until it has ``n_trials`` COMPLETE trials.
 
     ``objective(trial) -> float`` may raise :class:`DuplicatePoint` or :class:`OverBudget` (the
@@ -263,7 +281,7 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
         while True:
             if teller.pending is not None:  # the objective finished but its value was not stored
                 number, value = teller.pending
-                retry("storing a trial's result", lambda n=number, v=value: study.tell(n, v, skip_if_finished=True))
+                retry("storing a trial's result", functools.partial(study.tell, number, value, skip_if_finished=True))
                 teller.pending = None
             retry("checking for trials of dead workers", lambda: optuna.storages.fail_stale_trials(study))
             trials = retry("counting trials", lambda: study.get_trials(deepcopy=False))
@@ -272,8 +290,10 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
             if complete >= n_trials:
                 return
             if complete + running >= n_trials and waiting == 0:
-                line = (f"[optuna] {label}: {complete}/{n_trials} trials complete, {running} running in "
-                        "other workers; waiting for them (a trial whose worker stops is retried here)")
+                line = (
+                    f"[optuna] {label}: {complete}/{n_trials} trials complete, {running} running in "
+                    "other workers; waiting for them (a trial whose worker stops is retried here)"
+                )
                 if line != announced:
                     progress(line)
                     announced = line
@@ -289,20 +309,29 @@ def run_trials(study, objective: Callable, n_trials: int, *, retry: DbRetry, pro
                 # Its heartbeat lapsed (e.g. the database was away) and another worker failed and
                 # retried it; the retry reuses this trial's finished runs.
                 teller.pending = None
-                progress(f"[optuna] {label}: a trial of this worker was retried by another worker meanwhile; "
-                         "the retry uses its runs")
+                progress(
+                    f"[optuna] {label}: a trial of this worker was retried by another worker meanwhile; "
+                    "the retry uses its runs"
+                )
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                progress(f"[optuna] database unreachable while running a trial ({_short(exc)}); "
-                         + ("its result is stored when the database is back" if teller.pending else
-                            "the trial is retried once its heartbeat lapses"))
+                progress(
+                    f"[optuna] database unreachable while running a trial ({_short(exc)}); "
+                    + (
+                        "its result is stored when the database is back"
+                        if teller.pending
+                        else "the trial is retried once its heartbeat lapses"
+                    )
+                )
             if teller.duplicate:
                 duplicates_in_a_row += 1
                 if duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
-                    progress(f"[optuna] {label}: the last {duplicates_in_a_row} proposals were all points "
-                             f"already evaluated; stopping at {complete} trials (the search space at 3 "
-                             "significant digits seems used up; widen 'search:')")
+                    progress(
+                        f"[optuna] {label}: the last {duplicates_in_a_row} proposals were all points "
+                        f"already evaluated; stopping at {complete} trials (the search space at 3 "
+                        "significant digits seems used up; widen 'search:')"
+                    )
                     return
             else:
                 duplicates_in_a_row = 0

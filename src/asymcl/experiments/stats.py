@@ -53,9 +53,7 @@ class PairedDifference:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
 
 
-def paired_difference(
-    first: Sequence[float], second: Sequence[float], confidence: float = 0.95
-) -> PairedDifference:
+def paired_difference(first: Sequence[float], second: Sequence[float], confidence: float = 0.95) -> PairedDifference:
     """Paired comparison of two methods measured on the same seeds (``first[k]`` pairs ``second[k]``)."""
     a = np.asarray(list(first), dtype=np.float64)
     b = np.asarray(list(second), dtype=np.float64)

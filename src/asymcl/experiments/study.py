@@ -15,6 +15,7 @@ without losing or repeating a trial (heartbeats, retries, duplicates, database o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -84,31 +85,32 @@ def _round(value: float) -> float:
 
 @dataclass
 class StudyGroup:
-    label: str                       # e.g. "fashion-mnist_binary10__afcl"
-    values: dict[str, Any]           # grid values fixed in this group (method, data.*, ...)
+    label: str  # e.g. "fashion-mnist_binary10__afcl"
+    values: dict[str, Any]  # grid values fixed in this group (method, data.*, ...)
     seeds: list[Any]
-    searched: list[str]              # the keys of the space this method uses
+    searched: list[str]  # the keys of the space this method uses
 
 
 def study_groups(spec: SweepSpec, space: Mapping[str, Any]) -> list[StudyGroup]:
     """Groups of the grid that have at least one searched key their method uses."""
     if spec.settings:
-        raise ConfigError("sweep 'settings' lists each method's settings itself; --optuna searches a 'grid' "
-                          "with a 'method' key instead (remove one of them)")
+        raise ConfigError(
+            "sweep 'settings' lists each method's settings itself; --optuna searches a 'grid' "
+            "with a 'method' key instead (remove one of them)"
+        )
     fixed_keys = [k for k in spec.grid if k not in SEARCHABLE and k != "seed"]
     seeds = spec.grid.get("seed", [spec.base.get("seed", 0)])
     groups = []
     for combination in itertools.product(*(spec.grid[k] for k in fixed_keys)):
         values = dict(zip(fixed_keys, combination, strict=True))
         method = values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
-        used = [k for k in space if method in METHOD_PARAMS and k in METHOD_PARAMS[method]]
+        used = [k for k in space if method is not None and method in METHOD_PARAMS and k in METHOD_PARAMS[method]]
         if not used:
             continue
         groups.append(StudyGroup(point_name(values, list(spec.grid)), values, list(seeds), used))
     if not groups:
         raise ConfigError(
-            "optuna: no method in the sweep uses the searched keys "
-            f"({', '.join(space)}); FCL/ACL/AFCL use gamma/eta"
+            f"optuna: no method in the sweep uses the searched keys ({', '.join(space)}); FCL/ACL/AFCL use gamma/eta"
         )
     return groups
 
@@ -169,10 +171,17 @@ def run_study(
     result = StudyResult(label)
     for group in groups:
         study_name = f"{spec.name}:{group.label}"
-        study = retry("opening the study", lambda study_name=study_name: optuna.create_study(
-            study_name=study_name, storage=storage_obj, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-        ))
+
+        def open_study(study_name: str = study_name) -> optuna.Study:  # a fresh sampler for each try
+            return optuna.create_study(
+                study_name=study_name,
+                storage=storage_obj,
+                direction="maximize",
+                load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+            )
+
+        study = retry("opening the study", open_study)
 
         def objective(trial: optuna.Trial, group: StudyGroup = group, study: optuna.Study = study) -> float:
             proposal = {}
@@ -182,20 +191,29 @@ def run_study(
             check_duplicate(trial, proposal, after_training=False)
             if retry("checking the budget", lambda: shared_study.over_budget(study, trial.number, n_trials)):
                 retry("marking a trial over budget", lambda: trial.set_user_attr(shared_study.OVER_BUDGET_ATTR, True))
-                progress(f"[optuna] trial {trial.number} {group.label}: earlier trials already fill the "
-                         f"budget of {n_trials}; not counted, nothing trained")
+                progress(
+                    f"[optuna] trial {trial.number} {group.label}: earlier trials already fill the "
+                    f"budget of {n_trials}; not counted, nothing trained"
+                )
                 raise shared_study.OverBudget(n_trials)
             method = group.values.get(METHOD_KEY, spec.base.get(METHOD_KEY))
             points = []
             for seed in group.seeds:
                 points.append(make_point({**group.values, **proposal, "seed": seed}, method, grid_keys))
             configs = resolve_points(spec, points, resolver)
-            outcome = run_points(spec, points, out_dir, runner=runner, configs=configs,
-                                 progress=progress, label=f"trial {trial.number} {group.label}")
+            outcome = run_points(
+                spec,
+                points,
+                out_dir,
+                runner=runner,
+                configs=configs,
+                progress=progress,
+                label=f"trial {trial.number} {group.label}",
+            )
             if outcome.failed:
                 raise RuntimeError(f"runs failed: {', '.join(outcome.failed)}")
-            scores = [load_run(out_dir / p.name).val_ua for p in points]
-            if any(score is None for score in scores):
+            scores = [score for p in points if (score := load_run(out_dir / p.name).val_ua) is not None]
+            if len(scores) < len(points):
                 raise RuntimeError("a finished run has no validation UA in metrics.json")
             # Again after training: two workers that proposed the point at the same moment may both
             # have got here (the run lock kept them from training it twice); only one trial counts.
@@ -203,29 +221,56 @@ def run_study(
             retry("recording the trial's runs", lambda: trial.set_user_attr("runs", [p.name for p in points]))
             return float(sum(scores) / len(scores))
 
-        def check_duplicate(trial: optuna.Trial, proposal: dict, *, after_training: bool,
-                            group: StudyGroup = group, study: optuna.Study = study) -> None:
-            other = retry("checking for duplicates",
-                          lambda: shared_study.duplicate_of(study, trial, proposal, _round))
+        def check_duplicate(
+            trial: optuna.Trial,
+            proposal: dict,
+            *,
+            after_training: bool,
+            group: StudyGroup = group,
+            study: optuna.Study = study,
+        ) -> None:
+            other = retry("checking for duplicates", lambda: shared_study.duplicate_of(study, trial, proposal, _round))
             if other is not None:
                 retry("marking a duplicate", lambda: trial.set_user_attr(shared_study.DUPLICATE_ATTR, other))
-                progress(f"[optuna] trial {trial.number} {group.label}: "
-                         + ", ".join(f"{k}={v:g}" for k, v in proposal.items())
-                         + f" is trial {other}'s point; not counted"
-                         + ("" if after_training else ", nothing trained"))
+                progress(
+                    f"[optuna] trial {trial.number} {group.label}: "
+                    + ", ".join(f"{k}={v:g}" for k, v in proposal.items())
+                    + f" is trial {other}'s point; not counted"
+                    + ("" if after_training else ", nothing trained")
+                )
                 raise shared_study.DuplicatePoint(other)
 
-        finished = len(retry("counting trials", lambda study=study: study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
+        finished = len(
+            retry(
+                "counting trials",
+                functools.partial(study.get_trials, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+            )
+        )
         progress(f"[optuna] study {study_name}: {finished}/{n_trials} trials finished")
-        shared_study.run_trials(study, objective, n_trials, retry=retry, progress=progress,
-                                label=f"study {study_name}", poll_seconds=poll_seconds)
+        shared_study.run_trials(
+            study,
+            objective,
+            n_trials,
+            retry=retry,
+            progress=progress,
+            label=f"study {study_name}",
+            poll_seconds=poll_seconds,
+        )
+
+        def best_trial(study: optuna.Study = study) -> optuna.trial.FrozenTrial:
+            return study.best_trial
+
         try:
-            best = retry("reading the best trial", lambda study=study: study.best_trial)
-            result.studies[study_name] = {"params": best.params, "val_ua": best.value,
-                                          "runs": best.user_attrs.get("runs", [])}
-            progress(f"[optuna] {study_name}: best val UA {best.value:.4f} at "
-                     + ", ".join(f"{k}={_round(v):g}" for k, v in best.params.items()))
+            best = retry("reading the best trial", best_trial)
+            result.studies[study_name] = {
+                "params": best.params,
+                "val_ua": best.value,
+                "runs": best.user_attrs.get("runs", []),
+            }
+            progress(
+                f"[optuna] {study_name}: best val UA {best.value:.4f} at "
+                + ", ".join(f"{k}={_round(v):g}" for k, v in best.params.items())
+            )
         except ValueError:
             result.studies[study_name] = {"params": None, "val_ua": None, "runs": []}
     return result

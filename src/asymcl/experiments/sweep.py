@@ -45,7 +45,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ _SCALAR_TYPES = (str, int, float, bool, type(None))
 # The spec
 
 
-def _suggest(key: str, known: Sequence[str]) -> str:
+def _suggest(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -110,9 +110,7 @@ def _check_value(where: str, value: Any) -> None:
         if bad:
             raise ConfigError(f"{where}: list items must be numbers, strings or booleans, got {bad[0]!r}")
     elif not isinstance(value, _SCALAR_TYPES):
-        raise ConfigError(
-            f"{where}: expected a number, string, boolean or list, got {type(value).__name__} {value!r}"
-        )
+        raise ConfigError(f"{where}: expected a number, string, boolean or list, got {type(value).__name__} {value!r}")
 
 
 def parse_spec(raw: Any, *, name: str = "sweep", known: Mapping[str, Any] | None = None) -> SweepSpec:
@@ -167,8 +165,11 @@ def parse_spec(raw: Any, *, name: str = "sweep", known: Mapping[str, Any] | None
         grid[key] = list(values)
 
     settings = parse_settings(raw.get("settings"), grid, check_key, _check_value)
-    methods = list(settings) or grid.get(METHOD_KEY) or [
-        base.get(METHOD_KEY, None if known is None else known.get(METHOD_KEY))]
+    methods = (
+        list(settings)
+        or grid.get(METHOD_KEY)
+        or [base.get(METHOD_KEY, None if known is None else known.get(METHOD_KEY))]
+    )
     for method in methods:
         if method is not None and method not in METHODS:
             raise ConfigError(f"sweep key {METHOD_KEY!r}: unknown method {method!r} (allowed: {', '.join(METHODS)})")
@@ -182,7 +183,9 @@ def parse_spec(raw: Any, *, name: str = "sweep", known: Mapping[str, Any] | None
     for key, bounds in search_raw.items():
         check_key("sweep 'search'", key)
         if key not in ("loss.gamma", "loss.eta", "loss.temperature"):
-            raise ConfigError(f"sweep 'search' key {key!r}: only loss.gamma, loss.eta and loss.temperature can be searched")
+            raise ConfigError(
+                f"sweep 'search' key {key!r}: only loss.gamma, loss.eta and loss.temperature can be searched"
+            )
         if not isinstance(bounds, Mapping) or "low" not in bounds or "high" not in bounds:
             raise ConfigError(f"sweep 'search' key {key!r}: expected {{low: X, high: Y, log: false}}, got {bounds!r}")
         for field_name in bounds:
@@ -241,7 +244,8 @@ def _key_order(keys: Sequence[str]) -> list[str]:
 
 def point_name(values: Mapping[str, Any], grid_keys: Sequence[str]) -> str:
     """``<data tokens>__<method>_g.._e.._t.._<other>_s<seed>`` from the grid keys the point sets."""
-    data_tokens, tokens = [], []
+    data_tokens: list[str] = []
+    tokens: list[str] = []
     for key in _key_order(grid_keys):
         if key not in values:
             continue
@@ -278,7 +282,7 @@ def _unused(method: str) -> frozenset[str]:
 def make_point(values: Mapping[str, Any], method: str | None, grid_keys: Sequence[str]) -> SweepPoint:
     """The point for grid ``values``: the method rule applied; the name shows only what varies for it."""
     applied = _apply_method_rule(values, method)
-    unused = _unused(method) if method in METHOD_PARAMS else frozenset()
+    unused = _unused(method) if method is not None and method in METHOD_PARAMS else frozenset()
     name_values = {k: v for k, v in applied.items() if k in values and k not in unused}
     return SweepPoint(point_name(name_values, grid_keys), tuple(applied.items()))
 
@@ -334,16 +338,18 @@ def current_command() -> str:
     return shlex.join(argv)
 
 
-def record_command(out_dir: Path, spec: SweepSpec, points: Sequence[SweepPoint], command: str | None,
-                   kind: str = "grid") -> None:
+def record_command(
+    out_dir: Path, spec: SweepSpec, points: Sequence[SweepPoint], command: str | None, kind: str = "grid"
+) -> None:
     """Append this invocation to ``OUT/sweep.json`` (commands, the spec, the runs it names)."""
     # Several workers start on one directory: without the lock one's entry could overwrite another's.
     with runlock.exclusive(out_dir / f".{SWEEP_MANIFEST}.lock"):
         _record_command(out_dir / SWEEP_MANIFEST, spec, points, command, kind)
 
 
-def _record_command(manifest_path: Path, spec: SweepSpec, points: Sequence[SweepPoint], command: str | None,
-                    kind: str) -> None:
+def _record_command(
+    manifest_path: Path, spec: SweepSpec, points: Sequence[SweepPoint], command: str | None, kind: str
+) -> None:
     manifest: dict[str, Any] = {}
     if manifest_path.is_file():
         try:
@@ -352,12 +358,14 @@ def _record_command(manifest_path: Path, spec: SweepSpec, points: Sequence[Sweep
             manifest = {}
     manifest["name"] = spec.name
     manifest["spec"] = spec.to_dict()
-    manifest.setdefault("commands", []).append({
-        "command": command if command is not None else current_command(),
-        "cwd": os.getcwd(),
-        "kind": kind,
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+    manifest.setdefault("commands", []).append(
+        {
+            "command": command if command is not None else current_command(),
+            "cwd": os.getcwd(),
+            "kind": kind,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     runs = manifest.setdefault("runs", {})
     for point in points:
         runs[point.name] = point.overrides
@@ -376,6 +384,7 @@ def resolve_points(spec: SweepSpec, points: Sequence[SweepPoint], resolver: Reso
         except AsymclError as exc:
             raise ConfigError(f"sweep run {point.name!r}: {exc}") from exc
     return configs
+
 
 def run_sweep(
     spec: SweepSpec,
@@ -412,11 +421,22 @@ def run_sweep(
     record_command(out_dir, spec, points, command)
     # One worker, or nothing left for others (no processes to start): run_points alone. Only with
     # several workers is the grid scanned here too, for the runs whose caches to build first.
-    pending = {} if workers == 1 else {
-        point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
+    pending = (
+        {}
+        if workers == 1
+        else {point.name: configs[point.name] for point in points if not is_complete(out_dir / point.name)}
+    )
     if not pending:
-        return run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
-                          poll_seconds=poll_seconds, label=label)
+        return run_points(
+            spec,
+            points,
+            out_dir,
+            runner=runner,
+            configs=configs,
+            progress=progress,
+            poll_seconds=poll_seconds,
+            label=label,
+        )
     import torch
 
     parallel.warm_feature_caches(pending, progress, label)
@@ -426,15 +446,28 @@ def run_sweep(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = run_points(spec, points, out_dir, runner=runner, configs=configs, progress=progress,
-                            poll_seconds=poll_seconds, label="worker 1")
+        result = run_points(
+            spec,
+            points,
+            out_dir,
+            runner=runner,
+            configs=configs,
+            progress=progress,
+            poll_seconds=poll_seconds,
+            label="worker 1",
+        )
         for number, child in enumerate(children, start=2):
             # A worker that died left its runs to the others (result says whether all finished);
             # its exit status is still worth a line, since its own output may have scrolled away.
             if child.wait() != 0:
-                progress(f"[{label}] worker {number} exited with status {child.returncode}; "
-                         + ("the other workers finished its runs" if result.complete else
-                            "see its output above; run the same command again to resume"))
+                progress(
+                    f"[{label}] worker {number} exited with status {child.returncode}; "
+                    + (
+                        "the other workers finished its runs"
+                        if result.complete
+                        else "see its output above; run the same command again to resume"
+                    )
+                )
     finally:
         torch.set_num_threads(before)
         parallel.stop_workers(children)

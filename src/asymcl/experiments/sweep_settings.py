@@ -16,14 +16,20 @@ from asymcl.experiments.runs import METHOD_KEY, METHODS
 from asymcl.training.config import flatten
 
 
-def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[[str, str], None],
-                   check_value: Callable[[str, Any], None]) -> dict[str, list[dict[str, Any]]]:
+def parse_settings(
+    raw: Any,
+    grid: Mapping[str, list[Any]],
+    check_key: Callable[[str, str], None],
+    check_value: Callable[[str, Any], None],
+) -> dict[str, list[dict[str, Any]]]:
     """``settings``: method -> non-empty list of mappings of dotted keys (see the module docstring)."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError("sweep 'settings': expected a mapping of method -> list of settings, e.g. "
-                          f"{{{METHODS[-1]}: [{{loss.temperature: 0.1}}]}}")
+        raise ConfigError(
+            "sweep 'settings': expected a mapping of method -> list of settings, e.g. "
+            f"{{{METHODS[-1]}: [{{loss.temperature: 0.1}}]}}"
+        )
     if METHOD_KEY in grid:
         raise ConfigError(f"sweep: give the methods either as grid key {METHOD_KEY!r} or as 'settings', not both")
     settings: dict[str, list[dict[str, Any]]] = {}
@@ -35,14 +41,18 @@ def parse_settings(raw: Any, grid: Mapping[str, list[Any]], check_key: Callable[
         parsed = []
         for item in items:
             if not isinstance(item, Mapping):
-                raise ConfigError(f"sweep 'settings' of {method}: each setting is a mapping of config keys, got {item!r}")
+                raise ConfigError(
+                    f"sweep 'settings' of {method}: each setting is a mapping of config keys, got {item!r}"
+                )
             flat = flatten(dict(item))
             for key, value in flat.items():
                 check_key(f"sweep 'settings' of {method}", key)
                 if key in grid or key == METHOD_KEY:
                     raise ConfigError(f"sweep 'settings' of {method}: {key!r} is also a grid key; set it in one place")
                 if isinstance(value, list):
-                    raise ConfigError(f"sweep 'settings' of {method}: {key!r} takes one value per setting, got {value!r}")
+                    raise ConfigError(
+                        f"sweep 'settings' of {method}: {key!r} takes one value per setting, got {value!r}"
+                    )
                 check_value(f"sweep 'settings' of {method}, key {key!r}", value)
             parsed.append(flat)
         if len({json.dumps(p, sort_keys=True) for p in parsed}) != len(parsed):
@@ -59,7 +69,9 @@ def grid_values(spec, keys: list[str]):
     fair comparison gives an end-to-end baseline) is applied but left out of the name."""
     from asymcl.training.methods import REGISTRY
 
-    combinations = [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*(spec.grid[k] for k in keys))]
+    combinations = [
+        dict(zip(keys, combination, strict=True)) for combination in itertools.product(*(spec.grid[k] for k in keys))
+    ]
     if not spec.settings:
         for values in combinations:
             yield values, keys

@@ -43,14 +43,15 @@ def _estimate(left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], 
         total += statistics.median_low(same) if same else overall
     return total
 
+
 @dataclass
 class SweepResult:
     out_dir: Path
     total: int
-    skipped: list[str] = field(default_factory=list)   # already finished before this call
+    skipped: list[str] = field(default_factory=list)  # already finished before this call
     ran: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # name -> one-line error
-    others: list[str] = field(default_factory=list)    # finished meanwhile by other workers
+    others: list[str] = field(default_factory=list)  # finished meanwhile by other workers
 
     @property
     def n_complete(self) -> int:
@@ -59,6 +60,7 @@ class SweepResult:
     @property
     def complete(self) -> bool:
         return not self.failed and self.n_complete == self.total
+
 
 def run_points(
     spec: SweepSpec,
@@ -107,11 +109,16 @@ def run_points(
         left = [p for p in points if not is_complete(out_dir / p.name)]
         elsewhere = [p for p in left if p is not point and runlock.holder(out_dir / p.name) is not None]
         workers = 1 + len(elsewhere)
-        eta = (f"ETA {_format_duration(_estimate(left, by_method, durations) / workers)}" if durations
-               else "ETA after the first run")
+        eta = (
+            f"ETA {_format_duration(_estimate(left, by_method, durations) / workers)}"
+            if durations
+            else "ETA after the first run"
+        )
         busy = f", {len(elsewhere)} running in other workers" if elsewhere else ""
-        progress(f"[{label}] {len(points) - len(left)}/{len(points)} done, {len(left)} left{busy}, {eta}; "
-                 f"running {point.name}")
+        progress(
+            f"[{label}] {len(points) - len(left)}/{len(points)} done, {len(left)} left{busy}, {eta}; "
+            f"running {point.name}"
+        )
         started = time.monotonic()
         try:
             runner(configs[point.name], run_dir)
@@ -146,9 +153,11 @@ def run_points(
         if held_elsewhere:
             names = [point.name for point in held_elsewhere]
             if names != announced:
-                progress(f"[{label}] waiting for {len(names)} run(s) that other workers are training "
-                         f"({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); if a worker "
-                         "stops, its run is resumed here")
+                progress(
+                    f"[{label}] waiting for {len(names)} run(s) that other workers are training "
+                    f"({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); if a worker "
+                    "stops, its run is resumed here"
+                )
                 announced = names
             time.sleep(poll_seconds)
     progress(

@@ -33,8 +33,7 @@ def block_workers(n_anchors: int, block_size: int, device: torch.device) -> int:
     return max(1, min(torch.get_num_threads(), n_blocks))
 
 
-def for_each_block(n_anchors: int, block_size: int, n_workers: int,
-                    work: Callable[[int, int, int], None]) -> None:
+def for_each_block(n_anchors: int, block_size: int, n_workers: int, work: Callable[[int, int, int], None]) -> None:
     """work(start, stop, worker) for every block; worker w takes blocks w, w + n_workers, ..."""
     starts = list(range(0, n_anchors, block_size))
     if n_workers <= 1:

@@ -36,7 +36,7 @@ _pending: list[_Pending] = []
 @dataclass
 class _Pending:
     host_count: torch.Tensor  # int64 scalar on the host (pinned for CUDA), filled asynchronously
-    event: object | None  # torch.cuda.Event, or None when host_count is already valid
+    event: torch.cuda.Event | None  # None when host_count is already valid
     message: Callable[[int], str]  # the error text for a count > 0
 
     def ready(self) -> bool:

@@ -22,8 +22,13 @@ its derivative in the logits is not).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # typing.Unpack is 3.11+; typing_extensions is only needed by the checker
+    from typing_extensions import Unpack
 
 
 def per_anchor_loss(
@@ -63,10 +68,12 @@ def per_anchor_loss(
 
     self_column = torch.zeros(n_anchors, n_contrast, dtype=torch.bool, device=anchors.device)
     self_column[rows, anchor_index] = True
-    if mask is None:
+    if mask is not None:
+        positive = mask.clone()
+    elif anchor_labels is not None and contrast_labels is not None:
         positive = anchor_labels[:, None] == contrast_labels[None, :]
     else:
-        positive = mask.clone()
+        raise ValueError("per_anchor_loss needs anchor_labels and contrast_labels, or a mask")
     positive &= ~self_column
     negative = ~positive & ~self_column
 
@@ -128,13 +135,27 @@ def _log_one_minus_p(logits: Tensor, log_p: Tensor, log_normaliser: Tensor, self
     return torch.where(is_argmax, at_argmax[:, None], result)
 
 
+class LossCore(TypedDict):
+    """The arguments of :func:`per_anchor_loss` after ``anchors`` and ``contrast``."""
+
+    anchor_index: Tensor
+    anchor_labels: Tensor | None
+    contrast_labels: Tensor | None
+    mask: Tensor | None
+    gamma: float
+    eta: float
+    temperature: float
+    normalization: str
+    n_total: int
+
+
 def differentiable_vjp(
     anchors: Tensor,
     contrast: Tensor,
     grad_per_anchor: Tensor,
     need_anchors: bool,
     need_contrast: bool,
-    **core: object,
+    **core: Unpack[LossCore],
 ) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of ``sum_i grad_per_anchor[i] * per_anchor_loss(...)[i]`` with a graph of their own.
 

@@ -46,8 +46,7 @@ def check_hyperparameters(
         values[name] = number
     if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise ValueError(
-            f"normalization must be one of {', '.join(repr(n) for n in NORMALIZATIONS)}, "
-            f"got {normalization!r}"
+            f"normalization must be one of {', '.join(repr(n) for n in NORMALIZATIONS)}, got {normalization!r}"
         )
     return values["gamma"], values["eta"], values["temperature"], normalization
 
@@ -69,10 +68,14 @@ def check_block_size(block_size: object, impl: str) -> int | None:
     if block_size is None:
         return None
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int (anchor rows per block) or None (automatic), got {block_size!r}")
+        raise ValueError(
+            f"block_size must be a positive int (anchor rows per block) or None (automatic), got {block_size!r}"
+        )
     if impl == "reference":
-        raise ValueError("block_size applies to the row-blocked implementation; use impl='blockwise' or "
-                         "impl='auto' with it, or drop block_size for impl='reference'")
+        raise ValueError(
+            "block_size applies to the row-blocked implementation; use impl='blockwise' or "
+            "impl='auto' with it, or drop block_size for impl='reference'"
+        )
     return block_size
 
 
@@ -88,10 +91,7 @@ def check_features(
     from :func:`asymcl.losses.raise_pending_input_errors`, see ``losses/_deferred.py``.
     """
     if not isinstance(features, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor of shape (N, D) or (N, V, D), "
-            f"got {type(features).__name__}"
-        )
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, D) or (N, V, D), got {type(features).__name__}")
     if not features.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
@@ -149,6 +149,7 @@ def check_references(
             f"move it with .to(features.device)"
         )
     ref_rows, n_refs, n_views = check_features(ref_features, name="ref_features", data_checks=data_checks)
+    assert isinstance(ref_features, torch.Tensor)  # check_features refuses anything else
     if ref_rows.shape[1] != rows.shape[1]:
         raise ValueError(
             f"ref_features must have the feature dimension of features, D = {rows.shape[1]}, "
@@ -166,9 +167,7 @@ def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torc
             f"got {type(labels).__name__} (convert with torch.as_tensor(..., dtype=torch.long))"
         )
     if labels.dtype not in _INTEGER_DTYPES:
-        raise TypeError(
-            f"{name} must be integer class ids (int8/16/32/64 or uint8), got dtype {labels.dtype}"
-        )
+        raise TypeError(f"{name} must be integer class ids (int8/16/32/64 or uint8), got dtype {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != n_images:
         what = "ref_features" if name == "ref_labels" else "features"
         raise ValueError(
@@ -181,9 +180,7 @@ def check_labels(labels: object, n_images: int, *, name: str = "labels") -> torc
 def check_mask(mask: object, n_rows: int, n_cols: int, *, distributed: bool = False) -> torch.Tensor:
     """Validate a bool positive mask of shape (n_rows, n_cols) over images."""
     expected = f"({n_rows}, {n_cols})"
-    where = (
-        " (local images x images of the global batch, ranks in order)" if distributed else " (N x N over images)"
-    )
+    where = " (local images x images of the global batch, ranks in order)" if distributed else " (N x N over images)"
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a bool torch.Tensor of shape {expected}{where}, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
@@ -229,15 +226,12 @@ def check_core_arguments(
             f"and {tuple(contrast.shape)}"
         )
     if not anchors.is_floating_point() or not contrast.is_floating_point():
-        raise TypeError(
-            f"anchors and contrast must be floating point, got {anchors.dtype} and {contrast.dtype}"
-        )
+        raise TypeError(f"anchors and contrast must be floating point, got {anchors.dtype} and {contrast.dtype}")
     n_anchors, dim = anchors.shape
     n_contrast = contrast.shape[0]
     if contrast.shape[1] != dim:
         raise ValueError(
-            f"anchors and contrast must have the same feature dimension, got {dim} and "
-            f"{contrast.shape[1]}"
+            f"anchors and contrast must have the same feature dimension, got {dim} and {contrast.shape[1]}"
         )
     if n_contrast < 2:
         raise ValueError(f"contrast needs at least 2 rows (an anchor and another), got {n_contrast}")
@@ -269,13 +263,10 @@ def check_core_arguments(
     else:
         if mask.shape != (n_anchors, n_contrast) or mask.dtype != torch.bool:
             raise ValueError(
-                f"mask must be a bool tensor of shape ({n_anchors}, {n_contrast}), got "
-                f"{mask.dtype} {tuple(mask.shape)}"
+                f"mask must be a bool tensor of shape ({n_anchors}, {n_contrast}), got {mask.dtype} {tuple(mask.shape)}"
             )
     check_hyperparameters(gamma=gamma, eta=eta, temperature=temperature, normalization=normalization)
     if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < 1:
         raise ValueError(f"n_total must be a positive int, got {n_total!r}")
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-    ):
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"block_size must be a positive int or None (automatic), got {block_size!r}")

@@ -95,7 +95,9 @@ def exchange_metadata(
     for name, column in (("views V", 2), ("feature dimension D", 3)):
         values = [row[column] for row in table]
         if len(set(values)) != 1:
-            raise ValueError(f"features must have the same {name} on every rank with gather_distributed=True, got {values} (by rank)")
+            raise ValueError(
+                f"features must have the same {name} on every rank with gather_distributed=True, got {values} (by rank)"
+            )
     modes = [row[4] for row in table]
     if len(set(modes)) != 1:
         raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -117,9 +118,19 @@ def afcl_loss(
         an unknown normalization or impl.
     """
     loss, _ = loss_and_batch(
-        features, labels, mask=mask, ref_features=ref_features, ref_labels=ref_labels, gamma=gamma,
-        eta=eta, temperature=temperature, normalization=normalization, normalize=normalize, impl=impl,
-        gather_distributed=gather_distributed, block_size=block_size,
+        features,
+        labels,
+        mask=mask,
+        ref_features=ref_features,
+        ref_labels=ref_labels,
+        gamma=gamma,
+        eta=eta,
+        temperature=temperature,
+        normalization=normalization,
+        normalize=normalize,
+        impl=impl,
+        gather_distributed=gather_distributed,
+        block_size=block_size,
     )
     return loss
 
@@ -169,7 +180,7 @@ def loss_and_batch(
 
     if world_size == 1:
         _deferred.raise_ready()  # an input check of an earlier call, deferred on CUDA
-        rows, n_images, n_views, labels, mask, refs = _check_local_inputs(
+        rows, n_images, n_views, label_ids, image_mask, refs = _check_local_inputs(
             features, labels, mask, ref_features, ref_labels, n_mask_cols=None, data_checks=data_checks
         )
         layout = None
@@ -178,14 +189,20 @@ def loss_and_batch(
     else:
         local_error: Exception | None = None
         n_images = n_views = dim = mask_cols = 0
-        mode = distributed.MODE_LABELS if labels is not None else distributed.MODE_MASK if mask is not None else distributed.MODE_VIEWS_ONLY
+        mode = (
+            distributed.MODE_LABELS
+            if labels is not None
+            else distributed.MODE_MASK
+            if mask is not None
+            else distributed.MODE_VIEWS_ONLY
+        )
         try:
             _deferred.raise_ready()  # through the exchange below, so that no rank is left waiting
-            rows, n_images, n_views, labels, mask, refs = _check_local_inputs(
+            rows, n_images, n_views, label_ids, image_mask, refs = _check_local_inputs(
                 features, labels, mask, ref_features, ref_labels, n_mask_cols=-1, data_checks=data_checks
             )
             dim = rows.shape[1]
-            mask_cols = mask.shape[1] if mask is not None else -1
+            mask_cols = image_mask.shape[1] if image_mask is not None else -1
         except (TypeError, ValueError) as error:
             local_error = error
         layout = distributed.exchange_metadata(
@@ -206,7 +223,7 @@ def loss_and_batch(
             f"the batch must have at least 1 row and, with the reference rows, at least 2 (every anchor "
             f"needs another row to be contrasted with), got {n_total} batch and {n_refs} reference rows"
         )
-    if labels is None and mask is None and n_views < 2:
+    if label_ids is None and image_mask is None and n_views < 2:
         raise ValueError(
             "with neither labels nor mask, each image's other views are its only positives, so features "
             f"must have shape (N, V, D) with V >= 2 views; got {n_views} view(s). Pass labels=... "
@@ -223,24 +240,29 @@ def loss_and_batch(
         anchor_index = image_offset * n_views + anchor_rows
         if layout is None:
             contrast = rows
-            global_labels = labels
+            global_labels = label_ids
         else:
             contrast = distributed.gather_rows(rows, layout, n_views)
-            global_labels = distributed.gather_labels(labels, layout) if labels is not None else None
+            global_labels = distributed.gather_labels(label_ids, layout) if label_ids is not None else None
         batch_rows = contrast.detach()
 
-        anchor_labels = contrast_labels = row_mask = None
-        if mask is not None:
-            row_mask = _tile_image_mask(mask.to(rows.device), n_views, image_offset)
+        anchor_labels: Tensor | None = None
+        contrast_labels: Tensor | None = None
+        row_mask: Tensor | None = None
+        if image_mask is not None:
+            row_mask = _tile_image_mask(image_mask.to(rows.device), n_views, image_offset)
         else:
-            if labels is None:  # SimCLR-style: the image id is the label
-                labels = torch.arange(image_offset, image_offset + n_images, device=rows.device)
+            # global_labels is None exactly when label_ids is: SimCLR-style, the image id is the label
+            if label_ids is None or global_labels is None:
+                label_ids = torch.arange(image_offset, image_offset + n_images, device=rows.device)
                 global_labels = torch.arange(n_global_images, device=rows.device)
-            anchor_labels = labels.to(rows.device).repeat_interleave(n_views)
+            anchor_labels = label_ids.to(rows.device).repeat_interleave(n_views)
             contrast_labels = global_labels.to(rows.device).repeat_interleave(n_views)
-        batch_row_labels = contrast_labels if mask is None else None
+        batch_row_labels = contrast_labels if image_mask is None else None
 
-        if n_refs:  # K = 0 leaves the computation exactly as without references
+        if refs is not None and n_refs:  # K = 0 leaves the computation exactly as without references
+            # check_references refuses references without labels, so the batch rows have labels
+            assert contrast_labels is not None
             ref_rows = refs[0].detach().to(compute_dtype)
             if normalize:
                 ref_rows = F.normalize(ref_rows, dim=1)
@@ -253,7 +275,8 @@ def loss_and_batch(
         if _functorch_active() or _is_dual(rows):
             chosen = "reference"
         else:
-            chosen = "blockwise" if block_size is not None else impl
+            # a str: checked above, or by the module that passed settings_checked=True
+            chosen = "blockwise" if block_size is not None else cast(str, impl)
         per_anchor_loss = _select_impl(chosen, n_contrast, rows.device)
         extra = {"block_size": block_size} if block_size is not None and chosen == "blockwise" else {}
         if per_anchor_loss is _blockwise.per_anchor_loss:
@@ -325,7 +348,9 @@ def _refuse_infinite_negative_term(
     if row_mask is not None:
         is_positive = row_mask[torch.arange(anchor_index.shape[0], device=row_mask.device), other]
     else:
-        is_positive = anchor_labels == contrast_labels[other]
+        # loss_and_batch builds row labels whenever there is no mask
+        assert anchor_labels is not None and contrast_labels is not None
+        is_positive = torch.eq(anchor_labels, contrast_labels[other])
     if not bool(is_positive.all()):
         raise ValueError(
             "with only 2 rows and eta > 0, an anchor whose single other row is a negative has p = 1 and "
@@ -342,7 +367,7 @@ def _functorch_active() -> bool:
 
 def _vmap_active() -> bool:
     stack = torch._C._functorch.get_interpreter_stack() if _functorch_active() else None
-    return bool(stack) and any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
+    return any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack or ())
 
 
 def _is_dual(rows: Tensor) -> bool:

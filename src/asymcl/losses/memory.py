@@ -48,6 +48,13 @@ class ContrastiveMemory(nn.Module):
       already has all of them). Without ``gather_distributed`` each rank keeps its own rows.
     """
 
+    # Buffers (registered when memory_size > 0): declared for the type checker, which cannot see
+    # through register_buffer.
+    queue_features: Tensor
+    queue_labels: Tensor
+    queue_filled: Tensor
+    queue_pointer: Tensor
+
     def __init__(self, loss: AsymmetricFocalContrastiveLoss, memory_size: int) -> None:
         super().__init__()
         if not isinstance(loss, AsymmetricFocalContrastiveLoss):
@@ -56,7 +63,9 @@ class ContrastiveMemory(nn.Module):
                 f"AsymmetricContrastiveLoss, FocalContrastiveLoss, SupConLoss), got {type(loss).__name__}"
             )
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 0:
-            raise ValueError(f"memory_size must be an int >= 0 (rows kept in the queue; 0 = no memory), got {memory_size!r}")
+            raise ValueError(
+                f"memory_size must be an int >= 0 (rows kept in the queue; 0 = no memory), got {memory_size!r}"
+            )
         self.loss = loss
         self.memory_size = memory_size
         # Mirrors of the two counters, so that a step never waits for a device-to-host copy.
@@ -82,14 +91,17 @@ class ContrastiveMemory(nn.Module):
         ref_features = ref_labels = None
         if self.memory_size:
             if labels is None:
-                raise ValueError("ContrastiveMemory needs labels=... (class ids): queued rows are positives or negatives by class")
+                raise ValueError(
+                    "ContrastiveMemory needs labels=... (class ids): queued rows are positives or negatives by class"
+                )
             if self._filled:
                 self._check_matches_queue(features)
                 ref_features = self.queue_features[: self._filled]
                 ref_labels = self.queue_labels[: self._filled]
         # The wrapped module's settings were checked when it was built: not again on every call.
         value, (rows, row_labels) = self.loss.loss_and_batch(
-            features, labels, ref_features=ref_features, ref_labels=ref_labels)
+            features, labels, ref_features=ref_features, ref_labels=ref_labels
+        )
         if self.memory_size and enqueue:
             self._enqueue(rows, row_labels)
         return value
@@ -135,8 +147,9 @@ class ContrastiveMemory(nn.Module):
         self.queue_filled.fill_(self._filled)
         self.queue_pointer.fill_(self._pointer)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # The queue's width is only known once a batch has been seen: take the stored shape.
         for name in _BUFFERS:
             stored = state_dict.get(prefix + name)
@@ -149,8 +162,9 @@ class ContrastiveMemory(nn.Module):
                     continue
                 current = getattr(self, name)
                 setattr(self, name, torch.zeros(stored.shape, dtype=stored.dtype, device=current.device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if self.memory_size:
             self._filled = int(self.queue_filled)
             self._pointer = int(self.queue_pointer)

@@ -73,11 +73,21 @@ class AsymmetricFocalContrastiveLoss(nn.Module):
     def loss_and_batch(self, features: Tensor, labels: Tensor | None = None, **inputs: Any):
         """``forward``'s loss and the detached rows it contrasted (what a memory queue keeps)."""
         return loss_and_batch(
-            features, labels, mask=inputs.get("mask"), ref_features=inputs.get("ref_features"),
-            ref_labels=inputs.get("ref_labels"), gamma=self.gamma, eta=self.eta, temperature=self.temperature,
-            normalization=self.normalization, normalize=self.normalize, impl=self.impl,
-            gather_distributed=self.gather_distributed, block_size=self.block_size,
-            settings_checked=True, validate_args=self.validate_args,
+            features,
+            labels,
+            mask=inputs.get("mask"),
+            ref_features=inputs.get("ref_features"),
+            ref_labels=inputs.get("ref_labels"),
+            gamma=self.gamma,
+            eta=self.eta,
+            temperature=self.temperature,
+            normalization=self.normalization,
+            normalize=self.normalize,
+            impl=self.impl,
+            gather_distributed=self.gather_distributed,
+            block_size=self.block_size,
+            settings_checked=True,
+            validate_args=self.validate_args,
         )
 
     def extra_repr(self) -> str:
@@ -94,8 +104,9 @@ def _refuse_fixed(cls: type, kwargs: dict[str, Any], fixed: dict[str, Any]) -> N
     not Python's "got multiple values"."""
     for name, value in fixed.items():
         if name in kwargs:
-            raise TypeError(f"{cls.__name__} fixes {name} = {value!r}; use AsymmetricFocalContrastiveLoss "
-                            f"to set {name}")
+            raise TypeError(
+                f"{cls.__name__} fixes {name} = {value!r}; use AsymmetricFocalContrastiveLoss to set {name}"
+            )
 
 
 class AsymmetricContrastiveLoss(AsymmetricFocalContrastiveLoss):

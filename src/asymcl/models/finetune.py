@@ -75,22 +75,29 @@ def parse_finetune(value: str) -> tuple[str, int | None]:
     )
 
 
+def encoder_layers(encoder: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module] | None:
+    """``encoder.layers()``: (input step, units, pooling), or None for an encoder without one
+    (timm, a ``+`` backbone)."""
+    layers = getattr(encoder, "layers", None)
+    return None if layers is None else layers()
+
+
 def count_units(encoder: nn.Module) -> int | None:
     """How many units ``last:K`` can count over, or None for an encoder without ``layers()``."""
-    if not hasattr(encoder, "layers"):
-        return None
-    return len(encoder.layers()[1])
+    layers = encoder_layers(encoder)
+    return None if layers is None else len(layers[1])
 
 
 def unit_names(encoder: nn.Module) -> list[str] | None:
     """The names of ``encoder``'s units (what ``last:K`` counts), None for an encoder without
     ``layers()`` (timm, a ``+`` backbone)."""
-    if not hasattr(encoder, "layers"):
+    layers = encoder_layers(encoder)
+    if layers is None:
         return None
     named = getattr(encoder, "unit_names", None)
     if named is not None:
         return list(named())
-    return [f"unit{i}" for i in range(len(encoder.layers()[1]))]
+    return [f"unit{i}" for i in range(len(layers[1]))]
 
 
 def check_finetune_fits(finetune: str, backbone: str, units: list[str] | None, feature_layers: bool = False) -> None:
@@ -100,15 +107,19 @@ def check_finetune_fits(finetune: str, backbone: str, units: list[str] | None, f
     least K; ``feature_layers`` (the encoder returns pooled layers) needs ``frozen``."""
     mode, k = parse_finetune(finetune)
     if feature_layers and mode != "frozen":
-        raise ConfigError(f"model.feature_layers pools layers of a frozen encoder; set model.finetune=frozen "
-                          f"(got {finetune}) or remove model.feature_layers")
+        raise ConfigError(
+            f"model.feature_layers pools layers of a frozen encoder; set model.finetune=frozen "
+            f"(got {finetune}) or remove model.feature_layers"
+        )
     if mode != "last":
         return
     if units is None:
         raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has no block list; use all or frozen")
     if k is not None and k > len(units):
-        raise ConfigError(f"model.finetune={finetune}: backbone {backbone} has {len(units)} blocks "
-                          f"({units[0]} ... {units[-1]}), so K must be 1..{len(units)} (or use all / frozen)")
+        raise ConfigError(
+            f"model.finetune={finetune}: backbone {backbone} has {len(units)} blocks "
+            f"({units[0]} ... {units[-1]}), so K must be 1..{len(units)} (or use all / frozen)"
+        )
 
 
 def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
@@ -125,8 +136,9 @@ def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
         return FinetuneParts(nn.Identity(), encoder)
     if mode == "frozen":
         return FinetuneParts(FrozenPart(encoder), nn.Identity())
-    n = count_units(encoder)
-    assert n is not None and k is not None  # check_finetune_fits: last:K has a unit list of >= K
-    pre, units, post = encoder.layers()
+    layers = encoder_layers(encoder)
+    assert layers is not None and k is not None  # check_finetune_fits: last:K has a unit list of >= K
+    pre, units, post = layers
+    n = len(units)
     frozen = FrozenPart(nn.Sequential(pre, *units[: n - k]))
     return FinetuneParts(frozen, nn.Sequential(*units[n - k :], post))

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class UnitTaps(Protocol):
+    """An encoder's ``taps`` under ``model.feature_layers`` (:class:`asymcl.models.multilayer.FeatureTaps`):
+    ``pooled(encoder.layers(), x)`` is the chosen units' outputs, average-pooled and concatenated."""
+
+    def pooled(self, layers: tuple[nn.Module, list[nn.Module], nn.Module], x: Tensor) -> Tensor: ...
 
 
 class ProjectionHead(nn.Module):
@@ -15,9 +24,7 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
-        )
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
         self.out_dim = out_dim
 
     def forward(self, features: Tensor) -> Tensor:

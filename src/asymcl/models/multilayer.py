@@ -29,8 +29,15 @@ import torch
 from torch import Tensor, nn
 
 from asymcl.errors import ConfigError
-from asymcl.models.backbones import ConcatBackbone, build_backbone, check_input_size, check_pretrained, lite_members
-from asymcl.models.finetune import check_finetune_fits, parse_finetune
+from asymcl.models.backbones import (
+    ConcatBackbone,
+    build_backbone,
+    check_input_size,
+    check_pretrained,
+    feature_dim_of,
+    lite_members,
+)
+from asymcl.models.finetune import check_finetune_fits, encoder_layers, parse_finetune
 from asymcl.models.finetune import unit_names as unit_names
 
 
@@ -44,7 +51,8 @@ def backbone_unit_names(name: str) -> list[list[str]] | None:
     with torch.device("meta"):
         encoders = [build_backbone(member, 3) for member in members]
     names = [unit_names(encoder) for encoder in encoders]
-    return None if any(n is None for n in names) else names
+    known = [n for n in names if n is not None]
+    return known if len(known) == len(names) else None
 
 
 def _unit_width(unit: nn.Module) -> int:
@@ -96,22 +104,31 @@ def set_feature_layers(encoder: nn.Module, names: Sequence[str]) -> nn.Module:
     if isinstance(encoder, ConcatBackbone):
         for member in encoder.members:
             set_feature_layers(member, names)
-        encoder.feature_dim = sum(int(m.feature_dim) for m in encoder.members)
+        encoder.feature_dim = sum(feature_dim_of(m) for m in encoder.members)
         return encoder
     available = unit_names(encoder)
     if available is None:
-        raise ConfigError(f"model.feature_layers: backbone {type(encoder).__name__} has no named layers; "
-                          "remove model.feature_layers")
+        raise ConfigError(
+            f"model.feature_layers: backbone {type(encoder).__name__} has no named layers; remove model.feature_layers"
+        )
     indices = _resolve(names, available, type(encoder).__name__)
-    units = encoder.layers()[1]
+    layers = encoder_layers(encoder)
+    assert layers is not None  # unit_names found units, so the encoder has layers()
+    units = layers[1]
     dim = sum(_unit_width(units[i]) for i in indices)
     encoder.taps = FeatureTaps([available[i] for i in indices], indices, dim)
-    encoder.feature_dim = dim
+    # a plain int attribute, which nn.Module's __setattr__ stub (tensors and modules only) cannot express
+    encoder.feature_dim = dim  # type: ignore[assignment]
     return encoder
 
 
-def check_encoder_options(backbone: str, finetune: str, feature_layers: Sequence[str] | None,
-                          input_size: int | None = None, pretrained: str | None = None) -> None:
+def check_encoder_options(
+    backbone: str,
+    finetune: str,
+    feature_layers: Sequence[str] | None,
+    input_size: int | None = None,
+    pretrained: str | None = None,
+) -> None:
     """One-line ConfigError, before anything is built or trained, when ``pretrained``, ``finetune``
     (``last:K``), ``feature_layers`` or ``input_size`` does not fit ``backbone``: weights it cannot
     load (:func:`~asymcl.models.backbones.check_pretrained`), K beyond its units, ``last:K`` on a
@@ -123,15 +140,18 @@ def check_encoder_options(backbone: str, finetune: str, feature_layers: Sequence
     check_input_size(backbone, input_size)
     mode, _ = parse_finetune(finetune)
     if "+" in backbone and mode == "last":
-        raise ConfigError(f"model.finetune={finetune}: last:K cuts the blocks of one network; "
-                          f"backbone {backbone} joins several, so use frozen or all")
+        raise ConfigError(
+            f"model.finetune={finetune}: last:K cuts the blocks of one network; "
+            f"backbone {backbone} joins several, so use frozen or all"
+        )
     if mode != "last" and not feature_layers:
         return
     names = backbone_unit_names(backbone)
     check_finetune_fits(finetune, backbone, None if names is None else names[0], bool(feature_layers))
     if feature_layers:
         if names is None:
-            raise ConfigError(f"model.feature_layers: backbone {backbone} has no named layers; "
-                              "remove model.feature_layers")
+            raise ConfigError(
+                f"model.feature_layers: backbone {backbone} has no named layers; remove model.feature_layers"
+            )
         common = [n for n in names[0] if all(n in other for other in names[1:])]
         _resolve(list(feature_layers), common, backbone)

@@ -29,7 +29,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
+            state: object = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure of a user file is a user error
@@ -80,7 +80,8 @@ def load_weights_strict(model: nn.Module, state: Mapping[str, Tensor], source: s
                 shown = ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
                 parts.append(f"{len(items)} {label} ({shown})")
         raise CheckpointError(
-            f"weights in {source} do not fit this model ({type(model).__name__}): " + "; ".join(parts)
+            f"weights in {source} do not fit this model ({type(model).__name__}): "
+            + "; ".join(parts)
             + ". Was it saved from another backbone, class count or number of input channels?"
         )
     model.load_state_dict(state, strict=True)

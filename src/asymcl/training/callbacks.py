@@ -66,7 +66,10 @@ class EpochLines(Callback):
         val = pl_module.last_val_metrics
         loss = pl_module.last_train_loss
         elapsed = time.monotonic() - (self._start if self._start is not None else time.monotonic())
-        print(f"[asymcl] {self.stage} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-              f"  train_loss {'-' if loss is None else f'{loss:.4f}'}"
-              f"  val UA {val['ua'] * 100:.2f}%  WA {val['wa'] * 100:.2f}%  {elapsed:.1f}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[asymcl] {self.stage} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            f"  train_loss {'-' if loss is None else f'{loss:.4f}'}"
+            f"  val UA {val['ua'] * 100:.2f}%  WA {val['wa'] * 100:.2f}%  {elapsed:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -75,8 +75,14 @@ def slim_checkpoint(checkpoint: dict[str, Any], references: Sequence[tuple[str, 
         keys = sorted(tensors)
         if not keys or any(prefix + key not in state for key in keys):
             continue  # e.g. a bare or partial state dict: keep it whole
-        entries.append({"prefix": prefix, "keys": keys, "source": dict(source),
-                        "sha256": tensors_digest({key: state[prefix + key] for key in keys})})
+        entries.append(
+            {
+                "prefix": prefix,
+                "keys": keys,
+                "source": dict(source),
+                "sha256": tensors_digest({key: state[prefix + key] for key in keys}),
+            }
+        )
         for key in keys:
             del state[prefix + key]
     if entries:
@@ -114,8 +120,9 @@ def _resolve(entry: dict, path: Path) -> tuple[dict[str, Tensor], str]:
     source, keys = entry["source"], entry["keys"]
     try:
         if source.get("kind") == "backbone":
-            return _backbone_weights(json.dumps(source, sort_keys=True), tuple(keys),
-                                     _file_stamp(source.get("pretrained")))
+            return _backbone_weights(
+                json.dumps(source, sort_keys=True), tuple(keys), _file_stamp(source.get("pretrained"))
+            )
         if source.get("kind") == "checkpoint":
             other = path.parent / source["path"]
             if not other.is_file():
@@ -133,8 +140,10 @@ def _resolve(entry: dict, path: Path) -> tuple[dict[str, Tensor], str]:
             f"checkpoint {path} stores {_describe(source)} as a reference, and they cannot be loaded: {exc} "
             "(restore them, or train the run again)"
         ) from None
-    raise CheckpointError(f"checkpoint {path} holds a reference of unknown kind {source.get('kind')!r}; "
-                          "it was written by a newer asymcl: upgrade asymcl")
+    raise CheckpointError(
+        f"checkpoint {path} holds a reference of unknown kind {source.get('kind')!r}; "
+        "it was written by a newer asymcl: upgrade asymcl"
+    )
 
 
 def _mismatch(path, source: dict, expected: str, got: str) -> CheckpointError:
@@ -145,8 +154,9 @@ def _mismatch(path, source: dict, expected: str, got: str) -> CheckpointError:
     )
 
 
-def restore_references(checkpoint: dict[str, Any], path: str | Path,
-                       own_state: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+def restore_references(
+    checkpoint: dict[str, Any], path: str | Path, own_state: Mapping[str, Tensor] | None = None
+) -> dict[str, Any]:
     """Put the referenced entries back into ``checkpoint["state_dict"]`` (in place; returned).
 
     ``own_state``: a state dict that already holds them (a module being resumed, built with the
@@ -210,7 +220,7 @@ def load_module_weights(module: torch.nn.Module, path: str | Path, prefix: str =
 
     state = load_checkpoint(path)["state_dict"]
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     load_weights_strict(module, state, source=str(path))
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,17 @@ def _nest(flat: dict[str, Any]) -> dict:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if "check" not in f.metadata)
-_SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(RunConfig) if "check" not in f.metadata}
+
+
+def _section_type(f: dataclasses.Field) -> type[_Section]:
+    """A section field's dataclass: its default_factory (RunConfig's sections are built that way)."""
+    factory = f.default_factory
+    if not (isinstance(factory, type) and issubclass(factory, _Section)):
+        raise TypeError(f"RunConfig.{f.name}: a section's default_factory must be its Section class")
+    return factory
+
+
+_SECTION_TYPES = {f.name: _section_type(f) for f in dataclasses.fields(RunConfig) if "check" not in f.metadata}
 
 
 def _schema() -> dict[str, tuple[Any, Callable[[Any], Any], str]]:
@@ -84,11 +95,12 @@ def default_config() -> dict:
 
 def _from_flat(flat: dict[str, Any]) -> RunConfig:
     nested = _nest(flat)
-    sections = {name: _SECTION_TYPES[name](**nested.pop(name)) for name in SECTIONS}
+    # Any: each name has its own section class, a pairing a dict's value type cannot state
+    sections: dict[str, Any] = {name: _SECTION_TYPES[name](**nested.pop(name)) for name in SECTIONS}
     return RunConfig(**nested, **sections)
 
 
-def flatten(config: dict | RunConfig, prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any] | RunConfig, prefix: str = "") -> dict[str, Any]:
     """Nested (or partly dotted) dict, or a :class:`RunConfig` -> {dotted key: value}."""
     if isinstance(config, _Section):
         config = config.to_dict()
@@ -120,7 +132,7 @@ def _unknown_key_error(key: str, source: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r} ({source}); {hint}")
 
 
-def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
+def parse_overrides(overrides: Sequence[str] | dict | None) -> dict[str, Any]:
     """``["loss.gamma=2", "data.classes=[0,6]"]`` or a dict -> flat dict; values parsed as YAML."""
     if overrides is None:
         return {}
@@ -140,7 +152,7 @@ def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
     return flat
 
 
-def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+def read_yaml_file(path: str | os.PathLike[str], what: str = "config file") -> Any:
     """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
@@ -152,11 +164,13 @@ def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}; fix the file "
-                          "(keys as `section: {key: value}` or dotted `section.key: value`)") from exc
+        raise ConfigError(
+            f"{what} {path} is not valid YAML{where}: {problem}; fix the file "
+            "(keys as `section: {key: value}` or dotted `section.key: value`)"
+        ) from exc
 
 
-def load_config_file(path: str | Path) -> dict:
+def load_config_file(path: str | os.PathLike[str]) -> dict:
     """Read a YAML config file (nested sections and/or dotted keys)."""
     loaded = read_yaml_file(path)
     if loaded is None:
@@ -166,8 +180,9 @@ def load_config_file(path: str | Path) -> dict:
     return loaded
 
 
-def resolve_config(base: dict | RunConfig | None = None,
-                   overrides: list[str] | dict | None = None) -> RunConfig:
+def resolve_config(
+    base: Mapping[str, Any] | RunConfig | None = None, overrides: Sequence[str] | dict | None = None
+) -> RunConfig:
     """Defaults <- ``base`` <- ``overrides``; validated and with method-specific values filled in.
 
     Raises :class:`ConfigError` naming the key and what is allowed on an unknown key, a wrong type,
@@ -192,8 +207,14 @@ def resolve_config(base: dict | RunConfig | None = None,
 # (e.g. `asymcl demo --quiet` after `asymcl demo`), and they do not change its default directory.
 # data.cache_dir: a cache moved elsewhere holds the same numbers (its key is in the folder name).
 # trainer.save_last: which checkpoints are kept, not what they hold.
-NON_RESULT_KEYS = ("trainer.progress_bar", "trainer.num_threads", "data.num_workers", "data.cache_dir",
-                   "trainer.save_last", "eval.embeddings")
+NON_RESULT_KEYS = (
+    "trainer.progress_bar",
+    "trainer.num_threads",
+    "data.num_workers",
+    "data.cache_dir",
+    "trainer.save_last",
+    "eval.embeddings",
+)
 
 
 def result_config(config: dict | RunConfig) -> dict:
@@ -204,7 +225,8 @@ def result_config(config: dict | RunConfig) -> dict:
 # The keys of asymcl 0.1.0, the first release that wrote run directories. A key added since then
 # is left out of a run's identity while it holds its default, so an old command (`asymcl train`
 # with no --out) still finds, and resumes, the directory it wrote before the key existed.
-_KEYS_0_1 = frozenset("""
+_KEYS_0_1 = frozenset(
+    """
 method seed data.dataset data.root data.imbalance data.classes data.val_fraction data.test_fraction
 data.csv_path_column data.csv_label_column data.image_size data.augment data.in_memory data.num_workers
 model.backbone model.pretrained model.proj_hidden_dim model.proj_dim loss.gamma loss.eta
@@ -213,7 +235,8 @@ stage1.weight_decay stage1.scheduler stage2.epochs stage2.batch_size stage2.opti
 stage2.weight_decay stage2.scheduler stage2.loss stage2.focal_gamma stage2.logit_tau stage2.sampler
 stage2.augment trainer.accelerator trainer.devices trainer.strategy trainer.precision
 trainer.deterministic trainer.progress_bar trainer.num_threads
-""".split())
+""".split()
+)
 
 
 # What a key added since 0.1.0 meant before it existed, where that is not its default today: a run
@@ -231,8 +254,7 @@ def fill_missing_keys(flat: dict[str, Any]) -> dict[str, Any]:
 def run_identity(config: dict | RunConfig) -> dict:
     """What names a run (its default directory): :func:`result_config` without the keys added after
     0.1.0 that hold their default."""
-    return {k: v for k, v in result_config(config).items()
-            if k in _KEYS_0_1 or k not in SCHEMA or v != SCHEMA[k][0]}
+    return {k: v for k, v in result_config(config).items() if k in _KEYS_0_1 or k not in SCHEMA or v != SCHEMA[k][0]}
 
 
 def config_differences(a: dict | RunConfig, b: dict | RunConfig) -> list[str]:

@@ -32,8 +32,10 @@ def apply_rules(config: RunConfig) -> RunConfig:
     model = config.model
     check_encoder_options(model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained)
     if method.stages == PROBE and model.pretrained is None:
-        raise ConfigError("method probe needs a pretrained encoder's features: set model.pretrained (e.g. "
-                          "imagenet with an efficientnet_lite backbone) or choose another method")
+        raise ConfigError(
+            "method probe needs a pretrained encoder's features: set model.pretrained (e.g. "
+            "imagenet with an efficientnet_lite backbone) or choose another method"
+        )
     return config
 
 
@@ -50,17 +52,23 @@ def resolve_levers(config: RunConfig, method: Method) -> RunConfig:
     stage1, stage2 = config.stage1, config.stage2
     if not method.contrastive:
         if joint:
-            raise ConfigError(f"schedule=joint needs a contrastive loss; method {method.name} has none "
-                              f"(choose one of {', '.join(contrastive_methods())}, or schedule=two_stage)")
+            raise ConfigError(
+                f"schedule=joint needs a contrastive loss; method {method.name} has none "
+                f"(choose one of {', '.join(contrastive_methods())}, or schedule=two_stage)"
+            )
         if stage1.sampler != "random":
-            raise ConfigError(f"stage1.sampler={stage1.sampler} has no effect with method {method.name} "
-                              "(an end-to-end baseline samples with stage2.sampler); remove it")
+            raise ConfigError(
+                f"stage1.sampler={stage1.sampler} has no effect with method {method.name} "
+                "(an end-to-end baseline samples with stage2.sampler); remove it"
+            )
     fixed_loss = method.classification_loss or ("logit_adjusted" if joint else None)
     if fixed_loss is not None:
         if stage2.loss not in ("ce", fixed_loss):  # not a method name: stage2.loss's default
             what = f"method {method.name}" if method.classification_loss else "schedule=joint"
-            raise ConfigError(f"stage2.loss={stage2.loss} contradicts {what}, which trains on "
-                              f"{fixed_loss} cross-entropy; remove stage2.loss")
+            raise ConfigError(
+                f"stage2.loss={stage2.loss} contradicts {what}, which trains on "
+                f"{fixed_loss} cross-entropy; remove stage2.loss"
+            )
         stage2 = replace(stage2, loss=fixed_loss)
     if method.classification_loss == "logit_adjusted":
         stage2 = replace(stage2, sampler="random")

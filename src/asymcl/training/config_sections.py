@@ -64,31 +64,52 @@ class DataConfig(Section, DataFields):
     augment: str = option("auto", check.choice("auto", *AUGMENT_PRESETS), "augmentation preset")
     in_memory: bool = option(True, check.boolean, "hold the whole dataset as one tensor and index batches")
     num_workers: int = option(0, check.integer(0), "DataLoader workers (only when data.in_memory is false)")
-    cache: str = option("auto", check.choice("auto", "off"), "the feature cache: auto keeps the frozen encoder "
-                        "part's outputs on disk when model.finetune is not all; off")
-    cache_dir: str | None = option(None, check.optional_str,
-                                   "feature cache folder (null: $ASYMCL_CACHE_DIR/features or ~/.cache/asymcl/features)")
+    cache: str = option(
+        "auto",
+        check.choice("auto", "off"),
+        "the feature cache: auto keeps the frozen encoder part's outputs on disk when model.finetune is not all; off",
+    )
+    cache_dir: str | None = option(
+        None, check.optional_str, "feature cache folder (null: $ASYMCL_CACHE_DIR/features or ~/.cache/asymcl/features)"
+    )
     cache_views: int = option(4, check.integer(2), "augmented views cached per training image (stage 1 draws two)")
-    cache_seed: int | None = option(0, check.integer(0, optional=True), "seed of the cached views: a number (a "
-                                    "sweep's seeds share one draw) or null (each run seed draws its own views)")
-    cache_precision: str = option("auto", check.choice("auto", "bf16", "fp32"),
-                                  "precision of the cached views' extraction (auto: bf16 where the device has it; "
-                                  "clean images are always fp32)")
+    cache_seed: int | None = option(
+        0,
+        check.integer(0, optional=True),
+        "seed of the cached views: a number (a "
+        "sweep's seeds share one draw) or null (each run seed draws its own views)",
+    )
+    cache_precision: str = option(
+        "auto",
+        check.choice("auto", "bf16", "fp32"),
+        "precision of the cached views' extraction (auto: bf16 where the device has it; clean images are always fp32)",
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
     backbone: str = option("small_cnn", check.backbone, "encoder")
-    pretrained: str | None = option(None, check.optional_str,
-                                    "imagenet (bundled weights, efficientnet_lite0/1/2) or a local .pth/.safetensors file")
-    input_size: int | None = option(None, check.integer(16, optional=True),
-                                    "EfficientNet-Lite input side (null: images below 128 px -> 128, else as loaded)")
+    pretrained: str | None = option(
+        None, check.optional_str, "imagenet (bundled weights, efficientnet_lite0/1/2) or a local .pth/.safetensors file"
+    )
+    input_size: int | None = option(
+        None,
+        check.integer(16, optional=True),
+        "EfficientNet-Lite input side (null: images below 128 px -> 128, else as loaded)",
+    )
     finetune: str = option("all", check.finetune, "encoder part that trains: all, frozen or last:K (last K blocks)")
-    feature_layers: list[str] | None = option(None, check.names, "layers of a frozen encoder whose pooled outputs "
-                                              "are concatenated, e.g. [block10, head] (null: its usual output)")
-    adapter: int | None = option(None, check.integer(0, optional=True),
-                                 "adapter MLP hidden width between encoder and heads (null: feature width when "
-                                 "model.finetune is not all, else none; 0: none)")
+    feature_layers: list[str] | None = option(
+        None,
+        check.names,
+        "layers of a frozen encoder whose pooled outputs "
+        "are concatenated, e.g. [block10, head] (null: its usual output)",
+    )
+    adapter: int | None = option(
+        None,
+        check.integer(0, optional=True),
+        "adapter MLP hidden width between encoder and heads (null: feature width when "
+        "model.finetune is not all, else none; 0: none)",
+    )
     proj_hidden_dim: int = option(512, check.integer(1), "projection head hidden width")
     proj_dim: int = option(128, check.integer(1), "projection (embedding) dimension")
 
@@ -98,9 +119,13 @@ class LossConfig(Section):
     """Null values are filled by the method (its fixed values, else ``methods.LOSS_DEFAULTS``)."""
 
     gamma: float | None = option(None, check.number(0.0, optional=True), "focal exponent (null: the method's default)")
-    eta: float | None = option(None, check.number(0.0, optional=True), "negative-term weight (null: the method's default)")
+    eta: float | None = option(
+        None, check.number(0.0, optional=True), "negative-term weight (null: the method's default)"
+    )
     temperature: float = option(0.1, check.number(0.0, exclusive=True), "softmax temperature tau")
-    normalization: str | None = option(None, check.choice(None, "batch", "pairs"), "batch or pairs (null: method's default)")
+    normalization: str | None = option(
+        None, check.choice(None, "batch", "pairs"), "batch or pairs (null: method's default)"
+    )
     memory_size: int = option(0, check.integer(0), "rows of the labelled memory queue stage 1 contrasts with (0: off)")
 
 
@@ -132,9 +157,12 @@ class Stage1Config(OptimisationConfig):
     batch_size: int = _redeclare("batch_size", 128, "images per batch (two views each in stage 1)", check.integer(2))
     lr: float = _redeclare("lr", 2e-3)
     weight_decay: float = _redeclare("weight_decay", 1e-4)
-    sampler: str = option("random", check.choice("random", "class_balanced", "m_per_class"),
-                          "contrastive (or joint) batches: random, class_balanced, or m_per_class "
-                          "(every batch holds batch_size // classes images of each class)")
+    sampler: str = option(
+        "random",
+        check.choice("random", "class_balanced", "m_per_class"),
+        "contrastive (or joint) batches: random, class_balanced, or m_per_class "
+        "(every batch holds batch_size // classes images of each class)",
+    )
 
 
 @dataclass(frozen=True)
@@ -142,13 +170,20 @@ class Stage2Config(OptimisationConfig):
     """The linear classifier; its loss and sampler are also the end-to-end baseline's."""
 
     epochs: int = _redeclare("epochs", 30, "epochs of the linear classifier")
-    loss: str = option("ce", check.choice("ce", "focal", "logit_adjusted"),  # not a method name: the loss
-                       "classification loss (also the baseline's)")
+    loss: str = option(
+        "ce",  # not a method name: the loss
+        check.choice("ce", "focal", "logit_adjusted"),  # not a method name: the loss
+        "classification loss (also the baseline's)",
+    )
     focal_gamma: float = option(2.0, check.number(0.0), "gamma of the focal classification loss")
     logit_tau: float = option(1.0, check.number(0.0), "tau of logit-adjusted cross-entropy")
     sampler: str = option("random", check.choice("random", "class_balanced"), "batch sampling (also the baseline's)")
-    augment: bool = option(False, check.boolean, "train the final classifier on augmented images (a cached view "
-                           "when training from the feature cache, where the baselines follow it too) instead of clean ones")
+    augment: bool = option(
+        False,
+        check.boolean,
+        "train the final classifier on augmented images (a cached view "
+        "when training from the feature cache, where the baselines follow it too) instead of clean ones",
+    )
 
 
 @dataclass(frozen=True)
@@ -163,44 +198,65 @@ class ProbeConfig(Section):
 class JointConfig(Section):
     """``schedule=joint``: loss = logit-adjusted CE (``stage2.logit_tau``) + weight * contrastive."""
 
-    weight: float | None = option(None, check.number(0.0, optional=True),
-                                  "lambda of the joint loss (null: 1.0 with schedule=joint; only for joint)")
+    weight: float | None = option(
+        None,
+        check.number(0.0, optional=True),
+        "lambda of the joint loss (null: 1.0 with schedule=joint; only for joint)",
+    )
 
 
 @dataclass(frozen=True)
 class EvalConfig(Section):
-    tta_views: int = option(0, check.integer(0), "test-time augmentation on val/test: softmax averaged over the clean "
-                            "image and this many views seeded by data.cache_seed (0: off)")
-    embeddings: int | None = option(None, check.integer(0, optional=True),
-                                    "rows per test split kept in embeddings.npz (null: all; N: a seeded sample of "
-                                    "N, enough for the report's t-SNE; 0: no embeddings.npz)")
+    tta_views: int = option(
+        0,
+        check.integer(0),
+        "test-time augmentation on val/test: softmax averaged over the clean image and this many "
+        "views seeded like the cached views (data.cache_seed, or the run seed when null; 0: off)",
+    )
+    embeddings: int | None = option(
+        None,
+        check.integer(0, optional=True),
+        "rows per test split kept in embeddings.npz (null: all; N: a seeded sample of "
+        "N, enough for the report's t-SNE; 0: no embeddings.npz)",
+    )
 
 
 @dataclass(frozen=True)
 class TrainerConfig(Section):
     accelerator: str = option("cpu", check.choice("cpu", "gpu", "cuda", "mps", "auto"), "Lightning accelerator")
     devices: Any = option(1, check.devices, "Lightning devices")
-    strategy: str = option("auto", check.choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
-                           "Lightning strategy")
+    strategy: str = option(
+        "auto", check.choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"), "Lightning strategy"
+    )
     precision: str = option("32-true", check.choice("32-true", "bf16-mixed", "16-mixed"), "Lightning precision")
     deterministic: bool = option(True, check.boolean, "use deterministic algorithms")
-    channels_last: bool = option(False, check.boolean,
-                                 "channels_last memory format for images and the model (faster convolutions on GPUs)")
+    channels_last: bool = option(
+        False, check.boolean, "channels_last memory format for images and the model (faster convolutions on GPUs)"
+    )
     progress_bar: bool = option(True, check.boolean, "progress: bars on a terminal, one line per epoch otherwise")
     num_threads: int | None = option(None, check.integer(1, optional=True), "torch CPU threads (null: torch's default)")
-    save_last: bool = option(True, check.boolean, "keep last.ckpt each epoch (false: best only; an interrupted stage restarts)")
+    save_last: bool = option(
+        True, check.boolean, "keep last.ckpt each epoch (false: best only; an interrupted stage restarts)"
+    )
 
 
 @dataclass(frozen=True)
 class RunConfig(Section):
     """A whole, resolved run config (build it with :func:`resolve_config`)."""
 
-    method: str = option(PROPOSED, check.method, "a method of the registry (asymcl.training.methods): "
-                         + "; ".join(f"{m.name}: {m.display}" for m in REGISTRY.values()))
+    method: str = option(
+        PROPOSED,
+        check.method,
+        "a method of the registry (asymcl.training.methods): "
+        + "; ".join(f"{m.name}: {m.display}" for m in REGISTRY.values()),
+    )
     seed: int = option(0, check.integer(0), "fixes splits, sampling, initialisation and augmentation")
-    schedule: str = option("two_stage", check.choice(*SCHEDULES),
-                           "two_stage (contrastive pre-training, then a linear probe) or joint (one stage: "
-                           "logit-adjusted CE + joint.weight * contrastive loss); contrastive methods only")
+    schedule: str = option(
+        "two_stage",
+        check.choice(*SCHEDULES),
+        "two_stage (contrastive pre-training, then a linear probe) or joint (one stage: "
+        "logit-adjusted CE + joint.weight * contrastive loss); contrastive methods only",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

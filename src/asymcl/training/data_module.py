@@ -81,7 +81,7 @@ class IndexBatchSampler(Sampler[list[int]]):
     def _global_order(self) -> np.ndarray:
         if self.order == "shuffle":
             return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
-        if self.order == "base":
+        if self.base is not None:  # order "base": __init__ takes a base sampler with it only
             if hasattr(self.base, "global_draw"):  # the same draw on every rank; we shard below
                 return np.asarray(self.base.global_draw())
             return np.fromiter(iter(self.base), dtype=np.int64)
@@ -92,10 +92,12 @@ class IndexBatchSampler(Sampler[list[int]]):
         if self.drop_last:
             full = max(1, len(order) // self.batch_size)
             per_rank = max(1, full // self.world_size)
-            batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(per_rank * self.world_size)]
-            return batches[self.rank::self.world_size]
-        shard = order[self.rank::self.world_size]
-        return [shard[i:i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
+            batches = [
+                order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(per_rank * self.world_size)
+            ]
+            return batches[self.rank :: self.world_size]
+        shard = order[self.rank :: self.world_size]
+        return [shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._batches():
@@ -135,23 +137,42 @@ def make_loader(
         from asymcl.data import MPerClassBatchSampler
 
         classes = np.unique(np.asarray(dataset.targets)).size
-        batches = MPerClassBatchSampler(dataset.targets, batch_size // classes, seed=seed, rank=rank,
-                                        world_size=world_size)
+        batches = MPerClassBatchSampler(
+            dataset.targets, batch_size // classes, seed=seed, rank=rank, world_size=world_size
+        )
     elif train and sampler == "class_balanced":
         from asymcl.data import ClassBalancedSampler
 
         base = ClassBalancedSampler(dataset.targets, seed=seed, num_replicas=1, rank=0)
-        batches = IndexBatchSampler(n, batch_size, order="base", base=base, seed=seed, drop_last=True,
-                                    rank=rank, world_size=world_size)
+        batches = IndexBatchSampler(
+            n, batch_size, order="base", base=base, seed=seed, drop_last=True, rank=rank, world_size=world_size
+        )
     else:
-        batches = IndexBatchSampler(n, batch_size, order="shuffle" if train else "sequential", seed=seed,
-                                    drop_last=train, rank=rank, world_size=world_size)
+        batches = IndexBatchSampler(
+            n,
+            batch_size,
+            order="shuffle" if train else "sequential",
+            seed=seed,
+            drop_last=train,
+            rank=rank,
+            world_size=world_size,
+        )
     if in_memory:
         images, labels = cached if cached is not None else dataset.load_all()
-        return DataLoader(InMemoryBatches(images, labels), sampler=batches, batch_size=None,
-                          num_workers=0, generator=_own_generator(seed))
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, generator=_own_generator(seed))
+        return DataLoader(
+            InMemoryBatches(images, labels),
+            sampler=batches,
+            batch_size=None,
+            num_workers=0,
+            generator=_own_generator(seed),
+        )
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=_own_generator(seed),
+    )
 
 
 def _own_generator(seed: int) -> torch.Generator:

@@ -37,8 +37,15 @@ def demo_config(method: str, imbalance: str, seed: int, epochs: int, progress_ba
     }
 
 
-def run_demo(out_root: str | Path = "runs/demo", *, imbalance: str = "exp:20", seed: int = 0,
-             epochs: int = 60, progress_bar: bool = True, stream=None) -> dict[str, dict]:
+def run_demo(
+    out_root: str | Path = "runs/demo",
+    *,
+    imbalance: str = "exp:20",
+    seed: int = 0,
+    epochs: int = 60,
+    progress_bar: bool = True,
+    stream=None,
+) -> dict[str, dict]:
     """Run the three methods; prints and returns {method: metrics}. ``progress_bar``: Lightning's
     bars and stage messages where stderr is a terminal (off a terminal, or False: one line per run)."""
     stream = stream or sys.stdout
@@ -52,8 +59,11 @@ def run_demo(out_root: str | Path = "runs/demo", *, imbalance: str = "exp:20", s
         done_before = (read_metrics(run_dir) or {}).get("status") == "complete"
         start = time.monotonic()
         results[method] = run(demo_config(method, imbalance, seed, epochs, bars), run_dir)
-        print(run_line(method, results[method], time.monotonic() - start, done_before, run_dir), file=sys.stderr,
-              flush=True)
+        print(
+            run_line(method, results[method], time.monotonic() - start, done_before, run_dir),
+            file=sys.stderr,
+            flush=True,
+        )
     print(format_table(results, out_root, imbalance), file=stream)
     return results
 

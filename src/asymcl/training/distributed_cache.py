@@ -58,8 +58,10 @@ def build_caches(config) -> Path | None:
     from asymcl.training.pipeline import RunData, attach_feature_caches
 
     if not uses_feature_cache(config):
-        raise ConfigError("cache build: this config trains without cached features; set model.finetune "
-                          "frozen or last:K (with data.cache auto) for a cache to build")
+        raise ConfigError(
+            "cache build: this config trains without cached features; set model.finetune "
+            "frozen or last:K (with data.cache auto) for a cache to build"
+        )
     started = _start_process_group(config)
     try:
         import torch.distributed as dist
@@ -67,7 +69,9 @@ def build_caches(config) -> Path | None:
         first = not dist.is_initialized() or dist.get_rank() == 0
         data = RunData(config)
         attach_feature_caches(config, data, verbose=False)
-        return data.feature_caches["train"].path.parent if first else None
+        caches = data.feature_caches
+        assert caches is not None  # uses_feature_cache: attach_feature_caches has set them
+        return caches["train"].path.parent if first else None
     finally:
         if started:
             import torch.distributed as dist

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from asymcl.models import (
     Adapter,
+    FinetuneParts,
     apply_finetune,
     build_backbone,
     default_input_size,
@@ -37,6 +38,7 @@ from asymcl.models import (
     parse_finetune,
     set_feature_layers,
 )
+from asymcl.models.backbones import feature_dim_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +46,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Standardise(nn.Module):
     """(x - mean) / std per channel; the constants come from the config (not in checkpoints)."""
+
+    mean: Tensor  # buffers (register_buffer), which nn.Module would type as Tensor | Module
+    std: Tensor
 
     def __init__(self, mean: Tensor, std: Tensor):
         super().__init__()
@@ -85,35 +90,51 @@ class Encoder(nn.Module):
     outputs never change); :meth:`from_frozen` is the rest, the part that trains.
     """
 
-    def __init__(self, backbone: str, in_channels: int, image_hw: tuple[int, int], *,
-                 pretrained: str | None = None, load_pretrained: bool = True,
-                 input_size: int | None = None, finetune: str = "all", adapter: int = 0,
-                 feature_layers: list[str] | None = None):
+    # Set with object.__setattr__, not registered (see __init__): declared for the type checker,
+    # which would otherwise take it for one of nn.Module's Tensor | Module attributes.
+    _parts: FinetuneParts
+
+    def __init__(
+        self,
+        backbone: str,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        *,
+        pretrained: str | None = None,
+        load_pretrained: bool = True,
+        input_size: int | None = None,
+        finetune: str = "all",
+        adapter: int = 0,
+        feature_layers: list[str] | None = None,
+    ):
         super().__init__()
         size = None
         if lite_members(backbone):
-            size = (input_size, input_size) if input_size else default_input_size(tuple(image_hw))
+            size = (input_size, input_size) if input_size else default_input_size((int(image_hw[0]), int(image_hw[1])))
         # load_pretrained=False: same layout, weights to come from a checkpoint
-        self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None,
-                                       input_size=size)
+        self.backbone = build_backbone(backbone, in_channels, pretrained if load_pretrained else None, input_size=size)
         # What rebuilds the backbone's weights without a checkpoint (see frozen_reference).
-        self._backbone_source = {"kind": "backbone", "backbone": backbone, "in_channels": int(in_channels),
-                                 "pretrained": None if pretrained is None else str(pretrained),
-                                 "input_size": list(size) if size else None, "finetune": str(finetune)}
+        self._backbone_source = {
+            "kind": "backbone",
+            "backbone": backbone,
+            "in_channels": int(in_channels),
+            "pretrained": None if pretrained is None else str(pretrained),
+            "input_size": list(size) if size else None,
+            "finetune": str(finetune),
+        }
         if feature_layers:  # pooled outputs of several units (asymcl.models.multilayer); frozen only
             set_feature_layers(self.backbone, feature_layers)
-        self.feature_dim = int(self.backbone.feature_dim)
+        self.feature_dim = feature_dim_of(self.backbone)
         self.standardise = _standardise(backbone, in_channels, pretrained)
         parts = apply_finetune(self.backbone, finetune)
         # Not registered: they share the backbone's sub-modules (registering them would give every
         # weight a second name in the checkpoint).
         object.__setattr__(self, "_parts", parts)
-        self.adapter = nn.Identity() if adapter == 0 else Adapter(
-            self.feature_dim, None if adapter < 0 else adapter)
+        self.adapter = nn.Identity() if adapter == 0 else Adapter(self.feature_dim, None if adapter < 0 else adapter)
         self.train(True)
 
     @property
-    def parts(self):
+    def parts(self) -> FinetuneParts:
         return self._parts
 
     @property
@@ -131,7 +152,7 @@ class Encoder(nn.Module):
         if self._backbone_source["pretrained"] is None:
             return None
         frozen = {id(p) for p in self._parts.frozen.parameters()}
-        tensors = {name: p for name, p in self.backbone.named_parameters() if id(p) in frozen}
+        tensors: dict[str, Tensor] = {name: p for name, p in self.backbone.named_parameters() if id(p) in frozen}
         return (dict(self._backbone_source), tensors) if tensors else None
 
     def frozen_input(self) -> nn.Module:
@@ -157,18 +178,26 @@ def reference_weights(source: dict, names) -> dict[str, Tensor]:
     """The backbone parameters ``names`` as :meth:`Encoder.frozen_reference`'s ``source`` builds them
     (bundled or file weights, folded for grey input like a run's own)."""
     size = source.get("input_size")
-    backbone = build_backbone(source["backbone"], int(source["in_channels"]), source["pretrained"],
-                              input_size=tuple(size) if size else None)
+    backbone = build_backbone(
+        source["backbone"], int(source["in_channels"]), source["pretrained"], input_size=tuple(size) if size else None
+    )
     state = backbone.state_dict()
     return {name: state[name] for name in names}
 
 
 def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pretrained: bool = True) -> Encoder:
     model = config.model
-    return Encoder(model.backbone, in_channels, image_hw, pretrained=model.pretrained,
-                   load_pretrained=load_pretrained, input_size=model.input_size,
-                   finetune=model.finetune, adapter=adapter_width(model),
-                   feature_layers=model.feature_layers)
+    return Encoder(
+        model.backbone,
+        in_channels,
+        image_hw,
+        pretrained=model.pretrained,
+        load_pretrained=load_pretrained,
+        input_size=model.input_size,
+        finetune=model.finetune,
+        adapter=adapter_width(model),
+        feature_layers=model.feature_layers,
+    )
 
 
 def uses_feature_cache(config) -> bool:
@@ -208,8 +237,9 @@ def views_seed(config) -> int:
     return config.seed if config.data.cache_seed is None else config.data.cache_seed
 
 
-def build_feature_caches(config, data, augmentation: str, device: torch.device | str = "cpu",
-                         report_reuse: bool = True) -> dict:
+def build_feature_caches(
+    config, data, augmentation: str, device: torch.device | str = "cpu", report_reuse: bool = True
+) -> dict:
     """``{split: FeatureCache}`` of the run's splits: the training split with ``data.cache_views``
     augmented views per image, the others clean only (plus ``eval.tta_views`` views when set). Extracted on ``device``: clean images in
     float32 (what evaluation, predict and export compute), views in ``data.cache_precision``.
@@ -220,9 +250,14 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
     encoder = build_encoder(config, data.channels, data.image_hw).to(device)
     frozen = encoder.frozen_input().eval()
     model, source = config.model, config.data
-    describe = {"encoder": model.backbone, "pretrained": model.pretrained, "finetune": model.finetune,
-                "input_size": encoder._backbone_source["input_size"],
-                "dataset": source.dataset, "root": source.root}
+    describe = {
+        "encoder": model.backbone,
+        "pretrained": model.pretrained,
+        "finetune": model.finetune,
+        "input_size": encoder._backbone_source["input_size"],
+        "dataset": source.dataset,
+        "root": source.root,
+    }
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
@@ -230,11 +265,17 @@ def build_feature_caches(config, data, augmentation: str, device: torch.device |
         # test-time augmentation equals `predict --tta` on the image files (asymcl.training.tta).
         views = config.data.cache_views if train else config.eval.tta_views
         caches[split] = build_feature_cache(
-            dataset, frozen, augmentation=augmentation if views else "none",
-            views=views, seed=views_seed(config), cache_dir=config.data.cache_dir, precision="fp32",
+            dataset,
+            frozen,
+            augmentation=augmentation if views else "none",
+            views=views,
+            seed=views_seed(config),
+            cache_dir=config.data.cache_dir,
+            precision="fp32",
             view_precision=config.data.cache_precision if train else "fp32",
             device=device,
-            progress=None if config.trainer.progress_bar else False, report_reuse=report_reuse,
+            progress=None if config.trainer.progress_bar else False,
+            report_reuse=report_reuse,
             describe=describe,
         )
     return caches

@@ -25,8 +25,11 @@ def evaluate(module, data, split: str, batch_size: int = 512) -> dict[str, np.nd
         features.append(feats.float().cpu())
         logits.append(module.classifier(feats).float().cpu())
         labels.append(torch.as_tensor(targets).cpu())
-    return {"features": torch.cat(features).numpy(), "logits": torch.cat(logits).numpy(),
-            "labels": torch.cat(labels).numpy()}
+    return {
+        "features": torch.cat(features).numpy(),
+        "logits": torch.cat(logits).numpy(),
+        "labels": torch.cat(labels).numpy(),
+    }
 
 
 def split_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -36,5 +39,3 @@ def split_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> d
     metrics = metric_collection(num_classes, sync_on_compute=False)
     metrics.update(torch.as_tensor(logits), torch.as_tensor(labels))
     return metrics_to_python(metrics.compute())
-
-

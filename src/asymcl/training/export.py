@@ -72,18 +72,30 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     model, run = deployment_model(run_path)
     out_path = Path(out) if out is not None else run_path / f"model{FORMATS[fmt]}"
     if out_path.is_dir():
-        raise ExportError(f"--out {out_path} is a folder; give a file name such as {out_path / ('model' + FORMATS[fmt])}")
+        raise ExportError(
+            f"--out {out_path} is a folder; give a file name such as {out_path / ('model' + FORMATS[fmt])}"
+        )
     example = torch.zeros(2, run.channels, *run.size_hw, dtype=torch.uint8)
     # torch.onnx.export takes a file name: it writes the temporary by name (see atomic_file).
-    with atomic_file(out_path.parent, target=out_path, prefix=f".{out_path.name}.") as pending, \
-            torch.no_grad(), warnings.catch_warnings():
+    with (
+        atomic_file(out_path.parent, target=out_path, prefix=f".{out_path.name}.") as pending,
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
         # The TorchScript-based exporter and tracer warn about their own deprecation and about
         # Python control flow that our models do not have; nothing a user can act on.
         warnings.simplefilter("ignore")
         if fmt == "onnx":
-            torch.onnx.export(model, (example,), str(pending.temporary), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["probabilities"],
-                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (example,),
+                str(pending.temporary),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["images"],
+                output_names=["probabilities"],
+                dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            )
         else:
             torch.jit.save(torch.jit.trace(model, example), pending.handle)
     return out_path

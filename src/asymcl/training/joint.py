@@ -30,13 +30,20 @@ class JointModule(BaseModule):
 
     stage = "joint"
 
-    def __init__(self, config, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, class_counts: Tensor, gather_distributed: bool = False,
-                 load_pretrained: bool = True):
+    def __init__(
+        self,
+        config,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        class_counts: Tensor,
+        gather_distributed: bool = False,
+        load_pretrained: bool = True,
+    ):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
-        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim,
-                                   config.model.proj_dim)
+        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim, config.model.proj_dim)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
         self.criterion = config.method_spec.build_loss(config.loss, gather_distributed)
         self.classification = ClassificationLoss("logit_adjusted", class_counts, tau=config.stage2.logit_tau)

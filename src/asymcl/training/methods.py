@@ -41,6 +41,8 @@ def stage_seed(seed: int, stage: str) -> int:
     """The seed of a stage's initial weights and batches: a function of the run's seed and the stage
     alone, so a stage starts the same whatever ran before it (one formula for every caller)."""
     return int(seed) * 100 + STAGE_OFFSETS[stage]
+
+
 #: Schedules a contrastive method can train with (``schedule`` in the run config).
 SCHEDULES = ("two_stage", "joint")
 
@@ -58,8 +60,11 @@ def _afcl_factory(loss, gather_distributed: bool):
 
     # cl/fcl/acl are AFCL with gamma and/or eta fixed at 0: the config already filled them in.
     return AsymmetricFocalContrastiveLoss(
-        gamma=loss.gamma, eta=loss.eta, temperature=loss.temperature,
-        normalization=loss.normalization, gather_distributed=gather_distributed,
+        gamma=loss.gamma,
+        eta=loss.eta,
+        temperature=loss.temperature,
+        normalization=loss.normalization,
+        gather_distributed=gather_distributed,
     )
 
 
@@ -168,14 +173,16 @@ class Method:
                 if params.get(name) not in (None, 0.0):
                     raise ConfigError(
                         f"loss.{name} has no effect with method {self.name} (no contrastive loss); "
-                        f"choose a method among {', '.join(contrastive_methods())} or remove it")
+                        f"choose a method among {', '.join(contrastive_methods())} or remove it"
+                    )
             return params
         for name, value in self.fixed.items():
             given = params.get(name)
             if given is not None and given != value:
                 raise ConfigError(
                     f"loss.{name}={given!r} contradicts method {self.name}, which fixes it at {value!r}; "
-                    f"use method afcl to set gamma and eta freely")
+                    f"use method afcl to set gamma and eta freely"
+                )
             params[name] = value
         for name, default in LOSS_DEFAULTS.items():
             if params.get(name) is None:
@@ -184,35 +191,85 @@ class Method:
 
 
 _ALL = (
-    Method("probe", "Probe", PROBE, "class-weighted logistic regression (scikit-learn) on the frozen pretrained "
-           "encoder's clean features; probe.c is its inverse regularisation",
-           # The first point, which every comparison scores: on 1,280-2,688 standardised ImageNet features and a few thousand images,
-           # validation chose C = 0.001-0.003 (benchmarks/isic_linear_probe.py, 3 seeds); scikit-learn's
-           # 1.0 is a few-feature default and left the probe 4.5 points short on ISIC at a budget of 2.
-           # (probe.c's own default stays 1.0: it is part of every run's config hash, and changing it
-           # would rename and refuse to resume every run directory made before.)
-           search_space={"probe.c": (0.003, 0.01, 0.001, 0.03, 0.0003, 0.1, 0.3, 1.0, 3.0, 10.0)}),
-    Method("ce", "CE", BASELINE, "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)",
-           search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2)}),
-    Method("la", "LA", BASELINE, "end-to-end logit-adjusted cross-entropy baseline (Menon et al. 2021; "
-           "stage2.logit_tau, natural sampling, stage1 optimisation)", classification_loss="logit_adjusted",
-           search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2),
-                         "stage2.logit_tau": (1.0, 0.5, 1.5, 2.0)}),
-    Method("supcon", "SupCon", TWO_STAGE, "supervised contrastive loss, SupCon's per-anchor averaging",
-           _supcon_factory, {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"}, ("temperature",),
-           search_space={**_TEMPERATURE, **_LR}),
-    Method("cl", "CL", TWO_STAGE, "contrastive loss (AFCL with gamma = eta = 0)",
-           _afcl_factory, {"gamma": 0.0, "eta": 0.0}, ("temperature",),
-           search_space={**_TEMPERATURE, **_LR}),
-    Method("fcl", "FCL", TWO_STAGE, "focal contrastive loss (AFCL with eta = 0)",
-           _afcl_factory, {"eta": 0.0}, ("gamma", "temperature"),
-           search_space={**_GAMMA, **_TEMPERATURE, **_LR}),
-    Method("acl", "ACL", TWO_STAGE, "asymmetric contrastive loss (AFCL with gamma = 0)",
-           _afcl_factory, {"gamma": 0.0}, ("eta", "temperature"),
-           search_space={**_ETA, **_TEMPERATURE, **_LR}),
-    Method("afcl", "AFCL", TWO_STAGE, "asymmetric focal contrastive loss (the proposed method)",
-           _afcl_factory, {}, ("gamma", "eta", "temperature"),
-           search_space={**_GAMMA, **_ETA, **_TEMPERATURE, **_LR}),
+    Method(
+        "probe",
+        "Probe",
+        PROBE,
+        "class-weighted logistic regression (scikit-learn) on the frozen pretrained "
+        "encoder's clean features; probe.c is its inverse regularisation",
+        # The first point, which every comparison scores: on 1,280-2,688 standardised ImageNet features and a few thousand images,
+        # validation chose C = 0.001-0.003 (benchmarks/isic_linear_probe.py, 3 seeds); scikit-learn's
+        # 1.0 is a few-feature default and left the probe 4.5 points short on ISIC at a budget of 2.
+        # (probe.c's own default stays 1.0: it is part of every run's config hash, and changing it
+        # would rename and refuse to resume every run directory made before.)
+        search_space={"probe.c": (0.003, 0.01, 0.001, 0.03, 0.0003, 0.1, 0.3, 1.0, 3.0, 10.0)},
+    ),
+    Method(
+        "ce",
+        "CE",
+        BASELINE,
+        "end-to-end cross-entropy baseline (stage2.loss, stage1 optimisation)",
+        search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2)},
+    ),
+    Method(
+        "la",
+        "LA",
+        BASELINE,
+        "end-to-end logit-adjusted cross-entropy baseline (Menon et al. 2021; "
+        "stage2.logit_tau, natural sampling, stage1 optimisation)",
+        classification_loss="logit_adjusted",
+        search_space={**_LR, "stage1.weight_decay": (1e-4, 0.0, 1e-3, 1e-2), "stage2.logit_tau": (1.0, 0.5, 1.5, 2.0)},
+    ),
+    Method(
+        "supcon",
+        "SupCon",
+        TWO_STAGE,
+        "supervised contrastive loss, SupCon's per-anchor averaging",
+        _supcon_factory,
+        {"gamma": 0.0, "eta": 0.0, "normalization": "pairs"},
+        ("temperature",),
+        search_space={**_TEMPERATURE, **_LR},
+    ),
+    Method(
+        "cl",
+        "CL",
+        TWO_STAGE,
+        "contrastive loss (AFCL with gamma = eta = 0)",
+        _afcl_factory,
+        {"gamma": 0.0, "eta": 0.0},
+        ("temperature",),
+        search_space={**_TEMPERATURE, **_LR},
+    ),
+    Method(
+        "fcl",
+        "FCL",
+        TWO_STAGE,
+        "focal contrastive loss (AFCL with eta = 0)",
+        _afcl_factory,
+        {"eta": 0.0},
+        ("gamma", "temperature"),
+        search_space={**_GAMMA, **_TEMPERATURE, **_LR},
+    ),
+    Method(
+        "acl",
+        "ACL",
+        TWO_STAGE,
+        "asymmetric contrastive loss (AFCL with gamma = 0)",
+        _afcl_factory,
+        {"gamma": 0.0},
+        ("eta", "temperature"),
+        search_space={**_ETA, **_TEMPERATURE, **_LR},
+    ),
+    Method(
+        "afcl",
+        "AFCL",
+        TWO_STAGE,
+        "asymmetric focal contrastive loss (the proposed method)",
+        _afcl_factory,
+        {},
+        ("gamma", "eta", "temperature"),
+        search_space={**_GAMMA, **_ETA, **_TEMPERATURE, **_LR},
+    ),
 )
 
 #: name -> Method, in the order tables list them: baselines first, the proposed loss last.
@@ -287,8 +344,10 @@ def register_method(method: Method) -> Method:
         raise ConfigError(f"register_method takes an asymcl.Method, got {type(method).__name__}")
     name = method.name
     if not name or not set(name) <= _NAME_CHARS:
-        raise ConfigError(f"method name {name!r}: use lower-case letters, digits, '_' and '-' "
-                          "(it is a config value and part of run directory names)")
+        raise ConfigError(
+            f"method name {name!r}: use lower-case letters, digits, '_' and '-' "
+            "(it is a config value and part of run directory names)"
+        )
     from asymcl.plugins import claim_name
 
     if not claim_name("method", name, method, REGISTRY, BUILTIN):

@@ -23,7 +23,7 @@ exactly the same augmentations as in an uninterrupted run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -42,15 +42,19 @@ from asymcl.data.spec import DATASETS
 from asymcl.losses import raise_pending_input_errors
 from asymcl.models import LinearClassifier, ProjectionHead
 from asymcl.training.data_module import to_float_images
-from asymcl.training.encoder import build_encoder
+from asymcl.training.encoder import Encoder, build_encoder
 from asymcl.training.methods import STAGE_OFFSETS
+
+if TYPE_CHECKING:
+    from asymcl.training.config import RunConfig
+    from asymcl.training.config_sections import OptimisationConfig
 
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + STAGE_OFFSETS[stage] * 10_007 + epoch) % (2**63 - 1)
 
 
-def augmentation_preset(config: dict, dataset_name: str, channels: int) -> str:
+def augmentation_preset(config: RunConfig, dataset_name: str, channels: int) -> str:
     preset = config.data.augment
     if preset != "auto":
         return preset
@@ -68,6 +72,8 @@ class ClassificationLoss(nn.Module):
     * ``logit_adjusted``: cross-entropy on logits + tau * log(prior) (Menon et al. 2021), with
       the prior = training class frequencies; predictions use the plain logits.
     """
+
+    log_prior_shift: Tensor  # a buffer (register_buffer), which nn.Module types as Tensor | Module
 
     def __init__(self, name: str, class_counts: Tensor, focal_gamma: float = 2.0, tau: float = 1.0):
         super().__init__()
@@ -88,14 +94,14 @@ class ClassificationLoss(nn.Module):
 
 def metric_collection(num_classes: int, sync_on_compute: bool = True) -> MetricCollection:
     """``sync_on_compute=False`` for metrics computed on one process only (the final evaluation)."""
-    kw = {"sync_on_compute": sync_on_compute}
+    sync = sync_on_compute
     return MetricCollection(
         {
-            "wa": MulticlassAccuracy(num_classes, average="micro", **kw),
-            "ua": MulticlassRecall(num_classes, average="macro", **kw),
-            "macro_f1": MulticlassF1Score(num_classes, average="macro", **kw),
-            "per_class_recall": MulticlassRecall(num_classes, average=None, **kw),
-            "confusion_matrix": MulticlassConfusionMatrix(num_classes, **kw),
+            "wa": MulticlassAccuracy(num_classes, average="micro", sync_on_compute=sync),
+            "ua": MulticlassRecall(num_classes, average="macro", sync_on_compute=sync),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro", sync_on_compute=sync),
+            "per_class_recall": MulticlassRecall(num_classes, average=None, sync_on_compute=sync),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes, sync_on_compute=sync),
         }
     )
 
@@ -111,9 +117,11 @@ def metrics_to_python(values: dict[str, Tensor]) -> dict[str, Any]:
 
 class BaseModule(pl.LightningModule):
     stage = "base"
+    encoder: Encoder  # every stage module builds one (build_encoder) in its __init__
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str):
+    def __init__(
+        self, config: RunConfig, num_classes: int, in_channels: int, image_hw: tuple[int, int], augment_preset: str
+    ):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
@@ -156,6 +164,7 @@ class BaseModule(pl.LightningModule):
     def _cached(self, split: str, indices: Tensor, view: str = "clean") -> Tensor:
         """Cached frozen-part outputs (B, *S) of ``split`` at ``indices``: the clean image, or
         ``view="one"`` (one augmented view) / ``"two"`` (two views, (2B, *S)) of this epoch."""
+        assert self.feature_caches is not None  # called for runs from cached features only
         cache = self.feature_caches[split]
         indices = indices.cpu()
         if view == "clean":
@@ -211,11 +220,11 @@ class BaseModule(pl.LightningModule):
         self.last_val_metrics = values
 
     # -- optimisation ---------------------------------------------------------------------------
-    def _optimizer(self, params, section: dict):
+    def _optimizer(self, params, section: OptimisationConfig):
         params = [p for p in params if p.requires_grad]  # frozen encoder parts never train
+        optimizer: torch.optim.Optimizer
         if section.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9,
-                                        weight_decay=section.weight_decay)
+            optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9, weight_decay=section.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
         if section.scheduler == "none":
@@ -236,12 +245,19 @@ class ContrastiveModule(BaseModule):
 
     stage = "stage1"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, gather_distributed: bool = False, load_pretrained: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        gather_distributed: bool = False,
+        load_pretrained: bool = True,
+    ):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
-        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim,
-                                   config.model.proj_dim)
+        self.head = ProjectionHead(self.encoder.feature_dim, config.model.proj_hidden_dim, config.model.proj_dim)
         self.criterion = config.method_spec.build_loss(config.loss, gather_distributed)
         self.class_means: Tensor | None = None
 
@@ -261,7 +277,9 @@ class ContrastiveModule(BaseModule):
 
     # Nearest-class-mean probe for validation.
     def on_validation_epoch_start(self) -> None:
-        loader = self.trainer.datamodule.probe_dataloader()
+        # Lightning sets trainer.datamodule when fit() attaches one (its data connector), and the
+        # Trainer class does not declare the attribute.
+        loader = self.trainer.datamodule.probe_dataloader()  # type: ignore[attr-defined]
         sums = torch.zeros(self.num_classes, self.encoder.feature_dim, device=self.device)
         counts = torch.zeros(self.num_classes, device=self.device)
         with torch.no_grad():
@@ -278,6 +296,7 @@ class ContrastiveModule(BaseModule):
         self.class_means = F.normalize(sums / counts.clamp_min(1)[:, None], dim=1)
 
     def predict_logits(self, inputs: Tensor) -> Tensor:
+        assert self.class_means is not None  # set by on_validation_epoch_start
         features = F.normalize(self.encode(inputs).float(), dim=1)
         return features @ self.class_means.T
 
@@ -290,10 +309,18 @@ class LinearProbeModule(BaseModule):
 
     stage = "stage2"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, class_counts: Tensor):
-        super().__init__(config, num_classes, in_channels,
-                         image_hw, augment_preset if config.stage2.augment else "none")
+    def __init__(
+        self,
+        config: RunConfig,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        class_counts: Tensor,
+    ):
+        super().__init__(
+            config, num_classes, in_channels, image_hw, augment_preset if config.stage2.augment else "none"
+        )
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained=False)
         self.encoder.requires_grad_(False)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)
@@ -336,8 +363,10 @@ class LinearProbeModule(BaseModule):
         table = self._feature_tables.get(split)
         if table is None or table[0] != stamp:
             with torch.no_grad():
-                rows = [self.encoder.from_frozen(cache.clean_features(chunk).to(self.device))
-                        for chunk in torch.arange(len(cache)).split(1024)]
+                rows = [
+                    self.encoder.from_frozen(cache.clean_features(chunk).to(self.device))
+                    for chunk in torch.arange(len(cache)).split(1024)
+                ]
             table = self._feature_tables[split] = (stamp, torch.cat(rows))
         return table[1][inputs.to(table[1].device)]
 
@@ -374,8 +403,16 @@ class EndToEndModule(BaseModule):
 
     stage = "baseline"
 
-    def __init__(self, config: dict, num_classes: int, in_channels: int, image_hw: tuple[int, int],
-                 augment_preset: str, class_counts: Tensor, load_pretrained: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        num_classes: int,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        augment_preset: str,
+        class_counts: Tensor,
+        load_pretrained: bool = True,
+    ):
         super().__init__(config, num_classes, in_channels, image_hw, augment_preset)
         self.encoder = build_encoder(config, in_channels, image_hw, load_pretrained)
         self.classifier = LinearClassifier(self.encoder.feature_dim, num_classes)

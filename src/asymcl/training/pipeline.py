@@ -70,9 +70,13 @@ def _trainer_kwargs(config: RunConfig) -> dict[str, Any]:
     deterministic: bool | str = trainer_cfg.deterministic
     if deterministic and trainer_cfg.accelerator != "cpu":
         deterministic = "warn"  # some CUDA kernels (e.g. in augmentation) have no deterministic form
-    return {"accelerator": trainer_cfg.accelerator, "devices": trainer_cfg.devices,
-            "strategy": trainer_cfg.strategy, "precision": trainer_cfg.precision,
-            "deterministic": deterministic}
+    return {
+        "accelerator": trainer_cfg.accelerator,
+        "devices": trainer_cfg.devices,
+        "strategy": trainer_cfg.strategy,
+        "precision": trainer_cfg.precision,
+        "deterministic": deterministic,
+    }
 
 
 def _check_trainer_options(config: RunConfig) -> None:
@@ -82,8 +86,13 @@ def _check_trainer_options(config: RunConfig) -> None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        pl.Trainer(**_trainer_kwargs(config), logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False)
+        pl.Trainer(
+            **_trainer_kwargs(config),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:
         trainer_cfg = config.trainer
         raise ConfigError(
@@ -108,10 +117,10 @@ def stage_loggers(run_dir: Path, stage: str) -> list:
     folder it reuses, so a resumed stage gets the next version and the earlier curves stay."""
     import importlib.util
 
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
     logs = Path(run_dir) / "logs"
-    loggers = [CSVLogger(logs / "csv", name=stage)]
+    loggers: list[Logger] = [CSVLogger(logs / "csv", name=stage)]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(logs / "tensorboard", name=stage, default_hp_metric=False))
     return loggers
@@ -124,19 +133,23 @@ def _drop_advertising(record: logging.LogRecord) -> bool:
 
 def _quiet_lightning(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda"):
+    for name in (
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if _drop_advertising not in logger.filters:
             logger.addFilter(_drop_advertising)
 
 
-def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool = False,
-                  load_pretrained: bool = True):
+def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool = False, load_pretrained: bool = True):
     """The Lightning module that trains ``stage`` (public: predict builds the final stage's layout
     from :meth:`RunData.shape_only` and loads the weights into it)."""
     from asymcl.training.modules import (
+        BaseModule,
         ContrastiveModule,
         EndToEndModule,
         LinearProbeModule,
@@ -145,6 +158,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
 
     preset = augmentation_preset(config, data.dataset_name, data.channels)
     common = (config, data.num_classes, data.channels, data.image_hw, preset)
+    module: BaseModule
     if stage == "stage1":
         module = ContrastiveModule(*common, gather_distributed=gather, load_pretrained=load_pretrained)
     elif stage == "stage2":
@@ -160,8 +174,7 @@ def build_module(stage: str, config: RunConfig, data: RunData, *, gather: bool =
         # class-balanced or m-per-class stage-1 sampler that prior is uniform (the shift is then a
         # constant and LA-CE is plain CE); adjusting by the pool's counts would correct twice.
         counts = data.class_counts if config.stage1.sampler == "random" else torch.ones_like(data.class_counts)
-        module = JointModule(*common, class_counts=counts, gather_distributed=gather,
-                             load_pretrained=load_pretrained)
+        module = JointModule(*common, class_counts=counts, gather_distributed=gather, load_pretrained=load_pretrained)
     else:
         module = EndToEndModule(*common, class_counts=data.class_counts, load_pretrained=load_pretrained)
     module.use_feature_caches(data.feature_caches)
@@ -213,15 +226,19 @@ def _check_cache_matches(module, data: RunData) -> None:
     without an error is the worst bug)."""
     from asymcl.data.feature_cache import weights_digest
 
-    cached = data.feature_caches["train"].key["weights_sha256"]
+    caches = data.feature_caches
+    assert caches is not None  # called for runs from cached features only
+    cached = caches["train"].key["weights_sha256"]
     if weights_digest(module.encoder.frozen_input()) != cached:
         raise CheckpointError(
-            f"the feature cache {data.feature_caches['train'].path} holds features of other frozen weights "
-            "than this run's model; rerun with data.cache=off, or report this as a bug")
+            f"the feature cache {caches['train'].path} holds features of other frozen weights "
+            "than this run's model; rerun with data.cache=off, or report this as a bug"
+        )
 
 
-def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
-                 on_record: Callable, callbacks: Sequence, verbose: bool) -> None:
+def _train_stage(
+    stage: str, config: RunConfig, data: RunData, run_dir: Path, on_record: Callable, callbacks: Sequence, verbose: bool
+) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.trainer.states import TrainerStatus
@@ -232,16 +249,36 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
     last = ckpt_dir / "last.ckpt"
     # best.ckpt holds the weights only: it is read for its weights (stage 2, evaluation, predict,
     # export), never resumed from, and the optimizer state was two thirds of it under AdamW.
-    best_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/ua", mode="max",
-                                      save_top_k=1, save_last=False, enable_version_counter=False,
-                                      auto_insert_metric_name=False, save_weights_only=True)
+    best_checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/ua",
+        mode="max",
+        save_top_k=1,
+        save_last=False,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+        save_weights_only=True,
+    )
     # Not save_last=True: Lightning 2.6 then writes last.ckpt only in epochs that improve the best,
     # so a resume went back to the best epoch and redid every epoch since. A second, unmonitored
     # callback rewrites last.ckpt after every epoch. It comes after the best one, so the state it
     # saves already holds this epoch's best score. trainer.save_last=false: none (sweeps).
-    last_checkpoint = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                                       every_n_epochs=1, enable_version_counter=False,
-                                       auto_insert_metric_name=False)] if trainer_cfg.save_last else []
+    last_checkpoint = (
+        [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                every_n_epochs=1,
+                enable_version_counter=False,
+                auto_insert_metric_name=False,
+            )
+        ]
+        if trainer_cfg.save_last
+        else []
+    )
     # Bars redraw with carriage returns: right on a terminal, noise in a log file, CI or `| tee`.
     # There the same progress_bar: true gives one line per epoch instead.
     bars = trainer_cfg.progress_bar and is_terminal(sys.stderr)
@@ -288,8 +325,9 @@ def _train_stage(stage: str, config: RunConfig, data: RunData, run_dir: Path,
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
             # A frozen encoder part stays in eval mode on purpose (model.finetune frozen / last:K).
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-            trainer.fit(module, datamodule=SplitsDataModule(data, config, stage),
-                        ckpt_path=str(resume) if resume else None)
+            trainer.fit(
+                module, datamodule=SplitsDataModule(data, config, stage), ckpt_path=str(resume) if resume else None
+            )
     except SystemExit:
         # Lightning turns Ctrl+C into sys.exit(1) after saving nothing; report it as an interrupt
         # (the CLI tells the user to run the command again to resume).
@@ -360,7 +398,8 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
         arrays[f"{split}_ids"] = np.asarray(ids, dtype=str)[kept]
         # The dataset entry declares its extra files (isic2018: the challenge submission).
         extra = DATASETS[data.dataset_name].extra_outputs(
-            split=split, official=split in data.splits.official, ids=ids, probs=probs, classes=list(data.classes))
+            split=split, official=split in data.splits.official, ids=ids, probs=probs, classes=list(data.classes)
+        )
         for name, content in extra.items():
             atomic_write_bytes(run_dir / name, content)
     text = io.StringIO()
@@ -375,15 +414,22 @@ def _final_outputs(config: RunConfig, data: RunData, run_dir: Path) -> tuple[dic
     # Not savez_compressed: float32 features hardly compress (a pretrained Fashion-MNIST run's 64 MB
     # became 59 MB) and deflating them took about 1.8 s of every run (benchmarks/claim_run_speed.py).
     # np.load reads either form.
-    np.savez(buffer, **arrays)
+    # numpy's stub lets a **dict's values be allow_pickle (a bool), so a dict of arrays does not fit it
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(run_dir / "embeddings.npz", buffer.getvalue())
     return final, single
 
 
 # One writer per run directory (training/runlock.py): a second process gets RunLockedError at once.
 @locked_run(when=is_main_process)
-def run(config: RunConfig | None, out_dir: str | Path, *, callbacks: Sequence = (),
-        verbose: bool | None = None, report_cache: bool = True) -> dict[str, Any]:
+def run(
+    config: RunConfig | dict | None,
+    out_dir: str | Path,
+    *,
+    callbacks: Sequence = (),
+    verbose: bool | None = None,
+    report_cache: bool = True,
+) -> dict[str, Any]:
     """Train and evaluate one run into ``out_dir``; returns the metrics dict of metrics.json.
 
     ``config``: a (partial) config; it is resolved and validated first. ``callbacks``: extra

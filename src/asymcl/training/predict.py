@@ -66,29 +66,42 @@ class RunModel:
         stage = stages_for(self.config)[-1]
         checkpoint = self.run_dir / "checkpoints" / stage / "best.ckpt"
         if not checkpoint.is_file():
-            raise CheckpointError(f"the run in {self.run_dir} has no trained {stage} model ({checkpoint} "
-                                  "is missing); run `asymcl train` with the run's config.yaml again to train it")
-        shape = RunData.shape_only(num_classes=len(self.classes), channels=self.channels,
-                                   image_hw=self.size_hw, dataset_name=self.config.data.dataset)
+            raise CheckpointError(
+                f"the run in {self.run_dir} has no trained {stage} model ({checkpoint} "
+                "is missing); run `asymcl train` with the run's config.yaml again to train it"
+            )
+        shape = RunData.shape_only(
+            num_classes=len(self.classes),
+            channels=self.channels,
+            image_hw=self.size_hw,
+            dataset_name=self.config.data.dataset,
+        )
         self.module = build_module(stage, self.config, shape, load_pretrained=False)
         load_module_weights(self.module, checkpoint)
         self.module.eval()
 
     @torch.no_grad()
-    def probabilities(self, images: np.ndarray, tta_views: int = 0, fingerprints: list[str] | None = None) -> np.ndarray:
+    def probabilities(
+        self, images: np.ndarray, tta_views: int = 0, fingerprints: list[str] | None = None
+    ) -> np.ndarray:
         """(N, C, H, W) uint8 -> (N, num_classes) class probabilities; ``tta_views`` > 0: averaged
-        over the image and that many views seeded by the run's ``data.cache_seed`` and each image's
-        ``fingerprints`` (asymcl.training.tta), as the run's own evaluation with ``eval.tta_views``."""
+        over the image and that many views seeded by the run's views seed (``data.cache_seed``, or
+        the run's seed when that is null: :func:`asymcl.training.encoder.views_seed`) and each
+        image's ``fingerprints`` (asymcl.training.tta), as the run's own evaluation with ``eval.tta_views``."""
         batch = torch.as_tensor(images).float().div_(255.0)
         if tta_views:
+            if fingerprints is None:  # they seed each image's views
+                raise ValueError("tta_views needs the images' fingerprints")
             from asymcl.data.augment import build_augmentation
+            from asymcl.training.encoder import views_seed
             from asymcl.training.modules import augmentation_preset
             from asymcl.training.tta import image_tta_probabilities
 
             preset = augmentation_preset(self.config, self.config.data.dataset, self.channels)
             augment = build_augmentation(preset, self.size_hw, self.channels)
-            return image_tta_probabilities(self.module, batch, fingerprints, augment, tta_views,
-                                           self.config.data.cache_seed)
+            return image_tta_probabilities(
+                self.module, batch, fingerprints, augment, tta_views, views_seed(self.config)
+            )
         logits = self.module.classifier(self.module.encoder(batch))
         return torch.softmax(logits.float(), dim=1).numpy()
 
@@ -99,8 +112,10 @@ class RunModel:
         if tta > 0:
             return int(tta)
         if not self.config.eval.tta_views:
-            raise DataError(f"--tta without a number uses the run's eval.tta_views, which is 0 in {self.run_dir}; "
-                            "give the number of views, e.g. --tta 4")
+            raise DataError(
+                f"--tta without a number uses the run's eval.tta_views, which is 0 in {self.run_dir}; "
+                "give the number of views, e.g. --tta 4"
+            )
         return int(self.config.eval.tta_views)
 
 
@@ -122,8 +137,14 @@ def _image_names(files: list[Path], images: Path) -> list[str]:
     return [f.relative_to(images).as_posix() for f in files]
 
 
-def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = None,
-            batch_size: int = 256, fmt: str = DEFAULT_FORMAT, tta: int | None = None) -> str:
+def predict(
+    run_dir: str | Path,
+    images: str | Path,
+    out: str | Path | None = None,
+    batch_size: int = 256,
+    fmt: str = DEFAULT_FORMAT,
+    tta: int | None = None,
+) -> str:
     """Predict every image; returns the CSV text and writes it atomically to ``out`` when given.
 
     ``fmt="asymcl"``: ``path,pred,pred_class,prob_<class>...,image`` with ``path`` the file as
@@ -148,21 +169,27 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path | None = No
         from asymcl.data.datasets import FileImageDataset
         from asymcl.data.feature_cache import image_fingerprints
 
-        fingerprints = image_fingerprints(FileImageDataset(files, np.zeros(len(files)), model.classes,
-                                                           model.channels, model.size_hw, cache=False))
+        fingerprints = image_fingerprints(
+            FileImageDataset(files, np.zeros(len(files)), model.classes, model.channels, model.size_hw, cache=False)
+        )
     probabilities = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         arrays = np.stack([load_image(p, model.channels, model.size_hw) for p in chunk])
-        probabilities.append(model.probabilities(
-            arrays, views, None if fingerprints is None else fingerprints[start:start + batch_size]))
+        probabilities.append(
+            model.probabilities(
+                arrays, views, None if fingerprints is None else fingerprints[start : start + batch_size]
+            )
+        )
     probs = np.concatenate(probabilities)
     if dataset is not None:
         stems = [f.stem for f in files]
         repeated = sorted(s for s, n in Counter(stems).items() if n > 1)
         if repeated:
-            raise DataError(f"--images holds several files for image id(s) {', '.join(repeated[:5])}; "
-                            f"a {fmt} submission has one row per image")
+            raise DataError(
+                f"--images holds several files for image id(s) {', '.join(repeated[:5])}; "
+                f"a {fmt} submission has one row per image"
+            )
         text = dataset.submission_csv(stems, probs, model.classes)
     else:
         buffer = io.StringIO()

@@ -38,8 +38,9 @@ class ProbeModule(EndToEndModule):
     stage = STAGE
 
 
-def folded_weights(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray,
-                   classes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def folded_weights(
+    coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray, classes: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's (coef_ (K', D), intercept_ (K',)) on standardised inputs -> (W (K, D), b (K,))
     on raw inputs, one row per class id in ``range(num_classes)``.
 
@@ -52,8 +53,10 @@ def folded_weights(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, sc
         weight = np.concatenate([np.zeros_like(weight), weight])
         bias = np.concatenate([np.zeros_like(bias), bias])
     if len(classes) != num_classes or np.any(np.asarray(classes) != np.arange(num_classes)):
-        raise DataError(f"the probe's training split holds classes {list(classes)}, not all of 0..{num_classes - 1}; "
-                        "every class needs training images (check data.classes and the imbalance profile)")
+        raise DataError(
+            f"the probe's training split holds classes {list(classes)}, not all of 0..{num_classes - 1}; "
+            "every class needs training images (check data.classes and the imbalance profile)"
+        )
     return weight, bias
 
 
@@ -84,14 +87,16 @@ def fit_probe(module: ProbeModule, data, config) -> dict[str, Any]:
         # its validation score either way, and the comparison picks C on that score.
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(scaler.transform(features), labels)
-    weight, bias = folded_weights(probe.coef_, probe.intercept_, scaler.mean_, scaler.scale_,
-                                  probe.classes_, module.num_classes)
+    weight, bias = folded_weights(
+        probe.coef_, probe.intercept_, scaler.mean_, scaler.scale_, probe.classes_, module.num_classes
+    )
     with torch.no_grad():
         module.classifier.fc.weight.copy_(torch.as_tensor(weight, dtype=module.classifier.fc.weight.dtype))
         module.classifier.fc.bias.copy_(torch.as_tensor(bias, dtype=module.classifier.fc.bias.dtype))
     sample_weight = len(labels) / (len(np.unique(labels)) * np.bincount(labels)[labels])
-    loss = log_loss(labels, probe.predict_proba(scaler.transform(features)), sample_weight=sample_weight,
-                    labels=probe.classes_)
+    loss = log_loss(
+        labels, probe.predict_proba(scaler.transform(features)), sample_weight=sample_weight, labels=probe.classes_
+    )
     return {"train_loss": float(loss)}
 
 
@@ -104,8 +109,14 @@ def train_probe(module: ProbeModule, config, data, run_dir: Path, on_record) -> 
     fitted = fit_probe(module, data, config)
     val = evaluate(module, data, "val")
     metrics = split_metrics(val["logits"], val["labels"], data.num_classes)
-    entry = {"epoch": 0, "train_loss": fitted["train_loss"], "val_wa": metrics["wa"], "val_ua": metrics["ua"],
-             "val_macro_f1": metrics["macro_f1"], "val_per_class_recall": metrics["per_class_recall"]}
+    entry = {
+        "epoch": 0,
+        "train_loss": fitted["train_loss"],
+        "val_wa": metrics["wa"],
+        "val_ua": metrics["ua"],
+        "val_macro_f1": metrics["macro_f1"],
+        "val_per_class_recall": metrics["per_class_recall"],
+    }
     from asymcl.training.checkpoints import SafeCheckpointIO
 
     checkpoint = {"state_dict": module.state_dict(), "epoch": 0}

@@ -53,24 +53,36 @@ class RunData:
         batches, which the modules look up in the caches."""
         self.feature_caches = caches
         self.in_memory = True
-        self.cache = {name: (torch.arange(len(ds)), torch.as_tensor(ds.targets, dtype=torch.long))
-                      for name, ds in self.splits.splits.items()}
+        self.cache = {
+            name: (torch.arange(len(ds)), torch.as_tensor(ds.targets, dtype=torch.long))
+            for name, ds in self.splits.splits.items()
+        }
 
     @classmethod
-    def shape_only(cls, *, num_classes: int, channels: int, image_hw: tuple[int, int],
-                   dataset_name: str) -> RunData:
+    def shape_only(cls, *, num_classes: int, channels: int, image_hw: tuple[int, int], dataset_name: str) -> RunData:
         """The attributes a module is built from, without loading any data."""
         data = cls.__new__(cls)
         data.splits, data.cache, data.in_memory, data.feature_caches = None, {}, False, None
         data._on_device = {}
         data.classes = [str(k) for k in range(num_classes)]
-        data.num_classes, data.channels, data.image_hw = num_classes, channels, tuple(image_hw)
+        data.num_classes, data.channels, data.image_hw = num_classes, channels, (image_hw[0], image_hw[1])
         data.dataset_name = dataset_name
         data.class_counts = torch.ones(num_classes, dtype=torch.long)
         return data
 
-    def loader(self, split: str, batch_size: int, *, train: bool, seed: int, sampler: str = "random",
-               num_workers: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        sampler: str = "random",
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ):
         """``device``: an accelerator to hold the in-memory split on (copied once per run and
         device, as uint8); None or a CPU device keeps it in host memory."""
         cached = self.cache.get(split)
@@ -79,9 +91,18 @@ class RunData:
             if key not in self._on_device:
                 self._on_device[key] = (cached[0].to(device), cached[1].to(device))
             cached = self._on_device[key]
-        return make_loader(self.splits[split], batch_size, train=train, seed=seed, sampler=sampler,
-                           in_memory=self.in_memory, num_workers=num_workers, rank=rank,
-                           world_size=world_size, cached=cached)
+        return make_loader(
+            self.splits[split],
+            batch_size,
+            train=train,
+            seed=seed,
+            sampler=sampler,
+            in_memory=self.in_memory,
+            num_workers=num_workers,
+            rank=rank,
+            world_size=world_size,
+            cached=cached,
+        )
 
 
 class SplitsDataModule(pl.LightningDataModule):
@@ -107,9 +128,20 @@ class SplitsDataModule(pl.LightningDataModule):
         return images, labels
 
     def _loader(self, split: str, train: bool, sampler: str = "random"):
-        return self.data.loader(split, self.batch_size, train=train, seed=self.seed, sampler=sampler,
-                                num_workers=self.num_workers, rank=self.trainer.global_rank,
-                                world_size=self.trainer.world_size, device=self.trainer.strategy.root_device)
+        trainer = self.trainer
+        if trainer is None:  # Lightning attaches the trainer before it asks for a loader
+            raise RuntimeError("SplitsDataModule builds its loaders for a Trainer; attach it to one first")
+        return self.data.loader(
+            split,
+            self.batch_size,
+            train=train,
+            seed=self.seed,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            device=trainer.strategy.root_device,
+        )
 
     def train_dataloader(self):
         return self._loader("train", True, self.sampler)

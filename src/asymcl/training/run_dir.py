@@ -66,8 +66,7 @@ def versions_info() -> dict[str, Any]:
     }
     try:
         repo = Path(asymcl.__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode == 0:
             info["git_commit"] = out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -86,8 +85,15 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 
 def empty_metrics(config: RunConfig, classes: list[str] | None = None) -> dict:
-    return {"status": "running", "method": config.method, "classes": classes, "final": {},
-            "history": {}, "best": {}, "stages_complete": []}
+    return {
+        "status": "running",
+        "method": config.method,
+        "classes": classes,
+        "final": {},
+        "history": {},
+        "best": {},
+        "stages_complete": [],
+    }
 
 
 def check_run_dir(config: RunConfig, run_dir: Path) -> dict | None:
@@ -98,8 +104,9 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> dict | None:
         try:
             previous = resolve_config(yaml.safe_load(config_path.read_text()) or {})
         except (ConfigError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{config_path} cannot be read as a run config ({exc}); "
-                              "choose another output directory") from exc
+            raise ConfigError(
+                f"{config_path} cannot be read as a run config ({exc}); choose another output directory"
+            ) from exc
         differences = config_differences(previous, config)
         if differences:
             raise ConfigError(
@@ -114,8 +121,9 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> dict | None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output directory {run_dir} is a file; choose a new or empty directory")
     if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
-        raise ConfigError(f"{run_dir} is not empty and holds no run (no config.yaml); "
-                          "choose a new or empty output directory")
+        raise ConfigError(
+            f"{run_dir} is not empty and holds no run (no config.yaml); choose a new or empty output directory"
+        )
     return None
 
 

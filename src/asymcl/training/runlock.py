@@ -115,8 +115,11 @@ def acquire(run_dir: str | os.PathLike) -> RunLock:
             os.close(fd)
             continue
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         return RunLock(run_dir, fd, created)
     raise RunLockedError(f"{run_dir}: could not take the run lock {path} (it keeps being replaced)")

@@ -6,11 +6,14 @@ For an image x with views v_1..v_V the prediction is the mean of the softmax pro
 
 with g the final model (encoder + classifier). The views are the feature cache's own
 (:func:`asymcl.data.feature_cache.render_views`): the run's augmentation preset at the images'
-size, drawn per image from a generator seeded by (``data.cache_seed``, the image's fingerprint:
-the bytes of its file, or of its pixels for in-memory data). So the same image and seed give the
-same views whether they come from the run's cache (val/test entries with V views, extracted in
-float32 like the clean images), are rendered live (a run without the cache), or are rendered by
-``predict --tta`` from the image file. The exported model stays single-view (one forward pass).
+size, drawn per image from a generator seeded by (the views' seed, the image's fingerprint: the
+bytes of its file, or of its pixels for in-memory data). The views' seed is that of the run's
+cached training views, :func:`asymcl.training.encoder.views_seed`: ``data.cache_seed``, or the
+run's seed when that is null, so that each seed then evaluates on its own draw of views too. So the
+same image and seed give the same views whether they come from the run's cache (val/test entries
+with V views, extracted in float32 like the clean images, keyed by that seed), are rendered live
+(a run without the cache), or are rendered by ``predict --tta`` from the image file. The exported
+model stays single-view (one forward pass).
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ def _mean_probabilities(module, stacked: Tensor, from_frozen: bool) -> Tensor:
 
 
 @torch.no_grad()
-def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int,
-                            batch_size: int = 64) -> np.ndarray:
-    """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here."""
+def image_tta_probabilities(
+    module, images: Tensor, fingerprints: Sequence[str], augment, views: int, seed: int, batch_size: int = 64
+) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here.
+
+    ``seed``: the run's views seed, :func:`asymcl.training.encoder.views_seed` (``data.cache_seed``,
+    or the run's seed when that is null), the seed its cached val/test views are drawn and keyed by."""
     from asymcl.data.feature_cache import render_views
 
     module.eval()
@@ -42,8 +49,8 @@ def image_tta_probabilities(module, images: Tensor, fingerprints: Sequence[str],
     out = []
     per_chunk = max(1, batch_size // (1 + views))
     for start in range(0, len(images), per_chunk):
-        chunk = images[start:start + per_chunk].float()
-        stacked = render_views(chunk, fingerprints[start:start + per_chunk], augment, views, seed)
+        chunk = images[start : start + per_chunk].float()
+        stacked = render_views(chunk, fingerprints[start : start + per_chunk], augment, views, seed)
         out.append(_mean_probabilities(module, stacked.to(device), from_frozen=False).cpu())
     return torch.cat(out).numpy()
 
@@ -69,11 +76,19 @@ def split_tta_probabilities(module, config, data, split: str) -> np.ndarray:
         return cached_tta_probabilities(module, data.feature_caches[split])
     from asymcl.data.augment import build_augmentation
     from asymcl.data.feature_cache import image_fingerprints
+    from asymcl.training.encoder import views_seed
     from asymcl.training.modules import augmentation_preset
 
     dataset = data.splits[split]
     images = data.cache[split][0] if split in data.cache else dataset.load_all()[0]
-    augment = build_augmentation(augmentation_preset(config, data.dataset_name, data.channels),
-                                 data.image_hw, data.channels)
-    return image_tta_probabilities(module, images.float().div(255.0), image_fingerprints(dataset), augment,
-                                   config.eval.tta_views, config.data.cache_seed)
+    augment = build_augmentation(
+        augmentation_preset(config, data.dataset_name, data.channels), data.image_hw, data.channels
+    )
+    return image_tta_probabilities(
+        module,
+        images.float().div(255.0),
+        image_fingerprints(dataset),
+        augment,
+        config.eval.tta_views,
+        views_seed(config),
+    )
