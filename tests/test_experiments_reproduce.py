@@ -10,7 +10,15 @@ import yaml
 
 from asymcl.cli import main
 from asymcl.errors import ConfigError
-from asymcl.experiments.reproduce import PRESET_METHODS, PRESETS, SEEDS, preset_budget, preset_spec, reproduce
+from asymcl.experiments.reproduce import (
+    PRESET_METHODS,
+    PRESETS,
+    SEEDS,
+    preset_budget,
+    preset_seeds,
+    preset_spec,
+    reproduce,
+)
 from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
 
@@ -126,7 +134,7 @@ def test_pretrained_profile_lists_its_methods_with_the_probe(preset, tmp_path, d
     assert {c["method"] for c in configs.values()} == set(PRESET_METHODS["pretrained"]) and "probe" in PRESET_METHODS[
         "pretrained"
     ]
-    assert {c["seed"] for c in configs.values()} == set(SEEDS["pretrained"])
+    assert {c["seed"] for c in configs.values()} == set(preset_seeds(preset, "pretrained"))
     for c in configs.values():
         backbone = {"isic2018": "efficientnet_lite2+efficientnet_lite0", "fmnist-lt": "efficientnet_lite0"}[preset]
         assert c["model"]["backbone"] == backbone and c["model"]["pretrained"] == "imagenet"
