@@ -327,10 +327,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--profile",
         choices=PROFILES,
         default="quick",
-        help="quick: a small grid on CPU (< 45 min on 2 cores); full: the whole grid, for a GPU; "
+        help="quick: a small grid on CPU (with --workers 2 on 2 cores: 31-34 min for Fashion-MNIST, ~47 for isic2018); full: the whole grid, for a GPU; "
         "pretrained: frozen ImageNet EfficientNet-Lite (Lite2+Lite0 at 260 px for isic2018, Lite0 for "
         "fmnist-lt) + adapter from the feature cache, every method, on CPU (isic2018 official "
-        "folder, fmnist-lt; with --workers 2 on 2 cores: ~60 min for isic2018 with the extraction, ~20 min after); "
+        "folder, fmnist-lt; with --workers 2 on 2 cores: ~60 min for isic2018 and fmnist-lt with the extraction, ~20 and ~11 min after); "
         "gpu: one short GPU window (benchmarks/gpu/run.sh): Lite0 fine-tuned at 224 px, "
         "CE/LA/SupCon/AFCL, 2 seeds (isic2018 official folder, fmnist-lt)",
     )

@@ -172,7 +172,7 @@ BUDGETS = {"quick": 2, "full": 8, "pretrained": 2, "gpu": 1}
 # ISIC quick at 2 settings was measured at 4-5 min per run per worker (10 + 10 epochs on about 4,800
 # images at 28 px): 42 runs, about 85 min on 2 cores, over the quick profile's 45 min. So every
 # method of that table gets 1 setting (its space's default), decided before its results were read:
-# 21 runs; the per-run times measured at 2 settings put them at 55-63 min, still over 45
+# 21 runs, measured at 60 min beside a CI run and about 47 min on the idle machine: still over 45
 # (docs/results.md says so).
 # Fashion-MNIST-LT pretrained draws each seed's own cached views (data.cache_seed null, so the
 # intervals include the views' draw). Measured on 2 cores: one seed's 14,392 training images x 4
