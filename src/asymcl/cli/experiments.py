@@ -174,6 +174,8 @@ def _claim_grid(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         settings=args.settings,
         arms=args.arms,
+        only_seeds=args.only_seeds,
+        archive=args.archive,
         out=out,
         workers=args.workers if args.workers != 1 else None,
     )
@@ -184,6 +186,8 @@ def _claim_grid(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         budget=args.settings,
         arms=_methods_list(args.arms),
+        only_seeds=_seed_list(args.only_seeds),
+        archive=args.archive,
         dry_run=args.dry_run,
         workers=args.workers,
         command=command,
@@ -191,6 +195,20 @@ def _claim_grid(args: argparse.Namespace) -> int:
     if not args.dry_run:
         print(f"claim: {result['claim']['md']}")
     return 0
+
+
+def _seed_list(text: str | None) -> list[int] | None:
+    """``0,1`` or ``0-3`` (both ends included) -> the seeds; a clear error for anything else."""
+    if text is None:
+        return None
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            low, _, high = part.partition("-")
+            seeds += list(range(int(low), int(high) + 1)) if high else [int(low)]
+    except ValueError:
+        raise ConfigError(f"--only-seeds {text!r}: expected seeds such as 0,1 or 0-3") from None
+    return seeds
 
 
 def _methods_list(text: str | None) -> list[str] | None:
@@ -424,6 +442,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default 10)")
     grid.add_argument("--settings", type=int, metavar="N", help="settings per method in the tuned arms (default 2)")
     grid.add_argument("--arms", metavar="A,B", help="only these arms (tuned, authors, eta-scaled-b32, ...)")
+    grid.add_argument(
+        "--only-seeds",
+        metavar="S",
+        help="run only these of the grid's seeds now (e.g. 0-2 or 3,4): a grid too long for one machine is "
+        "run in parts; the claim is written over the runs finished so far",
+    )
+    grid.add_argument(
+        "--archive",
+        metavar="FILE.tar.xz",
+        help="carry finished runs between machines: restore them from FILE first (if it exists), and write "
+        "every finished run's config and metrics into it at the end (a few MB; resume with the same --data)",
+    )
     grid.add_argument("--out", metavar="DIR", help="output folder (default runs/claim-grid-PROFILE)")
     grid.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
     grid.add_argument("--dry-run", action="store_true", help="print the arms' sweep files and run counts, and stop")

@@ -22,6 +22,8 @@ answer does not hang on ImageNet features; fewer cells, it costs a minute per ru
 from __future__ import annotations
 
 import copy
+import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,60 @@ def claim_specs(
     return specs
 
 
+def _identity(config: Any) -> str:
+    from asymcl.training.config import result_config
+
+    return json.dumps(result_config(config), sort_keys=True, default=str)
+
+
+def duplicate_runs(specs: dict[str, dict[str, Any]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(arm, run): (earlier arm, run)}`` for every run whose config (its identity, as a run
+    folder checks it) is that of a run in an earlier arm.
+
+    CL and FCL in the eta-scaled arms and CL in the authors' arm take nothing from their arm (eta does
+    not reach them), so they are the tuned arm's runs: about 500 of the full grid's 2,200.
+    """
+    from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
+
+    first: dict[str, tuple[str, str]] = {}
+    duplicates: dict[tuple[str, str], tuple[str, str]] = {}
+    for arm, raw in specs.items():
+        spec = parse_spec(copy.deepcopy(raw))
+        for name, config in resolve_points(spec, expand(spec), default_resolver()).items():
+            identity = _identity(config)
+            if identity in first:
+                duplicates[(arm, name)] = first[identity]
+            else:
+                first[identity] = (arm, name)
+    return duplicates
+
+
+def copy_duplicates(out: Path, arm: str, duplicates: dict[tuple[str, str], tuple[str, str]]) -> int:
+    """Give ``out/arm`` the finished records of its runs that are another arm's runs; returns how many.
+
+    What is copied is what the claim reads (config.yaml, metrics.json) with ``duplicate_of.json``
+    naming the source, so ``asymcl claim`` finds every arm's rows in that arm's folder. A source
+    that is not complete (failed, or not run yet) is not copied: the arm's sweep trains that run.
+    """
+    from asymcl.atomic import atomic_write_bytes, atomic_write_json
+    from asymcl.experiments.runs import is_complete
+
+    copied = 0
+    for (target_arm, name), (source_arm, source_name) in sorted(duplicates.items()):
+        source, target = out / source_arm / source_name, out / target_arm / name
+        if target_arm != arm or target.exists() or not is_complete(source):
+            continue
+        # config.yaml first and metrics.json last: a copy cut short is a run folder that is not
+        # complete, which the arm's sweep then trains, never a folder that a sweep refuses.
+        atomic_write_bytes(target / "config.yaml", (source / "config.yaml").read_bytes())
+        atomic_write_json(target / "duplicate_of.json", {"run": f"../../{source_arm}/{source_name}"})
+        for file in ("versions.json", "metrics.json"):
+            if (source / file).is_file():
+                atomic_write_bytes(target / file, (source / file).read_bytes())
+        copied += 1
+    return copied
+
+
 def run_claim_grid(
     data: str | Path,
     out: str | Path,
@@ -133,38 +189,77 @@ def run_claim_grid(
     seeds: int | None = None,
     budget: int | None = None,
     arms: Sequence[str] | None = None,
+    only_seeds: Sequence[int] | None = None,
+    archive: str | Path | None = None,
     dry_run: bool = False,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Run every arm's sweep into ``out/<arm>`` (resumable), then the analysis into ``out/claim``."""
+    """Run every arm's sweep into ``out/<arm>`` (resumable), then the analysis into ``out/claim``.
+
+    ``only_seeds``: run these of the grid's seeds now and leave the rest (the grid is split over
+    sessions; every arm's ``sweep.yaml`` still names all seeds, and the claim is written over the
+    runs finished so far). ``archive``: a ``.tar.xz`` of finished runs (:mod:`asymcl.experiments.run_archive`):
+    restored into ``out`` first if it exists, and rewritten with every finished run at the end, also
+    when the grid stops early. A run that another arm already has (:func:`duplicate_runs`) is
+    copied from it, not trained again.
+    """
     import yaml
 
     from asymcl.atomic import atomic_write_text
     from asymcl.experiments.claim_grid import write_claim
+    from asymcl.experiments.run_archive import pack_runs, unpack_runs
     from asymcl.experiments.sweep import expand, parse_spec, run_sweep
 
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     specs = claim_specs(data, profile, seeds=seeds, budget=budget)
+    duplicates = duplicate_runs(specs)
     if arms:
         unknown = [arm for arm in arms if arm not in specs]
         if unknown:
             raise ConfigError(f"unknown arm(s) {', '.join(unknown)} (allowed: {', '.join(specs)})")
-        specs = {arm: specs[arm] for arm in arms}
+    grid_seeds = specs["tuned"]["grid"]["seed"]
+    if only_seeds is not None:
+        outside = sorted(set(only_seeds) - set(grid_seeds))
+        if outside or not only_seeds:
+            raise ConfigError(
+                f"--only-seeds {','.join(map(str, only_seeds)) or '(none)'}: the grid's seeds are "
+                f"{grid_seeds[0]}..{grid_seeds[-1]}; choose among them"
+                + (f" ({', '.join(map(str, outside))} is not one)" if outside else "")
+            )
     out = Path(out)
     counts = {arm: len(expand(parse_spec(copy.deepcopy(raw)))) for arm, raw in specs.items()}
+    chosen = [arm for arm in specs if not arms or arm in arms]
     if dry_run:
-        for arm, raw in specs.items():
-            print(f"# arm {arm}: {counts[arm]} runs into {out / arm}")
-            print(yaml.safe_dump(raw, sort_keys=False).rstrip())
-        print(f"# {sum(counts.values())} runs in {len(specs)} arms")
-        return {"runs": counts}
+        for arm in chosen:
+            copies = sum(1 for target_arm, _ in duplicates if target_arm == arm)
+            print(f"# arm {arm}: {counts[arm]} runs into {out / arm} ({copies} of them copied from an earlier arm)")
+            print(yaml.safe_dump(specs[arm], sort_keys=False).rstrip())
+        trained = sum(counts[arm] for arm in chosen) - sum(1 for arm, _ in duplicates if arm in chosen)
+        print(f"# {sum(counts[arm] for arm in chosen)} runs in {len(chosen)} arms, {trained} of them trained")
+        return {"runs": {arm: counts[arm] for arm in chosen}, "trained": trained}
+    if archive is not None and Path(archive).is_file():
+        restored, kept = unpack_runs(archive, out)
+        progress(f"[claim] {restored} finished run(s) restored from {archive} ({kept} already in {out})")
     results = {}
-    for arm, raw in specs.items():
-        (out / arm).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / arm / "sweep.yaml", yaml.safe_dump(raw, sort_keys=False))
-        results[arm] = run_sweep(
-            parse_spec(raw), out / arm, progress=progress, command=command, workers=workers, label=f"claim {arm}"
-        )
+    try:
+        for arm in chosen:
+            raw = specs[arm]
+            (out / arm).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / arm / "sweep.yaml", yaml.safe_dump(raw, sort_keys=False))
+            copied = copy_duplicates(out, arm, duplicates)
+            if copied:
+                progress(f"[claim {arm}] {copied} run(s) copied from an earlier arm (the same config)")
+            now = copy.deepcopy(raw)
+            if only_seeds is not None:
+                now["grid"]["seed"] = [seed for seed in grid_seeds if seed in set(only_seeds)]
+            results[arm] = run_sweep(
+                parse_spec(now), out / arm, progress=progress, command=command, workers=workers, label=f"claim {arm}"
+            )
+    finally:
+        if archive is not None:
+            packed = pack_runs(out, archive)
+            progress(f"[claim] {packed} finished run(s) packed into {archive}")
     paths = write_claim(out, out / "claim")
     return {"runs": counts, "sweeps": results, "claim": paths}
