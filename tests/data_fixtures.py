@@ -128,3 +128,23 @@ TINY_RUN = {
     "trainer.progress_bar": False,
     "trainer.num_threads": 1,
 }
+
+
+def tiny_config(method: str = "afcl", **overrides: object) -> dict:
+    """The pipeline tests' run: three digit classes at exp:4, one epoch per stage in batches of 32,
+    small heads; ``overrides`` (dotted keys) replace or add keys."""
+    config: dict = {
+        "method": method,
+        "seed": 0,
+        "data.classes": [0, 1, 2],
+        "data.imbalance": "exp:4",
+        "stage1.epochs": 1,
+        "stage1.batch_size": 32,
+        "stage2.epochs": 1,
+        "stage2.batch_size": 32,
+        "model.proj_hidden_dim": 32,
+        "model.proj_dim": 16,
+        "trainer.progress_bar": False,
+    }
+    config.update(overrides)
+    return config

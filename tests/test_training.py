@@ -11,26 +11,9 @@ import torch
 from asymcl.errors import CheckpointError, ConfigError, DataError
 from asymcl.training.checkpoints import load_checkpoint, load_module_weights
 from asymcl.training.pipeline import run
+from data_fixtures import tiny_config as tiny
 
 torch.set_num_threads(1)
-
-
-def tiny(method="afcl", **overrides):
-    config = {
-        "method": method,
-        "seed": 0,
-        "data.classes": [0, 1, 2],
-        "data.imbalance": "exp:4",
-        "stage1.epochs": 1,
-        "stage1.batch_size": 32,
-        "stage2.epochs": 1,
-        "stage2.batch_size": 32,
-        "model.proj_hidden_dim": 32,
-        "model.proj_dim": 16,
-        "trainer.progress_bar": False,
-    }
-    config.update(overrides)
-    return config
 
 
 class Crash(pl.Callback):

@@ -12,6 +12,7 @@ from asymcl.losses import AsymmetricFocalContrastiveLoss, ContrastiveMemory, Sup
 from asymcl.training.checkpoints import load_checkpoint
 from asymcl.training.config import resolve_config
 from asymcl.training.pipeline import run
+from data_fixtures import tiny_config
 
 torch.set_num_threads(1)
 
@@ -19,22 +20,7 @@ QUEUE_KEYS = {"criterion.queue_features", "criterion.queue_labels", "criterion.q
 
 
 def tiny(method="afcl", **overrides):
-    config = {
-        "method": method,
-        "seed": 0,
-        "data.classes": [0, 1, 2],
-        "data.imbalance": "exp:4",
-        "stage1.epochs": 2,
-        "stage1.batch_size": 16,
-        "stage2.epochs": 1,
-        "stage2.batch_size": 32,
-        "model.proj_hidden_dim": 32,
-        "model.proj_dim": 16,
-        "trainer.progress_bar": False,
-        "loss.memory_size": 40,
-    }
-    config.update(overrides)
-    return config
+    return tiny_config(method, **{"stage1.epochs": 2, "stage1.batch_size": 16, "loss.memory_size": 40, **overrides})
 
 
 class Crash(pl.Callback):

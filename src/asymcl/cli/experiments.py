@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from asymcl.errors import ConfigError
 
@@ -25,6 +27,18 @@ def _command(*parts: object, **options: object) -> str:
         if value is not True:
             words.append(str(value))
     return shlex.join(words)
+
+
+def _workers_option(args: argparse.Namespace) -> int | None:
+    """--workers as the repeat command line spells it: left out at the default of 1."""
+    return args.workers if args.workers != 1 else None
+
+
+def _run_comparison(args: argparse.Namespace, run: Callable[..., Any], *inputs: object, **options: object) -> int:
+    """Run ``reproduce`` or ``compare`` (``run``) with the options both commands take alike, then exit as
+    :func:`_finished` says (0 after a dry run, which has no result to speak of)."""
+    result = run(*inputs, methods=_methods_list(args.methods), dry_run=args.dry_run, workers=args.workers, **options)
+    return 0 if args.dry_run else _finished(result)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -95,7 +109,7 @@ def _sweep(args: argparse.Namespace) -> int:
     result = run_sweep(
         spec,
         out,
-        command=_command("sweep", config=args.config, out=out, workers=args.workers if args.workers != 1 else None),
+        command=_command("sweep", config=args.config, out=out, workers=_workers_option(args)),
         workers=args.workers,
     )
     print(f"{result.n_complete}/{result.total} runs complete in {out}")
@@ -130,20 +144,11 @@ def _reproduce(args: argparse.Namespace) -> int:
         out=out,
         methods=args.methods,
         settings=args.settings,
-        workers=args.workers if args.workers != 1 else None,
+        workers=_workers_option(args),
     )
-    result = reproduce(
-        args.preset,
-        args.data,
-        out,
-        profile=args.profile,
-        dry_run=args.dry_run,
-        command=command,
-        workers=args.workers,
-        methods=_methods_list(args.methods),
-        budget=args.settings,
+    return _run_comparison(
+        args, reproduce, args.preset, args.data, out, profile=args.profile, command=command, budget=args.settings
     )
-    return 0 if args.dry_run else _finished(result)
 
 
 def _finished(result) -> int:
@@ -177,7 +182,7 @@ def _claim_grid(args: argparse.Namespace) -> int:
         only_seeds=args.only_seeds,
         archive=args.archive,
         out=out,
-        workers=args.workers if args.workers != 1 else None,
+        workers=_workers_option(args),
     )
     result = run_claim_grid(
         args.data,
@@ -230,22 +235,20 @@ def _compare(args: argparse.Namespace) -> int:
         settings=args.settings,
         seeds=args.seeds,
         out=out,
-        workers=args.workers if args.workers != 1 else None,
+        workers=_workers_option(args),
     )
-    result = compare(
+    return _run_comparison(
+        args,
+        compare,
         overrides,
         out,
         profile=args.profile,
-        methods=_methods_list(args.methods),
         settings=args.settings,
         seeds=args.seeds,
         budget=args.budget,
         yes=args.yes,
-        dry_run=args.dry_run,
-        workers=args.workers,
         command=command,
     )
-    return 0 if args.dry_run else _finished(result)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

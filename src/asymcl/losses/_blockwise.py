@@ -43,6 +43,8 @@ too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -94,10 +96,9 @@ class _BlockwiseAFCL(torch.autograd.Function):
         grads_in_forward,
         uniform_upstream,
     ):
+        inputs = (anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask)
         with torch.autocast(device_type=anchors.device.type, enabled=False):
-            state = State(
-                anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma, eta, temperature
-            )
+            state = State(*inputs, gamma, eta, temperature)
             n_anchors, n_contrast = anchors.shape[0], contrast.shape[0]
             dtype, device = anchors.dtype, anchors.device
             lse = anchors.new_empty(n_anchors)
@@ -110,13 +111,9 @@ class _BlockwiseAFCL(torch.autograd.Function):
             if grads_in_forward:
                 unit_grad_anchors = torch.empty_like(anchors)
                 unit_grad_contrast = torch.zeros_like(contrast)
-            n_workers = block_workers(n_anchors, block_size, device)
-            contrast_grads = [unit_grad_contrast] + [
-                torch.zeros_like(contrast) if grads_in_forward else None for _ in range(n_workers - 1)
-            ]
 
-            def forward_block(start: int, stop: int, worker: int) -> None:
-                block = Block(state, start, stop)
+            def forward_block(block: Block, grad_contrast: Tensor | None) -> None:
+                start, stop = block.rows.start, block.rows.stop
                 b_pos, b_neg, b_lse, b_argmax, b_lse_wo, b_n_pos, b_log_p = block_forward(state, block)
                 pos[start:stop], lse[start:stop], argmax[start:stop] = b_pos, b_lse, b_argmax
                 lse_without_max[start:stop], n_positive[start:stop] = b_lse_wo, b_n_pos
@@ -134,30 +131,15 @@ class _BlockwiseAFCL(torch.autograd.Function):
                         (b_w_neg * (state.inv_temperature * state.eta))[:, None],
                         log_p=b_log_p,
                     )
-                    _accumulate_input_grads(grad_s, state, block, unit_grad_anchors, contrast_grads[worker])
+                    _accumulate_input_grads(grad_s, state, block, unit_grad_anchors, grad_contrast)
 
-            for_each_block(n_anchors, block_size, n_workers, forward_block)
-            if grads_in_forward:
-                for extra in contrast_grads[1:]:
-                    unit_grad_contrast.add_(extra)
+            _each_block(state, block_size, unit_grad_contrast, forward_block)
             n_negative = (n_contrast - 1) - n_positive
             w_pos, w_neg = row_weights(normalization, n_positive, n_negative, n_total, dtype)
             out = w_pos * pos
             if state.eta != 0.0:
                 out = out + state.eta * w_neg * neg
-        ctx.save_for_backward(
-            anchors,
-            contrast,
-            anchor_index,
-            anchor_labels,
-            contrast_labels,
-            mask,
-            lse,
-            argmax,
-            lse_without_max,
-            w_pos,
-            w_neg,
-        )
+        ctx.save_for_backward(*inputs, lse, argmax, lse_without_max, w_pos, w_neg)
         ctx.settings = (gamma, eta, temperature, block_size, normalization, n_total)
         ctx.unit_grads = (unit_grad_anchors, unit_grad_contrast)
         ctx.uniform_upstream = uniform_upstream
@@ -183,53 +165,32 @@ class _BlockwiseAFCL(torch.autograd.Function):
             return (grad_anchors, grad_contrast) + (None,) * 12
         del unit_grad_anchors, unit_grad_contrast
 
-        (
-            anchors,
-            contrast,
-            anchor_index,
-            anchor_labels,
-            contrast_labels,
-            mask,
-            lse,
-            argmax,
-            lse_without_max,
-            w_pos,
-            w_neg,
-        ) = ctx.saved_tensors
+        *inputs, lse, argmax, lse_without_max, w_pos, w_neg = ctx.saved_tensors
+        anchors, contrast = inputs[0], inputs[1]
         gamma, eta, temperature, block_size, _, _ = ctx.settings
         with torch.autocast(device_type=anchors.device.type, enabled=False):
-            state = State(
-                anchors, contrast, anchor_index, anchor_labels, contrast_labels, mask, gamma, eta, temperature
-            )
+            state = State(*inputs, gamma, eta, temperature)
             # Fold the upstream gradient and 1/tau into the per-row weights.
             scale = grad_out.to(anchors.dtype) * state.inv_temperature
             pos_scale = w_pos * scale
             neg_scale = w_neg * scale * state.eta
             grad_anchors = torch.empty_like(anchors) if need_anchors else None
             grad_contrast = torch.zeros_like(contrast) if need_contrast else None
-            n_anchors = anchors.shape[0]
-            n_workers = block_workers(n_anchors, block_size, anchors.device)
-            contrast_grads = [grad_contrast] + [
-                torch.zeros_like(contrast) if need_contrast else None for _ in range(n_workers - 1)
-            ]
 
-            def backward_block(start: int, stop: int, worker: int) -> None:
-                block = Block(state, start, stop)
+            def backward_block(block: Block, worker_grad_contrast: Tensor | None) -> None:
+                rows = block.rows
                 grad_s = block_gradient(
                     state,
                     block,
-                    lse[start:stop],
-                    argmax[start:stop],
-                    lse_without_max[start:stop],
-                    pos_scale[start:stop, None],
-                    neg_scale[start:stop, None],
+                    lse[rows],
+                    argmax[rows],
+                    lse_without_max[rows],
+                    pos_scale[rows, None],
+                    neg_scale[rows, None],
                 )
-                _accumulate_input_grads(grad_s, state, block, grad_anchors, contrast_grads[worker])
+                _accumulate_input_grads(grad_s, state, block, grad_anchors, worker_grad_contrast)
 
-            for_each_block(n_anchors, block_size, n_workers, backward_block)
-            for extra in contrast_grads[1:]:
-                if extra is not None:
-                    grad_contrast.add_(extra)
+            _each_block(state, block_size, grad_contrast, backward_block)
         return (grad_anchors, grad_contrast) + (None,) * 12
 
 
@@ -254,6 +215,28 @@ def _differentiable_backward(ctx, grad_out: Tensor, need_anchors: bool, need_con
             n_total=n_total,
         )
     return (grad_anchors, grad_contrast) + (None,) * 12
+
+
+def _each_block(
+    state: State, block_size: int, grad_contrast: Tensor | None, work: Callable[[Block, Tensor | None], None]
+) -> None:
+    """work(block, its worker's contrast gradient) for every block of anchor rows, then the sum.
+
+    Every block adds into all rows of the contrast gradient, so worker threads running at once
+    would race on one buffer: each worker past the first gets its own, added into
+    ``grad_contrast`` once all blocks are done (None: that gradient is not wanted).
+    """
+    n_anchors = state.anchors.shape[0]
+    n_workers = block_workers(n_anchors, block_size, state.anchors.device)
+    extra = [] if grad_contrast is None else [torch.zeros_like(grad_contrast) for _ in range(n_workers - 1)]
+
+    def run(start: int, stop: int, worker: int) -> None:
+        work(Block(state, start, stop), extra[worker - 1] if worker and extra else grad_contrast)
+
+    for_each_block(n_anchors, block_size, n_workers, run)
+    if grad_contrast is not None:
+        for buffer in extra:
+            grad_contrast.add_(buffer)
 
 
 def _accumulate_input_grads(
