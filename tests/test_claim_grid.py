@@ -85,6 +85,7 @@ def test_claim_cli_writes_table_figure_and_runs_csv(tmp_path, capsys):
 def test_imbalance_ratio():
     assert imbalance_ratio("exp:100") == 100 and imbalance_ratio("exp:100:1000") == 100
     assert imbalance_ratio(None) == 1 and imbalance_ratio("binary:50") == 50
+    assert imbalance_ratio("cap:10") == 10 and imbalance_ratio("cap:72.05") == 72.05
 
 
 def test_the_claim_grid_arms(tmp_path):

@@ -429,18 +429,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     grid = subparsers.add_parser(
         "claim-grid",
-        help="run the grid that answers the paper's claim on Fashion-MNIST, then `asymcl claim`",
-        description="Fashion-MNIST with exp profiles rho in {1, 10, 50, 100, 200} (head capped at 1,000), stage-1 "
-        "batch 32 and 512, 10 seeds; arms: every method tuned with the same budget, the authors' advice "
-        "fixed (gamma 10, eta 300), and eta scaled with the batch size. Resumable.",
+        help="run the grid that answers the paper's claim on Fashion-MNIST or ISIC 2018, then `asymcl claim`",
+        description="Fashion-MNIST with exp profiles rho in {1, 10, 50, 100, 200} (head capped at 1,000), or "
+        "(--profile isic-pretrained) ISIC 2018 at its natural imbalance with the heads subsampled to "
+        "cap:RHO, rho in {1, 5, 10, 20} and the pool's own ratio; stage-1 batch 32 and 512, 10 seeds; arms: "
+        "every method tuned with the same budget, the authors' advice fixed (gamma 10, eta 300), and eta "
+        "scaled with the batch size. Resumable.",
     )
-    grid.add_argument("--data", required=True, metavar="PATH", help="the Fashion-MNIST IDX folder")
+    grid.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="the Fashion-MNIST IDX folder, or for isic-pretrained the ISIC 2018 Task 3 folder (official layout)",
+    )
     grid.add_argument(
         "--profile",
         choices=CLAIM_PROFILES,
         default=CLAIM_PROFILES[0],
         help="pretrained: frozen Lite0 from the feature cache (default); quick: small CNN from scratch, "
-        "rho 1 and 100 only",
+        "rho 1 and 100 only; isic-pretrained: ISIC 2018 with reproduce isic2018's pretrained encoders "
+        "(Lite2 + Lite0, 260 px)",
     )
     grid.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default 10)")
     grid.add_argument("--settings", type=int, metavar="N", help="settings per method in the tuned arms (default 2)")

@@ -180,6 +180,15 @@ def read_lesion_ids(path: Path) -> dict[str, str]:
     return lesions
 
 
+def training_counts(root: Path) -> list[int]:
+    """Images per class (in :data:`ISIC_CLASSES` order) of the training ground truth under ``root``,
+    read from the CSV alone: the pool an imbalance profile acts on (the loader refuses a listed image
+    that is missing, so the CSV's counts are the pool's)."""
+    _, truth = find_isic_parts(Path(root))["train"]
+    _, labels = read_ground_truth(truth)
+    return [int(n) for n in np.bincount(labels, minlength=len(ISIC_CLASSES))]
+
+
 def find_isic_parts(root: Path) -> dict[str, tuple[Path, Path]]:
     """split -> (image folder, ground-truth CSV) for each part present; training is required."""
     if not root.is_dir():

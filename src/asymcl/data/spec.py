@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asymcl import checks
+from asymcl.data.imbalance import PROFILE_EXAMPLES, PROFILE_SYNTAX
 from asymcl.errors import DataError
 
 if TYPE_CHECKING:  # torch stays unimported: `asymcl data --help` builds its options from here
@@ -211,13 +212,13 @@ def _dataset(value: Any) -> str:
 
 def _imbalance(value: Any) -> str | None:
     """KIND:RHO or KIND:RHO:NMAX, checked by :func:`asymcl.data.imbalance.parse_imbalance` (one
-    grammar, one place)."""
+    grammar, one place: the messages quote its :data:`~asymcl.data.imbalance.PROFILE_SYNTAX`)."""
     from asymcl.data.imbalance import parse_imbalance
 
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError("must be null or exp:RATIO, step:RATIO or binary:RATIO, optionally :NMAX (e.g. exp:100)")
+        raise ValueError(f"must be null or {PROFILE_SYNTAX} (e.g. {PROFILE_EXAMPLES[0]})")
     try:
         parse_imbalance(value)
     except DataError as exc:
@@ -286,8 +287,8 @@ class DataFields:
 
     dataset: a name in :data:`DATASETS`.
     root: the folder (fashion-mnist, isic2018, folder), the file (npz, csv); unused for digits.
-    imbalance: ``None`` or a profile ``exp:RHO``, ``step:RHO``, ``binary:RHO`` (``:NMAX`` optional;
-        see :mod:`asymcl.data.imbalance`).
+    imbalance: ``None`` or a profile ``KIND:RHO[:NMAX]`` of
+        :data:`asymcl.data.imbalance.PROFILE_KINDS` (exp, step, binary, cap; see that module).
     classes: class ids (ints) or class names to keep, in the order that defines the profile: the
         first is the majority. ``None`` keeps all in the source's order.
     val_fraction: share of the (imbalanced) training pool carved out for validation when the
@@ -310,7 +311,7 @@ class DataFields:
     imbalance: str | None = data_field(
         None,
         _imbalance,
-        "training-set imbalance profile: exp:RHO, step:RHO or binary:RHO, optionally :NMAX (e.g. exp:100, binary:50)",
+        f"training-set imbalance profile: {PROFILE_SYNTAX} (e.g. {', '.join(PROFILE_EXAMPLES)})",
         metavar="PROFILE",
     )
     classes: list[int | str] | None = data_field(

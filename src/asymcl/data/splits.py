@@ -17,7 +17,8 @@ The protocol (method.md section 5), in order:
    where the source knows lesion ids, so validation has the same class proportions as training.
    So ``train`` + ``val`` together have exactly the profile's counts.
 6. ``test_imbalanced``: the test set cut to the same profile's proportions (n_max chosen as large
-   as the test set allows; NMAX, if given, applies to the training pool only).
+   as the test set allows; NMAX, if given, applies to the training pool only; ``cap:RHO`` caps the
+   test set's own counts at RHO x its smallest class).
 
 Every random choice draws from its own stream derived from ``seed``.
 """

@@ -49,7 +49,12 @@ AXES = ("data.imbalance", "stage1.batch_size")
 
 
 def imbalance_ratio(profile: Any) -> float:
-    """``exp:100`` -> 100.0; ``exp:100:1000`` -> 100.0; no profile (the source's own) -> 1.0."""
+    """``exp:100`` -> 100.0; ``exp:100:1000`` -> 100.0; ``cap:10`` -> 10.0; no profile -> 1.0.
+
+    No profile reads as balanced, which only a balanced source is: a grid over a naturally
+    imbalanced pool writes that pool as ``cap:R`` at its own ratio R
+    (:func:`asymcl.experiments.claim_presets.natural_ratio`), so its cell sits at R on the rho axis.
+    """
     if not profile:
         return 1.0
     match = re.match(r"[a-z]+:([0-9.]+)", str(profile))

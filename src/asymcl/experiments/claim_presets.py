@@ -1,10 +1,20 @@
 """The grid that answers the paper's claim (issue 22): sweep files per arm, run, then ``asymcl claim``.
 
-Fashion-MNIST with an exponential profile at imbalance ratio rho (rho = 1 is the balanced
-control), the head class capped so that every cell trains on a few thousand images, two stage-1
-batch sizes (a small one, where a minority anchor rarely meets a positive and the eta term should
-matter most, and a large one), and many seeds per cell. Arms, each its own sweep in its own folder
-(the folder is the arm :mod:`asymcl.experiments.claim_grid` groups by):
+A grid (an entry of :data:`GRIDS`) is a dataset, an imbalance profile per ratio rho (rho = 1 is the
+balanced control), two stage-1 batch sizes (a small one, where a minority anchor rarely meets a
+positive and the eta term should matter most, and a large one), and many seeds per cell:
+
+* Fashion-MNIST (``pretrained``, ``quick``): balanced, so the imbalance is imposed, an exponential
+  profile ``exp:RHO:1000`` (the head capped at 1,000 so that every cell trains on a few thousand
+  images), validated on 200 images per class held out before the profile;
+* ISIC 2018 (``isic-pretrained``): imbalanced by nature, so the rho axis turns it down,
+  ``cap:RHO`` (:mod:`asymcl.data.imbalance`: the heads subsampled to RHO x the smallest class, the
+  tails and the class order kept), plus the pool as it is, written ``cap:R`` with R its own
+  ratio max/min (:func:`natural_ratio`, read from the ``--data`` folder), so that the analysis's rho
+  axis shows the true ratio; validated on a lesion-grouped 20% of each cell's pool.
+
+Arms, each its own sweep in its own folder (the folder is the arm
+:mod:`asymcl.experiments.claim_grid` groups by):
 
 * ``tuned``: SupCon, CL, FCL, ACL and AFCL, each with the same budget of settings drawn from its
   own search space and chosen on validation per cell (:mod:`asymcl.experiments.fair`);
@@ -14,9 +24,11 @@ matter most, and a large one), and many seeds per cell. Arms, each its own sweep
   that the negative term keeps its weight relative to the positive one (in "batch" normalisation it
   shrinks like 1/N), against CL and FCL at the same budget.
 
-Profiles: ``pretrained`` (frozen ImageNet EfficientNet-Lite0 at 128 px from the feature cache, each
-seed its own cached views: seconds per run) and ``quick`` (the small CNN from scratch, so the
-answer does not hang on ImageNet features; fewer cells, it costs a minute per run).
+Training: ``pretrained`` (frozen ImageNet EfficientNet-Lite0 at 128 px from the feature cache, each
+seed its own cached views: seconds per run), ``quick`` (the small CNN from scratch, so the answer
+does not hang on ImageNet features; fewer cells, it costs a minute per run) and ``isic-pretrained``
+(``asymcl reproduce isic2018 --profile pretrained``'s encoder and data: Lite2 and Lite0 side by side
+at 260 px, one draw of cached views shared by the seeds).
 """
 
 from __future__ import annotations
@@ -28,9 +40,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from asymcl.errors import ConfigError
+from asymcl.data.isic import training_counts as isic_training_counts
+from asymcl.errors import AsymclError, ConfigError
 from asymcl.experiments.fair import comparison_spec
-from asymcl.experiments.reproduce import PRETRAINED_TRAINING, QUICK_TRAINING
+from asymcl.experiments.reproduce import PRETRAINED_DATA, PRETRAINED_TRAINING, QUICK_TRAINING
 
 CLAIM_METHODS = ("supcon", "cl", "fcl", "acl", "afcl")
 AUTHORS = {
@@ -40,30 +53,71 @@ AUTHORS = {
     "cl": {},
 }
 ETA_REFERENCE_BATCH = 256
-#: Per profile: imbalance ratios, stage-1 batch sizes, seeds, budget, head cap, training.
+#: A ``rhos`` entry: the pool as it is, at its own ratio (a grid with ``pool_counts`` only).
+NATURAL = "natural"
 # What a grid of 2,200 runs keeps on disk. eval.embeddings 0: the claim is read from metrics alone,
 # and every run's embeddings.npz (about 96 MB: 2 x 10,000 test images x 1,280 features) would not
 # fit a disk. trainer.save_last false: no last.ckpt beside each best.ckpt (12 -> 6 MB a run); a run
 # of 15-60 s that is interrupted restarts its stage instead of resuming mid-stage.
 _OUTPUTS = {"eval.embeddings": 0, "trainer.save_last": False}
+_FMNIST = {
+    "dataset": "fashion-mnist",
+    "folder": "the Fashion-MNIST folder with the four official IDX files",
+    "data": {"data.val_per_class": 200},
+    "imbalance": "exp:{rho:g}:1000",
+}
+#: Per profile: the dataset (``dataset``; ``folder``: what ``--data`` must be; ``data``: its config
+#: keys), the profile of each imbalance ratio (``imbalance``, formatted with ``rho``), the ratios,
+#: stage-1 batch sizes, seeds, budget and training; ``pool_counts(folder)``: the training pool's
+#: per-class counts, for :data:`NATURAL`.
 GRIDS: dict[str, dict[str, Any]] = {
     "pretrained": {
+        **_FMNIST,
         "rhos": (1, 10, 50, 100, 200),
         "batches": (32, 512),
         "seeds": 10,
         "budget": 2,
-        "head": 1000,
         "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **_OUTPUTS},
     },
     "quick": {
+        **_FMNIST,
         "rhos": (1, 100),
         "batches": (32, 512),
         "seeds": 10,
         "budget": 2,
-        "head": 1000,
         "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10, **_OUTPUTS},
     },
+    # ISIC's natural ratio is NV / DF: 6,705 / 115 = 58.3 on the full training set, 4,323 / 60 = 72.05
+    # on the shared partial copy (5,984 images); NATURAL reads it from the folder given, so a cell is
+    # never labelled with a ratio its data does not have. cap:10 and cap:20 cut only NV (to 600 and
+    # 1,200 of 4,323 on the partial copy, 1,150 and 2,300 of 6,705 on the full set), cap:5 MEL and
+    # BKL too, cap:1 every class to DF's count. Validation: reproduce's, a lesion-grouped 20% carved
+    # from each cell's pool (DF and VASC keep 12 and 16 images there on the partial copy at every
+    # rho). One draw of cached views for every seed, as in reproduce: a draw per seed costs about
+    # 23 min of extraction at 260 px with both networks, so the intervals leave that draw out.
+    "isic-pretrained": {
+        "dataset": "isic2018",
+        "folder": "the ISIC 2018 Task 3 folder in its official layout (ISIC2018_Task3_Training_Input/ and "
+        "ISIC2018_Task3_Training_GroundTruth.csv, the test set beside them)",
+        "data": PRETRAINED_DATA["isic2018"],
+        "imbalance": "cap:{rho:g}",
+        "rhos": (1, 5, 10, 20, NATURAL),
+        "pool_counts": isic_training_counts,
+        "batches": (32, 512),
+        "seeds": 10,
+        "budget": 2,
+        "training": {**PRETRAINED_TRAINING, **_OUTPUTS},
+    },
 }
+
+
+def natural_ratio(counts: Sequence[int]) -> float:
+    """max_c m_c / min_c m_c of a pool's per-class counts, rounded up at two decimals: the ratio as a
+    ``cap:R`` that keeps every image (floor(R x min) >= max) and reads as the pool's own ratio."""
+    largest, smallest = max(counts), min(counts)
+    if smallest < 1:
+        raise ConfigError(f"the training pool has a class without images (counts {list(counts)})")
+    return -(-100 * largest // smallest) / 100  # integer ceiling: 4323 / 60 is 72.05, not 72.06
 
 
 def claim_specs(
@@ -72,23 +126,31 @@ def claim_specs(
     *,
     seeds: int | None = None,
     budget: int | None = None,
-    rhos: Sequence[float] | None = None,
+    rhos: Sequence[float | str] | None = None,
     batches: Sequence[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{arm: sweep mapping}`` of the grid (see the module docstring)."""
     if profile not in GRIDS:
         raise ConfigError(f"unknown profile {profile!r} for the claim grid (allowed: {', '.join(GRIDS)})")
+    grid = GRIDS[profile]
     data = Path(data).expanduser()
     if not data.is_dir():
-        raise ConfigError(f"--data {data}: expected the Fashion-MNIST folder with the four official IDX files")
-    grid = GRIDS[profile]
+        raise ConfigError(f"--data {data}: expected {grid['folder']}")
     seeds = grid["seeds"] if seeds is None else seeds
     budget = grid["budget"] if budget is None else budget
     rhos = tuple(rhos or grid["rhos"])
     batches = tuple(batches or grid["batches"])
-    base = {**grid["training"], "data.dataset": "fashion-mnist", "data.root": str(data), "data.val_per_class": 200}
+    if NATURAL in rhos:
+        if "pool_counts" not in grid:
+            raise ConfigError(f"the claim grid {profile} has no natural pool to read a ratio from")
+        try:
+            counts = grid["pool_counts"](data)
+        except AsymclError as exc:
+            raise ConfigError(f"--data {data}: expected {grid['folder']} ({exc})") from None
+        rhos = tuple(natural_ratio(counts) if rho == NATURAL else rho for rho in rhos)
+    base = {**grid["training"], "data.dataset": grid["dataset"], "data.root": str(data), **grid["data"]}
     shared: dict[str, list[Any]] = {
-        "data.imbalance": [f"exp:{rho:g}:{grid['head']}" for rho in rhos],
+        "data.imbalance": [grid["imbalance"].format(rho=rho) for rho in rhos],
         "seed": list(range(seeds)),
     }
     specs: dict[str, dict[str, Any]] = {}

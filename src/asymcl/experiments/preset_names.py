@@ -14,4 +14,4 @@ PROFILES = ("quick", "full", "pretrained", "gpu")
 #: ``asymcl compare --profile``.
 COMPARE_PROFILES = ("quick", "pretrained")
 #: ``asymcl claim-grid --profile`` (the first is the default).
-CLAIM_PROFILES = ("pretrained", "quick")
+CLAIM_PROFILES = ("pretrained", "quick", "isic-pretrained")
