@@ -202,6 +202,20 @@ def _claim_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _levers(args: argparse.Namespace) -> int:
+    from asymcl.experiments.levers_run import run_levers
+
+    out = Path(args.out) if args.out else Path("runs") / "levers-isic2018"
+    words = {key: getattr(args, key) for key in ("methods", "arms", "archive")}
+    command = _command("levers", data=args.data, **words, out=out, workers=_workers_option(args))
+    lists: dict[str, Any] = {"methods": _methods_list(args.methods), "arms": _methods_list(args.arms)}
+    options: dict[str, Any] = {"archive": args.archive, "workers": args.workers, "dry_run": args.dry_run}
+    result = run_levers(args.data, out, **lists, **options, command=command)
+    if not args.dry_run:
+        print(f"levers: {result['table']['levers.md']}")
+    return 1 if result.get("failed") else 0
+
+
 def _seed_list(text: str | None) -> list[int] | None:
     """``0,1`` or ``0-3`` (both ends included) -> the seeds; a clear error for anything else."""
     if text is None:
@@ -469,3 +483,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
     grid.add_argument("--dry-run", action="store_true", help="print the arms' sweep files and run counts, and stop")
     grid.set_defaults(func=_claim_grid)
+
+    levers = subparsers.add_parser(
+        "levers",
+        help="issue 23's lever ablation on ISIC 2018 (TTA, multi-layer features, last:K, size, encoder), each "
+        "against its reference over 3 seeds, then the levers validation keeps together; table in OUT/levers/",
+    )
+    levers.add_argument("--data", required=True, metavar="ISIC_FOLDER", help="ISIC 2018 Task 3, official layout")
+    levers.add_argument("--out", metavar="DIR", help="output folder (default runs/levers-isic2018)")
+    levers.add_argument("--methods", metavar="A,B,...", help="only these methods (default: the preset's)")
+    levers.add_argument("--arms", metavar="A,B", help="only these arms now (base, tta, layers, last1, ..., combined)")
+    levers.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    levers.add_argument("--archive", metavar="FILE.tar.xz", help="carry finished runs between machines, as claim-grid")
+    levers.add_argument("--dry-run", action="store_true", help="print each arm's sweep file, runs and cache disk")
+    levers.set_defaults(func=_levers)

@@ -146,6 +146,19 @@ def list_entries(root: Path) -> list[Entry]:
     return sorted(out, key=lambda e: -e.last_used)
 
 
+def entry_usage(root: Path) -> dict[str, tuple[int, float]]:
+    """``{entry key: (bytes, last used)}`` of every entry under ``root``: what a job compares before
+    and after it builds its caches to learn which entries it read or wrote (:func:`list_entries`
+    without opening the shards, so it stays fast on a cache of many GB)."""
+    if not root.is_dir():
+        return {}
+    return {
+        folder.name: (_folder_bytes(folder), _last_used(folder))
+        for folder in sorted(root.iterdir())
+        if (folder / "key.json").is_file()
+    }
+
+
 def verify(root: Path) -> tuple[int, list[tuple[str, str]]]:
     """Re-hash every shard: (shards checked, [(shard path, what is wrong)])."""
     checked, damaged = 0, []

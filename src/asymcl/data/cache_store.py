@@ -280,12 +280,17 @@ def gather(found: dict, fingerprints: list[str]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(clean), torch.from_numpy(stacked)
 
 
-def check_disk_space(directory: Path, shape: Sequence[int], images: int, views: int) -> int:
+def estimate_bytes(shape: Sequence[int], images: int, views: int) -> int:
     """Bytes the shards of ``images`` images x (1 + ``views``) float16 outputs of ``shape`` (without
-    the batch axis) will take; DataError before any extraction when the disk under ``directory`` has
-    less free space than that."""
+    the batch axis) will take (also what a plan, e.g. ``asymcl levers --dry-run``, prints)."""
     # + each image's fingerprint (40 hex characters, stored as 4-byte unicode) and the archive's headers
-    estimate = images * ((1 + views) * math.prod(shape) * 2 + 4 * 40) + 1024
+    return images * ((1 + views) * math.prod(shape) * 2 + 4 * 40) + 1024
+
+
+def check_disk_space(directory: Path, shape: Sequence[int], images: int, views: int) -> int:
+    """:func:`estimate_bytes`, with a DataError before any extraction when the disk under
+    ``directory`` has less free space than that."""
+    estimate = estimate_bytes(shape, images, views)
     free = shutil.disk_usage(directory).free
     if estimate > free:
         raise DataError(

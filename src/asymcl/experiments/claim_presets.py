@@ -59,7 +59,7 @@ NATURAL = "natural"
 # and every run's embeddings.npz (about 96 MB: 2 x 10,000 test images x 1,280 features) would not
 # fit a disk. trainer.save_last false: no last.ckpt beside each best.ckpt (12 -> 6 MB a run); a run
 # of 15-60 s that is interrupted restarts its stage instead of resuming mid-stage.
-_OUTPUTS = {"eval.embeddings": 0, "trainer.save_last": False}
+LEAN_OUTPUTS = {"eval.embeddings": 0, "trainer.save_last": False}
 _FMNIST = {
     "dataset": "fashion-mnist",
     "folder": "the Fashion-MNIST folder with the four official IDX files",
@@ -77,7 +77,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         "batches": (32, 512),
         "seeds": 10,
         "budget": 2,
-        "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **_OUTPUTS},
+        "training": {**PRETRAINED_TRAINING, "data.cache_seed": None, **LEAN_OUTPUTS},
     },
     "quick": {
         **_FMNIST,
@@ -85,7 +85,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         "batches": (32, 512),
         "seeds": 10,
         "budget": 2,
-        "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10, **_OUTPUTS},
+        "training": {**QUICK_TRAINING, "stage1.epochs": 15, "stage2.epochs": 10, **LEAN_OUTPUTS},
     },
     # ISIC's natural ratio is NV / DF: 6,705 / 115 = 58.3 on the full training set, 4,323 / 60 = 72.05
     # on the shared partial copy (5,984 images); NATURAL reads it from the folder given, so a cell is
@@ -106,7 +106,7 @@ GRIDS: dict[str, dict[str, Any]] = {
         "batches": (32, 512),
         "seeds": 10,
         "budget": 2,
-        "training": {**PRETRAINED_TRAINING, **_OUTPUTS},
+        "training": {**PRETRAINED_TRAINING, **LEAN_OUTPUTS},
     },
 }
 

@@ -27,8 +27,9 @@ from asymcl.experiments.runs import is_complete
 #: What is kept of a finished run; metrics.json is written last on restore, so a restore cut short
 #: leaves a folder that is not complete (its run is trained again) rather than a wrong one.
 RUN_FILES = ("config.yaml", "versions.json", "duplicate_of.json", "metrics.json")
-#: What is kept of a sweep folder (the spec that rebuilds its runs, and its command log).
-SWEEP_FILES = ("sweep.yaml", "sweep.json")
+#: What is kept of a sweep folder (the spec that rebuilds its runs, its command log, and an
+#: ``asymcl levers`` arm's measured extraction and training time, which a rerun cannot measure again).
+SWEEP_FILES = ("sweep.yaml", "sweep.json", "levers-cost.json")
 _MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 

@@ -1,0 +1,198 @@
+"""``asymcl levers``: run the lever ablation of :mod:`asymcl.experiments.levers` arm by arm, then the
+combination validation chose, then the table (:mod:`asymcl.experiments.levers_table`).
+
+Each arm is a sweep into ``OUT/<arm>`` (resumable: run the same command again). Before an arm's runs
+start, its feature caches are built on their own with every core and timed, and the cache entries
+it read or wrote are found by comparing the cache folder before and after
+(:func:`asymcl.data.cache_admin.entry_usage`): ``OUT/<arm>/levers-cost.json`` keeps the extraction
+time, the bytes extracted, the disk of the entries the arm reads and the training time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asymcl.atomic import atomic_write_text
+from asymcl.errors import ConfigError
+from asymcl.experiments.levers import (
+    ARM_NAMES,
+    ARMS,
+    BUDGET,
+    COMBINED,
+    PRUNED,
+    SEEDS,
+    arm,
+    combined_spec,
+    disk_estimates,
+    lever_specs,
+)
+from asymcl.experiments.levers_table import COST_FILE, read_cost, select_levers, write_table
+from asymcl.experiments.run_archive import pack_runs, unpack_runs
+
+
+def _record_cost(folder: Path, **measured: float) -> None:
+    """Add this invocation's measurements to ``levers-cost.json`` (a resumed arm adds up)."""
+    cost = read_cost(folder)
+    for key, value in measured.items():
+        cost[key] = cost.get(key, 0) + value if key != "cache_bytes" else value
+    cost["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cost.setdefault("load_average_at_start", list(os.getloadavg()))
+    atomic_write_text(folder / COST_FILE, json.dumps(cost, indent=1))
+
+
+def extract(configs: Mapping[str, dict], progress: Callable[[str], None], label: str) -> dict[str, float]:
+    """Build the feature caches ``configs`` train from (with every core, before any worker starts) and
+    measure it: ``{extraction_s, extracted_bytes, cache_bytes}``. An arm whose entries were all there
+    already extracted nothing, and its time is not counted (only the check's)."""
+    from asymcl.data.cache_admin import cache_root, entry_usage
+    from asymcl.experiments import parallel
+
+    if not configs:
+        return {}
+    root = cache_root(next(iter(configs.values()))["data"].get("cache_dir"))
+    before = entry_usage(root)
+    start = time.monotonic()
+    parallel.warm_feature_caches(configs, progress, label)
+    seconds = time.monotonic() - start
+    after = entry_usage(root)
+    used = {key: size for key, (size, last) in after.items() if key not in before or before[key] != (size, last)}
+    extracted = sum(size - before.get(key, (0, 0.0))[0] for key, size in used.items())
+    return {
+        "extraction_s": seconds if extracted > 0 else 0.0,
+        "extracted_bytes": float(extracted),
+        "cache_bytes": float(sum(used.values())),
+    }
+
+
+def run_arm(
+    name: str, raw: dict[str, Any], out: Path, workers: int, progress: Callable[[str], None], command: str | None
+):
+    """One arm's sweep into ``out/name``: its caches built and measured first, then its runs."""
+    from asymcl.experiments.runs import is_complete
+    from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points, run_sweep
+
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "sweep.yaml", yaml.safe_dump(raw, sort_keys=False))
+    spec = parse_spec(copy.deepcopy(raw))
+    configs = resolve_points(spec, expand(spec), default_resolver())
+    pending = {run: config for run, config in configs.items() if not is_complete(folder / run)}
+    if not pending:
+        progress(f"[levers {name}] all {len(configs)} runs finished")
+        return None
+    measured = extract(pending, progress, f"levers {name}")
+    start = time.monotonic()
+    result = run_sweep(spec, folder, progress=progress, command=command, workers=workers, label=f"levers {name}")
+    _record_cost(folder, **measured, training_s=time.monotonic() - start)
+    return result
+
+
+def _dry_run(specs: Mapping[str, dict], chosen: Sequence[str], out: Path, with_combined: bool) -> dict[str, Any]:
+    from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
+
+    counts = {}
+    for name in chosen:
+        points = parse_spec(copy.deepcopy(specs[name]))
+        counts[name] = len(resolve_points(points, expand(points), default_resolver()))  # a bad value stops here
+    disk = disk_estimates({name: specs[name] for name in chosen}) if chosen else {}
+    for name in chosen:
+        spec = arm(name)
+        against = f"against {spec.reference}; " if spec.reference else ""
+        total, new = disk[name]
+        print(
+            f"# arm {name} ({spec.lever}; {against}{spec.note}): {counts[name]} runs into {out / name}; "
+            f"feature caches about {total / 2**20:,.0f} MB ({new / 2**20:,.0f} MB not in an earlier arm's)"
+        )
+        print(yaml.safe_dump(specs[name], sort_keys=False).rstrip())
+    for name, why in PRUNED.items():
+        print(f"# pruned before any run: {name} ({why}; asymcl.experiments.levers)")
+    runs = sum(counts[name] for name in chosen)
+    per_arm = len(SEEDS) * len(next(iter(specs.values()))["settings"]) * BUDGET
+    combined = f", then {COMBINED}: {per_arm} runs of the levers kept on validation" if with_combined else ""
+    new_disk = sum(new for _, new in disk.values())
+    print(f"# {runs} runs in {len(chosen)} arms{combined}; feature caches about {new_disk / 2**30:.1f} GB in all")
+    return {"runs": {name: counts[name] for name in chosen}, "disk": disk}
+
+
+def run_levers(
+    data: str | Path,
+    out: str | Path,
+    *,
+    methods: Sequence[str] | None = None,
+    arms: Sequence[str] | None = None,
+    workers: int = 1,
+    dry_run: bool = False,
+    archive: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """The ablation into ``out`` (see the module docstring). ``arms``: only these now (``combined``
+    included: the combination, which needs every other arm finished); without, every arm and then
+    the combination. The table is written over whatever is finished. ``archive``: as the claim
+    grid's (:mod:`asymcl.experiments.run_archive`): finished runs (and each arm's costs) restored
+    from it first, and written into it at the end, also when a run stops the ablation: the whole
+    ablation is longer than one machine is held (docs/usage-experiments.md)."""
+    from asymcl.experiments.parallel import check_workers
+
+    check_workers(workers)
+    for name in arms or ():
+        if name != COMBINED:
+            arm(name)  # a one-line error naming the allowed arms
+    specs = lever_specs(data, methods)
+    methods = list(next(iter(specs.values()))["settings"])
+    chosen = [name for name in ARM_NAMES if not arms or name in arms]
+    with_combined = not arms or COMBINED in arms
+    out = Path(out)
+    if dry_run:
+        return _dry_run(specs, chosen, out, with_combined)
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    if archive is not None and Path(archive).is_file():
+        restored, kept = unpack_runs(archive, out)
+        progress(f"[levers] {restored} finished run(s) restored from {archive} ({kept} already in {out})")
+    try:
+        results = {name: run_arm(name, specs[name], out, workers, progress, command) for name in chosen}
+        if with_combined:
+            results[COMBINED] = run_combination(data, out, methods, bool(arms), workers, progress, command)
+        paths = write_table(out, methods)
+    finally:
+        if archive is not None and out.is_dir():
+            progress(f"[levers] {pack_runs(out, archive)} finished run(s) packed into {archive}")
+    failed = sum(len(r.failed) for r in results.values() if r is not None)
+    return {"sweeps": results, "table": paths, "failed": failed}
+
+
+def run_combination(
+    data: str | Path,
+    out: Path,
+    methods: Sequence[str],
+    asked: bool,
+    workers: int,
+    progress: Callable[[str], None],
+    command: str | None,
+):
+    """The levers the rule keeps, run together into ``out/combined`` once every arm has every seed
+    (``asked``: named in ``--arms``, so an unfinished ablation is an error rather than a note)."""
+    selection = select_levers(out, methods)
+    if not selection.complete:
+        missing = [spec.name for spec in ARMS if set(selection.means[spec.name]) != set(SEEDS)]
+        if asked:
+            raise ConfigError(
+                f"the combination is chosen on the finished ablation; arm(s) {', '.join(missing)} have not "
+                "finished every seed (run them first, e.g. --arms " + ",".join(missing) + ")"
+            )
+        progress(f"[levers] not every arm finished ({', '.join(missing)}): no combination yet")
+        return None
+    if selection.recipe != COMBINED:
+        progress(f"[levers] the combination is arm {selection.recipe} itself: nothing new to run")
+        return None
+    progress(f"[levers] the combination: {' + '.join(selection.chosen)}")
+    return run_arm(COMBINED, combined_spec(data, selection.chosen, methods), out, workers, progress, command)

@@ -1,0 +1,287 @@
+"""Issue 23's lever ablation (``asymcl levers``): the arms and their configs, the pruning, the
+selection rule, a whole ablation on synthetic runs (a fake runner, no network), the dry run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import yaml
+
+from asymcl.errors import ConfigError
+from asymcl.experiments import levers, parallel, sweep
+from asymcl.experiments.claim_presets import LEAN_OUTPUTS
+from asymcl.experiments.levers import ARMS, BASE, COMBINED, LAST_K_REFERENCE, arm, combine, kept, lever_specs
+from asymcl.experiments.reproduce import PRESET_METHODS, preset_spec
+from asymcl.experiments.stats import PairedDifference
+from asymcl.training.config import flatten
+from data_fixtures import make_isic
+
+
+@pytest.fixture
+def isic(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYMCL_CACHE_DIR", str(tmp_path / "cache"))  # never the user's cache
+    root = tmp_path / "isic"
+    make_isic(root, train_per_class=(8, 12, 6, 6, 8, 6, 6))
+    return root
+
+
+def _configs(raw):
+    spec = sweep.parse_spec(copy.deepcopy(raw))
+    return {
+        name: flatten(config)
+        for name, config in sweep.resolve_points(spec, sweep.expand(spec), sweep.default_resolver()).items()
+    }
+
+
+def test_each_arm_differs_from_its_reference_only_in_its_lever_keys(isic):
+    specs = lever_specs(isic)
+    configs = {name: _configs(raw) for name, raw in specs.items()}
+    for spec in ARMS:
+        if spec.reference is None:
+            continue
+        mine, theirs = configs[spec.name], configs[spec.reference]
+        assert set(mine) == set(theirs)  # the same runs: methods x seeds
+        for run, config in mine.items():
+            changed = {key for key in config if config[key] != theirs[run].get(key)}
+            # the lever's keys, less one the arm keeps at the reference's value (lite0-260: the size)
+            assert changed and changed == {k for k, v in spec.keys.items() if theirs[run][k] != v}, (spec.name, run)
+
+
+def test_every_arm_has_every_method_the_same_budget_and_the_presets_base(isic):
+    specs = lever_specs(isic)
+    preset = preset_spec("isic2018", isic, "pretrained", budget=1)
+    assert preset["base"].items() <= specs[BASE]["base"].items()  # reproduce's recipe, as it is
+    assert {**preset["base"], **LEAN_OUTPUTS} == specs[BASE]["base"]
+    for name, raw in specs.items():
+        assert tuple(raw["settings"]) == PRESET_METHODS["pretrained"], name
+        assert all(len(settings) == 1 for settings in raw["settings"].values())
+        assert raw["settings"] == specs[BASE]["settings"]  # the same setting of each method in every arm
+        assert raw["grid"] == {"seed": [0, 1, 2]}
+        assert len(sweep.expand(sweep.parse_spec(copy.deepcopy(raw)))) == 8 * 3
+    narrowed = lever_specs(isic, ["ce", "afcl"])
+    assert all(list(raw["settings"]) == ["ce", "afcl"] for raw in narrowed.values())
+
+
+def test_last_k_arms_use_one_encoder_with_their_own_frozen_reference(isic):
+    from asymcl.training.config import resolve_config
+
+    specs = lever_specs(isic)
+    reference = specs[LAST_K_REFERENCE]["base"]
+    assert reference["model.backbone"] == "efficientnet_lite0" and reference["model.finetune"] == "frozen"
+    for k in (1, 2, 3):
+        assert arm(f"last{k}").reference == LAST_K_REFERENCE
+        assert specs[f"last{k}"]["base"] == {**reference, "model.finetune": f"last:{k}"}
+    # why: the base's + backbone refuses last:K, before anything is built
+    with pytest.raises(ConfigError, match=r"last:K cuts the blocks of one network"):
+        resolve_config({**specs[BASE]["base"], "method": "afcl", "model.finetune": "last:1"})
+
+
+def test_the_size_and_encoder_arms_are_pruned_by_the_extraction_budget():
+    encoders = [spec for spec in ARMS if spec.lever == "encoder"]
+    assert sorted(levers.PRUNED) == ["lite2-lite0-300"]  # 38 min estimated, over 30
+    assert len(encoders) == 3 * 3 - 1 - 1  # every size x encoder, less the base and the pruned one
+    for spec in encoders:
+        minutes = levers.extraction_estimate_min(spec.keys["model.backbone"], spec.keys["data.image_size"])
+        assert minutes <= levers.EXTRACTION_BUDGET_MIN
+    assert levers.BASE_ENCODER not in {(s.keys["model.backbone"], s.keys["data.image_size"]) for s in encoders}
+    assert math.isclose(levers.extraction_estimate_min(*levers.BASE_ENCODER), 28.78)
+
+
+def _gain(mean, half=0.01, n=3):
+    return PairedDifference(mean, mean - half, mean + half, n, 0.95)
+
+
+def test_the_rule_keeps_a_clear_gain_and_drops_a_loss_or_an_interval_across_zero():
+    assert kept(_gain(0.02)) and not kept(_gain(-0.02)) and not kept(_gain(0.005))
+    assert not kept(PairedDifference(0.05, float("nan"), float("nan"), 1, 0.95))  # one seed: no interval
+    gains = {"tta": _gain(0.03), "layers": _gain(-0.02), "lite0-260": _gain(0.02), "lite2-224": _gain(0.04, 0.05)}
+    assert combine(gains, {}) == ["lite0-260", "tta"]
+    # of two kept values of one lever, the larger gain
+    assert combine({**gains, "lite0-300": _gain(0.025)}, {}) == ["lite0-300", "tta"]
+
+
+def test_last_k_against_a_kept_encoder_is_settled_by_the_gain_over_base():
+    gains = {"last2": _gain(0.05), "last1": _gain(0.02), "lite0-260": _gain(0.02), "tta": _gain(0.02)}
+    # last2 is 5 points over lite0-224, which is 4 under base: +1 over base, less than lite0-260's +2
+    over_base = {"last2": _gain(0.01), "lite0-260": _gain(0.02)}
+    assert combine(gains, over_base) == ["lite0-260", "tta"]
+    over_base = {"last2": _gain(0.03), "lite0-260": _gain(0.02)}
+    assert combine(gains, over_base) == ["last2", "tta"]
+    assert levers.combined_overrides(["last2", "tta"]) == {
+        "model.backbone": "efficientnet_lite0",
+        "data.image_size": 224,
+        "model.finetune": "last:2",
+        "eval.tta_views": 4,
+    }
+    assert levers.same_as({}) == BASE and levers.same_as(levers.arm_overrides("tta")) == "tta"
+
+
+# -- a whole ablation on synthetic runs ---------------------------------------------------------------
+
+# What the fake runner gives each lever on validation, per seed (test: 5 points lower): tta and
+# Lite0 at 260 px win on every seed, the multi-layer features lose, the rest move both ways.
+WINS = {"tta": (0.03, 0.032, 0.034), "lite0-260": (0.02, 0.021, 0.022), "layers": (-0.02, -0.022, -0.024)}
+NOISE = (0.01, -0.01, 0.004)
+
+
+def _effect(config):
+    model, size, seed = config["model"], config["data"]["image_size"], config["seed"]
+    effect = 0.0
+    if config["eval"]["tta_views"]:
+        effect += WINS["tta"][seed]
+    if model["feature_layers"]:
+        effect += WINS["layers"][seed]
+    if (model["backbone"], size) == ("efficientnet_lite0", 260):
+        effect += WINS["lite0-260"][seed]
+    elif (model["backbone"], size) != levers.BASE_ENCODER or model["finetune"] != "frozen":
+        effect += NOISE[seed]
+    return effect
+
+
+@pytest.fixture
+def fake_ablation(monkeypatch, isic):
+    trained = []
+
+    def fake_run(config, run_dir):
+        trained.append(run_dir.parent.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        val = 0.6 + 0.01 * config["seed"] + _effect(config)
+        final = {"val": {"ua": val, "wa": val + 0.1}, "test": {"ua": val - 0.05, "wa": val + 0.05}}
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "complete", "final": final, "history": {}}))
+        return {}
+
+    extracted = []
+
+    def fake_warm(configs, progress, label):
+        # one new cache entry per arm, as an extraction leaves it (key.json, a shard, .in-use)
+        from asymcl.data.cache_admin import cache_root
+
+        entry = cache_root(None) / f"entry-{label.split()[-1]}"
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "key.json").write_text("{}")
+        (entry / "shard-0.npz").write_bytes(b"x" * 1000)
+        (entry / ".in-use").touch()
+        extracted.append(label)
+        return 1
+
+    monkeypatch.setattr(sweep, "default_runner", lambda: fake_run)
+    monkeypatch.setattr(parallel, "warm_feature_caches", fake_warm)
+    return isic, trained, extracted
+
+
+def test_the_ablation_keeps_the_winners_and_runs_them_together(fake_ablation, tmp_path):
+    from asymcl.experiments.levers_run import run_levers
+
+    data, trained, extracted = fake_ablation
+    out = tmp_path / "levers"
+    result = run_levers(data, out, methods=["ce", "afcl"], progress=lambda line: None)
+    assert result["failed"] == 0
+    assert len(trained) == (len(ARMS) + 1) * 2 * 3  # every arm, then the combination
+    assert trained[-6:] == [COMBINED] * 6
+    chosen = json.loads((out / "levers" / "levers.json").read_text())
+    assert chosen["chosen"] == ["lite0-260", "tta"] and chosen["recipe_arm"] == COMBINED
+    assert chosen["combined_overrides"] == {
+        "model.backbone": "efficientnet_lite0",
+        "data.image_size": 260,
+        "eval.tta_views": 4,
+    }
+    rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
+    assert rows["tta"]["kept"] == "yes" and rows["layers"]["kept"] == "no" and rows["last1"]["kept"] == "no"
+    assert float(rows["tta"]["gain"]) == pytest.approx(0.032) and float(rows["tta"]["gain_low"]) > 0
+    assert float(rows["layers"]["gain_high"]) < 0
+    assert rows[COMBINED]["test_use"] == "the recipe's result"
+    assert {rows[name]["test_use"] for name in rows if name != COMBINED} == {"not used for selection"}
+    assert float(rows[COMBINED]["val_ua"]) == pytest.approx(0.61 + 0.021 + 0.032)
+    # each arm measured its own extraction: one new entry of 1,000 bytes (+ key.json)
+    cost = json.loads((out / "tta" / "levers-cost.json").read_text())
+    assert cost["extracted_bytes"] == cost["cache_bytes"] == 1002 and cost["extraction_s"] >= 0
+    assert cost["training_s"] > 0
+    assert (out / "levers" / "levers.md").read_text().count("| encoder |") == 7
+    assert len(_csv(out / "levers" / "runs.csv")) == (len(ARMS) + 1) * 6 * 2  # val and test rows
+
+    # run again: nothing trains or extracts, the table is the same
+    before = (out / "levers" / "levers.csv").read_text()
+    trained.clear()
+    run_levers(data, out, methods=["ce", "afcl"], progress=lambda line: None)
+    assert trained == [] and (out / "levers" / "levers.csv").read_text() == before
+
+
+def test_the_combination_waits_for_the_whole_ablation(fake_ablation, tmp_path):
+    from asymcl.experiments.levers_run import run_levers
+
+    data, trained, _ = fake_ablation
+    out = tmp_path / "levers"
+    run_levers(data, out, methods=["ce"], arms=["base", "tta"], progress=lambda line: None)
+    assert sorted(set(trained)) == ["base", "tta"] and not (out / COMBINED).exists()
+    rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
+    assert set(rows) == {"base", "tta"} and rows["tta"]["kept"] == "yes"
+    assert "not finished" in (out / "levers" / "levers.md").read_text()
+    with pytest.raises(ConfigError, match=r"the combination is chosen on the finished ablation; arm\(s\) layers"):
+        run_levers(data, out, methods=["ce"], arms=[COMBINED], progress=lambda line: None)
+
+
+def test_the_archive_carries_the_runs_and_the_costs_to_another_machine(fake_ablation, tmp_path):
+    from asymcl.experiments.levers_run import run_levers
+
+    data, trained, _ = fake_ablation
+    first, second, archive = tmp_path / "one", tmp_path / "two", tmp_path / "levers-runs.tar.xz"
+    run_levers(data, first, methods=["ce"], arms=["base", "tta"], archive=archive, progress=lambda line: None)
+    trained.clear()
+    run_levers(data, second, methods=["ce"], arms=["base", "tta", "layers"], archive=archive, progress=print)
+    assert sorted(set(trained)) == ["layers"]  # base and tta came back finished
+    assert (second / "tta" / "levers-cost.json").read_bytes() == (first / "tta" / "levers-cost.json").read_bytes()
+    rows = {row["arm"]: row for row in _csv(second / "levers" / "levers.csv")}
+    assert set(rows) == {"base", "tta", "layers"} and float(rows["tta"]["cache_bytes"]) == 1002
+
+
+def _csv(path):
+    import csv
+
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+
+def test_the_dry_run_prints_every_arm_its_runs_and_disk(isic, tmp_path, capsys):
+    from asymcl.cli import main
+
+    out = tmp_path / "l"
+    assert main(["levers", "--data", str(isic), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for spec in ARMS:
+        assert f"# arm {spec.name} (" in printed and f"name: levers-{spec.name}\n" in printed
+    assert printed.count(": 24 runs into ") == len(ARMS) == 13
+    assert "# pruned before any run: lite2-lite0-300 (estimated extraction 38 min" in printed
+    assert f"# 312 runs in 13 arms, then {COMBINED}: 24 runs" in printed
+    assert "feature caches about" in printed and not out.exists()
+    assert main(["levers", "--data", str(isic), "--arms", "tta,last2", "--methods", "ce,la", "--dry-run"]) == 0
+    assert "# 12 runs in 2 arms; feature caches" in capsys.readouterr().out
+
+
+def test_the_disk_estimate_is_the_caches_own(isic):
+    from asymcl.data.cache_store import estimate_bytes
+
+    specs = lever_specs(isic, ["ce"])
+    n_train, n_eval = levers.image_counts(specs[BASE]["base"], "ce")
+    disk = levers.disk_estimates({name: specs[name] for name in ("base", "tta", "last1")})
+    pair = estimate_bytes((2560,), n_train, 4) + estimate_bytes((2560,), n_eval, 0)
+    assert disk["base"] == (pair, pair)
+    # tta: the base's training entry again, and val/test with 4 views of their own
+    assert disk["tta"][1] == estimate_bytes((2560,), n_eval, 4)
+    assert disk["last1"][0] == estimate_bytes((320, 7, 7), n_train, 4) + estimate_bytes((320, 7, 7), n_eval, 0)
+
+
+def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
+    from asymcl.cli import main
+
+    assert main(["levers", "--data", str(isic), "--arms", "tta,last9", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "unknown arm 'last9' (allowed: base, tta, layers, lite0-224, last1, last2, last3" in err
+    assert err.endswith(", combined)")
