@@ -113,3 +113,33 @@ def test_the_cli_offers_exactly_the_claim_grids_profiles():
     from asymcl.experiments.preset_names import CLAIM_PROFILES
 
     assert tuple(GRIDS) == CLAIM_PROFILES
+
+
+def test_ua_on_the_balanced_split_and_wa_on_the_imbalanced_one(tmp_path):
+    """On a balanced test set WA equals UA; the paper's WA claim is about imbalanced data."""
+    _grid(tmp_path, {"binary:100": 0.08}, seeds=3)
+    runs = load_runs(tmp_path)
+    rows = analyse(runs, tmp_path)
+    assert {(r["metric"], r["split"]) for r in rows} == {("ua", "test"), ("wa", "test_imbalanced")}
+    for row in rows:
+        cell = [r for r in runs if r.config["stage1.batch_size"] == row["stage1.batch_size"]]
+        first = {r.seed: r.split_metric(row["split"], row["metric"]) for r in cell if r.method == row["first"]}
+        second = {r.seed: r.split_metric(row["split"], row["metric"]) for r in cell if r.method == row["second"]}
+        assert row["mean"] == pytest.approx(np.mean([first[s] - second[s] for s in sorted(first)]))
+    for run in runs:  # a grid whose runs have only the balanced split compares WA there
+        metrics = json.loads((run.path / "metrics.json").read_text())
+        del metrics["final"]["test_imbalanced"]
+        (run.path / "metrics.json").write_text(json.dumps(metrics))
+    rows = analyse(load_runs(tmp_path), tmp_path)
+    assert {(r["metric"], r["split"]) for r in rows} == {("ua", "test"), ("wa", "test")}
+
+
+def test_two_seeds_get_no_verdict_even_when_their_differences_coincide(tmp_path):
+    """With 2 seeds a paired t test has 1 degree of freedom: equal differences would give p near 0."""
+    for seed in range(2):
+        for method, bonus in (("cl", 0.0), ("fcl", 0.0), ("acl", 0.0), ("afcl", 0.05)):
+            write(tmp_path / "tuned", f"b512_{method}", method, seed, bonus, **{"stage1.batch_size": 512})
+    rows = analyse(load_runs(tmp_path), tmp_path)
+    afcl = [r for r in rows if r["first"] == "afcl" and r["second"] == "cl" and r["metric"] == "ua"]
+    assert afcl and afcl[0]["n"] == 2 and afcl[0]["p"] < 0.05  # the raw test would call it
+    assert {r["verdict"] for r in rows} == {"too few seeds"}
