@@ -148,3 +148,22 @@ def tiny_config(method: str = "afcl", **overrides: object) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def write_row_id_npz(path: Path, train_y: np.ndarray, test_y: np.ndarray) -> Path:
+    """An ``.npz`` dataset of 4x4 images whose first two pixels hold each image's row id (read back
+    with :func:`row_ids`), so a test can tell exactly which images a split kept."""
+    y = np.concatenate([train_y, test_y])
+    x = np.zeros((y.size, 4, 4), dtype=np.uint8)
+    x[:, 0, 0] = np.arange(y.size) % 256
+    x[:, 0, 1] = np.arange(y.size) // 256
+    split = np.array(["train"] * len(train_y) + ["test"] * len(test_y))
+    classes = np.array([f"c{k}" for k in range(int(y.max()) + 1)])
+    np.savez(path, x=x, y=y, split=split, classes=classes)
+    return path
+
+
+def row_ids(dataset) -> np.ndarray:
+    """The row ids of a dataset built from :func:`write_row_id_npz`, in its order."""
+    images, _ = dataset.load_all()
+    return (images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()).numpy()

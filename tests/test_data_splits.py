@@ -8,6 +8,7 @@ import torch
 
 from asymcl.data import ClassBalancedSampler, DataSpec, ImbalanceProfile, build_splits, parse_imbalance
 from asymcl.errors import DataError
+from data_fixtures import row_ids, write_row_id_npz
 
 
 @pytest.fixture(autouse=True)
@@ -21,20 +22,7 @@ def balanced_npz(tmp_path):
     rng = np.random.default_rng(0)
     train_y = rng.permutation(np.repeat(np.arange(10), 100))
     test_y = rng.permutation(np.repeat(np.arange(10), 30))
-    y = np.concatenate([train_y, test_y])
-    n = y.size
-    x = np.zeros((n, 4, 4), dtype=np.uint8)
-    x[:, 0, 0] = np.arange(n) % 256
-    x[:, 0, 1] = np.arange(n) // 256
-    split = np.array(["train"] * train_y.size + ["test"] * test_y.size)
-    path = tmp_path / "balanced.npz"
-    np.savez(path, x=x, y=y, split=split, classes=np.array([f"c{k}" for k in range(10)]))
-    return path
-
-
-def _row_ids(dataset):
-    images, _ = dataset.load_all()
-    return (images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()).numpy()
+    return write_row_id_npz(tmp_path / "balanced.npz", train_y, test_y)
 
 
 def _train_plus_val(splits):
@@ -77,7 +65,7 @@ def test_binary_profile_class_order_and_names(balanced_npz):
     assert list(splits.splits["test_imbalanced"].class_counts()) == [30, 1]  # floor(30/50) -> at least 1
     # labels are remapped to 0..K-1 in the given order: every label-0 image came from class 6
     original_y = np.load(balanced_npz)["y"]
-    rows = _row_ids(splits.splits["train"])
+    rows = row_ids(splits.splits["train"])
     assert np.all(original_y[rows] == np.array([6, 0])[splits.splits["train"].targets])
     with pytest.raises(DataError, match="needs exactly two classes"):
         build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance="binary:50"))
@@ -142,7 +130,7 @@ def test_bad_spec_values():
 def test_seed_fixes_every_split(balanced_npz):
     def ids(seed, imbalance="exp:10"):
         splits = build_splits(DataSpec(dataset="npz", root=balanced_npz, imbalance=imbalance, seed=seed))
-        return {name: tuple(_row_ids(ds)) for name, ds in splits.splits.items()}
+        return {name: tuple(row_ids(ds)) for name, ds in splits.splits.items()}
 
     first, again, other = ids(0), ids(0), ids(1)
     assert first == again

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from asymcl.data import DataSpec, build_splits, parse_imbalance
 from asymcl.data.imbalance import PROFILE_KINDS, PROFILE_SYNTAX
 from asymcl.errors import ConfigError, DataError
+from data_fixtures import row_ids, write_row_id_npz
 
 # ISIC 2018 Task 3's full training set, largest class first (method.md section 3).
 ISIC = [6705, 1113, 1099, 514, 327, 142, 115]
@@ -94,19 +95,11 @@ def natural_npz(tmp_path):
     """5 classes at a natural imbalance: 40, 120, 25, 8, 20 training and 10, 30, 6, 2, 5 test images."""
     train_y = np.repeat(np.arange(5), [40, 120, 25, 8, 20])
     test_y = np.repeat(np.arange(5), [10, 30, 6, 2, 5])
-    y = np.concatenate([train_y, test_y])
-    x = np.zeros((y.size, 4, 4), dtype=np.uint8)
-    x[:, 0, 0] = np.arange(y.size) % 256
-    x[:, 0, 1] = np.arange(y.size) // 256
-    split = np.array(["train"] * train_y.size + ["test"] * test_y.size)
-    path = tmp_path / "natural.npz"
-    np.savez(path, x=x, y=y, split=split, classes=np.array([f"c{k}" for k in range(5)]))
-    return path
+    return write_row_id_npz(tmp_path / "natural.npz", train_y, test_y)
 
 
 def _ids(dataset):
-    images, _ = dataset.load_all()
-    return sorted((images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()).tolist())
+    return sorted(row_ids(dataset).tolist())
 
 
 def test_cap_is_a_seeded_exact_subset(natural_npz):
