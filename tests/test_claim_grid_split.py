@@ -123,6 +123,33 @@ def test_cli_seed_ranges_and_a_bad_one(small_grid, tmp_path, capsys):
     assert "--only-seeds 'one': expected seeds such as 0,1 or 0-3" in err and "Traceback" not in err
 
 
+def test_cli_one_cell_of_the_grid_keeps_the_grids_run_names(small_grid, tmp_path, capsys):
+    """--rhos/--batches pick cells: the runs trained are exactly the full grid's runs of that cell."""
+    data, trained = small_grid
+    out = tmp_path / "g"
+    cell = ["--rhos", "100", "--batches", "512", "--arms", "tuned", "--only-seeds", "0"]
+    assert main(["claim-grid", "--data", str(data), *cell, "--out", str(out)]) == 0
+    names = {run.path.name for run in load_runs(out)}
+    full = claim_presets.claim_specs(data, "pretrained")["tuned"]
+    expected = {
+        point.name
+        for point in sweep.expand(sweep.parse_spec(full))
+        if point.name.startswith("exp100n1000_") and "batch_size=512" in point.name and point.name.endswith("_s0")
+    }
+    assert names == expected and len(names) == len(trained) == 5 * SMALL["budget"]
+    written = yaml.safe_load((out / "tuned" / "sweep.yaml").read_text())
+    assert written["grid"]["data.imbalance"] == ["exp:100:1000"] and written["grid"]["stage1.batch_size"] == [512]
+    for bad, message in (
+        (["--rhos", "ten"], "--rhos 'ten': expected values such as 1,100 or 5,natural"),
+        (["--batches", "32,big"], "--batches '32,big': expected values such as 32,512"),
+        (["--rhos", "natural"], "the claim grid pretrained has no natural pool"),
+    ):
+        assert main(["claim-grid", "--data", str(data), *bad, "--out", str(tmp_path / "bad")]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
 def _runs(root):
     for seed in range(2):
         write_run(root / "arm", f"afcl_s{seed}", method="afcl", seed=seed, gamma=1.0, eta=1.0)

@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "asymcl.cli.data",
     "asymcl.cli.train",
     "asymcl.cli.experiments",
+    "asymcl.cli.studies",
     "asymcl.cli.export",
     "asymcl.cli.cache",
 )

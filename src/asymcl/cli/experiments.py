@@ -1,43 +1,21 @@
-"""``asymcl sweep``, ``asymcl report`` and ``asymcl reproduce``: experiments over many runs."""
+"""``asymcl sweep``, ``asymcl report``, ``asymcl reproduce`` and ``asymcl compare``: experiments over many
+runs. The studies built on them (``claim``, ``claim-grid``, ``levers``) are in :mod:`asymcl.cli.studies`."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from asymcl.cli.options import WORKERS_HELP, command_line, name_list, workers_option
 from asymcl.errors import ConfigError
-
-_WORKERS_HELP = (
-    "run N worker processes on this machine, each with cores/N torch threads, after building "
-    "the feature caches with every core (default 1; on a 2-core CPU, 2 finishes small runs "
-    "about 1.7x sooner)"
-)
-
-
-def _command(*parts: object, **options: object) -> str:
-    """The canonical command line of this invocation (what the report prints to repeat it)."""
-    words = ["asymcl", *map(str, parts)]
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        words.append("--" + name.replace("_", "-"))
-        if value is not True:
-            words.append(str(value))
-    return shlex.join(words)
-
-
-def _workers_option(args: argparse.Namespace) -> int | None:
-    """--workers as the repeat command line spells it: left out at the default of 1."""
-    return args.workers if args.workers != 1 else None
 
 
 def _run_comparison(args: argparse.Namespace, run: Callable[..., Any], *inputs: object, **options: object) -> int:
     """Run ``reproduce`` or ``compare`` (``run``) with the options both commands take alike, then exit as
     :func:`_finished` says (0 after a dry run, which has no result to speak of)."""
-    result = run(*inputs, methods=_methods_list(args.methods), dry_run=args.dry_run, workers=args.workers, **options)
+    result = run(*inputs, methods=name_list(args.methods), dry_run=args.dry_run, workers=args.workers, **options)
     return 0 if args.dry_run else _finished(result)
 
 
@@ -70,7 +48,7 @@ def _sweep(args: argparse.Namespace) -> int:
                 "processes on the same --storage instead (each with --threads)"
             )
 
-        command = _command(
+        command = command_line(
             "sweep",
             config=args.config,
             out=out,
@@ -102,14 +80,14 @@ def _sweep(args: argparse.Namespace) -> int:
         run_sweep(
             spec,
             out,
-            command=_command("sweep", config=args.config, out=out, threads=args.threads),
+            command=command_line("sweep", config=args.config, out=out, threads=args.threads),
             label=args.worker_label,
         )
         return 0
     result = run_sweep(
         spec,
         out,
-        command=_command("sweep", config=args.config, out=out, workers=_workers_option(args)),
+        command=command_line("sweep", config=args.config, out=out, workers=workers_option(args)),
         workers=args.workers,
     )
     print(f"{result.n_complete}/{result.total} runs complete in {out}")
@@ -126,7 +104,7 @@ def _report(args: argparse.Namespace) -> int:
     from asymcl.experiments.report import build_report
 
     out = Path(args.out) if args.out else Path(args.runs_dir) / "report"
-    command = _command("report", args.runs_dir, out=out, tsne_points=args.tsne_points)
+    command = command_line("report", args.runs_dir, out=out, tsne_points=args.tsne_points)
     result = build_report(args.runs_dir, out, tsne_points=args.tsne_points, command=command)
     print(f"wrote {result.markdown}, {result.html} and {len(result.figures)} figures")
     return 0
@@ -136,7 +114,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from asymcl.experiments.reproduce import reproduce
 
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{args.preset}-{args.profile}"
-    command = _command(
+    command = command_line(
         "reproduce",
         args.preset,
         data=args.data,
@@ -144,7 +122,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         out=out,
         methods=args.methods,
         settings=args.settings,
-        workers=_workers_option(args),
+        workers=workers_option(args),
     )
     return _run_comparison(
         args, reproduce, args.preset, args.data, out, profile=args.profile, command=command, budget=args.settings
@@ -158,89 +136,13 @@ def _finished(result) -> int:
     return 1 if result.sweep.failed else 0
 
 
-def _claim(args: argparse.Namespace) -> int:
-    from asymcl.experiments.claim_grid import write_claim
-
-    runs = Path(args.runs_dir)
-    out = Path(args.out) if args.out else (runs / "claim" if runs.is_dir() else runs.parent / "claim")
-    paths = write_claim(args.runs_dir, out)
-    print(f"wrote {paths['md']}, {paths['csv']} and {paths['figure']}")
-    return 0
-
-
-def _claim_grid(args: argparse.Namespace) -> int:
-    from asymcl.experiments.claim_presets import run_claim_grid
-
-    out = Path(args.out) if args.out else Path("runs") / f"claim-grid-{args.profile}"
-    command = _command(
-        "claim-grid",
-        data=args.data,
-        profile=args.profile,
-        seeds=args.seeds,
-        settings=args.settings,
-        arms=args.arms,
-        only_seeds=args.only_seeds,
-        archive=args.archive,
-        out=out,
-        workers=_workers_option(args),
-    )
-    result = run_claim_grid(
-        args.data,
-        out,
-        profile=args.profile,
-        seeds=args.seeds,
-        budget=args.settings,
-        arms=_methods_list(args.arms),
-        only_seeds=_seed_list(args.only_seeds),
-        archive=args.archive,
-        dry_run=args.dry_run,
-        workers=args.workers,
-        command=command,
-    )
-    if not args.dry_run:
-        print(f"claim: {result['claim']['md']}")
-    return 0
-
-
-def _levers(args: argparse.Namespace) -> int:
-    from asymcl.experiments.levers_run import run_levers
-
-    out = Path(args.out) if args.out else Path("runs") / "levers-isic2018"
-    words = {key: getattr(args, key) for key in ("methods", "arms", "archive")}
-    command = _command("levers", data=args.data, **words, out=out, workers=_workers_option(args))
-    lists: dict[str, Any] = {"methods": _methods_list(args.methods), "arms": _methods_list(args.arms)}
-    options: dict[str, Any] = {"archive": args.archive, "workers": args.workers, "dry_run": args.dry_run}
-    result = run_levers(args.data, out, **lists, **options, command=command)
-    if not args.dry_run:
-        print(f"levers: {result['table']['levers.md']}")
-    return 1 if result.get("failed") else 0
-
-
-def _seed_list(text: str | None) -> list[int] | None:
-    """``0,1`` or ``0-3`` (both ends included) -> the seeds; a clear error for anything else."""
-    if text is None:
-        return None
-    seeds: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            low, _, high = part.partition("-")
-            seeds += list(range(int(low), int(high) + 1)) if high else [int(low)]
-    except ValueError:
-        raise ConfigError(f"--only-seeds {text!r}: expected seeds such as 0,1 or 0-3") from None
-    return seeds
-
-
-def _methods_list(text: str | None) -> list[str] | None:
-    return [m.strip() for m in text.split(",") if m.strip()] if text else None
-
-
 def _compare(args: argparse.Namespace) -> int:
     from asymcl.experiments.compare import compare, default_out
     from asymcl.training.config import load_config_file, parse_overrides
 
     overrides = {**(load_config_file(args.config) if args.config else {}), **parse_overrides(args.set or [])}
     out = Path(args.out) if args.out else default_out(overrides, args.profile)
-    command = _command(
+    command = command_line(
         "compare",
         *[f"--set={item}" for item in args.set or []],
         config=args.config,
@@ -249,7 +151,7 @@ def _compare(args: argparse.Namespace) -> int:
         settings=args.settings,
         seeds=args.seeds,
         out=out,
-        workers=_workers_option(args),
+        workers=workers_option(args),
     )
     return _run_comparison(
         args,
@@ -267,7 +169,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from asymcl.experiments.preset_names import (  # torch-free: names only
-        CLAIM_PROFILES,
         COMPARE_PROFILES,
         PRESETS,
         PROFILES,
@@ -320,7 +221,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="with --optuna: how long to keep retrying an unreachable database before stopping (default 600)",
     )
-    sweep.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    sweep.add_argument("--workers", type=int, default=1, metavar="N", help=WORKERS_HELP)
     sweep.add_argument(
         "--threads", type=int, metavar="K", help="torch CPU threads of this process (default: torch's, one per core)"
     )
@@ -370,7 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "CE/LA/SupCon/AFCL, 2 seeds (isic2018 official folder, fmnist-lt)",
     )
     reproduce.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce-PRESET-PROFILE)")
-    reproduce.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    reproduce.add_argument("--workers", type=int, default=1, metavar="N", help=WORKERS_HELP)
     reproduce.add_argument(
         "--methods",
         metavar="A,B,...",
@@ -425,75 +326,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--yes", action="store_true", help="run even when the estimate is over --budget")
     compare.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-NAME-PROFILE)")
-    compare.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
+    compare.add_argument("--workers", type=int, default=1, metavar="N", help=WORKERS_HELP)
     compare.add_argument("--dry-run", action="store_true", help="print the comparison's sweep file and runs, and stop")
     compare.set_defaults(func=_compare)
-
-    claim = subparsers.add_parser(
-        "claim",
-        help="the paper's claim across a grid: AFCL - CL, AFCL - FCL, ACL - CL per cell, with power",
-        description="For every cell (imbalance profile x stage-1 batch size x arm, the arm being the folder a "
-        "run sits in under RUNS_DIR), choose each method's setting on validation, pair the seeds, and "
-        "write the differences with 95%% intervals, Holm-adjusted verdicts over the grid, the minimum "
-        "detectable difference at 80%% power, and a figure against rho.",
-    )
-    claim.add_argument("runs_dir", metavar="RUNS_DIR", help="the grid's runs (searched recursively), or a runs.csv")
-    claim.add_argument("--out", metavar="DIR", help="output folder (default: RUNS_DIR/claim)")
-    claim.set_defaults(func=_claim)
-
-    grid = subparsers.add_parser(
-        "claim-grid",
-        help="run the grid that answers the paper's claim on Fashion-MNIST or ISIC 2018, then `asymcl claim`",
-        description="Fashion-MNIST with exp profiles rho in {1, 10, 50, 100, 200} (head capped at 1,000), or "
-        "(--profile isic-pretrained) ISIC 2018 at its natural imbalance with the heads subsampled to "
-        "cap:RHO, rho in {1, 5, 10, 20} and the pool's own ratio; stage-1 batch 32 and 512, 10 seeds; arms: "
-        "every method tuned with the same budget, the authors' advice fixed (gamma 10, eta 300), and eta "
-        "scaled with the batch size. Resumable.",
-    )
-    grid.add_argument(
-        "--data",
-        required=True,
-        metavar="PATH",
-        help="the Fashion-MNIST IDX folder, or for isic-pretrained the ISIC 2018 Task 3 folder (official layout)",
-    )
-    grid.add_argument(
-        "--profile",
-        choices=CLAIM_PROFILES,
-        default=CLAIM_PROFILES[0],
-        help="pretrained: frozen Lite0 from the feature cache (default); quick: small CNN from scratch, "
-        "rho 1 and 100 only; isic-pretrained: ISIC 2018 with reproduce isic2018's pretrained encoders "
-        "(Lite2 + Lite0, 260 px)",
-    )
-    grid.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default 10)")
-    grid.add_argument("--settings", type=int, metavar="N", help="settings per method in the tuned arms (default 2)")
-    grid.add_argument("--arms", metavar="A,B", help="only these arms (tuned, authors, eta-scaled-b32, ...)")
-    grid.add_argument(
-        "--only-seeds",
-        metavar="S",
-        help="run only these of the grid's seeds now (e.g. 0-2 or 3,4): a grid too long for one machine is "
-        "run in parts; the claim is written over the runs finished so far",
-    )
-    grid.add_argument(
-        "--archive",
-        metavar="FILE.tar.xz",
-        help="carry finished runs between machines: restore them from FILE first (if it exists), and write "
-        "every finished run's config and metrics into it at the end (a few MB; resume with the same --data)",
-    )
-    grid.add_argument("--out", metavar="DIR", help="output folder (default runs/claim-grid-PROFILE)")
-    grid.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
-    grid.add_argument("--dry-run", action="store_true", help="print the arms' sweep files and run counts, and stop")
-    grid.set_defaults(func=_claim_grid)
-
-    levers = subparsers.add_parser(
-        "levers",
-        help="issue 23's lever ablation on ISIC 2018 (TTA, multi-layer features, last:K, size, encoder), each "
-        "against its reference over 3 seeds, then the levers validation keeps together; table in OUT/levers/",
-    )
-    levers.add_argument("--data", required=True, metavar="ISIC_FOLDER", help="ISIC 2018 Task 3, official layout")
-    levers.add_argument("--out", metavar="DIR", help="output folder (default runs/levers-isic2018)")
-    levers.add_argument("--methods", metavar="A,B,...", help="only these methods (default: the preset's)")
-    levers.add_argument("--arms", metavar="A,B", help="only these arms now (base, tta, layers, last1, ..., combined)")
-    levers.add_argument("--workers", type=int, default=1, metavar="N", help=_WORKERS_HELP)
-    levers.add_argument("--archive", metavar="FILE.tar.xz", help="carry finished runs between machines, as claim-grid")
-    levers.add_argument("--dry-run", action="store_true", help="print each arm's sweep file, runs and cache disk")
-    levers.set_defaults(func=_levers)

@@ -250,6 +250,8 @@ def run_claim_grid(
     profile: str = "pretrained",
     seeds: int | None = None,
     budget: int | None = None,
+    rhos: Sequence[float | str] | None = None,
+    batches: Sequence[int] | None = None,
     arms: Sequence[str] | None = None,
     only_seeds: Sequence[int] | None = None,
     archive: str | Path | None = None,
@@ -264,7 +266,8 @@ def run_claim_grid(
     sessions; every arm's ``sweep.yaml`` still names all seeds, and the claim is written over the
     runs finished so far). ``archive``: a ``.tar.xz`` of finished runs (:mod:`asymcl.experiments.run_archive`):
     restored into ``out`` first if it exists, and rewritten with every finished run at the end, also
-    when the grid stops early. A run that another arm already has (:func:`duplicate_runs`) is
+    when the grid stops early. ``rhos``, ``batches``: these cells instead of the grid's (its sweep files
+    name only them; a run's folder name does not depend on them). A run that another arm already has (:func:`duplicate_runs`) is
     copied from it, not trained again.
     """
     import yaml
@@ -275,7 +278,7 @@ def run_claim_grid(
     from asymcl.experiments.sweep import expand, parse_spec, run_sweep
 
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    specs = claim_specs(data, profile, seeds=seeds, budget=budget)
+    specs = claim_specs(data, profile, seeds=seeds, budget=budget, rhos=rhos, batches=batches)
     duplicates = duplicate_runs(specs)
     if arms:
         unknown = [arm for arm in arms if arm not in specs]
