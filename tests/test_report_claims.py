@@ -3,13 +3,16 @@ on constructed run directories (the layout of docs/architecture.md, Layer 3)."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import yaml
 
 from asymcl.experiments.report import build_report
 from asymcl.experiments.runs import load_runs, row_display, row_key
 from asymcl.experiments.selection import group_settings, select, setting_numbers
-from test_experiments_report import write_run
+from test_experiments_report import _confusion, _split_metrics, write_run
 
 LOSS = {"supcon": (0.0, 0.0), "cl": (0.0, 0.0), "fcl": (2.0, 0.0), "acl": (0.0, 50.0), "afcl": (2.0, 50.0)}
 
@@ -27,6 +30,18 @@ def write(root, name, method, seed, bonus, **extra):
     return run
 
 
+def set_imbalanced_test(run, metrics):
+    """Replace the run's test split cut to the training profile (``test_imbalanced``) by ``metrics``."""
+    stored = json.loads((run / "metrics.json").read_text())
+    stored["final"]["test_imbalanced"] = metrics
+    (run / "metrics.json").write_text(json.dumps(stored))
+
+
+def mirror_balanced_test(run):
+    """The imbalanced test split equal to the balanced one, so that all four claim intervals move together."""
+    set_imbalanced_test(run, json.loads((run / "metrics.json").read_text())["final"]["test"])
+
+
 def numbers_for(root):
     [setting] = group_settings(load_runs(root))
     select(setting)
@@ -42,19 +57,50 @@ VERDICTS = {"wins": "held", "loses": "did not hold", "ties": "could not be told 
 @pytest.mark.parametrize("case", list(CASES))
 def test_paper_claim_sentence(tmp_path, case):
     for seed, gain in enumerate(CASES[case]):
-        write(tmp_path, "cl", "cl", seed, 0.0)
-        write(tmp_path, "fcl", "fcl", seed, 0.0)
-        write(tmp_path, "afcl", "afcl", seed, gain)
+        for method in ("cl", "fcl", "afcl"):
+            mirror_balanced_test(write(tmp_path, method, method, seed, gain if method == "afcl" else 0.0))
     _, numbers = numbers_for(tmp_path)
     claim = numbers.paper_claim
     assert claim.verdict == VERDICTS[case], claim.sentence
     assert claim.split == "test"
     assert claim.sentence.startswith(
-        f"The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on the test (balanced) set {VERDICTS[case]}"
+        "The paper's claim (AFCL > CL and AFCL > FCL, on WA and on UA) on UA on the test (balanced) set and on "
+        f"WA on the test (imbalanced) set {VERDICTS[case]}"
     )
     for opponent in ("cl", "fcl"):
         d = numbers.comparisons[opponent].differences["test.ua"]
         assert (d.low > 0) == (case == "wins") and (d.high < 0) == (case == "loses")
+
+
+def test_the_claims_wa_is_read_on_the_imbalanced_test_split(tmp_path):
+    """On the balanced test set WA equals UA; the paper's WA claim is about imbalanced data. AFCL wins
+    on the balanced test split on both metrics but loses WA on the split cut to the training profile:
+    the claim did not hold, and the family holds the imbalanced split's WA, not the balanced one's."""
+    from asymcl.experiments.claims import family_entries
+
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        for method in ("cl", "fcl", "afcl"):
+            run = write(tmp_path, method, method, seed, 0.11 + 0.01 * seed if method == "afcl" else 0.0)
+            head = 0.8 if method == "afcl" else 0.9  # the majority class: most of the imbalanced WA
+            set_imbalanced_test(run, _split_metrics(_confusion([head, 0.6], [100, 10], rng)))
+    _, numbers = numbers_for(tmp_path)
+    claim = numbers.paper_claim
+    assert claim.verdict == "did not hold", claim.sentence
+    assert "AFCL - CL on WA -9." in claim.sentence and "AFCL - FCL on WA -9." in claim.sentence
+    assert "on WA on the test (imbalanced) set" in claim.sentence
+    entries = dict(family_entries(numbers))
+    assert entries[f"{numbers.label}: AFCL - CL WA"] is numbers.comparisons["cl"].differences["test_imbalanced.wa"]
+    assert entries[f"{numbers.label}: AFCL - CL UA"] is numbers.comparisons["cl"].differences["test.ua"]
+    assert numbers.comparisons["cl"].differences["test.wa"].mean > 0.05  # the balanced WA, left out
+
+
+def test_without_an_imbalanced_test_split_wa_is_read_on_the_main_one():
+    from asymcl.experiments.claims import claim_key
+
+    assert claim_key({"test.wa": None, "test.ua": None}, "test", "wa") == "test.wa"
+    assert claim_key({"test.wa": None, "test_imbalanced.wa": None}, "test", "wa") == "test_imbalanced.wa"
+    assert claim_key({"test.ua": None, "test_imbalanced.ua": None}, "test", "ua") == "test.ua"
 
 
 def test_paper_claim_without_cl_or_with_one_seed_is_not_tested(tmp_path):
