@@ -270,10 +270,24 @@ def test_summary_table_over_several_settings(tmp_path):
     assert row.endswith(f"**{afcl:.1f} ± {result.numbers[1].table['afcl'].scores['test.ua'].std * 100:.1f}** |")
 
 
-def test_a_committed_report_rebuilds_from_its_runs_csv_to_the_same_numbers_and_tables(tmp_path):
-    """The typed numbers (report_numbers) print and serialise as the string-keyed dicts did: the
-    report committed under docs/results, made before, comes back the same from its runs.csv."""
-    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "fmnist-lt-quick-fair"
+COMMITTED_REPORTS = sorted(
+    path.parent.name
+    for path in (Path(__file__).resolve().parents[1] / "docs" / "results").glob("*/report.json")
+    if (path.parent / "runs.csv").is_file()
+)
+
+
+def test_every_committed_report_is_checked():
+    assert {"fmnist-lt-quick-fair", "isic2018-pretrained-fair"} <= set(COMMITTED_REPORTS)
+
+
+@pytest.mark.parametrize("name", COMMITTED_REPORTS)
+def test_a_committed_report_rebuilds_from_its_runs_csv_to_the_same_numbers_and_tables(tmp_path, name):
+    """Every report committed under docs/results comes back the same from its runs.csv: the numbers
+    (report_numbers) as serialised, and every table row and claim sentence. (isic2018-pretrained-fair
+    holds probe runs at probe.c 0.003, written when that was the default: they must not come back
+    at today's default.)"""
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / name
     result = build_report(committed / "runs.csv", tmp_path, command="x", progress=lambda _: None)
     before = json.loads((committed / "report.json").read_text())
     after = json.loads(result.json.read_text())
@@ -283,4 +297,4 @@ def test_a_committed_report_rebuilds_from_its_runs_csv_to_the_same_numbers_and_t
     rows = [
         line for line in (committed / "report.md").read_text().splitlines() if line.startswith(("|", "The paper's"))
     ]
-    assert len(rows) > 20 and all(row in text for row in rows)
+    assert len(rows) > 15 and [row for row in rows if row not in text] == []

@@ -157,8 +157,10 @@ def test_report_holm_adjusts_the_family_and_runs_csv_rebuilds_it(tmp_path):
     first = build_report(tmp_path / "runs", tmp_path / "report", tsne_points=20, command="x", progress=lambda _: None)
     payload = json.loads(first.json.read_text())
     [numbers] = payload["settings"]
-    family = [numbers["comparisons"][m][f"test.{k}"] for m in numbers["comparisons"] for k in ("ua", "wa")]
-    family += [e[f"test.{k}"] for e in numbers["best_vs_baselines"] for k in ("ua", "wa")]
+    # UA on the balanced test split, WA on the one cut to the training profile (claims.claim_key)
+    keys = ("test.ua", "test_imbalanced.wa")
+    family = [numbers["comparisons"][m][k] for m in numbers["comparisons"] for k in keys]
+    family += [e[k] for e in numbers["best_vs_baselines"] for k in keys]
     assert payload["family_size"] == len(family) == 2 * (4 + 2)
     reject, adjusted = holm([d["p"] for d in family])
     assert [d["p_holm"] for d in family] == pytest.approx(adjusted)

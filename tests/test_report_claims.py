@@ -93,6 +93,13 @@ def test_the_claims_wa_is_read_on_the_imbalanced_test_split(tmp_path):
     assert entries[f"{numbers.label}: AFCL - CL WA"] is numbers.comparisons["cl"].differences["test_imbalanced.wa"]
     assert entries[f"{numbers.label}: AFCL - CL UA"] is numbers.comparisons["cl"].differences["test.ua"]
     assert numbers.comparisons["cl"].differences["test.wa"].mean > 0.05  # the balanced WA, left out
+    from asymcl.experiments.claims import adjust_family
+    from asymcl.experiments.render import comparison_table
+
+    adjust_family([numbers])
+    rows = {(row[0], row[1]): row[5] for row in comparison_table(numbers).rows}
+    assert rows[("CL", "test (balanced)")].endswith(", –")  # its UA's Holm p only
+    assert rows[("CL", "test (imbalanced)")].startswith("–, ")  # its WA's Holm p only
 
 
 def test_without_an_imbalanced_test_split_wa_is_read_on_the_main_one():

@@ -34,6 +34,7 @@ from asymcl.experiments.report_numbers import (
     RecipeComparison,
     SettingNumbers,
     TableRow,
+    split_title,
 )
 from asymcl.experiments.runs import row_display, row_method
 from asymcl.training.methods import PROPOSED, REGISTRY
@@ -135,8 +136,6 @@ def paper_claim(
     }
     entries = {key: comparisons[key[0]].differences[name] for key, name in keys.items()}
     if any(name.startswith(f"{IMBALANCED_TEST}.") for name in keys.values()):
-        from asymcl.experiments.selection import split_title
-
         head = (
             f"The paper's claim ({CLAIM_TEXT}) on UA on the {title or split} set and on WA on the "
             f"{split_title(IMBALANCED_TEST)} set"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from asymcl.experiments.report_numbers import split_title
 from asymcl.experiments.runs import METHODS, Run
 from asymcl.experiments.runs import row_display as display
-from asymcl.experiments.selection import Candidate, Setting, hashable, split_title
+from asymcl.experiments.selection import Candidate, Setting, hashable
 
 
 def _pyplot():

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from asymcl.experiments.report_numbers import Difference, SettingNumbers
+from asymcl.experiments.report_numbers import Difference, SettingNumbers, split_title
 from asymcl.experiments.runs import row_display as display
-from asymcl.experiments.selection import format_params, method_order, split_title
+from asymcl.experiments.selection import format_params, method_order
 
 
 @dataclass
@@ -182,7 +182,7 @@ def comparison_table(numbers: SettingNumbers) -> Table | None:
                     str(ua.n),
                     _difference_text(ua),
                     _difference_text(wa),
-                    f"{_holm_p(ua)}, {_holm_p(wa)}" if ua.in_family else "not in family",
+                    f"{_holm_p(ua)}, {_holm_p(wa)}" if ua.in_family or wa.in_family else "not in family",
                     verdict,
                 ]
             )

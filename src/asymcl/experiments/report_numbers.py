@@ -152,3 +152,15 @@ class SettingNumbers:
             "best_vs_baselines": [entry.to_dict() for entry in self.best_vs_baselines],
             "candidates": {row: [c.to_dict() for c in items] for row, items in self.candidates.items()},
         }
+
+
+# How the report names a split; here because both the selection and the claim sentences use it.
+_SPLIT_TITLES = {"val": "validation", "test": "test", "test_imbalanced": "test (imbalanced)"}
+
+
+def split_title(split: str, has_imbalanced_test: bool = False) -> str:
+    """With an imbalance profile, ``test`` is the full (balanced) official test set; without one
+    (e.g. ISIC) it is the official test set as it is."""
+    if split == "test" and has_imbalanced_test:
+        return "test (balanced)"
+    return _SPLIT_TITLES.get(split, split)

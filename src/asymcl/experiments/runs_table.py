@@ -10,7 +10,8 @@ beside it: one row per run and split, with
 ``settings`` is the JSON of the run's tuned keys (those in its method's search space and the loss
 keys it uses); ``per_class_*`` are JSON lists in the order of ``classes``; ``config`` is the JSON of
 the run's resolved config keys that differ from the defaults (a run's whole config is those plus
-the defaults). ``asymcl report runs.csv`` rebuilds every table, choice, interval and verdict from
+the defaults; read back, the ``settings`` keys are laid over them, so that the tuned values survive a
+later change of a default). ``asymcl report runs.csv`` rebuilds every table, choice, interval and verdict from
 this file alone (not the figures, which need the runs' predictions and histories); floats are
 written with Python's ``repr``, so the numbers round-trip exactly.
 """
@@ -136,7 +137,11 @@ def load_runs_csv(path: str | Path) -> list[Run]:
     runs = []
     for name, members in by_run.items():
         try:
-            config = fill_missing_keys(json.loads(members[0]["config"]))
+            # The tuned keys from ``settings`` over ``config``: ``config`` leaves out the values that
+            # were defaults when it was written, so a default changed since would silently stand in
+            # for them, and the tuned keys are what the selection reads (a committed report's probe
+            # runs at probe.c 0.003, the default then, came back as probe.c 1.0).
+            config = fill_missing_keys({**json.loads(members[0]["config"]), **json.loads(members[0]["settings"])})
             classes = json.loads(members[0]["classes"])
             final, counts = {}, {}
             for row in members:

@@ -29,6 +29,7 @@ from asymcl.experiments.report_numbers import (
     Score,
     SettingNumbers,
     TableRow,
+    split_title,
 )
 from asymcl.experiments.runs import LEVERS, METHOD_KEY, METHODS, TEST_SPLITS, Run, row_display, row_method
 from asymcl.experiments.stats import mean_std, paired_difference
@@ -49,17 +50,6 @@ IGNORED_KEYS = {
 IGNORED_SECTIONS = ("trainer.",)
 SETTING_KEYS = ("data.dataset", "data.imbalance", "data.classes")
 _SYMBOLS = {"loss.gamma": "γ", "loss.eta": "η", "loss.temperature": "τ"}
-_SPLIT_TITLES = {"val": "validation", "test": "test", "test_imbalanced": "test (imbalanced)"}
-
-
-def split_title(split: str, has_imbalanced_test: bool = False) -> str:
-    """With an imbalance profile, ``test`` is the full (balanced) official test set; without one
-    (e.g. ISIC) it is the official test set as it is."""
-    if split == "test" and has_imbalanced_test:
-        return "test (balanced)"
-    return _SPLIT_TITLES.get(split, split)
-
-
 # --------------------------------------------------------------------------------------------
 # Grouping and selection
 
