@@ -258,6 +258,6 @@ def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert (
-        "unknown arm 'last9' (allowed: base, tta, layers, lite0-224, last1, last2, last3" in err
+        "unknown arm 'last9' for --preset isic2018 (allowed: base, tta, layers, lite0-224, last1, last2, last3" in err
     )
     assert err.endswith(", combined)")
