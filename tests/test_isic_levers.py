@@ -8,16 +8,16 @@ import json
 import math
 
 import pytest
-import yaml
 
 from asymcl.errors import ConfigError
-from asymcl.experiments import levers, parallel, sweep
+from asymcl.experiments import levers, sweep
 from asymcl.experiments.claim_presets import LEAN_OUTPUTS
 from asymcl.experiments.levers import ARMS, BASE, COMBINED, LAST_K_REFERENCE, arm, combine, kept, lever_specs
 from asymcl.experiments.reproduce import PRESET_METHODS, preset_spec
 from asymcl.experiments.stats import PairedDifference
 from asymcl.training.config import flatten
 from data_fixtures import make_isic
+from levers_fakes import install_fake_levers
 
 
 @pytest.fixture
@@ -143,33 +143,7 @@ def _effect(config):
 
 @pytest.fixture
 def fake_ablation(monkeypatch, isic):
-    trained = []
-
-    def fake_run(config, run_dir):
-        trained.append(run_dir.parent.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-        val = 0.6 + 0.01 * config["seed"] + _effect(config)
-        final = {"val": {"ua": val, "wa": val + 0.1}, "test": {"ua": val - 0.05, "wa": val + 0.05}}
-        (run_dir / "metrics.json").write_text(json.dumps({"status": "complete", "final": final, "history": {}}))
-        return {}
-
-    extracted = []
-
-    def fake_warm(configs, progress, label):
-        # one new cache entry per arm, as an extraction leaves it (key.json, a shard, .in-use)
-        from asymcl.data.cache_admin import cache_root
-
-        entry = cache_root(None) / f"entry-{label.split()[-1]}"
-        entry.mkdir(parents=True, exist_ok=True)
-        (entry / "key.json").write_text("{}")
-        (entry / "shard-0.npz").write_bytes(b"x" * 1000)
-        (entry / ".in-use").touch()
-        extracted.append(label)
-        return 1
-
-    monkeypatch.setattr(sweep, "default_runner", lambda: fake_run)
-    monkeypatch.setattr(parallel, "warm_feature_caches", fake_warm)
+    trained, extracted = install_fake_levers(monkeypatch, _effect)
     return isic, trained, extracted
 
 
@@ -283,5 +257,7 @@ def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
     assert main(["levers", "--data", str(isic), "--arms", "tta,last9", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert "unknown arm 'last9' (allowed: base, tta, layers, lite0-224, last1, last2, last3" in err
+    assert (
+        "unknown arm 'last9' for --preset isic2018 (allowed: base, tta, layers, lite0-224, last1, last2, last3" in err
+    )
     assert err.endswith(", combined)")

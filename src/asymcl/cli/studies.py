@@ -1,6 +1,6 @@
 """``asymcl claim``, ``asymcl claim-grid`` and ``asymcl levers``: the studies that answer a question over
 many runs (issue 22: the paper's claim across imbalance ratios and batch sizes; issue 23: the levers
-that lift ISIC 2018), built on the sweeps of :mod:`asymcl.cli.experiments`."""
+that lift ISIC 2018, and the same levers on Fashion-MNIST-LT), built on the sweeps of :mod:`asymcl.cli.experiments`."""
 
 from __future__ import annotations
 
@@ -68,20 +68,23 @@ def _claim_grid(args: argparse.Namespace) -> int:
 
 def _levers(args: argparse.Namespace) -> int:
     from asymcl.experiments.levers_run import run_levers
+    from asymcl.experiments.preset_names import LEVERS_PRESETS
 
-    out = Path(args.out) if args.out else Path("runs") / "levers-isic2018"
+    out = Path(args.out) if args.out else Path("runs") / f"levers-{args.preset}"
     words = {key: getattr(args, key) for key in ("methods", "arms", "archive")}
-    command = command_line("levers", data=args.data, **words, out=out, workers=workers_option(args))
+    # --preset left out at its default, like --workers: an ISIC command is recorded as it always was
+    preset = args.preset if args.preset != LEVERS_PRESETS[0] else None
+    command = command_line("levers", preset=preset, data=args.data, **words, out=out, workers=workers_option(args))
     lists: dict[str, Any] = {"methods": name_list(args.methods), "arms": name_list(args.arms)}
     options: dict[str, Any] = {"archive": args.archive, "workers": args.workers, "dry_run": args.dry_run}
-    result = run_levers(args.data, out, **lists, **options, command=command)
+    result = run_levers(args.data, out, preset=args.preset, **lists, **options, command=command)
     if not args.dry_run:
         print(f"levers: {result['table']['levers.md']}")
     return 1 if result.get("failed") else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from asymcl.experiments.preset_names import CLAIM_PROFILES  # torch-free: names only
+    from asymcl.experiments.preset_names import CLAIM_PROFILES, LEVERS_PRESETS  # torch-free: names only
 
     claim = subparsers.add_parser(
         "claim",
@@ -146,13 +149,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     levers = subparsers.add_parser(
         "levers",
-        help="issue 23's lever ablation on ISIC 2018 (TTA, multi-layer features, last:K, size, encoder), each "
-        "against its reference over 3 seeds, then the levers validation keeps together; table in OUT/levers/",
+        help="issue 23's lever ablation on ISIC 2018 (TTA, multi-layer features, last:K, size, encoder) or "
+        "Fashion-MNIST-LT (TTA, multi-layer features, last:K), each against its reference over 3 seeds, then "
+        "the levers validation keeps together; table in OUT/levers/",
     )
-    levers.add_argument("--data", required=True, metavar="ISIC_FOLDER", help="ISIC 2018 Task 3, official layout")
-    levers.add_argument("--out", metavar="DIR", help="output folder (default runs/levers-isic2018)")
+    levers.add_argument(
+        "--preset",
+        choices=LEVERS_PRESETS,
+        default=LEVERS_PRESETS[0],
+        help="the recipe the levers start from: asymcl reproduce PRESET --profile pretrained's (default isic2018: "
+        "Lite2 + Lite0 at 260 px; fmnist-lt: Lite0, 28 px grey upsampled to 128 px, exp:100, no size or "
+        "encoder arms)",
+    )
+    levers.add_argument(
+        "--data",
+        required=True,
+        metavar="FOLDER",
+        help="isic2018: the ISIC 2018 Task 3 folder, official layout; fmnist-lt: the Fashion-MNIST folder with "
+        "the four official IDX files",
+    )
+    levers.add_argument("--out", metavar="DIR", help="output folder (default runs/levers-PRESET)")
     levers.add_argument("--methods", metavar="A,B,...", help="only these methods (default: the preset's)")
-    levers.add_argument("--arms", metavar="A,B", help="only these arms now (base, tta, layers, last1, ..., combined)")
+    levers.add_argument(
+        "--arms",
+        metavar="A,B",
+        help="only these arms now (base, tta, layers, last1, last2, last3, combined; isic2018 also lite0-224 and "
+        "the size/encoder arms: see --dry-run)",
+    )
     levers.add_argument("--workers", type=int, default=1, metavar="N", help=WORKERS_HELP)
     levers.add_argument("--archive", metavar="FILE.tar.xz", help="carry finished runs between machines, as claim-grid")
     levers.add_argument("--dry-run", action="store_true", help="print each arm's sweep file, runs and cache disk")

@@ -1,13 +1,17 @@
-"""Issue 23's lever ablation on ISIC 2018: each lever on its own against its reference, then the
-combination that validation chose (``asymcl levers``).
+"""Issue 23's lever ablation: each lever on its own against its reference, then the combination that
+validation chose (``asymcl levers --preset {isic2018,fmnist-lt}``), on ISIC 2018 and on
+Fashion-MNIST-LT ("the same levers where they apply").
 
-The base recipe is ``asymcl reproduce isic2018 --profile pretrained``'s config (frozen ImageNet
-EfficientNet-Lite2 + Lite0 at 260 px, 256-wide adapter, from the feature cache; one draw of cached
-views shared by the seeds), with its methods (:data:`asymcl.experiments.reproduce.PRESET_METHODS`),
-each at 1 validation-scored setting (its search space's default, through
-:func:`asymcl.experiments.fair.comparison_spec`) and 3 seeds (each its own lesion-grouped split).
-Every *arm* is that comparison with one lever changed, a sweep in its own folder; every method gets
-every lever (method.md section 7), so an arm differs from its reference only in the lever's keys:
+A *preset* (:data:`PRESETS`, one :class:`LeverPreset` each) is ``asymcl reproduce PRESET --profile
+pretrained``'s config, taken as it is, with its methods
+(:data:`asymcl.experiments.reproduce.PRESET_METHODS`), each at 1 validation-scored setting (its search
+space's default, through :func:`asymcl.experiments.fair.comparison_spec`) and 3 seeds (each its own
+split), and the arms that apply to it. Every *arm* is that comparison with one lever changed, a sweep
+in its own folder; every method gets every lever (method.md section 7), so an arm differs from its
+reference only in the lever's keys.
+
+``isic2018``: frozen ImageNet EfficientNet-Lite2 + Lite0 at 260 px, 256-wide adapter, from the
+feature cache; one draw of cached views shared by the seeds; lesion-grouped splits.
 
 * ``tta``: ``eval.tta_views`` 4, the same number of views as the training cache; validation and
   test are predicted as the mean softmax over the clean image and 4 views drawn like the cached
@@ -28,7 +32,22 @@ every lever (method.md section 7), so an arm differs from its reference only in 
 * the size/encoder arms (``lite0-224`` ... ``lite2-300``): ``data.image_size`` and
   ``model.backbone``, pruned before any run (:data:`PRUNED`, rule below).
 
-Selection rule, fixed here before any arm ran (:func:`kept`, :func:`combine`):
+``fmnist-lt``: frozen ImageNet EfficientNet-Lite0, the 28 px grey images upsampled to 128 px inside
+the model, 256-wide adapter, from the feature cache; exp:100 on the full pool, 200 validation images
+per class held out before the profile; each seed draws its own cached views (``data.cache_seed``
+null), so each seed extracts its own entries.
+
+* ``tta``, ``layers``: as on ISIC (the same arms). In Lite0 at 128 px block10 ends the stride-16
+  stage (112 channels, an 8 x 8 map) and block14 the 192-channel stride-32 stage (4 x 4), block15
+  being the 320-channel stage of one block before the head: 1,584 features for 1,280.
+* ``last1``, ``last2``, ``last3``: ``model.finetune=last:K`` on the preset's own Lite0 at 128 px.
+  The base is already a single network, so their reference is ``base`` itself (no reference arm).
+* no size or encoder arms. The images are 28 px grey: a larger upsampling than 128 px adds pixels,
+  not information, and Lite0 is the preset's encoder. The pruning that sized ISIC's candidates is
+  about ISIC's 45-minute target for its 260 px extraction and has nothing to decide here.
+
+Selection rule, fixed here before any arm ran, the same code for every preset (:func:`kept`,
+:func:`combine`):
 
 1. Gain of an arm = its validation UA minus its reference's, both averaged over the methods, paired
    over the seeds (each seed is one split both arms share): per seed the mean over the methods of
@@ -42,9 +61,9 @@ Selection rule, fixed here before any arm ran (:func:`kept`, :func:`combine`):
 2. A lever value is kept when the lower end of that interval is above 0.
 3. Of the kept values of one lever (the K of last:K, the size/encoder pairs) the one with the largest
    mean gain.
-4. last:K brings its own encoder (Lite0 at 224 px) and excludes ``feature_layers`` (which pools a
-   frozen network): when it is kept beside a kept encoder or layers arm, the one with the larger
-   validation gain over ``base`` (the same paired mean) is taken, the other dropped.
+4. last:K excludes ``feature_layers`` (which pools a frozen network) and on ISIC brings its own
+   encoder (Lite0 at 224 px): when it is kept beside a kept encoder or layers arm, the one with the
+   larger validation gain over ``base`` (the same paired mean) is taken, the other dropped.
 5. The combined recipe is ``base`` with the chosen arms' keys together, run as one more arm,
    ``combined`` (none kept: ``base`` itself; one: that arm, which then runs nothing new). Its TEST
    numbers are the only test numbers quoted as the recipe's result; the single arms' test numbers
@@ -53,14 +72,18 @@ Selection rule, fixed here before any arm ran (:func:`kept`, :func:`combine`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asymcl.errors import ConfigError
+from asymcl.data.idx import FASHION_MNIST_FILES, find_idx_file
+from asymcl.data.isic import find_isic_parts
+from asymcl.errors import AsymclError, ConfigError, DataError
+from asymcl.experiments.claim_presets import GRIDS as CLAIM_GRIDS
 from asymcl.experiments.claim_presets import LEAN_OUTPUTS
 from asymcl.experiments.fair import comparison_spec
+from asymcl.experiments.preset_names import LEVERS_PRESETS
 from asymcl.experiments.reproduce import PRETRAINED_DATA, preset_spec
 from asymcl.experiments.stats import PairedDifference
 
@@ -71,7 +94,7 @@ BASE = "base"
 COMBINED = "combined"
 LAYERS = ["block10", "block14", "head"]
 _ISIC = PRETRAINED_DATA["isic2018"]
-#: The base's encoder and size, as the preset has them.
+#: ISIC's base encoder and size, as the preset has them.
 BASE_ENCODER = (str(_ISIC["model.backbone"]), int(_ISIC["data.image_size"]))
 ENCODERS = {
     "lite0": "efficientnet_lite0",
@@ -80,7 +103,7 @@ ENCODERS = {
 }
 SIZES = (224, 260, 300)
 
-# Pruning of the size/encoder arms, decided before any of them ran. The issue's budget for the
+# Pruning of ISIC's size/encoder arms, decided before any of them ran. The issue's budget for the
 # recipe is 45 min on 2 cores including the one-time extraction and 15 min with the cache in place,
 # so a candidate whose extraction alone is over 45 - 15 = 30 min cannot be the recipe and is not
 # run. The extraction of the preset's images (3 seeds: 4,787 + 1,138 training images x (clean + 4
@@ -133,44 +156,142 @@ def _size_arms() -> tuple[list[Arm], dict[str, str]]:
     return sorted(arms, key=lambda a: cost[a.name]), pruned
 
 
+def _last_k(reference: str, note: str) -> list[Arm]:
+    return [Arm(f"last{k}", "finetune", reference, {"model.finetune": f"last:{k}"}, note) for k in (1, 2, 3)]
+
+
+# The levers every preset has, defined once.
+_TTA = Arm("tta", "tta", BASE, {"eval.tta_views": 4}, "val/test predicted over the clean image + 4 views")
+_LAYERS = Arm("layers", "layers", BASE, {"model.feature_layers": LAYERS}, "block10 + block14 + head, pooled")
 _SIZE_ARMS, PRUNED = _size_arms()
 LAST_K_REFERENCE = "lite0-224"
-_ONE_ENCODER = "single encoder Lite0 at 224 px: last:K refuses the + backbone"
-#: Every arm in the order they run: the base and the cheap levers on its cache first, then the
+#: ISIC's arms in the order they run: the base and the cheap levers on its cache first, then the
 #: last:K reference and K = 1..3, then the other sizes and encoders, cheapest first.
 ARMS: tuple[Arm, ...] = (
     Arm(BASE, "base", None, {}, "reproduce isic2018 --profile pretrained's encoder and size"),
-    Arm("tta", "tta", BASE, {"eval.tta_views": 4}, "val/test predicted over the clean image + 4 views"),
-    Arm("layers", "layers", BASE, {"model.feature_layers": LAYERS}, "block10 + block14 + head, pooled"),
+    _TTA,
+    _LAYERS,
     *[a for a in _SIZE_ARMS if a.name == LAST_K_REFERENCE],
-    *[Arm(f"last{k}", "finetune", LAST_K_REFERENCE, {"model.finetune": f"last:{k}"}, _ONE_ENCODER) for k in (1, 2, 3)],
+    *_last_k(LAST_K_REFERENCE, "single encoder Lite0 at 224 px: last:K refuses the + backbone"),
     *[a for a in _SIZE_ARMS if a.name != LAST_K_REFERENCE],
 )
 ARM_NAMES = tuple(arm.name for arm in ARMS)
-_BY_NAME = {arm.name: arm for arm in ARMS}
+#: Fashion-MNIST-LT's arms (no size or encoder arms: see the module docstring).
+FMNIST_ARMS: tuple[Arm, ...] = (
+    Arm(
+        BASE, "base", None, {}, "reproduce fmnist-lt --profile pretrained's recipe: Lite0, 28 px grey upsampled to 128"
+    ),
+    _TTA,
+    _LAYERS,
+    *_last_k(BASE, "the preset's Lite0 at 128 px, its last K units trained from the cached maps"),
+)
 #: Levers in the order the combination applies them (encoder first: last:K may replace it).
 LEVERS = ("encoder", "finetune", "layers", "tta")
 
 
-def arm(name: str) -> Arm:
-    if name not in _BY_NAME:
-        raise ConfigError(f"unknown arm {name!r} (allowed: {', '.join((*ARM_NAMES, COMBINED))})")
-    return _BY_NAME[name]
+def _fashion_mnist_folder(data: Path) -> None:
+    missing = []
+    for stem in (stem for pair in FASHION_MNIST_FILES.values() for stem in pair):
+        try:
+            find_idx_file(data, stem)
+        except DataError:
+            missing.append(stem)
+    if missing:
+        raise DataError(f"{', '.join(missing)} (.gz or not) {'is' if len(missing) == 1 else 'are'} not there")
 
 
-def arm_overrides(name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LeverPreset:
+    """One dataset's ablation: ``asymcl reproduce NAME --profile pretrained``'s recipe, its arms in
+    the order they run and those pruned before any run; ``title``, ``splits``: the dataset and how
+    each seed's split is drawn, in words (the table); ``folder``: what ``--data`` must be, and
+    ``check(folder)`` raises an :class:`~asymcl.errors.AsymclError` when it is not that."""
+
+    name: str
+    title: str
+    splits: str
+    folder: str
+    check: Callable[[Path], object]
+    arms: tuple[Arm, ...]
+    pruned: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.arms)
+
+    def arm(self, name: str) -> Arm:
+        for spec in self.arms:
+            if spec.name == name:
+                return spec
+        allowed = ", ".join((*self.arm_names, COMBINED))
+        raise ConfigError(f"unknown arm {name!r} for --preset {self.name} (allowed: {allowed})")
+
+
+#: The presets by name (their names, torch-free for the CLI, are LEVERS_PRESETS; the first is the default).
+PRESETS: dict[str, LeverPreset] = {
+    "isic2018": LeverPreset(
+        "isic2018",
+        "ISIC 2018",
+        "each its own lesion-grouped split",
+        CLAIM_GRIDS["isic-pretrained"]["folder"],
+        find_isic_parts,
+        ARMS,
+        PRUNED,
+    ),
+    "fmnist-lt": LeverPreset(
+        "fmnist-lt",
+        "Fashion-MNIST-LT",
+        "each its own split (exp:100, 200 validation images per class held out before the profile) and its "
+        "own draw of cached views",
+        CLAIM_GRIDS["pretrained"]["folder"],
+        _fashion_mnist_folder,
+        FMNIST_ARMS,
+    ),
+}
+DEFAULT_PRESET = LEVERS_PRESETS[0]
+
+
+def lever_preset(preset: str | LeverPreset = DEFAULT_PRESET) -> LeverPreset:
+    if isinstance(preset, LeverPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown levers preset {preset!r} (allowed: {', '.join(PRESETS)})")
+    return PRESETS[preset]
+
+
+def arm(name: str, preset: str | LeverPreset = DEFAULT_PRESET) -> Arm:
+    return lever_preset(preset).arm(name)
+
+
+def arm_overrides(name: str, preset: str | LeverPreset = DEFAULT_PRESET) -> dict[str, Any]:
     """Everything ``name`` changes from ``base``: its reference's keys, then its own."""
-    spec = arm(name)
-    return {**(arm_overrides(spec.reference) if spec.reference else {}), **spec.keys}
+    spec = arm(name, preset)
+    return {**(arm_overrides(spec.reference, preset) if spec.reference else {}), **spec.keys}
 
 
-def base_config(data: str | Path, methods: Sequence[str] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """The base recipe and its methods: ``reproduce isic2018 --profile pretrained``'s own sweep
-    (its base config, taken as it is), with outputs a 300-run ablation can keep on disk."""
-    preset = preset_spec("isic2018", data, "pretrained", methods=methods, budget=BUDGET)
+def check_folder(data: str | Path, preset: str | LeverPreset = DEFAULT_PRESET) -> Path:
+    """``data`` as a path; a one-line ConfigError naming the folder the preset reads when it is not."""
+    spec, data = lever_preset(preset), Path(data).expanduser()
+    try:
+        if not data.is_dir():
+            raise DataError("it does not exist" if not data.exists() else "it is a file")
+        spec.check(data)
+    except AsymclError as exc:
+        raise ConfigError(f"--data {data}: --preset {spec.name} reads {spec.folder}; {exc}") from None
+    return data
+
+
+def base_config(
+    data: str | Path, methods: Sequence[str] | None = None, preset: str | LeverPreset = DEFAULT_PRESET
+) -> tuple[dict[str, Any], list[str]]:
+    """The base recipe and its methods: ``reproduce PRESET --profile pretrained``'s own sweep (its
+    base config, taken as it is), with outputs a 300-run ablation can keep on disk."""
+    name = lever_preset(preset).name
+    check_folder(data, name)
+    spec = preset_spec(name, data, "pretrained", methods=methods, budget=BUDGET)
     # eval.embeddings 0 and no last.ckpt (the claim grid's choice): the table reads metrics only, and
     # 300+ runs' embeddings (1,512 test images x 2,560 features each) would be GBs; the same in every arm.
-    return {**preset["base"], **LEAN_OUTPUTS}, list(preset["settings"])
+    return {**spec["base"], **LEAN_OUTPUTS}, list(spec["settings"])
 
 
 def _spec(name: str, description: str, base: Mapping[str, Any], overrides: Mapping[str, Any], methods) -> dict:
@@ -178,15 +299,17 @@ def _spec(name: str, description: str, base: Mapping[str, Any], overrides: Mappi
     return comparison_spec(f"levers-{name}", description, {**base, **overrides}, methods, BUDGET, grid)
 
 
-def lever_specs(data: str | Path, methods: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """``{arm: sweep mapping}`` for every arm of :data:`ARMS`."""
-    base, methods = base_config(data, methods)
+def lever_specs(
+    data: str | Path, methods: Sequence[str] | None = None, preset: str | LeverPreset = DEFAULT_PRESET
+) -> dict[str, dict[str, Any]]:
+    """``{arm: sweep mapping}`` for every arm of the preset."""
+    base, methods = base_config(data, methods, preset)
     specs = {}
-    for spec in ARMS:
+    for spec in lever_preset(preset).arms:
         what = ", ".join(f"{k}={v}" for k, v in spec.keys.items()) or "the base recipe"
         against = f" against {spec.reference}" if spec.reference else ""
         specs[spec.name] = _spec(
-            spec.name, f"issue 23 lever ablation: {what}{against}", base, arm_overrides(spec.name), methods
+            spec.name, f"issue 23 lever ablation: {what}{against}", base, arm_overrides(spec.name, preset), methods
         )
     return specs
 
@@ -196,13 +319,17 @@ def kept(gain: PairedDifference | None) -> bool:
     return gain is not None and gain.n >= 2 and gain.low > 0
 
 
-def combine(gains: Mapping[str, PairedDifference], over_base: Mapping[str, PairedDifference]) -> list[str]:
+def combine(
+    gains: Mapping[str, PairedDifference],
+    over_base: Mapping[str, PairedDifference],
+    preset: str | LeverPreset = DEFAULT_PRESET,
+) -> list[str]:
     """Rules 3 and 4: the arms whose keys make the combined recipe, in :data:`LEVERS` order.
 
     ``gains``: each arm's paired validation gain against its reference; ``over_base``: against
     ``base`` (only read to settle last:K against a kept encoder or layers arm)."""
     best: dict[str, str] = {}
-    for spec in ARMS:
+    for spec in lever_preset(preset).arms:
         gain = gains.get(spec.name)
         if spec.reference is None or not kept(gain):
             continue
@@ -220,30 +347,35 @@ def combine(gains: Mapping[str, PairedDifference], over_base: Mapping[str, Paire
     return [best[lever] for lever in LEVERS if lever in best]
 
 
-def combined_overrides(chosen: Sequence[str]) -> dict[str, Any]:
+def combined_overrides(chosen: Sequence[str], preset: str | LeverPreset = DEFAULT_PRESET) -> dict[str, Any]:
     """Rule 5: ``base`` with the chosen arms' keys together."""
     merged: dict[str, Any] = {}
     for name in chosen:
-        merged.update(arm_overrides(name))
+        merged.update(arm_overrides(name, preset))
     return merged
 
 
-def same_as(overrides: Mapping[str, Any]) -> str | None:
+def same_as(overrides: Mapping[str, Any], preset: str | LeverPreset = DEFAULT_PRESET) -> str | None:
     """The arm whose config the combination is (no lever kept: base; one: that arm), else None."""
-    for spec in ARMS:
-        if arm_overrides(spec.name) == dict(overrides):
+    for spec in lever_preset(preset).arms:
+        if arm_overrides(spec.name, preset) == dict(overrides):
             return spec.name
     return None
 
 
-def combined_spec(data: str | Path, chosen: Sequence[str], methods: Sequence[str] | None = None) -> dict[str, Any]:
-    base, methods = base_config(data, methods)
+def combined_spec(
+    data: str | Path,
+    chosen: Sequence[str],
+    methods: Sequence[str] | None = None,
+    preset: str | LeverPreset = DEFAULT_PRESET,
+) -> dict[str, Any]:
+    base, methods = base_config(data, methods, preset)
     what = " + ".join(chosen) or "no lever kept"
     return _spec(
         COMBINED,
         f"issue 23: the levers kept on validation together ({what})",
         base,
-        combined_overrides(chosen),
+        combined_overrides(chosen, preset),
         methods,
     )
 
@@ -251,8 +383,9 @@ def combined_spec(data: str | Path, chosen: Sequence[str], methods: Sequence[str
 # -- the plan: what each arm's feature cache will take on disk ----------------------------------------
 
 
-def cache_shape(config) -> tuple[int, ...]:
-    """The shape of one cached output (no batch axis) of a resolved run config: a frozen network's
+def cache_shape(config, image_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of one cached output (no batch axis) of a resolved run config whose data's images
+    are ``image_shape`` (C, H, W; ``data.image_size`` where the config sets it): a frozen network's
     features (its ``feature_dim``, multi-layer taps included), or for last:K the frozen prefix's
     output map, run on the meta device (no weights read, no memory)."""
     import torch
@@ -260,28 +393,53 @@ def cache_shape(config) -> tuple[int, ...]:
     from asymcl.models import parse_finetune
     from asymcl.training.encoder import build_encoder
 
-    size = int(config.data.image_size)
+    channels, height, width = image_shape
+    if config.data.image_size is not None:
+        height = width = int(config.data.image_size)
     with torch.device("meta"):
-        encoder = build_encoder(config, 3, (size, size), load_pretrained=False)
+        encoder = build_encoder(config, int(channels), (int(height), int(width)), load_pretrained=False)
         if parse_finetune(config.model.finetune)[0] == "frozen":
             return (int(encoder.feature_dim),)
-        return tuple(encoder.frozen_input()(torch.empty(1, 3, size, size)).shape[1:])
+        return tuple(encoder.frozen_input()(torch.empty(1, channels, height, width)).shape[1:])
 
 
-def image_counts(base: Mapping[str, Any], method: str) -> tuple[int, int]:
-    """(training images, validation + test images) that the seeds' caches hold: each seed has its
-    own split, and an entry holds every image any seed asked for (found by fingerprint)."""
+def _pool(split: str) -> str:
+    # An image's id is unique within the source's pool, not across pools (Fashion-MNIST's ids are
+    # row numbers in each IDX file): the test splits come from the test pool, the others from the
+    # training pool (ISIC's ids are file names, unique anyway).
+    return "test" if split.startswith("test") else "train"
+
+
+def _images(base: Mapping[str, Any], method: str) -> tuple[int, int, tuple[int, int, int]]:
+    """:func:`image_counts`, and the (C, H, W) of the training images."""
     from asymcl.data import build_splits
     from asymcl.training.config import resolve_config
     from asymcl.training.run_data import data_spec
 
-    train: set[str] = set()
-    evaluation: set[str] = set()
+    seeds: list[tuple[set, set]] = []
     for seed in SEEDS:
-        splits = build_splits(data_spec(resolve_config({**base, "method": method, "seed": seed})))
+        config = resolve_config({**base, "method": method, "seed": seed})
+        splits = build_splits(data_spec(config))
+        train: set[tuple[str, str]] = set()
+        evaluation: set[tuple[str, str]] = set()
         for name, dataset in splits.splits.items():
-            (train if name == "train" else evaluation).update(map(str, dataset.ids))
-    return len(train), len(evaluation)
+            (train if name == "train" else evaluation).update((_pool(name), str(i)) for i in dataset.ids)
+        seeds.append((train, evaluation))
+    shape = splits.splits["train"].image_shape
+    if config.data.cache_seed is None:  # each seed its own draw: its own entries
+        return sum(len(t) for t, _ in seeds), sum(len(e) for _, e in seeds), shape
+    return len(set().union(*(t for t, _ in seeds))), len(set().union(*(e for _, e in seeds))), shape
+
+
+def image_counts(base: Mapping[str, Any], method: str) -> tuple[int, int]:
+    """(training images, validation + test images) that the seeds' caches hold. Each seed has its
+    own split; with one draw of views shared by the seeds (``data.cache_seed`` set, ISIC) an entry
+    holds every image any seed asked for (found by fingerprint), so the images are counted once;
+    with a draw per seed (``data.cache_seed`` null, Fashion-MNIST-LT) every seed has entries of its
+    own (the clean features of one seed's evaluation images are copied into the next seed's entry,
+    :func:`asymcl.data.cache_store.borrow_clean`), so each seed's images are counted."""
+    n_train, n_eval, _ = _images(base, method)
+    return n_train, n_eval
 
 
 def disk_estimates(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -292,7 +450,7 @@ def disk_estimates(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[in
 
     first = next(iter(specs.values()))
     method = next(iter(first["settings"]))
-    n_train, n_eval = image_counts(first["base"], method)
+    n_train, n_eval, image_shape = _images(first["base"], method)
     seen: set[tuple] = set()
     shapes: dict[tuple, tuple[int, ...]] = {}
     out = {}
@@ -300,7 +458,9 @@ def disk_estimates(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[in
         config = resolve_config({**raw["base"], "method": method, "seed": SEEDS[0]})
         model = config.model
         identity = (model.backbone, config.data.image_size, model.finetune, tuple(model.feature_layers or ()))
-        shape = shapes[identity] if identity in shapes else shapes.setdefault(identity, cache_shape(config))
+        if identity not in shapes:
+            shapes[identity] = cache_shape(config, image_shape)
+        shape = shapes[identity]
         entries = {
             (*identity, "train", config.data.cache_views): estimate_bytes(shape, n_train, config.data.cache_views),
             (*identity, "eval", config.eval.tta_views): estimate_bytes(shape, n_eval, config.eval.tta_views),

@@ -1,11 +1,14 @@
 """``asymcl levers``: run the lever ablation of :mod:`asymcl.experiments.levers` arm by arm, then the
-combination validation chose, then the table (:mod:`asymcl.experiments.levers_table`).
+combination validation chose, then the table (:mod:`asymcl.experiments.levers_table`), for one preset
+(``--preset``: ISIC 2018 or Fashion-MNIST-LT).
 
 Each arm is a sweep into ``OUT/<arm>`` (resumable: run the same command again). Before an arm's runs
 start, its feature caches are built on their own with every core and timed, and the cache entries
 it read or wrote are found by comparing the cache folder before and after
 (:func:`asymcl.data.cache_admin.entry_usage`): ``OUT/<arm>/levers-cost.json`` keeps the extraction
-time, the bytes extracted, the disk of the entries the arm reads and the training time.
+time, the bytes extracted, the disk of the entries the arm reads and the training time. A preset
+whose seeds draw their own cached views (Fashion-MNIST-LT) builds each seed's entries in turn
+(:func:`asymcl.experiments.parallel.warm_feature_caches` groups the runs by seed), all in that time.
 """
 
 from __future__ import annotations
@@ -24,15 +27,14 @@ import yaml
 from asymcl.atomic import atomic_write_text
 from asymcl.errors import ConfigError
 from asymcl.experiments.levers import (
-    ARM_NAMES,
-    ARMS,
     BUDGET,
     COMBINED,
-    PRUNED,
+    DEFAULT_PRESET,
     SEEDS,
-    arm,
+    LeverPreset,
     combined_spec,
     disk_estimates,
+    lever_preset,
     lever_specs,
 )
 from asymcl.experiments.levers_table import COST_FILE, read_cost, select_levers, write_table
@@ -96,7 +98,9 @@ def run_arm(
     return result
 
 
-def _dry_run(specs: Mapping[str, dict], chosen: Sequence[str], out: Path, with_combined: bool) -> dict[str, Any]:
+def _dry_run(
+    specs: Mapping[str, dict], chosen: Sequence[str], out: Path, with_combined: bool, preset: LeverPreset
+) -> dict[str, Any]:
     from asymcl.experiments.sweep import default_resolver, expand, parse_spec, resolve_points
 
     counts = {}
@@ -105,7 +109,7 @@ def _dry_run(specs: Mapping[str, dict], chosen: Sequence[str], out: Path, with_c
         counts[name] = len(resolve_points(points, expand(points), default_resolver()))  # a bad value stops here
     disk = disk_estimates({name: specs[name] for name in chosen}) if chosen else {}
     for name in chosen:
-        spec = arm(name)
+        spec = preset.arm(name)
         against = f"against {spec.reference}; " if spec.reference else ""
         total, new = disk[name]
         print(
@@ -113,7 +117,7 @@ def _dry_run(specs: Mapping[str, dict], chosen: Sequence[str], out: Path, with_c
             f"feature caches about {total / 2**20:,.0f} MB ({new / 2**20:,.0f} MB not in an earlier arm's)"
         )
         print(yaml.safe_dump(specs[name], sort_keys=False).rstrip())
-    for name, why in PRUNED.items():
+    for name, why in preset.pruned.items():
         print(f"# pruned before any run: {name} ({why}; asymcl.experiments.levers)")
     runs = sum(counts[name] for name in chosen)
     per_arm = len(SEEDS) * len(next(iter(specs.values()))["settings"]) * BUDGET
@@ -127,6 +131,7 @@ def run_levers(
     data: str | Path,
     out: str | Path,
     *,
+    preset: str = DEFAULT_PRESET,
     methods: Sequence[str] | None = None,
     arms: Sequence[str] | None = None,
     workers: int = 1,
@@ -135,7 +140,8 @@ def run_levers(
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """The ablation into ``out`` (see the module docstring). ``arms``: only these now (``combined``
+    """The ablation of ``preset`` (:data:`asymcl.experiments.levers.PRESETS`) into ``out`` (see the
+    module docstring). ``arms``: only these now (``combined``
     included: the combination, which needs every other arm finished); without, every arm and then
     the combination. The table is written over whatever is finished. ``archive``: as the claim
     grid's (:mod:`asymcl.experiments.run_archive`): finished runs (and each arm's costs) restored
@@ -144,16 +150,17 @@ def run_levers(
     from asymcl.experiments.parallel import check_workers
 
     check_workers(workers)
+    spec = lever_preset(preset)
     for name in arms or ():
         if name != COMBINED:
-            arm(name)  # a one-line error naming the allowed arms
-    specs = lever_specs(data, methods)
+            spec.arm(name)  # a one-line error naming the preset's arms
+    specs = lever_specs(data, methods, spec)
     methods = list(next(iter(specs.values()))["settings"])
-    chosen = [name for name in ARM_NAMES if not arms or name in arms]
+    chosen = [name for name in spec.arm_names if not arms or name in arms]
     with_combined = not arms or COMBINED in arms
     out = Path(out)
     if dry_run:
-        return _dry_run(specs, chosen, out, with_combined)
+        return _dry_run(specs, chosen, out, with_combined, spec)
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     if archive is not None and Path(archive).is_file():
         restored, kept = unpack_runs(archive, out)
@@ -161,8 +168,8 @@ def run_levers(
     try:
         results = {name: run_arm(name, specs[name], out, workers, progress, command) for name in chosen}
         if with_combined:
-            results[COMBINED] = run_combination(data, out, methods, bool(arms), workers, progress, command)
-        paths = write_table(out, methods)
+            results[COMBINED] = run_combination(data, out, methods, bool(arms), workers, progress, command, spec)
+        paths = write_table(out, methods, spec)
     finally:
         if archive is not None and out.is_dir():
             progress(f"[levers] {pack_runs(out, archive)} finished run(s) packed into {archive}")
@@ -178,12 +185,13 @@ def run_combination(
     workers: int,
     progress: Callable[[str], None],
     command: str | None,
+    preset: str | LeverPreset = DEFAULT_PRESET,
 ):
     """The levers the rule keeps, run together into ``out/combined`` once every arm has every seed
     (``asked``: named in ``--arms``, so an unfinished ablation is an error rather than a note)."""
-    selection = select_levers(out, methods)
+    selection = select_levers(out, methods, preset)
     if not selection.complete:
-        missing = [spec.name for spec in ARMS if set(selection.means[spec.name]) != set(SEEDS)]
+        missing = [spec.name for spec in lever_preset(preset).arms if set(selection.means[spec.name]) != set(SEEDS)]
         if asked:
             raise ConfigError(
                 f"the combination is chosen on the finished ablation; arm(s) {', '.join(missing)} have not "
@@ -195,4 +203,5 @@ def run_combination(
         progress(f"[levers] the combination is arm {selection.recipe} itself: nothing new to run")
         return None
     progress(f"[levers] the combination: {' + '.join(selection.chosen)}")
-    return run_arm(COMBINED, combined_spec(data, selection.chosen, methods), out, workers, progress, command)
+    raw = combined_spec(data, selection.chosen, methods, preset)
+    return run_arm(COMBINED, raw, out, workers, progress, command)

@@ -1,11 +1,14 @@
-"""The lever ablation's table (``asymcl levers``): each arm's validation UA, its paired gain against
+"""The lever ablation's table (``asymcl levers``), for one preset (named in its heading and in
+``levers.json``): each arm's validation UA, its paired gain against
 its reference, which levers the rule of :mod:`asymcl.experiments.levers` keeps, the test numbers
 (marked as not used for selection, except the combination's, which are the recipe's result) and
 what each arm cost (extraction time, cache disk, training time, from ``<arm>/levers-cost.json``).
 
 Written into ``OUT/levers/``: ``levers.md``, ``levers.csv`` (one row per arm), ``levers-methods.csv``
 (per arm and method, for reading only), ``levers.json`` (the gains and the selection) and
-``runs.csv`` (every run, the project's per-run record).
+``runs.csv`` (every run, the project's per-run record). Test WA is read on the test set cut to the
+training profile where the runs have one (Fashion-MNIST-LT's ``test_imbalanced``; on its balanced
+test set WA equals UA), as the claim grid reads it (:func:`asymcl.experiments.claim_grid.metric_split`).
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ from typing import Any
 import numpy as np
 
 from asymcl.atomic import atomic_write_text
+from asymcl.experiments.claim_grid import metric_split
 from asymcl.experiments.levers import (
-    ARMS,
     BASE,
     COMBINED,
+    DEFAULT_PRESET,
     SEEDS,
-    arm,
+    LeverPreset,
     combine,
     combined_overrides,
     kept,
+    lever_preset,
     same_as,
 )
 from asymcl.experiments.runs import Run, load_runs
@@ -84,24 +89,28 @@ class Selection:
     chosen: list[str]
     overrides: dict[str, Any]
     complete: bool  # every single-lever arm has every seed: the combination may run
+    preset: LeverPreset
 
     @property
     def recipe(self) -> str:
         """The arm whose test numbers are the recipe's: an existing arm or ``combined``."""
-        return same_as(self.overrides) or COMBINED
+        return same_as(self.overrides, self.preset) or COMBINED
 
 
-def select_levers(out: Path, methods: Sequence[str]) -> Selection:
-    means = {spec.name: seed_means(arm_runs(out, spec.name, methods), methods) for spec in ARMS}
+def select_levers(out: Path, methods: Sequence[str], preset: str | LeverPreset = DEFAULT_PRESET) -> Selection:
+    arms = lever_preset(preset).arms
+    means = {spec.name: seed_means(arm_runs(out, spec.name, methods), methods) for spec in arms}
     gains, over_base = {}, {}
-    for spec in ARMS:
+    for spec in arms:
         if spec.reference and means[spec.name] and means[spec.reference]:
             gains[spec.name] = paired(means[spec.name], means[spec.reference])
         if spec.name != BASE and means[spec.name] and means[BASE]:
             over_base[spec.name] = paired(means[spec.name], means[BASE])
-    complete = all(set(means[spec.name]) == set(SEEDS) for spec in ARMS)
-    chosen = combine(gains, over_base)
-    return Selection(means, gains, over_base, chosen, combined_overrides(chosen), complete)
+    complete = all(set(means[spec.name]) == set(SEEDS) for spec in arms)
+    chosen = combine(gains, over_base, preset)
+    return Selection(
+        means, gains, over_base, chosen, combined_overrides(chosen, preset), complete, lever_preset(preset)
+    )
 
 
 def read_cost(folder: Path) -> dict[str, Any]:
@@ -118,13 +127,13 @@ def _mean(values: Mapping[int, float]) -> float:
 
 def table_rows(out: Path, methods: Sequence[str], selection: Selection) -> list[dict[str, Any]]:
     """One row per arm that has finished runs (the combination last)."""
-    names = [spec.name for spec in ARMS] + ([COMBINED] if (Path(out) / COMBINED).is_dir() else [])
+    names = [spec.name for spec in selection.preset.arms] + ([COMBINED] if (Path(out) / COMBINED).is_dir() else [])
     rows = []
     for name in names:
         runs = arm_runs(out, name, methods)
         if not runs:
             continue
-        spec = arm(name) if name != COMBINED else None
+        spec = selection.preset.arm(name) if name != COMBINED else None
         val = selection.means.get(name) or seed_means(runs, methods)
         gain = selection.gains.get(name) if spec else paired(val, selection.means[BASE])
         cost = read_cost(Path(out) / name)
@@ -143,7 +152,7 @@ def table_rows(out: Path, methods: Sequence[str], selection: Selection) -> list[
                 "kept": "" if not spec or not spec.reference else ("yes" if kept(gain) else "no"),
                 "chosen": "yes" if name in selection.chosen else "",
                 "test_ua": _mean(seed_means(runs, methods, "test", "ua")),
-                "test_wa": _mean(seed_means(runs, methods, "test", "wa")),
+                "test_wa": _mean(seed_means(runs, methods, metric_split(runs, "wa"), "wa")),
                 "test_use": "the recipe's result"
                 if name == selection.recipe and selection.complete
                 else "not used for selection",
@@ -169,13 +178,14 @@ def _mb(size: float) -> str:
     return "–" if size is None or math.isnan(size) else f"{size / 2**20:,.0f} MB"
 
 
-def write_table(out: Path, methods: Sequence[str]) -> dict[str, Path]:
-    """Apply the rule to the finished runs under ``out`` and write ``out/levers/*``."""
+def write_table(out: Path, methods: Sequence[str], preset: str | LeverPreset = DEFAULT_PRESET) -> dict[str, Path]:
+    """Apply the rule to the finished runs of ``preset``'s ablation under ``out`` and write ``out/levers/*``."""
     from asymcl.experiments.runs_table import write_runs_csv
 
     out = Path(out)
-    selection = select_levers(out, methods)
+    selection = select_levers(out, methods, preset)
     rows = table_rows(out, methods, selection)
+    wa_split = _wa_split(out, [row["arm"] for row in rows], methods)
     folder = out / "levers"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{name}" for name in ("levers.md", "levers.csv", "levers-methods.csv", "levers.json")}
@@ -190,6 +200,9 @@ def write_table(out: Path, methods: Sequence[str]) -> dict[str, Path]:
         paths["levers.json"],
         json.dumps(
             {
+                "preset": selection.preset.name,
+                "dataset": selection.preset.title,
+                "test_wa_split": wa_split,
                 "methods": list(methods),
                 "seeds": list(SEEDS),
                 "complete": selection.complete,
@@ -204,7 +217,7 @@ def write_table(out: Path, methods: Sequence[str]) -> dict[str, Path]:
         ),
     )
     write_runs_csv(folder / "runs.csv", [(row["arm"], arm_runs(out, row["arm"], methods)) for row in rows], root=out)
-    atomic_write_text(paths["levers.md"], _markdown(rows, selection, methods))
+    atomic_write_text(paths["levers.md"], _markdown(rows, selection, methods, wa_split))
     return paths
 
 
@@ -218,17 +231,28 @@ def _per_method_csv(out: Path, methods: Sequence[str], names: Sequence[str]) -> 
             mine = [r for r in runs if r.method == method]
             val = seed_means(mine, [method])
             test = seed_means(mine, [method], "test", "ua")
-            wa = seed_means(mine, [method], "test", "wa")
+            wa = seed_means(mine, [method], metric_split(runs, "wa"), "wa") if mine else {}
             writer.writerow([name, method, len(val), _mean(val), _mean(test), _mean(wa)])
     return text.getvalue()
 
 
-def _markdown(rows: Sequence[dict[str, Any]], selection: Selection, methods: Sequence[str]) -> str:
+def _wa_split(out: Path, names: Sequence[str], methods: Sequence[str]) -> str | None:
+    runs = [run for name in names for run in arm_runs(out, name, methods)]
+    return metric_split(runs, "wa") if runs else None
+
+
+def _markdown(
+    rows: Sequence[dict[str, Any]], selection: Selection, methods: Sequence[str], wa_split: str | None
+) -> str:
+    preset = selection.preset
     lines = [
-        "# ISIC 2018 lever ablation (issue 23)",
+        f"# {preset.title} lever ablation (issue 23)",
+        "",
+        f"Preset {preset.name}: `asymcl reproduce {preset.name} --profile pretrained`'s recipe "
+        f"(`asymcl levers --preset {preset.name}`).",
         "",
         f"Methods: {', '.join(methods)}; 1 setting each (its space's default); seeds {', '.join(map(str, SEEDS))}, "
-        "each its own lesion-grouped split. Validation UA is averaged over the methods per seed; the gain is "
+        f"{preset.splits}. Validation UA is averaged over the methods per seed; the gain is "
         "paired over the seeds against the arm's reference (95% t interval). A lever value is kept when the "
         "interval is above 0 (asymcl.experiments.levers). Test numbers of the single arms are NOT used for "
         "selection; the combination's are the recipe's result.",
@@ -255,6 +279,11 @@ def _markdown(rows: Sequence[dict[str, Any]], selection: Selection, methods: Seq
         lines.append(
             f"Combination: {' + '.join(selection.chosen) or 'the base recipe'}; its test numbers are "
             f"those of arm `{selection.recipe}`."
+        )
+    if wa_split not in (None, "test"):
+        lines.append(
+            f"Test WA is on `{wa_split}`, the test set cut to the training profile (on the balanced test set "
+            "WA equals UA)."
         )
     lines.append(
         "Extraction: wall time of the arm's own feature-cache builds on this machine (entries an earlier arm "

@@ -15,3 +15,6 @@ PROFILES = ("quick", "full", "pretrained", "gpu")
 COMPARE_PROFILES = ("quick", "pretrained")
 #: ``asymcl claim-grid --profile`` (the first is the default).
 CLAIM_PROFILES = ("pretrained", "quick", "isic-pretrained")
+#: ``asymcl levers --preset`` (the first is the default): the reproduce presets whose pretrained
+#: recipe the lever ablation of :mod:`asymcl.experiments.levers` starts from.
+LEVERS_PRESETS = ("isic2018", "fmnist-lt")
