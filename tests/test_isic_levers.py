@@ -174,6 +174,11 @@ def test_the_ablation_keeps_the_winners_and_runs_them_together(fake_ablation, tm
     cost = json.loads((out / "tta" / "levers-cost.json").read_text())
     assert cost["extracted_bytes"] == cost["cache_bytes"] == 1002 and cost["extraction_s"] >= 0
     assert cost["training_s"] > 0
+    from asymcl.training.run_dir import cpu_info
+
+    assert len(cost["cpus"]) == 1 and cost["cpus"][0].startswith(cpu_info()["cpu"])
+    assert len(cost["load_average_at_start"]) == 3
+    assert f"Timed on: {cost['cpus'][0]}" in (out / "levers" / "levers.md").read_text()
     assert (out / "levers" / "levers.md").read_text().count("| encoder |") == 7
     assert len(_csv(out / "levers" / "runs.csv")) == (len(ARMS) + 1) * 6 * 2  # val and test rows
 

@@ -38,6 +38,8 @@ def test_two_stage_run_writes_the_run_directory(tmp_path):
         assert (out / "checkpoints" / stage / "best.ckpt").is_file()
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
+    versions = json.loads((out / "versions.json").read_text())  # the machine the run's times come from
+    assert versions["cpu"] and versions["cores"] >= 1 and isinstance(versions["cpu_bf16"], bool)
     assert on_disk["status"] == "complete" and on_disk["classes"] == ["0", "1", "2"]
     assert [e["epoch"] for e in on_disk["history"]["stage1"]] == [0, 1]
     assert on_disk["best"]["stage1"]["val_ua"] == max(e["val_ua"] for e in on_disk["history"]["stage1"])

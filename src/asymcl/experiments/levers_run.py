@@ -41,13 +41,20 @@ from asymcl.experiments.levers_table import COST_FILE, read_cost, select_levers,
 from asymcl.experiments.run_archive import pack_runs, unpack_runs
 
 
-def _record_cost(folder: Path, **measured: float) -> None:
-    """Add this invocation's measurements to ``levers-cost.json`` (a resumed arm adds up)."""
+def _record_cost(folder: Path, load_at_start: Sequence[float], **measured: float) -> None:
+    """Add this invocation's measurements to ``levers-cost.json`` (a resumed arm adds up), with the
+    machine they were taken on: a resumed arm lists every processor (``cpus``), since minutes from an
+    AVX2-only CPU (fp32 views) and one with native bf16 are not the same minutes."""
+    from asymcl.training.run_dir import cpu_info
+
     cost = read_cost(folder)
     for key, value in measured.items():
         cost[key] = cost.get(key, 0) + value if key != "cache_bytes" else value
-    cost["cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cost.setdefault("load_average_at_start", list(os.getloadavg()))
+    machine = cpu_info()
+    cost["cores"] = machine["cores"]
+    label = f"{machine['cpu']} ({machine['cores']} cores, {'bf16' if machine['cpu_bf16'] else 'no native bf16'})"
+    cost["cpus"] = [*[cpu for cpu in cost.get("cpus", []) if cpu != label], label]
+    cost.setdefault("load_average_at_start", list(load_at_start))
     atomic_write_text(folder / COST_FILE, json.dumps(cost, indent=1))
 
 
@@ -91,10 +98,11 @@ def run_arm(
     if not pending:
         progress(f"[levers {name}] all {len(configs)} runs finished")
         return None
+    load_at_start = os.getloadavg()
     measured = extract(pending, progress, f"levers {name}")
     start = time.monotonic()
     result = run_sweep(spec, folder, progress=progress, command=command, workers=workers, label=f"levers {name}")
-    _record_cost(folder, **measured, training_s=time.monotonic() - start)
+    _record_cost(folder, load_at_start, **measured, training_s=time.monotonic() - start)
     return result
 
 

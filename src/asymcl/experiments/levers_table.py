@@ -160,6 +160,7 @@ def table_rows(out: Path, methods: Sequence[str], selection: Selection) -> list[
                 "cache_bytes": cost.get("cache_bytes", NAN),
                 "extracted_bytes": cost.get("extracted_bytes", NAN),
                 "training_s": cost.get("training_s", NAN),
+                "timed_on": "; ".join(cost.get("cpus", [])),
                 "note": spec.note if spec else "the levers kept on validation, together",
             }
         )
@@ -286,7 +287,10 @@ def _markdown(
             "WA equals UA)."
         )
     lines.append(
-        "Extraction: wall time of the arm's own feature-cache builds on this machine (entries an earlier arm "
+        "Extraction: wall time of the arm's own feature-cache builds (entries an earlier arm "
         "built are reused, so it is the lever's extra cost); cache disk: the entries the arm reads."
     )
+    machines = sorted({cpu for r in rows for cpu in r["timed_on"].split("; ") if cpu})
+    if machines:
+        lines.append(f"Timed on: {' and '.join(machines)} (`levers.csv` says which arm ran where).")
     return "\n".join(lines) + "\n"

@@ -51,6 +51,26 @@ def default_run_dir(config: RunConfig) -> str:
     return f"runs/{config.method}-{config.data.dataset}-{digest}"
 
 
+def cpu_info() -> dict[str, Any]:
+    """The processor a run's timings come from: its model name, the cores this process may use, and
+    whether oneDNN computes bf16 natively (without it the feature cache's bf16 views fall back to
+    fp32, about 2x slower: timings from two machines are not comparable)."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": name or platform.processor() or platform.machine(), "cores": cores, "cpu_bf16": bf16}
+
+
 def versions_info() -> dict[str, Any]:
     import lightning
 
@@ -62,6 +82,7 @@ def versions_info() -> dict[str, Any]:
         "lightning": lightning.__version__,
         "asymcl": asymcl.__version__,
         "platform": platform.platform(),
+        **cpu_info(),
         "git_commit": None,
     }
     try:
