@@ -38,6 +38,7 @@ import numpy as np
 
 from asymcl.atomic import atomic_write_text
 from asymcl.errors import DataError
+from asymcl.experiments.report_numbers import METRIC_SPLITS
 from asymcl.experiments.runs import Run, row_display
 from asymcl.experiments.selection import Setting, metric_values, select
 from asymcl.experiments.stats import holm, min_detectable_difference, paired_difference
@@ -99,12 +100,6 @@ def cells(runs: Sequence[Run], root: Path) -> list[Cell]:
         grouped.setdefault(key, []).append(run)
     out = [Cell(key[0], key[1:], members) for key, members in grouped.items()]
     return sorted(out, key=lambda c: (c.arm, str(c.values[1]), c.rho))
-
-
-#: Per metric, the test splits in order of preference. UA on the balanced test set (where UA and
-#: WA coincide, so WA there would repeat UA); WA on the test set cut to the training profile, the
-#: imbalanced data on which the paper states its WA claim, where the runs have it.
-METRIC_SPLITS = {"ua": ("test", "test_imbalanced"), "wa": ("test_imbalanced", "test")}
 
 
 def metric_split(runs: Sequence[Run], metric: str) -> str:

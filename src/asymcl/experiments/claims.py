@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from asymcl.experiments.report_numbers import (
+    METRIC_SPLITS,
     Comparison,
     Difference,
     PaperClaim,
@@ -43,14 +44,16 @@ CLAIM_OPPONENTS = ("cl", "fcl")
 CLAIM_METRICS = ("wa", "ua")
 CLAIM_TEXT = "AFCL > CL and AFCL > FCL, on WA and on UA"
 #: Where the runs have it, WA is read on this split (the test set cut to the training profile).
-IMBALANCED_TEST = "test_imbalanced"
+IMBALANCED_TEST = METRIC_SPLITS["wa"][0]
 
 
 def claim_key(differences: Mapping[str, Difference], main: str, metric: str) -> str:
-    """The ``split.metric`` key a claim metric is judged on: WA on :data:`IMBALANCED_TEST` when
-    ``differences`` has it, everything else on the ``main`` test split."""
-    if metric == "wa" and f"{IMBALANCED_TEST}.wa" in differences:
-        return f"{IMBALANCED_TEST}.wa"
+    """The ``split.metric`` key a claim metric is judged on: the first split of
+    :data:`~asymcl.experiments.report_numbers.METRIC_SPLITS` that ``differences`` has (WA on
+    :data:`IMBALANCED_TEST`, UA on the balanced test split), else the ``main`` test split."""
+    for split in METRIC_SPLITS[metric]:
+        if f"{split}.{metric}" in differences:
+            return f"{split}.{metric}"
     return f"{main}.{metric}"
 
 

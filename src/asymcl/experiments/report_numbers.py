@@ -164,3 +164,11 @@ def split_title(split: str, has_imbalanced_test: bool = False) -> str:
     if split == "test" and has_imbalanced_test:
         return "test (balanced)"
     return _SPLIT_TITLES.get(split, split)
+
+
+#: The test split each metric is compared on, in order of preference: UA on the balanced test set,
+#: WA on the test set cut to the training profile (on a balanced test set WA equals UA; the paper's
+#: WA claim is about imbalanced data), each falling back to the other split where runs lack it.
+#: Read by the report's claim (:func:`asymcl.experiments.claims.claim_key`), the claim grid and the
+#: lever table.
+METRIC_SPLITS = {"ua": ("test", "test_imbalanced"), "wa": ("test_imbalanced", "test")}
