@@ -48,7 +48,11 @@ def _frozen(seed=0):
 
 
 def _build(dataset, frozen, tmp_path, **overrides):
-    kwargs = dict(augmentation="grey28", views=3, seed=0, cache_dir=tmp_path, precision="fp32", log=lambda m: None)
+    # engine torch: these tests count the passes through the torch module (tests/test_cache_engine.py
+    # checks that onnxruntime computes the same numbers)
+    kwargs = dict(
+        augmentation="grey28", views=3, seed=0, cache_dir=tmp_path, precision="fp32", engine="torch", log=lambda m: None
+    )
     kwargs.update(overrides)
     return build_feature_cache(dataset, frozen, **kwargs)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -79,11 +79,13 @@ def compute_outputs(
     device,
     bar,
     known_clean: Mapping[str, np.ndarray] | None = None,
+    fp32_runner: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Outputs of ``frozen`` for ``todo`` [(fingerprint, index into dataset)]: ``fingerprints``
     (n,), ``clean`` (n, *S) and ``views`` (n, V, *S), float16. ``known_clean``: fingerprint -> (*S)
     float16 clean outputs already computed (another entry's, same encoder and images): those images
-    get only their views computed. The views are computed in the same batches either way."""
+    get only their views computed. The views are computed in the same batches either way.
+    ``fp32_runner``: what runs the fp32 passes instead of torch (:mod:`asymcl.data.cache_engine`)."""
     known = known_clean or {}
     was_training = frozen.training
     frozen.eval()
@@ -93,6 +95,8 @@ def compute_outputs(
     clean_precision, view_precision = precisions
 
     def run(batch: Tensor, precision: str) -> Tensor:
+        if precision == "fp32" and fp32_runner is not None:
+            return torch.cat([fp32_runner(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)])
         return torch.cat(
             [
                 extract(frozen, batch[i : i + batch_size], precision, channels_last, device)

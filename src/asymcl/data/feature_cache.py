@@ -57,6 +57,7 @@ from asymcl.data.augment import build_augmentation
 from asymcl.data.cache_compute import compute_outputs as _compute
 from asymcl.data.cache_compute import output_shape as _output_shape
 from asymcl.data.cache_compute import render_views  # noqa: F401  (public here: asymcl.training.tta)
+from asymcl.data.cache_engine import check_engine, fp32_runner
 from asymcl.data.cache_store import (
     TEMP_PREFIX,
     check_disk_space,
@@ -205,6 +206,7 @@ def build_feature_cache(
     precision: str = "auto",
     view_precision: str | None = None,
     channels_last: bool = True,
+    engine: str = "auto",
     device: str | torch.device | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = _log_stderr,
@@ -224,7 +226,9 @@ def build_feature_cache(
     most of the work and only ever training noise, in bf16 where the device has it (about 2.4x
     faster on these CPUs, benchmarks/README.md).
     ``channels_last``: feed the batch channels-last (not part of the key: same numbers up to
-    rounding; faster on CPU, see benchmarks/README.md). ``report_reuse=False``: log the entry's
+    rounding; faster on CPU, see benchmarks/README.md). ``engine``: what runs the fp32 passes on a
+    CPU, ``auto`` | ``torch`` | ``onnxruntime`` (:mod:`asymcl.data.cache_engine`; not part of the
+    key either: the stored float16 numbers agree up to their last bit). ``report_reuse=False``: log the entry's
     location and size only when something was extracted. ``describe``: words for ``info.json``
     (encoder, dataset; what ``asymcl cache list`` shows), not part of the key.
 
@@ -234,6 +238,7 @@ def build_feature_cache(
     """
     if views < 0:
         raise DataError(f"feature cache views must be >= 0, got {views}")
+    check_engine(engine)
     if len(dataset) == 0:
         raise DataError("feature cache: the dataset is empty")
     device = (
@@ -284,6 +289,7 @@ def build_feature_cache(
         batch_size,
         (precision, view_precision),
         channels_last,
+        engine,
         device,
         progress,
         log,
@@ -318,6 +324,7 @@ class _Job(NamedTuple):
     batch_size: int
     precisions: tuple
     channels_last: bool
+    engine: str
     device: torch.device
     progress: bool | None
     log: Callable[[str], None]
@@ -387,7 +394,8 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     if not todo:
         return 0
     log, views = job.log, job.views
-    shape = _output_shape(job.frozen, job.dataset[int(todo[0][1])][0][None], job.device)
+    example = job.dataset[int(todo[0][1])][0][None]
+    shape = _output_shape(job.frozen, example, job.device)
     estimate = check_disk_space(job.directory, shape, len(todo), views)
     log(
         f"feature cache{part}: extracting {len(todo)} images x {1 + views} (clean + views) into {job.directory}, "
@@ -401,8 +409,9 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
             f"feature cache{part}: {len(known)} of these images' clean features taken from other entries of the "
             "same encoder and images; only their views are computed"
         )
-    bar = _progress(len(todo), job.progress)
     start = time.perf_counter()
+    runner = fp32_runner(job.frozen, example, job.engine, job.device, log) if "fp32" in job.precisions else None
+    bar = _progress(len(todo), job.progress)
     try:
         # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
         for offset in range(0, len(todo), SHARD_IMAGES):
@@ -419,6 +428,7 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
                 job.device,
                 bar,
                 known_clean=known,
+                fp32_runner=runner,
             )
             _write_shard(job.directory, job.key_hash, arrays["fingerprints"].tolist(), arrays["clean"], arrays["views"])
             for row, fingerprint in enumerate(arrays["fingerprints"].tolist()):
@@ -438,6 +448,8 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     rate = (len(todo) * (1 + views) - len(known)) / max(seconds, 1e-9)
     clean_p, view_p = job.precisions
     used = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
+    if runner is not None:
+        used += ", fp32 on onnxruntime"
     log(
         f"feature cache{part}: extracted {len(todo)} images x {1 + views} (clean + views) in {seconds:.1f} s "
         f"({rate:.1f} images/s, {used})"

@@ -212,6 +212,7 @@ NON_RESULT_KEYS = (
     "trainer.num_threads",
     "data.num_workers",
     "data.cache_dir",
+    "data.cache_engine",
     "trainer.save_last",
     "eval.embeddings",
 )

@@ -273,6 +273,7 @@ def build_feature_caches(
             cache_dir=config.data.cache_dir,
             precision="fp32",
             view_precision=config.data.cache_precision if train else "fp32",
+            engine=config.data.cache_engine,
             device=device,
             progress=None if config.trainer.progress_bar else False,
             report_reuse=report_reuse,
