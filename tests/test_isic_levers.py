@@ -199,7 +199,9 @@ def test_the_combination_waits_for_the_whole_ablation(fake_ablation, tmp_path):
     rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
     assert set(rows) == {"base", "tta"} and rows["tta"]["kept"] == "yes"
     assert "not finished" in (out / "levers" / "levers.md").read_text()
-    with pytest.raises(ConfigError, match=r"the combination is chosen on the finished ablation; arm\(s\) layers"):
+    with pytest.raises(
+        ConfigError, match=r"the combination is chosen on the finished ablation; arm\(s\) tta-dihedral, layers"
+    ):
         run_levers(data, out, methods=["ce"], arms=[COMBINED], progress=lambda line: None)
 
 
@@ -235,9 +237,9 @@ def test_the_dry_run_prints_every_arm_its_runs_and_disk(isic, tmp_path, capsys):
     printed = capsys.readouterr().out
     for spec in ARMS:
         assert f"# arm {spec.name} (" in printed and f"name: levers-{spec.name}\n" in printed
-    assert printed.count(": 24 runs into ") == len(ARMS) == 13
+    assert printed.count(": 24 runs into ") == len(ARMS) == 14
     assert "# pruned before any run: lite2-lite0-300 (estimated extraction 38 min" in printed
-    assert f"# 312 runs in 13 arms, then {COMBINED}: 24 runs" in printed
+    assert f"# 336 runs in 14 arms, then {COMBINED}: 24 runs" in printed
     assert "feature caches about" in printed and not out.exists()
     assert main(["levers", "--data", str(isic), "--arms", "tta,last2", "--methods", "ce,la", "--dry-run"]) == 0
     assert "# 12 runs in 2 arms; feature caches" in capsys.readouterr().out
@@ -263,6 +265,7 @@ def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert (
-        "unknown arm 'last9' for --preset isic2018 (allowed: base, tta, layers, lite0-224, last1, last2, last3" in err
+        "unknown arm 'last9' for --preset isic2018 (allowed: base, tta, tta-dihedral, layers, lite0-224, last1, last2, last3"
+        in err
     )
     assert err.endswith(", combined)")

@@ -249,7 +249,10 @@ def test_an_old_run_directory_still_loads_resumes_and_keeps_its_name(tmp_path: P
         ],
     )
     # every key, value and spelling as it was written; keys added since hold their defaults
-    added = {"eval": {**old["eval"], "embeddings": None}}
+    added = {
+        "eval": {**old["eval"], "tta_augment": "train", "embeddings": None},
+        "data": {**old["data"], "cache_engine": "auto"},
+    }
     assert config.to_dict() == {**old, **added}
     assert check_run_dir(config, run_dir) is None  # the same run: it resumes
     # The directory name is a hash of the config: the one the run was written under (asymcl 0.1.0).

@@ -13,7 +13,7 @@ from asymcl.cli import main
 from asymcl.data import build_splits
 from asymcl.errors import DataError
 from asymcl.training.config import resolve_config
-from asymcl.training.encoder import build_feature_caches, views_seed
+from asymcl.training.encoder import build_encoder, build_feature_caches, views_seed
 from asymcl.training.modules import augmentation_preset
 from asymcl.training.pipeline import RunData, data_spec, run, split_metrics
 from asymcl.training.predict import RunModel, predict
@@ -39,8 +39,11 @@ def _probabilities(text, classes):
         # data.cache_seed null: the views are seeded by the run's seed, on both sides
         ({"model.finetune": "last:1", "data.cache_views": 2, "data.cache_seed": None, "seed": 3}, 5e-3),
         ({"model.finetune": "all", "data.cache": "off", "data.cache_seed": None, "seed": 3}, 1e-5),
+        # fixed flips and turns instead of drawn views, cached and live
+        ({"model.finetune": "last:1", "data.cache_views": 2, "eval.tta_augment": "dihedral"}, 5e-3),
+        ({"model.finetune": "all", "data.cache": "off", "eval.tta_augment": "dihedral"}, 1e-5),
     ],
-    ids=["cached-last1", "live", "cached-last1-per-seed", "live-per-seed"],
+    ids=["cached-last1", "live", "cached-last1-per-seed", "live-per-seed", "cached-dihedral", "live-dihedral"],
 )
 def test_tta_in_the_run_equals_predict_tta_on_the_same_images(tmp_path, model, atol, capsys):
     root = _noisy_jpeg_folder(tmp_path / "images")
@@ -160,3 +163,40 @@ def test_per_seed_views_give_every_seed_its_own_tta_views(tmp_path):
     assert not torch.allclose(first.views.float(), second.views.float())
     torch.testing.assert_close(first.clean, second.clean)  # the clean features do not depend on the seed
     assert tta_cache({"data.cache_seed": 5}).path == tta_cache({"seed": 2, "data.cache_seed": 5}).path
+
+
+def test_dihedral_views_are_the_images_flips_and_turns_shared_by_every_seed(tmp_path):
+    """eval.tta_augment=dihedral: the cached val/test views are the image's symmetries, computed
+    once (key seed 0) for every run seed, whatever data.cache_seed says."""
+    root = _noisy_jpeg_folder(tmp_path / "images", per_class=6)
+    base = {
+        "method": "ce",
+        "data.dataset": "folder",
+        "data.root": str(root),
+        "data.image_size": 16,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.cache_seed": None,
+        "model.finetune": "last:1",
+        "data.cache_views": 2,
+        "eval.tta_views": 7,
+        "eval.tta_augment": "dihedral",
+    }
+    caches = []
+    for seed in (1, 2):
+        config = resolve_config({**base, "seed": seed})
+        data = RunData(config)
+        torch.manual_seed(0)  # the same (random) frozen weights for both seeds
+        preset = augmentation_preset(config, data.dataset_name, data.channels)
+        caches.append(build_feature_caches(config, data, preset, report_reuse=False))
+    first, second = (c["val"] for c in caches)
+    assert first.key["seed"] == second.key["seed"] == 0 and first.key["augmentation"] == "dihedral"
+    assert first.path == second.path and first.num_views == 7
+    assert caches[0]["train"].path != caches[1]["train"].path  # the training views stay per seed
+    # view 3 of an image is its half turn: the frozen part's output on the turned image
+    torch.manual_seed(0)
+    encoder = build_encoder(resolve_config({**base, "seed": 1}), 3, (16, 16))
+    split = RunData(resolve_config({**base, "seed": 1})).splits["val"]
+    image = split[0][0][None]
+    with torch.inference_mode():
+        turned = encoder.frozen_input().eval()(image.flip([2, 3]))
+    torch.testing.assert_close(first.views[0, 2].float(), turned[0], rtol=2e-3, atol=2e-3)

@@ -173,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     levers.add_argument(
         "--arms",
         metavar="A,B",
-        help="only these arms now (base, tta, layers, last1, last2, last3, combined; isic2018 also lite0-224 and "
+        help="only these arms now (base, tta, layers, last1, last2, last3, combined; isic2018 also tta-dihedral, lite0-224 and "
         "the size/encoder arms: see --dry-run)",
     )
     levers.add_argument("--workers", type=int, default=1, metavar="N", help=WORKERS_HELP)

@@ -18,14 +18,64 @@ Presets
     benchmarks/bench_cache_augment.py measured 14% less time per image with one torch thread (the
     cache's setting), 1.5x less with two threads on a loaded machine. The pretrained presets use it.
 ``none``: identity.
+
+``dihedral`` is not a training preset (``data.augment`` refuses it) but the fixed views of
+``eval.tta_augment=dihedral``: row j of the batch becomes the j-th non-identity symmetry of the square,
+in the order horizontal flip, vertical flip, half turn, transpose, quarter turn, three-quarter turn,
+anti-transpose (all 7 of a square image; the first 3, which keep the shape, of any other). No random
+draw: the same image always gives the same views.
 """
 
 from __future__ import annotations
 
 import kornia.augmentation as K
+import torch
 from torch import Tensor, nn
 
+from asymcl.errors import DataError
+
 PRESETS = ("grey28", "dermoscopy", "dermoscopy_lite", "none")
+DIHEDRAL = "dihedral"
+#: The symmetries of ``dihedral`` in view order, as (transpose first?, flip dims after); the first 3
+#: keep a non-square image's shape.
+_SYMMETRIES = (
+    (False, (3,)),  # horizontal flip
+    (False, (2,)),  # vertical flip
+    (False, (2, 3)),  # half turn
+    (True, ()),  # transpose (main diagonal)
+    (True, (3,)),  # quarter turn (clockwise)
+    (True, (2,)),  # three-quarter turn
+    (True, (2, 3)),  # anti-transpose
+)
+
+
+def dihedral_views(image_size: tuple[int, int]) -> int:
+    """How many views ``dihedral`` has for images of ``image_size`` (H, W): 7 square, else 3."""
+    return len(_SYMMETRIES) if image_size[0] == image_size[1] else 3
+
+
+class Dihedral(nn.Module):
+    """(V, C, H, W) -> the same shape, row j the j-th symmetry of ``dihedral`` (see the module docstring)."""
+
+    def __init__(self, image_size: tuple[int, int]):
+        super().__init__()
+        self.views = dihedral_views(image_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[0] > self.views:
+            shape = "a square image" if self.views == len(_SYMMETRIES) else "a non-square image (flips and half turn)"
+            raise DataError(
+                f"eval.tta_augment=dihedral has {self.views} views of {shape}; eval.tta_views asks for "
+                f"{images.shape[0]}: set it to {self.views} or fewer"
+            )
+        out = []
+        for image, (transpose, dims) in zip(images, _SYMMETRIES, strict=False):
+            view = image.transpose(-1, -2) if transpose else image
+            out.append(view.flip([d - 1 for d in dims]) if dims else view)
+        return torch.stack(out)
+
+    def extra_repr(self) -> str:
+        return f"views={self.views}"
 
 
 class _Identity(nn.Module):
@@ -38,6 +88,8 @@ def build_augmentation(preset: str, image_size: tuple[int, int], channels: int) 
     size = (int(image_size[0]), int(image_size[1]))
     if preset == "none":
         return _Identity()
+    if preset == DIHEDRAL:
+        return Dihedral(size)
     if preset == "grey28":
         ops: list[K.AugmentationBase2D] = [
             K.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.75, 1.333)),

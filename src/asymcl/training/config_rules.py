@@ -29,6 +29,7 @@ def apply_rules(config: RunConfig) -> RunConfig:
         raise ConfigError(problem)
     from asymcl.models import check_encoder_options  # torch: only once the keys themselves are right
 
+    check_tta(config)
     model = config.model
     check_encoder_options(model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained)
     if method.stages == PROBE and model.pretrained is None:
@@ -37,6 +38,20 @@ def apply_rules(config: RunConfig) -> RunConfig:
             "imagenet with an efficientnet_lite backbone) or choose another method"
         )
     return config
+
+
+def check_tta(config: RunConfig) -> None:
+    """``eval.tta_augment=dihedral`` has at most 7 views (the square's symmetries other than the
+    identity) and nothing to do without ``eval.tta_views``; non-square images are checked when their
+    size is known (:class:`asymcl.data.augment.Dihedral`)."""
+    views, what = config.eval.tta_views, config.eval.tta_augment
+    if what == "dihedral" and views == 0:
+        raise ConfigError("eval.tta_augment=dihedral needs eval.tta_views: set it to 1-7 (7: every flip and turn)")
+    if what == "dihedral" and views > 7:
+        raise ConfigError(
+            f"eval.tta_augment=dihedral has 7 views (the flips and turns of a square image); eval.tta_views is {views}: "
+            "set it to 7 or fewer"
+        )
 
 
 def resolve_levers(config: RunConfig, method: Method) -> RunConfig:

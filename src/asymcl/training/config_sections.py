@@ -219,6 +219,12 @@ class EvalConfig(Section):
         "test-time augmentation on val/test: softmax averaged over the clean image and this many "
         "views seeded like the cached views (data.cache_seed, or the run seed when null; 0: off)",
     )
+    tta_augment: str = option(
+        "train",
+        check.choice("train", "dihedral"),
+        "what the test-time views are: train (the run's training augmentation, seeded draws) or "
+        "dihedral (fixed flips and quarter turns: up to 7 views of a square image, 3 of another)",
+    )
     embeddings: int | None = option(
         None,
         check.integer(0, optional=True),

@@ -258,18 +258,21 @@ def build_feature_caches(
         "dataset": source.dataset,
         "root": source.root,
     }
+    from asymcl.training.tta import tta_preset, tta_seed
+
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
         # eval.tta_views: val/test hold views too, in float32 like the clean images, so the run's
         # test-time augmentation equals `predict --tta` on the image files (asymcl.training.tta).
         views = config.data.cache_views if train else config.eval.tta_views
+        preset = augmentation if train else tta_preset(config, data.dataset_name, data.channels)
         caches[split] = build_feature_cache(
             dataset,
             frozen,
-            augmentation=augmentation if views else "none",
+            augmentation=preset if views else "none",
             views=views,
-            seed=views_seed(config),
+            seed=views_seed(config) if train else tta_seed(config),
             cache_dir=config.data.cache_dir,
             precision="fp32",
             view_precision=config.data.cache_precision if train else "fp32",

@@ -85,23 +85,17 @@ class RunModel:
         self, images: np.ndarray, tta_views: int = 0, fingerprints: list[str] | None = None
     ) -> np.ndarray:
         """(N, C, H, W) uint8 -> (N, num_classes) class probabilities; ``tta_views`` > 0: averaged
-        over the image and that many views seeded by the run's views seed (``data.cache_seed``, or
-        the run's seed when that is null: :func:`asymcl.training.encoder.views_seed`) and each
-        image's ``fingerprints`` (asymcl.training.tta), as the run's own evaluation with ``eval.tta_views``."""
+        over the image and that many of the run's test-time views (``eval.tta_augment``), drawn with
+        its views seed (:func:`asymcl.training.tta.tta_seed`) and each image's ``fingerprints``
+        (asymcl.training.tta), as the run's own evaluation with ``eval.tta_views``."""
         batch = torch.as_tensor(images).float().div_(255.0)
         if tta_views:
             if fingerprints is None:  # they seed each image's views
                 raise ValueError("tta_views needs the images' fingerprints")
-            from asymcl.data.augment import build_augmentation
-            from asymcl.training.encoder import views_seed
-            from asymcl.training.modules import augmentation_preset
-            from asymcl.training.tta import image_tta_probabilities
+            from asymcl.training.tta import image_tta_probabilities, tta_augmentation, tta_seed
 
-            preset = augmentation_preset(self.config, self.config.data.dataset, self.channels)
-            augment = build_augmentation(preset, self.size_hw, self.channels)
-            return image_tta_probabilities(
-                self.module, batch, fingerprints, augment, tta_views, views_seed(self.config)
-            )
+            augment = tta_augmentation(self.config, self.config.data.dataset, self.channels, self.size_hw)
+            return image_tta_probabilities(self.module, batch, fingerprints, augment, tta_views, tta_seed(self.config))
         logits = self.module.classifier(self.module.encoder(batch))
         return torch.softmax(logits.float(), dim=1).numpy()
 

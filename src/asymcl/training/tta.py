@@ -14,6 +14,11 @@ same image and seed give the same views whether they come from the run's cache (
 with V views, extracted in float32 like the clean images, keyed by that seed), are rendered live
 (a run without the cache), or are rendered by ``predict --tta`` from the image file. The exported
 model stays single-view (one forward pass).
+
+``eval.tta_augment=dihedral`` replaces those drawn views by fixed ones: the image's flips and quarter
+turns (:class:`asymcl.data.augment.Dihedral`), label-preserving for images whose orientation carries no
+meaning (dermoscopy). They draw nothing, so every run seed shares one cache entry of them (its seed is
+0, :func:`tta_seed`), and ``predict --tta`` renders the same ones.
 """
 
 from __future__ import annotations
@@ -23,6 +28,31 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def tta_preset(config, dataset_name: str, channels: int) -> str:
+    """The augmentation preset of the run's test-time views: ``dihedral``, or (``eval.tta_augment``
+    ``train``) the run's own training preset."""
+    if config.eval.tta_augment == "dihedral":
+        return "dihedral"
+    from asymcl.training.modules import augmentation_preset
+
+    return augmentation_preset(config, dataset_name, channels)
+
+
+def tta_seed(config) -> int:
+    """The seed of the run's test-time views: that of its cached training views
+    (:func:`asymcl.training.encoder.views_seed`), or 0 for the fixed ``dihedral`` views."""
+    from asymcl.training.encoder import views_seed
+
+    return 0 if config.eval.tta_augment == "dihedral" else views_seed(config)
+
+
+def tta_augmentation(config, dataset_name: str, channels: int, image_hw: tuple[int, int]):
+    """The module that renders the run's test-time views at ``image_hw``."""
+    from asymcl.data.augment import build_augmentation
+
+    return build_augmentation(tta_preset(config, dataset_name, channels), image_hw, channels)
 
 
 @torch.no_grad()
@@ -40,8 +70,8 @@ def image_tta_probabilities(
 ) -> np.ndarray:
     """(N, C, H, W) images in [0, 1] -> (N, K) TTA probabilities, the views rendered here.
 
-    ``seed``: the run's views seed, :func:`asymcl.training.encoder.views_seed` (``data.cache_seed``,
-    or the run's seed when that is null), the seed its cached val/test views are drawn and keyed by."""
+    ``seed``: the run's test-time views seed, :func:`tta_seed` (``data.cache_seed``, or the run's seed
+    when that is null; 0 for dihedral views), the seed its cached val/test views are drawn and keyed by."""
     from asymcl.data.feature_cache import render_views
 
     module.eval()
@@ -74,21 +104,15 @@ def split_tta_probabilities(module, config, data, split: str) -> np.ndarray:
     the images' views rendered live (the same views: same preset, seed and fingerprints)."""
     if data.feature_caches is not None:
         return cached_tta_probabilities(module, data.feature_caches[split])
-    from asymcl.data.augment import build_augmentation
     from asymcl.data.feature_cache import image_fingerprints
-    from asymcl.training.encoder import views_seed
-    from asymcl.training.modules import augmentation_preset
 
     dataset = data.splits[split]
     images = data.cache[split][0] if split in data.cache else dataset.load_all()[0]
-    augment = build_augmentation(
-        augmentation_preset(config, data.dataset_name, data.channels), data.image_hw, data.channels
-    )
     return image_tta_probabilities(
         module,
         images.float().div(255.0),
         image_fingerprints(dataset),
-        augment,
+        tta_augmentation(config, data.dataset_name, data.channels, data.image_hw),
         config.eval.tta_views,
-        views_seed(config),
+        tta_seed(config),
     )
