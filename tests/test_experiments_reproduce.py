@@ -174,3 +174,21 @@ def test_gpu_profile_resolves_for_the_gpu_script(tmp_path):
     assert preset_spec("isic2018", isic, "gpu")["base"]["model.finetune"] == "all"
     with pytest.raises(ConfigError, match="profile gpu has presets"):
         preset_spec("fmnist-binary", fmnist, "gpu")
+
+
+@pytest.mark.parametrize("preset, other", [("fmnist-lt", "isic"), ("isic2018", "fmnist")])
+def test_the_other_datasets_folder_is_one_line_before_anything_runs(tmp_path, capsys, preset, other):
+    from asymcl.cli import main
+    from data_fixtures import make_fashion_mnist, make_isic
+
+    if other == "isic":
+        folder = tmp_path / "isic"
+        make_isic(folder)
+    else:
+        folder = make_fashion_mnist(tmp_path / "fm")
+    out = tmp_path / "out"
+    assert main(["reproduce", preset, "--data", str(folder), "--profile", "pretrained", "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    expected = "Fashion-MNIST folder" if preset.startswith("fmnist") else "ISIC 2018 folder"
+    assert err.count("\n") == 0 and f"--data {folder}: expected the {expected}" in err
+    assert "Traceback" not in err and not out.exists()

@@ -93,6 +93,18 @@ def _read_idx(path: Path, expected_ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def check_fashion_mnist_folder(root: Path) -> None:
+    """A :class:`DataError` naming every official file (``.gz`` or not) that ``root`` lacks."""
+    missing = []
+    for stem in (stem for pair in FASHION_MNIST_FILES.values() for stem in pair):
+        try:
+            find_idx_file(root, stem)
+        except DataError:
+            missing.append(stem)
+    if missing:
+        raise DataError(f"{', '.join(missing)} (.gz or not) {'is' if len(missing) == 1 else 'are'} not there")
+
+
 def find_idx_file(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():

@@ -83,7 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asymcl.data.idx import FASHION_MNIST_FILES, find_idx_file
+from asymcl.data.idx import check_fashion_mnist_folder
 from asymcl.data.isic import find_isic_parts
 from asymcl.errors import AsymclError, ConfigError, DataError
 from asymcl.experiments.claim_presets import GRIDS as CLAIM_GRIDS
@@ -203,17 +203,6 @@ FMNIST_ARMS: tuple[Arm, ...] = (
 LEVERS = ("encoder", "finetune", "layers", "tta")
 
 
-def _fashion_mnist_folder(data: Path) -> None:
-    missing = []
-    for stem in (stem for pair in FASHION_MNIST_FILES.values() for stem in pair):
-        try:
-            find_idx_file(data, stem)
-        except DataError:
-            missing.append(stem)
-    if missing:
-        raise DataError(f"{', '.join(missing)} (.gz or not) {'is' if len(missing) == 1 else 'are'} not there")
-
-
 @dataclass(frozen=True)
 class LeverPreset:
     """One dataset's ablation: ``asymcl reproduce NAME --profile pretrained``'s recipe, its arms in
@@ -258,7 +247,7 @@ PRESETS: dict[str, LeverPreset] = {
         "each its own split (exp:100, 200 validation images per class held out before the profile) and its "
         "own draw of cached views",
         CLAIM_GRIDS["pretrained"]["folder"],
-        _fashion_mnist_folder,
+        check_fashion_mnist_folder,
         FMNIST_ARMS,
     ),
 }

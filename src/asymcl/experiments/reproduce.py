@@ -29,7 +29,9 @@ from typing import Any
 
 import yaml
 
-from asymcl.errors import ConfigError
+from asymcl.data.idx import check_fashion_mnist_folder
+from asymcl.data.isic import find_isic_parts
+from asymcl.errors import ConfigError, DataError
 from asymcl.experiments.preset_names import PRESETS, PROFILES
 from asymcl.experiments.report import ReportResult, build_report
 from asymcl.experiments.sweep import SweepResult, current_command, parse_spec, run_sweep
@@ -226,13 +228,32 @@ _PRESET_OVERRIDES = {
 }
 
 
+_FMNIST_EXPECTED = (
+    "expected the Fashion-MNIST folder with the four official IDX files (train-images-idx3-ubyte.gz, ...)"
+)
+
+
+def check_data_folder(preset: str, data: str | Path) -> None:
+    """A one-line :class:`ConfigError` when ``data`` is not what ``preset`` reads (another
+    dataset's folder, a folder without the files), before any run starts rather than when the
+    first run reads it. (The sweep file is made without this: a dry run shows it for any folder.)"""
+    data = Path(data).expanduser()
+    try:
+        if preset in ("fmnist-binary", "fmnist-lt"):
+            check_fashion_mnist_folder(data)
+        elif data.is_dir():
+            find_isic_parts(data)
+    except DataError as exc:
+        expected = (
+            _FMNIST_EXPECTED if preset.startswith("fmnist") else "expected the ISIC 2018 folder (official layout)"
+        )
+        raise ConfigError(f"--data {data}: {expected}; {exc}") from None
+
+
 def _data_base(preset: str, data: Path, profile: str) -> dict[str, Any]:
     if preset in ("fmnist-binary", "fmnist-lt"):
         if not data.is_dir():
-            raise ConfigError(
-                f"--data {data}: expected the Fashion-MNIST folder with the four official IDX files "
-                "(train-images-idx3-ubyte.gz, ...)"
-            )
+            raise ConfigError(f"--data {data}: {_FMNIST_EXPECTED}")
         base: dict[str, Any] = {"data.dataset": "fashion-mnist", "data.root": str(data)}
         if preset == "fmnist-binary":
             base["data.classes"] = [0, 6]  # T-shirt/top (majority) vs Shirt: the hard pair
@@ -333,6 +354,8 @@ def reproduce(
 
     check_workers(workers)  # before anything is written
     raw = preset_spec(preset, data, profile, methods=methods, budget=budget)
+    if not dry_run:
+        check_data_folder(preset, data)
     spec = parse_spec(raw)
     out = Path(out)
     if dry_run:
