@@ -237,6 +237,18 @@ def views_seed(config) -> int:
     return config.seed if config.data.cache_seed is None else config.data.cache_seed
 
 
+def tta_views_preset(config, training_preset: str) -> str:
+    """The augmentation preset of the run's test-time views (``eval.tta_views``): the fixed
+    ``dihedral`` views (``eval.tta_augment``), or ``training_preset``, its own training augmentation."""
+    return "dihedral" if config.eval.tta_augment == "dihedral" else training_preset
+
+
+def tta_seed(config) -> int:
+    """The seed of the run's test-time views: that of its cached training views (:func:`views_seed`),
+    or 0 for the fixed ``dihedral`` views, which draw nothing (so every run seed shares their entry)."""
+    return 0 if config.eval.tta_augment == "dihedral" else views_seed(config)
+
+
 def build_feature_caches(
     config, data, augmentation: str, device: torch.device | str = "cpu", report_reuse: bool = True
 ) -> dict:
@@ -258,15 +270,13 @@ def build_feature_caches(
         "dataset": source.dataset,
         "root": source.root,
     }
-    from asymcl.training.tta import tta_preset, tta_seed
-
     caches = {}
     for split, dataset in data.splits.splits.items():
         train = split == "train"
         # eval.tta_views: val/test hold views too, in float32 like the clean images, so the run's
         # test-time augmentation equals `predict --tta` on the image files (asymcl.training.tta).
         views = config.data.cache_views if train else config.eval.tta_views
-        preset = augmentation if train else tta_preset(config, data.dataset_name, data.channels)
+        preset = augmentation if train else tta_views_preset(config, augmentation)
         caches[split] = build_feature_cache(
             dataset,
             frozen,

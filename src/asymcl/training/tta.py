@@ -29,23 +29,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# The views' seed and preset rule live beside the cache's views seed (encoder.views_seed), which the
+# cache builder there reads too; predict and the run's evaluation reach them through here.
+from asymcl.training.encoder import tta_seed, tta_views_preset  # noqa: F401  (tta_seed: public here)
+
 
 def tta_preset(config, dataset_name: str, channels: int) -> str:
     """The augmentation preset of the run's test-time views: ``dihedral``, or (``eval.tta_augment``
-    ``train``) the run's own training preset."""
-    if config.eval.tta_augment == "dihedral":
-        return "dihedral"
+    ``train``) the run's own training preset (:func:`asymcl.training.encoder.tta_views_preset`)."""
     from asymcl.training.modules import augmentation_preset
 
-    return augmentation_preset(config, dataset_name, channels)
-
-
-def tta_seed(config) -> int:
-    """The seed of the run's test-time views: that of its cached training views
-    (:func:`asymcl.training.encoder.views_seed`), or 0 for the fixed ``dihedral`` views."""
-    from asymcl.training.encoder import views_seed
-
-    return 0 if config.eval.tta_augment == "dihedral" else views_seed(config)
+    return tta_views_preset(config, augmentation_preset(config, dataset_name, channels))
 
 
 def tta_augmentation(config, dataset_name: str, channels: int, image_hw: tuple[int, int]):
