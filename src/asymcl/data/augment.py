@@ -49,9 +49,13 @@ _SYMMETRIES = (
 )
 
 
+#: The most views ``dihedral`` has (those of a square image).
+DIHEDRAL_VIEWS = len(_SYMMETRIES)
+
+
 def dihedral_views(image_size: tuple[int, int]) -> int:
     """How many views ``dihedral`` has for images of ``image_size`` (H, W): 7 square, else 3."""
-    return len(_SYMMETRIES) if image_size[0] == image_size[1] else 3
+    return DIHEDRAL_VIEWS if image_size[0] == image_size[1] else 3
 
 
 class Dihedral(nn.Module):
@@ -63,7 +67,7 @@ class Dihedral(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[0] > self.views:
-            shape = "a square image" if self.views == len(_SYMMETRIES) else "a non-square image (flips and half turn)"
+            shape = "a square image" if self.views == DIHEDRAL_VIEWS else "a non-square image (flips and half turn)"
             raise DataError(
                 f"eval.tta_augment=dihedral has {self.views} views of {shape}; eval.tta_views asks for "
                 f"{images.shape[0]}: set it to {self.views} or fewer"

@@ -44,13 +44,19 @@ def check_tta(config: RunConfig) -> None:
     """``eval.tta_augment=dihedral`` has at most 7 views (the square's symmetries other than the
     identity) and nothing to do without ``eval.tta_views``; non-square images are checked when their
     size is known (:class:`asymcl.data.augment.Dihedral`)."""
-    views, what = config.eval.tta_views, config.eval.tta_augment
-    if what == "dihedral" and views == 0:
-        raise ConfigError("eval.tta_augment=dihedral needs eval.tta_views: set it to 1-7 (7: every flip and turn)")
-    if what == "dihedral" and views > 7:
+    from asymcl.data.augment import DIHEDRAL, DIHEDRAL_VIEWS
+
+    views, most = config.eval.tta_views, DIHEDRAL_VIEWS
+    if config.eval.tta_augment != DIHEDRAL:
+        return
+    if views == 0:
         raise ConfigError(
-            f"eval.tta_augment=dihedral has 7 views (the flips and turns of a square image); eval.tta_views is {views}: "
-            "set it to 7 or fewer"
+            f"eval.tta_augment=dihedral needs eval.tta_views: set it to 1-{most} ({most}: every flip and turn)"
+        )
+    if views > most:
+        raise ConfigError(
+            f"eval.tta_augment=dihedral has {most} views (the flips and turns of a square image); eval.tta_views is {views}: "
+            f"set it to {most} or fewer"
         )
 
 

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from asymcl.data.augment import DIHEDRAL
 from asymcl.data.augment import PRESETS as AUGMENT_PRESETS
+from asymcl.data.cache_engine import ENGINES as CACHE_ENGINES
 from asymcl.data.spec import DataFields
 from asymcl.training import config_checks as check
 from asymcl.training.methods import JOINT, PROPOSED, REGISTRY, SCHEDULES, get_method
@@ -86,7 +88,7 @@ class DataConfig(Section, DataFields):
     )
     cache_engine: str = option(
         "auto",
-        check.choice("auto", "torch", "onnxruntime"),
+        check.choice(*CACHE_ENGINES),
         "what runs the cache's fp32 passes on a CPU (auto: onnxruntime where it exports the frozen part, "
         "3.8-4.5x faster than torch on AVX2 CPUs; the stored features agree to their last bit)",
     )
@@ -221,7 +223,7 @@ class EvalConfig(Section):
     )
     tta_augment: str = option(
         "train",
-        check.choice("train", "dihedral"),
+        check.choice("train", DIHEDRAL),
         "what the test-time views are: train (the run's training augmentation, seeded draws) or "
         "dihedral (fixed flips and quarter turns: up to 7 views of a square image, 3 of another)",
     )

@@ -240,13 +240,17 @@ def views_seed(config) -> int:
 def tta_views_preset(config, training_preset: str) -> str:
     """The augmentation preset of the run's test-time views (``eval.tta_views``): the fixed
     ``dihedral`` views (``eval.tta_augment``), or ``training_preset``, its own training augmentation."""
-    return "dihedral" if config.eval.tta_augment == "dihedral" else training_preset
+    from asymcl.data.augment import DIHEDRAL
+
+    return DIHEDRAL if config.eval.tta_augment == DIHEDRAL else training_preset
 
 
 def tta_seed(config) -> int:
     """The seed of the run's test-time views: that of its cached training views (:func:`views_seed`),
     or 0 for the fixed ``dihedral`` views, which draw nothing (so every run seed shares their entry)."""
-    return 0 if config.eval.tta_augment == "dihedral" else views_seed(config)
+    from asymcl.data.augment import DIHEDRAL
+
+    return 0 if config.eval.tta_augment == DIHEDRAL else views_seed(config)
 
 
 def build_feature_caches(
