@@ -32,6 +32,12 @@ def apply_rules(config: RunConfig) -> RunConfig:
     check_tta(config)
     model = config.model
     check_encoder_options(model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained)
+    if model.finetune == "frozen" and model.finetune_lr_scale != 1.0:
+        raise ConfigError(
+            f"model.finetune_lr_scale={model.finetune_lr_scale:g} scales the learning rate of backbone blocks "
+            "that train, and model.finetune=frozen trains none: set model.finetune to last:K or all, "
+            "or remove model.finetune_lr_scale"
+        )
     if method.stages == PROBE and model.pretrained is None:
         raise ConfigError(
             "method probe needs a pretrained encoder's features: set model.pretrained (e.g. "

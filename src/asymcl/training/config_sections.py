@@ -106,6 +106,12 @@ class ModelConfig(Section):
         "EfficientNet-Lite input side (null: images below 128 px -> 128, else as loaded)",
     )
     finetune: str = option("all", check.finetune, "encoder part that trains: all, frozen or last:K (last K blocks)")
+    finetune_lr_scale: float = option(
+        1.0,
+        check.number(0.0, exclusive=True),
+        "learning rate of the backbone blocks that train (model.finetune all or last:K) as a "
+        "multiple of the stage's lr; the adapter and heads keep the stage's lr",
+    )
     feature_layers: list[str] | None = option(
         None,
         check.names,

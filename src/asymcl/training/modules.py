@@ -220,13 +220,29 @@ class BaseModule(pl.LightningModule):
         self.last_val_metrics = values
 
     # -- optimisation ---------------------------------------------------------------------------
-    def _optimizer(self, params, section: OptimisationConfig):
+    def _param_groups(self, params, lr: float) -> list[dict[str, Any]]:
+        """The trainable ``params`` as optimizer groups: one at ``lr``; with ``model.finetune_lr_scale``
+        s != 1, the backbone's trained blocks in a second group at ``s * lr`` (discriminative
+        fine-tuning: pretrained blocks move slower than the new adapter and heads).
+
+        One group when s == 1, so an optimizer state written before the key existed still loads."""
         params = [p for p in params if p.requires_grad]  # frozen encoder parts never train
+        scale = float(self.config.model.finetune_lr_scale)
+        if scale == 1.0:
+            return [{"params": params, "lr": lr}]
+        backbone = {id(p) for p in self.encoder.backbone.parameters()}
+        blocks = [p for p in params if id(p) in backbone]
+        rest = [p for p in params if id(p) not in backbone]
+        groups = [{"params": rest, "lr": lr}, {"params": blocks, "lr": lr * scale}]
+        return [group for group in groups if group["params"]]
+
+    def _optimizer(self, params, section: OptimisationConfig):
+        groups = self._param_groups(params, section.lr)
         optimizer: torch.optim.Optimizer
         if section.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=section.lr, momentum=0.9, weight_decay=section.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=section.lr, momentum=0.9, weight_decay=section.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=section.lr, weight_decay=section.weight_decay)
         if section.scheduler == "none":
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=section.epochs)
