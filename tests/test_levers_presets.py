@@ -27,8 +27,10 @@ from levers_fakes import install_fake_levers
 # output (every arm's line with its disk estimate, its sweep file, the pruned arm, the total; the
 # data and out folders written DATA and OUT) and of the plan it returns (runs and disk bytes per
 # arm). A change here renames, retrains or re-plans runs of the ablation in progress.
-# tta-dihedral was added later (the tta lever's second value): its sweep file and 24 runs are pinned
-# from its own commit, and the other arms' files and 312 runs are still the old code's.
+# tta-dihedral was added later (the tta lever's second value), then the three -lr0.1 arms (the
+# finetune lever's slow-block values): each is pinned from its own commit, the runs before each
+# addition are still the old code's, and the dry run differs from the one before only by the added
+# arms' lines and the total.
 ISIC_ARM_PINS = {
     "base": "6b431dfb326492a423009aa6522ac99d2352e09443946616336ba781af57be64",
     "tta": "708934d6aab3d40d68c409f4cd6745f78f134346cbb174b3772aa353bd4f1bb3",
@@ -38,6 +40,9 @@ ISIC_ARM_PINS = {
     "last1": "658ab8d6c8b9a1f7f0687753a7acf07c6271fb56aa69f6cb152aa957151fc5dc",
     "last2": "1b275bc41ca1e487d1456fa6a090eb19905c029b7b229ca01ba6e64c2cd13f09",
     "last3": "c82dad4ecf7f99d3ba1c865cc90cf9e35fded393dd7f584aacedda6968fef368",
+    "last1-lr0.1": "aab30e20c9d221c629a8676800d4045950e5afaa154d1634af0e0a6b081bde8a",
+    "last2-lr0.1": "41b52956acc8771ec16621857d434d1ab2d0600a2be7394afb32e7fa1fc4a73e",
+    "last3-lr0.1": "1316730fc01403db1866ce05a2d8b830423c3efa53fcdd1b0060f4bcbcab7d01",
     "lite0-260": "82b2d484ac81aa34ae41abdcdbb9ae30b6f2c1316ed09c6ee1f2438bbba63ecf",
     "lite2-224": "8e5b09b85027ea5a443dd5760d326a11fe1969ed1eeb9d49b3af1ea4a4bd8dfe",
     "lite0-300": "e286dba8eb8950d4f1b0c2ffb77ffe0683f1d7548c71e61b56a93bc341e93083",
@@ -46,11 +51,13 @@ ISIC_ARM_PINS = {
     "lite2-300": "3b26caf1484dd6a87f79dcea716cb0580bde8ca67c13d2f2d01d5fa7a688f43b",
 }
 ISIC_RUN_PINS = (312, "a1b0b12925f55ffbd0a9788ed4b0d5d4bcd77283f808fa6041c0fcdf6108b9ed")  # without tta-dihedral
-ISIC_ALL_RUN_PINS = (336, "8aa68dd6f1b6f149dcfa5aa9d128191cd550d136ed688d8e0320725e5541b345")
-ISIC_DRY_RUN_PINS = (  # with tta-dihedral
-    "ec0ea7299293a22069880cab0f4c75d40265a423967f58ed206d0236311ca1ea",
-    "3b2f59797eb41a0b13d027b37b8d5b6e5bff12810b289b50b99336edc7fae09d",
+ISIC_DIHEDRAL_RUN_PINS = (336, "8aa68dd6f1b6f149dcfa5aa9d128191cd550d136ed688d8e0320725e5541b345")
+ISIC_ALL_RUN_PINS = (408, "b48562513784731efb9762b80737bd6cf89c419be3f87b6686db1f82df2115e1")
+ISIC_DRY_RUN_PINS = (  # with tta-dihedral and the -lr0.1 arms
+    "ef2cf25aade77e50a884167e900b0a4032a3576c318f9a471e3b3fdd7de7059e",
+    "7615e02c0ad1b4a225170414bf303a69b4608db4651e92ff76984d5c0929c6f4",
 )
+SLOW_ARMS = ("last1-lr0.1", "last2-lr0.1", "last3-lr0.1")
 
 
 @pytest.fixture
@@ -71,9 +78,11 @@ def test_the_isic_ablation_is_unchanged(isic):
     for name, raw in specs.items():
         assert _digest(yaml.safe_dump(raw, sort_keys=False).replace(str(isic), "DATA")) == ISIC_ARM_PINS[name], name
     names = {a: sorted(p.name for p in expand(parse_spec(copy.deepcopy(raw)))) for a, raw in specs.items()}
-    old = sorted(f"{a}/{n}" for a, runs in names.items() if a != "tta-dihedral" for n in runs)
+    old = sorted(f"{a}/{n}" for a, runs in names.items() if a not in ("tta-dihedral", *SLOW_ARMS) for n in runs)
+    dihedral = sorted(f"{a}/{n}" for a, runs in names.items() if a not in SLOW_ARMS for n in runs)
     every = sorted(f"{a}/{n}" for a, runs in names.items() for n in runs)
     assert (len(old), _digest("\n".join(old))) == ISIC_RUN_PINS
+    assert (len(dihedral), _digest("\n".join(dihedral))) == ISIC_DIHEDRAL_RUN_PINS
     assert (len(every), _digest("\n".join(every))) == ISIC_ALL_RUN_PINS
 
 
@@ -109,6 +118,7 @@ def fmnist(tmp_path, monkeypatch):
 
 
 FMNIST = "fmnist-lt"
+FMNIST_ARMS = ("base", "tta", "layers", "last1", "last2", "last3", "last1-lr0.1", "last2-lr0.1", "last3-lr0.1")
 
 
 def _configs(raw):
@@ -118,7 +128,7 @@ def _configs(raw):
 
 def test_the_fmnist_arms_change_only_their_lever_keys_and_every_method_has_the_same_budget(fmnist):
     specs = lever_specs(fmnist, preset=FMNIST)
-    assert list(specs) == ["base", "tta", "layers", "last1", "last2", "last3"]  # no size or encoder arms
+    assert list(specs) == list(FMNIST_ARMS)  # no size or encoder arms
     assert not levers.PRESETS[FMNIST].pruned
     preset = preset_spec(FMNIST, fmnist, "pretrained", budget=1)
     assert specs[BASE]["base"] == {**preset["base"], **LEAN_OUTPUTS}  # reproduce's recipe, as it is
@@ -139,6 +149,7 @@ def test_the_fmnist_arms_change_only_their_lever_keys_and_every_method_has_the_s
             changed = {key for key in config if config[key] != theirs[run].get(key)}
             assert changed == set(spec.keys), (spec.name, run)
     assert arm("last2", FMNIST).keys == {"model.finetune": "last:2"}
+    assert arm("last2-lr0.1", FMNIST).keys == {"model.finetune": "last:2", "model.finetune_lr_scale": 0.1}
 
 
 def test_the_fmnist_layer_taps_are_lite0_stage_ends_at_128_px(fmnist):
@@ -183,7 +194,7 @@ def test_the_fmnist_disk_estimate_counts_each_seeds_entries(fmnist):
 
 
 # What the fake runner gives each fmnist lever on validation, per seed: tta and last2 win on every
-# seed, the multi-layer features lose, last1 and last3 move both ways.
+# seed, the multi-layer features lose, last1, last3 and the slow-block arms move both ways.
 FM_WINS = {"tta": (0.02, 0.022, 0.024), "last:2": (0.03, 0.031, 0.032), "layers": (-0.01, -0.012, -0.014)}
 NOISE = (0.01, -0.01, 0.004)
 
@@ -195,7 +206,7 @@ def _fm_effect(config):
         effect += FM_WINS["tta"][seed]
     if model["feature_layers"]:
         effect += FM_WINS["layers"][seed]
-    if model["finetune"] == "last:2":
+    if model["finetune"] == "last:2" and model["finetune_lr_scale"] == 1.0:
         effect += FM_WINS["last:2"][seed]
     elif model["finetune"] != "frozen":
         effect += NOISE[seed]
@@ -209,8 +220,8 @@ def test_a_whole_fmnist_ablation_keeps_the_winners_and_runs_them_together(fmnist
     out = tmp_path / "levers"
     result = run_levers(fmnist, out, preset=FMNIST, methods=["ce", "afcl"], progress=lambda line: None)
     assert result["failed"] == 0
-    assert len(trained) == (6 + 1) * 2 * 3 and trained[-6:] == [COMBINED] * 6
-    assert extracted == [f"levers {name}" for name in ("base", "tta", "layers", "last1", "last2", "last3", COMBINED)]
+    assert len(trained) == (9 + 1) * 2 * 3 and trained[-6:] == [COMBINED] * 6
+    assert extracted == [f"levers {name}" for name in (*FMNIST_ARMS, COMBINED)]
     chosen = json.loads((out / "levers" / "levers.json").read_text())
     assert chosen["preset"] == FMNIST and chosen["dataset"] == "Fashion-MNIST-LT"
     assert chosen["chosen"] == ["last2", "tta"] and chosen["recipe_arm"] == COMBINED
@@ -219,7 +230,7 @@ def test_a_whole_fmnist_ablation_keeps_the_winners_and_runs_them_together(fmnist
     sweep_file = yaml.safe_load((out / COMBINED / "sweep.yaml").read_text())
     assert sweep_file["base"]["data.imbalance"] == "exp:100" and sweep_file["base"]["model.finetune"] == "last:2"
     rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
-    assert [rows[n]["kept"] for n in ("tta", "layers", "last1", "last2", "last3")] == ["yes", "no", "no", "yes", "no"]
+    assert [rows[n]["kept"] for n in FMNIST_ARMS[1:]] == ["yes", "no", "no", "yes", "no", "no", "no", "no"]
     assert rows["last2"]["reference"] == BASE and float(rows["last2"]["gain"]) == pytest.approx(0.031)
     assert float(rows[COMBINED]["val_ua"]) == pytest.approx(0.61 + 0.022 + 0.031)
     assert float(rows[COMBINED]["test_wa"]) == pytest.approx(0.61 + 0.022 + 0.031 + 0.2)  # on test_imbalanced
@@ -246,12 +257,12 @@ def test_the_fmnist_dry_run_prints_every_arm_its_runs_and_disk(fmnist, tmp_path,
     out = tmp_path / "l"
     assert main(["levers", "--preset", FMNIST, "--data", str(fmnist), "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    for name in ("base", "tta", "layers", "last1", "last2", "last3"):
+    for name in FMNIST_ARMS:
         line = next(line for line in printed.splitlines() if line.startswith(f"# arm {name} ("))
         assert f": 24 runs into {out / name}; feature caches about " in line and " MB (" in line
         assert f"name: levers-{name}\n" in printed
     assert "last1 (finetune; against base;" in printed and "pruned" not in printed
-    assert f"# 144 runs in 6 arms, then {COMBINED}: 24 runs" in printed and "feature caches about" in printed
+    assert f"# 216 runs in 9 arms, then {COMBINED}: 24 runs" in printed and "feature caches about" in printed
     assert not out.exists() and not (tmp_path / "cache").exists()  # a dry run writes nothing
 
 
@@ -285,6 +296,7 @@ def test_an_arm_the_preset_does_not_have_is_one_line_listing_its_arms(fmnist, ca
     assert main(["levers", "--preset", FMNIST, "--data", str(fmnist), "--arms", "lite2-260", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(
-        "unknown arm 'lite2-260' for --preset fmnist-lt (allowed: base, tta, layers, last1, last2, last3, combined)"
+        "unknown arm 'lite2-260' for --preset fmnist-lt (allowed: base, tta, layers, last1, last2, last3, "
+        "last1-lr0.1, last2-lr0.1, last3-lr0.1, combined)"
     )
     assert err.count("\n") == 0

@@ -34,6 +34,9 @@ feature cache; one draw of cached views shared by the seeds; lesion-grouped spli
   for K = 1 against 253 KB at 260 px), each step has 1.35x fewer pixels than at 260, and a step of
   K = 1..3 took 0.17-0.5 s per 128 rows there on the nearly idle machine; 224 px is also the shared
   copy's own file size.
+* ``last1-lr0.1`` ... ``last3-lr0.1``: the same, the blocks at ``model.finetune_lr_scale`` 0.1 x the
+  recipe's lr (added when ``last1``'s first runs lost 1-4 validation points for CE and LA: a
+  pretrained block stepping as fast as a new head overfits). The same lever as ``last1`` ... ``last3``.
 * the size/encoder arms (``lite0-224`` ... ``lite2-300``): ``data.image_size`` and
   ``model.backbone``, pruned before any run (:data:`PRUNED`, rule below).
 
@@ -48,6 +51,7 @@ null), so each seed extracts its own entries.
   being the 320-channel stage of one block before the head: 1,584 features for 1,280.
 * ``last1``, ``last2``, ``last3``: ``model.finetune=last:K`` on the preset's own Lite0 at 128 px.
   The base is already a single network, so their reference is ``base`` itself (no reference arm).
+* ``last1-lr0.1`` ... ``last3-lr0.1``: as on ISIC, against ``base``.
 * no size or encoder arms. The images are 28 px grey: a larger upsampling than 128 px adds pixels,
   not information, and Lite0 is the preset's encoder. The pruning that sized ISIC's candidates is
   about ISIC's 45-minute target for its 260 px extraction and has nothing to decide here.
@@ -166,6 +170,16 @@ def _last_k(reference: str, note: str) -> list[Arm]:
     return [Arm(f"last{k}", "finetune", reference, {"model.finetune": f"last:{k}"}, note) for k in (1, 2, 3)]
 
 
+#: The trained blocks' learning rate in the ``-lr`` arms, as a multiple of the recipe's.
+SLOW_BLOCKS_LR_SCALE = 0.1
+
+
+def _last_k_slow(reference: str, note: str) -> list[Arm]:
+    keys, scale = {"model.finetune_lr_scale": SLOW_BLOCKS_LR_SCALE}, f"{SLOW_BLOCKS_LR_SCALE:g}"
+    note = f"{note}; the blocks at {scale} x the recipe's lr"
+    return [Arm(f"{a.name}-lr{scale}", a.lever, reference, {**a.keys, **keys}, note) for a in _last_k(reference, "")]
+
+
 # The levers every preset has, defined once.
 _TTA = Arm("tta", "tta", BASE, {"eval.tta_views": 4}, "val/test predicted over the clean image + 4 views")
 _TTA_DIHEDRAL = Arm(
@@ -187,6 +201,7 @@ ARMS: tuple[Arm, ...] = (
     _LAYERS,
     *[a for a in _SIZE_ARMS if a.name == LAST_K_REFERENCE],
     *_last_k(LAST_K_REFERENCE, "single encoder Lite0 at 224 px: last:K refuses the + backbone"),
+    *_last_k_slow(LAST_K_REFERENCE, "single encoder Lite0 at 224 px"),
     *[a for a in _SIZE_ARMS if a.name != LAST_K_REFERENCE],
 )
 ARM_NAMES = tuple(arm.name for arm in ARMS)
@@ -198,6 +213,7 @@ FMNIST_ARMS: tuple[Arm, ...] = (
     _TTA,
     _LAYERS,
     *_last_k(BASE, "the preset's Lite0 at 128 px, its last K units trained from the cached maps"),
+    *_last_k_slow(BASE, "the preset's Lite0 at 128 px"),
 )
 #: Levers in the order the combination applies them (encoder first: last:K may replace it).
 LEVERS = ("encoder", "finetune", "layers", "tta")
