@@ -266,7 +266,6 @@ def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
     assert err.count("\n") == 0
     assert (
         "unknown arm 'last9' for --preset isic2018 (allowed: base, tta, tta-dihedral, layers, lite0-224, last1, last2, last3, "
-        "last1-lr0.1, last2-lr0.1, last3-lr0.1"
-        in err
+        "last1-lr0.1, last2-lr0.1, last3-lr0.1" in err
     )
     assert err.endswith(", combined)")
