@@ -28,11 +28,12 @@ def apply_rules(config: RunConfig) -> RunConfig:
     if problem is not None:
         raise ConfigError(problem)
     from asymcl.models import check_encoder_options  # torch: only once the keys themselves are right
+    from asymcl.models.finetune import parse_finetune
 
     check_tta(config)
     model = config.model
     check_encoder_options(model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained)
-    if model.finetune == "frozen" and model.finetune_lr_scale != 1.0:
+    if parse_finetune(model.finetune)[0] == "frozen" and model.finetune_lr_scale != 1.0:
         raise ConfigError(
             f"model.finetune_lr_scale={model.finetune_lr_scale:g} scales the learning rate of backbone blocks "
             "that train, and model.finetune=frozen trains none: set model.finetune to last:K or all, "
