@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import yaml
 
+from asymcl.data.cache_store import record_extraction
 from asymcl.experiments import parallel, sweep
 
 
@@ -38,6 +40,18 @@ def install_fake_levers(monkeypatch, effect: Callable[[dict], float]) -> tuple[l
         (entry / "key.json").write_text("{}")
         (entry / "shard-0.npz").write_bytes(b"x" * 1000)
         (entry / ".in-use").touch()
+        progress(f"feature cache: extracted into {entry}")
+        # as a real extraction records what computed it (asymcl.data.feature_cache)
+        record_extraction(
+            entry,
+            {
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "images": 1,
+                "precision": "fp32",
+                "engine": "onnxruntime",
+                "device": "cpu",
+            },
+        )
         extracted.append(label)
         return 1
 

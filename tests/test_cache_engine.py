@@ -92,6 +92,24 @@ def test_a_cache_either_engine_wrote_is_the_same_entry_with_the_same_float16_num
         assert float((a == b).float().mean()) > 0.9
 
 
+def test_each_extraction_records_its_engine_and_precision_in_the_entry(tmp_path):
+    """What computed an entry's features is kept beside it (``extractions.json``), for the cost
+    tables: one record per extraction, none for a build that found everything."""
+    from asymcl.data.cache_store import read_extractions
+
+    dataset, frozen = _dataset(6), _frozen_part("efficientnet_lite0", 32)
+    by_ort = _build(dataset, frozen, tmp_path, "onnxruntime", log=lambda line: None)
+    by_torch = _build(dataset, frozen, tmp_path / "torch", "torch", log=lambda line: None)
+    _build(dataset, frozen, tmp_path, "onnxruntime", log=lambda line: None)  # all cached: no record
+    (ort,) = read_extractions(by_ort.path)
+    (plain,) = read_extractions(by_torch.path)
+    assert (ort["engine"], plain["engine"]) == ("onnxruntime", "torch")
+    for record in (ort, plain):
+        assert record["precision"] == "fp32" and record["device"] == "cpu"
+        assert record["images"] == record["of"] == 6 and record["outputs_per_image"] == 3
+        assert record["seconds"] > 0 and record["finished"].endswith("+00:00")
+
+
 class _NoOnnx(torch.nn.Module):
     """A frozen part with an operator the ONNX exporter does not have."""
 

@@ -326,6 +326,12 @@ def test_an_interrupted_build_keeps_its_finished_shards(tmp_path, monkeypatch):
     cache = _build(dataset, frozen, tmp_path)
     assert done == 8 * 4 and frozen.images == done + 2 * 4  # only the last 2 images are new
     assert len(list(cache.path.glob("shard-*.npz"))) == 3
+    # what each attempt extracted and cost is on record, the interrupted one included
+    from asymcl.data.cache_store import read_extractions
+
+    first, second = read_extractions(cache.path)
+    assert (first["images"], first["of"], second["images"], second["of"]) == (8, 10, 2, 2)
+    assert first["engine"] == second["engine"] == "torch" and first["seconds"] > 0
 
 
 def test_bad_arguments_are_one_clear_error(tmp_path):

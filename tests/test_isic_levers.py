@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 
 import pytest
 
@@ -170,15 +171,19 @@ def test_the_ablation_keeps_the_winners_and_runs_them_together(fake_ablation, tm
     assert rows[COMBINED]["test_use"] == "the recipe's result"
     assert {rows[name]["test_use"] for name in rows if name != COMBINED} == {"not used for selection"}
     assert float(rows[COMBINED]["val_ua"]) == pytest.approx(0.61 + 0.021 + 0.032)
-    # each arm measured its own extraction: one new entry of 1,000 bytes (+ key.json)
+    # each arm measured its own extraction: one new entry (a shard of 1,000 bytes, key.json, its record)
     cost = json.loads((out / "tta" / "levers-cost.json").read_text())
-    assert cost["extracted_bytes"] == cost["cache_bytes"] == 1002 and cost["extraction_s"] >= 0
+    entry = tmp_path / "cache" / "features" / "entry-tta"
+    on_disk = sum(path.stat().st_size for path in entry.iterdir() if path.is_file())
+    assert cost["extracted_bytes"] == cost["cache_bytes"] == on_disk > 1000 and cost["extraction_s"] >= 0
+    assert cost["extraction_engines"] == ["fp32 on onnxruntime (cpu)"]
     assert cost["training_s"] > 0
     from asymcl.training.run_dir import cpu_info
 
     assert len(cost["cpus"]) == 1 and cost["cpus"][0].startswith(cpu_info()["cpu"])
     assert len(cost["load_average_at_start"]) == 3
     assert f"Timed on: {cost['cpus'][0]}" in (out / "levers" / "levers.md").read_text()
+    assert "Extracted with: fp32 on onnxruntime (cpu)" in (out / "levers" / "levers.md").read_text()
     assert (out / "levers" / "levers.md").read_text().count("| encoder |") == 7
     assert len(_csv(out / "levers" / "runs.csv")) == (len(ARMS) + 1) * 6 * 2  # val and test rows
 
@@ -187,6 +192,38 @@ def test_the_ablation_keeps_the_winners_and_runs_them_together(fake_ablation, tm
     trained.clear()
     run_levers(data, out, methods=["ce", "afcl"], progress=lambda line: None)
     assert trained == [] and (out / "levers" / "levers.csv").read_text() == before
+
+
+def test_an_arm_stopped_before_its_end_keeps_what_it_cost_and_a_resume_adds_up(fake_ablation, tmp_path, monkeypatch):
+    """The cost file is written as the arm goes (at every progress line), not only when it ends: a
+    session that ends mid-arm loses none of the extraction and at most one run's training time."""
+    from asymcl.experiments.levers_run import run_levers
+
+    data, trained, _ = fake_ablation
+    out = tmp_path / "levers"
+    fake_run = sweep.default_runner()
+
+    def slow_then_stopped(config, run_dir):
+        if len(trained) == 2:
+            raise KeyboardInterrupt  # the third run: the session ends
+        time.sleep(0.2)
+        return fake_run(config, run_dir)
+
+    monkeypatch.setattr(sweep, "default_runner", lambda: slow_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_levers(data, out, methods=["ce"], arms=["tta"], progress=lambda line: None)
+    stopped = json.loads((out / "tta" / "levers-cost.json").read_text())
+    assert len(trained) == 2 and stopped["training_s"] >= 0.4 and stopped["extracted_bytes"] > 1000
+    assert stopped["extraction_engines"] == ["fp32 on onnxruntime (cpu)"]
+
+    monkeypatch.setattr(sweep, "default_runner", lambda: fake_run)
+    run_levers(data, out, methods=["ce"], arms=["tta"], progress=lambda line: None)
+    resumed = json.loads((out / "tta" / "levers-cost.json").read_text())
+    assert len(trained) == 3  # only the third run was left
+    assert resumed["training_s"] > stopped["training_s"]  # the two invocations add up
+    # the resume extracted nothing new (the fake writes one entry per arm, already there)
+    assert resumed["extracted_bytes"] >= stopped["extracted_bytes"]
+    assert resumed["extraction_engines"] == ["fp32 on onnxruntime (cpu)"] and len(resumed["cpus"]) == 1
 
 
 def test_the_combination_waits_for_the_whole_ablation(fake_ablation, tmp_path):
@@ -216,7 +253,8 @@ def test_the_archive_carries_the_runs_and_the_costs_to_another_machine(fake_abla
     assert sorted(set(trained)) == ["layers"]  # base and tta came back finished
     assert (second / "tta" / "levers-cost.json").read_bytes() == (first / "tta" / "levers-cost.json").read_bytes()
     rows = {row["arm"]: row for row in _csv(second / "levers" / "levers.csv")}
-    assert set(rows) == {"base", "tta", "layers"} and float(rows["tta"]["cache_bytes"]) == 1002
+    carried = json.loads((first / "tta" / "levers-cost.json").read_text())["cache_bytes"]
+    assert set(rows) == {"base", "tta", "layers"} and float(rows["tta"]["cache_bytes"]) == carried > 1000
 
 
 def _csv(path):

@@ -316,3 +316,39 @@ def write_info(directory: Path, describe: dict) -> None:
         )
     except OSError:
         pass
+
+
+EXTRACTIONS = "extractions.json"
+
+
+def record_extraction(directory: Path, record: dict) -> None:
+    """Add one extraction to the entry's ``extractions.json`` (when it finished, how many images and
+    outputs, how long, which precision and which engine computed them): what the cost tables report
+    as the engine of a time (``asymcl levers``), since minutes of fp32 on ONNX Runtime and of bf16 on
+    torch are not the same minutes. Not part of the key. The ranks of a distributed build extract
+    into one entry at once, so read-append-replace holds a lock of its own; a failure to write loses
+    nothing."""
+    from filelock import FileLock
+
+    path = directory / EXTRACTIONS
+    try:
+        with FileLock(str(directory / ".extractions.lock"), mode=shared_file_mode(directory)):
+            records = read_extractions(directory)
+            atomic_write_text(
+                path,
+                json.dumps([*records, record], indent=1, default=str),
+                prefix=TEMP_PREFIX,
+                file_mode=shared_file_mode(directory),
+            )
+    except OSError:
+        pass
+
+
+def read_extractions(directory: Path) -> list[dict]:
+    """The entry's extraction records, oldest first (none for an entry written before they were
+    kept, or one whose file is unreadable)."""
+    try:
+        records = json.loads((Path(directory) / EXTRACTIONS).read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []

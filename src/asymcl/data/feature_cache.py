@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,6 +64,7 @@ from asymcl.data.cache_store import (
     check_disk_space,
     hold_in_use,
     make_entry_folder,
+    record_extraction,
     shared_file_mode,
     write_info,
 )
@@ -412,6 +414,7 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     start = time.perf_counter()
     runner = fp32_runner(job.frozen, example, job.engine, job.device, log) if "fp32" in job.precisions else None
     bar = _progress(len(todo), job.progress)
+    done = 0
     try:
         # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
         for offset in range(0, len(todo), SHARD_IMAGES):
@@ -444,9 +447,24 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     finally:
         if bar is not None:
             bar.close()
+        # Also when interrupted: the shards written so far are kept, and so is what they cost.
+        clean_p, view_p = job.precisions
+        record_extraction(
+            job.directory,
+            {
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "images": done,
+                "of": len(todo),
+                "outputs_per_image": 1 + views,
+                "clean_reused": len(known),
+                "seconds": round(time.perf_counter() - start, 3),
+                "precision": clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}",
+                "engine": "onnxruntime" if runner is not None else "torch",
+                "device": str(job.device),
+            },
+        )
     seconds = time.perf_counter() - start
     rate = (len(todo) * (1 + views) - len(known)) / max(seconds, 1e-9)
-    clean_p, view_p = job.precisions
     used = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
     if runner is not None:
         used += ", fp32 on onnxruntime"

@@ -41,27 +41,73 @@ from asymcl.experiments.levers_table import COST_FILE, read_cost, select_levers,
 from asymcl.experiments.run_archive import pack_runs, unpack_runs
 
 
-def _record_cost(folder: Path, load_at_start: Sequence[float], **measured: float) -> None:
-    """Add this invocation's measurements to ``levers-cost.json`` (a resumed arm adds up), with the
-    machine they were taken on: a resumed arm lists every processor (``cpus``), since minutes from an
-    AVX2-only CPU (fp32 views) and one with native bf16 are not the same minutes."""
-    from asymcl.training.run_dir import cpu_info
+class ArmCost:
+    """This invocation's share of ``levers-cost.json``, written again at every progress line (a run
+    starting, an extraction's progress), so an arm stopped before its end (a session that ends, a
+    kill) keeps the time it spent up to its last line. A resumed arm adds up: the file's totals from
+    earlier invocations are read once, here, and this invocation's are added to them at every write.
+    With the times go the machine (``cpus``: a resumed arm lists every processor, since minutes from
+    an AVX2-only CPU and one with native bf16 are not the same minutes) and what extracted
+    (``extraction_engines``: precision and engine, from the entries' records,
+    :func:`asymcl.data.cache_store.record_extraction`)."""
 
-    cost = read_cost(folder)
-    for key, value in measured.items():
-        cost[key] = cost.get(key, 0) + value if key != "cache_bytes" else value
-    machine = cpu_info()
-    cost["cores"] = machine["cores"]
-    label = f"{machine['cpu']} ({machine['cores']} cores, {'bf16' if machine['cpu_bf16'] else 'no native bf16'})"
-    cost["cpus"] = [*[cpu for cpu in cost.get("cpus", []) if cpu != label], label]
-    cost.setdefault("load_average_at_start", list(load_at_start))
-    atomic_write_text(folder / COST_FILE, json.dumps(cost, indent=1))
+    def __init__(self, folder: Path, load_at_start: Sequence[float]) -> None:
+        from asymcl.training.run_dir import cpu_info
+
+        self.folder = folder
+        self.earlier = read_cost(folder)
+        self.now: dict[str, float] = {}
+        self.engines: list[str] = []
+        machine = cpu_info()
+        self.cores = machine["cores"]
+        self.cpu = f"{machine['cpu']} ({machine['cores']} cores, {'bf16' if machine['cpu_bf16'] else 'no native bf16'})"
+        self.load_at_start = list(load_at_start)
+
+    def update(self, engines: Sequence[str] = (), **measured: float) -> None:
+        """Set this invocation's totals so far (not increments) and write the file."""
+        self.now.update(measured)
+        self.engines = [*self.engines, *(e for e in engines if e not in self.engines)]
+        cost = dict(self.earlier)
+        for key, value in self.now.items():
+            cost[key] = cost.get(key, 0) + value if key != "cache_bytes" else value
+        cost["cores"] = self.cores
+        cost["cpus"] = [*[cpu for cpu in cost.get("cpus", []) if cpu != self.cpu], self.cpu]
+        cost["extraction_engines"] = [
+            *(e for e in self.earlier.get("extraction_engines", []) if e not in self.engines),
+            *self.engines,
+        ]
+        cost.setdefault("load_average_at_start", self.load_at_start)
+        atomic_write_text(self.folder / COST_FILE, json.dumps(cost, indent=1))
 
 
-def extract(configs: Mapping[str, dict], progress: Callable[[str], None], label: str) -> dict[str, float]:
+def _engines(root: Path, keys: Sequence[str], since: float) -> list[str]:
+    """How the extractions into the entries ``keys`` since ``since`` (a time.time()) computed:
+    e.g. ``"fp32 on onnxruntime (cpu)"``, from each entry's records."""
+    from datetime import datetime
+
+    from asymcl.data.cache_store import read_extractions
+
+    found: list[str] = []
+    for key in keys:
+        for record in read_extractions(root / key):
+            try:
+                finished = datetime.fromisoformat(str(record["finished"])).timestamp()
+            except (KeyError, ValueError):
+                continue
+            if finished >= since - 1 and record.get("images"):
+                words = f"{record.get('precision', '?')} on {record.get('engine', '?')} ({record.get('device', '?')})"
+                if words not in found:
+                    found.append(words)
+    return found
+
+
+def extract(
+    configs: Mapping[str, dict], progress: Callable[[str], None], label: str, cost: ArmCost | None = None
+) -> dict[str, float]:
     """Build the feature caches ``configs`` train from (with every core, before any worker starts) and
-    measure it: ``{extraction_s, extracted_bytes, cache_bytes}``. An arm whose entries were all there
-    already extracted nothing, and its time is not counted (only the check's)."""
+    measure it: ``{extraction_s, extracted_bytes, cache_bytes}``, also written into ``cost`` at every
+    progress line and when it stops. An arm whose entries were all there already extracted nothing,
+    and its time is not counted (only the check's)."""
     from asymcl.data.cache_admin import cache_root, entry_usage
     from asymcl.experiments import parallel
 
@@ -69,17 +115,31 @@ def extract(configs: Mapping[str, dict], progress: Callable[[str], None], label:
         return {}
     root = cache_root(next(iter(configs.values()))["data"].get("cache_dir"))
     before = entry_usage(root)
-    start = time.monotonic()
-    parallel.warm_feature_caches(configs, progress, label)
-    seconds = time.monotonic() - start
-    after = entry_usage(root)
-    used = {key: size for key, (size, last) in after.items() if key not in before or before[key] != (size, last)}
-    extracted = sum(size - before.get(key, (0, 0.0))[0] for key, size in used.items())
-    return {
-        "extraction_s": seconds if extracted > 0 else 0.0,
-        "extracted_bytes": float(extracted),
-        "cache_bytes": float(sum(used.values())),
-    }
+    start, wall_start = time.monotonic(), time.time()
+
+    def measure() -> dict[str, float]:
+        seconds = time.monotonic() - start
+        after = entry_usage(root)
+        used = {key: size for key, (size, last) in after.items() if key not in before or before[key] != (size, last)}
+        extracted = sum(size - before.get(key, (0, 0.0))[0] for key, size in used.items())
+        measured = {
+            "extraction_s": seconds if extracted > 0 else 0.0,
+            "extracted_bytes": float(extracted),
+            "cache_bytes": float(sum(used.values())),
+        }
+        if cost is not None:
+            cost.update(_engines(root, list(used), wall_start), **measured)
+        return measured
+
+    def tick(line: str) -> None:
+        progress(line)
+        measure()
+
+    try:
+        parallel.warm_feature_caches(configs, tick if cost is not None else progress, label)
+    finally:
+        measured = measure()
+    return measured
 
 
 def run_arm(
@@ -98,12 +158,18 @@ def run_arm(
     if not pending:
         progress(f"[levers {name}] all {len(configs)} runs finished")
         return None
-    load_at_start = os.getloadavg()
-    measured = extract(pending, progress, f"levers {name}")
+    cost = ArmCost(folder, os.getloadavg())
+    extract(pending, progress, f"levers {name}", cost)
     start = time.monotonic()
-    result = run_sweep(spec, folder, progress=progress, command=command, workers=workers, label=f"levers {name}")
-    _record_cost(folder, load_at_start, **measured, training_s=time.monotonic() - start)
-    return result
+
+    def tick(line: str) -> None:
+        progress(line)
+        cost.update(training_s=time.monotonic() - start)
+
+    try:
+        return run_sweep(spec, folder, progress=tick, command=command, workers=workers, label=f"levers {name}")
+    finally:
+        cost.update(training_s=time.monotonic() - start)
 
 
 def _dry_run(

@@ -161,6 +161,7 @@ def table_rows(out: Path, methods: Sequence[str], selection: Selection) -> list[
                 "extracted_bytes": cost.get("extracted_bytes", NAN),
                 "training_s": cost.get("training_s", NAN),
                 "timed_on": "; ".join(cost.get("cpus", [])),
+                "extracted_with": "; ".join(cost.get("extraction_engines", [])),
                 "note": spec.note if spec else "the levers kept on validation, together",
             }
         )
@@ -293,4 +294,7 @@ def _markdown(
     machines = sorted({cpu for r in rows for cpu in r["timed_on"].split("; ") if cpu})
     if machines:
         lines.append(f"Timed on: {' and '.join(machines)} (`levers.csv` says which arm ran where).")
+    engines = sorted({e for r in rows for e in r["extracted_with"].split("; ") if e})
+    if engines:
+        lines.append(f"Extracted with: {' and '.join(engines)} (`levers.csv`, column `extracted_with`, per arm).")
     return "\n".join(lines) + "\n"
