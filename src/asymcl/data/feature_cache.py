@@ -414,6 +414,8 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
     start = time.perf_counter()
     runner = fp32_runner(job.frozen, example, job.engine, job.device, log) if "fp32" in job.precisions else None
     bar = _progress(len(todo), job.progress)
+    clean_p, view_p = job.precisions
+    precision = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
     done = 0
     try:
         # One shard per SHARD_IMAGES images: an interrupted build keeps what it finished.
@@ -448,7 +450,6 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
         if bar is not None:
             bar.close()
         # Also when interrupted: the shards written so far are kept, and so is what they cost.
-        clean_p, view_p = job.precisions
         record_extraction(
             job.directory,
             {
@@ -458,14 +459,14 @@ def _extract_missing(job: _Job, todo: list, found: dict, part: str = "") -> int:
                 "outputs_per_image": 1 + views,
                 "clean_reused": len(known),
                 "seconds": round(time.perf_counter() - start, 3),
-                "precision": clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}",
+                "precision": precision,
                 "engine": "onnxruntime" if runner is not None else "torch",
                 "device": str(job.device),
             },
         )
     seconds = time.perf_counter() - start
     rate = (len(todo) * (1 + views) - len(known)) / max(seconds, 1e-9)
-    used = clean_p if clean_p == view_p else f"clean {clean_p}, views {view_p}"
+    used = precision
     if runner is not None:
         used += ", fp32 on onnxruntime"
     log(
