@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -143,3 +144,38 @@ def test_two_seeds_get_no_verdict_even_when_their_differences_coincide(tmp_path)
     afcl = [r for r in rows if r["first"] == "afcl" and r["second"] == "cl" and r["metric"] == "ua"]
     assert afcl and afcl[0]["n"] == 2 and afcl[0]["p"] < 0.05  # the raw test would call it
     assert {r["verdict"] for r in rows} == {"too few seeds"}
+
+
+def test_runs_of_settings_the_sweep_file_no_longer_gives_are_left_out(tmp_path):
+    """A comparison folder keeps the runs of an earlier draw of settings when its sweep file is drawn
+    anew; a CL run at another temperature that validation would prefer must not become CL's row."""
+    import yaml
+
+    grid = tmp_path / "grid"
+    _grid(grid, {"binary:100": 0.08}, seeds=4)
+    settings = {
+        method: [{"loss": {"temperature": 0.1, **({"gamma": gamma} if gamma else {}), **({"eta": eta} if eta else {})}}]
+        for method, (gamma, eta) in {"cl": (0, 0), "fcl": (2.0, 0), "acl": (0, 50.0), "afcl": (2.0, 50.0)}.items()
+    }
+    (grid / "tuned" / "sweep.yaml").write_text(
+        yaml.safe_dump({"name": "t", "grid": {"seed": [0]}, "settings": settings})
+    )
+    for seed in range(4):  # the old draw's CL: 20 points better on validation and test alike
+        write(
+            grid / "tuned",
+            "old_b32_cl_t0.3",
+            "cl",
+            seed,
+            0.2,
+            **{"data.imbalance": "binary:100", "stage1.batch_size": 32, "loss.temperature": 0.3},
+        )
+    assert main(["claim", str(grid), "--out", str(tmp_path / "claim")]) == 0
+    rows = json.loads((tmp_path / "claim" / "claim.json").read_text())["rows"]
+    for run in (grid / "tuned").glob("old_*"):
+        shutil.rmtree(run)
+    assert main(["claim", str(grid), "--out", str(tmp_path / "without")]) == 0
+    assert rows == json.loads((tmp_path / "without" / "claim.json").read_text())["rows"]
+    assert all(row["settings"]["cl"].get("loss.temperature", 0.1) == 0.1 for row in rows if row["second"] == "cl")
+    text = (tmp_path / "claim" / "claim.md").read_text()
+    assert "4 finished run(s) under tuned have a setting that the folder's sweep.yaml no longer gives" in text
+    assert (tmp_path / "claim" / "runs.csv").read_text() == (tmp_path / "without" / "runs.csv").read_text()

@@ -4,7 +4,9 @@ verdicts, runs.csv, a balanced validation set, and ``asymcl compare`` end to end
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +63,62 @@ def test_settings_come_from_each_methods_own_space_default_first():
         assert drawn[0] == {key: values[0] for key, values in space.items()}  # the default first
         assert len({json.dumps(s, sort_keys=True) for s in drawn}) == 4  # distinct
         assert all(set(s) == set(space) and all(s[k] in space[k] for k in s) for s in drawn)
-        assert drawn == fair.method_settings(name, 4, base)  # a function of the method's name
+        assert drawn == fair.method_settings(name, 4, base)  # the same in every comparison
     assert fair.method_space("ce", base)["stage1.lr"] == (1e-3, 3.333e-4, 3e-3)  # relative to the base lr
     assert {"stage1.lr", "stage1.weight_decay", "stage2.logit_tau"} <= set(fair.method_space("la", base))
     with pytest.raises(ConfigError, match="fewer than the budget of 100000 per method"):
         fair.method_settings("cl", 100000, base)
+
+
+def _space_size(method: str, base: dict) -> int:
+    return math.prod(len(values) for values in fair.method_space(method, base).values())
+
+
+@pytest.mark.parametrize("budget", [2, 3, 5])
+def test_methods_draw_the_same_value_of_every_key_they_share(budget):
+    """The paired draw: the i-th setting of two methods agrees on every key both tune, so no loss
+    can win a comparison by the temperature or learning rate it alone happened to draw."""
+    base = {"stage1.lr": 1e-3}
+    names = [m for m in methods.REGISTRY if _space_size(m, base) >= budget]
+    drawn = {m: fair.method_settings(m, budget, base) for m in names}
+    spaces = {m: fair.method_space(m, base) for m in names}
+    pairs = 0
+    for a, b in itertools.combinations(names, 2):
+        shared = [k for k in spaces[a] if spaces[b].get(k) == spaces[a][k]]
+        pairs += bool(shared)
+        # up to the longest key of either: past it a repeat is replaced (the module docstring)
+        paired = min(budget, *(max(len(v) for v in spaces[m].values()) for m in (a, b)))
+        for i in range(paired):
+            assert {k: drawn[a][i][k] for k in shared} == {k: drawn[b][i][k] for k in shared}, (a, b, i)
+    assert pairs >= 10  # the contrastive losses share temperature and lr; CE and LA lr and weight decay
+    # nested: FCL's, ACL's and AFCL's i-th settings are CL's i-th plus their own terms
+    for i in range(budget):
+        for method in ("supcon", "fcl", "acl", "afcl"):
+            assert {k: drawn[method][i][k] for k in drawn["cl"][i]} == drawn["cl"][i]
+        assert drawn["afcl"][i]["loss.gamma"] == drawn["fcl"][i]["loss.gamma"]
+        assert drawn["afcl"][i]["loss.eta"] == drawn["acl"][i]["loss.eta"]
+    # and the second setting is not the default again in any key (each key's draw spreads its values)
+    assert all(drawn["afcl"][1][k] != drawn["afcl"][0][k] for k in drawn["afcl"][0])
+
+
+@pytest.mark.parametrize("method", ["probe", "ce", "la", "cl", "fcl"])
+def test_the_draw_spreads_each_key_and_grows_into_the_whole_space(method):
+    base = {"stage1.lr": 1e-3}
+    space = fair.method_space(method, base)
+    size = _space_size(method, base)
+    previous: list = []
+    for budget in range(1, size + 1):
+        drawn = fair.method_settings(method, budget, base)
+        assert drawn[: len(previous)] == previous  # a larger budget keeps the smaller one's settings
+        assert len({json.dumps(s, sort_keys=True) for s in drawn}) == budget
+        for key, values in space.items():
+            if budget <= len(values):  # Latin: no value of a key repeats before all have come
+                assert len({s[key] for s in drawn}) == budget, (key, budget)
+        previous = drawn
+    every = {json.dumps(s, sort_keys=True) for s in previous}
+    assert every == {
+        json.dumps(dict(zip(space, combo, strict=True)), sort_keys=True) for combo in itertools.product(*space.values())
+    }
 
 
 def test_end_to_end_baselines_train_as_many_epochs_as_both_stages():

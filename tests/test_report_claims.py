@@ -167,3 +167,23 @@ def test_a_run_written_before_a_key_existed_groups_with_newer_runs(tmp_path):
     assert len(candidate.runs) == 3 and candidate.params == {"loss.gamma": 2.0, "loss.temperature": 0.1}
     old = next(run for run in candidate.runs if run.config["seed"] == 0)
     assert old.config["data.cache_precision"] == LEGACY_VALUES["data.cache_precision"] == "fp32"
+
+
+def test_the_report_leaves_out_runs_of_settings_its_sweep_file_no_longer_gives(tmp_path):
+    """After a comparison's settings are drawn anew, the old draw's runs in the folder would give
+    CL a second validation-scored setting that AFCL never had."""
+    folder = tmp_path / "cmp"
+    settings = {"cl": [{"loss.temperature": 0.1}], "afcl": [{"loss.gamma": 2.0, "loss.eta": 50.0}]}
+    folder.mkdir()
+    (folder / "sweep.yaml").write_text(
+        yaml.safe_dump({"name": "cmp", "grid": {"seed": [0, 1, 2]}, "settings": settings})
+    )
+    for seed in range(3):
+        write(folder, "cl", "cl", seed, 0.0)
+        write(folder, "afcl", "afcl", seed, 0.05)
+        write(folder, "cl_old", "cl", seed, 0.2, **{"loss.temperature": 0.3})
+    result = build_report(folder, tmp_path / "report", tsne_points=20, command="x", progress=lambda _: None)
+    text = result.markdown.read_text()
+    assert "6 finished runs" in text
+    assert "3 finished run(s) under cmp have a setting that the folder's sweep.yaml no longer gives" in text
+    assert "Budget: 1 validation-scored setting(s) per method, the same for every row" in text

@@ -244,9 +244,11 @@ def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Analyse every finished run under ``runs_dir`` (or a ``runs.csv``) and write the results."""
     from asymcl.experiments.report import load_runs_or_table
     from asymcl.experiments.runs_table import write_runs_csv
+    from asymcl.experiments.sweep_settings import split_stale_runs, stale_sentence
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs, _, from_csv = load_runs_or_table(runs_dir)
+    runs, stale = split_stale_runs(runs)
     root = runs_dir.parent if from_csv else runs_dir
     rows = analyse(runs, root)
     if not rows:
@@ -286,7 +288,8 @@ def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
         f"(the split is named beside the metric), with scipy's 95% t interval (raw) and a verdict Holm-adjusted over all "
         f"{sum(r['n'] >= MIN_SEEDS for r in rows)} comparisons of the grid (a cell with fewer than {MIN_SEEDS} seeds "
         "gets no verdict). MDD: the true difference these seeds "
-        "would detect with 80% power at 5% (paired t, statsmodels), given the observed spread.",
+        "would detect with 80% power at 5% (paired t, statsmodels), given the observed spread."
+        + (f" {stale_sentence(stale)}" if stale else ""),
         "",
         "![ΔUA and ΔWA against rho](claim.png)",
         "",

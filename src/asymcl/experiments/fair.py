@@ -8,10 +8,19 @@ gives every method in the table:
   Each method draws them from its own search space, declared once in its registry entry
   (:attr:`asymcl.training.methods.Method.search_space`: CE and LA their learning rate and weight
   decay, LA also tau; the contrastive losses their temperature, gamma, eta and learning rate; the
-  probe its C). The first setting is the space's default; the others are a seeded random draw from
-  the rest of the space (random search: with a small budget it covers a space better than a
-  coarse grid, Bergstra & Bengio 2012). The seed is the method's name, so a method draws the same
-  settings in every comparison and a new method inherits the rule with no change here;
+  probe its C). The first setting is the space's default;
+* **the same draw of every key they share.** The others are a paired draw: each key's values come
+  in one seeded order (the seed is the key's name; the default first, then a permutation of the
+  rest, then further permutations once they run out), and a method's i-th setting takes the i-th
+  value of each of its keys. So the i-th setting of CL, FCL, ACL and AFCL has the same temperature
+  and learning rate, and FCL and AFCL the same gamma: AFCL's is CL's plus gamma and eta. With a draw
+  per method, each method gets its own temperatures, and a loss can "win" by the temperature it
+  happened to draw (issue 22's from-scratch cell: ACL beat CL by 3.9 points, and by
+  -0.1 at ACL's temperature). Per key, the draw is a Latin hypercube: with a budget no larger than
+  a key's values, no value repeats (random search over the space, Bergstra & Bengio 2012, with
+  each key's values spread). Where two of a method's settings would coincide (a budget beyond
+  its keys' lengths), the later one is replaced by the next unused point of the method's space in
+  an order seeded by its keys, so methods with the same space still draw the same settings;
 * **the same classifier input**: ``stage2.augment`` is one base value that every method's final
   classifier follows (clean features or augmented views);
 * **the same training epochs**: an end-to-end baseline trains ``stage1.epochs + stage2.epochs``
@@ -27,6 +36,7 @@ profiles); the report chooses each method's setting on mean validation UA and pr
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -59,27 +69,48 @@ def method_space(method: str, base: Mapping[str, Any]) -> dict[str, tuple[Any, .
     return space
 
 
+def _key_order(key: str, size: int, length: int) -> list[int]:
+    """Indices into a key's ``size`` candidates for the first ``length`` settings: 0 (the default),
+    a permutation of the rest, then whole permutations. Seeded by the key's name alone, so every
+    method that tunes the key takes the same value at the same setting."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    order = [0, *(1 + rng.permutation(size - 1)).tolist()]
+    while len(order) < length:
+        order += rng.permutation(size).tolist()
+    return order[:length]
+
+
 def method_settings(method: str, budget: int, base: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``budget`` distinct settings of ``method``: the space's default first, then a draw seeded by
-    the method's name. A space smaller than the budget is a :class:`ConfigError` (giving that
-    method fewer settings than the others is what this module exists to prevent)."""
+    """``budget`` distinct settings of ``method``: the space's default first, then the paired draw
+    (the module docstring): setting i takes the i-th value of each key's order (:func:`_key_order`).
+    A space smaller than the budget is a :class:`ConfigError` (giving that method fewer settings
+    than the others is what this module exists to prevent)."""
     if budget < 1:
         raise ConfigError(f"a comparison's budget is the number of settings per method, at least 1; got {budget}")
     space = method_space(method, base)
     keys = list(space)
-    points = (
-        [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))]
-        if keys
-        else [{}]
-    )
-    if len(points) < budget:
+    size = math.prod(len(space[k]) for k in keys)
+    if size < budget:
         raise ConfigError(
-            f"method {method} has {len(points)} setting(s) in its search space, fewer than the budget of {budget} per "
-            f"method; lower the budget to {len(points)} or leave {method} out (every method gets the same number)"
+            f"method {method} has {size} setting(s) in its search space, fewer than the budget of {budget} per "
+            f"method; lower the budget to {size} or leave {method} out (every method gets the same number)"
         )
-    rng = np.random.default_rng(zlib.crc32(method.encode()))
-    rest = [points[i] for i in 1 + rng.permutation(len(points) - 1)]
-    return [points[0], *rest][:budget]
+    orders = {k: _key_order(k, len(space[k]), budget) for k in keys}
+    chosen = [tuple(orders[k][i] for k in keys) for i in range(budget)]
+    if len(set(chosen)) < budget:
+        # Only past the longest key's length: a repeat is replaced by the next unused point of the
+        # whole space in an order seeded by the keys (not the method), so two methods with the same
+        # space still get the same settings, and a larger budget keeps a smaller one's settings.
+        rng = np.random.default_rng(zlib.crc32("|".join(f"{k}:{len(space[k])}" for k in keys).encode()))
+        points = list(itertools.product(*(range(len(space[k])) for k in keys)))
+        spare = (points[i] for i in rng.permutation(len(points)))
+        seen: set[tuple[int, ...]] = set()
+        for i, point in enumerate(chosen):
+            while point in seen:
+                point = next(p for p in spare if p not in seen)
+            seen.add(point)
+            chosen[i] = point
+    return [{k: space[k][index] for k, index in zip(keys, point, strict=True)} for point in chosen]
 
 
 def check_levers(base: Mapping[str, Any]) -> None:

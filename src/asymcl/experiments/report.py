@@ -159,10 +159,12 @@ def build_report(
     run under ``runs_dir`` (or, from a ``runs.csv`` alone, everything but the figures)."""
     from asymcl.experiments.claims import adjust_family
     from asymcl.experiments.runs_table import write_runs_csv
+    from asymcl.experiments.sweep_settings import split_stale_runs, stale_sentence
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     runs, unfinished, from_csv = load_runs_or_table(runs_dir)
+    runs, stale = split_stale_runs(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / "figures"
     if not from_csv:
@@ -176,7 +178,8 @@ def build_report(
         (
             "p",
             f"{len(runs)} finished runs {source} in {len(settings)} setting(s)"
-            + (f"; {unfinished} unfinished runs ignored." if unfinished else "."),
+            + (f"; {unfinished} unfinished runs ignored." if unfinished else ".")
+            + (f" {stale_sentence(stale)}" if stale else ""),
         )
     )
     blocks.append(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from asymcl.errors import ConfigError
@@ -85,3 +87,59 @@ def grid_values(spec, keys: list[str]):
         for item in items:
             for values in combinations:
                 yield {**values, METHOD_KEY: method, **item}, [*keys, METHOD_KEY, *named]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def split_stale_runs(runs: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """(kept, stale) of finished runs: a run is stale when the ``sweep.yaml`` of its folder gives its
+    method ``settings`` and the run's values of those keys are none of them.
+
+    A comparison's sweep file is rewritten when its settings are drawn anew (a changed draw rule, a
+    new budget) while the folder keeps the runs of the old settings; a report that read them too
+    would give those methods more validation-scored settings than the others. Runs of a folder
+    without a sweep file, or of a method the settings do not name, are kept.
+    """
+    import yaml
+
+    settings_of: dict[Path, Mapping[str, Any]] = {}
+    kept: list[Any] = []
+    stale: list[Any] = []
+    for run in runs:
+        folder = Path(run.path).parent
+        if folder not in settings_of:
+            settings_of[folder] = {}
+            sweep_file = folder / "sweep.yaml"
+            if sweep_file.is_file():
+                try:
+                    raw = yaml.safe_load(sweep_file.read_text())
+                except yaml.YAMLError:
+                    raw = None
+                if isinstance(raw, Mapping) and isinstance(raw.get("settings"), Mapping):
+                    settings_of[folder] = {
+                        str(method): [flatten(dict(item)) for item in items if isinstance(item, Mapping)]
+                        for method, items in raw["settings"].items()
+                        if isinstance(items, list)
+                    }
+        items = settings_of[folder].get(str(run.config.get(METHOD_KEY)))
+        if items and not any(all(_same(run.config.get(k), v) for k, v in item.items()) for item in items):
+            stale.append(run)
+        else:
+            kept.append(run)
+    return kept, stale
+
+
+def stale_sentence(stale: Sequence[Any]) -> str:
+    """What a report says of the runs :func:`split_stale_runs` left out ('' when none)."""
+    if not stale:
+        return ""
+    folders = sorted({Path(run.path).parent.name for run in stale})
+    return (
+        f"{len(stale)} finished run(s) under {', '.join(folders)} have a setting that the folder's sweep.yaml no "
+        "longer gives their method (an earlier draw of settings) and are left out, so that every method keeps "
+        "the budget of settings the sweep file gives it."
+    )
