@@ -8,7 +8,9 @@ import json
 import math
 import time
 
+import numpy as np
 import pytest
+import yaml
 
 from asymcl.errors import ConfigError
 from asymcl.experiments import levers, sweep
@@ -240,6 +242,30 @@ def test_the_combination_waits_for_the_whole_ablation(fake_ablation, tmp_path):
         ConfigError, match=r"the combination is chosen on the finished ablation; arm\(s\) tta-dihedral, layers"
     ):
         run_levers(data, out, methods=["ce"], arms=[COMBINED], progress=lambda line: None)
+
+
+def test_more_seeds_narrow_an_arms_gain_and_pair_the_seeds_both_arms_have(isic, tmp_path, monkeypatch):
+    """``--seeds 6`` on two arms: their gain is paired over 6 seeds, an arm run at 3 keeps its 3, and
+    fewer seeds than the rule's 3 is refused before anything runs."""
+    from asymcl.experiments.levers_run import run_levers
+
+    layers = (0.05, -0.01, 0.02, 0.03, 0.025, 0.035)  # 3 seeds: [-0.05, +0.09]; 6: [+0.004, +0.046]
+    trained, _ = install_fake_levers(monkeypatch, lambda c: layers[c["seed"]] if c["model"]["feature_layers"] else 0.0)
+    out = tmp_path / "levers"
+    run_levers(isic, out, methods=["ce", "afcl"], arms=["base", "layers", "tta"], progress=lambda line: None)
+    rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
+    assert rows["layers"]["seeds"] == "3" and rows["layers"]["kept"] == "no"
+    run_levers(isic, out, methods=["ce", "afcl"], arms=["base", "layers"], seeds=6, progress=lambda line: None)
+    assert len(trained) == 3 * 2 * 3 + 2 * 2 * 3  # seeds 3-5 of base and layers only
+    rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
+    assert rows["layers"]["seeds"] == "6" and rows["tta"]["seeds"] == "3"
+    assert float(rows["layers"]["gain"]) == pytest.approx(np.mean(layers))
+    assert float(rows["layers"]["gain_low"]) > 0 and rows["layers"]["kept"] == "yes"
+    assert float(rows["tta"]["gain"]) == pytest.approx(0.0)  # paired over the 3 seeds tta has
+    assert yaml.safe_load((out / "layers" / "sweep.yaml").read_text())["grid"]["seed"] == list(range(6))
+    with pytest.raises(ConfigError, match="--seeds 2: the lever rule pairs at least 3 seeds per arm"):
+        run_levers(isic, out, methods=["ce"], arms=["base"], seeds=2, progress=lambda line: None)
+    assert len(trained) == 30
 
 
 def test_the_archive_carries_the_runs_and_the_costs_to_another_machine(fake_ablation, tmp_path):

@@ -71,11 +71,11 @@ def _levers(args: argparse.Namespace) -> int:
     from asymcl.experiments.preset_names import LEVERS_PRESETS
 
     out = Path(args.out) if args.out else Path("runs") / f"levers-{args.preset}"
-    words = {key: getattr(args, key) for key in ("methods", "arms", "archive")}
+    words = {key: getattr(args, key) for key in ("methods", "arms", "seeds", "archive")}
     # --preset left out at its default, like --workers: an ISIC command is recorded as it always was
     preset = args.preset if args.preset != LEVERS_PRESETS[0] else None
     command = command_line("levers", preset=preset, data=args.data, **words, out=out, workers=workers_option(args))
-    lists: dict[str, Any] = {"methods": name_list(args.methods), "arms": name_list(args.arms)}
+    lists: dict[str, Any] = {"methods": name_list(args.methods), "arms": name_list(args.arms), "seeds": args.seeds}
     options: dict[str, Any] = {"archive": args.archive, "workers": args.workers, "dry_run": args.dry_run}
     result = run_levers(args.data, out, preset=args.preset, **lists, **options, command=command)
     if not args.dry_run:
@@ -175,6 +175,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="A,B",
         help="only these arms now (base, tta, layers, last1, last2, last3, combined; isic2018 also tta-dihedral, lite0-224 and "
         "the size/encoder arms: see --dry-run)",
+    )
+    levers.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="run seeds 0..N-1 of the arms named (default 3, the rule's minimum): more seeds narrow a gain's "
+        "interval; finished seeds are kept, and each gain pairs the seeds both arms have",
     )
     levers.add_argument("--workers", type=int, default=1, metavar="N", help=WORKERS_HELP)
     levers.add_argument("--archive", metavar="FILE.tar.xz", help="carry finished runs between machines, as claim-grid")

@@ -97,6 +97,8 @@ from asymcl.experiments.preset_names import LEVERS_PRESETS
 from asymcl.experiments.reproduce import PRETRAINED_DATA, preset_spec
 from asymcl.experiments.stats import PairedDifference
 
+#: The seeds every arm runs: the rule's minimum. ``asymcl levers --seeds N`` runs 0..N-1 for the
+#: arms named (more seeds only narrow an interval; the gain pairs the seeds both arms have).
 SEEDS = (0, 1, 2)
 #: Validation-scored settings per method: each space's default, the same for every method and arm.
 BUDGET = 1
@@ -313,22 +315,45 @@ def base_config(
     return {**spec["base"], **LEAN_OUTPUTS}, list(spec["settings"])
 
 
-def _spec(name: str, description: str, base: Mapping[str, Any], overrides: Mapping[str, Any], methods) -> dict:
-    grid = {"seed": list(SEEDS)}
+def seed_list(seeds: int | None) -> list[int]:
+    """The seeds of an arm run with ``--seeds`` (None: :data:`SEEDS`); fewer than the rule's
+    minimum is a :class:`ConfigError`."""
+    if seeds is None:
+        return list(SEEDS)
+    if seeds < len(SEEDS):
+        raise ConfigError(
+            f"--seeds {seeds}: the lever rule pairs at least {len(SEEDS)} seeds per arm; give {len(SEEDS)} or more"
+        )
+    return list(range(seeds))
+
+
+def _spec(
+    name: str, description: str, base: Mapping[str, Any], overrides: Mapping[str, Any], methods, seeds: list[int]
+) -> dict:
+    grid = {"seed": list(seeds)}
     return comparison_spec(f"levers-{name}", description, {**base, **overrides}, methods, BUDGET, grid)
 
 
 def lever_specs(
-    data: str | Path, methods: Sequence[str] | None = None, preset: str | LeverPreset = DEFAULT_PRESET
+    data: str | Path,
+    methods: Sequence[str] | None = None,
+    preset: str | LeverPreset = DEFAULT_PRESET,
+    seeds: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``{arm: sweep mapping}`` for every arm of the preset."""
+    """``{arm: sweep mapping}`` for every arm of the preset, each over ``seeds`` seeds (:func:`seed_list`)."""
+    chosen_seeds = seed_list(seeds)
     base, methods = base_config(data, methods, preset)
     specs = {}
     for spec in lever_preset(preset).arms:
         what = ", ".join(f"{k}={v}" for k, v in spec.keys.items()) or "the base recipe"
         against = f" against {spec.reference}" if spec.reference else ""
         specs[spec.name] = _spec(
-            spec.name, f"issue 23 lever ablation: {what}{against}", base, arm_overrides(spec.name, preset), methods
+            spec.name,
+            f"issue 23 lever ablation: {what}{against}",
+            base,
+            arm_overrides(spec.name, preset),
+            methods,
+            chosen_seeds,
         )
     return specs
 
@@ -387,6 +412,7 @@ def combined_spec(
     chosen: Sequence[str],
     methods: Sequence[str] | None = None,
     preset: str | LeverPreset = DEFAULT_PRESET,
+    seeds: int | None = None,
 ) -> dict[str, Any]:
     base, methods = base_config(data, methods, preset)
     what = " + ".join(chosen) or "no lever kept"
@@ -396,6 +422,7 @@ def combined_spec(
         base,
         combined_overrides(chosen, preset),
         methods,
+        seed_list(seeds),
     )
 
 
@@ -429,25 +456,27 @@ def _pool(split: str) -> str:
     return "test" if split.startswith("test") else "train"
 
 
-def _images(base: Mapping[str, Any], method: str) -> tuple[int, int, tuple[int, int, int]]:
+def _images(
+    base: Mapping[str, Any], method: str, seeds: Sequence[int] = SEEDS
+) -> tuple[int, int, tuple[int, int, int]]:
     """:func:`image_counts`, and the (C, H, W) of the training images."""
     from asymcl.data import build_splits
     from asymcl.training.config import resolve_config
     from asymcl.training.run_data import data_spec
 
-    seeds: list[tuple[set, set]] = []
-    for seed in SEEDS:
+    per_seed: list[tuple[set, set]] = []
+    for seed in seeds:
         config = resolve_config({**base, "method": method, "seed": seed})
         splits = build_splits(data_spec(config))
         train: set[tuple[str, str]] = set()
         evaluation: set[tuple[str, str]] = set()
         for name, dataset in splits.splits.items():
             (train if name == "train" else evaluation).update((_pool(name), str(i)) for i in dataset.ids)
-        seeds.append((train, evaluation))
+        per_seed.append((train, evaluation))
     shape = splits.splits["train"].image_shape
     if config.data.cache_seed is None:  # each seed its own draw: its own entries
-        return sum(len(t) for t, _ in seeds), sum(len(e) for _, e in seeds), shape
-    return len(set().union(*(t for t, _ in seeds))), len(set().union(*(e for _, e in seeds))), shape
+        return sum(len(t) for t, _ in per_seed), sum(len(e) for _, e in per_seed), shape
+    return len(set().union(*(t for t, _ in per_seed))), len(set().union(*(e for _, e in per_seed))), shape
 
 
 def image_counts(base: Mapping[str, Any], method: str) -> tuple[int, int]:
@@ -469,7 +498,7 @@ def disk_estimates(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[in
 
     first = next(iter(specs.values()))
     method = next(iter(first["settings"]))
-    n_train, n_eval, image_shape = _images(first["base"], method)
+    n_train, n_eval, image_shape = _images(first["base"], method, first["grid"]["seed"])
     seen: set[tuple] = set()
     shapes: dict[tuple, tuple[int, ...]] = {}
     out = {}

@@ -194,7 +194,8 @@ def _dry_run(
     for name, why in preset.pruned.items():
         print(f"# pruned before any run: {name} ({why}; asymcl.experiments.levers)")
     runs = sum(counts[name] for name in chosen)
-    per_arm = len(SEEDS) * len(next(iter(specs.values()))["settings"]) * BUDGET
+    first = next(iter(specs.values()))
+    per_arm = len(first["grid"]["seed"]) * len(first["settings"]) * BUDGET
     combined = f", then {COMBINED}: {per_arm} runs of the levers kept on validation" if with_combined else ""
     new_disk = sum(new for _, new in disk.values())
     print(f"# {runs} runs in {len(chosen)} arms{combined}; feature caches about {new_disk / 2**30:.1f} GB in all")
@@ -208,6 +209,7 @@ def run_levers(
     preset: str = DEFAULT_PRESET,
     methods: Sequence[str] | None = None,
     arms: Sequence[str] | None = None,
+    seeds: int | None = None,
     workers: int = 1,
     dry_run: bool = False,
     archive: str | Path | None = None,
@@ -217,7 +219,8 @@ def run_levers(
     """The ablation of ``preset`` (:data:`asymcl.experiments.levers.PRESETS`) into ``out`` (see the
     module docstring). ``arms``: only these now (``combined``
     included: the combination, which needs every other arm finished); without, every arm and then
-    the combination. The table is written over whatever is finished. ``archive``: as the claim
+    the combination. ``seeds``: run seeds 0..seeds-1 of these arms (default and minimum: the rule's
+    3; the runs of seeds already finished are kept, and each gain pairs the seeds both arms have). The table is written over whatever is finished. ``archive``: as the claim
     grid's (:mod:`asymcl.experiments.run_archive`): finished runs (and each arm's costs) restored
     from it first, and written into it at the end, also when a run stops the ablation: the whole
     ablation is longer than one machine is held (docs/usage-experiments.md)."""
@@ -228,7 +231,7 @@ def run_levers(
     for name in arms or ():
         if name != COMBINED:
             spec.arm(name)  # a one-line error naming the preset's arms
-    specs = lever_specs(data, methods, spec)
+    specs = lever_specs(data, methods, spec, seeds)
     methods = list(next(iter(specs.values()))["settings"])
     chosen = [name for name in spec.arm_names if not arms or name in arms]
     with_combined = not arms or COMBINED in arms
@@ -242,7 +245,7 @@ def run_levers(
     try:
         results = {name: run_arm(name, specs[name], out, workers, progress, command) for name in chosen}
         if with_combined:
-            results[COMBINED] = run_combination(data, out, methods, bool(arms), workers, progress, command, spec)
+            results[COMBINED] = run_combination(data, out, methods, bool(arms), workers, progress, command, spec, seeds)
         paths = write_table(out, methods, spec)
     finally:
         if archive is not None and out.is_dir():
@@ -260,12 +263,13 @@ def run_combination(
     progress: Callable[[str], None],
     command: str | None,
     preset: str | LeverPreset = DEFAULT_PRESET,
+    seeds: int | None = None,
 ):
     """The levers the rule keeps, run together into ``out/combined`` once every arm has every seed
     (``asked``: named in ``--arms``, so an unfinished ablation is an error rather than a note)."""
     selection = select_levers(out, methods, preset)
     if not selection.complete:
-        missing = [spec.name for spec in lever_preset(preset).arms if set(selection.means[spec.name]) != set(SEEDS)]
+        missing = [spec.name for spec in lever_preset(preset).arms if not set(SEEDS) <= set(selection.means[spec.name])]
         if asked:
             raise ConfigError(
                 f"the combination is chosen on the finished ablation; arm(s) {', '.join(missing)} have not "
@@ -277,5 +281,5 @@ def run_combination(
         progress(f"[levers] the combination is arm {selection.recipe} itself: nothing new to run")
         return None
     progress(f"[levers] the combination: {' + '.join(selection.chosen)}")
-    raw = combined_spec(data, selection.chosen, methods, preset)
+    raw = combined_spec(data, selection.chosen, methods, preset, seeds)
     return run_arm(COMBINED, raw, out, workers, progress, command)

@@ -68,7 +68,7 @@ def seed_means(runs: Sequence[Run], methods: Sequence[str], split: str = "val", 
             values[(run.method, int(run.seed))] = value
     return {
         seed: float(np.mean([values[(m, seed)] for m in methods]))
-        for seed in SEEDS
+        for seed in sorted({seed for _, seed in values})
         if all((m, seed) in values for m in methods)
     }
 
@@ -106,7 +106,7 @@ def select_levers(out: Path, methods: Sequence[str], preset: str | LeverPreset =
             gains[spec.name] = paired(means[spec.name], means[spec.reference])
         if spec.name != BASE and means[spec.name] and means[BASE]:
             over_base[spec.name] = paired(means[spec.name], means[BASE])
-    complete = all(set(means[spec.name]) == set(SEEDS) for spec in arms)
+    complete = all(set(SEEDS) <= set(means[spec.name]) for spec in arms)
     chosen = combine(gains, over_base, preset)
     return Selection(
         means, gains, over_base, chosen, combined_overrides(chosen, preset), complete, lever_preset(preset)
@@ -206,7 +206,7 @@ def write_table(out: Path, methods: Sequence[str], preset: str | LeverPreset = D
                 "dataset": selection.preset.title,
                 "test_wa_split": wa_split,
                 "methods": list(methods),
-                "seeds": list(SEEDS),
+                "seeds": sorted({seed for arm in selection.means.values() for seed in arm}),
                 "complete": selection.complete,
                 "gains": {k: vars(v) for k, v in selection.gains.items()},
                 "gains_over_base": {k: vars(v) for k, v in selection.over_base.items()},
@@ -253,7 +253,8 @@ def _markdown(
         f"Preset {preset.name}: `asymcl reproduce {preset.name} --profile pretrained`'s recipe "
         f"(`asymcl levers --preset {preset.name}`).",
         "",
-        f"Methods: {', '.join(methods)}; 1 setting each (its space's default); seeds {', '.join(map(str, SEEDS))}, "
+        f"Methods: {', '.join(methods)}; 1 setting each (its space's default); seeds {', '.join(map(str, SEEDS))} "
+        "in every arm (more where `--seeds` asked: the seeds column), "
         f"{preset.splits}. Validation UA is averaged over the methods per seed; the gain is "
         "paired over the seeds against the arm's reference (95% t interval). A lever value is kept when the "
         "interval is above 0 (asymcl.experiments.levers). Test numbers of the single arms are NOT used for "
