@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from asymcl.errors import ConfigError
-from asymcl.experiments import levers, sweep
+from asymcl.experiments import levers, levers_disk, sweep
 from asymcl.experiments.claim_presets import LEAN_OUTPUTS
 from asymcl.experiments.levers import ARMS, BASE, COMBINED, LAST_K_REFERENCE, arm, combine, kept, lever_specs
 from asymcl.experiments.reproduce import PRESET_METHODS, preset_spec
@@ -313,8 +313,8 @@ def test_the_disk_estimate_is_the_caches_own(isic):
     from asymcl.data.cache_store import estimate_bytes
 
     specs = lever_specs(isic, ["ce"])
-    n_train, n_eval = levers.image_counts(specs[BASE]["base"], "ce")
-    disk = levers.disk_estimates({name: specs[name] for name in ("base", "tta", "last1")})
+    n_train, n_eval = levers_disk.image_counts(specs[BASE]["base"], "ce")
+    disk = levers_disk.disk_estimates({name: specs[name] for name in ("base", "tta", "last1")})
     pair = estimate_bytes((2560,), n_train, 4) + estimate_bytes((2560,), n_eval, 0)
     assert disk["base"] == (pair, pair)
     # tta: the base's training entry again, and val/test with 4 views of their own

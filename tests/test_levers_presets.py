@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from asymcl.experiments import levers, parallel
+from asymcl.experiments import levers, levers_disk, parallel
 from asymcl.experiments.claim_presets import LEAN_OUTPUTS
 from asymcl.experiments.levers import BASE, COMBINED, arm, lever_specs
 from asymcl.experiments.preset_names import LEVERS_PRESETS
@@ -158,9 +158,9 @@ def test_the_fmnist_layer_taps_are_lite0_stage_ends_at_128_px(fmnist):
     specs = lever_specs(fmnist, ["ce"], preset=FMNIST)
     layers = resolve_config({**specs["layers"]["base"], "method": "ce", "seed": 0})
     # block10: 112 channels (stride 16), block14: 192 (stride 32), head: 1,280
-    assert levers.cache_shape(layers, (1, 28, 28)) == (112 + 192 + 1280,)
+    assert levers_disk.cache_shape(layers, (1, 28, 28)) == (112 + 192 + 1280,)
     last1 = resolve_config({**specs["last1"]["base"], "method": "ce", "seed": 0})
-    assert levers.cache_shape(last1, (1, 28, 28)) == (320, 4, 4)  # block15's map at 128 px
+    assert levers_disk.cache_shape(last1, (1, 28, 28)) == (320, 4, 4)  # block15's map at 128 px
 
 
 def test_each_fmnist_seed_extracts_its_own_views(fmnist, isic, monkeypatch):
@@ -183,12 +183,12 @@ def test_the_fmnist_disk_estimate_counts_each_seeds_entries(fmnist):
     from asymcl.data.cache_store import estimate_bytes
 
     specs = lever_specs(fmnist, ["ce"], preset=FMNIST)
-    n_train, n_eval = levers.image_counts(specs[BASE]["base"], "ce")
+    n_train, n_eval = levers_disk.image_counts(specs[BASE]["base"], "ce")
     # each seed's own entries: 26 training images (exp:100 on the 10 per class left: 10, 5, 3, 2, 1 x 6),
     # 2,000 validation and 60 test images (test_imbalanced is a subset of them; val and test ids both
     # count from 0, in their own IDX files)
     assert (n_train, n_eval) == (3 * 26, 3 * (2000 + 60))
-    disk = levers.disk_estimates({name: specs[name] for name in ("base", "tta")})
+    disk = levers_disk.disk_estimates({name: specs[name] for name in ("base", "tta")})
     assert disk["base"][0] == estimate_bytes((1280,), n_train, 4) + estimate_bytes((1280,), n_eval, 0)
     assert disk["tta"][1] == estimate_bytes((1280,), n_eval, 4)
 

@@ -33,10 +33,10 @@ from asymcl.experiments.levers import (
     SEEDS,
     LeverPreset,
     combined_spec,
-    disk_estimates,
     lever_preset,
     lever_specs,
 )
+from asymcl.experiments.levers_disk import disk_estimates
 from asymcl.experiments.levers_table import COST_FILE, read_cost, select_levers, write_table
 from asymcl.experiments.run_archive import pack_runs, unpack_runs
 
