@@ -333,3 +333,24 @@ def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
         "last1-lr0.1, last2-lr0.1, last3-lr0.1" in err
     )
     assert err.endswith(", combined)")
+
+
+def test_runs_of_a_setting_the_arm_no_longer_gives_are_left_out_and_said(fake_ablation, tmp_path):
+    """An arm's sweep file rewritten with another setting for a method (a changed preset default)
+    leaves that method's old runs on disk; the rule must not pair them, and the table says so."""
+    from asymcl.experiments.levers_run import run_levers
+    from asymcl.experiments.levers_table import arm_runs, write_table
+
+    data, _, _ = fake_ablation
+    out = tmp_path / "levers"
+    run_levers(data, out, methods=["ce", "afcl"], arms=["base", "tta"], progress=lambda line: None)
+    assert len(arm_runs(out, "tta", ["ce", "afcl"])) == 6
+    sweep_file = out / "tta" / "sweep.yaml"
+    raw = yaml.safe_load(sweep_file.read_text())
+    raw["settings"]["ce"][0]["stage1.lr"] = 0.5  # the runs on disk have the old value
+    sweep_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert {run.method for run in arm_runs(out, "tta", ["ce", "afcl"])} == {"afcl"}
+    write_table(out, ["ce", "afcl"], "isic2018")
+    rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
+    assert rows["tta"]["seeds"] in ("0", "")  # every method on a seed, or no seed: ce has none left
+    assert "3 finished run(s) under tta have a setting" in (out / "levers" / "levers.md").read_text()

@@ -40,15 +40,25 @@ from asymcl.experiments.levers import (
 )
 from asymcl.experiments.runs import Run, load_runs
 from asymcl.experiments.stats import PairedDifference, paired_difference
+from asymcl.experiments.sweep_settings import split_stale_runs, stale_sentence
 
 COST_FILE = "levers-cost.json"
 NAN = float("nan")
 
 
-def arm_runs(out: Path, name: str, methods: Sequence[str]) -> list[Run]:
-    """The finished runs of the arm's methods under ``out/name``."""
+def _arm_runs_and_stale(out: Path, name: str, methods: Sequence[str]) -> tuple[list[Run], list[Run]]:
     folder = Path(out) / name
-    return [run for run in load_runs(folder) if run.method in methods] if folder.is_dir() else []
+    if not folder.is_dir():
+        return [], []
+    return split_stale_runs([run for run in load_runs(folder) if run.method in methods])
+
+
+def arm_runs(out: Path, name: str, methods: Sequence[str]) -> list[Run]:
+    """The finished runs of the arm's methods under ``out/name``, less those whose setting the arm's
+    ``sweep.yaml`` no longer gives (an arm redrawn after a change of the preset's settings keeps the
+    old runs on disk; the rule must not pair them, as :func:`asymcl.experiments.report.build_report`
+    does not)."""
+    return _arm_runs_and_stale(out, name, methods)[0]
 
 
 def _value(run: Run, split: str, metric: str) -> float | None:
@@ -219,7 +229,8 @@ def write_table(out: Path, methods: Sequence[str], preset: str | LeverPreset = D
         ),
     )
     write_runs_csv(folder / "runs.csv", [(row["arm"], arm_runs(out, row["arm"], methods)) for row in rows], root=out)
-    atomic_write_text(paths["levers.md"], _markdown(rows, selection, methods, wa_split))
+    stale = [run for row in rows for run in _arm_runs_and_stale(out, row["arm"], methods)[1]]
+    atomic_write_text(paths["levers.md"], _markdown(rows, selection, methods, wa_split, stale_sentence(stale)))
     return paths
 
 
@@ -244,7 +255,11 @@ def _wa_split(out: Path, names: Sequence[str], methods: Sequence[str]) -> str | 
 
 
 def _markdown(
-    rows: Sequence[dict[str, Any]], selection: Selection, methods: Sequence[str], wa_split: str | None
+    rows: Sequence[dict[str, Any]],
+    selection: Selection,
+    methods: Sequence[str],
+    wa_split: str | None,
+    stale: str = "",
 ) -> str:
     preset = selection.preset
     lines = [
@@ -283,6 +298,8 @@ def _markdown(
             f"Combination: {' + '.join(selection.chosen) or 'the base recipe'}; its test numbers are "
             f"those of arm `{selection.recipe}`."
         )
+    if stale:
+        lines.append(stale)
     if wa_split not in (None, "test"):
         lines.append(
             f"Test WA is on `{wa_split}`, the test set cut to the training profile (on the balanced test set "
