@@ -118,7 +118,18 @@ def fmnist(tmp_path, monkeypatch):
 
 
 FMNIST = "fmnist-lt"
-FMNIST_ARMS = ("base", "tta", "layers", "last1", "last2", "last3", "last1-lr0.1", "last2-lr0.1", "last3-lr0.1")
+FMNIST_ARMS = (
+    "base",
+    "tta",
+    "tta-hflip",
+    "layers",
+    "last1",
+    "last2",
+    "last3",
+    "last1-lr0.1",
+    "last2-lr0.1",
+    "last3-lr0.1",
+)
 
 
 def _configs(raw):
@@ -194,7 +205,7 @@ def test_the_fmnist_disk_estimate_counts_each_seeds_entries(fmnist):
 
 
 # What the fake runner gives each fmnist lever on validation, per seed: tta and last2 win on every
-# seed, the multi-layer features lose, last1, last3 and the slow-block arms move both ways.
+# seed, the multi-layer features lose, the mirror view, last1, last3 and the slow-block arms move both ways.
 FM_WINS = {"tta": (0.02, 0.022, 0.024), "last:2": (0.03, 0.031, 0.032), "layers": (-0.01, -0.012, -0.014)}
 NOISE = (0.01, -0.01, 0.004)
 
@@ -202,7 +213,9 @@ NOISE = (0.01, -0.01, 0.004)
 def _fm_effect(config):
     model, seed = config["model"], config["seed"]
     effect = 0.0
-    if config["eval"]["tta_views"]:
+    if config["eval"]["tta_augment"] == "dihedral":
+        effect += NOISE[seed]
+    elif config["eval"]["tta_views"]:
         effect += FM_WINS["tta"][seed]
     if model["feature_layers"]:
         effect += FM_WINS["layers"][seed]
@@ -220,7 +233,7 @@ def test_a_whole_fmnist_ablation_keeps_the_winners_and_runs_them_together(fmnist
     out = tmp_path / "levers"
     result = run_levers(fmnist, out, preset=FMNIST, methods=["ce", "afcl"], progress=lambda line: None)
     assert result["failed"] == 0
-    assert len(trained) == (9 + 1) * 2 * 3 and trained[-6:] == [COMBINED] * 6
+    assert len(trained) == (10 + 1) * 2 * 3 and trained[-6:] == [COMBINED] * 6
     assert extracted == [f"levers {name}" for name in (*FMNIST_ARMS, COMBINED)]
     chosen = json.loads((out / "levers" / "levers.json").read_text())
     assert chosen["preset"] == FMNIST and chosen["dataset"] == "Fashion-MNIST-LT"
@@ -230,7 +243,7 @@ def test_a_whole_fmnist_ablation_keeps_the_winners_and_runs_them_together(fmnist
     sweep_file = yaml.safe_load((out / COMBINED / "sweep.yaml").read_text())
     assert sweep_file["base"]["data.imbalance"] == "exp:100" and sweep_file["base"]["model.finetune"] == "last:2"
     rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
-    assert [rows[n]["kept"] for n in FMNIST_ARMS[1:]] == ["yes", "no", "no", "yes", "no", "no", "no", "no"]
+    assert [rows[n]["kept"] for n in FMNIST_ARMS[1:]] == ["yes", "no", "no", "no", "yes", "no", "no", "no", "no"]
     assert rows["last2"]["reference"] == BASE and float(rows["last2"]["gain"]) == pytest.approx(0.031)
     assert float(rows[COMBINED]["val_ua"]) == pytest.approx(0.61 + 0.022 + 0.031)
     assert float(rows[COMBINED]["test_wa"]) == pytest.approx(0.61 + 0.022 + 0.031 + 0.2)  # on test_imbalanced
@@ -262,7 +275,7 @@ def test_the_fmnist_dry_run_prints_every_arm_its_runs_and_disk(fmnist, tmp_path,
         assert f": 24 runs into {out / name}; feature caches about " in line and " MB (" in line
         assert f"name: levers-{name}\n" in printed
     assert "last1 (finetune; against base;" in printed and "pruned" not in printed
-    assert f"# 216 runs in 9 arms, then {COMBINED}: 24 runs" in printed and "feature caches about" in printed
+    assert f"# 240 runs in 10 arms, then {COMBINED}: 24 runs" in printed and "feature caches about" in printed
     assert not out.exists() and not (tmp_path / "cache").exists()  # a dry run writes nothing
 
 
@@ -296,7 +309,7 @@ def test_an_arm_the_preset_does_not_have_is_one_line_listing_its_arms(fmnist, ca
     assert main(["levers", "--preset", FMNIST, "--data", str(fmnist), "--arms", "lite2-260", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(
-        "unknown arm 'lite2-260' for --preset fmnist-lt (allowed: base, tta, layers, last1, last2, last3, "
+        "unknown arm 'lite2-260' for --preset fmnist-lt (allowed: base, tta, tta-hflip, layers, last1, last2, last3, "
         "last1-lr0.1, last2-lr0.1, last3-lr0.1, combined)"
     )
     assert err.count("\n") == 0
