@@ -46,13 +46,14 @@ per class held out before the profile; each seed draws its own cached views (``d
 null), so each seed extracts its own entries.
 
 * ``tta``, ``layers``: as on ISIC (the same arms). No ``tta-dihedral``: clothing has an up and a
-  down, so its turned and flipped images are not the same garment as the network saw it.
+  down, so its turned and flipped images are not the same garment as the network saw it. In Lite0
+  at 128 px block10 ends the stride-16 stage (112 channels, an 8 x 8 map) and block14 the
+  192-channel stride-32 stage (4 x 4), block15 being the 320-channel stage of one block before the
+  head: 1,584 features for 1,280.
 * ``tta-hflip``: the label-preserving test-time view that clothing has, its mirror image
   (``eval.tta_views`` 1 with ``eval.tta_augment`` dihedral, whose first view is the horizontal
   flip): the mean softmax over the clean image and its mirror. Added, as ISIC's ``tta-dihedral``
-  was, after ``tta`` over the training views had lost on both datasets, and before any of its runs. In Lite0 at 128 px block10 ends the stride-16
-  stage (112 channels, an 8 x 8 map) and block14 the 192-channel stride-32 stage (4 x 4), block15
-  being the 320-channel stage of one block before the head: 1,584 features for 1,280.
+  was, after ``tta`` over the training views had lost on both datasets, and before any of its runs.
 * ``last1``, ``last2``, ``last3``: ``model.finetune=last:K`` on the preset's own Lite0 at 128 px.
   The base is already a single network, so their reference is ``base`` itself (no reference arm).
 * ``last1-lr0.1`` ... ``last3-lr0.1``: as on ISIC, against ``base``.
