@@ -244,4 +244,29 @@ def test_eta_is_not_inflated_by_a_one_time_extraction():
 
     durations = [2400.0, 20.0, 20.0]
     by_method = {"ce": [2400.0, 20.0], "afcl": [20.0]}
-    assert _estimate([Point("ce"), Point("afcl"), Point("supcon")], by_method, durations) == 60.0
+    assert _estimate([Point("ce"), Point("afcl"), Point("afcl")], by_method, durations) == (60.0, [])
+
+
+class _Point:
+    def __init__(self, method):
+        self.overrides = {} if method is None else {"method": method}
+
+
+def test_eta_names_the_methods_it_has_not_timed_instead_of_pricing_them_like_the_probe():
+    # A levers arm runs the probe and CE first (seconds each), then two-stage runs that take
+    # minutes: pricing those at the probe's median printed "8 min" for an arm that took 45.
+    from asymcl.experiments.workers import _estimate, _eta_text
+
+    by_method = {"probe": [10.0, 12.0], "ce": [60.0]}
+    durations = [10.0, 12.0, 60.0]
+    left = [_Point("probe"), _Point("ce"), _Point("afcl"), _Point("cl"), _Point("afcl")]
+    assert _estimate(left, by_method, durations) == (70.0, ["afcl", "cl"])
+    assert _eta_text(left, by_method, durations, workers=2) == "ETA 0m35s + the runs of afcl, cl (not timed yet)"
+    assert _eta_text(left[:2], by_method, durations, workers=1) == "ETA 1m10s"
+    assert _eta_text(left, {}, [], workers=1) == "ETA after the first run"
+
+
+def test_eta_of_a_grid_without_a_method_key_uses_every_run_so_far():
+    from asymcl.experiments.workers import _estimate
+
+    assert _estimate([_Point(None), _Point(None)], {None: [30.0, 50.0]}, [30.0, 50.0]) == (60.0, [])

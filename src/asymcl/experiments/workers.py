@@ -31,17 +31,43 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _estimate(left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], durations: list[float]) -> float:
-    """Seconds still needed: each run left costs the typical duration of this invocation's runs of
-    the same method (CE is much cheaper than a two-stage run), else of all runs so far. Typical is
-    the lower median, not the mean: the first run of a sweep from a feature cache does a one-time
-    extraction that can take 100 times a run, and the mean made the ETA hours too long."""
-    overall = statistics.median_low(durations)
+def _estimate(
+    left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], durations: list[float]
+) -> tuple[float, list[str]]:
+    """Seconds still needed for the runs left whose method this invocation has timed, and the
+    methods it has not timed yet.
+
+    Each run left costs the typical duration of this invocation's runs of the same method (CE is
+    much cheaper than a two-stage run). Typical is the lower median, not the mean: the first run of
+    a sweep from a feature cache does a one-time extraction that can take 100 times a run, and the
+    mean made the ETA hours too long. A method not timed yet is named rather than guessed: pricing
+    it at the runs so far (the probe and CE, which come first) printed "8 min" for an arm of
+    two-stage runs that took 45."""
     total = 0.0
+    untimed: list[str] = []
     for point in left:
-        same = by_method.get(point.overrides.get(METHOD_KEY))
-        total += statistics.median_low(same) if same else overall
-    return total
+        method = point.overrides.get(METHOD_KEY)
+        same = by_method.get(method)
+        if same:
+            total += statistics.median_low(same)
+        elif method is None or not by_method:
+            # No method in the grid (one method throughout), or nothing timed: the runs so far.
+            total += statistics.median_low(durations)
+        elif str(method) not in untimed:
+            untimed.append(str(method))
+    return total, untimed
+
+
+def _eta_text(
+    left: Sequence[SweepPoint], by_method: Mapping[Any, list[float]], durations: list[float], workers: int
+) -> str:
+    if not durations:
+        return "ETA after the first run"
+    seconds, untimed = _estimate(left, by_method, durations)
+    text = f"ETA {_format_duration(seconds / workers)}"
+    if untimed:
+        text += f" + the runs of {', '.join(untimed)} (not timed yet)"
+    return text
 
 
 @dataclass
@@ -109,11 +135,7 @@ def run_points(
         left = [p for p in points if not is_complete(out_dir / p.name)]
         elsewhere = [p for p in left if p is not point and runlock.holder(out_dir / p.name) is not None]
         workers = 1 + len(elsewhere)
-        eta = (
-            f"ETA {_format_duration(_estimate(left, by_method, durations) / workers)}"
-            if durations
-            else "ETA after the first run"
-        )
+        eta = _eta_text(left, by_method, durations, workers)
         busy = f", {len(elsewhere)} running in other workers" if elsewhere else ""
         progress(
             f"[{label}] {len(points) - len(left)}/{len(points)} done, {len(left)} left{busy}, {eta}; "
