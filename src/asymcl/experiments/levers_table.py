@@ -61,6 +61,16 @@ def arm_runs(out: Path, name: str, methods: Sequence[str]) -> list[Run]:
     return _arm_runs_and_stale(out, name, methods)[0]
 
 
+def _arm_names(out: Path, preset: LeverPreset) -> list[str]:
+    return [spec.name for spec in preset.arms] + ([COMBINED] if (Path(out) / COMBINED).is_dir() else [])
+
+
+def _load_arms(out: Path, names: Sequence[str], methods: Sequence[str]) -> dict[str, tuple[list[Run], list[Run]]]:
+    """``{arm: (runs, stale runs)}``, each arm's folder read once: the table, the per-method CSV,
+    the WA split and runs.csv all look at the same runs."""
+    return {name: _arm_runs_and_stale(out, name, methods) for name in names}
+
+
 def _value(run: Run, split: str, metric: str) -> float | None:
     if split == "val" and metric == "ua":
         return run.val_ua
@@ -107,9 +117,18 @@ class Selection:
         return same_as(self.overrides, self.preset) or COMBINED
 
 
-def select_levers(out: Path, methods: Sequence[str], preset: str | LeverPreset = DEFAULT_PRESET) -> Selection:
+def select_levers(
+    out: Path,
+    methods: Sequence[str],
+    preset: str | LeverPreset = DEFAULT_PRESET,
+    runs: Mapping[str, Sequence[Run]] | None = None,
+) -> Selection:
+    """The rule on the finished runs under ``out`` (or on ``runs``, ``{arm: runs}``, when the caller
+    has read them already)."""
     arms = lever_preset(preset).arms
-    means = {spec.name: seed_means(arm_runs(out, spec.name, methods), methods) for spec in arms}
+    if runs is None:
+        runs = {spec.name: arm_runs(out, spec.name, methods) for spec in arms}
+    means = {spec.name: seed_means(runs[spec.name], methods) for spec in arms}
     gains, over_base = {}, {}
     for spec in arms:
         if spec.reference and means[spec.name] and means[spec.reference]:
@@ -135,12 +154,16 @@ def _mean(values: Mapping[int, float]) -> float:
     return float(np.mean(list(values.values()))) if values else NAN
 
 
-def table_rows(out: Path, methods: Sequence[str], selection: Selection) -> list[dict[str, Any]]:
+def table_rows(
+    out: Path, methods: Sequence[str], selection: Selection, runs_by_arm: Mapping[str, Sequence[Run]] | None = None
+) -> list[dict[str, Any]]:
     """One row per arm that has finished runs (the combination last)."""
-    names = [spec.name for spec in selection.preset.arms] + ([COMBINED] if (Path(out) / COMBINED).is_dir() else [])
+    names = _arm_names(out, selection.preset)
+    if runs_by_arm is None:
+        runs_by_arm = {name: arm_runs(out, name, methods) for name in names}
     rows = []
     for name in names:
-        runs = arm_runs(out, name, methods)
+        runs = runs_by_arm[name]
         if not runs:
             continue
         spec = selection.preset.arm(name) if name != COMBINED else None
@@ -195,9 +218,11 @@ def write_table(out: Path, methods: Sequence[str], preset: str | LeverPreset = D
     from asymcl.experiments.runs_table import write_runs_csv
 
     out = Path(out)
-    selection = select_levers(out, methods, preset)
-    rows = table_rows(out, methods, selection)
-    wa_split = _wa_split(out, [row["arm"] for row in rows], methods)
+    loaded = _load_arms(out, _arm_names(out, lever_preset(preset)), methods)
+    runs = {name: fresh for name, (fresh, _) in loaded.items()}
+    selection = select_levers(out, methods, preset, runs)
+    rows = table_rows(out, methods, selection, runs)
+    wa_split = _wa_split(runs, [row["arm"] for row in rows])
     folder = out / "levers"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{name}" for name in ("levers.md", "levers.csv", "levers-methods.csv", "levers.json")}
@@ -207,7 +232,7 @@ def write_table(out: Path, methods: Sequence[str], preset: str | LeverPreset = D
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(paths["levers.csv"], text.getvalue())
-    atomic_write_text(paths["levers-methods.csv"], _per_method_csv(out, methods, [r["arm"] for r in rows]))
+    atomic_write_text(paths["levers-methods.csv"], _per_method_csv(runs, methods, [r["arm"] for r in rows]))
     atomic_write_text(
         paths["levers.json"],
         json.dumps(
@@ -228,18 +253,18 @@ def write_table(out: Path, methods: Sequence[str], preset: str | LeverPreset = D
             default=str,
         ),
     )
-    write_runs_csv(folder / "runs.csv", [(row["arm"], arm_runs(out, row["arm"], methods)) for row in rows], root=out)
-    stale = [run for row in rows for run in _arm_runs_and_stale(out, row["arm"], methods)[1]]
+    write_runs_csv(folder / "runs.csv", [(row["arm"], runs[row["arm"]]) for row in rows], root=out)
+    stale = [run for row in rows for run in loaded[row["arm"]][1]]
     atomic_write_text(paths["levers.md"], _markdown(rows, selection, methods, wa_split, stale_sentence(stale)))
     return paths
 
 
-def _per_method_csv(out: Path, methods: Sequence[str], names: Sequence[str]) -> str:
+def _per_method_csv(runs_by_arm: Mapping[str, Sequence[Run]], methods: Sequence[str], names: Sequence[str]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["arm", "method", "seeds", "val_ua", "test_ua", "test_wa"])
     for name in names:
-        runs = arm_runs(out, name, methods)
+        runs = runs_by_arm[name]
         for method in methods:
             mine = [r for r in runs if r.method == method]
             val = seed_means(mine, [method])
@@ -249,8 +274,8 @@ def _per_method_csv(out: Path, methods: Sequence[str], names: Sequence[str]) -> 
     return text.getvalue()
 
 
-def _wa_split(out: Path, names: Sequence[str], methods: Sequence[str]) -> str | None:
-    runs = [run for name in names for run in arm_runs(out, name, methods)]
+def _wa_split(runs_by_arm: Mapping[str, Sequence[Run]], names: Sequence[str]) -> str | None:
+    runs = [run for name in names for run in runs_by_arm[name]]
     return metric_split(runs, "wa") if runs else None
 
 
