@@ -264,6 +264,8 @@ def test_eta_names_the_methods_it_has_not_timed_instead_of_pricing_them_like_the
     assert _eta_text(left, by_method, durations, workers=2) == "ETA 0m35s + the runs of afcl, cl (not timed yet)"
     assert _eta_text(left[:2], by_method, durations, workers=1) == "ETA 1m10s"
     assert _eta_text(left, {}, [], workers=1) == "ETA after the first run"
+    # Only untimed methods left: no "ETA 0m00s + ...".
+    assert _eta_text(left[2:], by_method, durations, workers=2) == "ETA after a first run of afcl, cl"
 
 
 def test_eta_of_a_grid_without_a_method_key_uses_every_run_so_far():

@@ -64,6 +64,8 @@ def _eta_text(
     if not durations:
         return "ETA after the first run"
     seconds, untimed = _estimate(left, by_method, durations)
+    if untimed and seconds / workers < 1:
+        return f"ETA after a first run of {', '.join(untimed)}"
     text = f"ETA {_format_duration(seconds / workers)}"
     if untimed:
         text += f" + the runs of {', '.join(untimed)} (not timed yet)"
