@@ -98,7 +98,8 @@ def test_sweep_runs_every_point_resumes_after_interrupt_and_skips_finished(tmp_p
         run_sweep(spec, tmp_path, runner=interrupted, progress=lines.append, command="asymcl sweep x")
     assert len(interrupted.calls) == 3
     assert any("0/6 done, 6 left, ETA after the first run" in line for line in lines)
-    assert any("2/6 done, 4 left, ETA " in line and "m" in line.split("ETA ")[1] for line in lines)
+    # Both CE runs timed, only AFCL left: named, not priced like CE.
+    assert any("2/6 done, 4 left, ETA after a first run of afcl;" in line for line in lines)
 
     resumed = RecordingRunner()
     lines.clear()
@@ -106,6 +107,7 @@ def test_sweep_runs_every_point_resumes_after_interrupt_and_skips_finished(tmp_p
     assert sorted(resumed.calls) == sorted(all_names - set(interrupted.calls))  # nothing redone
     assert sorted(result.skipped) == sorted(interrupted.calls) and result.complete
     assert any("3/6 runs already finished" in line for line in lines)
+    assert any("4/6 done, 2 left, ETA 0m00s; running" in line for line in lines)  # AFCL timed now
 
     again = RecordingRunner()
     assert run_sweep(spec, tmp_path, runner=again, progress=lines.append).complete
