@@ -252,7 +252,7 @@ def test_an_old_run_directory_still_loads_resumes_and_keeps_its_name(tmp_path: P
     added = {
         "eval": {**old["eval"], "tta_augment": "train", "embeddings": None},
         "data": {**old["data"], "cache_engine": "auto"},
-        "model": {**old["model"], "finetune_lr_scale": 1.0},
+        "model": {**old["model"], "finetune_lr_scale": 1.0, "finetune_bn": "train"},
     }
     assert config.to_dict() == {**old, **added}
     assert check_run_dir(config, run_dir) is None  # the same run: it resumes

@@ -27,6 +27,41 @@ from torch import Tensor, nn
 from asymcl.errors import ConfigError
 
 FINETUNE_MODES = ("all", "frozen", "last:K")
+#: What the BatchNorm layers of the blocks that train do (``model.finetune_bn``).
+FINETUNE_BN = ("train", "frozen")
+
+
+class StatsFrozenBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d of a block that trains with its statistics kept: always in eval mode, so it
+    normalises with its running (pretrained) mean and variance in training too and never updates
+    them, while its scale and shift still get gradients. The usual choice when fine-tuning a
+    pretrained network on small batches from another domain: in training mode the running
+    statistics drift toward the training batches (here the cached augmented views) at any learning
+    rate, and evaluation then normalises clean images with them.
+
+    :func:`apply_finetune` swaps the class of the existing modules rather than wrapping them, so the
+    state-dict keys, checkpoints and exports stay those of a plain BatchNorm2d."""
+
+    def train(self, mode: bool = True) -> StatsFrozenBatchNorm2d:
+        return super().train(False)
+
+
+def _set_batchnorm(module: nn.Module, batchnorm: str) -> None:
+    for child in module.modules():
+        if batchnorm == "frozen" and type(child) is nn.BatchNorm2d:
+            child.__class__ = StatsFrozenBatchNorm2d
+            child.train(False)
+        elif batchnorm == "train" and type(child) is StatsFrozenBatchNorm2d:
+            child.__class__ = nn.BatchNorm2d
+        elif (
+            batchnorm == "frozen"
+            and isinstance(child, nn.modules.batchnorm._NormBase)
+            and not isinstance(child, StatsFrozenBatchNorm2d)
+        ):
+            raise ConfigError(
+                f"model.finetune_bn=frozen keeps BatchNorm2d statistics; this backbone's trained part has a "
+                f"{type(child).__name__}: use model.finetune_bn=train"
+            )
 
 
 class FrozenPart(nn.Module):
@@ -122,23 +157,31 @@ def check_finetune_fits(finetune: str, backbone: str, units: list[str] | None, f
         )
 
 
-def apply_finetune(encoder: nn.Module, finetune: str) -> FinetuneParts:
+def apply_finetune(encoder: nn.Module, finetune: str, batchnorm: str = "train") -> FinetuneParts:
     """Set ``requires_grad`` on ``encoder``'s parameters and return (frozen, trainable) parts.
 
     Output shapes: ``frozen(x)`` is (B, D) for ``frozen``, a feature map for ``last:K``, ``x``
     itself for ``all``; ``trainable(frozen(x))`` is always (B, D), ``D = encoder.feature_dim``.
+    ``batchnorm`` (:data:`FINETUNE_BN`): ``frozen`` turns the trainable part's BatchNorm2d layers
+    into :class:`StatsFrozenBatchNorm2d` (statistics kept, scale and shift trained).
     """
     mode, k = parse_finetune(finetune)
     check_finetune_fits(finetune, type(encoder).__name__, unit_names(encoder), hasattr(encoder, "taps"))
+    if batchnorm not in FINETUNE_BN:
+        raise ConfigError(f"model.finetune_bn={batchnorm!r} is not valid: use one of {', '.join(FINETUNE_BN)}")
     for parameter in encoder.parameters():
         parameter.requires_grad_(True)  # a second call with another mode starts from scratch
+    _set_batchnorm(encoder, "train")
     if mode == "all":
-        return FinetuneParts(nn.Identity(), encoder)
-    if mode == "frozen":
+        parts = FinetuneParts(nn.Identity(), encoder)
+    elif mode == "frozen":
         return FinetuneParts(FrozenPart(encoder), nn.Identity())
-    layers = encoder_layers(encoder)
-    assert layers is not None and k is not None  # check_finetune_fits: last:K has a unit list of >= K
-    pre, units, post = layers
-    n = len(units)
-    frozen = FrozenPart(nn.Sequential(pre, *units[: n - k]))
-    return FinetuneParts(frozen, nn.Sequential(*units[n - k :], post))
+    else:
+        layers = encoder_layers(encoder)
+        assert layers is not None and k is not None  # check_finetune_fits: last:K has a unit list of >= K
+        pre, units, post = layers
+        n = len(units)
+        frozen = FrozenPart(nn.Sequential(pre, *units[: n - k]))
+        parts = FinetuneParts(frozen, nn.Sequential(*units[n - k :], post))
+    _set_batchnorm(parts.trainable, batchnorm)
+    return parts

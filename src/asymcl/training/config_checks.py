@@ -59,6 +59,15 @@ def finetune(value: Any) -> str:
     return str(value).strip()
 
 
+def finetune_bn(value: Any) -> str:
+    """train | frozen, the model layer's own list (:data:`asymcl.models.finetune.FINETUNE_BN`)."""
+    from asymcl.models.finetune import FINETUNE_BN
+
+    if value not in FINETUNE_BN:
+        raise ValueError(f"must be one of {', '.join(FINETUNE_BN)}")
+    return str(value)
+
+
 def devices(value: Any) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value

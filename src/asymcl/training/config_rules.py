@@ -39,6 +39,12 @@ def apply_rules(config: RunConfig) -> RunConfig:
             "that train, and model.finetune=frozen trains none: set model.finetune to last:K or all, "
             "or remove model.finetune_lr_scale"
         )
+    if parse_finetune(model.finetune)[0] == "frozen" and model.finetune_bn != "train":
+        raise ConfigError(
+            f"model.finetune_bn={model.finetune_bn} keeps the statistics of backbone blocks that train, "
+            "and model.finetune=frozen trains none (its BatchNorm is frozen already): set model.finetune "
+            "to last:K or all, or remove model.finetune_bn"
+        )
     if method.stages == PROBE and model.pretrained is None:
         raise ConfigError(
             "method probe needs a pretrained encoder's features: set model.pretrained (e.g. "

@@ -112,6 +112,13 @@ class ModelConfig(Section):
         "learning rate of the backbone blocks that train (model.finetune all or last:K) as a "
         "multiple of the stage's lr; the adapter and heads keep the stage's lr",
     )
+    finetune_bn: str = option(
+        "train",
+        check.finetune_bn,
+        "BatchNorm of the backbone blocks that train (model.finetune all or last:K): train (batch "
+        "statistics, running statistics updated) or frozen (the pretrained running statistics, in "
+        "training too; scale and shift still train)",
+    )
     feature_layers: list[str] | None = option(
         None,
         check.names,

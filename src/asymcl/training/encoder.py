@@ -104,6 +104,7 @@ class Encoder(nn.Module):
         load_pretrained: bool = True,
         input_size: int | None = None,
         finetune: str = "all",
+        finetune_bn: str = "train",
         adapter: int = 0,
         feature_layers: list[str] | None = None,
     ):
@@ -126,7 +127,7 @@ class Encoder(nn.Module):
             set_feature_layers(self.backbone, feature_layers)
         self.feature_dim = feature_dim_of(self.backbone)
         self.standardise = _standardise(backbone, in_channels, pretrained)
-        parts = apply_finetune(self.backbone, finetune)
+        parts = apply_finetune(self.backbone, finetune, finetune_bn)
         # Not registered: they share the backbone's sub-modules (registering them would give every
         # weight a second name in the checkpoint).
         object.__setattr__(self, "_parts", parts)
@@ -195,6 +196,7 @@ def build_encoder(config, in_channels: int, image_hw: tuple[int, int], load_pret
         load_pretrained=load_pretrained,
         input_size=model.input_size,
         finetune=model.finetune,
+        finetune_bn=model.finetune_bn,
         adapter=adapter_width(model),
         feature_layers=model.feature_layers,
     )
