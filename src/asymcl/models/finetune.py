@@ -47,11 +47,13 @@ class StatsFrozenBatchNorm2d(nn.BatchNorm2d):
 
 
 def _set_batchnorm(module: nn.Module, batchnorm: str) -> None:
+    child: nn.Module
     for child in module.modules():
-        if batchnorm == "frozen" and type(child) is nn.BatchNorm2d:
+        kind = type(child)
+        if batchnorm == "frozen" and kind is nn.BatchNorm2d:
             child.__class__ = StatsFrozenBatchNorm2d
             child.train(False)
-        elif batchnorm == "train" and type(child) is StatsFrozenBatchNorm2d:
+        elif batchnorm == "train" and kind is StatsFrozenBatchNorm2d:
             child.__class__ = nn.BatchNorm2d
         elif (
             batchnorm == "frozen"
