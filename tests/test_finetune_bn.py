@@ -12,51 +12,23 @@ from torch import nn
 from asymcl.errors import ConfigError
 from asymcl.models.finetune import StatsFrozenBatchNorm2d, apply_finetune
 from asymcl.training.config import resolve_config, run_identity
-from asymcl.training.pipeline import RunData, build_module
+from finetune_fixtures import finetune_config, optimizer_step, train_mode_module
 
 torch.set_num_threads(1)
 
 
 def _config(finetune: str = "last:1", bn: str | None = None, method: str = "ce") -> dict:
-    config = {
-        "method": method,
-        "seed": 0,
-        "data.dataset": "digits",
-        "data.classes": [0, 1, 2],
-        "model.backbone": "small_cnn",
-        "model.finetune": finetune,
-        "model.proj_hidden_dim": 16,
-        "model.proj_dim": 8,
-        "data.cache": "off",
-        "stage1.optimizer": "sgd",
-        "stage1.weight_decay": 0.0,
-        "stage1.scheduler": "none",
-        "stage1.lr": 0.05,
-        "trainer.progress_bar": False,
-    }
-    if bn is not None:
-        config["model.finetune_bn"] = bn
-    return config
+    return finetune_config(method, finetune, finetune_bn=bn)
 
 
 def _stats_and_params_after_a_step(bn: str | None, stage: str = "baseline", method: str = "ce"):
-    config = resolve_config(_config(bn=bn, method=method))
-    torch.manual_seed(0)
-    module = build_module(stage, config, RunData(config))
-    module.train()
+    module = train_mode_module(stage, _config(bn=bn, method=method))
     trained_norms = [
         m for m in module.encoder.parts.trainable.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
     ]
     assert trained_norms, "small_cnn's last block has a BatchNorm"
     before = [copy.deepcopy(m.state_dict()) for m in trained_norms]
-    optimizer = module.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    generator = torch.Generator().manual_seed(3)
-    inputs = torch.rand(8, 1, 8, 8, generator=generator)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
-    torch.manual_seed(3)
-    module.training_step((inputs, labels), 0).backward()
-    optimizer.step()
+    optimizer_step(module)
     return module, trained_norms, before
 
 

@@ -6,55 +6,21 @@ import torch
 
 from asymcl.errors import ConfigError
 from asymcl.training.config import resolve_config, run_identity
-from asymcl.training.pipeline import RunData, build_module
+from finetune_fixtures import finetune_config, optimizer_step, train_mode_module
 
 torch.set_num_threads(1)
 
 
 def _config(method: str, finetune: str, scale: float | None, **extra) -> dict:
-    config = {
-        "method": method,
-        "seed": 0,
-        "data.dataset": "digits",
-        "data.classes": [0, 1, 2],
-        "model.backbone": "small_cnn",
-        "model.finetune": finetune,
-        "model.proj_hidden_dim": 16,
-        "model.proj_dim": 8,
-        "data.cache": "off",
-        "stage1.optimizer": "sgd",
-        "stage1.weight_decay": 0.0,
-        "stage1.scheduler": "none",
-        "stage1.lr": 0.05,
-        "trainer.progress_bar": False,
-        **extra,
-    }
-    if scale is not None:
-        config["model.finetune_lr_scale"] = scale
-    return config
+    return {**finetune_config(method, finetune, finetune_lr_scale=scale), **extra}
 
 
 def _module(stage: str, raw: dict):
-    config = resolve_config(raw)
-    torch.manual_seed(0)  # the same initial weights for every scale
-    module = build_module(stage, config, RunData(config))
-    module.train()
     # float64: a step's delta is read as after - before, which float32 would round to ~1e-7
-    return module.double()
+    return train_mode_module(stage, raw, torch.float64)
 
 
-def _step(module, data_seed: int = 3) -> dict[str, torch.Tensor]:
-    """Parameter deltas of one optimizer step on a fixed batch."""
-    optimizer = module.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    generator = torch.Generator().manual_seed(data_seed)
-    inputs = torch.rand(8, 1, 8, 8, generator=generator, dtype=torch.float64)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
-    before = {name: p.detach().clone() for name, p in module.named_parameters()}
-    torch.manual_seed(data_seed)  # the augmentation's draws
-    module.training_step((inputs, labels), 0).backward()
-    optimizer.step()
-    return {name: p.detach() - before[name] for name, p in module.named_parameters()}
+_step = optimizer_step
 
 
 @pytest.mark.parametrize(
