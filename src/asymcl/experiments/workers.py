@@ -50,8 +50,7 @@ def _estimate(
         same = by_method.get(method)
         if same:
             total += statistics.median_low(same)
-        elif method is None or not by_method:
-            # No method in the grid (one method throughout), or nothing timed: the runs so far.
+        elif method is None:  # no method in the grid: one method throughout, priced by every run so far
             total += statistics.median_low(durations)
         elif str(method) not in untimed:
             untimed.append(str(method))

@@ -177,7 +177,7 @@ def apply_finetune(encoder: nn.Module, finetune: str, batchnorm: str = "train") 
     if mode == "all":
         parts = FinetuneParts(nn.Identity(), encoder)
     elif mode == "frozen":
-        return FinetuneParts(FrozenPart(encoder), nn.Identity())
+        parts = FinetuneParts(FrozenPart(encoder), nn.Identity())
     else:
         layers = encoder_layers(encoder)
         assert layers is not None and k is not None  # check_finetune_fits: last:K has a unit list of >= K

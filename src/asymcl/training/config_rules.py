@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from asymcl.errors import ConfigError
-from asymcl.training.config_sections import RunConfig
+from asymcl.training.config_sections import ModelConfig, RunConfig
 from asymcl.training.methods import PROBE, Method, contrastive_methods
 
 
@@ -33,18 +33,21 @@ def apply_rules(config: RunConfig) -> RunConfig:
     check_tta(config)
     model = config.model
     check_encoder_options(model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained)
-    if parse_finetune(model.finetune)[0] == "frozen" and model.finetune_lr_scale != 1.0:
-        raise ConfigError(
-            f"model.finetune_lr_scale={model.finetune_lr_scale:g} scales the learning rate of backbone blocks "
-            "that train, and model.finetune=frozen trains none: set model.finetune to last:K or all, "
-            "or remove model.finetune_lr_scale"
-        )
-    if parse_finetune(model.finetune)[0] == "frozen" and model.finetune_bn != "train":
-        raise ConfigError(
-            f"model.finetune_bn={model.finetune_bn} keeps the statistics of backbone blocks that train, "
-            "and model.finetune=frozen trains none (its BatchNorm is frozen already): set model.finetune "
-            "to last:K or all, or remove model.finetune_bn"
-        )
+    if parse_finetune(model.finetune)[0] == "frozen":
+        # The options of the backbone blocks that train: with none training, any value but the
+        # default would be silently ignored.
+        defaults = ModelConfig()
+        for key, does in (
+            ("finetune_lr_scale", "scales the learning rate of"),
+            ("finetune_bn", "sets the BatchNorm of"),
+        ):
+            value = getattr(model, key)
+            if value != getattr(defaults, key):
+                shown = f"{value:g}" if isinstance(value, float) else value
+                raise ConfigError(
+                    f"model.{key}={shown} {does} backbone blocks that train, and model.finetune=frozen trains "
+                    f"none: set model.finetune to last:K or all, or remove model.{key}"
+                )
     if method.stages == PROBE and model.pretrained is None:
         raise ConfigError(
             "method probe needs a pretrained encoder's features: set model.pretrained (e.g. "
