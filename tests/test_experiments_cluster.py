@@ -157,6 +157,16 @@ def test_database_errors_are_retried_with_backoff_then_a_clear_error():
     impatient = DbRetry("postgresql://u:***@db/x", 0, lines.append, sleep=sleeps.append)
     with pytest.raises(ConfigError, match=r"--storage postgresql://u:\*\*\*@db/x: the database has been unreachable"):
         impatient("x", lambda: (_ for _ in ()).throw(lost))
+    lost_race = sa.IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
+    races = [lost_race]
+
+    def create_tables():
+        if races:
+            raise races.pop()
+        return "ok"
+
+    assert retry("opening the storage", create_tables, also=(sa.IntegrityError,)) == "ok"
+    assert "database busy while opening the storage (IntegrityError" in lines[-1]  # reachable: not "unreachable"
     wrong_password = sa.OperationalError("c", {}, Exception('FATAL: password authentication failed for user "u"'))
     with pytest.raises(sa.OperationalError):  # a wrong URL is not waited for
         retry("x", lambda: (_ for _ in ()).throw(wrong_password))
@@ -254,11 +264,17 @@ def test_a_trial_over_budget_trains_nothing_and_is_not_counted(monkeypatch):
     assert any("1/2 trials complete, 1 running" in line for line in lines)
 
 
-def _start_workers(tmp_path: Path, args: list[str], n: int, hang: str) -> tuple[list[subprocess.Popen], Path]:
+def _start_workers(
+    tmp_path: Path, args: list[str], n: int, hang: str, *, others_after_victim_trains: bool = False
+) -> tuple[list[subprocess.Popen], Path]:
+    """Worker 0 (the victim) hangs at ``hang``. With ``others_after_victim_trains`` the other workers
+    start once the victim has begun training: workers that all start together can take the whole
+    budget before the victim holds a trial (it lost the race to create the tables, say), and then
+    there is nothing to kill."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     log = tmp_path / "trace.log"
-    procs = []
+    procs: list[subprocess.Popen] = []
     for index in range(n):
         env = {**os.environ, "TRACE_LOG": str(log), "PYTHONPATH": os.pathsep.join(sys.path)}
         if index == 0:
@@ -272,6 +288,8 @@ def _start_workers(tmp_path: Path, args: list[str], n: int, hang: str) -> tuple[
                 stderr=subprocess.STDOUT,
             )
         )
+        if index == 0 and others_after_victim_trains:
+            _wait_for_trace(procs[0], log, "start")
     return procs, log
 
 
@@ -283,17 +301,23 @@ def _trace(log: Path) -> list[tuple[int, str, str, str]]:
     ]
 
 
-def _kill_victim_when_it_hangs(victim: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+def _wait_for_trace(victim: subprocess.Popen, log: Path, event: str, timeout: float = 180) -> str:
+    """The run in which the victim first wrote ``event``, once it has."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        hung = [run for pid, run, _, event in _trace(log) if pid == victim.pid and event == "hang"]
-        if hung:
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            return hung[0]
+        seen = [run for pid, run, _, what in _trace(log) if pid == victim.pid and what == event]
+        if seen:
+            return seen[0]
         assert victim.poll() is None, victim.stdout.read()
         time.sleep(0.2)
-    raise AssertionError("the victim worker never reached a training stage")
+    raise AssertionError(f"the victim worker never wrote {event!r} (never reached a training stage)")
+
+
+def _kill_victim_when_it_hangs(victim: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+    hung = _wait_for_trace(victim, log, "hang", timeout)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    return hung
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
@@ -464,7 +488,7 @@ def test_three_optuna_workers_on_postgres_one_killed(tmp_path, postgres):
         "--sampler-seed",
         "0",
     ]
-    procs, log = _start_workers(tmp_path, args, 3, hang="stage2")
+    procs, log = _start_workers(tmp_path, args, 3, hang="stage2", others_after_victim_trains=True)
     killed_run = _kill_victim_when_it_hangs(procs[0], log)
     _finish(procs[1:])
 

@@ -137,8 +137,11 @@ class DbRetry:
                         f"{_duration(waited)} ({_short(exc)}); finished runs are kept: run the same "
                         "command again when it is back"
                     ) from exc
+                # The errors in ``also`` come from a reachable database (a worker that lost the race
+                # to create the tables): "unreachable" would send the user to check the network.
+                state = "unreachable" if is_transient(exc) else "busy"
                 self.progress(
-                    f"[optuna] database unreachable while {what} ({_short(exc)}); "
+                    f"[optuna] database {state} while {what} ({_short(exc)}); "
                     f"retrying in {delay:.0f} s (giving up after {_duration(self.give_up_after)})"
                 )
                 self.sleep(delay)
