@@ -301,9 +301,9 @@ def test_the_dry_run_prints_every_arm_its_runs_and_disk(isic, tmp_path, capsys):
     printed = capsys.readouterr().out
     for spec in ARMS:
         assert f"# arm {spec.name} (" in printed and f"name: levers-{spec.name}\n" in printed
-    assert printed.count(": 24 runs into ") == len(ARMS) == 17
+    assert printed.count(": 24 runs into ") == len(ARMS) == 20
     assert "# pruned before any run: lite2-lite0-300 (estimated extraction 38 min" in printed
-    assert f"# 408 runs in 17 arms, then {COMBINED}: 24 runs" in printed
+    assert f"# 480 runs in 20 arms, then {COMBINED}: 24 runs" in printed
     assert "feature caches about" in printed and not out.exists()
     assert main(["levers", "--data", str(isic), "--arms", "tta,last2", "--methods", "ce,la", "--dry-run"]) == 0
     assert "# 12 runs in 2 arms; feature caches" in capsys.readouterr().out
@@ -330,7 +330,7 @@ def test_a_bad_arm_name_is_one_line(isic, tmp_path, capsys):
     assert err.count("\n") == 0
     assert (
         "unknown arm 'last9' for --preset isic2018 (allowed: base, tta, tta-dihedral, layers, lite0-224, last1, last2, last3, "
-        "last1-lr0.1, last2-lr0.1, last3-lr0.1" in err
+        "last1-lr0.1, last2-lr0.1, last3-lr0.1, last1-bn-frozen, last2-bn-frozen, last3-bn-frozen, lite0-260" in err
     )
     assert err.endswith(", combined)")
 

@@ -28,9 +28,9 @@ from levers_fakes import install_fake_levers
 # data and out folders written DATA and OUT) and of the plan it returns (runs and disk bytes per
 # arm). A change here renames, retrains or re-plans runs of the ablation in progress.
 # tta-dihedral was added later (the tta lever's second value), then the three -lr0.1 arms (the
-# finetune lever's slow-block values): each is pinned from its own commit, the runs before each
-# addition are still the old code's, and the dry run differs from the one before only by the added
-# arms' lines and the total.
+# finetune lever's slow-block values), then the three -bn-frozen arms (its frozen-statistics
+# values): each is pinned from its own commit, the runs before each addition are still the old
+# code's, and the dry run differs from the one before only by the added arms' lines and the total.
 ISIC_ARM_PINS = {
     "base": "6b431dfb326492a423009aa6522ac99d2352e09443946616336ba781af57be64",
     "tta": "708934d6aab3d40d68c409f4cd6745f78f134346cbb174b3772aa353bd4f1bb3",
@@ -43,6 +43,9 @@ ISIC_ARM_PINS = {
     "last1-lr0.1": "aab30e20c9d221c629a8676800d4045950e5afaa154d1634af0e0a6b081bde8a",
     "last2-lr0.1": "41b52956acc8771ec16621857d434d1ab2d0600a2be7394afb32e7fa1fc4a73e",
     "last3-lr0.1": "1316730fc01403db1866ce05a2d8b830423c3efa53fcdd1b0060f4bcbcab7d01",
+    "last1-bn-frozen": "98b2cc24c2d34d37e0f29c1581c5024817af78e857c12f1f47ed5a05c982dfce",
+    "last2-bn-frozen": "970f9742cf72f6a2f8e184e365b59dc5bbb8b08f73412ffa3350626985cb761d",
+    "last3-bn-frozen": "3daff44fa2f4f2b763ada3cf6368550d70dff3cab3f86f9242cf849114cbdf47",
     "lite0-260": "82b2d484ac81aa34ae41abdcdbb9ae30b6f2c1316ed09c6ee1f2438bbba63ecf",
     "lite2-224": "8e5b09b85027ea5a443dd5760d326a11fe1969ed1eeb9d49b3af1ea4a4bd8dfe",
     "lite0-300": "e286dba8eb8950d4f1b0c2ffb77ffe0683f1d7548c71e61b56a93bc341e93083",
@@ -52,12 +55,14 @@ ISIC_ARM_PINS = {
 }
 ISIC_RUN_PINS = (312, "a1b0b12925f55ffbd0a9788ed4b0d5d4bcd77283f808fa6041c0fcdf6108b9ed")  # without tta-dihedral
 ISIC_DIHEDRAL_RUN_PINS = (336, "8aa68dd6f1b6f149dcfa5aa9d128191cd550d136ed688d8e0320725e5541b345")
-ISIC_ALL_RUN_PINS = (408, "b48562513784731efb9762b80737bd6cf89c419be3f87b6686db1f82df2115e1")
-ISIC_DRY_RUN_PINS = (  # with tta-dihedral and the -lr0.1 arms
-    "ef2cf25aade77e50a884167e900b0a4032a3576c318f9a471e3b3fdd7de7059e",
-    "7615e02c0ad1b4a225170414bf303a69b4608db4651e92ff76984d5c0929c6f4",
+ISIC_SLOW_RUN_PINS = (408, "b48562513784731efb9762b80737bd6cf89c419be3f87b6686db1f82df2115e1")
+ISIC_ALL_RUN_PINS = (480, "0ea08ac0784bcee1e48f54e1498b961ec60a20af4367a257d13883bf00806da0")
+ISIC_DRY_RUN_PINS = (  # with tta-dihedral, the -lr0.1 and the -bn-frozen arms
+    "16aa2f25955e0e2dab3ac4b0068f4fa8031fdd6e0f69e363335956b47d549280",
+    "3ec8d5238929b2c1eed311a93bd1f7d4698f3f78396d53d638049ed63191cecf",
 )
 SLOW_ARMS = ("last1-lr0.1", "last2-lr0.1", "last3-lr0.1")
+FROZEN_BN_ARMS = ("last1-bn-frozen", "last2-bn-frozen", "last3-bn-frozen")
 
 
 @pytest.fixture
@@ -78,11 +83,14 @@ def test_the_isic_ablation_is_unchanged(isic):
     for name, raw in specs.items():
         assert _digest(yaml.safe_dump(raw, sort_keys=False).replace(str(isic), "DATA")) == ISIC_ARM_PINS[name], name
     names = {a: sorted(p.name for p in expand(parse_spec(copy.deepcopy(raw)))) for a, raw in specs.items()}
-    old = sorted(f"{a}/{n}" for a, runs in names.items() if a not in ("tta-dihedral", *SLOW_ARMS) for n in runs)
-    dihedral = sorted(f"{a}/{n}" for a, runs in names.items() if a not in SLOW_ARMS for n in runs)
+    added = ("tta-dihedral", *SLOW_ARMS, *FROZEN_BN_ARMS)
+    old = sorted(f"{a}/{n}" for a, runs in names.items() if a not in added for n in runs)
+    dihedral = sorted(f"{a}/{n}" for a, runs in names.items() if a not in added[1:] for n in runs)
+    slow = sorted(f"{a}/{n}" for a, runs in names.items() if a not in FROZEN_BN_ARMS for n in runs)
     every = sorted(f"{a}/{n}" for a, runs in names.items() for n in runs)
     assert (len(old), _digest("\n".join(old))) == ISIC_RUN_PINS
     assert (len(dihedral), _digest("\n".join(dihedral))) == ISIC_DIHEDRAL_RUN_PINS
+    assert (len(slow), _digest("\n".join(slow))) == ISIC_SLOW_RUN_PINS
     assert (len(every), _digest("\n".join(every))) == ISIC_ALL_RUN_PINS
 
 
@@ -129,6 +137,9 @@ FMNIST_ARMS = (
     "last1-lr0.1",
     "last2-lr0.1",
     "last3-lr0.1",
+    "last1-bn-frozen",
+    "last2-bn-frozen",
+    "last3-bn-frozen",
 )
 
 
@@ -161,6 +172,8 @@ def test_the_fmnist_arms_change_only_their_lever_keys_and_every_method_has_the_s
             assert changed == set(spec.keys), (spec.name, run)
     assert arm("last2", FMNIST).keys == {"model.finetune": "last:2"}
     assert arm("last2-lr0.1", FMNIST).keys == {"model.finetune": "last:2", "model.finetune_lr_scale": 0.1}
+    assert arm("last3-bn-frozen", FMNIST).keys == {"model.finetune": "last:3", "model.finetune_bn": "frozen"}
+    assert arm("last1-bn-frozen").reference == "lite0-224" and arm("last1-bn-frozen").lever == "finetune"
 
 
 def test_the_fmnist_layer_taps_are_lite0_stage_ends_at_128_px(fmnist):
@@ -205,7 +218,8 @@ def test_the_fmnist_disk_estimate_counts_each_seeds_entries(fmnist):
 
 
 # What the fake runner gives each fmnist lever on validation, per seed: tta and last2 win on every
-# seed, the multi-layer features lose, the mirror view, last1, last3 and the slow-block arms move both ways.
+# seed, the multi-layer features lose, the mirror view, last1, last3, the slow-block and frozen-statistics arms move
+# both ways.
 FM_WINS = {"tta": (0.02, 0.022, 0.024), "last:2": (0.03, 0.031, 0.032), "layers": (-0.01, -0.012, -0.014)}
 NOISE = (0.01, -0.01, 0.004)
 
@@ -219,7 +233,7 @@ def _fm_effect(config):
         effect += FM_WINS["tta"][seed]
     if model["feature_layers"]:
         effect += FM_WINS["layers"][seed]
-    if model["finetune"] == "last:2" and model["finetune_lr_scale"] == 1.0:
+    if model["finetune"] == "last:2" and model["finetune_lr_scale"] == 1.0 and model["finetune_bn"] == "train":
         effect += FM_WINS["last:2"][seed]
     elif model["finetune"] != "frozen":
         effect += NOISE[seed]
@@ -233,7 +247,7 @@ def test_a_whole_fmnist_ablation_keeps_the_winners_and_runs_them_together(fmnist
     out = tmp_path / "levers"
     result = run_levers(fmnist, out, preset=FMNIST, methods=["ce", "afcl"], progress=lambda line: None)
     assert result["failed"] == 0
-    assert len(trained) == (10 + 1) * 2 * 3 and trained[-6:] == [COMBINED] * 6
+    assert len(trained) == (13 + 1) * 2 * 3 and trained[-6:] == [COMBINED] * 6
     assert extracted == [f"levers {name}" for name in (*FMNIST_ARMS, COMBINED)]
     chosen = json.loads((out / "levers" / "levers.json").read_text())
     assert chosen["preset"] == FMNIST and chosen["dataset"] == "Fashion-MNIST-LT"
@@ -243,7 +257,20 @@ def test_a_whole_fmnist_ablation_keeps_the_winners_and_runs_them_together(fmnist
     sweep_file = yaml.safe_load((out / COMBINED / "sweep.yaml").read_text())
     assert sweep_file["base"]["data.imbalance"] == "exp:100" and sweep_file["base"]["model.finetune"] == "last:2"
     rows = {row["arm"]: row for row in _csv(out / "levers" / "levers.csv")}
-    assert [rows[n]["kept"] for n in FMNIST_ARMS[1:]] == ["yes", "no", "no", "no", "yes", "no", "no", "no", "no"]
+    assert [rows[n]["kept"] for n in FMNIST_ARMS[1:]] == [
+        "yes",
+        "no",
+        "no",
+        "no",
+        "yes",
+        "no",
+        "no",
+        "no",
+        "no",
+        "no",
+        "no",
+        "no",
+    ]
     assert rows["last2"]["reference"] == BASE and float(rows["last2"]["gain"]) == pytest.approx(0.031)
     assert float(rows[COMBINED]["val_ua"]) == pytest.approx(0.61 + 0.022 + 0.031)
     assert float(rows[COMBINED]["test_wa"]) == pytest.approx(0.61 + 0.022 + 0.031 + 0.2)  # on test_imbalanced
@@ -275,7 +302,7 @@ def test_the_fmnist_dry_run_prints_every_arm_its_runs_and_disk(fmnist, tmp_path,
         assert f": 24 runs into {out / name}; feature caches about " in line and " MB (" in line
         assert f"name: levers-{name}\n" in printed
     assert "last1 (finetune; against base;" in printed and "pruned" not in printed
-    assert f"# 240 runs in 10 arms, then {COMBINED}: 24 runs" in printed and "feature caches about" in printed
+    assert f"# 312 runs in 13 arms, then {COMBINED}: 24 runs" in printed and "feature caches about" in printed
     assert not out.exists() and not (tmp_path / "cache").exists()  # a dry run writes nothing
 
 
@@ -310,6 +337,6 @@ def test_an_arm_the_preset_does_not_have_is_one_line_listing_its_arms(fmnist, ca
     err = capsys.readouterr().err.strip()
     assert err.endswith(
         "unknown arm 'lite2-260' for --preset fmnist-lt (allowed: base, tta, tta-hflip, layers, last1, last2, last3, "
-        "last1-lr0.1, last2-lr0.1, last3-lr0.1, combined)"
+        "last1-lr0.1, last2-lr0.1, last3-lr0.1, last1-bn-frozen, last2-bn-frozen, last3-bn-frozen, combined)"
     )
     assert err.count("\n") == 0

@@ -173,8 +173,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     levers.add_argument(
         "--arms",
         metavar="A,B",
-        help="only these arms now (base, tta, layers, last1, last2, last3, their -lr0.1 forms, combined; isic2018 also "
-        "tta-dihedral, lite0-224 and the size/encoder arms, fmnist-lt also tta-hflip: see --dry-run)",
+        help="only these arms now (base, tta, layers, last1, last2, last3, their -lr0.1 and -bn-frozen forms, "
+        "combined; isic2018 also tta-dihedral, lite0-224 and the size/encoder arms, fmnist-lt also tta-hflip: "
+        "see --dry-run)",
     )
     levers.add_argument(
         "--seeds",
