@@ -75,7 +75,8 @@ def test_claim_cli_writes_table_figure_and_runs_csv(tmp_path, capsys):
     table = list(csv.DictReader((tmp_path / "claim" / "claim.csv").open()))
     assert {r["comparison"] for r in table} == {"AFCL - CL", "AFCL - FCL", "ACL - CL"}
     assert (tmp_path / "claim" / "claim.png").stat().st_size > 1000
-    assert "MDD" in (tmp_path / "claim" / "claim.md").read_text()
+    text = (tmp_path / "claim" / "claim.md").read_text()
+    assert "MDD" in text and "a verdict Holm-adjusted over all 24 comparisons of the grid" in text
     payload = json.loads((tmp_path / "claim" / "claim.json").read_text())
     # rebuilt from runs.csv alone: the same rows
     assert main(["claim", str(tmp_path / "claim" / "runs.csv"), "--out", str(tmp_path / "again")]) == 0
@@ -144,6 +145,11 @@ def test_two_seeds_get_no_verdict_even_when_their_differences_coincide(tmp_path)
     afcl = [r for r in rows if r["first"] == "afcl" and r["second"] == "cl" and r["metric"] == "ua"]
     assert afcl and afcl[0]["n"] == 2 and afcl[0]["p"] < 0.05  # the raw test would call it
     assert {r["verdict"] for r in rows} == {"too few seeds"}
+    assert main(["claim", str(tmp_path), "--out", str(tmp_path / "claim")]) == 0
+    text = (tmp_path / "claim" / "claim.md").read_text()
+    assert (
+        "Holm-adjusted over the grid's comparisons (no cell has 3 seeds yet)" in text and " 0 comparisons" not in text
+    )
 
 
 def test_runs_of_settings_the_sweep_file_no_longer_gives_are_left_out(tmp_path):
