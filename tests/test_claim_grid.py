@@ -148,7 +148,8 @@ def test_two_seeds_get_no_verdict_even_when_their_differences_coincide(tmp_path)
     assert main(["claim", str(tmp_path), "--out", str(tmp_path / "claim")]) == 0
     text = (tmp_path / "claim" / "claim.md").read_text()
     assert (
-        "Holm-adjusted over the grid's comparisons (no cell has 3 seeds yet)" in text and " 0 comparisons" not in text
+        "a verdict, Holm-adjusted over the grid, for each cell with 3 seeds (no cell has them yet)." in text
+        and " 0 comparisons" not in text
     )
 
 

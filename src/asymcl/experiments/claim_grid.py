@@ -281,9 +281,10 @@ def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
         write_runs_csv(out_dir / "runs.csv", [(c.label, c.runs) for c in cells(runs, root)], root=root)
     figure(rows, paths["figure"])
     holm = (
-        f"a verdict Holm-adjusted over all {family} comparisons of the grid"
+        f"a verdict Holm-adjusted over all {family} comparisons of the grid (a cell with fewer than {MIN_SEEDS} "
+        "seeds gets no verdict)"
         if family
-        else f"a verdict Holm-adjusted over the grid's comparisons (no cell has {MIN_SEEDS} seeds yet)"
+        else f"a verdict, Holm-adjusted over the grid, for each cell with {MIN_SEEDS} seeds (no cell has them yet)"
     )
     lines = [
         "# The paper's claim across the grid",
@@ -292,8 +293,8 @@ def write_claim(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
         # "main": Fashion-MNIST's balanced test split, or ISIC's official test set at its natural imbalance.
         "Per cell each method's setting is chosen on validation UA; differences are paired over seeds, UA on "
         "the main test split and WA on the test split cut to the training profile where the runs have it "
-        f"(the split is named beside the metric), with scipy's 95% t interval (raw) and {holm} (a cell with "
-        f"fewer than {MIN_SEEDS} seeds gets no verdict). MDD: the true difference these seeds "
+        f"(the split is named beside the metric), with scipy's 95% t interval (raw) and {holm}. "
+        "MDD: the true difference these seeds "
         "would detect with 80% power at 5% (paired t, statsmodels), given the observed spread."
         + (f" {stale_sentence(stale)}" if stale else ""),
         "",
