@@ -191,16 +191,23 @@ def _last_k(reference: str, note: str) -> list[Arm]:
 SLOW_BLOCKS_LR_SCALE = 0.1
 
 
+def _last_k_variant(reference: str, suffix: str, keys: dict[str, Any], note: str) -> list[Arm]:
+    """``last1`` ... ``last3`` with ``keys`` added, named ``lastK-<suffix>``: another value of the
+    finetune lever, so it differs from ``lastK`` in ``keys`` alone."""
+    return [Arm(f"{a.name}-{suffix}", a.lever, reference, {**a.keys, **keys}, note) for a in _last_k(reference, "")]
+
+
 def _last_k_slow(reference: str, note: str) -> list[Arm]:
-    keys, scale = {"model.finetune_lr_scale": SLOW_BLOCKS_LR_SCALE}, f"{SLOW_BLOCKS_LR_SCALE:g}"
-    note = f"{note}; the blocks at {scale} x the recipe's lr"
-    return [Arm(f"{a.name}-lr{scale}", a.lever, reference, {**a.keys, **keys}, note) for a in _last_k(reference, "")]
+    scale = f"{SLOW_BLOCKS_LR_SCALE:g}"
+    keys = {"model.finetune_lr_scale": SLOW_BLOCKS_LR_SCALE}
+    return _last_k_variant(reference, f"lr{scale}", keys, f"{note}; the blocks at {scale} x the recipe's lr")
 
 
 def _last_k_frozen_bn(reference: str, note: str) -> list[Arm]:
     keys = {"model.finetune_bn": "frozen"}
-    note = f"{note}; the blocks' BatchNorm running statistics kept at ImageNet's"
-    return [Arm(f"{a.name}-bn-frozen", a.lever, reference, {**a.keys, **keys}, note) for a in _last_k(reference, "")]
+    return _last_k_variant(
+        reference, "bn-frozen", keys, f"{note}; the blocks' BatchNorm running statistics kept at ImageNet's"
+    )
 
 
 # The levers every preset has, defined once.

@@ -128,7 +128,8 @@ class DbRetry:
             try:
                 return operation()
             except Exception as exc:
-                if not (is_transient(exc) or isinstance(exc, also)):
+                transient = is_transient(exc)
+                if not (transient or isinstance(exc, also)):
                     raise
                 waited = time.monotonic() - started
                 if waited >= self.give_up_after:
@@ -139,7 +140,7 @@ class DbRetry:
                     ) from exc
                 # The errors in ``also`` come from a reachable database (a worker that lost the race
                 # to create the tables): "unreachable" would send the user to check the network.
-                state = "unreachable" if is_transient(exc) else "busy"
+                state = "unreachable" if transient else "busy"
                 self.progress(
                     f"[optuna] database {state} while {what} ({_short(exc)}); "
                     f"retrying in {delay:.0f} s (giving up after {_duration(self.give_up_after)})"
