@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,32 @@ def test_predict_matches_the_runs_own_test_predictions(tmp_path):
         for name in test_split.classes:
             assert float(mine[f"prob_{name}"]) == pytest.approx(float(row[f"prob_{name}"]), abs=1e-5)
         assert int(mine["pred"]) == int(row["pred"])
+
+    # The run folder without its data (copied to a laptop; here the data folder is moved away):
+    # the run still reads and predicts the same, from the moved images.
+    from asymcl import TrainResult
+
+    moved = root.rename(tmp_path / "moved-images")
+    finished = TrainResult.load(run_dir)
+    assert finished.config.data.root == str(root)
+    assert finished.test.ua == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["final"]["test"]["ua"])
+    again = {row["image"]: row for row in csv.DictReader(io.StringIO(predict(run_dir, moved)))}
+    assert {name: row["pred"] for name, row in again.items()} == {name: row["pred"] for name, row in by_image.items()}
+
+
+def test_a_missing_data_root_or_weights_file_is_refused_unless_only_reading(tmp_path):
+    from asymcl.errors import ConfigError
+
+    keys = {"data.dataset": "folder", "data.root": str(tmp_path / "gone")}
+    with pytest.raises(ConfigError, match="data.root .*gone does not exist"):
+        resolve_config(None, keys)
+    assert resolve_config(None, keys, files_must_exist=False).data.root == str(tmp_path / "gone")
+    weights = {"model.pretrained": str(tmp_path / "gone.pth")}
+    with pytest.raises(ConfigError, match="model.pretrained .*gone.pth is not a file"):
+        resolve_config(None, weights)
+    assert resolve_config(None, weights, files_must_exist=False).model.pretrained == str(tmp_path / "gone.pth")
+    # The other rules still hold when reading: only the files' existence is left out.
+    with pytest.raises(ConfigError, match="one weights file cannot hold several networks"):
+        resolve_config(
+            None, {"model.backbone": "efficientnet_lite0+efficientnet_lite2", **weights}, files_must_exist=False
+        )

@@ -122,8 +122,9 @@ class TrainResult:
     def load(cls, run_dir: str | os.PathLike) -> TrainResult:
         """Read a finished run directory (made by :func:`train`, ``asymcl train`` or a sweep).
 
-        Its config.yaml is resolved as a run's config is, so its ``data.root`` (and a weights file
-        in ``model.pretrained``) must exist as written there, relative to the working directory.
+        Its config.yaml is checked as a run's config is, except that its ``data.root`` and a
+        weights file in ``model.pretrained`` need not be here: a run folder copied to another
+        machine reads without its data.
         """
         return cls._read(Path(run_dir), None)
 
@@ -141,7 +142,7 @@ class TrainResult:
                 "without status 'complete'); train it first, e.g. asymcl.train(config, out=...)"
             )
         if config is None:
-            config = resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+            config = resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, files_must_exist=False)
         return cls(
             run_dir=run_dir,
             config=config,

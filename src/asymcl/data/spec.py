@@ -349,16 +349,17 @@ class DataFields:
         None, _image_size, "resize images to this side, or [height, width] (null: native)", type=int
     )
 
-    def source_problem(self, prefix: str = "") -> str | None:
+    def source_problem(self, prefix: str = "", root_must_exist: bool = True) -> str | None:
         """What is wrong with these fields together (None: nothing), keys written with ``prefix``
         (``"data."`` in the run config): a dataset that needs a root without one or with one that
         does not exist, a root given to a dataset that reads none, a binary profile on other than
         two classes. The one set of cross-field rules, for :meth:`DataSpec.validate` and the run
-        config alike."""
+        config alike. ``root_must_exist=False``: a root that is not here is no problem (a finished
+        run's config, read where its data is not)."""
         info = DATASETS[self.dataset]
         if info.needs_root and self.root in (None, ""):
             return f"{prefix}dataset={self.dataset} needs a root: set {prefix}root to the folder or file to read"
-        if info.needs_root and not Path(str(self.root)).expanduser().exists():
+        if root_must_exist and info.needs_root and not Path(str(self.root)).expanduser().exists():
             return f"{prefix}root {self.root} does not exist"
         if not info.needs_root and self.root not in (None, ""):
             # A root given with digits is almost surely a forgotten dataset: say so, do not ignore it.

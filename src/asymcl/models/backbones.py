@@ -164,10 +164,12 @@ def check_joined_weights(name: str, pretrained: str | Path | None) -> None:
         )
 
 
-def check_pretrained(name: str, pretrained: str | Path | None) -> None:
+def check_pretrained(name: str, pretrained: str | Path | None, file_must_exist: bool = True) -> None:
     """ConfigError when ``pretrained`` cannot load into backbone ``name``: ``imagenet`` for a
-    backbone without bundled weights, one file for a ``+`` join, a file that does not exist. The
-    one rule, asked by the run config (before anything runs) and by :func:`build_backbone`."""
+    backbone without bundled weights, one file for a ``+`` join, a file that does not exist
+    (``file_must_exist=False``: not asked, for a finished run's config read where its weights file
+    is not, as its checkpoints hold the weights). The one rule, asked by the run config (before
+    anything runs) and by :func:`build_backbone`."""
     if pretrained is None:
         return
     if str(pretrained) == "imagenet":
@@ -179,7 +181,7 @@ def check_pretrained(name: str, pretrained: str | Path | None) -> None:
             )
         return
     check_joined_weights(name, pretrained)
-    if not Path(pretrained).expanduser().is_file():
+    if file_must_exist and not Path(pretrained).expanduser().is_file():
         raise ConfigError(f"model.pretrained {pretrained} is not a file (or imagenet for the bundled weights)")
 
 

@@ -128,6 +128,7 @@ def check_encoder_options(
     feature_layers: Sequence[str] | None,
     input_size: int | None = None,
     pretrained: str | None = None,
+    files_must_exist: bool = True,
 ) -> None:
     """One-line ConfigError, before anything is built or trained, when ``pretrained``, ``finetune``
     (``last:K``), ``feature_layers`` or ``input_size`` does not fit ``backbone``: weights it cannot
@@ -135,8 +136,9 @@ def check_encoder_options(
     ``+`` backbone or one without units, a layer name it does not have, feature layers without
     ``finetune=frozen``, an input size for a backbone that is not EfficientNet-Lite. The run
     config's one check of the ``model`` section against the backbone; :func:`build_backbone` asks
-    the same rules."""
-    check_pretrained(backbone, pretrained)
+    the same rules. ``files_must_exist=False``: a weights file in ``pretrained`` may be missing
+    (:func:`~asymcl.training.config.resolve_config`'s option of that name)."""
+    check_pretrained(backbone, pretrained, files_must_exist)
     check_input_size(backbone, input_size)
     mode, _ = parse_finetune(finetune)
     if "+" in backbone and mode == "last":

@@ -181,12 +181,19 @@ def load_config_file(path: str | os.PathLike[str]) -> dict:
 
 
 def resolve_config(
-    base: Mapping[str, Any] | RunConfig | None = None, overrides: Sequence[str] | dict | None = None
+    base: Mapping[str, Any] | RunConfig | None = None,
+    overrides: Sequence[str] | dict | None = None,
+    *,
+    files_must_exist: bool = True,
 ) -> RunConfig:
     """Defaults <- ``base`` <- ``overrides``; validated and with method-specific values filled in.
 
     Raises :class:`ConfigError` naming the key and what is allowed on an unknown key, a wrong type,
     an impossible value, a loss parameter the method fixes, or a dataset path that does not exist.
+    ``files_must_exist=False`` leaves out that last check (``data.root`` and a weights file in
+    ``model.pretrained``): for a finished run's config.yaml, read to report or predict where its
+    data and weights file are not (a run folder copied to a laptop). Such a config is for reading;
+    training with it would fail when the data is read.
     """
     flat = {key: copy.deepcopy(spec[0]) for key, spec in SCHEMA.items()}
     for source, values in (("in the config", flatten(base or {})), ("in --set", parse_overrides(overrides))):
@@ -200,7 +207,7 @@ def resolve_config(
         except ValueError as exc:
             raise ConfigError(f"{key} {exc}; got {flat[key]!r} ({help_text})") from None
 
-    return apply_rules(_from_flat(flat))
+    return apply_rules(_from_flat(flat), files_must_exist)
 
 
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values

@@ -18,13 +18,14 @@ from asymcl.training.config_sections import ModelConfig, RunConfig
 from asymcl.training.methods import PROBE, Method, contrastive_methods
 
 
-def apply_rules(config: RunConfig) -> RunConfig:
+def apply_rules(config: RunConfig, files_must_exist: bool = True) -> RunConfig:
     """``config`` with what its method and schedule fix filled in; a :class:`ConfigError` on the
-    first rule it breaks."""
+    first rule it breaks. ``files_must_exist=False``: ``data.root`` and a weights file in
+    ``model.pretrained`` may be missing (:func:`asymcl.training.config.resolve_config`)."""
     method = config.method_spec
     config = replace(config, loss=replace(config.loss, **method.resolve_loss(config.loss.to_dict())))
     config = resolve_levers(config, method)
-    problem = config.data.source_problem("data.")
+    problem = config.data.source_problem("data.", root_must_exist=files_must_exist)
     if problem is not None:
         raise ConfigError(problem)
     from asymcl.models import check_encoder_options  # torch: only once the keys themselves are right
@@ -32,7 +33,9 @@ def apply_rules(config: RunConfig) -> RunConfig:
 
     check_tta(config)
     model = config.model
-    check_encoder_options(model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained)
+    check_encoder_options(
+        model.backbone, model.finetune, model.feature_layers, model.input_size, model.pretrained, files_must_exist
+    )
     if parse_finetune(model.finetune)[0] == "frozen":
         # The options of the backbone blocks that train: with none training, any value but the
         # default would be silently ignored.

@@ -55,7 +55,9 @@ class RunModel:
         config_path, metrics_path = self.run_dir / "config.yaml", self.run_dir / "metrics.json"
         if not config_path.is_file() or not metrics_path.is_file():
             raise CheckpointError(f"{self.run_dir} is not a run directory (config.yaml and metrics.json expected)")
-        self.config = resolve_config(yaml.safe_load(config_path.read_text()) or {})
+        # The checkpoint holds every weight, so neither the training data nor a weights file in
+        # model.pretrained has to be here: a run folder copied to a laptop predicts.
+        self.config = resolve_config(yaml.safe_load(config_path.read_text()) or {}, files_must_exist=False)
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("status") != "complete":
             raise CheckpointError(f"the run in {self.run_dir} has not finished; run `asymcl train` on it again first")

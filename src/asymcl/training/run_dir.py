@@ -123,7 +123,9 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> dict | None:
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         try:
-            previous = resolve_config(yaml.safe_load(config_path.read_text()) or {})
+            # Only compared: the new config's own paths were checked, and a recorded path that is
+            # not here any more is a difference to report, not an unreadable run.
+            previous = resolve_config(yaml.safe_load(config_path.read_text()) or {}, files_must_exist=False)
         except (ConfigError, yaml.YAMLError) as exc:
             raise ConfigError(
                 f"{config_path} cannot be read as a run config ({exc}); choose another output directory"
