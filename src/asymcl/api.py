@@ -130,9 +130,7 @@ class TrainResult:
 
     @classmethod
     def _read(cls, run_dir: Path, config: RunConfig | None) -> TrainResult:
-        import yaml
-
-        from asymcl.training.config import resolve_config
+        from asymcl.training.config import read_recorded_config
         from asymcl.training.run_dir import read_metrics
 
         metrics = read_metrics(run_dir) if (run_dir / "config.yaml").is_file() else None
@@ -142,7 +140,7 @@ class TrainResult:
                 "without status 'complete'); train it first, e.g. asymcl.train(config, out=...)"
             )
         if config is None:
-            config = resolve_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, files_must_exist=False)
+            config = read_recorded_config(run_dir / "config.yaml")
         return cls(
             run_dir=run_dir,
             config=config,

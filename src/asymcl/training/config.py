@@ -210,6 +210,12 @@ def resolve_config(
     return apply_rules(_from_flat(flat), files_must_exist)
 
 
+def read_recorded_config(path: str | os.PathLike[str]) -> RunConfig:
+    """A run folder's config.yaml, resolved for reading (``files_must_exist=False``): the one way a
+    finished or earlier run's config is read back, for loading, predicting and resume's comparison."""
+    return resolve_config(yaml.safe_load(Path(path).read_text()) or {}, files_must_exist=False)
+
+
 # How a run is displayed or scheduled, not what it computes: a run may be resumed with other values
 # (e.g. `asymcl demo --quiet` after `asymcl demo`), and they do not change its default directory.
 # data.cache_dir: a cache moved elsewhere holds the same numbers (its key is in the folder name).

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from asymcl.atomic import atomic_write_bytes
 from asymcl.data.spec import DATASETS, DEFAULT_PREDICTIONS_FORMAT, IMAGE_SUFFIXES, submission_formats
 from asymcl.errors import CheckpointError, DataError
 from asymcl.training.checkpoints import load_module_weights
-from asymcl.training.config import resolve_config
+from asymcl.training.config import read_recorded_config
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -57,7 +56,7 @@ class RunModel:
             raise CheckpointError(f"{self.run_dir} is not a run directory (config.yaml and metrics.json expected)")
         # The checkpoint holds every weight, so neither the training data nor a weights file in
         # model.pretrained has to be here: a run folder copied to a laptop predicts.
-        self.config = resolve_config(yaml.safe_load(config_path.read_text()) or {}, files_must_exist=False)
+        self.config = read_recorded_config(config_path)
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("status") != "complete":
             raise CheckpointError(f"the run in {self.run_dir} has not finished; run `asymcl train` on it again first")

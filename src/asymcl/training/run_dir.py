@@ -20,7 +20,7 @@ import yaml
 
 from asymcl.atomic import atomic_write_json, atomic_write_yaml
 from asymcl.errors import CheckpointError, ConfigError
-from asymcl.training.config import RunConfig, config_differences, resolve_config, run_identity
+from asymcl.training.config import RunConfig, config_differences, read_recorded_config, run_identity
 
 # Where a launcher puts this process's rank, in the order Lightning reads them for its own
 # rank_zero_only (lightning.fabric.utilities.rank_zero._get_rank), so the process that writes the
@@ -125,7 +125,7 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> dict | None:
         try:
             # Only compared: the new config's own paths were checked, and a recorded path that is
             # not here any more is a difference to report, not an unreadable run.
-            previous = resolve_config(yaml.safe_load(config_path.read_text()) or {}, files_must_exist=False)
+            previous = read_recorded_config(config_path)
         except (ConfigError, yaml.YAMLError) as exc:
             raise ConfigError(
                 f"{config_path} cannot be read as a run config ({exc}); choose another output directory"
